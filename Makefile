@@ -1,0 +1,101 @@
+# cltfs: build, test, install, demo, bench.
+# `make` builds build/cltfs; `make check` runs every test; `make deps`
+# installs the Debian packages the build and the tests need.
+
+PREFIX  ?= /usr/local
+DESTDIR ?=
+PYTHON  ?= /usr/bin/python3
+CC      ?= cc
+B       := build
+VERSION := 0.1.0
+
+PKGS     := fuse3 libzstd libcjson zlib
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+
+WARN    := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wno-unused-parameter -Wno-format-truncation
+CFLAGS  ?= -O2 -g
+ALL_CFLAGS := -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 $(WARN) $(CFLAGS) $(PKG_CFLAGS) -Icodec -Ifs -DCLTFS_VERSION='"$(VERSION)"'
+LIBS    := $(PKG_LIBS) -lpthread -lm
+SAN     := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+
+CODEC_SRC := codec/common.c codec/frame.c codec/pickle.c codec/ptzip.c codec/manifest.c
+FS_SRC    := fs/store.c fs/cache.c fs/view.c fs/import.c fs/tools.c fs/fuse.c
+MAIN_SRC  := fs/main.c
+HDRS      := codec/codec.h fs/fs.h
+UNIT_TESTS := codec_frame codec_pt codec_manifest fs_store
+
+.PHONY: all deps check unit unit-asan pytest demo bench install uninstall clean fuzz-replay
+
+all: $(B)/cltfs
+
+$(B)/%.o: %.c $(HDRS)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -c $< -o $@
+
+$(B)/libcltfs_codec.a: $(CODEC_SRC:%.c=$(B)/%.o)
+	ar rcs $@ $^
+
+$(B)/libcltfs_fs.a: $(FS_SRC:%.c=$(B)/%.o)
+	ar rcs $@ $^
+
+$(B)/cltfs: $(B)/fs/main.o $(B)/libcltfs_fs.a $(B)/libcltfs_codec.a
+	$(CC) $(CFLAGS) -o $@ $^ $(LIBS)
+
+$(B)/zerofs: bench/zerofs.c
+	$(CC) -std=c11 -D_GNU_SOURCE $(WARN) -O2 $(shell pkg-config --cflags fuse3) $< -o $@ $(shell pkg-config --libs fuse3) -lpthread
+
+# Unit tests: plain and under ASan/UBSan (they run in seconds).
+$(B)/tests/%: tests/%.c tests/unit.h $(B)/libcltfs_fs.a $(B)/libcltfs_codec.a
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -Itests $< -o $@ $(B)/libcltfs_fs.a $(B)/libcltfs_codec.a $(LIBS)
+
+$(B)/asan/tests/%: tests/%.c tests/unit.h $(CODEC_SRC) $(FS_SRC) $(HDRS)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) $(SAN) -Itests $< $(CODEC_SRC) $(FS_SRC) -o $@ $(LIBS)
+
+$(B)/asan/fuzz_replay: tests/fuzz/replay.c tests/fuzz/targets.c $(CODEC_SRC) $(HDRS)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) $(SAN) tests/fuzz/replay.c tests/fuzz/targets.c $(CODEC_SRC) -o $@ $(LIBS)
+
+unit: $(UNIT_TESTS:%=$(B)/tests/%)
+	@set -e; for t in $^; do $$t; done
+
+unit-asan: $(UNIT_TESTS:%=$(B)/asan/tests/%) $(B)/asan/fuzz_replay
+	@set -e; for t in $(UNIT_TESTS:%=$(B)/asan/tests/%); do ASAN_OPTIONS=detect_leaks=1 $$t; done
+	$(PYTHON) tests/fuzz/make_corpus.py $(B)/fuzz-corpus
+	ASAN_OPTIONS=detect_leaks=1 $(B)/asan/fuzz_replay $(B)/fuzz-corpus
+
+pytest: $(B)/cltfs
+	CLTFS_BIN=$(CURDIR)/$(B)/cltfs $(PYTHON) -m pytest -q -p no:cacheprovider tests/
+
+check: deps
+	$(MAKE) all
+	$(MAKE) unit
+	$(MAKE) unit-asan
+	$(MAKE) pytest
+
+deps:
+	@sh tools/deps.sh
+
+demo: deps
+	$(MAKE) all
+	@sh tools/demo.sh
+
+bench: deps
+	$(MAKE) all $(B)/zerofs
+	$(PYTHON) bench/bench.py --cltfs $(B)/cltfs --zerofs $(B)/zerofs
+
+install: $(B)/cltfs
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)/sbin
+	install -m 755 $(B)/cltfs $(DESTDIR)$(PREFIX)/bin/cltfs
+	install -m 644 man/cltfs.1 $(DESTDIR)$(PREFIX)/share/man/man1/cltfs.1
+	ln -sf $(PREFIX)/bin/cltfs $(DESTDIR)/sbin/mount.cltfs
+	ln -sf $(PREFIX)/bin/cltfs $(DESTDIR)/sbin/mount.fuse.cltfs
+
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/bin/cltfs $(DESTDIR)$(PREFIX)/share/man/man1/cltfs.1 \
+	      $(DESTDIR)/sbin/mount.cltfs $(DESTDIR)/sbin/mount.fuse.cltfs
+
+clean:
+	rm -rf $(B)

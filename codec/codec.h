@@ -1,0 +1,288 @@
+/* codec.h: cltfs's formats as a library with no FUSE and no network in it.
+ *
+ * Errors, dtypes, CRC-32, chunk frames (byte shuffle + zstd), index records,
+ * the manifest (cltfs.json), and the .pt (torch.save zip) writer and reader.
+ * The daemon, the CLI, the tests and the benchmarks link it.
+ *
+ * Every function that can fail returns a cltfs_err and leaves a message in a
+ * thread-local buffer (cltfs_errmsg) that names the file and the cause.
+ */
+#ifndef CLTFS_CODEC_H
+#define CLTFS_CODEC_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---- errors ---------------------------------------------------------- */
+
+typedef enum {
+	CLTFS_OK = 0,
+	CLTFS_E_NOMEM,       /* an allocation failed */
+	CLTFS_E_IO,          /* a system call on a file failed */
+	CLTFS_E_CORRUPT,     /* stored bytes fail a checksum or are truncated */
+	CLTFS_E_FORMAT,      /* input is not in an accepted format */
+	CLTFS_E_INVAL,       /* a bad argument or option */
+	CLTFS_E_NOTFOUND,    /* a named thing does not exist */
+	CLTFS_E_MISMATCH,    /* two inputs that must agree do not */
+	CLTFS_E_UNSUPPORTED, /* valid input that cltfs does not handle */
+} cltfs_err;
+
+/* Set the thread's message from a printf format and return e. */
+cltfs_err cltfs_fail(cltfs_err e, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+/* Prefix the thread's current message with "<formatted>: " and return e. */
+cltfs_err cltfs_wrap(cltfs_err e, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+const char *cltfs_errmsg(void);
+const char *cltfs_errname(cltfs_err e);
+
+/* ---- dtypes ---------------------------------------------------------- */
+
+typedef enum { CLTFS_BF16 = 0, CLTFS_F16 = 1, CLTFS_F32 = 2, CLTFS_NDTYPES } cltfs_dtype;
+
+size_t cltfs_dtype_size(cltfs_dtype t);
+const char *cltfs_dtype_name(cltfs_dtype t);    /* "bfloat16" */
+const char *cltfs_dtype_storage(cltfs_dtype t); /* "BFloat16Storage" */
+/* Accepts torch names and short forms (bf16, fp16, half, fp32, float). */
+bool cltfs_dtype_parse(const char *s, cltfs_dtype *out);
+/* Convert n values; from == to is a copy.  Rounds to nearest even. */
+void cltfs_convert(cltfs_dtype to, void *dst, cltfs_dtype from, const void *src, size_t n);
+
+/* ---- CRC-32 (zlib's polynomial, as zip uses) ------------------------- */
+
+uint32_t cltfs_crc32(uint32_t crc, const void *p, size_t n);
+/* CRC of A||B from crc(A), crc(B) and len(B), without the bytes. */
+uint32_t cltfs_crc32_combine(uint32_t a, uint32_t b, uint64_t len_b);
+/* CRC of n zero bytes. */
+uint32_t cltfs_crc32_zeros(uint64_t n);
+
+/* ---- chunk frames ---------------------------------------------------- */
+
+/* A per-thread context: zstd contexts and a scratch buffer, reused. */
+typedef struct cltfs_zctx cltfs_zctx;
+cltfs_zctx *cltfs_zctx_new(void);
+void cltfs_zctx_free(cltfs_zctx *z);
+
+size_t cltfs_frame_bound(size_t raw_len);
+/* Byte-shuffle raw (elements of esize bytes) and compress it into one zstd
+ * frame with the content checksum on. */
+cltfs_err cltfs_frame_encode(cltfs_zctx *z, int level, size_t esize, const void *raw,
+			     size_t raw_len, void *dst, size_t cap, size_t *out_len);
+/* Decompress a frame into raw, which must be exactly raw_len bytes: a frame
+ * whose declared size, checksum or length disagrees is CLTFS_E_CORRUPT. */
+cltfs_err cltfs_frame_decode(cltfs_zctx *z, size_t esize, const void *frame, size_t len,
+			     void *raw, size_t raw_len);
+void cltfs_shuffle(size_t esize, const void *src, void *dst, size_t len);
+void cltfs_unshuffle(size_t esize, const void *src, void *dst, size_t len);
+
+/* ---- streams, chunk keys, index records ----------------------------- */
+
+enum { CLTFS_STREAM_X = 0, CLTFS_STREAM_MLP = 1 };
+
+/* A chunk key packs (stream kind, layer, chunk number). */
+static inline uint64_t cltfs_key(unsigned kind, unsigned layer, uint32_t chunk)
+{
+	return ((uint64_t)kind << 48) | ((uint64_t)(layer & 0xffff) << 32) | chunk;
+}
+static inline unsigned cltfs_key_kind(uint64_t k) { return (unsigned)(k >> 48); }
+static inline unsigned cltfs_key_layer(uint64_t k) { return (unsigned)(k >> 32) & 0xffff; }
+static inline uint32_t cltfs_key_chunk(uint64_t k) { return (uint32_t)k; }
+/* "x@3#12" or "mlp@4#0" into buf. */
+const char *cltfs_key_str(uint64_t k, char *buf, size_t n);
+
+#define CLTFS_FILE_HEADER 16 /* magic(8) version(4) record size(4) */
+#define CLTFS_REC_SIZE 40
+extern const char CLTFS_PACK_MAGIC[8];
+extern const char CLTFS_IDX_MAGIC[8];
+
+typedef struct {
+	uint64_t key;    /* cltfs_key() */
+	uint64_t offset; /* of the frame in its pack */
+	uint32_t csize;  /* frame bytes */
+	uint32_t rsize;  /* raw bytes */
+	uint32_t crc;    /* CRC-32 of the raw, unshuffled bytes */
+	uint8_t dtype;
+} cltfs_rec;
+
+void cltfs_rec_encode(const cltfs_rec *r, uint8_t out[CLTFS_REC_SIZE]);
+/* CLTFS_E_CORRUPT when the magic or the record's own checksum is wrong. */
+cltfs_err cltfs_rec_decode(const uint8_t in[CLTFS_REC_SIZE], cltfs_rec *r);
+void cltfs_file_header(const char magic[8], uint8_t out[CLTFS_FILE_HEADER]);
+/* CLTFS_E_FORMAT when it is not a header of this kind and version. */
+cltfs_err cltfs_file_header_check(const char magic[8], const uint8_t in[CLTFS_FILE_HEADER]);
+
+/* ---- manifest -------------------------------------------------------- */
+
+enum { CLTFS_PAD_ZERO = 0, CLTFS_PAD_CLIP = 1 };
+enum { CLTFS_SHAPE_STD = 0, CLTFS_SHAPE_S1TD = 1, CLTFS_SHAPE_FLAT = 2 };
+
+typedef struct {
+	int64_t rows;      /* tokens of this sample (an imported slot: its T) */
+	int64_t first_row; /* derived: position in the row stream */
+	char *id, *image, *text; /* optional, NULL when absent */
+} cltfs_sample;
+
+typedef struct {
+	int64_t first_sample, samples; /* S */
+	int64_t tokens;                /* T: the longest sample */
+	int64_t first_row, rows;       /* derived: stored rows (no padding) */
+	int64_t first_chunk, chunks;   /* derived */
+} cltfs_batch;
+
+typedef struct {
+	int version;
+	char *model_id, *model_revision; /* NULL when unknown */
+	int n_layers, d_model;
+	cltfs_dtype dtype;
+	char *input_hook; /* mlp_in | resid_pre | resid_mid */
+	int target_offset, n_targets, padding;
+	int64_t chunk_rows;
+	int64_t batch_samples; /* default grouping S */
+	char *prompt_template;
+	int n_x_layers, *x_layers;     /* ascending */
+	int n_mlp_layers, *mlp_layers; /* ascending */
+	/* how the views are pickled */
+	char x_key[8];  /* "x", "data", or "" for a bare tensor */
+	int shape;      /* CLTFS_SHAPE_* */
+	char y_keys[3][10];
+	int64_t n_samples;
+	cltfs_sample *samples;
+	int64_t n_batches;
+	cltfs_batch *batches;
+	bool explicit_batches; /* written as "batches" (an imported tree) */
+	/* derived */
+	int64_t total_rows, n_chunks;
+	int64_t *chunk_start; /* n_chunks + 1 row positions */
+	char *source_kind, *source_path;
+} cltfs_manifest;
+
+/* Parse and validate; path names the file in every message. */
+cltfs_err cltfs_manifest_parse(const char *json, size_t len, const char *path,
+			       cltfs_manifest **out);
+cltfs_err cltfs_manifest_load(const char *path, cltfs_manifest **out);
+/* Fill the derived fields and check consistency (called by parse; call it
+ * after building a manifest in code). */
+cltfs_err cltfs_manifest_finish(cltfs_manifest *m, const char *path);
+/* JSON text, malloc'd, NULL on allocation failure. */
+char *cltfs_manifest_dump(const cltfs_manifest *m);
+/* Write to path atomically: temporary file, fsync, rename, fsync dir. */
+cltfs_err cltfs_manifest_save(const cltfs_manifest *m, const char *path);
+void cltfs_manifest_free(cltfs_manifest *m);
+bool cltfs_manifest_has_layer(const int *layers, int n, int layer);
+/* The chunk containing row (binary search over chunk_start). */
+int64_t cltfs_manifest_chunk_of(const cltfs_manifest *m, int64_t row);
+/* The layer of target j of x layer L, or -1 for a zero padding target. */
+int cltfs_manifest_target_layer(const cltfs_manifest *m, int layer, int j);
+/* Number of targets the y file of layer L holds (clip drops padding). */
+int cltfs_manifest_targets_of(const cltfs_manifest *m, int layer);
+
+/* ---- pickled objects (shared by the .pt writer and reader) ----------- */
+
+typedef enum {
+	PT_NONE, PT_BOOL, PT_INT, PT_FLOAT, PT_STR, PT_TUPLE, PT_LIST, PT_DICT,
+	PT_TENSOR, PT_STORAGE, PT_GLOBAL,
+} pt_kind;
+
+#define PT_MAX_DIM 8
+
+typedef struct pt_obj pt_obj;
+struct pt_obj {
+	pt_kind kind;
+	union {
+		bool b;
+		int64_t i;
+		double f;
+		struct { char *s; size_t len; } str;
+		struct { pt_obj **v; size_t n, cap; } seq;          /* tuple, list */
+		struct { pt_obj **k, **v; size_t n, cap; } dict;
+		struct {
+			char key[24];        /* storage key: data/<key> */
+			cltfs_dtype dtype;
+			int64_t numel;       /* of the storage */
+			int64_t offset;      /* in elements */
+			int ndim;
+			int64_t shape[PT_MAX_DIM], stride[PT_MAX_DIM];
+		} t;                         /* PT_TENSOR and PT_STORAGE */
+		int global;                  /* PT_GLOBAL: which allowed global */
+	} u;
+};
+
+/* Objects live in an arena freed at once. */
+typedef struct pt_arena pt_arena;
+pt_arena *pt_arena_new(void);
+void pt_arena_free(pt_arena *a);
+void *pt_alloc(pt_arena *a, size_t n); /* zeroed, NULL on failure */
+pt_obj *pt_new(pt_arena *a, pt_kind k);
+pt_obj *pt_str(pt_arena *a, const char *s);
+pt_obj *pt_int(pt_arena *a, int64_t v);
+/* Append to a list/tuple, or set key -> value in a dict (insertion order). */
+cltfs_err pt_append(pt_arena *a, pt_obj *seq, pt_obj *item);
+cltfs_err pt_set(pt_arena *a, pt_obj *dict, pt_obj *key, pt_obj *val);
+/* The value of a string key in a dict, NULL when absent. */
+pt_obj *pt_get(const pt_obj *dict, const char *key);
+int64_t pt_tensor_numel(const pt_obj *t);
+bool pt_tensor_contiguous(const pt_obj *t);
+
+/* Pickle (protocol 2, only opcodes torch's weights_only unpickler accepts)
+ * into a malloc'd buffer.  The same tensor object referenced twice is
+ * written once and referenced through the memo, as Python's pickler does. */
+cltfs_err pt_pickle(const pt_obj *root, uint8_t **out, size_t *out_len);
+/* Restricted unpickler: tensors, dicts, lists, tuples, ints, floats,
+ * strings, bools, None; any other global is refused, nothing is run. */
+cltfs_err pt_unpickle(pt_arena *a, const uint8_t *p, size_t n, pt_obj **out);
+
+/* ---- .pt writer: a virtual zip file, any byte range on demand -------- */
+
+typedef struct pt_file pt_file;
+
+/* Records are laid out as torch 2.x writes them: data.pkl,
+ * .storage_alignment, byteorder, data/<key> for each storage, version.
+ * storage_keys[i] names data/<key>; sizes[i] is its byte length.  Every
+ * record's data is 64-byte aligned; ZIP64 where an offset or size needs it. */
+cltfs_err pt_file_new(const char *archive, const uint8_t *pickle, size_t plen,
+		      size_t nstorages, const char *const *storage_keys,
+		      const uint64_t *sizes, pt_file **out);
+void pt_file_free(pt_file *f);
+uint64_t pt_file_size(const pt_file *f);
+size_t pt_file_nstorages(const pt_file *f);
+/* Storage CRCs must be set before the headers that hold them are read. */
+void pt_file_set_crc(pt_file *f, size_t storage, uint32_t crc);
+bool pt_file_has_crc(const pt_file *f, size_t storage);
+/* Which storages' CRCs the header bytes in [off, off+len) need: sets
+ * need[i] (nstorages bools) and returns how many are missing. */
+size_t pt_file_crcs_needed(const pt_file *f, uint64_t off, uint64_t len, bool *need);
+
+typedef struct {
+	int storage;     /* -1: literal bytes of the file, else a storage index */
+	uint64_t off;    /* literal: file offset; storage: offset in the storage */
+	uint64_t len;
+} pt_piece;
+
+/* Split [off, off+len) into pieces in file order; returns the count (at
+ * most max; call again from where it stopped if more remain). */
+size_t pt_file_map(const pt_file *f, uint64_t off, uint64_t len, pt_piece *out, size_t max);
+/* Produce literal bytes [off, off+len) (headers, pickle, small records,
+ * central directory). */
+void pt_file_literal(const pt_file *f, uint64_t off, uint64_t len, uint8_t *dst);
+
+/* ---- .pt reader ------------------------------------------------------ */
+
+typedef struct pt_archive pt_archive;
+
+/* Open a torch.save zip (torch 1.13 and 2.x), parse and validate data.pkl.
+ * The file is mapped, not read. */
+cltfs_err pt_open(const char *path, pt_archive **out);
+/* The same from a buffer the caller keeps alive; name is for messages. */
+cltfs_err pt_open_mem(const void *buf, size_t len, const char *name, pt_archive **out);
+/* Check every record's CRC-32 against the central directory. */
+cltfs_err pt_check_crcs(const pt_archive *ar, const char *name);
+void pt_close(pt_archive *ar);
+const pt_obj *pt_root(const pt_archive *ar);
+/* The tensor's values, contiguous, into dst (numel * dtype size bytes). */
+cltfs_err pt_tensor_read(const pt_archive *ar, const pt_obj *t, void *dst);
+/* Where the tensor's values lie contiguous in the map, or NULL when they do
+ * not (strided); then use pt_tensor_read. */
+const void *pt_tensor_data(const pt_archive *ar, const pt_obj *t);
+
+#endif

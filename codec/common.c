@@ -1,0 +1,222 @@
+/* common.c: the error message, dtypes and CRC-32 helpers. */
+#include "codec.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+#include <zlib.h>
+
+/* One message per thread: FUSE worker threads fail independently. */
+static _Thread_local char errbuf[1024];
+
+cltfs_err cltfs_fail(cltfs_err e, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(errbuf, sizeof errbuf, fmt, ap);
+	va_end(ap);
+	return e;
+}
+
+cltfs_err cltfs_wrap(cltfs_err e, const char *fmt, ...)
+{
+	char prefix[512], old[sizeof errbuf], both[sizeof prefix + sizeof old + 2];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(prefix, sizeof prefix, fmt, ap);
+	va_end(ap);
+	memcpy(old, errbuf, sizeof old);
+	snprintf(both, sizeof both, "%s: %s", prefix, old);
+	memcpy(errbuf, both, sizeof errbuf - 1); /* truncate long chains */
+	errbuf[sizeof errbuf - 1] = 0;
+	return e;
+}
+
+const char *cltfs_errmsg(void) { return errbuf; }
+
+const char *cltfs_errname(cltfs_err e)
+{
+	static const char *const names[] = {
+		"ok", "out of memory", "I/O error", "corrupt data", "bad format",
+		"invalid argument", "not found", "mismatch", "unsupported",
+	};
+	return (unsigned)e < sizeof names / sizeof *names ? names[e] : "unknown error";
+}
+
+/* ---- dtypes ---- */
+
+static const struct {
+	const char *name, *storage;
+	size_t size;
+} dtypes[CLTFS_NDTYPES] = {
+	[CLTFS_BF16] = {"bfloat16", "BFloat16Storage", 2},
+	[CLTFS_F16] = {"float16", "HalfStorage", 2},
+	[CLTFS_F32] = {"float32", "FloatStorage", 4},
+};
+
+size_t cltfs_dtype_size(cltfs_dtype t) { return dtypes[t].size; }
+const char *cltfs_dtype_name(cltfs_dtype t) { return dtypes[t].name; }
+const char *cltfs_dtype_storage(cltfs_dtype t) { return dtypes[t].storage; }
+
+bool cltfs_dtype_parse(const char *s, cltfs_dtype *out)
+{
+	static const struct { const char *s; cltfs_dtype t; } alias[] = {
+		{"bfloat16", CLTFS_BF16}, {"bf16", CLTFS_BF16},
+		{"float16", CLTFS_F16}, {"fp16", CLTFS_F16}, {"half", CLTFS_F16},
+		{"float32", CLTFS_F32}, {"fp32", CLTFS_F32}, {"float", CLTFS_F32},
+	};
+	for (size_t i = 0; i < sizeof alias / sizeof *alias; i++)
+		if (!strcasecmp(s, alias[i].s)) {
+			*out = alias[i].t;
+			return true;
+		}
+	return false;
+}
+
+static float bf16_to_f32(uint16_t h)
+{
+	uint32_t u = (uint32_t)h << 16;
+	float f;
+	memcpy(&f, &u, 4);
+	return f;
+}
+
+static uint16_t f32_to_bf16(float f)
+{
+	uint32_t u;
+	memcpy(&u, &f, 4);
+	if ((u & 0x7fffffffu) > 0x7f800000u) /* NaN: keep it a quiet NaN */
+		return (uint16_t)((u >> 16) | 0x40);
+	u += 0x7fffu + ((u >> 16) & 1); /* round to nearest even */
+	return (uint16_t)(u >> 16);
+}
+
+static float f16_to_f32(uint16_t h)
+{
+	uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, u;
+	if (exp == 0x1f) {
+		u = sign | 0x7f800000u | (man << 13);
+	} else if (exp) {
+		u = sign | ((exp + 112) << 23) | (man << 13);
+	} else if (man) { /* subnormal: normalise */
+		int e = -1;
+		do {
+			e++;
+			man <<= 1;
+		} while (!(man & 0x400));
+		u = sign | ((uint32_t)(112 - e) << 23) | ((man & 0x3ff) << 13);
+	} else {
+		u = sign;
+	}
+	float f;
+	memcpy(&f, &u, 4);
+	return f;
+}
+
+static uint16_t f32_to_f16(float f)
+{
+	uint32_t u;
+	memcpy(&u, &f, 4);
+	uint16_t sign = (uint16_t)((u >> 16) & 0x8000);
+	uint32_t a = u & 0x7fffffffu;
+	if (a > 0x7f800000u)
+		return sign | 0x7e00; /* NaN */
+	if (a >= 0x477ff000u)     /* rounds to >= 65520: infinity */
+		return sign | 0x7c00;
+	if (a < 0x38800000u) { /* below the smallest normal half */
+		if (a < 0x33000000u)
+			return sign;
+		uint32_t man = (a & 0x7fffff) | 0x800000, shift = 126 - (a >> 23);
+		uint32_t half = man >> shift, rem = man & ((1u << shift) - 1), mid = 1u << (shift - 1);
+		if (rem > mid || (rem == mid && (half & 1)))
+			half++;
+		return sign | (uint16_t)half;
+	}
+	uint32_t r = a - 0x38000000u; /* rebias exponent 127 -> 15 */
+	r += 0xfffu + ((r >> 13) & 1);
+	return sign | (uint16_t)(r >> 13);
+}
+
+static float load_f32(cltfs_dtype t, const uint8_t *p, size_t i)
+{
+	uint16_t h;
+	float f;
+	switch (t) {
+	case CLTFS_BF16:
+		memcpy(&h, p + 2 * i, 2);
+		return bf16_to_f32(h);
+	case CLTFS_F16:
+		memcpy(&h, p + 2 * i, 2);
+		return f16_to_f32(h);
+	default:
+		memcpy(&f, p + 4 * i, 4);
+		return f;
+	}
+}
+
+void cltfs_convert(cltfs_dtype to, void *dst, cltfs_dtype from, const void *src, size_t n)
+{
+	uint8_t *d = dst;
+	const uint8_t *s = src;
+	if (to == from) {
+		memmove(d, s, n * cltfs_dtype_size(to));
+		return;
+	}
+	for (size_t i = 0; i < n; i++) {
+		float f = load_f32(from, s, i);
+		uint16_t h;
+		switch (to) {
+		case CLTFS_BF16:
+			h = f32_to_bf16(f);
+			memcpy(d + 2 * i, &h, 2);
+			break;
+		case CLTFS_F16:
+			h = f32_to_f16(f);
+			memcpy(d + 2 * i, &h, 2);
+			break;
+		default:
+			memcpy(d + 4 * i, &f, 4);
+		}
+	}
+}
+
+/* ---- CRC-32 ---- */
+
+uint32_t cltfs_crc32(uint32_t crc, const void *p, size_t n)
+{
+	const uint8_t *b = p;
+	while (n) { /* zlib takes uInt lengths */
+		uInt step = n > (1u << 30) ? (1u << 30) : (uInt)n;
+		crc = (uint32_t)crc32(crc, b, step);
+		b += step;
+		n -= step;
+	}
+	return crc;
+}
+
+uint32_t cltfs_crc32_combine(uint32_t a, uint32_t b, uint64_t len_b)
+{
+	return (uint32_t)crc32_combine64(a, b, (z_off64_t)len_b);
+}
+
+uint32_t cltfs_crc32_zeros(uint64_t n)
+{
+	/* z(2^k) by doubling, combined over the set bits of n. */
+	uint8_t zero = 0;
+	uint32_t pow = (uint32_t)crc32(0, &zero, 1), acc = 0;
+	uint64_t powlen = 1;
+	bool have = false;
+	while (n) {
+		if (n & 1) {
+			acc = have ? cltfs_crc32_combine(acc, pow, powlen) : pow;
+			have = true;
+		}
+		n >>= 1;
+		if (n) {
+			pow = cltfs_crc32_combine(pow, pow, powlen);
+			powlen <<= 1;
+		}
+	}
+	return acc;
+}

@@ -1,0 +1,164 @@
+/* fs.h: the daemon's internal interface.
+ *
+ *   store  - a store directory: manifest, per-writer packs and indexes
+ *   cache  - decoded chunks in memory, bounded, single flight, refcounted
+ *   view   - the virtual namespace and the bytes of each .pt view
+ *   import - a materialized tree into a store
+ *   tools  - stat and verify
+ *   fuse   - the FUSE adapter, the only place that speaks errno
+ */
+#ifndef CLTFS_FS_H
+#define CLTFS_FS_H
+
+#include "codec.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <sys/uio.h>
+
+/* ---- store ---- */
+
+typedef struct cltfs_store cltfs_store;
+
+/* Open an existing store: load and validate cltfs.json, merge every index. */
+cltfs_err store_open(const char *dir, cltfs_store **out);
+/* Create dir (and packs/) if needed and write the manifest atomically. */
+cltfs_err store_create(const char *dir, const cltfs_manifest *m);
+void store_close(cltfs_store *s);
+const cltfs_manifest *store_manifest(const cltfs_store *s);
+const char *store_dir(const cltfs_store *s);
+/* The record of a chunk; on a miss, index files are rescanned (at most once
+ * a second) since capture jobs may be appending to the store. */
+bool store_lookup(cltfs_store *s, uint64_t key, cltfs_rec *rec);
+/* Read one chunk's frame, decode it into dst (rec->rsize bytes) and check
+ * its CRC.  CLTFS_E_CORRUPT names the pack, chunk and offset. */
+cltfs_err store_read_chunk(cltfs_store *s, const cltfs_rec *rec, cltfs_zctx *z, void *dst);
+/* Raw bytes of chunk c of any stream (rows * d * dtype size). */
+uint64_t store_chunk_raw(const cltfs_store *s, uint32_t chunk);
+
+/* Every record of every index file, in file order, for verify and stat. */
+typedef struct {
+	const char *idx_path, *pack_path;
+	uint64_t idx_offset; /* of the record */
+	bool valid;          /* record checksum ok */
+	cltfs_rec rec;
+} store_entry;
+typedef cltfs_err (*store_visit)(void *arg, const store_entry *e);
+cltfs_err store_foreach(cltfs_store *s, store_visit fn, void *arg);
+/* Read, decode and CRC-check the frame of one entry from its own pack. */
+cltfs_err store_check_entry(const store_entry *e, cltfs_zctx *z, void *dst);
+/* Bytes of the manifest plus every pack and index file. */
+uint64_t store_disk_bytes(cltfs_store *s);
+
+/* Appending: one writer per (host, tag); frames first, records after an
+ * fsync, so no reader ever sees a record whose frame is not durable. */
+typedef struct store_writer store_writer;
+cltfs_err store_writer_open(cltfs_store *s, const char *tag, store_writer **out);
+cltfs_err store_writer_add(store_writer *w, uint64_t key, const void *raw, size_t len);
+/* fsync the pack, append the pending records, fsync the index, publish. */
+cltfs_err store_writer_sync(store_writer *w);
+cltfs_err store_writer_close(store_writer *w);
+
+/* ---- chunk cache ---- */
+
+typedef struct chunk {
+	uint64_t key;
+	uint8_t *data;
+	size_t len;
+	uint32_t crc; /* of data, as served */
+	/* private to cache.c */
+	int refs, state;
+	cltfs_err err;
+	struct chunk *hnext, *prev, *next;
+} chunk;
+
+typedef struct chunk_cache chunk_cache;
+/* Fill *data (malloc'd, *len bytes) and *crc for key. */
+typedef cltfs_err (*chunk_loader)(void *arg, uint64_t key, uint8_t **data, size_t *len,
+				  uint32_t *crc);
+
+chunk_cache *cache_new(size_t limit_bytes, chunk_loader load, void *arg);
+void cache_free(chunk_cache *c);
+/* A referenced chunk; concurrent callers for one key wait for one load.
+ * *hit says whether it was already in memory. */
+cltfs_err cache_get(chunk_cache *c, uint64_t key, chunk **out, bool *hit);
+void cache_put(chunk_cache *c, chunk *ch);
+bool cache_has(chunk_cache *c, uint64_t key);
+void cache_usage(chunk_cache *c, size_t *bytes, size_t *entries, size_t *limit);
+
+/* ---- the filesystem: namespace and views ---- */
+
+typedef struct {
+	int64_t batch_samples; /* 0: the store's batching */
+	int64_t batch_rows;    /* 0: off; else flat token batches of B rows */
+	int dtype;             /* -1: as stored */
+	size_t cache_mb;
+	int readahead;         /* chunks ahead of a sequential reader */
+} cltfs_opts;
+
+typedef struct {
+	atomic_ullong mem_hits, store_loads, bytes_read, reads, errors, readahead;
+	atomic_ullong lat_us_sum, lat_us_max;
+} cltfs_stats;
+
+typedef struct cltfs_fs cltfs_fs;
+
+cltfs_err fs_new(cltfs_store *s, const cltfs_opts *o, cltfs_fs **out);
+void fs_free(cltfs_fs *fs);
+cltfs_store *fs_store(cltfs_fs *fs);
+cltfs_stats *fs_stats(cltfs_fs *fs);
+/* JSON for .cltfs/stats, malloc'd. */
+char *fs_stats_json(cltfs_fs *fs);
+
+/* The namespace: layer directories L<n>, each with batch_<k>_{x,y}.pt. */
+int fs_nlayers(const cltfs_fs *fs);
+int fs_layer(const cltfs_fs *fs, int i); /* layer number of directory i */
+int64_t fs_nbatches(const cltfs_fs *fs);
+/* Directory index of "L<n>", or -1. */
+int fs_find_layer(const cltfs_fs *fs, const char *name);
+/* Parse "batch_<k>_x.pt"/"batch_<k>_y.pt": false if not a view name. */
+bool fs_parse_view(const cltfs_fs *fs, const char *name, int64_t *batch, int *is_y);
+
+typedef struct view view;
+cltfs_err view_open(cltfs_fs *fs, int layer_idx, int64_t batch, int is_y, view **out);
+void view_close(view *v);
+uint64_t view_size(const view *v);
+/* File size without building the storage map (for getattr). */
+cltfs_err fs_view_size(cltfs_fs *fs, int layer_idx, int64_t batch, int is_y, uint64_t *size);
+
+/* The bytes of [off, off+len): iovecs into chunk buffers, the zero page
+ * and literal bytes; hold references until view_buf_release. */
+typedef struct {
+	struct iovec *iov;
+	size_t niov, iovcap;
+	chunk **refs;
+	size_t nrefs, refcap;
+	uint8_t *lit;
+	size_t total;
+} view_buf;
+cltfs_err view_read(cltfs_fs *fs, view *v, uint64_t off, size_t len, view_buf *out);
+void view_buf_release(cltfs_fs *fs, view_buf *b);
+/* Copy [off, off+len) into dst; returns bytes copied in *got. */
+cltfs_err view_pread(cltfs_fs *fs, view *v, uint64_t off, size_t len, uint8_t *dst, size_t *got);
+/* Prefetch the chunks behind [off, off+len) on the readahead threads. */
+void view_readahead(cltfs_fs *fs, view *v, uint64_t off, uint64_t len);
+
+/* ---- commands ---- */
+
+typedef struct {
+	int chunk_rows;    /* 0: about 1 MiB of raw bytes */
+	int target_offset; /* 1 as the reference */
+	int level;         /* zstd level */
+	bool quiet;
+} import_opts;
+cltfs_err cmd_import(const char *store, const char *src, const import_opts *o);
+int cmd_stat(const char *store, bool json);
+int cmd_verify(const char *store);
+
+/* The usage text of every command. */
+#include <stdio.h>
+void cltfs_usage(FILE *f);
+/* The FUSE side: returns the process exit status. */
+int fuse_main_cltfs(int argc, char **argv);
+
+#endif

@@ -1,0 +1,665 @@
+/* fuse.c: the FUSE adapter (low-level API), the only place that speaks errno.
+ *
+ * Inode numbers are a pure function of the namespace, so lookups need no
+ * table:
+ *   1                 the root
+ *   2, 3, 4           .cltfs/, .cltfs/stats, .cltfs/manifest.json
+ *   16 + i            layer directory i (L<n> with n = x_layers[i])
+ *   FILE0 + 2*(i*B+k) + y   batch k of layer directory i; y: 0 x, 1 y
+ * Content never changes under a mount, so entries and attributes are
+ * cached for a day and files are opened with keep_cache: a second read is
+ * a page-cache read.  Work (build a view, compose bytes) is split from the
+ * reply, as in libfuse's passthrough_ll.c.
+ */
+#define FUSE_USE_VERSION 312
+#include "fs.h"
+
+#include <errno.h>
+#include <fuse_lowlevel.h>
+#include <limits.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define INO_ROOT 1
+#define INO_META 2
+#define INO_STATS 3
+#define INO_MANIFEST 4
+#define INO_LAYER0 16
+#define INO_FILE0 (UINT64_C(1) << 20)
+#define TIMEOUT 86400.0
+#define MAX_READ (1u << 20)
+
+typedef struct {
+	cltfs_fs *fs;
+	char *manifest_json;
+	size_t manifest_len;
+	struct timespec mtime;
+	uid_t uid;
+	gid_t gid;
+} ctx;
+
+typedef struct {
+	int kind; /* 0 view, 1 snapshot (stats, manifest) */
+	view *v;
+	char *buf;
+	size_t len;
+	uint64_t last_end;
+} handle;
+
+static ctx *get_ctx(fuse_req_t req) { return fuse_req_userdata(req); }
+
+/* The one map from cltfs errors to errno. */
+static int to_errno(cltfs_err e)
+{
+	switch (e) {
+	case CLTFS_OK:
+		return 0;
+	case CLTFS_E_NOMEM:
+		return ENOMEM;
+	case CLTFS_E_NOTFOUND:
+	case CLTFS_E_CORRUPT:
+	case CLTFS_E_IO:
+	case CLTFS_E_MISMATCH:
+	case CLTFS_E_FORMAT:
+		return EIO;
+	case CLTFS_E_INVAL:
+		return EINVAL;
+	case CLTFS_E_UNSUPPORTED:
+		return EOPNOTSUPP;
+	}
+	return EIO;
+}
+
+static int fail(ctx *c, cltfs_err e)
+{
+	atomic_fetch_add(&fs_stats(c->fs)->errors, 1);
+	fprintf(stderr, "cltfs: %s\n", cltfs_errmsg());
+	return to_errno(e);
+}
+
+/* ---- inodes ---- */
+
+typedef struct {
+	enum { N_ROOT, N_META, N_STATS, N_MANIFEST, N_LAYER, N_FILE, N_NONE } t;
+	int layer_idx;
+	int64_t batch;
+	int is_y;
+} node;
+
+static node decode(const ctx *c, fuse_ino_t ino)
+{
+	node n = {N_NONE, 0, 0, 0};
+	int nl = fs_nlayers(c->fs);
+	int64_t nb = fs_nbatches(c->fs);
+	if (ino == INO_ROOT)
+		n.t = N_ROOT;
+	else if (ino == INO_META)
+		n.t = N_META;
+	else if (ino == INO_STATS)
+		n.t = N_STATS;
+	else if (ino == INO_MANIFEST)
+		n.t = N_MANIFEST;
+	else if (ino >= INO_LAYER0 && ino < INO_LAYER0 + (fuse_ino_t)nl) {
+		n.t = N_LAYER;
+		n.layer_idx = (int)(ino - INO_LAYER0);
+	} else if (ino >= INO_FILE0) {
+		uint64_t f = ino - INO_FILE0;
+		if (f / 2 < (uint64_t)nl * (uint64_t)nb) {
+			n.t = N_FILE;
+			n.is_y = (int)(f & 1);
+			n.layer_idx = (int)(f / 2 / (uint64_t)nb);
+			n.batch = (int64_t)(f / 2 % (uint64_t)nb);
+		}
+	}
+	return n;
+}
+
+static fuse_ino_t file_ino(const ctx *c, int li, int64_t k, int y)
+{
+	return INO_FILE0 + 2 * ((uint64_t)li * (uint64_t)fs_nbatches(c->fs) + (uint64_t)k) + (uint64_t)y;
+}
+
+static int do_stat(ctx *c, fuse_ino_t ino, struct stat *st)
+{
+	node n = decode(c, ino);
+	memset(st, 0, sizeof *st);
+	st->st_ino = ino;
+	st->st_uid = c->uid;
+	st->st_gid = c->gid;
+	st->st_mtim = st->st_ctim = st->st_atim = c->mtime;
+	st->st_blksize = MAX_READ;
+	switch (n.t) {
+	case N_ROOT:
+		st->st_mode = S_IFDIR | 0555;
+		st->st_nlink = 3 + (nlink_t)fs_nlayers(c->fs);
+		return 0;
+	case N_META:
+	case N_LAYER:
+		st->st_mode = S_IFDIR | 0555;
+		st->st_nlink = 2;
+		return 0;
+	case N_STATS: /* size 0: read until EOF, like /proc */
+		st->st_mode = S_IFREG | 0444;
+		st->st_nlink = 1;
+		return 0;
+	case N_MANIFEST:
+		st->st_mode = S_IFREG | 0444;
+		st->st_nlink = 1;
+		st->st_size = (off_t)c->manifest_len;
+		return 0;
+	case N_FILE: {
+		uint64_t size;
+		cltfs_err e = fs_view_size(c->fs, n.layer_idx, n.batch, n.is_y, &size);
+		if (e)
+			return fail(c, e);
+		st->st_mode = S_IFREG | 0444;
+		st->st_nlink = 1;
+		st->st_size = (off_t)size;
+		st->st_blocks = (blkcnt_t)((size + 511) / 512);
+		return 0;
+	}
+	default:
+		return ENOENT;
+	}
+}
+
+static fuse_ino_t do_lookup(ctx *c, fuse_ino_t parent, const char *name)
+{
+	node p = decode(c, parent);
+	if (p.t == N_ROOT) {
+		if (!strcmp(name, ".cltfs"))
+			return INO_META;
+		int li = fs_find_layer(c->fs, name);
+		return li < 0 ? 0 : INO_LAYER0 + (fuse_ino_t)li;
+	}
+	if (p.t == N_META)
+		return !strcmp(name, "stats") ? INO_STATS : !strcmp(name, "manifest.json") ? INO_MANIFEST : 0;
+	if (p.t == N_LAYER) {
+		int64_t k;
+		int y;
+		if (fs_parse_view(c->fs, name, &k, &y))
+			return file_ino(c, p.layer_idx, k, y);
+	}
+	return 0;
+}
+
+static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	ctx *c = get_ctx(req);
+	struct fuse_entry_param e = {0};
+	e.ino = do_lookup(c, parent, name);
+	if (!e.ino) {
+		e.entry_timeout = TIMEOUT; /* negative entries are cached too */
+		fuse_reply_entry(req, &e);
+		return;
+	}
+	int err = do_stat(c, e.ino, &e.attr);
+	if (err) {
+		fuse_reply_err(req, err);
+		return;
+	}
+	e.attr_timeout = e.entry_timeout = TIMEOUT;
+	fuse_reply_entry(req, &e);
+}
+
+static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct stat st;
+	int err = do_stat(get_ctx(req), ino, &st);
+	if (err)
+		fuse_reply_err(req, err);
+	else
+		fuse_reply_attr(req, &st, ino == INO_STATS ? 0 : TIMEOUT);
+}
+
+/* ---- directories ---- */
+
+/* Directory entry number off of a directory: name and inode. */
+static bool dir_entry(ctx *c, node d, fuse_ino_t self, off_t off, char *name, size_t n, fuse_ino_t *ino,
+		      mode_t *mode)
+{
+	*mode = S_IFDIR;
+	if (off == 0) {
+		snprintf(name, n, ".");
+		*ino = self;
+		return true;
+	}
+	if (off == 1) {
+		snprintf(name, n, "..");
+		*ino = d.t == N_ROOT ? INO_ROOT : INO_ROOT;
+		return true;
+	}
+	off -= 2;
+	if (d.t == N_ROOT) {
+		if (off == 0) {
+			snprintf(name, n, ".cltfs");
+			*ino = INO_META;
+			return true;
+		}
+		if (off - 1 < fs_nlayers(c->fs)) {
+			snprintf(name, n, "L%d", fs_layer(c->fs, (int)(off - 1)));
+			*ino = INO_LAYER0 + (fuse_ino_t)(off - 1);
+			return true;
+		}
+		return false;
+	}
+	*mode = S_IFREG;
+	if (d.t == N_META) {
+		if (off > 1)
+			return false;
+		snprintf(name, n, off == 0 ? "stats" : "manifest.json");
+		*ino = off == 0 ? INO_STATS : INO_MANIFEST;
+		return true;
+	}
+	if (off / 2 >= fs_nbatches(c->fs))
+		return false;
+	snprintf(name, n, "batch_%lld_%c.pt", (long long)(off / 2), off % 2 ? 'y' : 'x');
+	*ino = file_ino(c, d.layer_idx, off / 2, (int)(off % 2));
+	return true;
+}
+
+static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
+{
+	ctx *c = get_ctx(req);
+	node d = decode(c, ino);
+	if (d.t != N_ROOT && d.t != N_META && d.t != N_LAYER) {
+		fuse_reply_err(req, ENOTDIR);
+		return;
+	}
+	char *buf = malloc(size);
+	if (!buf) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	size_t used = 0;
+	char name[64];
+	fuse_ino_t eino;
+	mode_t mode;
+	while (dir_entry(c, d, ino, off, name, sizeof name, &eino, &mode)) {
+		struct stat st = {.st_ino = eino, .st_mode = mode};
+		size_t need = fuse_add_direntry(req, buf + used, size - used, name, &st, off + 1);
+		if (need > size - used)
+			break;
+		used += need;
+		off++;
+	}
+	fuse_reply_buf(req, buf, used);
+	free(buf);
+}
+
+/* ---- files ---- */
+
+static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	ctx *c = get_ctx(req);
+	node n = decode(c, ino);
+	if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC)) {
+		fuse_reply_err(req, EROFS);
+		return;
+	}
+	if (n.t != N_FILE && n.t != N_STATS && n.t != N_MANIFEST) {
+		fuse_reply_err(req, n.t == N_NONE ? ENOENT : EISDIR);
+		return;
+	}
+	handle *h = calloc(1, sizeof *h);
+	if (!h) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	cltfs_err e = CLTFS_OK;
+	if (n.t == N_FILE) {
+		e = view_open(c->fs, n.layer_idx, n.batch, n.is_y, &h->v);
+		fi->keep_cache = 1;
+	} else {
+		h->kind = 1;
+		h->buf = n.t == N_STATS ? fs_stats_json(c->fs) : strdup(c->manifest_json);
+		if (!h->buf)
+			e = cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+		else
+			h->len = strlen(h->buf);
+		fi->direct_io = n.t == N_STATS; /* a fresh snapshot at each open */
+		fi->keep_cache = n.t == N_MANIFEST;
+	}
+	if (e) {
+		free(h);
+		fuse_reply_err(req, fail(c, e));
+		return;
+	}
+	fi->fh = (uint64_t)(uintptr_t)h;
+	fuse_reply_open(req, fi);
+}
+
+static uint64_t usec_since(const struct timespec *t0)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (uint64_t)(t.tv_sec - t0->tv_sec) * 1000000u + (uint64_t)((t.tv_nsec - t0->tv_nsec) / 1000);
+}
+
+static void note_latency(cltfs_stats *st, uint64_t us)
+{
+	atomic_fetch_add(&st->lat_us_sum, us);
+	unsigned long long max = atomic_load(&st->lat_us_max);
+	while (us > max && !atomic_compare_exchange_weak(&st->lat_us_max, &max, us))
+		;
+}
+
+static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
+{
+	ctx *c = get_ctx(req);
+	handle *h = (handle *)(uintptr_t)fi->fh;
+	if (h->kind == 1) {
+		size_t o = (size_t)off < h->len ? (size_t)off : h->len;
+		fuse_reply_buf(req, h->buf + o, size < h->len - o ? size : h->len - o);
+		return;
+	}
+	struct timespec t0;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	cltfs_stats *st = fs_stats(c->fs);
+	view_buf b;
+	cltfs_err e = view_read(c->fs, h->v, (uint64_t)off, size, &b);
+	if (e) {
+		fuse_reply_err(req, fail(c, e));
+		return;
+	}
+	/* A reader that continues where it stopped is sequential: fetch ahead. */
+	uint64_t end = (uint64_t)off + b.total, prev = __atomic_exchange_n(&h->last_end, end, __ATOMIC_RELAXED);
+	if (prev == (uint64_t)off && b.total)
+		view_readahead(c->fs, h->v, end, (uint64_t)size * 4);
+	fuse_reply_iov(req, b.iov, (int)b.niov);
+	atomic_fetch_add(&st->reads, 1);
+	atomic_fetch_add(&st->bytes_read, b.total);
+	view_buf_release(c->fs, &b);
+	note_latency(st, usec_since(&t0));
+}
+
+static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	handle *h = (handle *)(uintptr_t)fi->fh;
+	view_close(h->v);
+	free(h->buf);
+	free(h);
+	fuse_reply_err(req, 0);
+}
+
+static void op_statfs(fuse_req_t req, fuse_ino_t ino)
+{
+	struct statvfs sv = {.f_bsize = MAX_READ, .f_frsize = 512, .f_namemax = 255};
+	fuse_reply_statfs(req, &sv);
+}
+
+/* ---- read-only ---- */
+
+static void erofs(fuse_req_t req) { fuse_reply_err(req, EROFS); }
+static void op_mkdir(fuse_req_t req, fuse_ino_t p, const char *n, mode_t m) { erofs(req); }
+static void op_unlink(fuse_req_t req, fuse_ino_t p, const char *n) { erofs(req); }
+static void op_rename(fuse_req_t req, fuse_ino_t p, const char *n, fuse_ino_t np, const char *nn,
+		      unsigned int flags)
+{
+	erofs(req);
+}
+static void op_create(fuse_req_t req, fuse_ino_t p, const char *n, mode_t m, struct fuse_file_info *fi)
+{
+	erofs(req);
+}
+static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
+		       struct fuse_file_info *fi)
+{
+	erofs(req);
+}
+static void op_mknod(fuse_req_t req, fuse_ino_t p, const char *n, mode_t m, dev_t r) { erofs(req); }
+static void op_symlink(fuse_req_t req, const char *l, fuse_ino_t p, const char *n) { erofs(req); }
+static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t p, const char *n) { erofs(req); }
+static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off,
+		     struct fuse_file_info *fi)
+{
+	erofs(req);
+}
+
+static void op_init(void *userdata, struct fuse_conn_info *conn)
+{
+	/* Large reads and readahead: the kernel's defaults (128 KiB) cost 2-5x
+	 * in throughput (DESIGN.md section 5).  max_read must match -o max_read. */
+	conn->max_read = MAX_READ;
+	conn->max_readahead = conn->max_readahead > MAX_READ ? conn->max_readahead : MAX_READ;
+	if (conn->capable & FUSE_CAP_ASYNC_READ)
+		conn->want |= FUSE_CAP_ASYNC_READ;
+	if (conn->capable & FUSE_CAP_PARALLEL_DIROPS)
+		conn->want |= FUSE_CAP_PARALLEL_DIROPS;
+}
+
+static const struct fuse_lowlevel_ops ops = {
+	.init = op_init,
+	.lookup = op_lookup,
+	.getattr = op_getattr,
+	.readdir = op_readdir,
+	.open = op_open,
+	.read = op_read,
+	.release = op_release,
+	.statfs = op_statfs,
+	.mkdir = op_mkdir,
+	.rmdir = op_unlink,
+	.unlink = op_unlink,
+	.rename = op_rename,
+	.create = op_create,
+	.setattr = op_setattr,
+	.mknod = op_mknod,
+	.symlink = op_symlink,
+	.link = op_link,
+	.write = op_write,
+};
+
+/* ---- command line ---- */
+
+typedef struct {
+	char *store, *dtype;
+	long long cache_mb, batch_samples, batch_rows, readahead, threads;
+	char *args[2];
+	int nargs;
+	int foreground, debug, single, help, version;
+} cli;
+
+#define OPT(t, p) {t, offsetof(cli, p), 1}
+#define UNSET LLONG_MIN /* an option not given */
+static const struct fuse_opt cli_opts[] = {
+	OPT("store=%s", store),           OPT("dtype=%s", dtype),
+	OPT("cache_mb=%lld", cache_mb),   OPT("batch_samples=%lld", batch_samples),
+	OPT("batch_rows=%lld", batch_rows), OPT("readahead=%lld", readahead),
+	OPT("threads=%lld", threads),     OPT("-f", foreground),
+	OPT("-d", debug),                 OPT("debug", debug),
+	OPT("-s", single),                OPT("-h", help),
+	OPT("--help", help),              OPT("-V", version),
+	OPT("--version", version),        FUSE_OPT_END,
+};
+
+static int cli_proc(void *data, const char *arg, int key, struct fuse_args *out)
+{
+	cli *c = data;
+	if (key == FUSE_OPT_KEY_NONOPT) {
+		if (c->nargs == 2) {
+			fprintf(stderr, "cltfs: unexpected argument '%s'\n", arg);
+			return -1;
+		}
+		c->args[c->nargs++] = strdup(arg);
+		return 0;
+	}
+	return 1; /* everything else goes to libfuse */
+}
+
+void cltfs_usage(FILE *f)
+{
+	fputs("usage: cltfs [STORE] MOUNTPOINT [-f] [-d] [-s] [-o opt[,opt...]]\n"
+	      "       cltfs import STORE SRC_DIR [--chunk-rows N] [--target-offset 0|1] [--level N] [--quiet]\n"
+	      "       cltfs stat STORE [--json]\n"
+	      "       cltfs verify STORE\n"
+	      "       cltfs --help | --version\n"
+	      "\n"
+	      "Serve model activations for CLT training as L<n>/batch_<k>_{x,y}.pt files composed on\n"
+	      "read from a compressed, deduplicated store.\n"
+	      "\n"
+	      "Mount options:\n"
+	      "  -o store=DIR           the store (else $CLTFS_STORE, else ~/.local/share/cltfs/store)\n"
+	      "  -o cache_mb=N          memory for decoded chunks (default 256)\n"
+	      "  -o batch_samples=S     regroup samples S per batch\n"
+	      "  -o batch_rows=B        flat token batches of B rows: {'x': [B, d]}\n"
+	      "  -o dtype=T             bfloat16, float16 or float32, converted on the fly\n"
+	      "  -o readahead=N         chunks decoded ahead of a sequential reader (default 4, 0 off)\n"
+	      "  -o threads=N           at most N FUSE worker threads (default 16)\n"
+	      "  -f  stay in the foreground   -d  debug output   -s  single-threaded\n"
+	      "  and the usual FUSE options (allow_other, ...).  Unmount with fusermount3 -u.\n"
+	      "\n"
+	      "Also: mount -t fuse.cltfs STORE MNT, mount -t fuse cltfs MNT -o store=STORE, and\n"
+	      "/etc/fstab lines of type fuse.cltfs.  See man cltfs.\n",
+	      f);
+}
+
+static const char *default_store(char *buf, size_t n)
+{
+	const char *env = getenv("CLTFS_STORE"), *xdg = getenv("XDG_DATA_HOME"), *home = getenv("HOME");
+	if (env && *env)
+		return env;
+	if (xdg && *xdg)
+		snprintf(buf, n, "%s/cltfs/store", xdg);
+	else
+		snprintf(buf, n, "%s/.local/share/cltfs/store", home ? home : "");
+	return buf;
+}
+
+static bool check_opts(const cli *c, cltfs_opts *o)
+{
+	*o = (cltfs_opts){.dtype = -1, .cache_mb = 256, .readahead = 4};
+	if (c->cache_mb < 0 || c->cache_mb > (1 << 22) || c->batch_samples < 0 || c->batch_rows < 0 ||
+	    (c->readahead != UNSET && (c->readahead < 0 || c->readahead > 64)) || c->threads < 0 || c->threads > 1024) {
+		fprintf(stderr, "cltfs: an option is out of range (cache_mb, batch_samples, batch_rows, "
+				"readahead 0-64, threads 0-1024)\n");
+		return false;
+	}
+	if (c->batch_samples && c->batch_rows) {
+		fprintf(stderr, "cltfs: batch_samples and batch_rows exclude each other\n");
+		return false;
+	}
+	cltfs_dtype dt;
+	if (c->dtype && !cltfs_dtype_parse(c->dtype, &dt)) {
+		fprintf(stderr, "cltfs: dtype=%s: expected bfloat16, float16 or float32\n", c->dtype);
+		return false;
+	}
+	if (c->dtype)
+		o->dtype = (int)dt;
+	if (c->cache_mb)
+		o->cache_mb = (size_t)c->cache_mb;
+	o->batch_samples = c->batch_samples;
+	o->batch_rows = c->batch_rows;
+	if (c->readahead != UNSET) /* readahead=0 turns it off */
+		o->readahead = (int)c->readahead;
+	return true;
+}
+
+static int serve(struct fuse_session *se, const cli *c)
+{
+	if (c->single)
+		return fuse_session_loop(se);
+	struct fuse_loop_config *lc = fuse_loop_cfg_create();
+	if (!lc)
+		return -1;
+	fuse_loop_cfg_set_clone_fd(lc, 0);
+	fuse_loop_cfg_set_idle_threads(lc, 10);
+	fuse_loop_cfg_set_max_threads(lc, c->threads ? (unsigned)c->threads : 16);
+	int r = fuse_session_loop_mt(se, lc);
+	fuse_loop_cfg_destroy(lc);
+	return r;
+}
+
+int fuse_main_cltfs(int argc, char **argv)
+{
+	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
+	cli c = {.readahead = UNSET};
+	int rc = 1;
+	cltfs_store *s = NULL;
+	cltfs_fs *fs = NULL;
+	struct fuse_session *se = NULL;
+	ctx cx = {0};
+	cltfs_opts o;
+	char defbuf[PATH_MAX], opt[64];
+
+	if (fuse_opt_parse(&args, &c, cli_opts, cli_proc) < 0)
+		goto out;
+	if (c.help) {
+		cltfs_usage(stdout);
+		rc = 0;
+		goto out;
+	}
+	if (c.version) {
+		printf("cltfs %s (libfuse %s)\n", CLTFS_VERSION, fuse_pkgversion());
+		rc = 0;
+		goto out;
+	}
+	if (c.nargs == 0) {
+		fprintf(stderr, "cltfs: no mount point given (see cltfs --help)\n");
+		rc = 2;
+		goto out;
+	}
+	/* cltfs STORE MNT, or cltfs MNT with the store from -o store=, the
+	 * environment, or the default. */
+	const char *mnt = c.args[c.nargs - 1];
+	const char *store = c.nargs == 2 ? c.args[0] : c.store ? c.store : default_store(defbuf, sizeof defbuf);
+	if (!check_opts(&c, &o)) {
+		rc = 2;
+		goto out;
+	}
+	if (store_open(store, &s)) {
+		fprintf(stderr, "cltfs: %s\n", cltfs_errmsg());
+		goto out;
+	}
+	snprintf(opt, sizeof opt, "-omax_read=%u", MAX_READ);
+	if (fuse_opt_add_arg(&args, opt) || fuse_opt_add_arg(&args, "-oro") ||
+	    fuse_opt_add_arg(&args, "-ofsname=cltfs") || fuse_opt_add_arg(&args, "-osubtype=cltfs") ||
+	    (c.debug && fuse_opt_add_arg(&args, "-d")))
+		goto out_store;
+	cx.manifest_json = cltfs_manifest_dump(store_manifest(s));
+	if (!cx.manifest_json)
+		goto out_store;
+	cx.manifest_len = strlen(cx.manifest_json);
+	cx.uid = getuid();
+	cx.gid = getgid();
+	clock_gettime(CLOCK_REALTIME, &cx.mtime);
+	se = fuse_session_new(&args, &ops, sizeof ops, &cx);
+	if (!se)
+		goto out_json;
+	if (fuse_set_signal_handlers(se))
+		goto out_session;
+	if (fuse_session_mount(se, mnt)) {
+		fprintf(stderr, "cltfs: cannot mount %s on %s\n", store, mnt);
+		goto out_signals;
+	}
+	/* Threads (readahead) start after the fork of daemonizing. */
+	fuse_daemonize(c.foreground || c.debug);
+	if (fs_new(s, &o, &fs)) {
+		fprintf(stderr, "cltfs: %s\n", cltfs_errmsg());
+		goto out_unmount;
+	}
+	cx.fs = fs;
+	rc = serve(se, &c) ? 1 : 0;
+	fs_free(fs);
+out_unmount:
+	fuse_session_unmount(se);
+out_signals:
+	fuse_remove_signal_handlers(se);
+out_session:
+	fuse_session_destroy(se);
+out_json:
+	free(cx.manifest_json);
+out_store:
+	store_close(s);
+out:
+	free(c.store);
+	free(c.dtype);
+	free(c.args[0]);
+	free(c.args[1]);
+	fuse_opt_free_args(&args);
+	return rc;
+}

@@ -1,0 +1,779 @@
+/* import.c: a materialized CLT tree into a store.
+ *
+ * The tree (L<n>/batch_<k>_{x,y}.pt, DESIGN.md section 1) repeats every MLP
+ * output in up to n_targets y files.  Import keeps each distinct stream
+ * once: x@L from the x files and mlp@t from the targets, chunk by chunk.
+ *
+ * Plan: list the tree, read each batch's shape from the first layer's x
+ * file, and the format (keys, dtype, d, n_targets) from batch 0; targets
+ * that are zero in batch 0 past some layer are the padding, which fixes
+ * n_layers.  The manifest is written before any chunk, so an interrupted
+ * import leaves a valid store, and a re-run skips what is there.
+ *
+ * Trust nothing: every file's structure is checked against the plan, a
+ * chunk that is already stored is compared byte for byte through the view
+ * that will serve it, and each file is finally re-composed from the store
+ * exactly as the mount will serve it, parsed back, and compared with the
+ * source.  Import reports success only when every value of the tree came
+ * back.
+ */
+#include "fs.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+typedef struct {
+	const char *src;
+	int *layers;
+	int nlayers;
+	int64_t nbatches;
+	const import_opts *o;
+	cltfs_manifest *m;
+	int64_t *S, *T; /* per batch */
+	uint64_t src_bytes;
+	double t0;
+} plan;
+
+static double now(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static void file_path(const plan *p, int layer, int64_t k, char xy, char *buf, size_t n)
+{
+	snprintf(buf, n, "%s/L%d/batch_%lld_%c.pt", p->src, layer, (long long)k, xy);
+}
+
+/* A decimal with no sign or leading zeros. */
+static bool num(const char *s, size_t n, long long *v)
+{
+	if (!n || n > 12 || (n > 1 && *s == '0'))
+		return false;
+	long long x = 0;
+	for (size_t i = 0; i < n; i++) {
+		if (s[i] < '0' || s[i] > '9')
+			return false;
+		x = x * 10 + (s[i] - '0');
+	}
+	*v = x;
+	return true;
+}
+
+static int cmp_int(const void *a, const void *b)
+{
+	return (*(const int *)a > *(const int *)b) - (*(const int *)a < *(const int *)b);
+}
+
+/* Largest batch number of one layer directory; x and y both counted. */
+static cltfs_err scan_layer(const plan *p, int layer, long long *maxk, uint64_t *bytes)
+{
+	char dir[PATH_MAX];
+	snprintf(dir, sizeof dir, "%s/L%d", p->src, layer);
+	DIR *d = opendir(dir);
+	if (!d)
+		return cltfs_fail(CLTFS_E_IO, "%s: %s", dir, strerror(errno));
+	struct dirent *de;
+	while ((de = readdir(d))) {
+		size_t n = strlen(de->d_name);
+		long long k;
+		if (n < 12 || strncmp(de->d_name, "batch_", 6) || strcmp(de->d_name + n - 3, ".pt") ||
+		    de->d_name[n - 5] != '_' || (de->d_name[n - 4] != 'x' && de->d_name[n - 4] != 'y') ||
+		    !num(de->d_name + 6, n - 11, &k))
+			continue;
+		if (k > *maxk)
+			*maxk = k;
+		char path[PATH_MAX];
+		struct stat st;
+		snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
+		if (!stat(path, &st))
+			*bytes += (uint64_t)st.st_size;
+	}
+	closedir(d);
+	return CLTFS_OK;
+}
+
+static cltfs_err list_tree(plan *p)
+{
+	DIR *d = opendir(p->src);
+	if (!d)
+		return cltfs_fail(errno == ENOENT ? CLTFS_E_NOTFOUND : CLTFS_E_IO, "%s: %s", p->src,
+				  strerror(errno));
+	int cap = 0;
+	struct dirent *de;
+	cltfs_err e = CLTFS_OK;
+	while (!e && (de = readdir(d))) {
+		long long L;
+		char path[PATH_MAX];
+		struct stat st;
+		if (de->d_name[0] != 'L' || !num(de->d_name + 1, strlen(de->d_name + 1), &L) || L >= 4096)
+			continue;
+		snprintf(path, sizeof path, "%s/%s", p->src, de->d_name);
+		if (stat(path, &st) || !S_ISDIR(st.st_mode))
+			continue;
+		if (p->nlayers == cap) {
+			cap = cap ? cap * 2 : 32;
+			int *nl = realloc(p->layers, (size_t)cap * sizeof *nl);
+			if (!nl) {
+				e = cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+				break;
+			}
+			p->layers = nl;
+		}
+		p->layers[p->nlayers++] = (int)L;
+	}
+	closedir(d);
+	if (e)
+		return e;
+	if (!p->nlayers)
+		return cltfs_fail(CLTFS_E_FORMAT, "%s: no L<n>/ directories: not a CLT activation tree", p->src);
+	qsort(p->layers, (size_t)p->nlayers, sizeof *p->layers, cmp_int);
+	long long maxk = -1;
+	for (int i = 0; !e && i < p->nlayers; i++)
+		e = scan_layer(p, p->layers[i], &maxk, &p->src_bytes);
+	if (!e && maxk < 0)
+		e = cltfs_fail(CLTFS_E_FORMAT, "%s/L%d: no batch_<k>_x.pt files", p->src, p->layers[0]);
+	p->nbatches = maxk + 1;
+	/* Every layer must hold every batch, x and y: name the first missing. */
+	for (int i = 0; !e && i < p->nlayers; i++)
+		for (int64_t k = 0; !e && k < p->nbatches; k++)
+			for (int xy = 0; !e && xy < 2; xy++) {
+				char path[PATH_MAX];
+				struct stat st;
+				file_path(p, p->layers[i], k, xy ? 'y' : 'x', path, sizeof path);
+				if (stat(path, &st))
+					e = cltfs_fail(CLTFS_E_NOTFOUND, "%s: missing (every layer needs batch_0..%lld, x and y)",
+						       path, (long long)p->nbatches - 1);
+			}
+	return e;
+}
+
+/* The x tensor of an x file: {'x': t}, {'data': t} or a bare tensor. */
+static const pt_obj *x_tensor(const pt_obj *root, const char **key)
+{
+	if (root->kind == PT_TENSOR) {
+		*key = "";
+		return root;
+	}
+	if (root->kind != PT_DICT || root->u.dict.n != 1)
+		return NULL;
+	const pt_obj *t = pt_get(root, "x");
+	*key = "x";
+	if (!t) {
+		t = pt_get(root, "data");
+		*key = "data";
+	}
+	return t && t->kind == PT_TENSOR ? t : NULL;
+}
+
+/* S and T of a tensor in the layout; rows = S * T. */
+static bool shape_of(const pt_obj *t, int layout, int d, int64_t *S, int64_t *T)
+{
+	const int64_t *sh = t->u.t.shape;
+	int n = t->u.t.ndim;
+	if (layout == CLTFS_SHAPE_STD && n == 3 && sh[2] == d) {
+		*S = sh[0];
+		*T = sh[1];
+	} else if (layout == CLTFS_SHAPE_S1TD && n == 4 && sh[1] == 1 && sh[3] == d) {
+		*S = sh[0];
+		*T = sh[2];
+	} else if (layout == CLTFS_SHAPE_FLAT && n == 2 && sh[1] == d) {
+		*S = 1;
+		*T = sh[0];
+	} else {
+		return false;
+	}
+	return *S > 0 && *T > 0;
+}
+
+static void shape_str(const pt_obj *t, char *buf, size_t n)
+{
+	size_t at = (size_t)snprintf(buf, n, "[");
+	for (int i = 0; i < t->u.t.ndim && at < n; i++)
+		at += (size_t)snprintf(buf + at, n - at, "%s%lld", i ? ", " : "", (long long)t->u.t.shape[i]);
+	if (at < n)
+		snprintf(buf + at, n - at, "]");
+}
+
+static cltfs_err open_pt(const char *path, pt_archive **ar)
+{
+	cltfs_err e = pt_open(path, ar);
+	if (!e && (e = pt_check_crcs(*ar, path))) {
+		pt_close(*ar);
+		*ar = NULL;
+	}
+	return e;
+}
+
+/* Format from batch 0's first x file: key, layout, dtype, d. */
+static cltfs_err plan_format(plan *p)
+{
+	char path[PATH_MAX];
+	file_path(p, p->layers[0], 0, 'x', path, sizeof path);
+	pt_archive *ar;
+	cltfs_err e = open_pt(path, &ar);
+	if (e)
+		return e;
+	const char *key;
+	const pt_obj *t = x_tensor(pt_root(ar), &key);
+	cltfs_manifest *m = p->m;
+	if (!t)
+		e = cltfs_fail(CLTFS_E_FORMAT, "%s: expected {'x': tensor}, {'data': tensor} or a tensor", path);
+	else {
+		snprintf(m->x_key, sizeof m->x_key, "%s", key);
+		m->dtype = t->u.t.dtype;
+		int n = t->u.t.ndim;
+		m->d_model = n >= 2 ? (int)t->u.t.shape[n - 1] : 0;
+		m->shape = n == 3 ? CLTFS_SHAPE_STD : n == 4 ? CLTFS_SHAPE_S1TD : CLTFS_SHAPE_FLAT;
+		int64_t S, T;
+		char sh[128];
+		shape_str(t, sh, sizeof sh);
+		if (m->d_model < 1 || !shape_of(t, m->shape, m->d_model, &S, &T))
+			e = cltfs_fail(CLTFS_E_FORMAT, "%s: x has shape %s; expected [S, T, d], [S, 1, T, d] or [rows, d]",
+				       path, sh);
+	}
+	pt_close(ar);
+	return e;
+}
+
+/* Batch shapes from the first layer's x files. */
+static cltfs_err plan_batches(plan *p)
+{
+	p->S = calloc((size_t)p->nbatches, sizeof *p->S);
+	p->T = calloc((size_t)p->nbatches, sizeof *p->T);
+	if (!p->S || !p->T)
+		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	for (int64_t k = 0; k < p->nbatches; k++) {
+		char path[PATH_MAX];
+		file_path(p, p->layers[0], k, 'x', path, sizeof path);
+		pt_archive *ar;
+		cltfs_err e = pt_open(path, &ar);
+		if (e)
+			return e;
+		const char *key;
+		const pt_obj *t = x_tensor(pt_root(ar), &key);
+		char sh[128] = "?";
+		if (t)
+			shape_str(t, sh, sizeof sh);
+		if (!t || strcmp(key, p->m->x_key) || t->u.t.dtype != p->m->dtype ||
+		    !shape_of(t, p->m->shape, p->m->d_model, &p->S[k], &p->T[k]))
+			e = cltfs_fail(CLTFS_E_MISMATCH, "%s: x is %s %s under key '%s'; batch 0 set %s under key '%s'",
+				       path, t ? cltfs_dtype_name(t->u.t.dtype) : "not a tensor", sh, t ? key : "?",
+				       cltfs_dtype_name(p->m->dtype), p->m->x_key);
+		pt_close(ar);
+		if (e)
+			return e;
+	}
+	return CLTFS_OK;
+}
+
+static bool all_zero(const uint8_t *p, size_t n)
+{
+	static const uint8_t z[4096];
+	while (n) {
+		size_t k = n < sizeof z ? n : sizeof z;
+		if (memcmp(p, z, k))
+			return false;
+		p += k;
+		n -= k;
+	}
+	return true;
+}
+
+/* The y dict's parts, checked: keys, n_targets, targets list of tensors. */
+static cltfs_err y_parts(const char *path, const pt_obj *root, const pt_obj **y, const pt_obj **targets,
+			 int64_t *n_targets)
+{
+	const pt_obj *nt = pt_get(root, "n_targets");
+	*y = pt_get(root, "y");
+	*targets = pt_get(root, "targets");
+	if (root->kind != PT_DICT || root->u.dict.n != 3 || !*y || !*targets || !nt)
+		return cltfs_fail(CLTFS_E_FORMAT, "%s: expected a dict with keys y, targets, n_targets", path);
+	if ((*y)->kind != PT_TENSOR || ((*targets)->kind != PT_LIST && (*targets)->kind != PT_TUPLE) ||
+	    nt->kind != PT_INT)
+		return cltfs_fail(CLTFS_E_FORMAT, "%s: y must be a tensor, targets a list, n_targets an int", path);
+	*n_targets = nt->u.i;
+	for (size_t j = 0; j < (*targets)->u.seq.n; j++)
+		if ((*targets)->u.seq.v[j]->kind != PT_TENSOR)
+			return cltfs_fail(CLTFS_E_FORMAT, "%s: targets[%zu] is not a tensor", path, j);
+	return CLTFS_OK;
+}
+
+/* Target counts and padding from batch 0's y files: the targets that are
+ * all zero past the last nonzero layer are padding; the layer after the
+ * last nonzero target is n_layers. */
+static cltfs_err plan_targets(plan *p)
+{
+	cltfs_manifest *m = p->m;
+	int max_nt = 0, min_nt = INT_MAX, last_nonzero = -1, clip_layers = -1;
+	cltfs_err e = CLTFS_OK;
+	for (int i = 0; !e && i < p->nlayers; i++) {
+		int L = p->layers[i];
+		char path[PATH_MAX];
+		file_path(p, L, 0, 'y', path, sizeof path);
+		pt_archive *ar;
+		if ((e = open_pt(path, &ar)))
+			break;
+		const pt_obj *y, *tg;
+		int64_t nt;
+		if (!(e = y_parts(path, pt_root(ar), &y, &tg, &nt))) {
+			if ((size_t)nt != tg->u.seq.n)
+				e = cltfs_fail(CLTFS_E_FORMAT, "%s: n_targets is %lld but targets holds %zu", path,
+					       (long long)nt, tg->u.seq.n);
+			if (i == 0) {
+				const pt_obj *root = pt_root(ar);
+				for (int k = 0; k < 3; k++) {
+					const pt_obj *ks = root->u.dict.k[k];
+					snprintf(m->y_keys[k], sizeof m->y_keys[k], "%.*s", (int)ks->u.str.len, ks->u.str.s);
+				}
+			}
+		}
+		for (size_t j = 0; !e && j < tg->u.seq.n; j++) {
+			const pt_obj *t = tg->u.seq.v[j];
+			size_t bytes = (size_t)pt_tensor_numel(t) * cltfs_dtype_size(t->u.t.dtype);
+			const void *data = pt_tensor_data(ar, t);
+			int layer = L + p->o->target_offset + (int)j;
+			if (data && !all_zero(data, bytes) && layer > last_nonzero)
+				last_nonzero = layer;
+		}
+		if (!e) {
+			int n = (int)tg->u.seq.n;
+			if (n > max_nt)
+				max_nt = n;
+			if (n < min_nt) {
+				min_nt = n;
+				clip_layers = L + p->o->target_offset + n;
+			}
+		}
+		pt_close(ar);
+	}
+	if (e)
+		return e;
+	if (max_nt == 0)
+		return cltfs_fail(CLTFS_E_FORMAT, "%s: the y files hold no targets", p->src);
+	m->n_targets = max_nt;
+	int top = p->layers[p->nlayers - 1];
+	if (min_nt < max_nt) { /* targets past the last layer were dropped */
+		m->padding = CLTFS_PAD_CLIP;
+		m->n_layers = clip_layers;
+	} else {
+		m->padding = CLTFS_PAD_ZERO;
+		m->n_layers = last_nonzero + 1;
+	}
+	if (m->n_layers <= top)
+		m->n_layers = top + 1;
+	return CLTFS_OK;
+}
+
+static cltfs_err plan_manifest(plan *p)
+{
+	cltfs_manifest *m = p->m;
+	m->version = 1;
+	m->target_offset = p->o->target_offset;
+	m->input_hook = strdup("mlp_in");
+	m->source_kind = strdup("import");
+	char abs[PATH_MAX];
+	m->source_path = strdup(realpath(p->src, abs) ? abs : p->src);
+	if (!m->input_hook || !m->source_kind || !m->source_path)
+		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	cltfs_err e;
+	if ((e = plan_format(p)) || (e = plan_batches(p)) || (e = plan_targets(p)))
+		return e;
+	size_t row = (size_t)m->d_model * cltfs_dtype_size(m->dtype);
+	m->chunk_rows = p->o->chunk_rows > 0 ? p->o->chunk_rows : (int64_t)((1u << 20) / row);
+	if (m->chunk_rows < 1)
+		m->chunk_rows = 1;
+	m->batch_samples = p->S[0];
+	m->n_x_layers = p->nlayers;
+	m->x_layers = malloc((size_t)p->nlayers * sizeof *m->x_layers);
+	m->mlp_layers = calloc((size_t)m->n_layers + 1, sizeof *m->mlp_layers);
+	if (!m->x_layers || !m->mlp_layers)
+		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	memcpy(m->x_layers, p->layers, (size_t)p->nlayers * sizeof *p->layers);
+	for (int t = 0; t < m->n_layers; t++) /* every target layer some y file needs */
+		for (int i = 0; i < p->nlayers; i++) {
+			int j = t - p->layers[i] - m->target_offset;
+			if (j >= 0 && j < cltfs_manifest_targets_of(m, p->layers[i])) {
+				m->mlp_layers[m->n_mlp_layers++] = t;
+				break;
+			}
+		}
+	int64_t ns = 0;
+	if (p->nbatches < 1 || p->nbatches > INT32_MAX)
+		return cltfs_fail(CLTFS_E_FORMAT, "%s: %lld batches", p->src, (long long)p->nbatches);
+	for (int64_t k = 0; k < p->nbatches; k++)
+		ns += p->S[k];
+	m->n_samples = ns;
+	m->samples = calloc((size_t)ns, sizeof *m->samples);
+	m->n_batches = p->nbatches;
+	m->batches = calloc((size_t)p->nbatches, sizeof *m->batches);
+	if (!m->samples || !m->batches)
+		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	m->explicit_batches = true;
+	for (int64_t k = 0, s = 0; k < p->nbatches; k++) {
+		m->batches[k].samples = p->S[k];
+		m->batches[k].tokens = p->T[k];
+		for (int64_t i = 0; i < p->S[k]; i++)
+			m->samples[s++].rows = p->T[k]; /* an imported slot keeps its rows */
+	}
+	return cltfs_manifest_finish(m, "(planned manifest)");
+}
+
+/* ---- the import pass ---- */
+
+typedef struct {
+	plan *p;
+	cltfs_store *s;
+	cltfs_fs *fs;
+	store_writer *w;
+	uint64_t written, skipped, files, bytes_done;
+	uint8_t *gather;
+	size_t gcap;
+} run;
+
+/* Contiguous bytes of a tensor: in the map, or gathered into a buffer. */
+static const uint8_t *tensor_bytes(run *r, const pt_archive *ar, const pt_obj *t)
+{
+	const uint8_t *d = pt_tensor_data(ar, t);
+	if (d)
+		return d;
+	size_t n = (size_t)pt_tensor_numel(t) * cltfs_dtype_size(t->u.t.dtype);
+	if (n > r->gcap) {
+		uint8_t *g = realloc(r->gather, n);
+		if (!g)
+			return NULL;
+		r->gather = g;
+		r->gcap = n;
+	}
+	return pt_tensor_read(ar, t, r->gather) ? NULL : r->gather;
+}
+
+/* Store the chunks of batch k of one stream that the store lacks. */
+static cltfs_err put_stream(run *r, int kind, int layer, int64_t k, const uint8_t *data)
+{
+	const cltfs_manifest *m = r->p->m;
+	const cltfs_batch *b = &m->batches[k];
+	size_t row = (size_t)m->d_model * cltfs_dtype_size(m->dtype);
+	for (int64_t c = b->first_chunk; c < b->first_chunk + b->chunks; c++) {
+		uint64_t key = cltfs_key((unsigned)kind, (unsigned)layer, (uint32_t)c);
+		cltfs_rec rec;
+		if (store_lookup(r->s, key, &rec)) {
+			r->skipped++; /* compared below, through the view */
+			continue;
+		}
+		size_t off = (size_t)(m->chunk_start[c] - b->first_row) * row;
+		size_t len = (size_t)(m->chunk_start[c + 1] - m->chunk_start[c]) * row;
+		cltfs_err e = store_writer_add(r->w, key, data + off, len);
+		if (e)
+			return e;
+		r->written++;
+	}
+	return CLTFS_OK;
+}
+
+static cltfs_err check_tensor(const char *path, const char *what, const pt_obj *t, const plan *p, int64_t k)
+{
+	int64_t S, T;
+	char sh[128];
+	shape_str(t, sh, sizeof sh);
+	if (t->u.t.dtype != p->m->dtype || !shape_of(t, p->m->shape, p->m->d_model, &S, &T) || S != p->S[k] ||
+	    T != p->T[k])
+		return cltfs_fail(CLTFS_E_MISMATCH, "%s: %s is %s %s; the x file of batch %lld in L%d is %s with S=%lld T=%lld",
+				  path, what, cltfs_dtype_name(t->u.t.dtype), sh, (long long)k, p->layers[0],
+				  cltfs_dtype_name(p->m->dtype), (long long)p->S[k], (long long)p->T[k]);
+	return CLTFS_OK;
+}
+
+static bool same_obj_shape(const pt_obj *a, const pt_obj *b, int depth)
+{
+	if (a->kind != b->kind || depth > 32)
+		return false;
+	switch (a->kind) {
+	case PT_INT:
+		return a->u.i == b->u.i;
+	case PT_STR:
+		return a->u.str.len == b->u.str.len && !memcmp(a->u.str.s, b->u.str.s, a->u.str.len);
+	case PT_TENSOR:
+		return a->u.t.dtype == b->u.t.dtype && a->u.t.ndim == b->u.t.ndim &&
+		       !memcmp(a->u.t.shape, b->u.t.shape, (size_t)a->u.t.ndim * sizeof *a->u.t.shape);
+	case PT_LIST:
+	case PT_TUPLE:
+		if (a->u.seq.n != b->u.seq.n)
+			return false;
+		for (size_t i = 0; i < a->u.seq.n; i++)
+			if (!same_obj_shape(a->u.seq.v[i], b->u.seq.v[i], depth + 1))
+				return false;
+		return true;
+	case PT_DICT:
+		if (a->u.dict.n != b->u.dict.n)
+			return false;
+		for (size_t i = 0; i < a->u.dict.n; i++)
+			if (!same_obj_shape(a->u.dict.k[i], b->u.dict.k[i], depth + 1) ||
+			    !same_obj_shape(a->u.dict.v[i], b->u.dict.v[i], depth + 1))
+				return false;
+		return true;
+	default:
+		return true;
+	}
+}
+
+/* Compare every tensor of the source with the view's, in order. */
+static cltfs_err same_values(run *r, const char *path, const pt_archive *sa, const pt_obj *a,
+			     const pt_archive *va, const pt_obj *b, const char *where)
+{
+	if (a->kind == PT_TENSOR) {
+		const uint8_t *x = tensor_bytes(r, sa, a);
+		if (!x)
+			return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+		const uint8_t *y = pt_tensor_data(va, b);
+		size_t n = (size_t)pt_tensor_numel(a) * cltfs_dtype_size(a->u.t.dtype);
+		if (!y || memcmp(x, y, n))
+			return cltfs_fail(CLTFS_E_MISMATCH,
+					  "%s: %s differs from what the store now holds for the same layer and rows "
+					  "(targets that disagree between y files, or a changed tree)",
+					  path, where);
+		return CLTFS_OK;
+	}
+	if (a->kind == PT_LIST || a->kind == PT_TUPLE) {
+		for (size_t i = 0; i < a->u.seq.n; i++) {
+			char w[64];
+			snprintf(w, sizeof w, "targets[%zu]", i);
+			cltfs_err e = same_values(r, path, sa, a->u.seq.v[i], va, b->u.seq.v[i], w);
+			if (e)
+				return e;
+		}
+	} else if (a->kind == PT_DICT) {
+		for (size_t i = 0; i < a->u.dict.n; i++) {
+			const pt_obj *k = a->u.dict.k[i];
+			char w[64];
+			snprintf(w, sizeof w, "'%.*s'", k->kind == PT_STR ? (int)k->u.str.len : 1,
+				 k->kind == PT_STR ? k->u.str.s : "?");
+			cltfs_err e = same_values(r, path, sa, a->u.dict.v[i], va, b->u.dict.v[i], w);
+			if (e)
+				return e;
+		}
+	}
+	return CLTFS_OK;
+}
+
+/* Compose the view from the store as the mount serves it, parse it back,
+ * and compare with the source file. */
+static cltfs_err verify_file(run *r, const char *path, const pt_archive *src, int li, int64_t k, int is_y)
+{
+	view *v;
+	cltfs_err e = view_open(r->fs, li, k, is_y, &v);
+	if (e)
+		return cltfs_wrap(e, "%s", path);
+	uint64_t size = view_size(v);
+	uint8_t *buf = malloc(size ? size : 1);
+	size_t got = 0;
+	if (!buf)
+		e = cltfs_fail(CLTFS_E_NOMEM, "out of memory for a %llu-byte view", (unsigned long long)size);
+	for (uint64_t off = 0; !e && off < size; off += got) {
+		size_t want = size - off < (64u << 20) ? (size_t)(size - off) : (64u << 20);
+		if (!(e = view_pread(r->fs, v, off, want, buf + off, &got)) && got == 0)
+			e = cltfs_fail(CLTFS_E_IO, "short view");
+	}
+	view_close(v);
+	pt_archive *va = NULL;
+	if (!e && !(e = pt_open_mem(buf, (size_t)size, "composed view", &va)) &&
+	    !(e = pt_check_crcs(va, "composed view"))) {
+		if (!same_obj_shape(pt_root(src), pt_root(va), 0))
+			e = cltfs_fail(CLTFS_E_MISMATCH, "%s: the composed view's keys or shapes differ from the file",
+				       path);
+		else
+			e = same_values(r, path, src, pt_root(src), va, pt_root(va), "x");
+	}
+	pt_close(va);
+	free(buf);
+	return e;
+}
+
+static cltfs_err import_x(run *r, int li, int64_t k)
+{
+	plan *p = r->p;
+	char path[PATH_MAX];
+	file_path(p, p->layers[li], k, 'x', path, sizeof path);
+	pt_archive *ar;
+	cltfs_err e = open_pt(path, &ar);
+	if (e)
+		return e;
+	const char *key;
+	const pt_obj *t = x_tensor(pt_root(ar), &key);
+	if (!t || strcmp(key, p->m->x_key))
+		e = cltfs_fail(CLTFS_E_MISMATCH, "%s: not a tensor under key '%s' like the other x files", path,
+			       p->m->x_key);
+	if (!e)
+		e = check_tensor(path, "x", t, p, k);
+	const uint8_t *data = e ? NULL : tensor_bytes(r, ar, t);
+	if (!e && !data)
+		e = cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	if (!e)
+		e = put_stream(r, CLTFS_STREAM_X, p->layers[li], k, data);
+	if (!e)
+		e = store_writer_sync(r->w);
+	if (!e)
+		e = verify_file(r, path, ar, li, k, 0);
+	pt_close(ar);
+	return e;
+}
+
+static cltfs_err import_y(run *r, int li, int64_t k)
+{
+	plan *p = r->p;
+	const cltfs_manifest *m = p->m;
+	int L = p->layers[li];
+	char path[PATH_MAX];
+	file_path(p, L, k, 'y', path, sizeof path);
+	pt_archive *ar;
+	cltfs_err e = open_pt(path, &ar);
+	if (e)
+		return e;
+	const pt_obj *y, *tg;
+	int64_t nt;
+	int want = cltfs_manifest_targets_of(m, L);
+	if (!(e = y_parts(path, pt_root(ar), &y, &tg, &nt)) && (nt != want || (int64_t)tg->u.seq.n != want))
+		e = cltfs_fail(CLTFS_E_MISMATCH, "%s: holds %zu targets (n_targets %lld); expected %d", path,
+			       tg->u.seq.n, (long long)nt, want);
+	if (!e)
+		e = check_tensor(path, "y", y, p, k);
+	for (int j = 0; !e && j < want; j++) {
+		const pt_obj *t = tg->u.seq.v[j];
+		char what[32];
+		snprintf(what, sizeof what, "targets[%d]", j);
+		if ((e = check_tensor(path, what, t, p, k)))
+			break;
+		const uint8_t *data = tensor_bytes(r, ar, t);
+		size_t n = (size_t)pt_tensor_numel(t) * cltfs_dtype_size(t->u.t.dtype);
+		int layer = cltfs_manifest_target_layer(m, L, j);
+		if (!data)
+			e = cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+		else if (layer < 0 && !all_zero(data, n))
+			e = cltfs_fail(CLTFS_E_MISMATCH,
+				       "%s: targets[%d] (layer %d) is not zero, but batch 0 marks layers from %d on as zero "
+				       "padding past the last layer",
+				       path, j, L + m->target_offset + j, m->n_layers);
+		else if (layer >= 0)
+			e = put_stream(r, CLTFS_STREAM_MLP, layer, k, data);
+	}
+	if (!e)
+		e = store_writer_sync(r->w);
+	if (!e) /* y must equal targets[0]: the view serves one tensor for both */
+		e = verify_file(r, path, ar, li, k, 1);
+	pt_close(ar);
+	return e;
+}
+
+static void progress(run *r, int64_t k, bool tty, bool done)
+{
+	if (!tty)
+		return;
+	double dt = now() - r->p->t0;
+	fprintf(stderr, "\rimport: batch %lld/%lld, %llu files, %.0f MB/s%s", (long long)k,
+		(long long)r->p->nbatches, (unsigned long long)r->files,
+		dt > 0 ? (double)r->bytes_done / 1e6 / dt : 0.0, done ? "\n" : "   ");
+	fflush(stderr);
+}
+
+static uint64_t file_size(const char *path)
+{
+	struct stat st;
+	return stat(path, &st) ? 0 : (uint64_t)st.st_size;
+}
+
+static cltfs_err import_all(run *r)
+{
+	plan *p = r->p;
+	bool tty = !p->o->quiet && isatty(2);
+	for (int64_t k = 0; k < p->nbatches; k++) {
+		for (int li = 0; li < p->nlayers; li++) {
+			cltfs_err e = import_x(r, li, k);
+			if (!e)
+				e = import_y(r, li, k);
+			if (e)
+				return e;
+			char path[PATH_MAX];
+			file_path(p, p->layers[li], k, 'x', path, sizeof path);
+			r->bytes_done += file_size(path);
+			file_path(p, p->layers[li], k, 'y', path, sizeof path);
+			r->bytes_done += file_size(path);
+			r->files += 2;
+		}
+		progress(r, k + 1, tty, false);
+	}
+	progress(r, p->nbatches, tty, true);
+	return CLTFS_OK;
+}
+
+/* An existing store must hold the same plan: then a re-run resumes. */
+static cltfs_err prepare_store(const char *store, const cltfs_manifest *m)
+{
+	char path[PATH_MAX];
+	snprintf(path, sizeof path, "%s/cltfs.json", store);
+	cltfs_manifest *old;
+	cltfs_err e = cltfs_manifest_load(path, &old);
+	if (e == CLTFS_E_NOTFOUND)
+		return store_create(store, m);
+	if (e)
+		return e;
+	char *a = cltfs_manifest_dump(old), *b = cltfs_manifest_dump(m);
+	bool same = a && b && !strcmp(a, b);
+	free(a);
+	free(b);
+	cltfs_manifest_free(old);
+	if (!same)
+		return cltfs_fail(CLTFS_E_MISMATCH,
+				  "%s: the store already holds a different dataset; import into a new directory",
+				  path);
+	return CLTFS_OK;
+}
+
+cltfs_err cmd_import(const char *store, const char *src, const import_opts *o)
+{
+	plan p = {.src = src, .o = o, .t0 = now()};
+	run r = {.p = &p};
+	cltfs_err e = (p.m = calloc(1, sizeof *p.m)) ? CLTFS_OK : cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	if (!e)
+		e = list_tree(&p);
+	if (!e)
+		e = plan_manifest(&p);
+	if (!e)
+		e = prepare_store(store, p.m);
+	if (!e)
+		e = store_open(store, &r.s);
+	cltfs_opts fo = {.dtype = -1, .cache_mb = 1024, .readahead = 0};
+	if (!e)
+		e = fs_new(r.s, &fo, &r.fs);
+	if (!e)
+		e = store_writer_open(r.s, "import", &r.w);
+	if (!e)
+		e = import_all(&r);
+	cltfs_err ce = store_writer_close(r.w);
+	if (!e)
+		e = ce;
+	if (!e && !o->quiet) {
+		uint64_t disk = store_disk_bytes(r.s);
+		printf("imported %llu files (%.1f MB) from %s into %s: %.1f MB on disk (%.2f%%, 1/%.1f); "
+		       "%llu chunks written, %llu already stored; every value verified\n",
+		       (unsigned long long)r.files, (double)p.src_bytes / 1e6, src, store, (double)disk / 1e6,
+		       100.0 * (double)disk / (double)(p.src_bytes ? p.src_bytes : 1),
+		       (double)p.src_bytes / (double)(disk ? disk : 1), (unsigned long long)r.written,
+		       (unsigned long long)r.skipped);
+	}
+	fs_free(r.fs);
+	store_close(r.s);
+	cltfs_manifest_free(p.m);
+	free(p.layers);
+	free(p.S);
+	free(p.T);
+	free(r.gather);
+	return e;
+}

@@ -1,0 +1,661 @@
+/* store.c: a store directory.
+ *
+ *   cltfs.json       the manifest
+ *   packs/<w>.pack   16-byte header, then zstd frames, append-only
+ *   packs/<w>.idx    16-byte header, then 40-byte records, append-only
+ *
+ * Each writer <w> appends only to its own pair, so jobs on a shared
+ * filesystem need no locks between them.  Readers merge every index into
+ * one hash table at open and rescan on a miss: a record is only ever
+ * appended after its frame is durable, so a record seen is a frame readable.
+ * A torn last record (a crash mid-append) is ignored, and cut off by the
+ * next writer that opens that index.
+ */
+#include "fs.h"
+
+#include <dirent.h>
+#include <limits.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+typedef struct {
+	char *name;     /* <w> */
+	int pack_fd;    /* -1 until first needed */
+	uint64_t idx_consumed; /* bytes of the index merged so far */
+} pack;
+
+typedef struct {
+	uint64_t key; /* 0 marks an empty slot; real keys are stored +1 */
+	cltfs_rec rec;
+	int pack;
+} slot;
+
+struct cltfs_store {
+	char *dir;
+	cltfs_manifest *m;
+	pthread_rwlock_t lock; /* guards packs, table, last_scan */
+	pack *packs;
+	size_t npacks, packcap;
+	slot *table;
+	size_t tcap, tcount;
+	time_t last_scan;
+	uint64_t bad_records;
+};
+
+const cltfs_manifest *store_manifest(const cltfs_store *s) { return s->m; }
+const char *store_dir(const cltfs_store *s) { return s->dir; }
+
+uint64_t store_chunk_raw(const cltfs_store *s, uint32_t c)
+{
+	const cltfs_manifest *m = s->m;
+	if (c >= m->n_chunks)
+		return 0;
+	uint64_t rows = (uint64_t)(m->chunk_start[c + 1] - m->chunk_start[c]);
+	return rows * (uint64_t)m->d_model * cltfs_dtype_size(m->dtype);
+}
+
+static size_t hash(uint64_t k)
+{
+	k ^= k >> 33;
+	k *= 0xff51afd7ed558ccdULL;
+	k ^= k >> 33;
+	return (size_t)k;
+}
+
+static slot *find(const cltfs_store *s, uint64_t key)
+{
+	if (!s->tcap)
+		return NULL;
+	for (size_t i = hash(key) & (s->tcap - 1);; i = (i + 1) & (s->tcap - 1)) {
+		if (s->table[i].key == key + 1)
+			return &s->table[i];
+		if (!s->table[i].key)
+			return NULL;
+	}
+}
+
+static cltfs_err insert(cltfs_store *s, const cltfs_rec *r, int packno)
+{
+	if (find(s, r->key))
+		return CLTFS_OK; /* another writer made the same chunk: either copy is valid */
+	if ((s->tcount + 1) * 2 > s->tcap) {
+		size_t ncap = s->tcap ? s->tcap * 2 : 1024;
+		slot *nt = calloc(ncap, sizeof *nt);
+		if (!nt)
+			return cltfs_fail(CLTFS_E_NOMEM, "%s: out of memory for the index", s->dir);
+		for (size_t i = 0; i < s->tcap; i++)
+			if (s->table[i].key) {
+				size_t j = hash(s->table[i].key - 1) & (ncap - 1);
+				while (nt[j].key)
+					j = (j + 1) & (ncap - 1);
+				nt[j] = s->table[i];
+			}
+		free(s->table);
+		s->table = nt;
+		s->tcap = ncap;
+	}
+	size_t j = hash(r->key) & (s->tcap - 1);
+	while (s->table[j].key)
+		j = (j + 1) & (s->tcap - 1);
+	s->table[j] = (slot){r->key + 1, *r, packno};
+	s->tcount++;
+	return CLTFS_OK;
+}
+
+static void path_of(const cltfs_store *s, const char *name, const char *ext, char *buf, size_t n)
+{
+	snprintf(buf, n, "%s/packs/%s%s", s->dir, name, ext);
+}
+
+static int pack_of(cltfs_store *s, const char *name)
+{
+	for (size_t i = 0; i < s->npacks; i++)
+		if (!strcmp(s->packs[i].name, name))
+			return (int)i;
+	if (s->npacks == s->packcap) {
+		size_t nc = s->packcap ? s->packcap * 2 : 8;
+		pack *np = realloc(s->packs, nc * sizeof *np);
+		if (!np)
+			return -1;
+		s->packs = np;
+		s->packcap = nc;
+	}
+	char *dup = strdup(name);
+	if (!dup)
+		return -1;
+	s->packs[s->npacks] = (pack){dup, -1, 0};
+	return (int)s->npacks++;
+}
+
+/* A record is plausible when its chunk exists and its sizes fit. */
+static bool plausible(const cltfs_store *s, const cltfs_rec *r)
+{
+	unsigned kind = cltfs_key_kind(r->key);
+	const cltfs_manifest *m = s->m;
+	unsigned layer = cltfs_key_layer(r->key);
+	bool stream = kind == CLTFS_STREAM_X ? cltfs_manifest_has_layer(m->x_layers, m->n_x_layers, (int)layer)
+					     : cltfs_manifest_has_layer(m->mlp_layers, m->n_mlp_layers, (int)layer);
+	return kind <= CLTFS_STREAM_MLP && stream && r->dtype == m->dtype &&
+	       cltfs_key_chunk(r->key) < m->n_chunks &&
+	       r->rsize == store_chunk_raw(s, cltfs_key_chunk(r->key)) && r->offset >= CLTFS_FILE_HEADER;
+}
+
+/* Merge new records of one index file, from where we stopped last time. */
+static cltfs_err merge_index(cltfs_store *s, int p)
+{
+	char path[4096];
+	path_of(s, s->packs[p].name, ".idx", path, sizeof path);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return errno == ENOENT ? CLTFS_OK : cltfs_fail(CLTFS_E_IO, "%s: %s", path, strerror(errno));
+	cltfs_err e = CLTFS_OK;
+	uint8_t hdr[CLTFS_FILE_HEADER];
+	if (s->packs[p].idx_consumed == 0) {
+		ssize_t n = pread(fd, hdr, sizeof hdr, 0);
+		if (n < (ssize_t)sizeof hdr) /* a writer creating it right now */
+			goto out;
+		if ((e = cltfs_file_header_check(CLTFS_IDX_MAGIC, hdr))) {
+			e = cltfs_wrap(e, "%s", path);
+			goto out;
+		}
+		s->packs[p].idx_consumed = CLTFS_FILE_HEADER;
+	}
+	uint8_t buf[CLTFS_REC_SIZE * 256];
+	for (;;) {
+		ssize_t n = pread(fd, buf, sizeof buf, (off_t)s->packs[p].idx_consumed);
+		if (n < 0) {
+			e = cltfs_fail(CLTFS_E_IO, "%s: %s", path, strerror(errno));
+			break;
+		}
+		size_t whole = (size_t)n / CLTFS_REC_SIZE;
+		for (size_t i = 0; i < whole; i++) {
+			cltfs_rec r;
+			bool last = i + 1 == whole && (size_t)n < sizeof buf;
+			if (cltfs_rec_decode(buf + i * CLTFS_REC_SIZE, &r) || !plausible(s, &r)) {
+				if (last) /* possibly torn, possibly still being written */
+					goto out;
+				s->bad_records++;
+			} else if ((e = insert(s, &r, p))) {
+				goto out;
+			}
+			s->packs[p].idx_consumed += CLTFS_REC_SIZE;
+		}
+		if ((size_t)n < sizeof buf)
+			break;
+	}
+out:
+	close(fd);
+	return e;
+}
+
+static cltfs_err scan(cltfs_store *s)
+{
+	char path[4096];
+	snprintf(path, sizeof path, "%s/packs", s->dir);
+	DIR *d = opendir(path);
+	if (!d)
+		return errno == ENOENT ? CLTFS_OK : cltfs_fail(CLTFS_E_IO, "%s: %s", path, strerror(errno));
+	cltfs_err e = CLTFS_OK;
+	struct dirent *de;
+	while (!e && (de = readdir(d))) {
+		size_t n = strlen(de->d_name);
+		if (n <= 4 || strcmp(de->d_name + n - 4, ".idx"))
+			continue;
+		char name[256];
+		snprintf(name, sizeof name, "%.*s", (int)(n - 4), de->d_name);
+		int p = pack_of(s, name);
+		e = p < 0 ? cltfs_fail(CLTFS_E_NOMEM, "out of memory") : merge_index(s, p);
+	}
+	closedir(d);
+	s->last_scan = time(NULL);
+	return e;
+}
+
+cltfs_err store_open(const char *dir, cltfs_store **out)
+{
+	struct stat st;
+	if (stat(dir, &st) < 0)
+		return cltfs_fail(errno == ENOENT ? CLTFS_E_NOTFOUND : CLTFS_E_IO, "store %s: %s", dir,
+				  strerror(errno));
+	if (!S_ISDIR(st.st_mode))
+		return cltfs_fail(CLTFS_E_INVAL, "store %s: not a directory", dir);
+	/* Absolute: a daemonized mount changes its directory to /. */
+	char abs[PATH_MAX];
+	if (!realpath(dir, abs))
+		return cltfs_fail(CLTFS_E_IO, "store %s: %s", dir, strerror(errno));
+	cltfs_store *s = calloc(1, sizeof *s);
+	if (!s || !(s->dir = strdup(abs))) {
+		free(s);
+		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	}
+	pthread_rwlock_init(&s->lock, NULL);
+	char path[4096];
+	snprintf(path, sizeof path, "%s/cltfs.json", dir);
+	cltfs_err e = cltfs_manifest_load(path, &s->m);
+	if (e == CLTFS_E_NOTFOUND)
+		e = cltfs_fail(e, "store %s: no cltfs.json (create one with `cltfs import`)", dir);
+	if (!e)
+		e = scan(s);
+	if (e) {
+		store_close(s);
+		return e;
+	}
+	*out = s;
+	return CLTFS_OK;
+}
+
+cltfs_err store_create(const char *dir, const cltfs_manifest *m)
+{
+	char path[4096];
+	if (mkdir(dir, 0755) < 0 && errno != EEXIST)
+		return cltfs_fail(CLTFS_E_IO, "store %s: %s", dir, strerror(errno));
+	snprintf(path, sizeof path, "%s/packs", dir);
+	if (mkdir(path, 0755) < 0 && errno != EEXIST)
+		return cltfs_fail(CLTFS_E_IO, "%s: %s", path, strerror(errno));
+	snprintf(path, sizeof path, "%s/cltfs.json", dir);
+	return cltfs_manifest_save(m, path);
+}
+
+void store_close(cltfs_store *s)
+{
+	if (!s)
+		return;
+	for (size_t i = 0; i < s->npacks; i++) {
+		if (s->packs[i].pack_fd >= 0)
+			close(s->packs[i].pack_fd);
+		free(s->packs[i].name);
+	}
+	free(s->packs);
+	free(s->table);
+	cltfs_manifest_free(s->m);
+	pthread_rwlock_destroy(&s->lock);
+	free(s->dir);
+	free(s);
+}
+
+bool store_lookup(cltfs_store *s, uint64_t key, cltfs_rec *rec)
+{
+	pthread_rwlock_rdlock(&s->lock);
+	slot *hit = find(s, key);
+	if (hit)
+		*rec = hit->rec;
+	bool stale = !hit && time(NULL) != s->last_scan;
+	pthread_rwlock_unlock(&s->lock);
+	if (hit || !stale)
+		return hit != NULL;
+	pthread_rwlock_wrlock(&s->lock);
+	if (time(NULL) != s->last_scan)
+		scan(s); /* a failed rescan leaves the table as it was */
+	hit = find(s, key);
+	if (hit)
+		*rec = hit->rec;
+	pthread_rwlock_unlock(&s->lock);
+	return hit != NULL;
+}
+
+static int pack_fd(cltfs_store *s, int p, const char **name)
+{
+	pthread_rwlock_rdlock(&s->lock);
+	int fd = s->packs[p].pack_fd;
+	*name = s->packs[p].name;
+	pthread_rwlock_unlock(&s->lock);
+	if (fd >= 0)
+		return fd;
+	char path[4096];
+	path_of(s, *name, ".pack", path, sizeof path);
+	int nfd = open(path, O_RDONLY | O_CLOEXEC);
+	if (nfd < 0)
+		return -1;
+	pthread_rwlock_wrlock(&s->lock);
+	if (s->packs[p].pack_fd < 0)
+		s->packs[p].pack_fd = nfd;
+	else
+		close(nfd);
+	fd = s->packs[p].pack_fd;
+	pthread_rwlock_unlock(&s->lock);
+	return fd;
+}
+
+static cltfs_err read_full(int fd, void *buf, size_t n, uint64_t off)
+{
+	uint8_t *b = buf;
+	while (n) {
+		ssize_t r = pread(fd, b, n, (off_t)off);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0)
+			return cltfs_fail(CLTFS_E_IO, "%s", strerror(errno));
+		if (r == 0)
+			return cltfs_fail(CLTFS_E_CORRUPT, "pack ends before the frame does");
+		b += r;
+		n -= (size_t)r;
+		off += (uint64_t)r;
+	}
+	return CLTFS_OK;
+}
+
+cltfs_err store_read_chunk(cltfs_store *s, const cltfs_rec *rec, cltfs_zctx *z, void *dst)
+{
+	pthread_rwlock_rdlock(&s->lock);
+	slot *hit = find(s, rec->key);
+	int p = hit ? hit->pack : -1;
+	pthread_rwlock_unlock(&s->lock);
+	char k[48];
+	cltfs_key_str(rec->key, k, sizeof k);
+	if (p < 0)
+		return cltfs_fail(CLTFS_E_NOTFOUND, "%s: chunk %s is not in the store", s->dir, k);
+	const char *name;
+	int fd = pack_fd(s, p, &name);
+	if (fd < 0)
+		return cltfs_fail(CLTFS_E_IO, "%s/packs/%s.pack: %s", s->dir, name, strerror(errno));
+	uint8_t *frame = malloc(rec->csize ? rec->csize : 1);
+	if (!frame)
+		return cltfs_fail(CLTFS_E_NOMEM, "out of memory for chunk %s", k);
+	cltfs_err e = read_full(fd, frame, rec->csize, rec->offset);
+	if (!e)
+		e = cltfs_frame_decode(z, cltfs_dtype_size((cltfs_dtype)rec->dtype), frame, rec->csize, dst,
+				       rec->rsize);
+	free(frame);
+	if (!e && cltfs_crc32(0, dst, rec->rsize) != rec->crc)
+		e = cltfs_fail(CLTFS_E_CORRUPT, "CRC-32 differs from the index record");
+	if (e)
+		return cltfs_wrap(e, "%s/packs/%s.pack: chunk %s at offset %llu", s->dir, name, k,
+				  (unsigned long long)rec->offset);
+	return CLTFS_OK;
+}
+
+cltfs_err store_check_entry(const store_entry *ent, cltfs_zctx *z, void *dst)
+{
+	int fd = open(ent->pack_path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return cltfs_fail(CLTFS_E_IO, "%s: %s", ent->pack_path, strerror(errno));
+	uint8_t *frame = malloc(ent->rec.csize ? ent->rec.csize : 1);
+	cltfs_err e = frame ? read_full(fd, frame, ent->rec.csize, ent->rec.offset)
+			    : cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	close(fd);
+	if (!e)
+		e = cltfs_frame_decode(z, cltfs_dtype_size((cltfs_dtype)ent->rec.dtype), frame, ent->rec.csize, dst,
+				       ent->rec.rsize);
+	free(frame);
+	if (!e && cltfs_crc32(0, dst, ent->rec.rsize) != ent->rec.crc)
+		e = cltfs_fail(CLTFS_E_CORRUPT, "CRC-32 differs from the index record");
+	return e;
+}
+
+cltfs_err store_foreach(cltfs_store *s, store_visit fn, void *arg)
+{
+	pthread_rwlock_wrlock(&s->lock);
+	cltfs_err e = scan(s);
+	size_t np = s->npacks;
+	char **names = calloc(np + 1, sizeof *names);
+	for (size_t i = 0; !e && names && i < np; i++)
+		names[i] = strdup(s->packs[i].name);
+	pthread_rwlock_unlock(&s->lock);
+	if (!e && !names)
+		e = cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	for (size_t p = 0; !e && p < np; p++) {
+		char ipath[4096], ppath[4096];
+		if (!names[p]) {
+			e = cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+			break;
+		}
+		path_of(s, names[p], ".idx", ipath, sizeof ipath);
+		path_of(s, names[p], ".pack", ppath, sizeof ppath);
+		FILE *f = fopen(ipath, "rb");
+		if (!f) {
+			e = cltfs_fail(CLTFS_E_IO, "%s: %s", ipath, strerror(errno));
+			break;
+		}
+		uint8_t hdr[CLTFS_FILE_HEADER], rec[CLTFS_REC_SIZE];
+		if (fread(hdr, 1, sizeof hdr, f) != sizeof hdr ||
+		    cltfs_file_header_check(CLTFS_IDX_MAGIC, hdr)) {
+			e = cltfs_fail(CLTFS_E_CORRUPT, "%s: bad index header", ipath);
+			fclose(f);
+			break;
+		}
+		uint64_t off = CLTFS_FILE_HEADER;
+		while (!e && fread(rec, 1, sizeof rec, f) == sizeof rec) {
+			store_entry ent = {ipath, ppath, off, false, {0}};
+			ent.valid = !cltfs_rec_decode(rec, &ent.rec) && plausible(s, &ent.rec);
+			e = fn(arg, &ent);
+			off += CLTFS_REC_SIZE;
+		}
+		fclose(f);
+	}
+	for (size_t i = 0; names && i < np; i++)
+		free(names[i]);
+	free(names);
+	return e;
+}
+
+uint64_t store_disk_bytes(cltfs_store *s)
+{
+	char path[4096];
+	struct stat st;
+	uint64_t total = 0;
+	snprintf(path, sizeof path, "%s/cltfs.json", s->dir);
+	if (!stat(path, &st))
+		total += (uint64_t)st.st_size;
+	pthread_rwlock_rdlock(&s->lock);
+	for (size_t i = 0; i < s->npacks; i++) {
+		path_of(s, s->packs[i].name, ".pack", path, sizeof path);
+		if (!stat(path, &st))
+			total += (uint64_t)st.st_size;
+		path_of(s, s->packs[i].name, ".idx", path, sizeof path);
+		if (!stat(path, &st))
+			total += (uint64_t)st.st_size;
+	}
+	pthread_rwlock_unlock(&s->lock);
+	return total;
+}
+
+/* ---- writer ---- */
+
+typedef struct {
+	cltfs_rec rec;
+} pending;
+
+struct store_writer {
+	cltfs_store *s;
+	char name[256];
+	int pack_fd, idx_fd;
+	uint64_t pack_end, idx_end;
+	cltfs_zctx *z;
+	uint8_t *frame;
+	size_t framecap;
+	pending *pend;
+	size_t npend, pendcap;
+	int level;
+};
+
+static cltfs_err write_full(int fd, const void *buf, size_t n, uint64_t off, const char *path)
+{
+	const uint8_t *b = buf;
+	while (n) {
+		ssize_t w = pwrite(fd, b, n, (off_t)off);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0)
+			return cltfs_fail(CLTFS_E_IO, "%s: %s", path, strerror(w < 0 ? errno : EIO));
+		b += w;
+		n -= (size_t)w;
+		off += (uint64_t)w;
+	}
+	return CLTFS_OK;
+}
+
+/* Open (or create) one file of the pair, check or write its header, and
+ * take the writer's lock so two processes never share a writer id. */
+static cltfs_err open_part(const char *path, const char *magic, bool lock, int *fd, uint64_t *end)
+{
+	*fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+	if (*fd < 0)
+		return cltfs_fail(CLTFS_E_IO, "%s: %s", path, strerror(errno));
+	if (lock && flock(*fd, LOCK_EX | LOCK_NB) < 0)
+		return cltfs_fail(CLTFS_E_IO, "%s: in use by another writer", path);
+	struct stat st;
+	if (fstat(*fd, &st) < 0)
+		return cltfs_fail(CLTFS_E_IO, "%s: %s", path, strerror(errno));
+	uint8_t hdr[CLTFS_FILE_HEADER];
+	if (st.st_size < CLTFS_FILE_HEADER) {
+		cltfs_file_header(magic, hdr);
+		*end = CLTFS_FILE_HEADER;
+		return write_full(*fd, hdr, sizeof hdr, 0, path);
+	}
+	if (pread(*fd, hdr, sizeof hdr, 0) != sizeof hdr)
+		return cltfs_fail(CLTFS_E_IO, "%s: cannot read header", path);
+	cltfs_err e = cltfs_file_header_check(magic, hdr);
+	*end = (uint64_t)st.st_size;
+	return e ? cltfs_wrap(e, "%s", path) : CLTFS_OK;
+}
+
+/* Cut a torn tail off the index: whole records whose checksum holds stay. */
+static cltfs_err trim_index(store_writer *w, const char *path)
+{
+	uint64_t end = CLTFS_FILE_HEADER + (w->idx_end - CLTFS_FILE_HEADER) / CLTFS_REC_SIZE * CLTFS_REC_SIZE;
+	while (end > CLTFS_FILE_HEADER) {
+		uint8_t rec[CLTFS_REC_SIZE];
+		cltfs_rec r;
+		if (pread(w->idx_fd, rec, sizeof rec, (off_t)(end - CLTFS_REC_SIZE)) == (ssize_t)sizeof rec &&
+		    !cltfs_rec_decode(rec, &r))
+			break;
+		end -= CLTFS_REC_SIZE;
+	}
+	if (end != w->idx_end) {
+		if (ftruncate(w->idx_fd, (off_t)end) < 0 || fsync(w->idx_fd) < 0)
+			return cltfs_fail(CLTFS_E_IO, "%s: cannot cut torn tail: %s", path, strerror(errno));
+		w->idx_end = end;
+	}
+	return CLTFS_OK;
+}
+
+cltfs_err store_writer_open(cltfs_store *s, const char *tag, store_writer **out)
+{
+	store_writer *w = calloc(1, sizeof *w);
+	if (!w || !(w->z = cltfs_zctx_new())) {
+		free(w);
+		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	}
+	w->s = s;
+	w->pack_fd = w->idx_fd = -1;
+	w->level = 3;
+	char host[128] = "host";
+	gethostname(host, sizeof host - 1);
+	char pp[4096], ip[4096];
+	cltfs_err e = CLTFS_E_IO;
+	/* host-tag, or host-tag-pid when another process holds that writer */
+	for (int attempt = 0; attempt < 2 && e; attempt++) {
+		if (w->pack_fd >= 0)
+			close(w->pack_fd);
+		w->pack_fd = -1;
+		if (attempt == 0)
+			snprintf(w->name, sizeof w->name, "%s-%s", host, tag);
+		else
+			snprintf(w->name, sizeof w->name, "%s-%s-%ld", host, tag, (long)getpid());
+		path_of(s, w->name, ".pack", pp, sizeof pp);
+		e = open_part(pp, CLTFS_PACK_MAGIC, true, &w->pack_fd, &w->pack_end);
+	}
+	path_of(s, w->name, ".idx", ip, sizeof ip);
+	if (!e)
+		e = open_part(ip, CLTFS_IDX_MAGIC, false, &w->idx_fd, &w->idx_end);
+	if (!e)
+		e = trim_index(w, ip);
+	if (e) {
+		store_writer_close(w);
+		return e;
+	}
+	*out = w;
+	return CLTFS_OK;
+}
+
+cltfs_err store_writer_add(store_writer *w, uint64_t key, const void *raw, size_t len)
+{
+	const cltfs_manifest *m = w->s->m;
+	size_t bound = cltfs_frame_bound(len);
+	if (bound > w->framecap) {
+		uint8_t *nf = realloc(w->frame, bound);
+		if (!nf)
+			return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+		w->frame = nf;
+		w->framecap = bound;
+	}
+	size_t clen;
+	cltfs_err e = cltfs_frame_encode(w->z, w->level, cltfs_dtype_size(m->dtype), raw, len, w->frame,
+					 w->framecap, &clen);
+	if (e)
+		return e;
+	char pp[4096];
+	path_of(w->s, w->name, ".pack", pp, sizeof pp);
+	if ((e = write_full(w->pack_fd, w->frame, clen, w->pack_end, pp)))
+		return e;
+	if (w->npend == w->pendcap) {
+		size_t nc = w->pendcap ? w->pendcap * 2 : 64;
+		pending *np = realloc(w->pend, nc * sizeof *np);
+		if (!np)
+			return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+		w->pend = np;
+		w->pendcap = nc;
+	}
+	w->pend[w->npend++].rec = (cltfs_rec){key, w->pack_end, (uint32_t)clen, (uint32_t)len,
+					       cltfs_crc32(0, raw, len), (uint8_t)m->dtype};
+	w->pack_end += clen;
+	return CLTFS_OK;
+}
+
+cltfs_err store_writer_sync(store_writer *w)
+{
+	if (!w->npend)
+		return CLTFS_OK;
+	char pp[4096], ip[4096];
+	path_of(w->s, w->name, ".pack", pp, sizeof pp);
+	path_of(w->s, w->name, ".idx", ip, sizeof ip);
+	if (fsync(w->pack_fd) < 0)
+		return cltfs_fail(CLTFS_E_IO, "%s: fsync: %s", pp, strerror(errno));
+	uint8_t *buf = malloc(w->npend * CLTFS_REC_SIZE);
+	if (!buf)
+		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	for (size_t i = 0; i < w->npend; i++)
+		cltfs_rec_encode(&w->pend[i].rec, buf + i * CLTFS_REC_SIZE);
+	cltfs_err e = write_full(w->idx_fd, buf, w->npend * CLTFS_REC_SIZE, w->idx_end, ip);
+	free(buf);
+	if (!e && fsync(w->idx_fd) < 0)
+		e = cltfs_fail(CLTFS_E_IO, "%s: fsync: %s", ip, strerror(errno));
+	if (e)
+		return e;
+	w->idx_end += w->npend * CLTFS_REC_SIZE;
+	/* Publish to this process's table too: the records are durable now. */
+	pthread_rwlock_wrlock(&w->s->lock);
+	int p = pack_of(w->s, w->name);
+	for (size_t i = 0; !e && p >= 0 && i < w->npend; i++)
+		e = insert(w->s, &w->pend[i].rec, p);
+	if (p >= 0)
+		w->s->packs[p].idx_consumed = w->idx_end;
+	pthread_rwlock_unlock(&w->s->lock);
+	if (p < 0)
+		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	w->npend = 0;
+	return e;
+}
+
+cltfs_err store_writer_close(store_writer *w)
+{
+	if (!w)
+		return CLTFS_OK;
+	cltfs_err e = w->pack_fd >= 0 && w->idx_fd >= 0 ? store_writer_sync(w) : CLTFS_OK;
+	if (w->pack_fd >= 0)
+		close(w->pack_fd);
+	if (w->idx_fd >= 0)
+		close(w->idx_fd);
+	cltfs_zctx_free(w->z);
+	free(w->frame);
+	free(w->pend);
+	free(w);
+	return e;
+}

@@ -1,0 +1,877 @@
+/* view.c: the virtual namespace and the bytes of every view.
+ *
+ * A view (L<n>/batch_<k>_{x,y}.pt) is a pure function of the manifest and
+ * the chunks.  Building one computes its object (dict, tensors, ints), the
+ * pickle, and the zip layout (pt_file), plus, for each storage, the list of
+ * segments it is made of: runs of rows of one stream, or zero rows where a
+ * sample is shorter than its batch's T.
+ *
+ * How a byte offset maps to chunks: pt_file_map splits a read into literal
+ * pieces and storage pieces; a storage offset falls in one segment; a
+ * segment's rows are rows of the stream, and row r lies in the chunk found
+ * by binary search over the manifest's chunk_start.  The reply is a list of
+ * iovecs pointing into cached chunk buffers (referenced until the reply is
+ * sent), the static zero page, and a small buffer of literal bytes: the
+ * tensor data is never copied on the way to the kernel.
+ *
+ * Conversion (-o dtype=) is done when a chunk is loaded, so a converted
+ * chunk is cached under its own key (the output dtype in bits 56..63) and
+ * its CRC is computed once, there.
+ */
+#include "fs.h"
+
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define RA_QUEUE 64
+#define RA_THREADS 2
+#define MAX_PIECES 64
+
+typedef struct {
+	int64_t first_sample, nsamples, tokens;
+	int64_t row0, nrows; /* for batch_rows */
+} group;
+
+struct cltfs_fs {
+	cltfs_store *s;
+	const cltfs_manifest *m;
+	cltfs_opts o;
+	chunk_cache *cache;
+	cltfs_stats st;
+	group *groups;
+	int64_t ngroups;
+	cltfs_dtype in_dt, out_dt;
+	uint64_t conv; /* cache key bits for the output dtype, 0 if none */
+	size_t row_in, row_out;
+	pthread_key_t zkey;
+	/* readahead: a bounded queue of chunk keys; mu guards it */
+	pthread_mutex_t ra_mu;
+	pthread_cond_t ra_cv;
+	uint64_t ra_q[RA_QUEUE];
+	size_t ra_head, ra_len;
+	bool ra_stop;
+	pthread_t ra_thr[RA_THREADS];
+	int ra_n;
+};
+
+typedef struct {
+	int64_t row, nrows; /* stream rows, or zero rows when zero */
+	bool zero;
+} seg;
+
+typedef struct {
+	int kind, layer; /* kind -1: all zeros */
+	seg *segs;
+	size_t nseg;
+	uint64_t *seg_off; /* byte offset of each segment in the storage */
+	uint64_t nbytes;
+} source;
+
+struct view {
+	pt_file *pf;
+	size_t nst;
+	source *st;
+	pthread_mutex_t mu; /* guards CRC computation and last_end */
+	uint64_t last_end;
+};
+
+static const uint8_t zero_page[1 << 20];
+
+cltfs_store *fs_store(cltfs_fs *fs) { return fs->s; }
+cltfs_stats *fs_stats(cltfs_fs *fs) { return &fs->st; }
+int fs_nlayers(const cltfs_fs *fs) { return fs->m->n_x_layers; }
+int fs_layer(const cltfs_fs *fs, int i) { return fs->m->x_layers[i]; }
+int64_t fs_nbatches(const cltfs_fs *fs) { return fs->ngroups; }
+
+/* ---- per-thread decoder contexts ---- */
+
+static void free_zctx(void *p) { cltfs_zctx_free(p); }
+
+static cltfs_zctx *thread_zctx(cltfs_fs *fs)
+{
+	cltfs_zctx *z = pthread_getspecific(fs->zkey);
+	if (!z && (z = cltfs_zctx_new()))
+		pthread_setspecific(fs->zkey, z);
+	return z;
+}
+
+/* ---- loading a chunk into the cache ---- */
+
+#define KEY_MASK ((UINT64_C(1) << 56) - 1)
+
+static cltfs_err load_chunk(void *arg, uint64_t ckey, uint8_t **data, size_t *len, uint32_t *crc)
+{
+	cltfs_fs *fs = arg;
+	uint64_t key = ckey & KEY_MASK;
+	cltfs_rec rec;
+	char k[48];
+	if (!store_lookup(fs->s, key, &rec))
+		return cltfs_fail(CLTFS_E_NOTFOUND, "%s: chunk %s is not in the store", store_dir(fs->s),
+				  cltfs_key_str(key, k, sizeof k));
+	cltfs_zctx *z = thread_zctx(fs);
+	uint8_t *raw = malloc(rec.rsize ? rec.rsize : 1);
+	if (!z || !raw) {
+		free(raw);
+		return cltfs_fail(CLTFS_E_NOMEM, "out of memory loading chunk %s", cltfs_key_str(key, k, sizeof k));
+	}
+	cltfs_err e = store_read_chunk(fs->s, &rec, z, raw);
+	if (e) {
+		free(raw);
+		return e;
+	}
+	atomic_fetch_add(&fs->st.store_loads, 1);
+	if (!fs->conv) {
+		*data = raw;
+		*len = rec.rsize;
+		*crc = rec.crc;
+		return CLTFS_OK;
+	}
+	size_t n = rec.rsize / cltfs_dtype_size(fs->in_dt), out = n * cltfs_dtype_size(fs->out_dt);
+	uint8_t *cv = malloc(out ? out : 1);
+	if (!cv) {
+		free(raw);
+		return cltfs_fail(CLTFS_E_NOMEM, "out of memory converting chunk");
+	}
+	cltfs_convert(fs->out_dt, cv, fs->in_dt, raw, n);
+	free(raw);
+	*data = cv;
+	*len = out;
+	*crc = cltfs_crc32(0, cv, out);
+	return CLTFS_OK;
+}
+
+static cltfs_err get_chunk(cltfs_fs *fs, uint64_t key, chunk **out)
+{
+	bool hit;
+	cltfs_err e = cache_get(fs->cache, key | fs->conv, out, &hit);
+	if (!e && hit)
+		atomic_fetch_add(&fs->st.mem_hits, 1);
+	return e;
+}
+
+/* ---- readahead ---- */
+
+static void *ra_main(void *arg)
+{
+	cltfs_fs *fs = arg;
+	pthread_mutex_lock(&fs->ra_mu);
+	for (;;) {
+		while (!fs->ra_len && !fs->ra_stop)
+			pthread_cond_wait(&fs->ra_cv, &fs->ra_mu);
+		if (fs->ra_stop)
+			break;
+		uint64_t key = fs->ra_q[fs->ra_head];
+		fs->ra_head = (fs->ra_head + 1) % RA_QUEUE;
+		fs->ra_len--;
+		pthread_mutex_unlock(&fs->ra_mu);
+		chunk *ch;
+		if (!cache_has(fs->cache, key | fs->conv) && !get_chunk(fs, key, &ch)) {
+			atomic_fetch_add(&fs->st.readahead, 1);
+			cache_put(fs->cache, ch);
+		}
+		pthread_mutex_lock(&fs->ra_mu);
+	}
+	pthread_mutex_unlock(&fs->ra_mu);
+	return NULL;
+}
+
+static void ra_push(cltfs_fs *fs, uint64_t key)
+{
+	if (cache_has(fs->cache, key | fs->conv))
+		return;
+	pthread_mutex_lock(&fs->ra_mu);
+	bool queued = false;
+	for (size_t i = 0; i < fs->ra_len; i++)
+		if (fs->ra_q[(fs->ra_head + i) % RA_QUEUE] == key)
+			queued = true;
+	if (!queued && fs->ra_len < RA_QUEUE) {
+		fs->ra_q[(fs->ra_head + fs->ra_len) % RA_QUEUE] = key;
+		fs->ra_len++;
+		pthread_cond_signal(&fs->ra_cv);
+	}
+	pthread_mutex_unlock(&fs->ra_mu);
+}
+
+/* ---- the filesystem ---- */
+
+static cltfs_err make_groups(cltfs_fs *fs)
+{
+	const cltfs_manifest *m = fs->m;
+	if (fs->o.batch_rows) {
+		fs->ngroups = (m->total_rows + fs->o.batch_rows - 1) / fs->o.batch_rows;
+	} else if (!fs->o.batch_samples || (fs->o.batch_samples == m->batch_samples)) {
+		fs->ngroups = m->n_batches;
+	} else {
+		fs->ngroups = (m->n_samples + fs->o.batch_samples - 1) / fs->o.batch_samples;
+	}
+	fs->groups = calloc((size_t)fs->ngroups + 1, sizeof *fs->groups);
+	if (!fs->groups)
+		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	for (int64_t g = 0; g < fs->ngroups; g++) {
+		group *gr = &fs->groups[g];
+		if (fs->o.batch_rows) {
+			gr->row0 = g * fs->o.batch_rows;
+			gr->nrows = m->total_rows - gr->row0 < fs->o.batch_rows ? m->total_rows - gr->row0
+										 : fs->o.batch_rows;
+			continue;
+		}
+		if (fs->ngroups == m->n_batches && (!fs->o.batch_samples || fs->o.batch_samples == m->batch_samples)) {
+			gr->first_sample = m->batches[g].first_sample;
+			gr->nsamples = m->batches[g].samples;
+			gr->tokens = m->batches[g].tokens;
+		} else {
+			gr->first_sample = g * fs->o.batch_samples;
+			gr->nsamples = m->n_samples - gr->first_sample < fs->o.batch_samples
+					       ? m->n_samples - gr->first_sample
+					       : fs->o.batch_samples;
+			for (int64_t i = 0; i < gr->nsamples; i++)
+				if (m->samples[gr->first_sample + i].rows > gr->tokens)
+					gr->tokens = m->samples[gr->first_sample + i].rows;
+		}
+	}
+	return CLTFS_OK;
+}
+
+cltfs_err fs_new(cltfs_store *s, const cltfs_opts *o, cltfs_fs **out)
+{
+	cltfs_fs *fs = calloc(1, sizeof *fs);
+	if (!fs)
+		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	fs->s = s;
+	fs->m = store_manifest(s);
+	fs->o = *o;
+	fs->in_dt = fs->m->dtype;
+	fs->out_dt = o->dtype < 0 ? fs->in_dt : (cltfs_dtype)o->dtype;
+	fs->conv = fs->out_dt == fs->in_dt ? 0 : (uint64_t)(fs->out_dt + 1) << 56;
+	fs->row_in = (size_t)fs->m->d_model * cltfs_dtype_size(fs->in_dt);
+	fs->row_out = (size_t)fs->m->d_model * cltfs_dtype_size(fs->out_dt);
+	pthread_mutex_init(&fs->ra_mu, NULL);
+	pthread_cond_init(&fs->ra_cv, NULL);
+	cltfs_err e = CLTFS_OK;
+	if (o->batch_rows && o->batch_samples)
+		e = cltfs_fail(CLTFS_E_INVAL, "batch_rows and batch_samples exclude each other");
+	if (!e && pthread_key_create(&fs->zkey, free_zctx))
+		e = cltfs_fail(CLTFS_E_NOMEM, "no thread key");
+	if (!e)
+		e = make_groups(fs);
+	if (!e && !(fs->cache = cache_new(o->cache_mb << 20, load_chunk, fs)))
+		e = cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	for (int i = 0; !e && i < (o->readahead > 0 ? RA_THREADS : 0); i++)
+		if (!pthread_create(&fs->ra_thr[i], NULL, ra_main, fs))
+			fs->ra_n++;
+	if (e) {
+		fs_free(fs);
+		return e;
+	}
+	*out = fs;
+	return CLTFS_OK;
+}
+
+void fs_free(cltfs_fs *fs)
+{
+	if (!fs)
+		return;
+	pthread_mutex_lock(&fs->ra_mu);
+	fs->ra_stop = true;
+	pthread_cond_broadcast(&fs->ra_cv);
+	pthread_mutex_unlock(&fs->ra_mu);
+	for (int i = 0; i < fs->ra_n; i++)
+		pthread_join(fs->ra_thr[i], NULL);
+	cache_free(fs->cache);
+	free(fs->groups);
+	cltfs_zctx *z = pthread_getspecific(fs->zkey);
+	cltfs_zctx_free(z);
+	pthread_setspecific(fs->zkey, NULL);
+	pthread_key_delete(fs->zkey);
+	pthread_mutex_destroy(&fs->ra_mu);
+	pthread_cond_destroy(&fs->ra_cv);
+	free(fs);
+}
+
+char *fs_stats_json(cltfs_fs *fs)
+{
+	size_t bytes, entries, limit;
+	cache_usage(fs->cache, &bytes, &entries, &limit);
+	unsigned long long reads = fs->st.reads;
+	char *out = malloc(1024);
+	if (!out)
+		return NULL;
+	snprintf(out, 1024,
+		 "{\"chunks\": {\"memory\": %llu, \"store\": %llu, \"hub\": 0, \"capture\": 0},\n"
+		 " \"bytes_read\": %llu, \"reads\": %llu, \"errors\": %llu,\n"
+		 " \"cache\": {\"bytes\": %zu, \"limit\": %zu, \"entries\": %zu},\n"
+		 " \"readahead\": %llu, \"latency_us\": {\"mean\": %llu, \"max\": %llu}}\n",
+		 (unsigned long long)fs->st.mem_hits, (unsigned long long)fs->st.store_loads,
+		 (unsigned long long)fs->st.bytes_read, reads, (unsigned long long)fs->st.errors, bytes,
+		 limit, entries, (unsigned long long)fs->st.readahead,
+		 reads ? (unsigned long long)fs->st.lat_us_sum / reads : 0ULL,
+		 (unsigned long long)fs->st.lat_us_max);
+	return out;
+}
+
+/* ---- names ---- */
+
+/* A decimal without sign or leading zeros (so each number has one name). */
+static bool parse_num(const char *s, size_t n, int64_t *v)
+{
+	if (!n || n > 12 || (n > 1 && s[0] == '0'))
+		return false;
+	int64_t x = 0;
+	for (size_t i = 0; i < n; i++) {
+		if (s[i] < '0' || s[i] > '9')
+			return false;
+		x = x * 10 + (s[i] - '0');
+	}
+	*v = x;
+	return true;
+}
+
+int fs_find_layer(const cltfs_fs *fs, const char *name)
+{
+	int64_t L;
+	if (name[0] != 'L' || !parse_num(name + 1, strlen(name + 1), &L))
+		return -1;
+	for (int i = 0; i < fs->m->n_x_layers; i++)
+		if (fs->m->x_layers[i] == L)
+			return i;
+	return -1;
+}
+
+bool fs_parse_view(const cltfs_fs *fs, const char *name, int64_t *batch, int *is_y)
+{
+	size_t n = strlen(name);
+	if (n < 12 || strncmp(name, "batch_", 6) || strcmp(name + n - 3, ".pt") || name[n - 5] != '_')
+		return false;
+	char which = name[n - 4];
+	if (which != 'x' && which != 'y')
+		return false;
+	if (!parse_num(name + 6, n - 11, batch) || *batch >= fs->ngroups)
+		return false;
+	*is_y = which == 'y';
+	return true;
+}
+
+/* ---- building a view ---- */
+
+static cltfs_err add_seg(seg **v, size_t *n, size_t *cap, seg s)
+{
+	if (*n && !s.zero && !(*v)[*n - 1].zero && (*v)[*n - 1].row + (*v)[*n - 1].nrows == s.row) {
+		(*v)[*n - 1].nrows += s.nrows; /* contiguous rows: one segment */
+		return CLTFS_OK;
+	}
+	if (*n && s.zero && (*v)[*n - 1].zero) {
+		(*v)[*n - 1].nrows += s.nrows;
+		return CLTFS_OK;
+	}
+	if (*n == *cap) {
+		size_t nc = *cap ? *cap * 2 : 8;
+		seg *nv = realloc(*v, nc * sizeof *nv);
+		if (!nv)
+			return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+		*v = nv;
+		*cap = nc;
+	}
+	(*v)[(*n)++] = s;
+	return CLTFS_OK;
+}
+
+/* The segments of one tensor of group g, and its shape. */
+static cltfs_err group_segs(const cltfs_fs *fs, int64_t g, seg **out, size_t *nout, int64_t *shape,
+			    int *ndim)
+{
+	const cltfs_manifest *m = fs->m;
+	const group *gr = &fs->groups[g];
+	size_t cap = 0;
+	*out = NULL;
+	*nout = 0;
+	cltfs_err e = CLTFS_OK;
+	if (fs->o.batch_rows) {
+		shape[0] = gr->nrows;
+		shape[1] = m->d_model;
+		*ndim = 2;
+		return add_seg(out, nout, &cap, (seg){gr->row0, gr->nrows, false});
+	}
+	int64_t flat_rows = 0;
+	for (int64_t i = 0; !e && i < gr->nsamples; i++) {
+		const cltfs_sample *s = &m->samples[gr->first_sample + i];
+		e = add_seg(out, nout, &cap, (seg){s->first_row, s->rows, false});
+		flat_rows += s->rows;
+		if (!e && m->shape != CLTFS_SHAPE_FLAT && s->rows < gr->tokens)
+			e = add_seg(out, nout, &cap, (seg){0, gr->tokens - s->rows, true});
+	}
+	if (m->shape == CLTFS_SHAPE_FLAT) {
+		shape[0] = flat_rows;
+		shape[1] = m->d_model;
+		*ndim = 2;
+	} else if (m->shape == CLTFS_SHAPE_S1TD) {
+		int64_t s4[4] = {gr->nsamples, 1, gr->tokens, m->d_model};
+		memcpy(shape, s4, sizeof s4);
+		*ndim = 4;
+	} else {
+		int64_t s3[3] = {gr->nsamples, gr->tokens, m->d_model};
+		memcpy(shape, s3, sizeof s3);
+		*ndim = 3;
+	}
+	return e;
+}
+
+static void free_sources(view *v)
+{
+	for (size_t i = 0; v->st && i < v->nst; i++) {
+		free(v->st[i].segs);
+		free(v->st[i].seg_off);
+	}
+	free(v->st);
+}
+
+void view_close(view *v)
+{
+	if (!v)
+		return;
+	pt_file_free(v->pf);
+	free_sources(v);
+	pthread_mutex_destroy(&v->mu);
+	free(v);
+}
+
+/* A new storage: a copy of the segments (or all zeros) of nbytes. */
+static cltfs_err add_source(view *v, int kind, int layer, const seg *segs, size_t nseg,
+			    uint64_t nbytes, size_t row_out)
+{
+	source *s = &v->st[v->nst];
+	s->kind = kind;
+	s->layer = layer;
+	s->nbytes = nbytes;
+	if (kind >= 0) {
+		s->segs = malloc(nseg * sizeof *segs);
+		s->seg_off = malloc(nseg * sizeof *s->seg_off);
+		if (!s->segs || !s->seg_off) {
+			free(s->segs);
+			free(s->seg_off);
+			return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+		}
+		memcpy(s->segs, segs, nseg * sizeof *segs);
+		uint64_t off = 0;
+		for (size_t i = 0; i < nseg; i++) {
+			s->seg_off[i] = off;
+			off += (uint64_t)segs[i].nrows * row_out;
+		}
+		s->nseg = nseg;
+	}
+	v->nst++;
+	return CLTFS_OK;
+}
+
+static pt_obj *tensor_obj(pt_arena *a, size_t key, cltfs_dtype dt, const int64_t *shape, int ndim)
+{
+	pt_obj *t = pt_new(a, PT_TENSOR);
+	if (!t)
+		return NULL;
+	snprintf(t->u.t.key, sizeof t->u.t.key, "%zu", key);
+	t->u.t.dtype = dt;
+	t->u.t.ndim = ndim;
+	int64_t stride = 1;
+	for (int i = ndim - 1; i >= 0; i--) {
+		t->u.t.shape[i] = shape[i];
+		t->u.t.stride[i] = stride;
+		stride *= shape[i];
+	}
+	t->u.t.numel = stride;
+	return t;
+}
+
+/* The object a view pickles, and its storages. */
+static cltfs_err build_obj(cltfs_fs *fs, view *v, pt_arena *a, int layer, int is_y, const seg *segs,
+			   size_t nseg, const int64_t *shape, int ndim, pt_obj **root)
+{
+	const cltfs_manifest *m = fs->m;
+	int64_t numel = 1;
+	for (int i = 0; i < ndim; i++)
+		numel *= shape[i];
+	uint64_t nbytes = (uint64_t)numel * cltfs_dtype_size(fs->out_dt);
+	cltfs_err e;
+	if (!is_y) {
+		if ((e = add_source(v, CLTFS_STREAM_X, layer, segs, nseg, nbytes, fs->row_out)))
+			return e;
+		pt_obj *t = tensor_obj(a, 0, fs->out_dt, shape, ndim);
+		if (!t)
+			return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+		if (!m->x_key[0]) {
+			*root = t;
+			return CLTFS_OK;
+		}
+		*root = pt_new(a, PT_DICT);
+		return *root ? pt_set(a, *root, pt_str(a, m->x_key), t)
+			     : cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	}
+	int nt = cltfs_manifest_targets_of(m, layer);
+	pt_obj *list = pt_new(a, PT_LIST), *first = NULL;
+	if (!list)
+		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	int zero_key = -1;
+	/* j == nt only when there are no targets at all (clip past the last
+	 * layer): then y is a zero tensor and the list stays empty. */
+	for (int j = 0; j < nt || (j == 0 && nt == 0); j++) {
+		int t = j < nt ? cltfs_manifest_target_layer(m, layer, j) : -1;
+		size_t key;
+		if (t >= 0) {
+			if ((e = add_source(v, CLTFS_STREAM_MLP, t, segs, nseg, nbytes, fs->row_out)))
+				return e;
+			key = v->nst - 1;
+		} else { /* zero padding: every such tensor shares one storage */
+			if (zero_key < 0) {
+				if ((e = add_source(v, -1, 0, NULL, 0, nbytes, fs->row_out)))
+					return e;
+				zero_key = (int)v->nst - 1;
+			}
+			key = (size_t)zero_key;
+		}
+		pt_obj *obj = tensor_obj(a, key, fs->out_dt, shape, ndim);
+		if (!obj)
+			return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+		if (!first)
+			first = obj; /* y is targets[0]: the same object, one storage */
+		if (j < nt && (e = pt_append(a, list, obj)))
+			return e;
+	}
+	*root = pt_new(a, PT_DICT);
+	if (!*root)
+		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	for (int k = 0; k < 3; k++) {
+		const char *key = m->y_keys[k];
+		pt_obj *val = !strcmp(key, "y") ? first : !strcmp(key, "targets") ? list : pt_int(a, nt);
+		if (!val || (e = pt_set(a, *root, pt_str(a, key), val)))
+			return val ? e : cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	}
+	return CLTFS_OK;
+}
+
+cltfs_err view_open(cltfs_fs *fs, int layer_idx, int64_t batch, int is_y, view **out)
+{
+	const cltfs_manifest *m = fs->m;
+	int layer = m->x_layers[layer_idx];
+	view *v = calloc(1, sizeof *v);
+	pt_arena *a = pt_arena_new();
+	seg *segs = NULL;
+	size_t nseg = 0;
+	int64_t shape[PT_MAX_DIM];
+	int ndim = 0;
+	uint8_t *pkl = NULL;
+	size_t plen = 0;
+	cltfs_err e = CLTFS_OK;
+	if (!v || !a)
+		e = cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	else {
+		pthread_mutex_init(&v->mu, NULL);
+		v->st = calloc((size_t)m->n_targets + 2, sizeof *v->st);
+		if (!v->st)
+			e = cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	}
+	pt_obj *root = NULL;
+	if (!e)
+		e = group_segs(fs, batch, &segs, &nseg, shape, &ndim);
+	if (!e)
+		e = build_obj(fs, v, a, layer, is_y, segs, nseg, shape, ndim, &root);
+	if (!e)
+		e = pt_pickle(root, &pkl, &plen);
+	if (!e) {
+		char archive[64];
+		const char **keys = calloc(v->nst + 1, sizeof *keys);
+		char (*keybuf)[24] = calloc(v->nst + 1, sizeof *keybuf);
+		uint64_t *sizes = calloc(v->nst + 1, sizeof *sizes);
+		snprintf(archive, sizeof archive, "batch_%lld_%c", (long long)batch, is_y ? 'y' : 'x');
+		if (!keys || !keybuf || !sizes)
+			e = cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+		for (size_t i = 0; !e && i < v->nst; i++) {
+			snprintf(keybuf[i], sizeof keybuf[i], "%zu", i);
+			keys[i] = keybuf[i];
+			sizes[i] = v->st[i].nbytes;
+		}
+		if (!e)
+			e = pt_file_new(archive, pkl, plen, v->nst, keys, sizes, &v->pf);
+		free(keys);
+		free(keybuf);
+		free(sizes);
+	}
+	free(pkl);
+	free(segs);
+	pt_arena_free(a);
+	if (e) {
+		if (v)
+			view_close(v);
+		return e;
+	}
+	*out = v;
+	return CLTFS_OK;
+}
+
+uint64_t view_size(const view *v) { return pt_file_size(v->pf); }
+
+cltfs_err fs_view_size(cltfs_fs *fs, int layer_idx, int64_t batch, int is_y, uint64_t *size)
+{
+	view *v;
+	cltfs_err e = view_open(fs, layer_idx, batch, is_y, &v);
+	if (e)
+		return e;
+	*size = view_size(v);
+	view_close(v);
+	return CLTFS_OK;
+}
+
+/* ---- CRCs ---- */
+
+/* CRC of stream bytes [p, p+n) (output dtype) of one stream. */
+static cltfs_err stream_crc(cltfs_fs *fs, int kind, int layer, uint64_t p, uint64_t n, uint32_t *crc)
+{
+	const cltfs_manifest *m = fs->m;
+	*crc = 0;
+	while (n) {
+		int64_t c = cltfs_manifest_chunk_of(m, (int64_t)(p / fs->row_out));
+		uint64_t cs = (uint64_t)m->chunk_start[c] * fs->row_out;
+		uint64_t ce = (uint64_t)m->chunk_start[c + 1] * fs->row_out;
+		uint64_t take = ce - p < n ? ce - p : n;
+		uint64_t key = cltfs_key((unsigned)kind, (unsigned)layer, (uint32_t)c);
+		uint32_t part;
+		cltfs_rec rec;
+		if (p == cs && take == ce - cs && !fs->conv && store_lookup(fs->s, key, &rec)) {
+			part = rec.crc; /* a whole chunk: from the index, nothing decoded */
+		} else {
+			chunk *ch;
+			cltfs_err e = get_chunk(fs, key, &ch);
+			if (e)
+				return e;
+			part = p == cs && take == ch->len ? ch->crc
+							  : cltfs_crc32(0, ch->data + (p - cs), (size_t)take);
+			cache_put(fs->cache, ch);
+		}
+		*crc = cltfs_crc32_combine(*crc, part, take);
+		p += take;
+		n -= take;
+	}
+	return CLTFS_OK;
+}
+
+static cltfs_err source_crc(cltfs_fs *fs, const source *s, uint32_t *crc)
+{
+	if (s->kind < 0) {
+		*crc = cltfs_crc32_zeros(s->nbytes);
+		return CLTFS_OK;
+	}
+	*crc = 0;
+	for (size_t i = 0; i < s->nseg; i++) {
+		uint64_t n = (uint64_t)s->segs[i].nrows * fs->row_out;
+		uint32_t part;
+		if (s->segs[i].zero)
+			part = cltfs_crc32_zeros(n);
+		else {
+			cltfs_err e = stream_crc(fs, s->kind, s->layer, (uint64_t)s->segs[i].row * fs->row_out, n, &part);
+			if (e)
+				return e;
+		}
+		*crc = cltfs_crc32_combine(*crc, part, n);
+	}
+	return CLTFS_OK;
+}
+
+static cltfs_err ensure_crcs(cltfs_fs *fs, view *v, uint64_t off, uint64_t len)
+{
+	bool *need = calloc(v->nst + 1, sizeof *need);
+	if (!need)
+		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	if (!pt_file_crcs_needed(v->pf, off, len, need)) {
+		free(need);
+		return CLTFS_OK;
+	}
+	cltfs_err e = CLTFS_OK;
+	pthread_mutex_lock(&v->mu);
+	for (size_t i = 0; !e && i < v->nst; i++)
+		if (need[i] && !pt_file_has_crc(v->pf, i)) {
+			uint32_t crc;
+			if (!(e = source_crc(fs, &v->st[i], &crc)))
+				pt_file_set_crc(v->pf, i, crc);
+		}
+	pthread_mutex_unlock(&v->mu);
+	free(need);
+	return e;
+}
+
+/* ---- reading ---- */
+
+static cltfs_err add_iov(view_buf *b, const void *p, size_t n)
+{
+	if (b->niov == b->iovcap) {
+		size_t nc = b->iovcap ? b->iovcap * 2 : 32;
+		struct iovec *ni = realloc(b->iov, nc * sizeof *ni);
+		if (!ni)
+			return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+		b->iov = ni;
+		b->iovcap = nc;
+	}
+	b->iov[b->niov++] = (struct iovec){(void *)p, n};
+	b->total += n;
+	return CLTFS_OK;
+}
+
+static cltfs_err add_ref(view_buf *b, chunk *ch)
+{
+	if (b->nrefs == b->refcap) {
+		size_t nc = b->refcap ? b->refcap * 2 : 16;
+		chunk **nr = realloc(b->refs, nc * sizeof *nr);
+		if (!nr)
+			return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+		b->refs = nr;
+		b->refcap = nc;
+	}
+	b->refs[b->nrefs++] = ch;
+	return CLTFS_OK;
+}
+
+static cltfs_err add_zeros(view_buf *b, uint64_t n)
+{
+	while (n) {
+		size_t take = n < sizeof zero_page ? (size_t)n : sizeof zero_page;
+		cltfs_err e = add_iov(b, zero_page, take);
+		if (e)
+			return e;
+		n -= take;
+	}
+	return CLTFS_OK;
+}
+
+/* Stream bytes [p, p+n) as iovecs into cached chunks. */
+static cltfs_err stream_iov(cltfs_fs *fs, int kind, int layer, uint64_t p, uint64_t n, view_buf *b)
+{
+	const cltfs_manifest *m = fs->m;
+	while (n) {
+		int64_t c = cltfs_manifest_chunk_of(m, (int64_t)(p / fs->row_out));
+		uint64_t cs = (uint64_t)m->chunk_start[c] * fs->row_out;
+		uint64_t ce = (uint64_t)m->chunk_start[c + 1] * fs->row_out;
+		uint64_t take = ce - p < n ? ce - p : n;
+		chunk *ch;
+		cltfs_err e = get_chunk(fs, cltfs_key((unsigned)kind, (unsigned)layer, (uint32_t)c), &ch);
+		if (e)
+			return e;
+		if ((e = add_ref(b, ch))) {
+			cache_put(fs->cache, ch);
+			return e;
+		}
+		if (ch->len != ce - cs)
+			return cltfs_fail(CLTFS_E_CORRUPT, "chunk has %zu bytes, expected %llu", ch->len,
+					  (unsigned long long)(ce - cs));
+		if ((e = add_iov(b, ch->data + (p - cs), (size_t)take)))
+			return e;
+		p += take;
+		n -= take;
+	}
+	return CLTFS_OK;
+}
+
+/* Walk a storage's segments over [off, off+n), calling stream_iov or
+ * add_zeros, or (keys_only) queueing the chunks for readahead. */
+static cltfs_err source_iov(cltfs_fs *fs, const source *s, uint64_t off, uint64_t n, view_buf *b)
+{
+	if (s->kind < 0)
+		return b ? add_zeros(b, n) : CLTFS_OK;
+	size_t lo = 0, hi = s->nseg - 1;
+	while (lo < hi) { /* the last segment starting at or before off */
+		size_t mid = (lo + hi + 1) / 2;
+		if (s->seg_off[mid] <= off)
+			lo = mid;
+		else
+			hi = mid - 1;
+	}
+	for (size_t i = lo; n && i < s->nseg; i++) {
+		uint64_t segn = (uint64_t)s->segs[i].nrows * fs->row_out;
+		uint64_t in = off - s->seg_off[i], take = segn - in < n ? segn - in : n;
+		cltfs_err e = CLTFS_OK;
+		if (s->segs[i].zero) {
+			if (b)
+				e = add_zeros(b, take);
+		} else if (b) {
+			e = stream_iov(fs, s->kind, s->layer, (uint64_t)s->segs[i].row * fs->row_out + in, take, b);
+		} else { /* readahead: queue the chunks */
+			uint64_t p = (uint64_t)s->segs[i].row * fs->row_out + in;
+			int64_t c0 = cltfs_manifest_chunk_of(fs->m, (int64_t)(p / fs->row_out));
+			int64_t c1 = cltfs_manifest_chunk_of(fs->m, (int64_t)((p + take - 1) / fs->row_out));
+			for (int64_t c = c0; c <= c1; c++)
+				ra_push(fs, cltfs_key((unsigned)s->kind, (unsigned)s->layer, (uint32_t)c));
+		}
+		if (e)
+			return e;
+		off += take;
+		n -= take;
+	}
+	return CLTFS_OK;
+}
+
+void view_buf_release(cltfs_fs *fs, view_buf *b)
+{
+	for (size_t i = 0; i < b->nrefs; i++)
+		cache_put(fs->cache, b->refs[i]);
+	free(b->refs);
+	free(b->iov);
+	free(b->lit);
+	memset(b, 0, sizeof *b);
+}
+
+cltfs_err view_read(cltfs_fs *fs, view *v, uint64_t off, size_t len, view_buf *b)
+{
+	memset(b, 0, sizeof *b);
+	uint64_t size = pt_file_size(v->pf);
+	if (off >= size)
+		return CLTFS_OK;
+	if (len > size - off)
+		len = (size_t)(size - off);
+	cltfs_err e = ensure_crcs(fs, v, off, len);
+	pt_piece pc[MAX_PIECES];
+	uint64_t end = off + len;
+	for (uint64_t pos = off; !e && pos < end;) {
+		size_t n = pt_file_map(v->pf, pos, end - pos, pc, MAX_PIECES);
+		if (!n)
+			break;
+		for (size_t i = 0; !e && i < n; i++) {
+			if (pc[i].storage >= 0) {
+				e = source_iov(fs, &v->st[pc[i].storage], pc[i].off, pc[i].len, b);
+			} else if (!b->lit && !(b->lit = malloc(len))) {
+				e = cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+			} else {
+				uint8_t *dst = b->lit + (pos - off);
+				pt_file_literal(v->pf, pc[i].off, pc[i].len, dst);
+				e = add_iov(b, dst, (size_t)pc[i].len);
+			}
+			pos += pc[i].len;
+		}
+	}
+	if (e)
+		view_buf_release(fs, b);
+	return e;
+}
+
+void view_readahead(cltfs_fs *fs, view *v, uint64_t off, uint64_t len)
+{
+	if (!fs->ra_n)
+		return;
+	pt_piece pc[MAX_PIECES];
+	size_t n = pt_file_map(v->pf, off, len, pc, MAX_PIECES);
+	for (size_t i = 0; i < n; i++)
+		if (pc[i].storage >= 0)
+			source_iov(fs, &v->st[pc[i].storage], pc[i].off, pc[i].len, NULL);
+}
+
+cltfs_err view_pread(cltfs_fs *fs, view *v, uint64_t off, size_t len, uint8_t *dst, size_t *got)
+{
+	view_buf b;
+	cltfs_err e = view_read(fs, v, off, len, &b);
+	if (e)
+		return e;
+	size_t at = 0;
+	for (size_t i = 0; i < b.niov; i++) {
+		memcpy(dst + at, b.iov[i].iov_base, b.iov[i].iov_len);
+		at += b.iov[i].iov_len;
+	}
+	*got = at;
+	view_buf_release(fs, &b);
+	return CLTFS_OK;
+}

@@ -1,0 +1,179 @@
+/* The store (append, reopen, torn tail, corruption) and the chunk cache
+ * (single flight, refcounts, the memory bound). */
+#include "fs.h"
+#include "unit.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static const char *manifest =
+	"{\"format\":\"cltfs\",\"version\":1,\"model\":{\"n_layers\":3,\"d_model\":16},"
+	"\"dtype\":\"bfloat16\",\"n_targets\":1,\"chunk_rows\":8,\"x_layers\":[0,1],"
+	"\"mlp_layers\":[1,2],\"samples\":[{\"rows\":20},{\"rows\":12}]}";
+
+static char dir[64];
+
+static void fill(uint8_t *b, size_t n, unsigned seed)
+{
+	unsigned long long s = seed + 1;
+	for (size_t i = 0; i < n; i++)
+		b[i] = (uint8_t)unit_rand(&s);
+}
+
+static cltfs_store *make_store(void)
+{
+	snprintf(dir, sizeof dir, "/tmp/cltfs-unit-XXXXXX");
+	CHECK(mkdtemp(dir) != NULL);
+	cltfs_manifest *m;
+	CHECK(cltfs_manifest_parse(manifest, strlen(manifest), "m", &m) == CLTFS_OK);
+	CHECK(store_create(dir, m) == CLTFS_OK);
+	cltfs_manifest_free(m);
+	cltfs_store *s;
+	CHECK(store_open(dir, &s) == CLTFS_OK);
+	return s;
+}
+
+static void write_chunks(cltfs_store *s, int n)
+{
+	store_writer *w;
+	CHECK(store_writer_open(s, "unit", &w) == CLTFS_OK);
+	for (int c = 0; c < n; c++) {
+		uint8_t buf[8 * 32];
+		size_t len = store_chunk_raw(s, (uint32_t)c);
+		fill(buf, len, (unsigned)c);
+		CHECK(store_writer_add(w, cltfs_key(CLTFS_STREAM_X, 0, (uint32_t)c), buf, len) == CLTFS_OK);
+	}
+	CHECK(store_writer_close(w) == CLTFS_OK);
+}
+
+static void test_roundtrip(void)
+{
+	cltfs_store *s = make_store();
+	/* chunks: sample 0 (batch 0) 20 rows -> 8, 8, 4; batch 1: 8, 4 */
+	CHECK(store_chunk_raw(s, 2) == 4 * 32 && store_chunk_raw(s, 4) == 4 * 32);
+	write_chunks(s, 5);
+	store_close(s);
+	CHECK(store_open(dir, &s) == CLTFS_OK);
+	cltfs_zctx *z = cltfs_zctx_new();
+	for (int c = 0; c < 5; c++) {
+		cltfs_rec r;
+		uint8_t want[256], got[256];
+		CHECK(store_lookup(s, cltfs_key(CLTFS_STREAM_X, 0, (uint32_t)c), &r));
+		fill(want, r.rsize, (unsigned)c);
+		CHECK(store_read_chunk(s, &r, z, got) == CLTFS_OK && !memcmp(want, got, r.rsize));
+	}
+	cltfs_rec r;
+	CHECK(!store_lookup(s, cltfs_key(CLTFS_STREAM_MLP, 1, 0), &r));
+	/* a torn record at the end of the index is ignored, then cut off */
+	char idx[256];
+	snprintf(idx, sizeof idx, "%s/packs/", dir);
+	char host[128] = "host";
+	gethostname(host, sizeof host - 1);
+	snprintf(idx, sizeof idx, "%s/packs/%s-unit.idx", dir, host);
+	int fd = open(idx, O_WRONLY | O_APPEND);
+	CHECK(fd >= 0 && write(fd, "CLTRgarbage", 11) == 11);
+	close(fd);
+	store_close(s);
+	CHECK(store_open(dir, &s) == CLTFS_OK);
+	CHECK(store_lookup(s, cltfs_key(CLTFS_STREAM_X, 0, 4), &r));
+	write_chunks(s, 0); /* a writer opening the index trims the tail */
+	struct stat st;
+	CHECK(stat(idx, &st) == 0 && st.st_size == CLTFS_FILE_HEADER + 5 * CLTFS_REC_SIZE);
+	/* a flipped byte in a frame is an error naming the pack and chunk */
+	char pack[256];
+	snprintf(pack, sizeof pack, "%s/packs/%s-unit.pack", dir, host);
+	CHECK(store_lookup(s, cltfs_key(CLTFS_STREAM_X, 0, 1), &r));
+	fd = open(pack, O_RDWR);
+	uint8_t b;
+	CHECK(pread(fd, &b, 1, (off_t)(r.offset + r.csize / 2)) == 1);
+	b ^= 0xff;
+	CHECK(pwrite(fd, &b, 1, (off_t)(r.offset + r.csize / 2)) == 1);
+	close(fd);
+	uint8_t got[256];
+	CHECK(store_read_chunk(s, &r, z, got) == CLTFS_E_CORRUPT);
+	CHECK(strstr(cltfs_errmsg(), "x@0#1") && strstr(cltfs_errmsg(), ".pack"));
+	cltfs_zctx_free(z);
+	store_close(s);
+	/* a malformed manifest is refused with its path */
+	char mpath[256];
+	snprintf(mpath, sizeof mpath, "%s/cltfs.json", dir);
+	FILE *f = fopen(mpath, "w");
+	fputs("{\"format\": \"cltfs\", \"version\": 1}", f);
+	fclose(f);
+	CHECK(store_open(dir, &s) == CLTFS_E_FORMAT && strstr(cltfs_errmsg(), "cltfs.json"));
+	CHECK(store_open("/nonexistent/store", &s) == CLTFS_E_IO || store_open("/nonexistent/store", &s) == CLTFS_E_NOTFOUND);
+	char cmd[300];
+	snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+	CHECK(system(cmd) == 0);
+}
+
+/* ---- cache ---- */
+
+static atomic_int loads;
+
+static cltfs_err slow_loader(void *arg, uint64_t key, uint8_t **data, size_t *len, uint32_t *crc)
+{
+	atomic_fetch_add(&loads, 1);
+	usleep(20000);
+	if (key == 999)
+		return cltfs_fail(CLTFS_E_CORRUPT, "bad chunk");
+	*len = 1000;
+	*data = malloc(*len);
+	memset(*data, (int)key, *len);
+	*crc = 0;
+	return CLTFS_OK;
+}
+
+static chunk_cache *cache;
+
+static void *reader(void *arg)
+{
+	chunk *ch;
+	bool hit;
+	if (cache_get(cache, 7, &ch, &hit) == CLTFS_OK) {
+		if (ch->data[999] != 7)
+			abort();
+		cache_put(cache, ch);
+	}
+	return NULL;
+}
+
+static void test_cache(void)
+{
+	cache = cache_new(1 << 20, slow_loader, NULL);
+	pthread_t t[8];
+	for (int i = 0; i < 8; i++)
+		pthread_create(&t[i], NULL, reader, NULL);
+	for (int i = 0; i < 8; i++)
+		pthread_join(t[i], NULL);
+	CHECK(atomic_load(&loads) == 1); /* single flight */
+	chunk *ch;
+	bool hit;
+	CHECK(cache_get(cache, 999, &ch, &hit) == CLTFS_E_CORRUPT);
+	CHECK(cache_get(cache, 999, &ch, &hit) == CLTFS_E_CORRUPT); /* retried, not cached */
+	CHECK(atomic_load(&loads) == 3);
+	cache_free(cache);
+
+	/* the bound: 64 chunks of 1000 bytes through a 16000-byte cache */
+	cache = cache_new(16000, slow_loader, NULL);
+	chunk *held;
+	CHECK(cache_get(cache, 1, &held, &hit) == CLTFS_OK);
+	for (uint64_t k = 2; k < 40; k++) {
+		CHECK(cache_get(cache, k, &ch, &hit) == CLTFS_OK);
+		cache_put(cache, ch);
+		size_t bytes, entries, limit;
+		cache_usage(cache, &bytes, &entries, &limit);
+		CHECK(bytes <= limit + 1000); /* the held chunk may overshoot its shard */
+	}
+	CHECK(held->data[0] == 1 && held->data[999] == 1); /* still valid while referenced */
+	cache_put(cache, held);
+	cache_free(cache);
+}
+
+int main(void)
+{
+	RUN(test_roundtrip);
+	RUN(test_cache);
+	return unit_done("fs_store");
+}
