@@ -63,6 +63,9 @@ uint32_t cltfs_crc32_zeros(uint64_t n);
 typedef struct cltfs_zctx cltfs_zctx;
 cltfs_zctx *cltfs_zctx_new(void);
 void cltfs_zctx_free(cltfs_zctx *z);
+/* A second buffer of at least n bytes, kept for reuse (frames read from a
+ * pack): reusing it avoids faulting in fresh pages on every chunk. */
+void *cltfs_zctx_buffer(cltfs_zctx *z, size_t n);
 
 size_t cltfs_frame_bound(size_t raw_len);
 /* Byte-shuffle raw (elements of esize bytes) and compress it into one zstd

@@ -12,12 +12,15 @@
 #include <stdlib.h>
 #include <string.h>
 #include <zstd.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 struct cltfs_zctx {
 	ZSTD_CCtx *c;
 	ZSTD_DCtx *d;
-	uint8_t *scratch;
-	size_t cap;
+	uint8_t *scratch, *user;
+	size_t cap, ucap;
 };
 
 cltfs_zctx *cltfs_zctx_new(void)
@@ -41,7 +44,20 @@ void cltfs_zctx_free(cltfs_zctx *z)
 	ZSTD_freeCCtx(z->c);
 	ZSTD_freeDCtx(z->d);
 	free(z->scratch);
+	free(z->user);
 	free(z);
+}
+
+void *cltfs_zctx_buffer(cltfs_zctx *z, size_t n)
+{
+	if (n > z->ucap) {
+		void *p = realloc(z->user, n);
+		if (!p)
+			return NULL;
+		z->user = p;
+		z->ucap = n;
+	}
+	return z->user;
 }
 
 static uint8_t *scratch(cltfs_zctx *z, size_t n)
@@ -81,7 +97,17 @@ void cltfs_unshuffle(size_t esize, const void *src, void *dst, size_t len)
 	size_t n = len / esize;
 	if (esize == 2) {
 		const uint8_t *lo = s, *hi = s + n;
-		for (size_t i = 0; i < n; i++) {
+		size_t i = 0;
+#ifdef __SSE2__
+		/* 16 low and 16 high bytes interleave into 16 values at a time */
+		for (; i + 16 <= n; i += 16) {
+			__m128i l = _mm_loadu_si128((const __m128i *)(lo + i));
+			__m128i h = _mm_loadu_si128((const __m128i *)(hi + i));
+			_mm_storeu_si128((__m128i *)(d + 2 * i), _mm_unpacklo_epi8(l, h));
+			_mm_storeu_si128((__m128i *)(d + 2 * i + 16), _mm_unpackhi_epi8(l, h));
+		}
+#endif
+		for (; i < n; i++) {
 			d[2 * i] = lo[i];
 			d[2 * i + 1] = hi[i];
 		}

@@ -1,5 +1,11 @@
 /* cache.c: decoded chunks in memory.
  *
+ * Buffers: every chunk buffer has one size, the store's largest chunk, and
+ * comes from 2 MiB-aligned regions marked for transparent huge pages.  An
+ * evicted chunk's buffer goes to a free list and is reused as it is: a
+ * fresh 4 KiB page costs a fault, and on a VM that costs more than the
+ * decompression of the page (measured: half of a cold read's time).
+ *
  * get / put with reference counts: an evicted chunk is freed only when its
  * last reader is done.  A key being loaded is in the table in state LOADING,
  * so concurrent readers of one chunk (DataLoader workers) wait on the
@@ -11,6 +17,8 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 enum { LOADING, READY, FAILED };
 #define NSHARDS 8
@@ -24,12 +32,86 @@ typedef struct {
 	size_t bytes, entries, limit;
 } shard;
 
+#define REGION (32u << 20)
+
+typedef struct region {
+	struct region *next;
+	void *base;
+	size_t len;
+} region;
+
 struct chunk_cache {
 	shard shards[NSHARDS];
 	chunk_loader load;
 	void *arg;
-	size_t limit;
+	size_t limit, buf_size;
+	pthread_mutex_t pool_mu; /* guards the fields below */
+	void *free_bufs;         /* a list through each buffer's first word */
+	uint8_t *carve, *carve_end;
+	region *regions;
 };
+
+static void buf_put(chunk_cache *c, uint8_t *b);
+
+/* A buffer of buf_size bytes: recycled, carved from a region, or new. */
+static uint8_t *buf_get(chunk_cache *c)
+{
+	pthread_mutex_lock(&c->pool_mu);
+	uint8_t *b = c->free_bufs;
+	if (b) {
+		memcpy(&c->free_bufs, b, sizeof(void *));
+	} else {
+		if (c->carve + c->buf_size > c->carve_end) {
+			size_t len = c->buf_size > REGION ? (c->buf_size + (2u << 20) - 1) & ~((size_t)(2u << 20) - 1)
+							  : REGION;
+			region *r = malloc(sizeof *r);
+			void *p = r ? mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+				    : MAP_FAILED;
+			if (p == MAP_FAILED) {
+				free(r);
+				pthread_mutex_unlock(&c->pool_mu);
+				return NULL;
+			}
+			madvise(p, len, MADV_HUGEPAGE);
+			*r = (region){c->regions, p, len};
+			c->regions = r;
+			c->carve = p;
+			c->carve_end = (uint8_t *)p + len;
+		}
+		b = c->carve;
+		c->carve += c->buf_size;
+	}
+	pthread_mutex_unlock(&c->pool_mu);
+	return b;
+}
+
+void cache_reserve(chunk_cache *c, size_t bytes)
+{
+	long page = sysconf(_SC_PAGESIZE);
+	for (size_t n = 0; n + c->buf_size <= bytes; n += c->buf_size) {
+		uint8_t *b;
+		pthread_mutex_lock(&c->pool_mu);
+		bool fresh = c->carve + c->buf_size <= c->carve_end;
+		pthread_mutex_unlock(&c->pool_mu);
+		if (!fresh && n + REGION > bytes + c->buf_size)
+			break; /* a new region would overshoot the budget */
+		if (!(b = buf_get(c)))
+			break;
+		for (size_t i = 0; i < c->buf_size; i += (size_t)page)
+			((volatile uint8_t *)b)[i] = 0; /* fault it in now, not on a read */
+		buf_put(c, b);
+	}
+}
+
+static void buf_put(chunk_cache *c, uint8_t *b)
+{
+	if (!b)
+		return;
+	pthread_mutex_lock(&c->pool_mu);
+	memcpy(b, &c->free_bufs, sizeof(void *));
+	c->free_bufs = b;
+	pthread_mutex_unlock(&c->pool_mu);
+}
 
 static size_t mix(uint64_t k)
 {
@@ -41,7 +123,7 @@ static size_t mix(uint64_t k)
 static shard *shard_of(chunk_cache *c, uint64_t key) { return &c->shards[mix(key) % NSHARDS]; }
 static chunk **bucket(shard *s, uint64_t key) { return &s->buckets[(mix(key) / NSHARDS) % NBUCKETS]; }
 
-chunk_cache *cache_new(size_t limit, chunk_loader load, void *arg)
+chunk_cache *cache_new(size_t limit, size_t buf_size, chunk_loader load, void *arg)
 {
 	chunk_cache *c = calloc(1, sizeof *c);
 	if (!c)
@@ -49,6 +131,8 @@ chunk_cache *cache_new(size_t limit, chunk_loader load, void *arg)
 	c->load = load;
 	c->arg = arg;
 	c->limit = limit;
+	c->buf_size = buf_size < sizeof(void *) ? sizeof(void *) : buf_size;
+	pthread_mutex_init(&c->pool_mu, NULL);
 	for (int i = 0; i < NSHARDS; i++) {
 		shard *s = &c->shards[i];
 		pthread_mutex_init(&s->mu, NULL);
@@ -77,22 +161,22 @@ static void lru_remove(chunk *ch)
 	}
 }
 
-static void destroy(shard *s, chunk *ch)
+static void destroy(chunk_cache *c, shard *s, chunk *ch)
 {
-	s->bytes -= ch->len;
+	s->bytes -= c->buf_size;
 	s->entries--;
-	free(ch->data);
+	buf_put(c, ch->data);
 	free(ch);
 }
 
 /* Free least recently used idle chunks until the shard fits its budget. */
-static void evict(shard *s)
+static void evict(chunk_cache *c, shard *s)
 {
 	while (s->bytes > s->limit && s->lru.prev != &s->lru) {
 		chunk *old = s->lru.prev;
 		lru_remove(old);
 		unlink_hash(s, old);
-		destroy(s, old);
+		destroy(c, s, old);
 	}
 }
 
@@ -105,12 +189,17 @@ void cache_free(chunk_cache *c)
 		for (int b = 0; b < NBUCKETS; b++)
 			for (chunk *ch = s->buckets[b], *n; ch; ch = n) {
 				n = ch->hnext;
-				free(ch->data);
 				free(ch);
 			}
 		pthread_mutex_destroy(&s->mu);
 		pthread_cond_destroy(&s->cv);
 	}
+	for (region *r = c->regions, *n; r; r = n) {
+		n = r->next;
+		munmap(r->base, r->len);
+		free(r);
+	}
+	pthread_mutex_destroy(&c->pool_mu);
 	free(c);
 }
 
@@ -135,7 +224,7 @@ cltfs_err cache_get(chunk_cache *c, uint64_t key, chunk **out, bool *hit)
 		if (ch->state == FAILED) {
 			cltfs_err e = ch->err;
 			if (--ch->refs == 0) { /* the loader already unlinked it */
-				free(ch->data);
+				buf_put(c, ch->data);
 				free(ch);
 			}
 			pthread_mutex_unlock(&s->mu);
@@ -159,7 +248,9 @@ cltfs_err cache_get(chunk_cache *c, uint64_t key, chunk **out, bool *hit)
 	s->entries++;
 	pthread_mutex_unlock(&s->mu);
 
-	cltfs_err e = c->load(c->arg, key, &ch->data, &ch->len, &ch->crc);
+	ch->data = buf_get(c);
+	cltfs_err e = ch->data ? c->load(c->arg, key, ch->data, c->buf_size, &ch->len, &ch->crc)
+			       : cltfs_fail(CLTFS_E_NOMEM, "out of memory for a chunk");
 
 	pthread_mutex_lock(&s->mu);
 	if (e) {
@@ -172,15 +263,15 @@ cltfs_err cache_get(chunk_cache *c, uint64_t key, chunk **out, bool *hit)
 		pthread_cond_broadcast(&s->cv);
 		/* Free once nobody waits: the last waiter's put does it. */
 		if (ch->refs == 0) {
-			free(ch->data);
+			buf_put(c, ch->data);
 			free(ch);
 		}
 		pthread_mutex_unlock(&s->mu);
 		return e;
 	}
 	ch->state = READY;
-	s->bytes += ch->len;
-	evict(s);
+	s->bytes += c->buf_size;
+	evict(c, s);
 	pthread_cond_broadcast(&s->cv);
 	pthread_mutex_unlock(&s->mu);
 	*hit = false;
@@ -194,14 +285,14 @@ void cache_put(chunk_cache *c, chunk *ch)
 	pthread_mutex_lock(&s->mu);
 	if (--ch->refs == 0) {
 		if (ch->state == FAILED) { /* already out of the table */
-			free(ch->data);
+			buf_put(c, ch->data);
 			free(ch);
 		} else {
 			ch->next = s->lru.next; /* most recent first */
 			ch->prev = &s->lru;
 			s->lru.next->prev = ch;
 			s->lru.next = ch;
-			evict(s);
+			evict(c, s);
 		}
 	}
 	pthread_mutex_unlock(&s->mu);

@@ -54,9 +54,16 @@ uint64_t store_disk_bytes(cltfs_store *s);
  * fsync, so no reader ever sees a record whose frame is not durable. */
 typedef struct store_writer store_writer;
 cltfs_err store_writer_open(cltfs_store *s, const char *tag, store_writer **out);
+/* zstd level of the frames this writer adds (default 1). */
+void store_writer_level(store_writer *w, int level);
 cltfs_err store_writer_add(store_writer *w, uint64_t key, const void *raw, size_t len);
-/* fsync the pack, append the pending records, fsync the index, publish. */
+/* Added chunks are readable by this process at once; this makes them
+ * durable and visible to others: fsync the pack, append the pending
+ * records, fsync the index. */
 cltfs_err store_writer_sync(store_writer *w);
+/* Forget the pending records (their frames stay as unreferenced bytes):
+ * used when what was added turned out to be wrong. */
+void store_writer_abandon(store_writer *w);
 cltfs_err store_writer_close(store_writer *w);
 
 /* ---- chunk cache ---- */
@@ -73,12 +80,16 @@ typedef struct chunk {
 } chunk;
 
 typedef struct chunk_cache chunk_cache;
-/* Fill *data (malloc'd, *len bytes) and *crc for key. */
-typedef cltfs_err (*chunk_loader)(void *arg, uint64_t key, uint8_t **data, size_t *len,
+/* Fill buf (cap bytes) with key's chunk: its length in *len, CRC in *crc. */
+typedef cltfs_err (*chunk_loader)(void *arg, uint64_t key, uint8_t *buf, size_t cap, size_t *len,
 				  uint32_t *crc);
 
-chunk_cache *cache_new(size_t limit_bytes, chunk_loader load, void *arg);
+/* Every chunk buffer is buf_size bytes: the largest chunk served. */
+chunk_cache *cache_new(size_t limit_bytes, size_t buf_size, chunk_loader load, void *arg);
 void cache_free(chunk_cache *c);
+/* Fault in up to bytes of buffers now (a background thread at mount), so
+ * that a cold read does not pay for fresh pages. */
+void cache_reserve(chunk_cache *c, size_t bytes);
 /* A referenced chunk; concurrent callers for one key wait for one load.
  * *hit says whether it was already in memory. */
 cltfs_err cache_get(chunk_cache *c, uint64_t key, chunk **out, bool *hit);
@@ -94,6 +105,7 @@ typedef struct {
 	int dtype;             /* -1: as stored */
 	size_t cache_mb;
 	int readahead;         /* chunks ahead of a sequential reader */
+	bool prefault;         /* fault in the cache's memory at start (mounts) */
 } cltfs_opts;
 
 typedef struct {
@@ -140,8 +152,9 @@ cltfs_err view_read(cltfs_fs *fs, view *v, uint64_t off, size_t len, view_buf *o
 void view_buf_release(cltfs_fs *fs, view_buf *b);
 /* Copy [off, off+len) into dst; returns bytes copied in *got. */
 cltfs_err view_pread(cltfs_fs *fs, view *v, uint64_t off, size_t len, uint8_t *dst, size_t *got);
-/* Prefetch the chunks behind [off, off+len) on the readahead threads. */
-void view_readahead(cltfs_fs *fs, view *v, uint64_t off, uint64_t len);
+/* Prefetch the chunks of the next readahead=N chunks' worth of bytes from
+ * off on the readahead threads. */
+void view_readahead(cltfs_fs *fs, view *v, uint64_t off);
 
 /* ---- commands ---- */
 

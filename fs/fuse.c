@@ -17,6 +17,7 @@
 #include <errno.h>
 #include <fuse_lowlevel.h>
 #include <limits.h>
+#include <malloc.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -370,7 +371,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 	/* A reader that continues where it stopped is sequential: fetch ahead. */
 	uint64_t end = (uint64_t)off + b.total, prev = __atomic_exchange_n(&h->last_end, end, __ATOMIC_RELAXED);
 	if (prev == (uint64_t)off && b.total)
-		view_readahead(c->fs, h->v, end, (uint64_t)size * 4);
+		view_readahead(c->fs, h->v, end);
 	fuse_reply_iov(req, b.iov, (int)b.niov);
 	atomic_fetch_add(&st->reads, 1);
 	atomic_fetch_add(&st->bytes_read, b.total);
@@ -426,6 +427,9 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 	/* Large reads and readahead: the kernel's defaults (128 KiB) cost 2-5x
 	 * in throughput (DESIGN.md section 5).  max_read must match -o max_read. */
 	conn->max_read = MAX_READ;
+	/* libfuse derives the kernel's max_pages (the largest request) from
+	 * max_write: without this, reads stay at 128 KiB. */
+	conn->max_write = MAX_READ;
 	conn->max_readahead = conn->max_readahead > MAX_READ ? conn->max_readahead : MAX_READ;
 	if (conn->capable & FUSE_CAP_ASYNC_READ)
 		conn->want |= FUSE_CAP_ASYNC_READ;
@@ -532,7 +536,7 @@ static const char *default_store(char *buf, size_t n)
 
 static bool check_opts(const cli *c, cltfs_opts *o)
 {
-	*o = (cltfs_opts){.dtype = -1, .cache_mb = 256, .readahead = 4};
+	*o = (cltfs_opts){.dtype = -1, .cache_mb = 256, .readahead = 4, .prefault = true};
 	if (c->cache_mb < 0 || c->cache_mb > (1 << 22) || c->batch_samples < 0 || c->batch_rows < 0 ||
 	    (c->readahead != UNSET && (c->readahead < 0 || c->readahead > 64)) || c->threads < 0 || c->threads > 1024) {
 		fprintf(stderr, "cltfs: an option is out of range (cache_mb, batch_samples, batch_rows, "
@@ -586,6 +590,11 @@ int fuse_main_cltfs(int argc, char **argv)
 	cltfs_opts o;
 	char defbuf[PATH_MAX], opt[64];
 
+	/* Chunk buffers (~1 MiB) would each be a fresh mmap that faults in every
+	 * page: keep them on the heap, where freed ones are reused, and in few
+	 * arenas, so memory stays near cache_mb. */
+	mallopt(M_MMAP_THRESHOLD, 32 << 20);
+	mallopt(M_ARENA_MAX, 2);
 	if (fuse_opt_parse(&args, &c, cli_opts, cli_proc) < 0)
 		goto out;
 	if (c.help) {

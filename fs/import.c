@@ -15,7 +15,9 @@
  * that will serve it, and each file is finally re-composed from the store
  * exactly as the mount will serve it, parsed back, and compared with the
  * source.  Import reports success only when every value of the tree came
- * back.
+ * back.  A batch's chunks become durable (their index records written) only
+ * once every file of the batch agreed, so a refused import never leaves
+ * one side of a disagreement in the store.
  */
 #include "fs.h"
 
@@ -619,8 +621,6 @@ static cltfs_err import_x(run *r, int li, int64_t k)
 	if (!e)
 		e = put_stream(r, CLTFS_STREAM_X, p->layers[li], k, data);
 	if (!e)
-		e = store_writer_sync(r->w);
-	if (!e)
 		e = verify_file(r, path, ar, li, k, 0);
 	pt_close(ar);
 	return e;
@@ -664,8 +664,6 @@ static cltfs_err import_y(run *r, int li, int64_t k)
 		else if (layer >= 0)
 			e = put_stream(r, CLTFS_STREAM_MLP, layer, k, data);
 	}
-	if (!e)
-		e = store_writer_sync(r->w);
 	if (!e) /* y must equal targets[0]: the view serves one tensor for both */
 		e = verify_file(r, path, ar, li, k, 1);
 	pt_close(ar);
@@ -698,8 +696,12 @@ static cltfs_err import_all(run *r)
 			cltfs_err e = import_x(r, li, k);
 			if (!e)
 				e = import_y(r, li, k);
-			if (e)
+			if (e) {
+				/* Which of two disagreeing files is right is unknown: keep
+				 * neither.  The batch's chunks become durable only below. */
+				store_writer_abandon(r->w);
 				return e;
+			}
 			char path[PATH_MAX];
 			file_path(p, p->layers[li], k, 'x', path, sizeof path);
 			r->bytes_done += file_size(path);
@@ -707,6 +709,10 @@ static cltfs_err import_all(run *r)
 			r->bytes_done += file_size(path);
 			r->files += 2;
 		}
+		/* Every file of batch k agrees with the store: make it durable. */
+		cltfs_err e = store_writer_sync(r->w);
+		if (e)
+			return e;
 		progress(r, k + 1, tty, false);
 	}
 	progress(r, p->nbatches, tty, true);
@@ -752,8 +758,8 @@ cltfs_err cmd_import(const char *store, const char *src, const import_opts *o)
 	cltfs_opts fo = {.dtype = -1, .cache_mb = 1024, .readahead = 0};
 	if (!e)
 		e = fs_new(r.s, &fo, &r.fs);
-	if (!e)
-		e = store_writer_open(r.s, "import", &r.w);
+	if (!e && !(e = store_writer_open(r.s, "import", &r.w)))
+		store_writer_level(r.w, o->level);
 	if (!e)
 		e = import_all(&r);
 	cltfs_err ce = store_writer_close(r.w);

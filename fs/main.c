@@ -24,7 +24,7 @@ static bool parse_int(const char *s, long lo, long hi, int *out)
 
 static int main_import(int argc, char **argv)
 {
-	import_opts o = {.target_offset = 1, .level = 3};
+	import_opts o = {.target_offset = 1, .level = 1};
 	static const struct option lo[] = {
 		{"chunk-rows", required_argument, 0, 'c'}, {"target-offset", required_argument, 0, 't'},
 		{"level", required_argument, 0, 'l'},      {"quiet", no_argument, 0, 'q'},

@@ -54,6 +54,9 @@ struct cltfs_fs {
 	bool ra_stop;
 	pthread_t ra_thr[RA_THREADS];
 	int ra_n;
+	pthread_t warm_thr;
+	bool warming;
+	size_t chunk_bytes; /* the largest chunk, as served */
 };
 
 typedef struct {
@@ -87,21 +90,54 @@ int64_t fs_nbatches(const cltfs_fs *fs) { return fs->ngroups; }
 
 /* ---- per-thread decoder contexts ---- */
 
-static void free_zctx(void *p) { cltfs_zctx_free(p); }
+typedef struct {
+	cltfs_zctx *z;
+	uint8_t *raw; /* a converted chunk's stored bytes */
+	size_t cap;
+} thread_ctx;
 
-static cltfs_zctx *thread_zctx(cltfs_fs *fs)
+static void free_thread(void *p)
 {
-	cltfs_zctx *z = pthread_getspecific(fs->zkey);
-	if (!z && (z = cltfs_zctx_new()))
-		pthread_setspecific(fs->zkey, z);
-	return z;
+	thread_ctx *t = p;
+	if (t) {
+		cltfs_zctx_free(t->z);
+		free(t->raw);
+		free(t);
+	}
+}
+
+static thread_ctx *thread_state(cltfs_fs *fs)
+{
+	thread_ctx *t = pthread_getspecific(fs->zkey);
+	if (t)
+		return t;
+	if (!(t = calloc(1, sizeof *t)) || !(t->z = cltfs_zctx_new())) {
+		free(t);
+		return NULL;
+	}
+	pthread_setspecific(fs->zkey, t);
+	return t;
+}
+
+static uint8_t *scratch(thread_ctx *t, size_t n)
+{
+	if (n > t->cap) {
+		uint8_t *p = realloc(t->raw, n);
+		if (!p)
+			return NULL;
+		t->raw = p;
+		t->cap = n;
+	}
+	return t->raw;
 }
 
 /* ---- loading a chunk into the cache ---- */
 
 #define KEY_MASK ((UINT64_C(1) << 56) - 1)
 
-static cltfs_err load_chunk(void *arg, uint64_t ckey, uint8_t **data, size_t *len, uint32_t *crc)
+/* Decode straight into the cache's buffer; a conversion decodes into the
+ * thread's scratch first. */
+static cltfs_err load_chunk(void *arg, uint64_t ckey, uint8_t *buf, size_t cap, size_t *len, uint32_t *crc)
 {
 	cltfs_fs *fs = arg;
 	uint64_t key = ckey & KEY_MASK;
@@ -110,35 +146,25 @@ static cltfs_err load_chunk(void *arg, uint64_t ckey, uint8_t **data, size_t *le
 	if (!store_lookup(fs->s, key, &rec))
 		return cltfs_fail(CLTFS_E_NOTFOUND, "%s: chunk %s is not in the store", store_dir(fs->s),
 				  cltfs_key_str(key, k, sizeof k));
-	cltfs_zctx *z = thread_zctx(fs);
-	uint8_t *raw = malloc(rec.rsize ? rec.rsize : 1);
-	if (!z || !raw) {
-		free(raw);
+	thread_ctx *t = thread_state(fs);
+	size_t n = rec.rsize / cltfs_dtype_size(fs->in_dt), out = n * cltfs_dtype_size(fs->out_dt);
+	if (out > cap)
+		return cltfs_fail(CLTFS_E_CORRUPT, "chunk %s is larger than any chunk of the store",
+				  cltfs_key_str(key, k, sizeof k));
+	uint8_t *raw = !t ? NULL : fs->conv ? scratch(t, rec.rsize) : buf;
+	if (!raw)
 		return cltfs_fail(CLTFS_E_NOMEM, "out of memory loading chunk %s", cltfs_key_str(key, k, sizeof k));
-	}
-	cltfs_err e = store_read_chunk(fs->s, &rec, z, raw);
-	if (e) {
-		free(raw);
+	cltfs_err e = store_read_chunk(fs->s, &rec, t->z, raw);
+	if (e)
 		return e;
-	}
 	atomic_fetch_add(&fs->st.store_loads, 1);
+	*len = out;
 	if (!fs->conv) {
-		*data = raw;
-		*len = rec.rsize;
 		*crc = rec.crc;
 		return CLTFS_OK;
 	}
-	size_t n = rec.rsize / cltfs_dtype_size(fs->in_dt), out = n * cltfs_dtype_size(fs->out_dt);
-	uint8_t *cv = malloc(out ? out : 1);
-	if (!cv) {
-		free(raw);
-		return cltfs_fail(CLTFS_E_NOMEM, "out of memory converting chunk");
-	}
-	cltfs_convert(fs->out_dt, cv, fs->in_dt, raw, n);
-	free(raw);
-	*data = cv;
-	*len = out;
-	*crc = cltfs_crc32(0, cv, out);
+	cltfs_convert(fs->out_dt, buf, fs->in_dt, raw, n);
+	*crc = cltfs_crc32(0, buf, out);
 	return CLTFS_OK;
 }
 
@@ -196,6 +222,13 @@ static void ra_push(cltfs_fs *fs, uint64_t key)
 
 /* ---- the filesystem ---- */
 
+static void *warm_main(void *arg)
+{
+	cltfs_fs *fs = arg;
+	cache_reserve(fs->cache, fs->o.cache_mb << 20);
+	return NULL;
+}
+
 static cltfs_err make_groups(cltfs_fs *fs)
 {
 	const cltfs_manifest *m = fs->m;
@@ -252,12 +285,20 @@ cltfs_err fs_new(cltfs_store *s, const cltfs_opts *o, cltfs_fs **out)
 	cltfs_err e = CLTFS_OK;
 	if (o->batch_rows && o->batch_samples)
 		e = cltfs_fail(CLTFS_E_INVAL, "batch_rows and batch_samples exclude each other");
-	if (!e && pthread_key_create(&fs->zkey, free_zctx))
+	if (!e && pthread_key_create(&fs->zkey, free_thread))
 		e = cltfs_fail(CLTFS_E_NOMEM, "no thread key");
 	if (!e)
 		e = make_groups(fs);
-	if (!e && !(fs->cache = cache_new(o->cache_mb << 20, load_chunk, fs)))
+	size_t biggest = 0; /* the largest chunk, in the output dtype */
+	for (int64_t c = 0; c < fs->m->n_chunks; c++) {
+		size_t rows = (size_t)(fs->m->chunk_start[c + 1] - fs->m->chunk_start[c]);
+		biggest = rows * fs->row_out > biggest ? rows * fs->row_out : biggest;
+	}
+	fs->chunk_bytes = biggest;
+	if (!e && !(fs->cache = cache_new(o->cache_mb << 20, biggest, load_chunk, fs)))
 		e = cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	if (!e && o->prefault && !pthread_create(&fs->warm_thr, NULL, warm_main, fs))
+		fs->warming = true;
 	for (int i = 0; !e && i < (o->readahead > 0 ? RA_THREADS : 0); i++)
 		if (!pthread_create(&fs->ra_thr[i], NULL, ra_main, fs))
 			fs->ra_n++;
@@ -279,10 +320,11 @@ void fs_free(cltfs_fs *fs)
 	pthread_mutex_unlock(&fs->ra_mu);
 	for (int i = 0; i < fs->ra_n; i++)
 		pthread_join(fs->ra_thr[i], NULL);
+	if (fs->warming)
+		pthread_join(fs->warm_thr, NULL);
 	cache_free(fs->cache);
 	free(fs->groups);
-	cltfs_zctx *z = pthread_getspecific(fs->zkey);
-	cltfs_zctx_free(z);
+	free_thread(pthread_getspecific(fs->zkey));
 	pthread_setspecific(fs->zkey, NULL);
 	pthread_key_delete(fs->zkey);
 	pthread_mutex_destroy(&fs->ra_mu);
@@ -849,10 +891,15 @@ cltfs_err view_read(cltfs_fs *fs, view *v, uint64_t off, size_t len, view_buf *b
 	return e;
 }
 
-void view_readahead(cltfs_fs *fs, view *v, uint64_t off, uint64_t len)
+void view_readahead(cltfs_fs *fs, view *v, uint64_t off)
 {
 	if (!fs->ra_n)
 		return;
+	/* readahead=N chunks, but never more than a quarter of the cache: a
+	 * chunk decoded ahead must still be there when the reader arrives. */
+	uint64_t len = (uint64_t)fs->o.readahead * fs->chunk_bytes, quarter = (fs->o.cache_mb << 20) / 4;
+	if (len > quarter)
+		len = quarter;
 	pt_piece pc[MAX_PIECES];
 	size_t n = pt_file_map(v->pf, off, len, pc, MAX_PIECES);
 	for (size_t i = 0; i < n; i++)

@@ -71,6 +71,19 @@ TREE_CONFIGS = {
     "nt16_all": dict(layers="0-5", n_layers=6, batches=3, n_targets=16, d=32, seed=7),
     # layers that do not start at 0 and have a gap
     "sparse_layers": dict(layers="2,3,5", n_layers=8, batches=3, d=32, seed=8),
+    # an odd width (rows not a multiple of 64 bytes), float16
+    "odd_d": dict(layers="0-2", n_layers=4, batches=3, d=33, dtype="float16", seed=10),
+    # one- to three-token samples
+    "tiny_T": dict(layers="0-2", n_layers=4, batches=3, d=16, min_tokens=1, max_tokens=3,
+                   seed=12),
+    # a single layer, the last one: every target is zero padding
+    "one_layer_last": dict(layers="3", n_layers=4, batches=2, d=16, seed=13),
+    # many batches (batch_10 sorts before batch_2 as text)
+    "many_batches": dict(layers="0-1", n_layers=3, batches=25, d=16, min_tokens=1,
+                         max_tokens=30, n_targets=2, seed=14),
+    # multi-MB files, two padded samples per batch
+    "big": dict(layers="0-2", n_layers=4, batches=2, samples_per_batch=2, d=256,
+                min_tokens=200, max_tokens=400, n_targets=4, seed=15),
     # targets start at L (circuit-tracer), imported with --target-offset 0
     "offset0": dict(layers="0-4", n_layers=6, batches=3, d=32, seed=9, target_offset=0),
 }
@@ -289,6 +302,9 @@ def mounted(cltfs_bin, store, *opts, base, args=(), env=None, timeout=MOUNT_TIME
         if m.watchdog_fired and not failure:
             raise AssertionError("cltfs daemon killed after %.0fs (hung?): %s\n%s" % (
                 deadline, " ".join(cmd), m.log()))
+        if not failure and not m.watchdog_fired and proc.returncode != 0:
+            raise AssertionError("cltfs daemon exited %s after the unmount: %s\n%s" % (
+                proc.returncode, " ".join(cmd), m.log()))
 
 
 def _cleanup_leftovers():

@@ -112,15 +112,16 @@ static void test_roundtrip(void)
 
 static atomic_int loads;
 
-static cltfs_err slow_loader(void *arg, uint64_t key, uint8_t **data, size_t *len, uint32_t *crc)
+static cltfs_err slow_loader(void *arg, uint64_t key, uint8_t *buf, size_t cap, size_t *len, uint32_t *crc)
 {
 	atomic_fetch_add(&loads, 1);
 	usleep(20000);
 	if (key == 999)
 		return cltfs_fail(CLTFS_E_CORRUPT, "bad chunk");
 	*len = 1000;
-	*data = malloc(*len);
-	memset(*data, (int)key, *len);
+	if (cap < *len)
+		abort();
+	memset(buf, (int)key, *len);
 	*crc = 0;
 	return CLTFS_OK;
 }
@@ -141,7 +142,7 @@ static void *reader(void *arg)
 
 static void test_cache(void)
 {
-	cache = cache_new(1 << 20, slow_loader, NULL);
+	cache = cache_new(1 << 20, 1000, slow_loader, NULL);
 	pthread_t t[8];
 	for (int i = 0; i < 8; i++)
 		pthread_create(&t[i], NULL, reader, NULL);
@@ -156,7 +157,7 @@ static void test_cache(void)
 	cache_free(cache);
 
 	/* the bound: 64 chunks of 1000 bytes through a 16000-byte cache */
-	cache = cache_new(16000, slow_loader, NULL);
+	cache = cache_new(16000, 1000, slow_loader, NULL);
 	chunk *held;
 	CHECK(cache_get(cache, 1, &held, &hit) == CLTFS_OK);
 	for (uint64_t k = 2; k < 40; k++) {

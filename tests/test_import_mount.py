@@ -26,6 +26,8 @@ STORE_CASES = [(n, ()) for n in CONFIGS] + [
     ("s1td", ("--chunk-rows", "3")),
     ("flat", ("--chunk-rows", "1")),
     ("offset0", ("--chunk-rows", "4")),
+    ("big", ("--chunk-rows", "64")),
+    ("odd_d", ("--chunk-rows", "3")),
 ]
 STORE_IDS = ["-".join((n,) + tuple(a.strip("-") for a in args)) for n, args in STORE_CASES]
 
@@ -206,7 +208,8 @@ def test_zip_and_weights_only(stores, mount, originals, name, args):
 
 @pytest.mark.parametrize("name,args", [("s1_bf16", ()), ("s2_padded", ()), ("bare_fp32", ()),
                                        ("s1td", ()), ("s1_bf16", ("--chunk-rows", "5")),
-                                       ("flat", ("--chunk-rows", "1"))])
+                                       ("flat", ("--chunk-rows", "1")),
+                                       ("big", ("--chunk-rows", "64"))])
 def test_random_pread(stores, mount, name, args):
     """Random preads (on a fresh mount, before anything is cached) equal the
     same bytes of a full sequential read; two full reads are identical;
@@ -237,6 +240,7 @@ def test_random_pread(stores, mount, name, args):
                 assert b == full[off:off + ln], "%s: pread(%d, %d) differs" % (rel, ln, off)
 
 
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")
 @pytest.mark.parametrize("name", ["s1_bf16", "nt4_all"])
 def test_dataloader_workers(stores, mount, originals, name):
     """A DataLoader with 4 workers over all files returns the same tensors."""
@@ -366,8 +370,12 @@ def test_cltfs_dir(stores, mount):
     imp = stores.get("s1_bf16")
     with mount(imp.store) as m:
         assert os.stat(m.p(".cltfs/stats")).st_size == 0
+        # sizes come from the manifest: stat and listing load no chunk
+        for rel in imp.desc["files"]:
+            assert os.stat(m.p(rel)).st_size > 0
         st0 = m.stats()
         check_stats(st0)
+        assert st0["chunks"]["store"] == 0 and st0["reads"] == 0, st0
         total = 0
         for rel in imp.desc["files"]:
             total += len(read_all(m.p(rel)))
@@ -524,3 +532,167 @@ def test_mount_helper(stores, cltfs_bin, tmp_path, originals, how):
         for p in alive:
             os.kill(p, 9)
     assert not alive, "daemon(s) %s still running after umount" % alive
+
+
+# ----------------------------------------------------- concurrency --
+
+@pytest.mark.parametrize("args", [(), ("--chunk-rows", "5")], ids=["default", "chunk5"])
+def test_concurrent_readers(stores, mount, args):
+    """Many threads reading the same files at once on a fresh mount (single
+    flight, readahead, a small cache) all get the bytes of a quiet mount."""
+    import threading
+    imp = stores.get("s1_bf16", *args)
+    with mount(imp.store) as m:
+        ref = {rel: read_all(m.p(rel)) for rel in imp.desc["files"]}
+    for opts in ((), ("cache_mb=1", "readahead=8")):
+        with mount(imp.store, *opts) as m:
+            errors = []
+
+            def worker(seed):
+                rng = random.Random(seed)
+                rels = list(imp.desc["files"])
+                rng.shuffle(rels)
+                try:
+                    for rel in rels[:24]:
+                        fd = os.open(m.p(rel), os.O_RDONLY)
+                        try:
+                            size = len(ref[rel])
+                            off = rng.randrange(0, size)
+                            b = os.pread(fd, rng.randrange(1, size + 1), off)
+                            if b != ref[rel][off:off + len(b)] or not b:
+                                errors.append("%s: pread at %d" % (rel, off))
+                        finally:
+                            os.close(fd)
+                        if read_all(m.p(rel)) != ref[rel]:
+                            errors.append("%s: full read" % rel)
+                except Exception as e:  # noqa: BLE001
+                    errors.append("%s: %r" % (seed, e))
+
+            ts = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join(120)
+            assert not any(t.is_alive() for t in ts), "readers hung"
+            assert not errors, errors[:5]
+            assert m.stats()["errors"] == 0
+
+
+# ----------------------------------------------------- store selection --
+
+def test_store_selection(stores, mount, tmp_path, originals):
+    """STORE omitted: -o store=DIR, else $CLTFS_STORE, else
+    $XDG_DATA_HOME/cltfs/store."""
+    imp = stores.get("s1_bf16")
+    rel = imp.desc["files"][3]
+    want = originals.get(imp.tree, rel)
+    with mount(None, "store=" + imp.store) as m:
+        assert_same(torch.load(m.p(rel)), want, rel)
+    env = dict(os.environ, CLTFS_STORE=imp.store)
+    with mount(None, env=env) as m:
+        assert_same(torch.load(m.p(rel)), want, rel)
+    xdg = tmp_path / "xdg"
+    (xdg / "cltfs").mkdir(parents=True)
+    os.symlink(imp.store, str(xdg / "cltfs" / "store"))
+    env = dict(os.environ, XDG_DATA_HOME=str(xdg))
+    env.pop("CLTFS_STORE", None)
+    with mount(None, env=env) as m:
+        assert_same(torch.load(m.p(rel)), want, rel)
+
+
+# ------------------------------------------------------ view options --
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_dtype_option(stores, mount, originals, dtype):
+    """-o dtype=T converts every tensor on the fly (round to nearest even)."""
+    imp = stores.get("s1_bf16")
+    tdt = getattr(torch, dtype)
+    with mount(imp.store, "dtype=" + dtype) as m:
+        for rel in imp.desc["files"]:
+            want = originals.get(imp.tree, rel)
+            got = torch.load(m.p(rel), weights_only=True)
+            if rel.endswith("_x.pt"):
+                assert_same(got, {"x": want["x"].to(tdt)}, rel)
+            else:
+                conv = [t.to(tdt) for t in want["targets"]]
+                assert_same(got, {"y": conv[0], "targets": conv,
+                                  "n_targets": want["n_targets"]}, rel)
+                assert got["y"].data_ptr() == got["targets"][0].data_ptr()
+
+
+def _rows(t):
+    if t.dim() == 4:
+        t = t.squeeze(1)
+    return t.reshape(-1, t.shape[-1])
+
+
+@pytest.mark.parametrize("name,B", [("s1_bf16", 7), ("s1_bf16", 64), ("s2_padded", 5),
+                                    ("s1td", 9)])
+def test_batch_rows_option(stores, mount, originals, name, B):
+    """-o batch_rows=B: flat token batches, rows [kB, (k+1)B) of the whole row
+    stream, the last batch shorter.  An imported tree's samples keep the rows
+    they had (a padded slot is T rows), so the stream is every file's rows in
+    order."""
+    imp = stores.get(name)
+    nb = imp.desc["n_batches"]
+    with mount(imp.store, "batch_rows=%d" % B) as m:
+        for L in imp.desc["layers"]:
+            xs = torch.cat([_rows(originals.get(imp.tree, "L%d/batch_%d_x.pt" % (L, k))["x"])
+                            for k in range(nb)])
+            ys = [originals.get(imp.tree, "L%d/batch_%d_y.pt" % (L, k)) for k in range(nb)]
+            tg = [torch.cat([_rows(y["targets"][j]) for y in ys])
+                  for j in range(imp.desc["n_targets"])]
+            n = (xs.shape[0] + B - 1) // B
+            names = sorted(os.listdir(m.p("L%d" % L)))
+            assert names == sorted("batch_%d_%s.pt" % (k, s) for k in range(n) for s in "xy")
+            for k in range(n):
+                x = torch.load(m.p("L%d" % L, "batch_%d_x.pt" % k))
+                assert_same(x, {"x": xs[k * B:(k + 1) * B].clone()}, "L%d x%d" % (L, k))
+                y = torch.load(m.p("L%d" % L, "batch_%d_y.pt" % k))
+                want = [t[k * B:(k + 1) * B].clone() for t in tg]
+                assert_same(y, {"y": want[0], "targets": want,
+                                "n_targets": imp.desc["n_targets"]}, "L%d y%d" % (L, k))
+
+
+def test_batch_samples_option(stores, mount, originals):
+    """-o batch_samples=2 on a one-sample-per-batch store: batch k holds
+    samples 2k and 2k+1, T the longer, the shorter padded (with zeros)."""
+    imp = stores.get("s1_bf16")
+    nb = imp.desc["n_batches"]
+    Ts = imp.desc["T"]
+    with mount(imp.store, "batch_samples=2") as m:
+        for L in imp.desc["layers"]:
+            names = sorted(os.listdir(m.p("L%d" % L)))
+            n = (nb + 1) // 2
+            assert names == sorted("batch_%d_%s.pt" % (k, s) for k in range(n) for s in "xy")
+            for k in range(n):
+                group = list(range(2 * k, min(2 * k + 2, nb)))
+                T = max(Ts[i] for i in group)
+                x = torch.load(m.p("L%d" % L, "batch_%d_x.pt" % k))["x"]
+                assert list(x.shape) == [len(group), T, imp.desc["d"]], (L, k, x.shape)
+                y = torch.load(m.p("L%d" % L, "batch_%d_y.pt" % k))
+                assert y["y"].data_ptr() == y["targets"][0].data_ptr()
+                for s, i in enumerate(group):
+                    ox = originals.get(imp.tree, "L%d/batch_%d_x.pt" % (L, i))["x"][0]
+                    assert torch.equal(x[s, :Ts[i]], ox), (L, k, s)
+                    assert not x[s, Ts[i]:].any(), "padding rows not zero"
+                    oy = originals.get(imp.tree, "L%d/batch_%d_y.pt" % (L, i))
+                    for j, t in enumerate(oy["targets"]):
+                        assert torch.equal(y["targets"][j][s, :Ts[i]], t[0]), (L, k, s, j)
+                        assert not y["targets"][j][s, Ts[i]:].any()
+
+
+@pytest.mark.parametrize("opts", [("ro",), ("rw", "dev", "suid"), ("allow_other", "noatime"),
+                                  ("nodev", "nosuid", "cache_mb=8", "threads=2")],
+                         ids=lambda o: ",".join(o))
+def test_standard_options_pass_through(stores, mount, originals, opts):
+    """The usual mount options are accepted next to cltfs's own; the mount
+    stays read-only whatever they say."""
+    import errno
+    imp = stores.get("s2_padded")
+    with mount(imp.store, *opts) as m:
+        for rel in imp.desc["files"][:6]:
+            assert_same(torch.load(m.p(rel)), originals.get(imp.tree, rel), rel)
+        with pytest.raises(OSError) as ei:
+            open(m.p("L0", "new.pt"), "wb")
+        assert ei.value.errno == errno.EROFS
