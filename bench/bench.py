@@ -296,19 +296,6 @@ def tree_params(a):
                 min_tokens=lo, max_tokens=hi, seed=a.seed)
 
 
-def wait_for_gen_tree(timeout):
-    p = os.path.join(REPO, "tests", "gen_tree.py")
-    deadline = time.monotonic() + timeout
-    while not os.path.exists(p):
-        if time.monotonic() > deadline:
-            raise BenchError("%s does not exist" % p)
-        log("waiting for %s" % p)
-        time.sleep(30)
-    sys.path.insert(0, os.path.dirname(p))
-    import gen_tree
-    return gen_tree
-
-
 def make_tree(a, workdir):
     params = tree_params(a)
     tree = os.path.join(workdir, "tree")
@@ -322,7 +309,8 @@ def make_tree(a, workdir):
         os.unlink(marker)
     if os.path.exists(tree):
         shutil.rmtree(tree)
-    gen_tree = wait_for_gen_tree(a.wait_gen)
+    sys.path.insert(0, os.path.join(REPO, "tests"))
+    import gen_tree
     log("generating %s: %d layers x %d batch(es), d=%d, %d-%d tokens" % (
         tree, len(params["layers"]), params["batches"], params["d"],
         params["min_tokens"], params["max_tokens"]))
@@ -354,11 +342,10 @@ def main():
     ap.add_argument("--d", type=int, default=None, help="d_model (default 4096; 1024 --quick)")
     ap.add_argument("--n-layers", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--read-ahead-kb", type=int, default=None,
-                    help="after mounting, set both mounts' bdi read_ahead_kb to this "
-                         "(needs root; default: leave the kernel's value)")
-    ap.add_argument("--wait-gen", type=float, default=900,
-                    help="seconds to wait for tests/gen_tree.py to appear")
+    ap.add_argument("--read-ahead-kb", type=int, default=1024,
+                    help="after mounting, set both mounts' bdi read_ahead_kb to this, so the "
+                         "zero-serving ceiling gets what cltfs sets for itself (default 1024, "
+                         "cltfs's default; needs root)")
     a = ap.parse_args()
     sys.stdout.reconfigure(line_buffering=True)
     if a.total_mb is None:

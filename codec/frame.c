@@ -7,6 +7,7 @@
  * a torn or overwritten record is recognised.
  */
 #include "codec.h"
+#include "codec_internal.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -184,21 +185,6 @@ const char CLTFS_PACK_MAGIC[8] = {'C', 'L', 'T', 'F', 'S', 'P', 'K', '1'};
 const char CLTFS_IDX_MAGIC[8] = {'C', 'L', 'T', 'F', 'S', 'I', 'X', '1'};
 #define REC_MAGIC 0x52544c43u /* "CLTR" */
 
-static void put32(uint8_t *p, uint32_t v)
-{
-	for (int i = 0; i < 4; i++)
-		p[i] = (uint8_t)(v >> (8 * i));
-}
-static void put64(uint8_t *p, uint64_t v)
-{
-	for (int i = 0; i < 8; i++)
-		p[i] = (uint8_t)(v >> (8 * i));
-}
-static uint32_t get32(const uint8_t *p)
-{
-	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-static uint64_t get64(const uint8_t *p) { return get32(p) | (uint64_t)get32(p + 4) << 32; }
 
 /* Layout: magic(4) key(8) offset(8) csize(4) rsize(4) crc(4) dtype(1)
  * reserved(3) record-crc(4) = 40 bytes, little-endian. */

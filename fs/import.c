@@ -215,38 +215,25 @@ static cltfs_err open_pt(const char *path, pt_archive **ar)
 	return e;
 }
 
-/* Format from batch 0's first x file: key, layout, dtype, d. */
-static cltfs_err plan_format(plan *p)
+/* The format from batch 0's x file: key, layout, dtype, d. */
+static cltfs_err set_format(plan *p, const char *path, const pt_obj *t, const char *key)
 {
-	char path[PATH_MAX];
-	file_path(p, p->layers[0], 0, 'x', path, sizeof path);
-	pt_archive *ar;
-	cltfs_err e = open_pt(path, &ar);
-	if (e)
-		return e;
-	const char *key;
-	const pt_obj *t = x_tensor(pt_root(ar), &key);
 	cltfs_manifest *m = p->m;
-	if (!t)
-		e = cltfs_fail(CLTFS_E_FORMAT, "%s: expected {'x': tensor}, {'data': tensor} or a tensor", path);
-	else {
-		snprintf(m->x_key, sizeof m->x_key, "%s", key);
-		m->dtype = t->u.t.dtype;
-		int n = t->u.t.ndim;
-		m->d_model = n >= 2 ? (int)t->u.t.shape[n - 1] : 0;
-		m->shape = n == 3 ? CLTFS_SHAPE_STD : n == 4 ? CLTFS_SHAPE_S1TD : CLTFS_SHAPE_FLAT;
-		int64_t S, T;
-		char sh[128];
-		shape_str(t, sh, sizeof sh);
-		if (m->d_model < 1 || !shape_of(t, m->shape, m->d_model, &S, &T))
-			e = cltfs_fail(CLTFS_E_FORMAT, "%s: x has shape %s; expected [S, T, d], [S, 1, T, d] or [rows, d]",
-				       path, sh);
-	}
-	pt_close(ar);
-	return e;
+	snprintf(m->x_key, sizeof m->x_key, "%s", key);
+	m->dtype = t->u.t.dtype;
+	int n = t->u.t.ndim;
+	m->d_model = n >= 2 ? (int)t->u.t.shape[n - 1] : 0;
+	m->shape = n == 3 ? CLTFS_SHAPE_STD : n == 4 ? CLTFS_SHAPE_S1TD : CLTFS_SHAPE_FLAT;
+	int64_t S, T;
+	char sh[128];
+	shape_str(t, sh, sizeof sh);
+	if (m->d_model < 1 || !shape_of(t, m->shape, m->d_model, &S, &T))
+		return cltfs_fail(CLTFS_E_FORMAT, "%s: x has shape %s; expected [S, T, d], [S, 1, T, d] or [rows, d]",
+				  path, sh);
+	return CLTFS_OK;
 }
 
-/* Batch shapes from the first layer's x files. */
+/* Batch shapes from the first layer's x files; batch 0 sets the format. */
 static cltfs_err plan_batches(plan *p)
 {
 	p->S = calloc((size_t)p->nbatches, sizeof *p->S);
@@ -257,19 +244,23 @@ static cltfs_err plan_batches(plan *p)
 		char path[PATH_MAX];
 		file_path(p, p->layers[0], k, 'x', path, sizeof path);
 		pt_archive *ar;
-		cltfs_err e = pt_open(path, &ar);
+		cltfs_err e = k ? pt_open(path, &ar) : open_pt(path, &ar);
 		if (e)
 			return e;
 		const char *key;
 		const pt_obj *t = x_tensor(pt_root(ar), &key);
 		char sh[128] = "?";
+		if (!t)
+			e = cltfs_fail(CLTFS_E_FORMAT, "%s: expected {'x': tensor}, {'data': tensor} or a tensor", path);
+		else if (k == 0)
+			e = set_format(p, path, t, key);
 		if (t)
 			shape_str(t, sh, sizeof sh);
-		if (!t || strcmp(key, p->m->x_key) || t->u.t.dtype != p->m->dtype ||
-		    !shape_of(t, p->m->shape, p->m->d_model, &p->S[k], &p->T[k]))
+		if (!e && (strcmp(key, p->m->x_key) || t->u.t.dtype != p->m->dtype ||
+			   !shape_of(t, p->m->shape, p->m->d_model, &p->S[k], &p->T[k])))
 			e = cltfs_fail(CLTFS_E_MISMATCH, "%s: x is %s %s under key '%s'; batch 0 set %s under key '%s'",
-				       path, t ? cltfs_dtype_name(t->u.t.dtype) : "not a tensor", sh, t ? key : "?",
-				       cltfs_dtype_name(p->m->dtype), p->m->x_key);
+				       path, cltfs_dtype_name(t->u.t.dtype), sh, key, cltfs_dtype_name(p->m->dtype),
+				       p->m->x_key);
 		pt_close(ar);
 		if (e)
 			return e;
@@ -387,7 +378,7 @@ static cltfs_err plan_manifest(plan *p)
 	if (!m->input_hook || !m->source_kind || !m->source_path)
 		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
 	cltfs_err e;
-	if ((e = plan_format(p)) || (e = plan_batches(p)) || (e = plan_targets(p)))
+	if ((e = plan_batches(p)) || (e = plan_targets(p)))
 		return e;
 	size_t row = (size_t)m->d_model * cltfs_dtype_size(m->dtype);
 	m->chunk_rows = p->o->chunk_rows > 0 ? p->o->chunk_rows : (int64_t)((1u << 20) / row);

@@ -664,20 +664,30 @@ cltfs_err fs_view_size(cltfs_fs *fs, int layer_idx, int64_t batch, int is_y, uin
 
 /* ---- CRCs ---- */
 
+/* The chunk holding stream byte p (as served): its first byte, its length,
+ * and how many of the n bytes from p it holds. */
+static int64_t chunk_span(const cltfs_fs *fs, uint64_t p, uint64_t n, uint64_t *cs, uint64_t *len,
+			  uint64_t *take)
+{
+	const cltfs_manifest *m = fs->m;
+	int64_t c = cltfs_manifest_chunk_of(m, (int64_t)(p / fs->row_out));
+	*cs = (uint64_t)m->chunk_start[c] * fs->row_out;
+	*len = (uint64_t)(m->chunk_start[c + 1] - m->chunk_start[c]) * fs->row_out;
+	*take = *cs + *len - p < n ? *cs + *len - p : n;
+	return c;
+}
+
 /* CRC of stream bytes [p, p+n) (output dtype) of one stream. */
 static cltfs_err stream_crc(cltfs_fs *fs, int kind, int layer, uint64_t p, uint64_t n, uint32_t *crc)
 {
-	const cltfs_manifest *m = fs->m;
 	*crc = 0;
 	while (n) {
-		int64_t c = cltfs_manifest_chunk_of(m, (int64_t)(p / fs->row_out));
-		uint64_t cs = (uint64_t)m->chunk_start[c] * fs->row_out;
-		uint64_t ce = (uint64_t)m->chunk_start[c + 1] * fs->row_out;
-		uint64_t take = ce - p < n ? ce - p : n;
+		uint64_t cs, len, take;
+		int64_t c = chunk_span(fs, p, n, &cs, &len, &take);
 		uint64_t key = cltfs_key((unsigned)kind, (unsigned)layer, (uint32_t)c);
 		uint32_t part;
 		cltfs_rec rec;
-		if (p == cs && take == ce - cs && !fs->conv && store_lookup(fs->s, key, &rec)) {
+		if (p == cs && take == len && !fs->conv && store_lookup(fs->s, key, &rec)) {
 			part = rec.crc; /* a whole chunk: from the index, nothing decoded */
 		} else {
 			chunk *ch;
@@ -785,12 +795,9 @@ static cltfs_err add_zeros(view_buf *b, uint64_t n)
 /* Stream bytes [p, p+n) as iovecs into cached chunks. */
 static cltfs_err stream_iov(cltfs_fs *fs, int kind, int layer, uint64_t p, uint64_t n, view_buf *b)
 {
-	const cltfs_manifest *m = fs->m;
 	while (n) {
-		int64_t c = cltfs_manifest_chunk_of(m, (int64_t)(p / fs->row_out));
-		uint64_t cs = (uint64_t)m->chunk_start[c] * fs->row_out;
-		uint64_t ce = (uint64_t)m->chunk_start[c + 1] * fs->row_out;
-		uint64_t take = ce - p < n ? ce - p : n;
+		uint64_t cs, len, take;
+		int64_t c = chunk_span(fs, p, n, &cs, &len, &take);
 		chunk *ch;
 		cltfs_err e = get_chunk(fs, cltfs_key((unsigned)kind, (unsigned)layer, (uint32_t)c), &ch);
 		if (e)
@@ -799,9 +806,9 @@ static cltfs_err stream_iov(cltfs_fs *fs, int kind, int layer, uint64_t p, uint6
 			cache_put(fs->cache, ch);
 			return e;
 		}
-		if (ch->len != ce - cs)
-			return cltfs_fail(CLTFS_E_CORRUPT, "chunk has %zu bytes, expected %llu", ch->len,
-					  (unsigned long long)(ce - cs));
+		if (ch->len != len)
+			return cltfs_fail(CLTFS_E_CORRUPT, "chunk has %zu bytes, its rows %llu", ch->len,
+					  (unsigned long long)len);
 		if ((e = add_iov(b, ch->data + (p - cs), (size_t)take)))
 			return e;
 		p += take;

@@ -1,0 +1,72 @@
+"""The command line around the mount: make install, the man page, stat's
+numbers, and the kernel readahead the mount sets for itself."""
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_make_install_prefix_destdir(tmp_path, cltfs_bin):
+    dest = tmp_path / "dest"
+    r = subprocess.run(["make", "-s", "-C", REPO, "install", "PREFIX=/opt/cl", "DESTDIR=%s" % dest],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    binary = dest / "opt/cl/bin/cltfs"
+    assert os.access(binary, os.X_OK)
+    assert (dest / "opt/cl/share/man/man1/cltfs.1").is_file()
+    # mount(8) helpers point at the installed binary, not into DESTDIR
+    for helper in ("sbin/mount.cltfs", "sbin/mount.fuse.cltfs"):
+        assert os.readlink(dest / helper) == "/opt/cl/bin/cltfs"
+    out = subprocess.run([str(binary), "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.startswith("cltfs ")
+    r = subprocess.run(["make", "-s", "-C", REPO, "uninstall", "PREFIX=/opt/cl", "DESTDIR=%s" % dest],
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and not binary.exists()
+
+
+def test_man_page_covers_every_option():
+    page = open(os.path.join(REPO, "man", "cltfs.1")).read()
+    for word in ("import", "stat", "verify", "store=", "cache_mb", "batch_samples", "batch_rows",
+                 "dtype", "readahead", "threads", "read_ahead_kb", "fuse.cltfs", "CLTFS_STORE",
+                 "--chunk-rows", "--target-offset", "--level", "EROFS", "EIO"):
+        assert word.replace("-", "\\-") in page or word in page, word
+    if shutil.which("groff"):
+        r = subprocess.run(["groff", "-man", "-ww", "-z", os.path.join(REPO, "man", "cltfs.1")],
+                           capture_output=True, text=True)
+        assert r.returncode == 0 and r.stderr == "", r.stderr
+
+
+def test_help_lists_every_mount_option(run_cltfs):
+    out = run_cltfs("--help").stdout
+    for opt in ("store=", "cache_mb=", "batch_samples=", "batch_rows=", "dtype=", "readahead=",
+                "threads=", "read_ahead_kb=", "import", "stat", "verify"):
+        assert opt in out, opt
+
+
+def test_stat_json_numbers(stores, run_cltfs):
+    imp = stores.get("s1_bf16")
+    r = run_cltfs("stat", imp.store, "--json")
+    assert r.returncode == 0, r.stderr
+    st = json.loads(r.stdout)
+    assert st["chunks"] == st["chunks_needed"] > 0
+    disk = sum(os.path.getsize(os.path.join(dp, f)) for dp, _, fs in os.walk(imp.store) for f in fs)
+    assert st["disk_bytes"] == disk
+    assert 0 < st["ratio"] < 1 and abs(st["ratio"] - disk / st["materialized_bytes"]) < 1e-6
+
+
+def _bdi_readahead(mnt):
+    dev = "%d:%d" % (os.major(os.stat(mnt).st_dev), os.minor(os.stat(mnt).st_dev))
+    with open("/sys/class/bdi/%s/read_ahead_kb" % dev) as f:
+        return int(f.read())
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="setting a mount's read_ahead_kb needs root")
+def test_mount_raises_kernel_readahead(stores, mount):
+    with mount(stores.get("s1_bf16").store) as m:
+        assert _bdi_readahead(m.path) == 1024
+    with mount(stores.get("s1_bf16").store, "read_ahead_kb=256") as m:
+        assert _bdi_readahead(m.path) == 256
