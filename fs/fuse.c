@@ -600,9 +600,12 @@ static int serve(struct fuse_session *se, const cli *c)
 	struct fuse_loop_config *lc = fuse_loop_cfg_create();
 	if (!lc)
 		return -1;
+	unsigned n = c->threads ? (unsigned)c->threads : 16;
 	fuse_loop_cfg_set_clone_fd(lc, 0);
-	fuse_loop_cfg_set_idle_threads(lc, 10);
-	fuse_loop_cfg_set_max_threads(lc, c->threads ? (unsigned)c->threads : 16);
+	/* Keep idle workers: each holds warm decode buffers, and a new thread
+	 * would fault fresh ones in on its first chunk. */
+	fuse_loop_cfg_set_idle_threads(lc, n);
+	fuse_loop_cfg_set_max_threads(lc, n);
 	int r = fuse_session_loop_mt(se, lc);
 	fuse_loop_cfg_destroy(lc);
 	return r;
@@ -624,6 +627,7 @@ int fuse_main_cltfs(int argc, char **argv)
 	 * page: keep them on the heap, where freed ones are reused, and in few
 	 * arenas, so memory stays near cache_mb. */
 	mallopt(M_MMAP_THRESHOLD, 32 << 20);
+	mallopt(M_TRIM_THRESHOLD, 64 << 20);
 	mallopt(M_ARENA_MAX, 2);
 	if (fuse_opt_parse(&args, &c, cli_opts, cli_proc) < 0)
 		goto out;

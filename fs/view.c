@@ -94,6 +94,8 @@ typedef struct {
 	cltfs_zctx *z;
 	uint8_t *raw; /* a converted chunk's stored bytes */
 	size_t cap;
+	uint8_t *lit; /* a read's literal bytes */
+	size_t litcap;
 } thread_ctx;
 
 static void free_thread(void *p)
@@ -102,6 +104,7 @@ static void free_thread(void *p)
 	if (t) {
 		cltfs_zctx_free(t->z);
 		free(t->raw);
+		free(t->lit);
 		free(t);
 	}
 }
@@ -855,13 +858,28 @@ static cltfs_err source_iov(cltfs_fs *fs, const source *s, uint64_t off, uint64_
 	return CLTFS_OK;
 }
 
+/* The literal bytes of a read (headers, pickle) go to a per-thread buffer
+ * that lives on: a fresh one per read would fault its pages in each time.
+ * A view_buf is consumed before its thread reads again. */
+static uint8_t *literal_buf(cltfs_fs *fs, size_t n)
+{
+	thread_ctx *t = thread_state(fs);
+	if (t && n > t->litcap) {
+		uint8_t *p = realloc(t->lit, n);
+		if (!p)
+			return NULL;
+		t->lit = p;
+		t->litcap = n;
+	}
+	return t ? t->lit : NULL;
+}
+
 void view_buf_release(cltfs_fs *fs, view_buf *b)
 {
 	for (size_t i = 0; i < b->nrefs; i++)
 		cache_put(fs->cache, b->refs[i]);
 	free(b->refs);
 	free(b->iov);
-	free(b->lit);
 	memset(b, 0, sizeof *b);
 }
 
@@ -883,7 +901,7 @@ cltfs_err view_read(cltfs_fs *fs, view *v, uint64_t off, size_t len, view_buf *b
 		for (size_t i = 0; !e && i < n; i++) {
 			if (pc[i].storage >= 0) {
 				e = source_iov(fs, &v->st[pc[i].storage], pc[i].off, pc[i].len, b);
-			} else if (!b->lit && !(b->lit = malloc(len))) {
+			} else if (!b->lit && !(b->lit = literal_buf(fs, len))) {
 				e = cltfs_fail(CLTFS_E_NOMEM, "out of memory");
 			} else {
 				uint8_t *dst = b->lit + (pos - off);
