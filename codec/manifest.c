@@ -85,11 +85,12 @@ int64_t cltfs_manifest_chunk_of(const cltfs_manifest *m, int64_t row)
 typedef struct {
 	const char *path;
 	const char *field;
+	char prefix[48]; /* "samples[3]." inside a list */
 } ctx;
 
 static cltfs_err ferr(const ctx *c, const char *why)
 {
-	return cltfs_fail(CLTFS_E_FORMAT, "%s: field '%s': %s", c->path, c->field, why);
+	return cltfs_fail(CLTFS_E_FORMAT, "%s: field '%s%s': %s", c->path, c->prefix, c->field, why);
 }
 
 static const cJSON *get(const cJSON *o, const char *k)
@@ -262,16 +263,18 @@ static cltfs_err parse_samples(const cJSON *root, cltfs_manifest *m, ctx *c)
 	const cJSON *it;
 	cJSON_ArrayForEach(it, sv)
 	{
-		cltfs_sample *s = &m->samples[i++];
-		c->field = "samples[]";
+		cltfs_sample *s = &m->samples[i];
+		snprintf(c->prefix, sizeof c->prefix, "samples[%lld]", (long long)i++);
+		c->field = "";
 		if (!cJSON_IsObject(it))
-			return ferr(c, "expected objects");
+			return ferr(c, "expected an object");
+		strcat(c->prefix, ".");
 		cltfs_err e;
 		if ((e = get_int(it, "rows", 1, INT32_MAX, -1, &s->rows, c)) ||
 		    (e = get_str(it, "id", false, &s->id, c)) ||
 		    (e = get_str(it, "image", false, &s->image, c)) ||
 		    (e = get_str(it, "text", false, &s->text, c)))
-			return cltfs_wrap(e, "sample %lld", (long long)(i - 1));
+			return e;
 		if (s->id == NULL) { /* ids may be numbers, as in AMBER's query file */
 			const cJSON *id = get(it, "id");
 			char buf[32];
@@ -282,6 +285,7 @@ static cltfs_err parse_samples(const cJSON *root, cltfs_manifest *m, ctx *c)
 			}
 		}
 	}
+	c->prefix[0] = 0;
 	return CLTFS_OK;
 }
 
@@ -460,7 +464,7 @@ cltfs_err cltfs_manifest_parse(const char *json, size_t len, const char *path, c
 		cJSON_Delete(root);
 		return cltfs_fail(CLTFS_E_NOMEM, "%s: out of memory", path);
 	}
-	ctx c = {path, ""};
+	ctx c = {path, "", ""};
 	cltfs_err e = parse_root(root, m, &c);
 	cJSON_Delete(root);
 	if (!e)

@@ -85,10 +85,10 @@ static uint8_t *buf_get(chunk_cache *c)
 	return b;
 }
 
-void cache_reserve(chunk_cache *c, size_t bytes)
+void cache_reserve(chunk_cache *c, size_t bytes, const atomic_bool *stop)
 {
 	long page = sysconf(_SC_PAGESIZE);
-	for (size_t n = 0; n + c->buf_size <= bytes; n += c->buf_size) {
+	for (size_t n = 0; n + c->buf_size <= bytes && !atomic_load(stop); n += c->buf_size) {
 		uint8_t *b;
 		pthread_mutex_lock(&c->pool_mu);
 		bool fresh = c->carve + c->buf_size <= c->carve_end;

@@ -89,7 +89,7 @@ chunk_cache *cache_new(size_t limit_bytes, size_t buf_size, chunk_loader load, v
 void cache_free(chunk_cache *c);
 /* Fault in up to bytes of buffers now (a background thread at mount), so
  * that a cold read does not pay for fresh pages. */
-void cache_reserve(chunk_cache *c, size_t bytes);
+void cache_reserve(chunk_cache *c, size_t bytes, const atomic_bool *stop);
 /* A referenced chunk; concurrent callers for one key wait for one load.
  * *hit says whether it was already in memory. */
 cltfs_err cache_get(chunk_cache *c, uint64_t key, chunk **out, bool *hit);

@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <syslog.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -42,6 +43,7 @@ typedef struct {
 	struct timespec mtime;
 	uid_t uid;
 	gid_t gid;
+	bool syslog; /* daemonized: stderr is /dev/null, log to syslog */
 } ctx;
 
 typedef struct {
@@ -76,10 +78,19 @@ static int to_errno(cltfs_err e)
 	return EIO;
 }
 
+static void log_error(const ctx *c, const char *msg)
+{
+	if (c->syslog)
+		syslog(LOG_ERR, "%s", msg);
+	else
+		fprintf(stderr, "cltfs: %s\n", msg);
+}
+
+/* Count, log (naming the file and the cause) and turn into an errno. */
 static int fail(ctx *c, cltfs_err e)
 {
 	atomic_fetch_add(&fs_stats(c->fs)->errors, 1);
-	fprintf(stderr, "cltfs: %s\n", cltfs_errmsg());
+	log_error(c, cltfs_errmsg());
 	return to_errno(e);
 }
 
@@ -536,31 +547,36 @@ static const char *default_store(char *buf, size_t n)
 	return buf;
 }
 
+static bool in_range(const char *name, long long v, long long lo, long long hi)
+{
+	if (v == UNSET || (v >= lo && v <= hi))
+		return true;
+	fprintf(stderr, "cltfs: -o %s=%lld: expected %lld to %lld\n", name, v, lo, hi);
+	return false;
+}
+
 static bool check_opts(const cli *c, cltfs_opts *o)
 {
 	*o = (cltfs_opts){.dtype = -1, .cache_mb = 256, .readahead = 4, .prefault = true};
-	if (c->cache_mb < 0 || c->cache_mb > (1 << 22) || c->batch_samples < 0 || c->batch_rows < 0 ||
-	    (c->readahead != UNSET && (c->readahead < 0 || c->readahead > 64)) || c->threads < 0 || c->threads > 1024 ||
-	    c->read_ahead_kb < 0 || c->read_ahead_kb > (1 << 20)) {
-		fprintf(stderr, "cltfs: an option is out of range (cache_mb, batch_samples, batch_rows, "
-				"readahead 0-64, threads 0-1024, read_ahead_kb 0-1048576)\n");
+	if (!in_range("cache_mb", c->cache_mb, 1, 1 << 22) || !in_range("batch_samples", c->batch_samples, 1, INT32_MAX) ||
+	    !in_range("batch_rows", c->batch_rows, 1, INT32_MAX) || !in_range("readahead", c->readahead, 0, 64) ||
+	    !in_range("threads", c->threads, 1, 1024) || !in_range("read_ahead_kb", c->read_ahead_kb, 0, 1 << 20))
 		return false;
-	}
-	if (c->batch_samples && c->batch_rows) {
-		fprintf(stderr, "cltfs: batch_samples and batch_rows exclude each other\n");
+	if (c->batch_samples != UNSET && c->batch_rows != UNSET) {
+		fprintf(stderr, "cltfs: -o batch_samples and batch_rows exclude each other\n");
 		return false;
 	}
 	cltfs_dtype dt;
 	if (c->dtype && !cltfs_dtype_parse(c->dtype, &dt)) {
-		fprintf(stderr, "cltfs: dtype=%s: expected bfloat16, float16 or float32\n", c->dtype);
+		fprintf(stderr, "cltfs: -o dtype=%s: expected bfloat16, float16 or float32\n", c->dtype);
 		return false;
 	}
 	if (c->dtype)
 		o->dtype = (int)dt;
-	if (c->cache_mb)
+	if (c->cache_mb != UNSET)
 		o->cache_mb = (size_t)c->cache_mb;
-	o->batch_samples = c->batch_samples;
-	o->batch_rows = c->batch_rows;
+	o->batch_samples = c->batch_samples != UNSET ? c->batch_samples : 0;
+	o->batch_rows = c->batch_rows != UNSET ? c->batch_rows : 0;
 	if (c->readahead != UNSET) /* readahead=0 turns it off */
 		o->readahead = (int)c->readahead;
 	return true;
@@ -600,7 +616,7 @@ static int serve(struct fuse_session *se, const cli *c)
 	struct fuse_loop_config *lc = fuse_loop_cfg_create();
 	if (!lc)
 		return -1;
-	unsigned n = c->threads ? (unsigned)c->threads : 16;
+	unsigned n = c->threads != UNSET ? (unsigned)c->threads : 16;
 	fuse_loop_cfg_set_clone_fd(lc, 0);
 	/* Keep idle workers: each holds warm decode buffers, and a new thread
 	 * would fault fresh ones in on its first chunk. */
@@ -614,7 +630,8 @@ static int serve(struct fuse_session *se, const cli *c)
 int fuse_main_cltfs(int argc, char **argv)
 {
 	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
-	cli c = {.readahead = UNSET, .read_ahead_kb = 1024};
+	cli c = {.cache_mb = UNSET, .batch_samples = UNSET, .batch_rows = UNSET, .readahead = UNSET,
+		 .threads = UNSET, .read_ahead_kb = 1024};
 	int rc = 1;
 	cltfs_store *s = NULL;
 	cltfs_fs *fs = NULL;
@@ -682,8 +699,12 @@ int fuse_main_cltfs(int argc, char **argv)
 	raise_readahead(mnt, c.read_ahead_kb);
 	/* Threads (readahead) start after the fork of daemonizing. */
 	fuse_daemonize(c.foreground || c.debug);
+	if (!c.foreground && !c.debug) {
+		openlog("cltfs", LOG_PID, LOG_DAEMON);
+		cx.syslog = true;
+	}
 	if (fs_new(s, &o, &fs)) {
-		fprintf(stderr, "cltfs: %s\n", cltfs_errmsg());
+		log_error(&cx, cltfs_errmsg());
 		goto out_unmount;
 	}
 	cx.fs = fs;

@@ -423,6 +423,11 @@ static cltfs_err plan_manifest(plan *p)
 /* ---- the import pass ---- */
 
 typedef struct {
+	uint64_t key;
+	int layer, is_y; /* the file that supplied the chunk */
+} owner;
+
+typedef struct {
 	plan *p;
 	cltfs_store *s;
 	cltfs_fs *fs;
@@ -430,7 +435,25 @@ typedef struct {
 	uint64_t written, skipped, files, bytes_done;
 	uint8_t *gather;
 	size_t gcap;
+	owner *own; /* chunks written in the current batch, and by which file */
+	size_t nown, owncap;
+	int cur_layer, cur_is_y; /* the file being verified */
+	int64_t cur_batch;
 } run;
+
+static cltfs_err note_owner(run *r, uint64_t key, int layer, int is_y)
+{
+	if (r->nown == r->owncap) {
+		size_t nc = r->owncap ? r->owncap * 2 : 256;
+		owner *no = realloc(r->own, nc * sizeof *no);
+		if (!no)
+			return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+		r->own = no;
+		r->owncap = nc;
+	}
+	r->own[r->nown++] = (owner){key, layer, is_y};
+	return CLTFS_OK;
+}
 
 /* Contiguous bytes of a tensor: in the map, or gathered into a buffer. */
 static const uint8_t *tensor_bytes(run *r, const pt_archive *ar, const pt_obj *t)
@@ -449,8 +472,10 @@ static const uint8_t *tensor_bytes(run *r, const pt_archive *ar, const pt_obj *t
 	return pt_tensor_read(ar, t, r->gather) ? NULL : r->gather;
 }
 
-/* Store the chunks of batch k of one stream that the store lacks. */
-static cltfs_err put_stream(run *r, int kind, int layer, int64_t k, const uint8_t *data)
+/* Store the chunks of batch k of one stream that the store lacks; the file
+ * they come from is (from_layer, from_y). */
+static cltfs_err put_stream(run *r, int kind, int layer, int64_t k, const uint8_t *data, int from_layer,
+			    int from_y)
 {
 	const cltfs_manifest *m = r->p->m;
 	const cltfs_batch *b = &m->batches[k];
@@ -465,6 +490,8 @@ static cltfs_err put_stream(run *r, int kind, int layer, int64_t k, const uint8_
 		size_t off = (size_t)(m->chunk_start[c] - b->first_row) * row;
 		size_t len = (size_t)(m->chunk_start[c + 1] - m->chunk_start[c]) * row;
 		cltfs_err e = store_writer_add(r->w, key, data + off, len);
+		if (!e)
+			e = note_owner(r, key, from_layer, from_y);
 		if (e)
 			return e;
 		r->written++;
@@ -518,6 +545,34 @@ static bool same_obj_shape(const pt_obj *a, const pt_obj *b, int depth)
 	}
 }
 
+/* A tensor of the file being verified differs from the store: name the
+ * stream, the rows, and the file that supplied them. */
+static cltfs_err disagreement(run *r, const char *path, const char *where, const uint8_t *x, const uint8_t *y,
+			      size_t n)
+{
+	const cltfs_manifest *m = r->p->m;
+	size_t row = (size_t)m->d_model * cltfs_dtype_size(m->dtype), at = 0;
+	while (y && at < n && x[at] == y[at])
+		at++;
+	int j = !strncmp(where, "targets[", 8) ? atoi(where + 8) : 0;
+	bool is_mlp = r->cur_is_y;
+	int layer = is_mlp ? cltfs_manifest_target_layer(m, r->cur_layer, j) : r->cur_layer;
+	const cltfs_batch *b = &m->batches[r->cur_batch];
+	int64_t c = cltfs_manifest_chunk_of(m, b->first_row + (int64_t)(at / row));
+	uint64_t key = cltfs_key(is_mlp ? CLTFS_STREAM_MLP : CLTFS_STREAM_X, (unsigned)(layer < 0 ? 0 : layer),
+				 (uint32_t)c);
+	char other[PATH_MAX] = "";
+	for (size_t i = 0; i < r->nown; i++)
+		if (r->own[i].key == key)
+			file_path(r->p, r->own[i].layer, r->cur_batch, r->own[i].is_y ? 'y' : 'x', other, sizeof other);
+	return cltfs_fail(CLTFS_E_MISMATCH,
+			  "%s: %s (%s@%d of batch %lld, first difference in row %lld) differs from %s%s; "
+			  "refusing both: nothing of this batch was stored",
+			  path, where, is_mlp ? "mlp" : "x", layer, (long long)r->cur_batch, (long long)(at / row),
+			  *other ? "the same layer and rows in " : "what an earlier import stored for the same layer and rows",
+			  other);
+}
+
 /* Compare every tensor of the source with the view's, in order. */
 static cltfs_err same_values(run *r, const char *path, const pt_archive *sa, const pt_obj *a,
 			     const pt_archive *va, const pt_obj *b, const char *where)
@@ -529,10 +584,7 @@ static cltfs_err same_values(run *r, const char *path, const pt_archive *sa, con
 		const uint8_t *y = pt_tensor_data(va, b);
 		size_t n = (size_t)pt_tensor_numel(a) * cltfs_dtype_size(a->u.t.dtype);
 		if (!y || memcmp(x, y, n))
-			return cltfs_fail(CLTFS_E_MISMATCH,
-					  "%s: %s differs from what the store now holds for the same layer and rows "
-					  "(targets that disagree between y files, or a changed tree)",
-					  path, where);
+			return disagreement(r, path, where, x, y, n);
 		return CLTFS_OK;
 	}
 	if (a->kind == PT_LIST || a->kind == PT_TUPLE) {
@@ -561,6 +613,9 @@ static cltfs_err same_values(run *r, const char *path, const pt_archive *sa, con
  * and compare with the source file. */
 static cltfs_err verify_file(run *r, const char *path, const pt_archive *src, int li, int64_t k, int is_y)
 {
+	r->cur_layer = r->p->layers[li];
+	r->cur_is_y = is_y;
+	r->cur_batch = k;
 	view *v;
 	cltfs_err e = view_open(r->fs, li, k, is_y, &v);
 	if (e)
@@ -610,7 +665,7 @@ static cltfs_err import_x(run *r, int li, int64_t k)
 	if (!e && !data)
 		e = cltfs_fail(CLTFS_E_NOMEM, "out of memory");
 	if (!e)
-		e = put_stream(r, CLTFS_STREAM_X, p->layers[li], k, data);
+		e = put_stream(r, CLTFS_STREAM_X, p->layers[li], k, data, p->layers[li], 0);
 	if (!e)
 		e = verify_file(r, path, ar, li, k, 0);
 	pt_close(ar);
@@ -653,7 +708,7 @@ static cltfs_err import_y(run *r, int li, int64_t k)
 				       "padding past the last layer",
 				       path, j, L + m->target_offset + j, m->n_layers);
 		else if (layer >= 0)
-			e = put_stream(r, CLTFS_STREAM_MLP, layer, k, data);
+			e = put_stream(r, CLTFS_STREAM_MLP, layer, k, data, L, 1);
 	}
 	if (!e) /* y must equal targets[0]: the view serves one tensor for both */
 		e = verify_file(r, path, ar, li, k, 1);
@@ -702,6 +757,7 @@ static cltfs_err import_all(run *r)
 		}
 		/* Every file of batch k agrees with the store: make it durable. */
 		cltfs_err e = store_writer_sync(r->w);
+		r->nown = 0;
 		if (e)
 			return e;
 		progress(r, k + 1, tty, false);
@@ -772,5 +828,6 @@ cltfs_err cmd_import(const char *store, const char *src, const import_opts *o)
 	free(p.S);
 	free(p.T);
 	free(r.gather);
+	free(r.own);
 	return e;
 }

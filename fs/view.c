@@ -56,6 +56,7 @@ struct cltfs_fs {
 	int ra_n;
 	pthread_t warm_thr;
 	bool warming;
+	atomic_bool stopping; /* unmounting: the warm-up thread gives up */
 	size_t chunk_bytes; /* the largest chunk, as served */
 };
 
@@ -228,7 +229,7 @@ static void ra_push(cltfs_fs *fs, uint64_t key)
 static void *warm_main(void *arg)
 {
 	cltfs_fs *fs = arg;
-	cache_reserve(fs->cache, fs->o.cache_mb << 20);
+	cache_reserve(fs->cache, fs->o.cache_mb << 20, &fs->stopping);
 	return NULL;
 }
 
@@ -317,6 +318,7 @@ void fs_free(cltfs_fs *fs)
 {
 	if (!fs)
 		return;
+	atomic_store(&fs->stopping, true);
 	pthread_mutex_lock(&fs->ra_mu);
 	fs->ra_stop = true;
 	pthread_cond_broadcast(&fs->ra_cv);

@@ -73,7 +73,8 @@ static void test_refused(void)
 	refuse("[[2,5],[1,9]]", "[[2,5],[2,9]]", "more samples");
 	refuse("[[2,5],[1,9]]", "[[2,4],[1,9]]", "shorter than one of its samples");
 	refuse("[[2,5],[1,9]]", "[[2,5]]", "batches hold 2 samples");
-	refuse("{\"rows\":5}", "{\"rows\":-5}", "'rows'");
+	refuse("{\"rows\":5}", "{\"rows\":-5}", "/s/cltfs.json: field 'samples[0].rows': -5 is out of range");
+	refuse("{\"rows\":3}", "3", "field 'samples[1]': expected an object");
 	refuse("\"x_layers\":[0,1,2]", "\"x_layers\":[0,1,7]", "not below n_layers");
 	refuse("}", "", "not valid JSON");
 }

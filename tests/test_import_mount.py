@@ -482,14 +482,35 @@ def _helper_finds(cltfs_bin):
     return False
 
 
-@pytest.mark.parametrize("how", ["type_fuse_hash", "type_fuse.cltfs", "type_fuse_store_opt",
-                                 "fstab"])
-def test_mount_helper(stores, cltfs_bin, tmp_path, originals, how):
+@pytest.fixture
+def on_helper_path(cltfs_bin):
+    """Make `cltfs` findable by mount(8)'s helpers for one test: a link in
+    /usr/local/bin (and /sbin/mount.cltfs for `mount -t cltfs`) when nothing
+    is installed there, removed afterwards.  An installed cltfs that is
+    another binary is left alone and the test skipped."""
     _needs_mount_helper()
-    if how != "type_fuse_hash" and not _helper_finds(cltfs_bin):
-        pytest.skip("mount(8) runs mount.fuse without PATH, so its /bin/sh looks for "
-                    "`cltfs` in %s only, where %s is not installed (make install)" % (
-                        HELPER_PATH, cltfs_bin))
+    links = []
+    for path in ("/usr/local/bin/cltfs", "/sbin/mount.cltfs"):
+        if os.path.lexists(path):
+            if not os.path.samefile(path, cltfs_bin):
+                pytest.skip("%s is another cltfs; not replacing it" % path)
+            continue
+        try:
+            os.symlink(cltfs_bin, path)
+        except OSError as e:
+            pytest.skip("cannot link %s: %s" % (path, e))
+        links.append(path)
+    try:
+        assert _helper_finds(cltfs_bin)
+        yield
+    finally:
+        for path in links:
+            os.unlink(path)
+
+
+@pytest.mark.parametrize("how", ["type_fuse_hash", "type_fuse.cltfs", "type_fuse_store_opt",
+                                 "fstab", "type_cltfs"])
+def test_mount_helper(stores, cltfs_bin, tmp_path, originals, on_helper_path, how):
     imp = stores.get("s1_bf16")
     mnt = str(tmp_path / "mnt")
     os.mkdir(mnt)
@@ -502,6 +523,9 @@ def test_mount_helper(stores, cltfs_bin, tmp_path, originals, how):
         cmd = ["mount", "-t", "fuse.cltfs", imp.store, mnt]
     elif how == "type_fuse_store_opt":
         cmd = ["mount", "-t", "fuse", "cltfs", mnt, "-o", "store=" + imp.store]
+    elif how == "type_cltfs":
+        # mount(8) runs /sbin/mount.cltfs STORE MNT -o rw,...: cltfs as its own helper
+        cmd = ["mount", "-t", "cltfs", imp.store, mnt, "-o", "cache_mb=16"]
     else:
         fstab = tmp_path / "fstab"
         fstab.write_text("# test fstab\n%s %s fuse.cltfs defaults,cache_mb=16 0 0\n" % (
@@ -696,3 +720,50 @@ def test_standard_options_pass_through(stores, mount, originals, opts):
         with pytest.raises(OSError) as ei:
             open(m.p("L0", "new.pt"), "wb")
         assert ei.value.errno == errno.EROFS
+
+
+@pytest.mark.parametrize("name", ["s1_bf16", "nt16_all", "one_layer_last"])
+def test_zero_padding_shares_storage(stores, mount, name):
+    """DESIGN 4: the zero padding targets of a y file share one zero storage
+    (so a y file costs the distinct data only)."""
+    imp = stores.get(name)
+    n_layers, off = imp.desc["n_layers"], imp.desc["target_offset"]
+    with mount(imp.store) as m:
+        for rel in imp.desc["files"]:
+            if not rel.endswith("_y.pt"):
+                continue
+            L = int(rel.split("/")[0][1:])
+            obj = torch.load(m.p(rel))
+            zeros = [t for j, t in enumerate(obj["targets"]) if L + off + j >= n_layers]
+            assert all(not t.any() for t in zeros), rel
+            assert len({t.data_ptr() for t in zeros}) <= 1, rel
+            with zipfile.ZipFile(m.p(rel)) as z:
+                n_storages = sum(1 for n in z.namelist() if "/data/" in n)
+            assert n_storages == len(obj["targets"]) - len(zeros) + (1 if zeros else 0), rel
+
+
+@pytest.mark.parametrize("name,args", [("s1_bf16", ()), ("big", ("--chunk-rows", "64"))])
+def test_mmap(stores, mount, name, args):
+    """Views can be mmapped (torch 2.x's torch.load(mmap=True) does) and the
+    mapping holds the bytes read() returns."""
+    import mmap
+    imp = stores.get(name, *args)
+    with mount(imp.store) as m:
+        for rel in imp.desc["files"][::3]:
+            fd = os.open(m.p(rel), os.O_RDONLY)
+            try:
+                mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+                try:
+                    data = mm[:]
+                finally:
+                    mm.close()
+            finally:
+                os.close(fd)
+            assert data == read_all(m.p(rel)), rel
+
+
+def test_cltfs_dir_listing(stores, mount):
+    imp = stores.get("s1_bf16")
+    with mount(imp.store) as m:
+        assert {"stats", "manifest.json"} <= set(os.listdir(m.p(".cltfs")))
+        assert os.path.isdir(m.p(".cltfs"))
