@@ -132,8 +132,14 @@ int fs_find_layer(const cltfs_fs *fs, const char *name);
 bool fs_parse_view(const cltfs_fs *fs, const char *name, int64_t *batch, int *is_y);
 
 typedef struct view view;
+/* Build a view for the caller alone; view_close frees it. */
 cltfs_err view_open(cltfs_fs *fs, int layer_idx, int64_t batch, int is_y, view **out);
 void view_close(view *v);
+/* A shared, referenced view from the filesystem's view cache (built on a
+ * miss); view_put drops the reference.  Views are immutable but for their
+ * lazily set CRCs, which a view's own lock guards. */
+cltfs_err view_get(cltfs_fs *fs, int layer_idx, int64_t batch, int is_y, view **out);
+void view_put(view *v);
 uint64_t view_size(const view *v);
 /* File size without building the storage map (for getattr). */
 cltfs_err fs_view_size(cltfs_fs *fs, int layer_idx, int64_t batch, int is_y, uint64_t *size);

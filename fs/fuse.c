@@ -325,7 +325,7 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	}
 	cltfs_err e = CLTFS_OK;
 	if (n.t == N_FILE) {
-		e = view_open(c->fs, n.layer_idx, n.batch, n.is_y, &h->v);
+		e = view_get(c->fs, n.layer_idx, n.batch, n.is_y, &h->v);
 		fi->keep_cache = 1;
 	} else {
 		h->kind = 1;
@@ -393,10 +393,17 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	handle *h = (handle *)(uintptr_t)fi->fh;
-	view_close(h->v);
+	view_put(h->v);
 	free(h->buf);
 	free(h);
 	fuse_reply_err(req, 0);
+}
+
+/* Python's open() asks isatty() of every file: a regular file is no tty. */
+static void op_ioctl(fuse_req_t req, fuse_ino_t ino, unsigned int cmd, void *arg, struct fuse_file_info *fi,
+		     unsigned flags, const void *in_buf, size_t in_bufsz, size_t out_bufsz)
+{
+	fuse_reply_err(req, ENOTTY);
 }
 
 static void op_statfs(fuse_req_t req, fuse_ino_t ino)
@@ -457,6 +464,7 @@ static const struct fuse_lowlevel_ops ops = {
 	.read = op_read,
 	.release = op_release,
 	.statfs = op_statfs,
+	.ioctl = op_ioctl,
 	.mkdir = op_mkdir,
 	.rmdir = op_unlink,
 	.unlink = op_unlink,

@@ -34,6 +34,15 @@ typedef struct {
 	int64_t row0, nrows; /* for batch_rows */
 } group;
 
+/* Built views, direct-mapped by id: getattr, lookup and open of a file are
+ * frequent, and building a view (its pickle and zip layout) each time cost
+ * more than the request itself. */
+#define VCACHE 4096
+typedef struct {
+	uint64_t id; /* 1 + (layer_idx * nbatches + batch) * 2 + is_y; 0 empty */
+	view *v;
+} vslot;
+
 struct cltfs_fs {
 	cltfs_store *s;
 	const cltfs_manifest *m;
@@ -58,6 +67,8 @@ struct cltfs_fs {
 	bool warming;
 	atomic_bool stopping; /* unmounting: the warm-up thread gives up */
 	size_t chunk_bytes; /* the largest chunk, as served */
+	pthread_mutex_t vmu; /* guards vcache */
+	vslot *vcache;
 };
 
 typedef struct {
@@ -77,9 +88,10 @@ struct view {
 	pt_file *pf;
 	size_t nst;
 	source *st;
-	pthread_mutex_t mu; /* guards CRC computation and last_end */
-	uint64_t last_end;
+	pthread_mutex_t mu; /* guards CRC computation */
+	atomic_int refs;    /* view_get's references; view_open's view has none */
 };
+
 
 static const uint8_t zero_page[1 << 20];
 
@@ -286,7 +298,9 @@ cltfs_err fs_new(cltfs_store *s, const cltfs_opts *o, cltfs_fs **out)
 	fs->row_out = (size_t)fs->m->d_model * cltfs_dtype_size(fs->out_dt);
 	pthread_mutex_init(&fs->ra_mu, NULL);
 	pthread_cond_init(&fs->ra_cv, NULL);
-	cltfs_err e = CLTFS_OK;
+	pthread_mutex_init(&fs->vmu, NULL);
+	cltfs_err e = (fs->vcache = calloc(VCACHE, sizeof *fs->vcache)) ? CLTFS_OK
+									: cltfs_fail(CLTFS_E_NOMEM, "out of memory");
 	if (o->batch_rows && o->batch_samples)
 		e = cltfs_fail(CLTFS_E_INVAL, "batch_rows and batch_samples exclude each other");
 	if (!e && pthread_key_create(&fs->zkey, free_thread))
@@ -327,6 +341,10 @@ void fs_free(cltfs_fs *fs)
 		pthread_join(fs->ra_thr[i], NULL);
 	if (fs->warming)
 		pthread_join(fs->warm_thr, NULL);
+	for (size_t i = 0; fs->vcache && i < VCACHE; i++)
+		view_close(fs->vcache[i].v);
+	free(fs->vcache);
+	pthread_mutex_destroy(&fs->vmu);
 	cache_free(fs->cache);
 	free(fs->groups);
 	free_thread(pthread_getspecific(fs->zkey));
@@ -656,14 +674,47 @@ cltfs_err view_open(cltfs_fs *fs, int layer_idx, int64_t batch, int is_y, view *
 
 uint64_t view_size(const view *v) { return pt_file_size(v->pf); }
 
-cltfs_err fs_view_size(cltfs_fs *fs, int layer_idx, int64_t batch, int is_y, uint64_t *size)
+cltfs_err view_get(cltfs_fs *fs, int layer_idx, int64_t batch, int is_y, view **out)
 {
+	uint64_t id = 1 + ((uint64_t)layer_idx * (uint64_t)fs->ngroups + (uint64_t)batch) * 2 + (uint64_t)is_y;
+	vslot *s = &fs->vcache[id % VCACHE];
+	pthread_mutex_lock(&fs->vmu);
+	if (s->id == id) {
+		atomic_fetch_add(&s->v->refs, 1);
+		*out = s->v;
+		pthread_mutex_unlock(&fs->vmu);
+		return CLTFS_OK;
+	}
+	pthread_mutex_unlock(&fs->vmu);
 	view *v;
 	cltfs_err e = view_open(fs, layer_idx, batch, is_y, &v);
 	if (e)
 		return e;
+	atomic_store(&v->refs, 2); /* the caller's and the cache's */
+	pthread_mutex_lock(&fs->vmu);
+	view *old = s->v;
+	s->id = id;
+	s->v = v;
+	pthread_mutex_unlock(&fs->vmu);
+	view_put(old);
+	*out = v;
+	return CLTFS_OK;
+}
+
+void view_put(view *v)
+{
+	if (v && atomic_fetch_sub(&v->refs, 1) == 1)
+		view_close(v);
+}
+
+cltfs_err fs_view_size(cltfs_fs *fs, int layer_idx, int64_t batch, int is_y, uint64_t *size)
+{
+	view *v;
+	cltfs_err e = view_get(fs, layer_idx, batch, is_y, &v);
+	if (e)
+		return e;
 	*size = view_size(v);
-	view_close(v);
+	view_put(v);
 	return CLTFS_OK;
 }
 
