@@ -25,7 +25,7 @@ MAIN_SRC  := fs/main.c
 HDRS      := codec/codec.h fs/fs.h
 UNIT_TESTS := codec_frame codec_pt codec_manifest fs_store
 
-.PHONY: all deps check unit unit-asan pytest demo bench install uninstall clean fuzz-replay
+.PHONY: all deps check unit unit-asan pytest pytest-asan demo bench install uninstall clean
 
 all: $(B)/cltfs
 
@@ -54,6 +54,10 @@ $(B)/asan/tests/%: tests/%.c tests/unit.h $(CODEC_SRC) $(FS_SRC) $(HDRS)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) $(SAN) -Itests $< $(CODEC_SRC) $(FS_SRC) -o $@ $(LIBS)
 
+$(B)/asan/cltfs: $(MAIN_SRC) $(CODEC_SRC) $(FS_SRC) $(HDRS)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) $(SAN) $(MAIN_SRC) $(CODEC_SRC) $(FS_SRC) -o $@ $(LIBS)
+
 $(B)/asan/fuzz_replay: tests/fuzz/replay.c tests/fuzz/targets.c $(CODEC_SRC) $(HDRS)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) $(SAN) tests/fuzz/replay.c tests/fuzz/targets.c $(CODEC_SRC) -o $@ $(LIBS)
@@ -69,10 +73,21 @@ unit-asan: $(UNIT_TESTS:%=$(B)/asan/tests/%) $(B)/asan/fuzz_replay
 pytest: $(B)/cltfs
 	CLTFS_BIN=$(CURDIR)/$(B)/cltfs $(PYTHON) -m pytest -q -p no:cacheprovider tests/
 
+# The daemon and import under ASan/UBSan over the core end-to-end tests: a
+# leak or an error makes the daemon exit non-zero, which fails the test.
+ASAN_TESTS := test_views_equal_tree or test_random_pread or test_dataloader_workers or \
+	test_small_cache or test_flipped_byte or test_interrupted_import or test_dtype_option or \
+	test_batch_rows_option or test_import_disagreeing or test_import_garbage
+pytest-asan: $(B)/asan/cltfs
+	CLTFS_BIN=$(CURDIR)/$(B)/asan/cltfs ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 \
+		$(PYTHON) -m pytest -q -p no:cacheprovider tests/test_import_mount.py tests/test_errors.py \
+		-k "$(ASAN_TESTS)"
+
 check: deps
 	$(MAKE) all
 	$(MAKE) unit
 	$(MAKE) unit-asan
+	$(MAKE) pytest-asan
 	$(MAKE) pytest
 
 deps:
