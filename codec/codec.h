@@ -37,6 +37,10 @@ cltfs_err cltfs_wrap(cltfs_err e, const char *fmt, ...)
 const char *cltfs_errmsg(void);
 const char *cltfs_errname(cltfs_err e);
 
+/* Make *array (elements of elem bytes, *cap of them) hold at least need
+ * elements, doubling.  false when out of memory; the array is then as it was. */
+bool cltfs_grow(void *array, size_t *cap, size_t need, size_t elem);
+
 /* ---- dtypes ---------------------------------------------------------- */
 
 typedef enum { CLTFS_BF16 = 0, CLTFS_F16 = 1, CLTFS_F32 = 2, CLTFS_NDTYPES } cltfs_dtype;

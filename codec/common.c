@@ -2,6 +2,8 @@
 #include "codec.h"
 
 #include <stdarg.h>
+#include <stdint.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
@@ -42,6 +44,24 @@ const char *cltfs_errname(cltfs_err e)
 		"invalid argument", "not found", "mismatch", "unsupported",
 	};
 	return (unsigned)e < sizeof names / sizeof *names ? names[e] : "unknown error";
+}
+
+bool cltfs_grow(void *array, size_t *cap, size_t need, size_t elem)
+{
+	if (need <= *cap)
+		return true;
+	size_t nc = *cap ? *cap : 16;
+	while (nc < need)
+		nc *= 2;
+	/* memcpy, not *(void **)array: the pointer is a T *, not a void * */
+	void *old, *np;
+	memcpy(&old, array, sizeof old);
+	np = nc > SIZE_MAX / elem ? NULL : realloc(old, nc * elem);
+	if (!np)
+		return false;
+	memcpy(array, &np, sizeof np);
+	*cap = nc;
+	return true;
 }
 
 /* ---- dtypes ---- */

@@ -282,15 +282,9 @@ static void w_ints_tuple(wbuf *w, const int64_t *v, int n)
 
 static void w_memo_put(wbuf *w, const pt_obj *o)
 {
-	if (w->nmemo == w->memocap) {
-		size_t nc = w->memocap ? w->memocap * 2 : 16;
-		const pt_obj **nm = realloc(w->memo, nc * sizeof *nm);
-		if (!nm) {
-			w->oom = true;
-			return;
-		}
-		w->memo = nm;
-		w->memocap = nc;
+	if (!cltfs_grow(&w->memo, &w->memocap, w->nmemo + 1, sizeof *w->memo)) {
+		w->oom = true;
+		return;
 	}
 	size_t i = w->nmemo;
 	w->memo[w->nmemo++] = o;
@@ -446,16 +440,10 @@ static cltfs_err push(rd *r, pt_obj *o)
 {
 	if (!o)
 		return cltfs_fail(CLTFS_E_NOMEM, "data.pkl: out of memory");
-	if (r->sp == r->scap) {
-		if (r->scap >= MAX_STACK)
-			return cltfs_fail(CLTFS_E_FORMAT, "data.pkl: stack too deep");
-		size_t nc = r->scap ? r->scap * 2 : 64;
-		pt_obj **ns = realloc(r->stack, nc * sizeof *ns);
-		if (!ns)
-			return cltfs_fail(CLTFS_E_NOMEM, "data.pkl: out of memory");
-		r->stack = ns;
-		r->scap = nc;
-	}
+	if (r->sp >= MAX_STACK)
+		return cltfs_fail(CLTFS_E_FORMAT, "data.pkl: stack too deep");
+	if (!cltfs_grow(&r->stack, &r->scap, r->sp + 1, sizeof *r->stack))
+		return cltfs_fail(CLTFS_E_NOMEM, "data.pkl: out of memory");
 	r->stack[r->sp++] = o;
 	return CLTFS_OK;
 }
@@ -745,16 +733,10 @@ static cltfs_err run(rd *r, const uint8_t *base, pt_obj **out)
 			*out = r->stack[0];
 			return CLTFS_OK;
 		case OP_MARK:
-			if (r->nmarks == r->mcap) {
-				if (r->mcap >= MAX_STACK)
-					return bad("too many MARKs", at);
-				size_t nc = r->mcap ? r->mcap * 2 : 16;
-				size_t *nm = realloc(r->marks, nc * sizeof *nm);
-				if (!nm)
-					return cltfs_fail(CLTFS_E_NOMEM, "data.pkl: out of memory");
-				r->marks = nm;
-				r->mcap = nc;
-			}
+			if (r->nmarks >= MAX_STACK)
+				return bad("too many MARKs", at);
+			if (!cltfs_grow(&r->marks, &r->mcap, r->nmarks + 1, sizeof *r->marks))
+				return cltfs_fail(CLTFS_E_NOMEM, "data.pkl: out of memory");
 			r->marks[r->nmarks++] = r->sp;
 			break;
 		case OP_EMPTY_DICT:

@@ -443,14 +443,8 @@ typedef struct {
 
 static cltfs_err note_owner(run *r, uint64_t key, int layer, int is_y)
 {
-	if (r->nown == r->owncap) {
-		size_t nc = r->owncap ? r->owncap * 2 : 256;
-		owner *no = realloc(r->own, nc * sizeof *no);
-		if (!no)
-			return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
-		r->own = no;
-		r->owncap = nc;
-	}
+	if (!cltfs_grow(&r->own, &r->owncap, r->nown + 1, sizeof *r->own))
+		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
 	r->own[r->nown++] = (owner){key, layer, is_y};
 	return CLTFS_OK;
 }

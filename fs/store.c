@@ -119,14 +119,8 @@ static int pack_of(cltfs_store *s, const char *name)
 	for (size_t i = 0; i < s->npacks; i++)
 		if (!strcmp(s->packs[i].name, name))
 			return (int)i;
-	if (s->npacks == s->packcap) {
-		size_t nc = s->packcap ? s->packcap * 2 : 8;
-		pack *np = realloc(s->packs, nc * sizeof *np);
-		if (!np)
-			return -1;
-		s->packs = np;
-		s->packcap = nc;
-	}
+	if (!cltfs_grow(&s->packs, &s->packcap, s->npacks + 1, sizeof *s->packs))
+		return -1;
 	char *dup = strdup(name);
 	if (!dup)
 		return -1;
@@ -596,14 +590,8 @@ cltfs_err store_writer_add(store_writer *w, uint64_t key, const void *raw, size_
 	path_of(w->s, w->name, ".pack", pp, sizeof pp);
 	if ((e = write_full(w->pack_fd, w->frame, clen, w->pack_end, pp)))
 		return e;
-	if (w->npend == w->pendcap) {
-		size_t nc = w->pendcap ? w->pendcap * 2 : 64;
-		pending *np = realloc(w->pend, nc * sizeof *np);
-		if (!np)
-			return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
-		w->pend = np;
-		w->pendcap = nc;
-	}
+	if (!cltfs_grow(&w->pend, &w->pendcap, w->npend + 1, sizeof *w->pend))
+		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
 	cltfs_rec rec = {key, w->pack_end, (uint32_t)clen, (uint32_t)len, cltfs_crc32(0, raw, len),
 			 (uint8_t)m->dtype};
 	w->pend[w->npend++].rec = rec;

@@ -430,14 +430,8 @@ static cltfs_err add_seg(seg **v, size_t *n, size_t *cap, seg s)
 		(*v)[*n - 1].nrows += s.nrows;
 		return CLTFS_OK;
 	}
-	if (*n == *cap) {
-		size_t nc = *cap ? *cap * 2 : 8;
-		seg *nv = realloc(*v, nc * sizeof *nv);
-		if (!nv)
-			return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
-		*v = nv;
-		*cap = nc;
-	}
+	if (!cltfs_grow(v, cap, *n + 1, sizeof **v))
+		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
 	(*v)[(*n)++] = s;
 	return CLTFS_OK;
 }
@@ -809,14 +803,8 @@ static cltfs_err ensure_crcs(cltfs_fs *fs, view *v, uint64_t off, uint64_t len)
 
 static cltfs_err add_iov(view_buf *b, const void *p, size_t n)
 {
-	if (b->niov == b->iovcap) {
-		size_t nc = b->iovcap ? b->iovcap * 2 : 32;
-		struct iovec *ni = realloc(b->iov, nc * sizeof *ni);
-		if (!ni)
-			return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
-		b->iov = ni;
-		b->iovcap = nc;
-	}
+	if (!cltfs_grow(&b->iov, &b->iovcap, b->niov + 1, sizeof *b->iov))
+		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
 	b->iov[b->niov++] = (struct iovec){(void *)p, n};
 	b->total += n;
 	return CLTFS_OK;
@@ -824,14 +812,8 @@ static cltfs_err add_iov(view_buf *b, const void *p, size_t n)
 
 static cltfs_err add_ref(view_buf *b, chunk *ch)
 {
-	if (b->nrefs == b->refcap) {
-		size_t nc = b->refcap ? b->refcap * 2 : 16;
-		chunk **nr = realloc(b->refs, nc * sizeof *nr);
-		if (!nr)
-			return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
-		b->refs = nr;
-		b->refcap = nc;
-	}
+	if (!cltfs_grow(&b->refs, &b->refcap, b->nrefs + 1, sizeof *b->refs))
+		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
 	b->refs[b->nrefs++] = ch;
 	return CLTFS_OK;
 }
