@@ -18,6 +18,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 enum { LOADING, READY, FAILED };
@@ -53,34 +55,37 @@ struct chunk_cache {
 
 static void buf_put(chunk_cache *c, uint8_t *b);
 
-/* A buffer of buf_size bytes: recycled, carved from a region, or new. */
+/* A fresh buffer carved from the current region, or from a new one. */
+static uint8_t *buf_carve(chunk_cache *c)
+{
+	if (c->carve + c->buf_size > c->carve_end) {
+		size_t len = c->buf_size > REGION ? (c->buf_size + (2u << 20) - 1) & ~((size_t)(2u << 20) - 1) : REGION;
+		region *r = malloc(sizeof *r);
+		void *p = r ? mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0) : MAP_FAILED;
+		if (p == MAP_FAILED) {
+			free(r);
+			return NULL;
+		}
+		madvise(p, len, MADV_HUGEPAGE);
+		*r = (region){c->regions, p, len};
+		c->regions = r;
+		c->carve = p;
+		c->carve_end = (uint8_t *)p + len;
+	}
+	uint8_t *b = c->carve;
+	c->carve += c->buf_size;
+	return b;
+}
+
+/* A buffer of buf_size bytes: a recycled one, else a fresh one. */
 static uint8_t *buf_get(chunk_cache *c)
 {
 	pthread_mutex_lock(&c->pool_mu);
 	uint8_t *b = c->free_bufs;
-	if (b) {
+	if (b)
 		memcpy(&c->free_bufs, b, sizeof(void *));
-	} else {
-		if (c->carve + c->buf_size > c->carve_end) {
-			size_t len = c->buf_size > REGION ? (c->buf_size + (2u << 20) - 1) & ~((size_t)(2u << 20) - 1)
-							  : REGION;
-			region *r = malloc(sizeof *r);
-			void *p = r ? mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
-				    : MAP_FAILED;
-			if (p == MAP_FAILED) {
-				free(r);
-				pthread_mutex_unlock(&c->pool_mu);
-				return NULL;
-			}
-			madvise(p, len, MADV_HUGEPAGE);
-			*r = (region){c->regions, p, len};
-			c->regions = r;
-			c->carve = p;
-			c->carve_end = (uint8_t *)p + len;
-		}
-		b = c->carve;
-		c->carve += c->buf_size;
-	}
+	else
+		b = buf_carve(c);
 	pthread_mutex_unlock(&c->pool_mu);
 	return b;
 }
@@ -88,14 +93,15 @@ static uint8_t *buf_get(chunk_cache *c)
 void cache_reserve(chunk_cache *c, size_t bytes, const atomic_bool *stop)
 {
 	long page = sysconf(_SC_PAGESIZE);
+	/* Lowest priority: this must never slow a reader down. */
+	setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 19);
 	for (size_t n = 0; n + c->buf_size <= bytes && !atomic_load(stop); n += c->buf_size) {
-		uint8_t *b;
 		pthread_mutex_lock(&c->pool_mu);
-		bool fresh = c->carve + c->buf_size <= c->carve_end;
+		uint8_t *b = n + REGION <= bytes + c->buf_size || c->carve + c->buf_size <= c->carve_end
+				     ? buf_carve(c) /* never a new region past the budget */
+				     : NULL;
 		pthread_mutex_unlock(&c->pool_mu);
-		if (!fresh && n + REGION > bytes + c->buf_size)
-			break; /* a new region would overshoot the budget */
-		if (!(b = buf_get(c)))
+		if (!b)
 			break;
 		for (size_t i = 0; i < c->buf_size; i += (size_t)page)
 			((volatile uint8_t *)b)[i] = 0; /* fault it in now, not on a read */
