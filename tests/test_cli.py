@@ -70,3 +70,18 @@ def test_mount_raises_kernel_readahead(stores, mount):
         assert _bdi_readahead(m.path) == 1024
     with mount(stores.get("s1_bf16").store, "read_ahead_kb=256") as m:
         assert _bdi_readahead(m.path) == 256
+
+
+@pytest.mark.skipif(shutil.which("script") is None, reason="script(1) gives the import a TTY")
+def test_import_progress_on_a_tty_only(tmp_path, trees, cltfs_bin):
+    tree, _ = trees.get("s1_bf16")
+    store = tmp_path / "store"
+    # on a terminal: a progress line rewritten with \r, then the summary
+    r = subprocess.run(["script", "-qec", "%s import %s %s" % (cltfs_bin, store, tree), "/dev/null"],
+                       capture_output=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert b"\rimport: batch" in r.stdout and b"every value verified" in r.stdout, r.stdout
+    # not on a terminal: no progress, only the summary
+    r = subprocess.run([cltfs_bin, "import", str(tmp_path / "store2"), tree], capture_output=True, text=True)
+    assert r.returncode == 0 and "import: batch" not in r.stderr + r.stdout
+    assert r.stdout.startswith("imported ")
