@@ -366,8 +366,18 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 	ctx *c = get_ctx(req);
 	handle *h = (handle *)(uintptr_t)fi->fh;
 	if (h->kind == 1) {
-		size_t o = (size_t)off < h->len ? (size_t)off : h->len;
-		fuse_reply_buf(req, h->buf + o, size < h->len - o ? size : h->len - o);
+		/* Reply from a copy: once the kernel has the bytes (inside writev),
+		 * the reader may close and RELEASE free h on another thread before
+		 * fuse_reply_buf returns. */
+		size_t o = (size_t)off < h->len ? (size_t)off : h->len, n = size < h->len - o ? size : h->len - o;
+		char *copy = malloc(n ? n : 1);
+		if (!copy) {
+			fuse_reply_err(req, ENOMEM);
+			return;
+		}
+		memcpy(copy, h->buf + o, n);
+		fuse_reply_buf(req, copy, n);
+		free(copy);
 		return;
 	}
 	struct timespec t0;
