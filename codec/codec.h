@@ -40,6 +40,9 @@ const char *cltfs_errname(cltfs_err e);
 /* Make *array (elements of elem bytes, *cap of them) hold at least need
  * elements, doubling.  false when out of memory; the array is then as it was. */
 bool cltfs_grow(void *array, size_t *cap, size_t need, size_t elem);
+/* Make the reusable byte buffer *buf (*cap bytes) at least n bytes, to the
+ * byte: for buffers sized by a chunk or a tensor.  false when out of memory. */
+bool cltfs_reserve(void *buf, size_t *cap, size_t n);
 
 /* ---- dtypes ---------------------------------------------------------- */
 

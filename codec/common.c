@@ -64,6 +64,19 @@ bool cltfs_grow(void *array, size_t *cap, size_t need, size_t elem)
 	return true;
 }
 
+bool cltfs_reserve(void *buf, size_t *cap, size_t n)
+{
+	if (n <= *cap)
+		return true;
+	void *old, *np;
+	memcpy(&old, buf, sizeof old);
+	if (!(np = realloc(old, n)))
+		return false;
+	memcpy(buf, &np, sizeof np);
+	*cap = n;
+	return true;
+}
+
 /* ---- dtypes ---- */
 
 static const struct {

@@ -51,26 +51,12 @@ void cltfs_zctx_free(cltfs_zctx *z)
 
 void *cltfs_zctx_buffer(cltfs_zctx *z, size_t n)
 {
-	if (n > z->ucap) {
-		void *p = realloc(z->user, n);
-		if (!p)
-			return NULL;
-		z->user = p;
-		z->ucap = n;
-	}
-	return z->user;
+	return cltfs_reserve(&z->user, &z->ucap, n) ? z->user : NULL;
 }
 
 static uint8_t *scratch(cltfs_zctx *z, size_t n)
 {
-	if (n > z->cap) {
-		uint8_t *p = realloc(z->scratch, n);
-		if (!p)
-			return NULL;
-		z->scratch = p;
-		z->cap = n;
-	}
-	return z->scratch;
+	return cltfs_reserve(&z->scratch, &z->cap, n) ? z->scratch : NULL;
 }
 
 void cltfs_shuffle(size_t esize, const void *src, void *dst, size_t len)

@@ -456,13 +456,8 @@ static const uint8_t *tensor_bytes(run *r, const pt_archive *ar, const pt_obj *t
 	if (d)
 		return d;
 	size_t n = (size_t)pt_tensor_numel(t) * cltfs_dtype_size(t->u.t.dtype);
-	if (n > r->gcap) {
-		uint8_t *g = realloc(r->gather, n);
-		if (!g)
-			return NULL;
-		r->gather = g;
-		r->gcap = n;
-	}
+	if (!cltfs_reserve(&r->gather, &r->gcap, n))
+		return NULL;
 	return pt_tensor_read(ar, t, r->gather) ? NULL : r->gather;
 }
 

@@ -574,13 +574,8 @@ cltfs_err store_writer_add(store_writer *w, uint64_t key, const void *raw, size_
 {
 	const cltfs_manifest *m = w->s->m;
 	size_t bound = cltfs_frame_bound(len);
-	if (bound > w->framecap) {
-		uint8_t *nf = realloc(w->frame, bound);
-		if (!nf)
-			return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
-		w->frame = nf;
-		w->framecap = bound;
-	}
+	if (!cltfs_reserve(&w->frame, &w->framecap, bound))
+		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
 	size_t clen;
 	cltfs_err e = cltfs_frame_encode(w->z, w->level, cltfs_dtype_size(m->dtype), raw, len, w->frame,
 					 w->framecap, &clen);

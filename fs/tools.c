@@ -44,13 +44,8 @@ static cltfs_err verify_one(void *arg, const store_entry *ent)
 		v->bad++;
 		return CLTFS_OK;
 	}
-	if (ent->rec.rsize > v->cap) {
-		uint8_t *nb = realloc(v->buf, ent->rec.rsize);
-		if (!nb)
-			return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
-		v->buf = nb;
-		v->cap = ent->rec.rsize;
-	}
+	if (!cltfs_reserve(&v->buf, &v->cap, ent->rec.rsize))
+		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
 	if (store_check_entry(ent, v->z, v->buf)) {
 		fprintf(stderr, "cltfs: %s: chunk %s at offset %llu: %s\n", ent->pack_path,
 			cltfs_key_str(ent->rec.key, k, sizeof k), (unsigned long long)ent->rec.offset, cltfs_errmsg());

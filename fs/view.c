@@ -137,14 +137,7 @@ static thread_ctx *thread_state(cltfs_fs *fs)
 
 static uint8_t *scratch(thread_ctx *t, size_t n)
 {
-	if (n > t->cap) {
-		uint8_t *p = realloc(t->raw, n);
-		if (!p)
-			return NULL;
-		t->raw = p;
-		t->cap = n;
-	}
-	return t->raw;
+	return cltfs_reserve(&t->raw, &t->cap, n) ? t->raw : NULL;
 }
 
 /* ---- loading a chunk into the cache ---- */
@@ -899,14 +892,7 @@ static cltfs_err source_iov(cltfs_fs *fs, const source *s, uint64_t off, uint64_
 static uint8_t *literal_buf(cltfs_fs *fs, size_t n)
 {
 	thread_ctx *t = thread_state(fs);
-	if (t && n > t->litcap) {
-		uint8_t *p = realloc(t->lit, n);
-		if (!p)
-			return NULL;
-		t->lit = p;
-		t->litcap = n;
-	}
-	return t ? t->lit : NULL;
+	return t && cltfs_reserve(&t->lit, &t->litcap, n) ? t->lit : NULL;
 }
 
 void view_buf_release(cltfs_fs *fs, view_buf *b)
