@@ -256,6 +256,8 @@ cltfs_err pt_file_new(const char *archive, const uint8_t *pickle, size_t plen,
 void pt_file_free(pt_file *f);
 uint64_t pt_file_size(const pt_file *f);
 size_t pt_file_nstorages(const pt_file *f);
+/* The pickle (data.pkl) the file holds. */
+const uint8_t *pt_file_pickle(const pt_file *f, size_t *len);
 /* Storage CRCs must be set before the headers that hold them are read. */
 void pt_file_set_crc(pt_file *f, size_t storage, uint32_t crc);
 bool pt_file_has_crc(const pt_file *f, size_t storage);

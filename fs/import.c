@@ -435,6 +435,8 @@ typedef struct {
 	uint64_t written, skipped, files, bytes_done;
 	uint8_t *gather;
 	size_t gcap;
+	uint8_t *piece; /* a piece of a view's storage, for comparing */
+	size_t piececap;
 	owner *own; /* chunks written in the current batch, and by which file */
 	size_t nown, owncap;
 	int cur_layer, cur_is_y; /* the file being verified */
@@ -534,15 +536,12 @@ static bool same_obj_shape(const pt_obj *a, const pt_obj *b, int depth)
 	}
 }
 
-/* A tensor of the file being verified differs from the store: name the
- * stream, the rows, and the file that supplied them. */
-static cltfs_err disagreement(run *r, const char *path, const char *where, const uint8_t *x, const uint8_t *y,
-			      size_t n)
+/* A tensor of the file being verified differs from the store at byte at:
+ * name the stream, the row, and the file that supplied it. */
+static cltfs_err disagreement(run *r, const char *path, const char *where, size_t at)
 {
 	const cltfs_manifest *m = r->p->m;
-	size_t row = (size_t)m->d_model * cltfs_dtype_size(m->dtype), at = 0;
-	while (y && at < n && x[at] == y[at])
-		at++;
+	size_t row = (size_t)m->d_model * cltfs_dtype_size(m->dtype);
 	int j = !strncmp(where, "targets[", 8) ? atoi(where + 8) : 0;
 	bool is_mlp = r->cur_is_y;
 	int layer = is_mlp ? cltfs_manifest_target_layer(m, r->cur_layer, j) : r->cur_layer;
@@ -562,25 +561,45 @@ static cltfs_err disagreement(run *r, const char *path, const char *where, const
 			  other);
 }
 
-/* Compare every tensor of the source with the view's, in order. */
-static cltfs_err same_values(run *r, const char *path, const pt_archive *sa, const pt_obj *a,
-			     const pt_archive *va, const pt_obj *b, const char *where)
+#define PIECE ((size_t)16 << 20) /* compared at a time: memory stays bounded */
+
+/* One source tensor against the view's storage bytes, piece by piece. */
+static cltfs_err same_tensor(run *r, view *v, const char *path, const pt_archive *sa, const pt_obj *a,
+			     const pt_obj *b, const char *where)
 {
-	if (a->kind == PT_TENSOR) {
-		const uint8_t *x = tensor_bytes(r, sa, a);
-		if (!x)
+	const uint8_t *x = tensor_bytes(r, sa, a);
+	if (!x)
+		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	size_t es = cltfs_dtype_size(b->u.t.dtype), n = (size_t)pt_tensor_numel(a) * es;
+	size_t st = (size_t)strtoul(b->u.t.key, NULL, 10);
+	for (size_t off = 0; off < n; off += PIECE) {
+		size_t len = n - off < PIECE ? n - off : PIECE;
+		if (!cltfs_reserve(&r->piece, &r->piececap, len))
 			return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
-		const uint8_t *y = pt_tensor_data(va, b);
-		size_t n = (size_t)pt_tensor_numel(a) * cltfs_dtype_size(a->u.t.dtype);
-		if (!y || memcmp(x, y, n))
-			return disagreement(r, path, where, x, y, n);
-		return CLTFS_OK;
+		cltfs_err e = view_storage_pread(r->fs, v, st, (uint64_t)b->u.t.offset * es + off, len, r->piece);
+		if (e)
+			return cltfs_wrap(e, "%s: %s", path, where);
+		if (memcmp(x + off, r->piece, len)) {
+			size_t at = 0;
+			while (x[off + at] == r->piece[at])
+				at++;
+			return disagreement(r, path, where, off + at);
+		}
 	}
+	return CLTFS_OK;
+}
+
+/* Compare every tensor of the source with the view's, in order. */
+static cltfs_err same_values(run *r, view *v, const char *path, const pt_archive *sa, const pt_obj *a,
+			     const pt_obj *b, const char *where)
+{
+	if (a->kind == PT_TENSOR)
+		return same_tensor(r, v, path, sa, a, b, where);
 	if (a->kind == PT_LIST || a->kind == PT_TUPLE) {
 		for (size_t i = 0; i < a->u.seq.n; i++) {
 			char w[64];
 			snprintf(w, sizeof w, "targets[%zu]", i);
-			cltfs_err e = same_values(r, path, sa, a->u.seq.v[i], va, b->u.seq.v[i], w);
+			cltfs_err e = same_values(r, v, path, sa, a->u.seq.v[i], b->u.seq.v[i], w);
 			if (e)
 				return e;
 		}
@@ -590,7 +609,7 @@ static cltfs_err same_values(run *r, const char *path, const pt_archive *sa, con
 			char w[64];
 			snprintf(w, sizeof w, "'%.*s'", k->kind == PT_STR ? (int)k->u.str.len : 1,
 				 k->kind == PT_STR ? k->u.str.s : "?");
-			cltfs_err e = same_values(r, path, sa, a->u.dict.v[i], va, b->u.dict.v[i], w);
+			cltfs_err e = same_values(r, v, path, sa, a->u.dict.v[i], b->u.dict.v[i], w);
 			if (e)
 				return e;
 		}
@@ -598,8 +617,10 @@ static cltfs_err same_values(run *r, const char *path, const pt_archive *sa, con
 	return CLTFS_OK;
 }
 
-/* Compose the view from the store as the mount serves it, parse it back,
- * and compare with the source file. */
+/* Read the view back from the store as the mount serves it: its pickle must
+ * describe the file's keys, shapes and dtypes, and each tensor's storage
+ * must hold the file's values.  Compared in bounded pieces, so a
+ * multi-gigabyte file costs no more memory than a small one. */
 static cltfs_err verify_file(run *r, const char *path, const pt_archive *src, int li, int64_t k, int is_y)
 {
 	r->cur_layer = r->p->layers[li];
@@ -609,29 +630,20 @@ static cltfs_err verify_file(run *r, const char *path, const pt_archive *src, in
 	cltfs_err e = view_open(r->fs, li, k, is_y, &v);
 	if (e)
 		return cltfs_wrap(e, "%s", path);
-	uint64_t size = view_size(v);
-	uint8_t *buf = malloc(size ? size : 1);
-	size_t got = 0;
-	if (!buf)
-		e = cltfs_fail(CLTFS_E_NOMEM, "out of memory for a %llu-byte view", (unsigned long long)size);
-	for (uint64_t off = 0; !e && off < size; off += got) {
-		size_t want = size - off < (64u << 20) ? (size_t)(size - off) : (64u << 20);
-		if (!(e = view_pread(r->fs, v, off, want, buf + off, &got)) && got == 0)
-			e = cltfs_fail(CLTFS_E_IO, "short view");
-	}
+	size_t plen;
+	const uint8_t *pkl = view_pickle(v, &plen);
+	pt_arena *a = pt_arena_new();
+	pt_obj *root;
+	if (!a)
+		e = cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	else if ((e = pt_unpickle(a, pkl, plen, &root)))
+		e = cltfs_wrap(e, "%s: the view's own pickle", path);
+	else if (!same_obj_shape(pt_root(src), root, 0))
+		e = cltfs_fail(CLTFS_E_MISMATCH, "%s: the view's keys, shapes or dtypes differ from the file", path);
+	else
+		e = same_values(r, v, path, src, pt_root(src), root, "x");
+	pt_arena_free(a);
 	view_close(v);
-	pt_archive *va = NULL;
-	/* The zip CRCs are not re-checked here: each chunk's CRC is checked
-	 * against its record when loaded, and every value is compared below. */
-	if (!e && !(e = pt_open_mem(buf, (size_t)size, "composed view", &va))) {
-		if (!same_obj_shape(pt_root(src), pt_root(va), 0))
-			e = cltfs_fail(CLTFS_E_MISMATCH, "%s: the composed view's keys or shapes differ from the file",
-				       path);
-		else
-			e = same_values(r, path, src, pt_root(src), va, pt_root(va), "x");
-	}
-	pt_close(va);
-	free(buf);
 	return e;
 }
 
@@ -818,6 +830,7 @@ cltfs_err cmd_import(const char *store, const char *src, const import_opts *o)
 	free(p.S);
 	free(p.T);
 	free(r.gather);
+	free(r.piece);
 	free(r.own);
 	return e;
 }

@@ -953,6 +953,23 @@ void view_readahead(cltfs_fs *fs, view *v, uint64_t off)
 			source_iov(fs, &v->st[pc[i].storage], pc[i].off, pc[i].len, NULL);
 }
 
+const uint8_t *view_pickle(const view *v, size_t *len) { return pt_file_pickle(v->pf, len); }
+
+cltfs_err view_storage_pread(cltfs_fs *fs, view *v, size_t i, uint64_t off, size_t len, uint8_t *dst)
+{
+	if (i >= v->nst || off > v->st[i].nbytes || len > v->st[i].nbytes - off)
+		return cltfs_fail(CLTFS_E_INVAL, "storage %zu has no bytes [%llu, +%zu)", i, (unsigned long long)off, len);
+	view_buf b = {0};
+	cltfs_err e = source_iov(fs, &v->st[i], off, len, &b);
+	size_t at = 0;
+	for (size_t j = 0; !e && j < b.niov; j++) {
+		memcpy(dst + at, b.iov[j].iov_base, b.iov[j].iov_len);
+		at += b.iov[j].iov_len;
+	}
+	view_buf_release(fs, &b);
+	return e;
+}
+
 cltfs_err view_pread(cltfs_fs *fs, view *v, uint64_t off, size_t len, uint8_t *dst, size_t *got)
 {
 	view_buf b;
