@@ -160,8 +160,6 @@ void view_buf_release(cltfs_fs *fs, view_buf *b);
  * data/<i>): what import compares with a source file, tensor by tensor. */
 const uint8_t *view_pickle(const view *v, size_t *len);
 cltfs_err view_storage_pread(cltfs_fs *fs, view *v, size_t i, uint64_t off, size_t len, uint8_t *dst);
-/* Copy [off, off+len) into dst; returns bytes copied in *got. */
-cltfs_err view_pread(cltfs_fs *fs, view *v, uint64_t off, size_t len, uint8_t *dst, size_t *got);
 /* Prefetch the chunks of the next readahead=N chunks' worth of bytes from
  * off on the readahead threads. */
 void view_readahead(cltfs_fs *fs, view *v, uint64_t off);

@@ -969,19 +969,3 @@ cltfs_err view_storage_pread(cltfs_fs *fs, view *v, size_t i, uint64_t off, size
 	view_buf_release(fs, &b);
 	return e;
 }
-
-cltfs_err view_pread(cltfs_fs *fs, view *v, uint64_t off, size_t len, uint8_t *dst, size_t *got)
-{
-	view_buf b;
-	cltfs_err e = view_read(fs, v, off, len, &b);
-	if (e)
-		return e;
-	size_t at = 0;
-	for (size_t i = 0; i < b.niov; i++) {
-		memcpy(dst + at, b.iov[i].iov_base, b.iov[i].iov_len);
-		at += b.iov[i].iov_len;
-	}
-	*got = at;
-	view_buf_release(fs, &b);
-	return CLTFS_OK;
-}
