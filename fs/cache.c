@@ -53,7 +53,15 @@ struct chunk_cache {
 	region *regions;
 };
 
-static void buf_put(chunk_cache *c, uint8_t *b);
+static void buf_put(chunk_cache *c, uint8_t *b)
+{
+	if (!b)
+		return;
+	pthread_mutex_lock(&c->pool_mu);
+	memcpy(b, &c->free_bufs, sizeof(void *));
+	c->free_bufs = b;
+	pthread_mutex_unlock(&c->pool_mu);
+}
 
 /* A fresh buffer carved from the current region, or from a new one. */
 static uint8_t *buf_carve(chunk_cache *c)
@@ -97,9 +105,10 @@ void cache_reserve(chunk_cache *c, size_t bytes, const atomic_bool *stop)
 	setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 19);
 	for (size_t n = 0; n + c->buf_size <= bytes && !atomic_load(stop); n += c->buf_size) {
 		pthread_mutex_lock(&c->pool_mu);
-		uint8_t *b = n + REGION <= bytes + c->buf_size || c->carve + c->buf_size <= c->carve_end
-				     ? buf_carve(c) /* never a new region past the budget */
-				     : NULL;
+		bool in_region = c->carve + c->buf_size <= c->carve_end;
+		bool region_fits = n + REGION <= bytes + c->buf_size;
+		/* carve what the current region holds, but map no new region past the budget */
+		uint8_t *b = in_region || region_fits ? buf_carve(c) : NULL;
 		pthread_mutex_unlock(&c->pool_mu);
 		if (!b)
 			break;
@@ -107,16 +116,6 @@ void cache_reserve(chunk_cache *c, size_t bytes, const atomic_bool *stop)
 			((volatile uint8_t *)b)[i] = 0; /* fault it in now, not on a read */
 		buf_put(c, b);
 	}
-}
-
-static void buf_put(chunk_cache *c, uint8_t *b)
-{
-	if (!b)
-		return;
-	pthread_mutex_lock(&c->pool_mu);
-	memcpy(b, &c->free_bufs, sizeof(void *));
-	c->free_bufs = b;
-	pthread_mutex_unlock(&c->pool_mu);
 }
 
 static size_t mix(uint64_t k)

@@ -141,7 +141,7 @@ void view_close(view *v);
 cltfs_err view_get(cltfs_fs *fs, int layer_idx, int64_t batch, int is_y, view **out);
 void view_put(view *v);
 uint64_t view_size(const view *v);
-/* File size without building the storage map (for getattr). */
+/* A view's file size, through the view cache (for getattr and lookup). */
 cltfs_err fs_view_size(cltfs_fs *fs, int layer_idx, int64_t batch, int is_y, uint64_t *size);
 
 /* The bytes of [off, off+len): iovecs into chunk buffers, the zero page

@@ -658,9 +658,11 @@ int fuse_main_cltfs(int argc, char **argv)
 	cltfs_opts o;
 	char defbuf[PATH_MAX], opt[64];
 
-	/* Chunk buffers (~1 MiB) would each be a fresh mmap that faults in every
-	 * page: keep them on the heap, where freed ones are reused, and in few
-	 * arenas, so memory stays near cache_mb. */
+	/* Chunk buffers come from the cache's own regions; what is left on the
+	 * heap is each worker's decode buffers (~1 MiB) and per-read arrays.
+	 * Keep those on the heap (not one mmap each), never trimmed back, in
+	 * few arenas: no page is faulted in twice and memory stays near
+	 * cache_mb. */
 	mallopt(M_MMAP_THRESHOLD, 32 << 20);
 	mallopt(M_TRIM_THRESHOLD, 64 << 20);
 	mallopt(M_ARENA_MAX, 2);

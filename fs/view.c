@@ -92,7 +92,6 @@ struct view {
 	atomic_int refs;    /* view_get's references; view_open's view has none */
 };
 
-
 static const uint8_t zero_page[1 << 20];
 
 cltfs_store *fs_store(cltfs_fs *fs) { return fs->s; }
