@@ -1,0 +1,99 @@
+/* hfcache.h: the Hugging Face Hub client and the HF cache, shared with
+ * huggingface_hub.
+ *
+ *   config   - HF_ENDPOINT, HF_TOKEN / $HF_HOME/token, HF_HOME, HF_HUB_CACHE,
+ *              XDG_CACHE_HOME, HF_HUB_OFFLINE, as huggingface_hub reads them
+ *   repo     - hf://datasets/owner/name[@rev], its revision resolved to one
+ *              commit when opened, so that a mount never mixes revisions
+ *   files    - whole files into the cache layout huggingface_hub uses
+ *              (blobs/<etag>, snapshots/<commit>/<path> -> ../blobs/<etag>,
+ *              refs/<rev>, .no_exist/, .locks/, resumable .incomplete), also
+ *              as a background download that readers follow as it grows
+ *   ranges   - byte ranges of a file of the repo, not cached (chunk frames)
+ *
+ * Every request retries 429 (honouring Retry-After), 5xx, resets and
+ * truncated bodies with exponential backoff, bounded in count and time.
+ * The token is sent to the endpoint's host only, never after a redirect to
+ * another host, and never appears in a message.  No FUSE here: fs/ calls
+ * this library, never the reverse.
+ */
+#ifndef CLTFS_HFCACHE_H
+#define CLTFS_HFCACHE_H
+
+#include "codec.h"
+
+#include <stdatomic.h>
+
+typedef struct {
+	char *endpoint;  /* no trailing slash */
+	char *token;     /* NULL when there is none */
+	char *hub_cache; /* the folder holding datasets--owner--name/ */
+	bool offline;
+	int retries;     /* attempts after the first (CLTFS_HUB_RETRIES, default 5) */
+	int backoff_ms;  /* first wait (CLTFS_HUB_BACKOFF_MS, default 500), doubling */
+} hf_config;
+
+/* From the environment, as huggingface_hub does. */
+cltfs_err hf_config_from_env(hf_config *c);
+void hf_config_free(hf_config *c);
+
+/* "hf://datasets/owner/name[@rev]" (also hf://owner/name for a dataset). */
+bool hf_is_url(const char *s);
+
+typedef struct {
+	atomic_ullong requests, bytes, retries, failures;
+} hf_stats;
+
+typedef struct hf_repo hf_repo;
+/* Parse url and resolve its revision (default main) to a commit: with the
+ * Hub's revision API, or offline from refs/ in the cache.  Writes
+ * refs/<rev> when the revision is a branch or tag. */
+cltfs_err hf_repo_open(const hf_config *cfg, const char *url, hf_repo **out);
+void hf_repo_close(hf_repo *r);
+const char *hf_repo_commit(const hf_repo *r);
+/* "datasets/owner/name" */
+const char *hf_repo_id(const hf_repo *r);
+/* The repo's folder in the cache: <hub_cache>/datasets--owner--name */
+const char *hf_repo_folder(const hf_repo *r);
+hf_stats *hf_repo_stats(hf_repo *r);
+
+typedef struct {
+	char *path;
+	uint64_t size;
+	bool dir;
+} hf_entry;
+/* Every file and directory of the commit, sorted by path: the Hub's tree
+ * listing (all pages), or offline, what the cache's snapshot holds. */
+cltfs_err hf_list(hf_repo *r, hf_entry **out, size_t *n);
+void hf_entries_free(hf_entry *e, size_t n);
+
+/* The file in the cache, downloaded whole if it is not there yet: its
+ * snapshot path, malloc'd.  CLTFS_E_NOTFOUND when the repo has no such
+ * file (remembered in .no_exist/). */
+cltfs_err hf_fetch(hf_repo *r, const char *path, char **local);
+
+/* A download in the background that readers follow as bytes arrive. */
+typedef struct hf_download hf_download;
+cltfs_err hf_download_start(hf_repo *r, const char *path, hf_download **out);
+/* Read [off, off+len) once it has arrived (or the file ended): *got bytes.
+ * A download that failed fails every read that needs bytes it lacks. */
+cltfs_err hf_download_pread(hf_download *d, void *buf, size_t len, uint64_t off, size_t *got);
+/* Another reference to share a running download. */
+hf_download *hf_download_ref(hf_download *d);
+/* Ended with an error: a new download may succeed where it failed. */
+bool hf_download_failed(hf_download *d);
+/* Wait for the end: the snapshot path is then hf_download_path(). */
+cltfs_err hf_download_wait(hf_download *d);
+const char *hf_download_path(const hf_download *d);
+/* Stop a running download (what arrived stays, for a later resume) and
+ * wait for its thread to let go: before closing the repo. */
+void hf_download_cancel(hf_download *d);
+/* Drop the caller's reference; the download goes on to the end. */
+void hf_download_release(hf_download *d);
+
+/* Bytes [off, off+len) of a file of the commit into dst, exactly, or an
+ * error: never short or wrong bytes.  Redirect targets are remembered for
+ * a while so that sequential ranges skip the Hub's round trip. */
+cltfs_err hf_read_range(hf_repo *r, const char *path, uint64_t off, size_t len, void *dst);
+
+#endif

@@ -1,0 +1,477 @@
+/* http.c: requests with retries, manual redirects and a per-thread handle. */
+#include "http.h"
+
+#include <ctype.h>
+#include <curl/curl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#define MAX_REDIRECTS 10
+#define RETRY_AFTER_CAP 60.0 /* seconds: a longer Retry-After is an error */
+#define RETRY_BUDGET 180.0   /* seconds of waiting in all for one request */
+
+static pthread_key_t handle_key;
+static pthread_once_t handle_once = PTHREAD_ONCE_INIT;
+
+static void free_handle(void *h) { curl_easy_cleanup(h); }
+static void make_key(void) { pthread_key_create(&handle_key, free_handle); }
+
+cltfs_err http_init(void)
+{
+	if (curl_global_init(CURL_GLOBAL_DEFAULT))
+		return cltfs_fail(CLTFS_E_IO, "libcurl failed to initialize");
+	pthread_once(&handle_once, make_key);
+	return CLTFS_OK;
+}
+
+/* The calling thread's handle: connections stay open between requests. */
+static CURL *thread_handle(void)
+{
+	pthread_once(&handle_once, make_key);
+	CURL *h = pthread_getspecific(handle_key);
+	if (h) {
+		curl_easy_reset(h);
+		return h;
+	}
+	h = curl_easy_init();
+	if (h && pthread_setspecific(handle_key, h)) {
+		curl_easy_cleanup(h);
+		return NULL;
+	}
+	return h;
+}
+
+void http_hdrs_free(http_hdrs *h)
+{
+	free(h->location);
+	free(h->link_next);
+	h->location = h->link_next = NULL;
+}
+
+static void hdrs_reset(http_hdrs *h)
+{
+	http_hdrs_free(h);
+	memset(h, 0, sizeof *h);
+	h->retry_after = -1;
+}
+
+/* ---- headers ---- */
+
+static void copy_value(char *dst, size_t n, const char *v, size_t len)
+{
+	len = len < n - 1 ? len : n - 1;
+	memcpy(dst, v, len);
+	dst[len] = 0;
+}
+
+/* Link: <url>; rel="next" (possibly among other links). */
+static char *parse_link_next(const char *v, size_t len)
+{
+	const char *end = v + len;
+	while (v < end) {
+		const char *lt = memchr(v, '<', (size_t)(end - v));
+		if (!lt)
+			return NULL;
+		const char *gt = memchr(lt, '>', (size_t)(end - lt));
+		if (!gt)
+			return NULL;
+		const char *comma = memchr(gt, ',', (size_t)(end - gt));
+		const char *stop = comma ? comma : end;
+		const char *rel = NULL;
+		for (const char *p = gt; p + 10 <= stop; p++)
+			if (!strncasecmp(p, "rel=\"next\"", 10) || !strncasecmp(p, "rel=next", 8))
+				rel = p;
+		if (rel)
+			return strndup(lt + 1, (size_t)(gt - lt - 1));
+		v = stop + 1;
+	}
+	return NULL;
+}
+
+static size_t on_header(char *line, size_t size, size_t nitems, void *arg)
+{
+	http_hdrs *h = arg;
+	size_t n = size * nitems, len = n;
+	while (len && (line[len - 1] == '\n' || line[len - 1] == '\r'))
+		len--;
+	if (len >= 5 && !strncmp(line, "HTTP/", 5)) { /* a new response: forget the last one's */
+		hdrs_reset(h);
+		const char *sp = memchr(line, ' ', len);
+		h->status = sp ? strtol(sp + 1, NULL, 10) : 0;
+		return n;
+	}
+	const char *colon = memchr(line, ':', len);
+	if (!colon)
+		return n;
+	size_t klen = (size_t)(colon - line);
+	const char *v = colon + 1;
+	while (v < line + len && (*v == ' ' || *v == '\t'))
+		v++;
+	size_t vlen = (size_t)(line + len - v);
+#define IS(name) (klen == sizeof name - 1 && !strncasecmp(line, name, klen))
+	if (IS("ETag"))
+		copy_value(h->etag, sizeof h->etag, v, vlen);
+	else if (IS("X-Linked-Etag"))
+		copy_value(h->linked_etag, sizeof h->linked_etag, v, vlen);
+	else if (IS("X-Repo-Commit"))
+		copy_value(h->commit, sizeof h->commit, v, vlen);
+	else if (IS("X-Error-Code"))
+		copy_value(h->error_code, sizeof h->error_code, v, vlen);
+	else if (IS("X-Error-Message"))
+		copy_value(h->error_msg, sizeof h->error_msg, v, vlen);
+	else if (IS("X-Linked-Size")) {
+		h->linked_size = strtoull(v, NULL, 10);
+		h->has_linked_size = true;
+	} else if (IS("Content-Length")) {
+		h->content_length = strtoull(v, NULL, 10);
+		h->has_length = true;
+	} else if (IS("Content-Range") && vlen > 6 && !strncasecmp(v, "bytes ", 6) && isdigit((unsigned char)v[6])) {
+		h->range_start = strtoull(v + 6, NULL, 10);
+		h->has_range = true;
+	} else if (IS("Retry-After") && vlen && isdigit((unsigned char)*v)) {
+		h->retry_after = strtod(v, NULL);
+	} else if (IS("Location")) {
+		free(h->location);
+		h->location = strndup(v, vlen);
+	} else if (IS("Link")) {
+		char *next = parse_link_next(v, vlen);
+		if (next) {
+			free(h->link_next);
+			h->link_next = next;
+		}
+	}
+#undef IS
+	return n;
+}
+
+/* ---- one request ---- */
+
+typedef struct {
+	http_sink sink;
+	void *arg;
+	http_hdrs *h;
+	uint64_t want;  /* bytes the sink may still take; UINT64_MAX: any */
+	uint64_t given; /* bytes given to the sink by this request */
+	int aborted;    /* 1: more bytes than asked for, 2: the sink said stop */
+} body;
+
+static size_t on_body(char *p, size_t size, size_t nitems, void *arg)
+{
+	body *b = arg;
+	size_t n = size * nitems;
+	if (b->h->status != 200 && b->h->status != 206)
+		return n; /* an error page: the headers say what went wrong */
+	if (n > b->want) {
+		b->aborted = 1; /* more than asked for: never pass on extra bytes */
+		return 0;
+	}
+	if (!b->sink(b->arg, p, n)) {
+		b->aborted = 2;
+		return 0;
+	}
+	b->want -= b->want == UINT64_MAX ? 0 : n;
+	b->given += n;
+	return n;
+}
+
+/* scheme://host:port of a URL, for the same-host test. */
+static bool origin_of(const char *url, char *out, size_t n)
+{
+	CURLU *u = curl_url();
+	char *scheme = NULL, *host = NULL, *port = NULL;
+	bool ok = u && !curl_url_set(u, CURLUPART_URL, url, 0) && !curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) &&
+		  !curl_url_get(u, CURLUPART_HOST, &host, 0) &&
+		  !curl_url_get(u, CURLUPART_PORT, &port, CURLU_DEFAULT_PORT);
+	if (ok)
+		snprintf(out, n, "%s://%s:%s", scheme, host, port);
+	for (char *p = out; ok && *p; p++)
+		*p = (char)tolower((unsigned char)*p);
+	curl_free(scheme);
+	curl_free(host);
+	curl_free(port);
+	curl_url_cleanup(u);
+	return ok;
+}
+
+static bool same_origin(const char *a, const char *b)
+{
+	char oa[512], ob[512];
+	return origin_of(a, oa, sizeof oa) && origin_of(b, ob, sizeof ob) && !strcmp(oa, ob);
+}
+
+/* A URL as messages show it: without its query (signed CDN URLs). */
+static const char *shown(const char *url, char *buf, size_t n)
+{
+	size_t len = strcspn(url, "?");
+	snprintf(buf, n, "%.*s", (int)len, url);
+	return buf;
+}
+
+static CURLcode perform(const http_ctx *c, const char *url, bool head, const char *range, body *b, http_hdrs *h)
+{
+	CURL *e = thread_handle();
+	if (!e)
+		return CURLE_OUT_OF_MEMORY;
+	struct curl_slist *hl = NULL;
+	char auth[4200];
+	/* The token only to the Hub itself: a redirect to a CDN (another host)
+	 * must not carry it. */
+	if (c->cfg->token && same_origin(url, c->cfg->endpoint)) {
+		snprintf(auth, sizeof auth, "Authorization: Bearer %s", c->cfg->token);
+		hl = curl_slist_append(hl, auth);
+		memset(auth, 0, sizeof auth);
+		if (!hl)
+			return CURLE_OUT_OF_MEMORY;
+	}
+	hdrs_reset(h);
+	curl_easy_setopt(e, CURLOPT_URL, url);
+	curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
+	curl_easy_setopt(e, CURLOPT_USERAGENT, "cltfs/" CLTFS_VERSION);
+	curl_easy_setopt(e, CURLOPT_HTTPHEADER, hl);
+	curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+	curl_easy_setopt(e, CURLOPT_HEADERDATA, h);
+	curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
+	curl_easy_setopt(e, CURLOPT_WRITEDATA, b);
+	curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT, 10L);
+	/* A stalled transfer (under 1 KiB/s for 30 s) fails and is retried. */
+	curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1024L);
+	curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, 30L);
+	curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+	curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, NULL);
+	if (head)
+		curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
+	if (range)
+		curl_easy_setopt(e, CURLOPT_RANGE, range);
+	CURLcode rc = curl_easy_perform(e);
+	curl_easy_setopt(e, CURLOPT_HTTPHEADER, NULL);
+	curl_slist_free_all(hl); /* holds a copy of the token */
+	atomic_fetch_add(&c->st->requests, 1);
+	return rc;
+}
+
+/* Transient: worth another attempt. */
+static bool transient_status(long s) { return s == 429 || s == 500 || s == 502 || s == 503 || s == 504; }
+
+static bool transient_curl(CURLcode rc)
+{
+	switch (rc) {
+	case CURLE_COULDNT_CONNECT:
+	case CURLE_RECV_ERROR:
+	case CURLE_SEND_ERROR:
+	case CURLE_PARTIAL_FILE:
+	case CURLE_GOT_NOTHING:
+	case CURLE_OPERATION_TIMEDOUT:
+	case CURLE_HTTP2:
+	case CURLE_HTTP2_STREAM:
+	case CURLE_SSL_CONNECT_ERROR:
+		return true;
+	default:
+		return false;
+	}
+}
+
+static double now_s(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+}
+
+/* Wait before attempt `attempt` (1, 2, ...): Retry-After when the server
+ * said so, else backoff doubling from backoff_ms.  false when the budget
+ * of attempts or time is spent. */
+static bool wait_retry(const http_ctx *c, int attempt, double retry_after, double t0)
+{
+	if (attempt > c->cfg->retries)
+		return false;
+	double w = (double)c->cfg->backoff_ms / 1000.0 * (double)(1u << (attempt - 1 < 10 ? attempt - 1 : 10));
+	if (w > 10.0)
+		w = 10.0;
+	if (retry_after >= 0) {
+		if (retry_after > RETRY_AFTER_CAP)
+			return false;
+		w = retry_after;
+	}
+	if (now_s() - t0 + w > RETRY_BUDGET)
+		return false;
+	struct timespec ts = {(time_t)w, (long)((w - (double)(time_t)w) * 1e9)};
+	while (nanosleep(&ts, &ts))
+		;
+	atomic_fetch_add(&c->st->retries, 1);
+	return true;
+}
+
+cltfs_err http_head(const http_ctx *c, const char *url, http_hdrs *h)
+{
+	char sh[1024];
+	double t0 = now_s();
+	for (int attempt = 1;; attempt++) {
+		body b = {NULL, NULL, h, UINT64_MAX, 0, 0};
+		CURLcode rc = perform(c, url, true, NULL, &b, h);
+		if (rc == CURLE_OUT_OF_MEMORY)
+			return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+		bool again = rc ? transient_curl(rc) : transient_status(h->status);
+		if (!again && rc)
+			return cltfs_fail(CLTFS_E_IO, "HEAD %s: %s", shown(url, sh, sizeof sh), curl_easy_strerror(rc));
+		if (!again)
+			return CLTFS_OK;
+		if (!wait_retry(c, attempt, rc ? -1 : h->retry_after, t0)) {
+			atomic_fetch_add(&c->st->failures, 1);
+			return rc ? cltfs_fail(CLTFS_E_IO, "HEAD %s: %s after %d attempts", shown(url, sh, sizeof sh),
+					       curl_easy_strerror(rc), attempt)
+				  : http_status_error(shown(url, sh, sizeof sh), h);
+		}
+	}
+}
+
+cltfs_err http_status_error(const char *what, const http_hdrs *h)
+{
+	const char *code = h->error_code, *msg = *h->error_msg ? h->error_msg : "no message";
+	if (!strcmp(code, "GatedRepo"))
+		return cltfs_fail(CLTFS_E_INVAL,
+				  "%s: gated repository: access is restricted (set HF_TOKEN or log in with "
+				  "`huggingface-cli login`, with an account that was granted access)",
+				  what);
+	if (!strcmp(code, "RepoNotFound"))
+		return cltfs_fail(CLTFS_E_NOTFOUND,
+				  "%s: repository not found (if it is private or gated, set HF_TOKEN or log in)", what);
+	if (!strcmp(code, "RevisionNotFound"))
+		return cltfs_fail(CLTFS_E_NOTFOUND, "%s: revision not found (%s)", what, msg);
+	if (!strcmp(code, "EntryNotFound"))
+		return cltfs_fail(CLTFS_E_NOTFOUND, "%s: file not found in the repository", what);
+	if (h->status == 401 || h->status == 403)
+		return cltfs_fail(CLTFS_E_INVAL, "%s: HTTP %ld, access refused (%s): check HF_TOKEN", what, h->status,
+				  msg);
+	if (h->status == 404)
+		return cltfs_fail(CLTFS_E_NOTFOUND, "%s: HTTP 404 not found", what);
+	return cltfs_fail(CLTFS_E_IO, "%s: HTTP %ld%s%s%s%s", what, h->status, *code ? " " : "", code,
+			  *h->error_msg ? ": " : "", h->error_msg);
+}
+
+static bool is_redirect(long s) { return s == 301 || s == 302 || s == 303 || s == 307 || s == 308; }
+
+/* Resolve a Location against the URL that sent it. */
+static char *join_url(const char *base, const char *loc)
+{
+	CURLU *u = curl_url();
+	char *out = NULL, *res = NULL;
+	if (u && !curl_url_set(u, CURLUPART_URL, base, 0) && !curl_url_set(u, CURLUPART_URL, loc, 0) &&
+	    !curl_url_get(u, CURLUPART_URL, &out, 0))
+		res = strdup(out);
+	curl_free(out);
+	curl_url_cleanup(u);
+	return res;
+}
+
+/* One attempt: follow the redirect chain from url, the body to b.  Returns
+ * the curl code; h describes the last response; *where the URL that
+ * answered it (malloc'd). */
+static CURLcode chain(const http_ctx *c, const char *url, const char *range, body *b, http_hdrs *h, char **where)
+{
+	char *cur = strdup(url);
+	CURLcode rc = cur ? CURLE_OK : CURLE_OUT_OF_MEMORY;
+	for (int hop = 0; cur && hop <= MAX_REDIRECTS; hop++) {
+		rc = perform(c, cur, false, range, b, h);
+		if (rc || !is_redirect(h->status) || !h->location)
+			break;
+		char *next = join_url(cur, h->location);
+		free(cur);
+		cur = next;
+		if (!cur)
+			rc = CURLE_OUT_OF_MEMORY;
+		else if (hop == MAX_REDIRECTS)
+			rc = CURLE_TOO_MANY_REDIRECTS;
+	}
+	*where = cur;
+	return rc;
+}
+
+cltfs_err http_get(const http_ctx *c, const char *url, uint64_t off, uint64_t len, http_sink sink, void *arg,
+		   http_hdrs *h, char **final_url)
+{
+	char sh[1024], range[64];
+	shown(url, sh, sizeof sh);
+	uint64_t done = 0; /* bytes delivered over all attempts */
+	double t0 = now_s();
+	for (int attempt = 1;; attempt++) {
+		uint64_t start = off + done;
+		bool ranged = start > 0 || len > 0;
+		if (len)
+			snprintf(range, sizeof range, "%llu-%llu", (unsigned long long)start,
+				 (unsigned long long)(off + len - 1));
+		else
+			snprintf(range, sizeof range, "%llu-", (unsigned long long)start);
+		body b = {sink, arg, h, len ? len - done : UINT64_MAX, 0, 0};
+		char *where = NULL;
+		CURLcode rc = chain(c, url, ranged ? range : NULL, &b, h, &where);
+		done += b.given;
+		atomic_fetch_add(&c->st->bytes, b.given);
+		if (rc == CURLE_OUT_OF_MEMORY) {
+			free(where);
+			return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+		}
+		/* A ranged request wants a 206 that starts where asked; a 200 would
+		 * be the whole file from byte 0. */
+		bool ok_status = ranged ? h->status == 206 : h->status == 200;
+		if (!rc && h->status == 206 && (!h->has_range || h->range_start != start)) {
+			free(where);
+			return cltfs_fail(CLTFS_E_IO, "GET %s: the server answered another range than asked", sh);
+		}
+		if (b.aborted) {
+			free(where);
+			return b.aborted == 1 ? cltfs_fail(CLTFS_E_IO, "GET %s: more bytes than asked for", sh)
+					      : cltfs_wrap(CLTFS_E_IO, "GET %s", sh); /* the sink's message */
+		}
+		if (!rc && ok_status && (!len || done == len)) {
+			if (final_url)
+				*final_url = where;
+			else
+				free(where);
+			return CLTFS_OK;
+		}
+		free(where);
+		bool short_body = !rc && ok_status; /* the body ended early without a curl error */
+		bool again = rc ? transient_curl(rc) : short_body || transient_status(h->status);
+		if (!again) {
+			atomic_fetch_add(&c->st->failures, 1);
+			if (rc)
+				return cltfs_fail(CLTFS_E_IO, "GET %s: %s", sh, curl_easy_strerror(rc));
+			return http_status_error(sh, h);
+		}
+		if (!wait_retry(c, attempt, rc ? -1 : h->retry_after, t0)) {
+			atomic_fetch_add(&c->st->failures, 1);
+			if (rc)
+				return cltfs_fail(CLTFS_E_IO, "GET %s: %s after %d attempts", sh, curl_easy_strerror(rc),
+						  attempt);
+			if (short_body)
+				return cltfs_fail(CLTFS_E_IO, "GET %s: body ended after %llu of %llu bytes, %d attempts",
+						  sh, (unsigned long long)done, (unsigned long long)len, attempt);
+			return cltfs_wrap(http_status_error(sh, h), "after %d attempts", attempt);
+		}
+	}
+}
+
+char *http_escape(const char *s, bool keep_slash)
+{
+	static const char hex[] = "0123456789ABCDEF";
+	size_t n = strlen(s);
+	char *out = malloc(3 * n + 1), *o = out;
+	if (!out)
+		return NULL;
+	for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+		if (isalnum(*p) || strchr("-._~", *p) || (keep_slash && *p == '/')) {
+			*o++ = (char)*p;
+		} else {
+			*o++ = '%';
+			*o++ = hex[*p >> 4];
+			*o++ = hex[*p & 15];
+		}
+	}
+	*o = 0;
+	return out;
+}

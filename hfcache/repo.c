@@ -1,0 +1,1076 @@
+/* repo.c: configuration, revisions, listings and the HF cache layout.
+ *
+ * The cache is huggingface_hub's, to the byte, so that either side's
+ * downloads are hits for the other:
+ *   <hub_cache>/datasets--owner--name/blobs/<etag>           the bytes
+ *   <hub_cache>/datasets--owner--name/blobs/<etag>.incomplete a download
+ *   <hub_cache>/datasets--owner--name/snapshots/<commit>/<path>
+ *         -> ../../blobs/<etag> (one "../" per directory, plus two)
+ *   <hub_cache>/datasets--owner--name/refs/<rev>             the commit
+ *   <hub_cache>/datasets--owner--name/.no_exist/<commit>/<path>  empty
+ *   <hub_cache>/.locks/datasets--owner--name/<etag>.lock     flock
+ * The blob's name is X-Linked-Etag (LFS files: sha256) or ETag (git sha1),
+ * without quotes, from a HEAD of .../resolve/<commit>/<path> that does not
+ * follow redirects.
+ */
+#include "http.h"
+
+#include <cjson/cJSON.h>
+#include <ctype.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define LOCATION_TTL 300 /* seconds a redirect target is reused */
+#define NLOCATIONS 64
+
+struct hf_repo {
+	hf_config cfg;
+	http_ctx http;
+	hf_stats st;
+	char *type;     /* "datasets" or "models" */
+	char *name;     /* owner/name */
+	char *id;       /* datasets/owner/name */
+	char *rev;      /* as asked */
+	char commit[41];
+	char *folder;   /* <hub_cache>/datasets--owner--name */
+	char *lockdir;  /* <hub_cache>/.locks/datasets--owner--name */
+	char *url_base; /* <endpoint>/datasets/owner/name/resolve/<commit>/ */
+	pthread_mutex_t mu; /* guards loc */
+	struct {
+		char *path, *url;
+		time_t when;
+	} loc[NLOCATIONS];
+	unsigned loc_next;
+};
+
+/* ---- configuration ---- */
+
+static char *env(const char *name)
+{
+	const char *v = getenv(name);
+	return v && *v ? (char *)v : NULL;
+}
+
+static char *expand_home(const char *p)
+{
+	const char *home = getenv("HOME");
+	char buf[PATH_MAX];
+	if (p[0] == '~' && (p[1] == '/' || !p[1]) && home)
+		snprintf(buf, sizeof buf, "%s%s", home, p + 1);
+	else
+		snprintf(buf, sizeof buf, "%s", p);
+	return strdup(buf);
+}
+
+static bool truthy(const char *v)
+{
+	return v && (!strcasecmp(v, "1") || !strcasecmp(v, "on") || !strcasecmp(v, "yes") || !strcasecmp(v, "true"));
+}
+
+static char *read_token_file(const char *path)
+{
+	FILE *f = fopen(path, "r");
+	if (!f)
+		return NULL;
+	char buf[4096];
+	size_t n = fread(buf, 1, sizeof buf - 1, f);
+	fclose(f);
+	buf[n] = 0;
+	char *s = buf, *e = buf + n;
+	while (*s && isspace((unsigned char)*s))
+		s++;
+	while (e > s && isspace((unsigned char)e[-1]))
+		*--e = 0;
+	char *t = *s ? strdup(s) : NULL;
+	memset(buf, 0, sizeof buf);
+	return t;
+}
+
+static int env_int(const char *name, int def, int lo, int hi)
+{
+	const char *v = env((char *)name);
+	char *end;
+	long x = v ? strtol(v, &end, 10) : def;
+	return v && (*end || x < lo || x > hi) ? def : (int)x;
+}
+
+cltfs_err hf_config_from_env(hf_config *c)
+{
+	memset(c, 0, sizeof *c);
+	char buf[PATH_MAX], home[PATH_MAX];
+	const char *e = env("HF_ENDPOINT");
+	c->endpoint = strdup(e ? e : "https://huggingface.co");
+	if (env("HF_HOME")) {
+		snprintf(home, sizeof home, "%s", env("HF_HOME"));
+	} else if (env("XDG_CACHE_HOME")) {
+		snprintf(home, sizeof home, "%s/huggingface", env("XDG_CACHE_HOME"));
+	} else {
+		snprintf(home, sizeof home, "~/.cache/huggingface");
+	}
+	if (env("HF_HUB_CACHE"))
+		c->hub_cache = expand_home(env("HF_HUB_CACHE"));
+	else if (env("HUGGINGFACE_HUB_CACHE"))
+		c->hub_cache = expand_home(env("HUGGINGFACE_HUB_CACHE"));
+	else {
+		snprintf(buf, sizeof buf, "%s/hub", home);
+		c->hub_cache = expand_home(buf);
+	}
+	if (env("HF_TOKEN"))
+		c->token = strdup(env("HF_TOKEN"));
+	else if (env("HUGGING_FACE_HUB_TOKEN"))
+		c->token = strdup(env("HUGGING_FACE_HUB_TOKEN"));
+	else {
+		char *p;
+		if (env("HF_TOKEN_PATH"))
+			p = expand_home(env("HF_TOKEN_PATH"));
+		else {
+			snprintf(buf, sizeof buf, "%s/token", home);
+			p = expand_home(buf);
+		}
+		c->token = p ? read_token_file(p) : NULL;
+		free(p);
+	}
+	c->offline = truthy(env("HF_HUB_OFFLINE"));
+	c->retries = env_int("CLTFS_HUB_RETRIES", 5, 0, 100);
+	c->backoff_ms = env_int("CLTFS_HUB_BACKOFF_MS", 500, 0, 600000);
+	if (!c->endpoint || !c->hub_cache) {
+		hf_config_free(c);
+		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	}
+	size_t n = strlen(c->endpoint);
+	while (n && c->endpoint[n - 1] == '/')
+		c->endpoint[--n] = 0;
+	return http_init();
+}
+
+void hf_config_free(hf_config *c)
+{
+	free(c->endpoint);
+	if (c->token)
+		memset(c->token, 0, strlen(c->token));
+	free(c->token);
+	free(c->hub_cache);
+	memset(c, 0, sizeof *c);
+}
+
+static cltfs_err config_copy(hf_config *dst, const hf_config *src)
+{
+	*dst = *src;
+	dst->endpoint = strdup(src->endpoint);
+	dst->hub_cache = strdup(src->hub_cache);
+	dst->token = src->token ? strdup(src->token) : NULL;
+	if (!dst->endpoint || !dst->hub_cache || (src->token && !dst->token)) {
+		hf_config_free(dst);
+		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	}
+	return CLTFS_OK;
+}
+
+/* ---- small file-system helpers ---- */
+
+static cltfs_err mkdirs(const char *path, size_t upto)
+{
+	char buf[PATH_MAX];
+	snprintf(buf, sizeof buf, "%.*s", (int)upto, path);
+	for (char *p = buf + 1;; p++) {
+		if (*p == '/' || !*p) {
+			char c = *p;
+			*p = 0;
+			if (mkdir(buf, 0755) < 0 && errno != EEXIST)
+				return cltfs_fail(CLTFS_E_IO, "%s: %s", buf, strerror(errno));
+			if (!c)
+				return CLTFS_OK;
+			*p = c;
+		}
+	}
+}
+
+/* mkdir -p of the directory that will hold path. */
+static cltfs_err mkparent(const char *path)
+{
+	const char *slash = strrchr(path, '/');
+	return slash && slash != path ? mkdirs(path, (size_t)(slash - path)) : CLTFS_OK;
+}
+
+static cltfs_err write_atomic(const char *path, const char *text)
+{
+	char tmp[PATH_MAX];
+	snprintf(tmp, sizeof tmp, "%s.tmp%ld", path, (long)getpid());
+	cltfs_err e = mkparent(path);
+	if (e)
+		return e;
+	FILE *f = fopen(tmp, "w");
+	if (!f)
+		return cltfs_fail(CLTFS_E_IO, "%s: %s", tmp, strerror(errno));
+	bool ok = fputs(text, f) >= 0;
+	ok = !fclose(f) && ok;
+	if (!ok || rename(tmp, path) < 0) {
+		unlink(tmp);
+		return cltfs_fail(CLTFS_E_IO, "%s: %s", path, strerror(errno));
+	}
+	return CLTFS_OK;
+}
+
+static bool is_commit(const char *s)
+{
+	size_t n = 0;
+	for (; s[n]; n++)
+		if (!isxdigit((unsigned char)s[n]) || isupper((unsigned char)s[n]))
+			return false;
+	return n == 40;
+}
+
+/* ---- the repo ---- */
+
+bool hf_is_url(const char *s) { return !strncmp(s, "hf://", 5); }
+
+static char *percent_decode(const char *s, size_t n)
+{
+	char *out = malloc(n + 1), *o = out;
+	for (size_t i = 0; out && i < n; i++) {
+		if (s[i] == '%' && i + 2 < n + 1 && isxdigit((unsigned char)s[i + 1]) && isxdigit((unsigned char)s[i + 2])) {
+			char hex[3] = {s[i + 1], s[i + 2], 0};
+			*o++ = (char)strtol(hex, NULL, 16);
+			i += 2;
+		} else {
+			*o++ = s[i];
+		}
+	}
+	if (out)
+		*o = 0;
+	return out;
+}
+
+/* hf://datasets/owner/name[@rev], hf://models/owner/name, hf://owner/name
+ * (a model, as huggingface_hub's HfFileSystem reads it). */
+static cltfs_err parse_url(hf_repo *r, const char *url)
+{
+	const char *p = url + 5, *type = "models";
+	if (!strncmp(p, "datasets/", 9)) {
+		type = "datasets";
+		p += 9;
+	} else if (!strncmp(p, "models/", 7)) {
+		p += 7;
+	} else if (!strncmp(p, "spaces/", 7)) {
+		return cltfs_fail(CLTFS_E_UNSUPPORTED, "%s: spaces are not served (datasets and models are)", url);
+	}
+	const char *at = strchr(p, '@');
+	size_t nlen = at ? (size_t)(at - p) : strlen(p);
+	while (nlen && p[nlen - 1] == '/')
+		nlen--;
+	const char *slash = memchr(p, '/', nlen);
+	if (!slash || slash == p || slash + 1 == p + nlen || memchr(slash + 1, '/', (size_t)(p + nlen - slash - 1)))
+		return cltfs_fail(CLTFS_E_INVAL, "%s: expected hf://datasets/OWNER/NAME[@REVISION]", url);
+	for (size_t i = 0; i < nlen; i++)
+		if (!isalnum((unsigned char)p[i]) && !strchr("-_./", p[i]))
+			return cltfs_fail(CLTFS_E_INVAL, "%s: '%c' is not allowed in a repository id", url, p[i]);
+	r->type = strdup(type);
+	r->name = strndup(p, nlen);
+	r->rev = at && at[1] ? percent_decode(at + 1, strlen(at + 1)) : strdup("main");
+	if (!r->type || !r->name || !r->rev)
+		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	if (strstr(r->rev, "..") || r->rev[0] == '/')
+		return cltfs_fail(CLTFS_E_INVAL, "%s: bad revision '%s'", url, r->rev);
+	return CLTFS_OK;
+}
+
+static cltfs_err make_paths(hf_repo *r)
+{
+	char buf[PATH_MAX], folder[512];
+	snprintf(folder, sizeof folder, "%s--%s", r->type, r->name);
+	for (char *p = folder; *p; p++)
+		if (*p == '/') { /* owner/name -> owner--name */
+			memmove(p + 2, p + 1, strlen(p + 1) + 1);
+			p[0] = p[1] = '-';
+			p++;
+		}
+	snprintf(buf, sizeof buf, "%s/%s", r->cfg.hub_cache, folder);
+	r->folder = strdup(buf);
+	snprintf(buf, sizeof buf, "%s/.locks/%s", r->cfg.hub_cache, folder);
+	r->lockdir = strdup(buf);
+	snprintf(buf, sizeof buf, "%s/%s", r->type, r->name);
+	r->id = strdup(buf);
+	return r->folder && r->lockdir && r->id ? CLTFS_OK : cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+}
+
+/* Models resolve at <endpoint>/<name>/..., datasets at <endpoint>/datasets/<name>/... */
+static const char *url_prefix(const hf_repo *r) { return strcmp(r->type, "models") ? "datasets/" : ""; }
+
+typedef struct {
+	char *p;
+	size_t n, cap;
+} membuf;
+
+static bool mem_sink(void *arg, const void *p, size_t n)
+{
+	membuf *m = arg;
+	if (m->n + n > (64u << 20)) {
+		cltfs_fail(CLTFS_E_FORMAT, "an API answer over 64 MiB");
+		return false;
+	}
+	if (!cltfs_reserve(&m->p, &m->cap, m->n + n + 1)) {
+		cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+		return false;
+	}
+	memcpy(m->p + m->n, p, n);
+	m->n += n;
+	m->p[m->n] = 0;
+	return true;
+}
+
+static cltfs_err api_json(hf_repo *r, const char *url, const char *what, cJSON **out, char **next)
+{
+	membuf m = {0};
+	http_hdrs h = {0};
+	cltfs_err e = http_get(&r->http, url, 0, 0, mem_sink, &m, &h, NULL);
+	if (e) {
+		free(m.p);
+		http_hdrs_free(&h);
+		return cltfs_wrap(e, "%s", what);
+	}
+	*out = cJSON_ParseWithLength(m.p ? m.p : "", m.n);
+	free(m.p);
+	if (next) {
+		*next = h.link_next;
+		h.link_next = NULL;
+	}
+	http_hdrs_free(&h);
+	if (!*out)
+		return cltfs_fail(CLTFS_E_FORMAT, "%s: the Hub's answer is not JSON", what);
+	return CLTFS_OK;
+}
+
+static cltfs_err resolve_online(hf_repo *r, const char *what)
+{
+	char url[4096];
+	char *rev = http_escape(r->rev, false);
+	if (!rev)
+		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	snprintf(url, sizeof url, "%s/api/%s/%s/revision/%s", r->cfg.endpoint, r->type, r->name, rev);
+	free(rev);
+	cJSON *j;
+	cltfs_err e = api_json(r, url, what, &j, NULL);
+	if (e)
+		return e;
+	const cJSON *sha = cJSON_GetObjectItemCaseSensitive(j, "sha");
+	if (!cJSON_IsString(sha) || !is_commit(sha->valuestring)) {
+		cJSON_Delete(j);
+		return cltfs_fail(CLTFS_E_FORMAT, "%s: the Hub's revision answer has no commit sha", what);
+	}
+	snprintf(r->commit, sizeof r->commit, "%s", sha->valuestring);
+	cJSON_Delete(j);
+	if (!strcmp(r->rev, r->commit))
+		return CLTFS_OK;
+	/* As huggingface_hub does: refs/<branch or tag> holds the commit. */
+	char ref[PATH_MAX], old[64] = "";
+	snprintf(ref, sizeof ref, "%s/refs/%s", r->folder, r->rev);
+	FILE *f = fopen(ref, "r");
+	if (f) {
+		if (!fgets(old, sizeof old, f))
+			old[0] = 0;
+		fclose(f);
+	}
+	return strcmp(old, r->commit) ? write_atomic(ref, r->commit) : CLTFS_OK;
+}
+
+static cltfs_err resolve_offline(hf_repo *r, const char *what)
+{
+	char path[PATH_MAX];
+	struct stat st;
+	if (is_commit(r->rev)) {
+		snprintf(path, sizeof path, "%s/snapshots/%s", r->folder, r->rev);
+		if (stat(path, &st) < 0)
+			return cltfs_fail(CLTFS_E_NOTFOUND, "%s: HF_HUB_OFFLINE is set and commit %s is not in the cache (%s)",
+					  what, r->rev, path);
+		snprintf(r->commit, sizeof r->commit, "%s", r->rev);
+		return CLTFS_OK;
+	}
+	snprintf(path, sizeof path, "%s/refs/%s", r->folder, r->rev);
+	FILE *f = fopen(path, "r");
+	char buf[64] = "";
+	if (!f)
+		return cltfs_fail(CLTFS_E_NOTFOUND,
+				  "%s: HF_HUB_OFFLINE is set and revision '%s' is not in the cache (no %s)", what,
+				  r->rev, path);
+	if (!fgets(buf, sizeof buf, f))
+		buf[0] = 0;
+	fclose(f);
+	buf[strcspn(buf, "\r\n")] = 0;
+	if (!is_commit(buf))
+		return cltfs_fail(CLTFS_E_FORMAT, "%s: not a commit hash", path);
+	snprintf(r->commit, sizeof r->commit, "%s", buf);
+	return CLTFS_OK;
+}
+
+cltfs_err hf_repo_open(const hf_config *cfg, const char *url, hf_repo **out)
+{
+	hf_repo *r = calloc(1, sizeof *r);
+	if (!r)
+		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	pthread_mutex_init(&r->mu, NULL);
+	cltfs_err e = config_copy(&r->cfg, cfg);
+	if (e) {
+		free(r);
+		return e;
+	}
+	r->http = (http_ctx){&r->cfg, &r->st};
+	if (!(e = parse_url(r, url)))
+		e = make_paths(r);
+	if (!e)
+		e = r->cfg.offline ? resolve_offline(r, url) : resolve_online(r, url);
+	char base[4096];
+	if (!e) {
+		snprintf(base, sizeof base, "%s/%s%s/resolve/%s/", r->cfg.endpoint, url_prefix(r), r->name, r->commit);
+		if (!(r->url_base = strdup(base)))
+			e = cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	}
+	if (e) {
+		hf_repo_close(r);
+		return e;
+	}
+	*out = r;
+	return CLTFS_OK;
+}
+
+void hf_repo_close(hf_repo *r)
+{
+	if (!r)
+		return;
+	for (int i = 0; i < NLOCATIONS; i++) {
+		free(r->loc[i].path);
+		free(r->loc[i].url);
+	}
+	hf_config_free(&r->cfg);
+	free(r->type);
+	free(r->name);
+	free(r->id);
+	free(r->rev);
+	free(r->folder);
+	free(r->lockdir);
+	free(r->url_base);
+	pthread_mutex_destroy(&r->mu);
+	free(r);
+}
+
+const char *hf_repo_commit(const hf_repo *r) { return r->commit; }
+const char *hf_repo_id(const hf_repo *r) { return r->id; }
+const char *hf_repo_folder(const hf_repo *r) { return r->folder; }
+hf_stats *hf_repo_stats(hf_repo *r) { return &r->st; }
+
+/* ---- listing ---- */
+
+typedef struct {
+	hf_entry *e;
+	size_t n, cap;
+} entries;
+
+static cltfs_err add_entry(entries *l, const char *path, uint64_t size, bool dir)
+{
+	if (!cltfs_grow(&l->e, &l->cap, l->n + 1, sizeof *l->e))
+		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	if (!(l->e[l->n].path = strdup(path)))
+		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	l->e[l->n].size = size;
+	l->e[l->n].dir = dir;
+	l->n++;
+	return CLTFS_OK;
+}
+
+/* A path from the Hub must stay inside the snapshot. */
+static bool safe_path(const char *p)
+{
+	if (!*p || *p == '/' || strstr(p, "//"))
+		return false;
+	for (const char *s = p; *s; s = strchr(s, '/') ? strchr(s, '/') + 1 : s + strlen(s))
+		if (!strncmp(s, "..", 2) && (s[2] == '/' || !s[2]))
+			return false;
+	return !(p[0] == '.' && (p[1] == '/' || !p[1]));
+}
+
+static cltfs_err list_page(hf_repo *r, const cJSON *arr, entries *l, const char *what)
+{
+	if (!cJSON_IsArray(arr))
+		return cltfs_fail(CLTFS_E_FORMAT, "%s: the tree listing is not a JSON list", what);
+	const cJSON *it;
+	cJSON_ArrayForEach(it, arr) {
+		const cJSON *type = cJSON_GetObjectItemCaseSensitive(it, "type"),
+			    *path = cJSON_GetObjectItemCaseSensitive(it, "path"),
+			    *size = cJSON_GetObjectItemCaseSensitive(it, "size"),
+			    *lfs = cJSON_GetObjectItemCaseSensitive(it, "lfs");
+		if (!cJSON_IsString(type) || !cJSON_IsString(path))
+			return cltfs_fail(CLTFS_E_FORMAT, "%s: a tree entry without type or path", what);
+		if (!safe_path(path->valuestring))
+			return cltfs_fail(CLTFS_E_FORMAT, "%s: unsafe path '%s' in the tree listing", what,
+					  path->valuestring);
+		bool dir = !strcmp(type->valuestring, "directory");
+		const cJSON *lsize = cJSON_GetObjectItemCaseSensitive(lfs, "size");
+		double sz = cJSON_IsNumber(lsize) ? lsize->valuedouble : cJSON_IsNumber(size) ? size->valuedouble : 0;
+		if (sz < 0 || sz > 9e15)
+			return cltfs_fail(CLTFS_E_FORMAT, "%s: bad size for '%s'", what, path->valuestring);
+		cltfs_err e = add_entry(l, path->valuestring, dir ? 0 : (uint64_t)sz, dir);
+		if (e)
+			return e;
+	}
+	return CLTFS_OK;
+}
+
+static cltfs_err list_online(hf_repo *r, entries *l)
+{
+	char url[4096], what[600];
+	snprintf(what, sizeof what, "hf://%s@%s: listing", r->id, r->commit);
+	snprintf(url, sizeof url, "%s/api/%s/%s/tree/%s?recursive=true&expand=false", r->cfg.endpoint, r->type,
+		 r->name, r->commit);
+	char *next = strdup(url);
+	cltfs_err e = next ? CLTFS_OK : cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	for (int page = 0; !e && next; page++) {
+		cJSON *j;
+		char *cur = next;
+		next = NULL;
+		if (page > 100000)
+			e = cltfs_fail(CLTFS_E_FORMAT, "%s: endless pagination", what);
+		else if (!(e = api_json(r, cur, what, &j, &next))) {
+			e = list_page(r, j, l, what);
+			cJSON_Delete(j);
+		}
+		free(cur);
+	}
+	free(next);
+	return e;
+}
+
+static cltfs_err walk(const char *root, const char *rel, entries *l, int depth)
+{
+	char dir[PATH_MAX];
+	snprintf(dir, sizeof dir, "%s%s%s", root, *rel ? "/" : "", rel);
+	DIR *d = opendir(dir);
+	if (!d)
+		return errno == ENOENT ? CLTFS_OK : cltfs_fail(CLTFS_E_IO, "%s: %s", dir, strerror(errno));
+	cltfs_err e = CLTFS_OK;
+	struct dirent *de;
+	while (!e && (de = readdir(d))) {
+		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+			continue;
+		char path[PATH_MAX], full[PATH_MAX];
+		snprintf(path, sizeof path, "%s%s%s", rel, *rel ? "/" : "", de->d_name);
+		snprintf(full, sizeof full, "%s/%s", root, path);
+		struct stat st;
+		if (stat(full, &st) < 0) /* a dangling link: its blob is gone */
+			continue;
+		if (S_ISDIR(st.st_mode)) {
+			e = add_entry(l, path, 0, true);
+			if (!e && depth < 64)
+				e = walk(root, path, l, depth + 1);
+		} else if (S_ISREG(st.st_mode)) {
+			e = add_entry(l, path, (uint64_t)st.st_size, false);
+		}
+	}
+	closedir(d);
+	return e;
+}
+
+static int by_path(const void *a, const void *b)
+{
+	return strcmp(((const hf_entry *)a)->path, ((const hf_entry *)b)->path);
+}
+
+cltfs_err hf_list(hf_repo *r, hf_entry **out, size_t *n)
+{
+	entries l = {0};
+	char snap[PATH_MAX];
+	snprintf(snap, sizeof snap, "%s/snapshots/%s", r->folder, r->commit);
+	cltfs_err e = r->cfg.offline ? walk(snap, "", &l, 0) : list_online(r, &l);
+	if (e) {
+		hf_entries_free(l.e, l.n);
+		return e;
+	}
+	qsort(l.e, l.n, sizeof *l.e, by_path);
+	*out = l.e;
+	*n = l.n;
+	return CLTFS_OK;
+}
+
+void hf_entries_free(hf_entry *e, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		free(e[i].path);
+	free(e);
+}
+
+/* ---- whole files ---- */
+
+struct hf_download {
+	hf_repo *r;
+	char *path;     /* in the repo */
+	char snap[PATH_MAX];
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	int fd;         /* the bytes so far (the .incomplete, then the blob); -1 before */
+	uint64_t have;  /* bytes [0, have) are in fd */
+	bool done;
+	cltfs_err err;
+	char msg[1024];
+	int refs;       /* the callers' and the thread's */
+	atomic_bool cancel;
+};
+
+static void download_free(hf_download *d);
+
+static void publish(hf_download *d, int fd, uint64_t have, bool done)
+{
+	pthread_mutex_lock(&d->mu);
+	if (fd >= 0)
+		d->fd = fd;
+	d->have = have;
+	d->done = done;
+	pthread_cond_broadcast(&d->cv);
+	pthread_mutex_unlock(&d->mu);
+}
+
+/* A blob name from the headers: X-Linked-Etag, else ETag, no W/ or quotes. */
+static bool blob_name(const http_hdrs *h, char *out, size_t n)
+{
+	const char *e = *h->linked_etag ? h->linked_etag : h->etag;
+	if (!strncmp(e, "W/", 2))
+		e += 2;
+	size_t len = strlen(e);
+	if (len >= 2 && e[0] == '"' && e[len - 1] == '"') {
+		e++;
+		len -= 2;
+	}
+	if (!len || len >= n || memchr(e, '/', len) || (e[0] == '.' && len <= 2))
+		return false;
+	snprintf(out, n, "%.*s", (int)len, e);
+	return true;
+}
+
+/* snapshots/<commit>/<path> -> ../../blobs/<etag>, relative as huggingface_hub makes it. */
+static cltfs_err link_snapshot(hf_download *d, const char *etag)
+{
+	char target[PATH_MAX] = "";
+	size_t depth = 2;
+	for (const char *p = d->path; *p; p++)
+		depth += *p == '/';
+	for (size_t i = 0; i < depth; i++)
+		strcat(target, "../");
+	strcat(target, "blobs/");
+	strcat(target, etag);
+	cltfs_err e = mkparent(d->snap);
+	if (e)
+		return e;
+	if (symlink(target, d->snap) < 0 && errno != EEXIST)
+		return cltfs_fail(CLTFS_E_IO, "%s: %s", d->snap, strerror(errno));
+	return CLTFS_OK;
+}
+
+static bool file_sink(void *arg, const void *p, size_t n)
+{
+	hf_download *d = arg;
+	const uint8_t *b = p;
+	if (atomic_load(&d->cancel)) {
+		cltfs_fail(CLTFS_E_IO, "download cancelled");
+		return false;
+	}
+	uint64_t at = d->have;
+	while (n) {
+		ssize_t w = pwrite(d->fd, b, n, (off_t)at);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0) {
+			cltfs_fail(CLTFS_E_IO, "writing the download: %s", strerror(w < 0 ? errno : EIO));
+			return false;
+		}
+		b += w;
+		n -= (size_t)w;
+		at += (uint64_t)w;
+	}
+	publish(d, -1, at, false);
+	return true;
+}
+
+static cltfs_err open_existing(hf_download *d, const char *path)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	struct stat st;
+	if (fd < 0 || fstat(fd, &st) < 0) {
+		cltfs_err e = cltfs_fail(CLTFS_E_IO, "%s: %s", path, strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		return e;
+	}
+	publish(d, fd, (uint64_t)st.st_size, true);
+	return CLTFS_OK;
+}
+
+/* Download into blobs/<etag>.incomplete (resuming what is there), under
+ * the blob's lock, then rename and link. */
+static cltfs_err fetch_blob(hf_download *d, const char *etag, uint64_t size)
+{
+	hf_repo *r = d->r;
+	char blob[PATH_MAX], part[PATH_MAX], lock[PATH_MAX], url[8192];
+	snprintf(blob, sizeof blob, "%s/blobs/%s", r->folder, etag);
+	snprintf(part, sizeof part, "%s.incomplete", blob);
+	snprintf(lock, sizeof lock, "%s/%s.lock", r->lockdir, etag);
+	cltfs_err e = mkparent(blob);
+	if (!e)
+		e = mkparent(lock);
+	if (e)
+		return e;
+	int lfd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+	if (lfd < 0)
+		return cltfs_fail(CLTFS_E_IO, "%s: %s", lock, strerror(errno));
+	/* Another process (a Python script, another mount) may be downloading
+	 * the same blob: wait for it rather than download twice. */
+	while (flock(lfd, LOCK_EX | LOCK_NB) < 0) {
+		if (atomic_load(&d->cancel)) {
+			close(lfd);
+			return cltfs_fail(CLTFS_E_IO, "download cancelled");
+		}
+		usleep(50000);
+	}
+	struct stat st;
+	if (stat(blob, &st) == 0) {
+		e = link_snapshot(d, etag);
+		close(lfd);
+		return e ? e : open_existing(d, d->snap);
+	}
+	int fd = open(part, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+	if (fd < 0 || fstat(fd, &st) < 0) {
+		e = cltfs_fail(CLTFS_E_IO, "%s: %s", part, strerror(errno));
+		goto out;
+	}
+	uint64_t have = (uint64_t)st.st_size;
+	if (have > size) { /* not a prefix of this blob */
+		if (ftruncate(fd, 0) < 0) {
+			e = cltfs_fail(CLTFS_E_IO, "%s: %s", part, strerror(errno));
+			goto out;
+		}
+		have = 0;
+	}
+	publish(d, fd, have, false);
+	fd = -1; /* d owns it now */
+	if (have < size) {
+		char *esc = http_escape(d->path, true);
+		if (!esc) {
+			e = cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+			goto out;
+		}
+		snprintf(url, sizeof url, "%s%s", r->url_base, esc);
+		free(esc);
+		http_hdrs h = {0};
+		e = http_get(&r->http, url, have, size - have, file_sink, d, &h, NULL);
+		http_hdrs_free(&h);
+		if (e)
+			goto out;
+	}
+	if (rename(part, blob) < 0) {
+		e = cltfs_fail(CLTFS_E_IO, "%s: %s", blob, strerror(errno));
+		goto out;
+	}
+	if (!(e = link_snapshot(d, etag)))
+		publish(d, -1, size, true);
+out:
+	if (fd >= 0)
+		close(fd);
+	close(lfd); /* releases the lock */
+	return e;
+}
+
+static cltfs_err download_run(hf_download *d)
+{
+	hf_repo *r = d->r;
+	char path[PATH_MAX], url[8192], what[1024];
+	struct stat st;
+	snprintf(what, sizeof what, "hf://%s@%.12s/%s", r->id, r->commit, d->path);
+	if (stat(d->snap, &st) == 0 && S_ISREG(st.st_mode))
+		return open_existing(d, d->snap); /* a commit's snapshot never changes */
+	snprintf(path, sizeof path, "%s/.no_exist/%s/%s", r->folder, r->commit, d->path);
+	if (stat(path, &st) == 0)
+		return cltfs_fail(CLTFS_E_NOTFOUND, "%s: not in the repository", what);
+	if (r->cfg.offline)
+		return cltfs_fail(CLTFS_E_NOTFOUND, "%s: HF_HUB_OFFLINE is set and the file is not in the cache (%s)",
+				  what, d->snap);
+	char *esc = http_escape(d->path, true);
+	if (!esc)
+		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	snprintf(url, sizeof url, "%s%s", r->url_base, esc);
+	free(esc);
+	http_hdrs h = {0};
+	cltfs_err e = http_head(&r->http, url, &h);
+	char etag[160];
+	uint64_t size = h.has_linked_size ? h.linked_size : h.content_length;
+	if (!e && h.status == 404 && !strcmp(h.error_code, "EntryNotFound") && *h.commit) {
+		if (!write_atomic(path, "")) /* as huggingface_hub remembers it */
+			e = cltfs_fail(CLTFS_E_NOTFOUND, "%s: not in the repository", what);
+		else
+			e = cltfs_wrap(CLTFS_E_NOTFOUND, "%s: not in the repository", what);
+	} else if (!e && (h.status < 200 || h.status >= 400)) {
+		e = http_status_error(what, &h);
+	} else if (!e && !blob_name(&h, etag, sizeof etag)) {
+		e = cltfs_fail(CLTFS_E_FORMAT, "%s: the Hub gave no usable ETag", what);
+	} else if (!e && !h.has_linked_size && !h.has_length) {
+		e = cltfs_fail(CLTFS_E_FORMAT, "%s: the Hub gave no size", what);
+	}
+	http_hdrs_free(&h);
+	if (!e)
+		e = fetch_blob(d, etag, size);
+	return e ? cltfs_wrap(e, "%s", what) : CLTFS_OK;
+}
+
+static void finish(hf_download *d, cltfs_err e)
+{
+	pthread_mutex_lock(&d->mu);
+	if (e) {
+		d->err = e;
+		snprintf(d->msg, sizeof d->msg, "%s", cltfs_errmsg());
+	}
+	d->done = true;
+	pthread_cond_broadcast(&d->cv);
+	pthread_mutex_unlock(&d->mu);
+}
+
+static void download_drop(hf_download *d)
+{
+	pthread_mutex_lock(&d->mu);
+	bool last = --d->refs == 0;
+	pthread_mutex_unlock(&d->mu);
+	if (last)
+		download_free(d);
+}
+
+static void *download_main(void *arg)
+{
+	hf_download *d = arg;
+	finish(d, download_run(d));
+	download_drop(d);
+	return NULL;
+}
+
+static cltfs_err download_new(hf_repo *r, const char *path, hf_download **out)
+{
+	if (!safe_path(path))
+		return cltfs_fail(CLTFS_E_INVAL, "'%s': not a path inside a repository", path);
+	hf_download *d = calloc(1, sizeof *d);
+	if (!d || !(d->path = strdup(path))) {
+		free(d);
+		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	}
+	d->r = r;
+	d->fd = -1;
+	d->refs = 1;
+	snprintf(d->snap, sizeof d->snap, "%s/snapshots/%s/%s", r->folder, r->commit, path);
+	pthread_mutex_init(&d->mu, NULL);
+	pthread_cond_init(&d->cv, NULL);
+	*out = d;
+	return CLTFS_OK;
+}
+
+static void download_free(hf_download *d)
+{
+	if (d->fd >= 0)
+		close(d->fd);
+	pthread_mutex_destroy(&d->mu);
+	pthread_cond_destroy(&d->cv);
+	free(d->path);
+	free(d);
+}
+
+cltfs_err hf_fetch(hf_repo *r, const char *path, char **local)
+{
+	hf_download *d;
+	cltfs_err e = download_new(r, path, &d);
+	if (e)
+		return e;
+	e = download_run(d);
+	if (!e && !(*local = strdup(d->snap)))
+		e = cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	download_free(d);
+	return e;
+}
+
+cltfs_err hf_download_start(hf_repo *r, const char *path, hf_download **out)
+{
+	hf_download *d;
+	cltfs_err e = download_new(r, path, &d);
+	if (e)
+		return e;
+	d->refs = 2;
+	pthread_t t;
+	pthread_attr_t a;
+	pthread_attr_init(&a);
+	pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+	int rc = pthread_create(&t, &a, download_main, d);
+	pthread_attr_destroy(&a);
+	if (rc) {
+		download_free(d);
+		return cltfs_fail(CLTFS_E_NOMEM, "cannot start a download thread");
+	}
+	*out = d;
+	return CLTFS_OK;
+}
+
+cltfs_err hf_download_pread(hf_download *d, void *buf, size_t len, uint64_t off, size_t *got)
+{
+	pthread_mutex_lock(&d->mu);
+	while (!d->done && d->have < off + len)
+		pthread_cond_wait(&d->cv, &d->mu);
+	if (d->have < off + len && d->err) {
+		cltfs_err e = cltfs_fail(d->err, "%s", d->msg);
+		pthread_mutex_unlock(&d->mu);
+		return e;
+	}
+	uint64_t have = d->have;
+	int fd = d->fd;
+	pthread_mutex_unlock(&d->mu);
+	size_t n = off >= have ? 0 : have - off < len ? (size_t)(have - off) : len;
+	size_t done = 0;
+	while (done < n) {
+		ssize_t k = pread(fd, (uint8_t *)buf + done, n - done, (off_t)(off + done));
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k <= 0)
+			return cltfs_fail(CLTFS_E_IO, "%s: %s", d->snap, k < 0 ? strerror(errno) : "file shrank");
+		done += (size_t)k;
+	}
+	*got = n;
+	return CLTFS_OK;
+}
+
+cltfs_err hf_download_wait(hf_download *d)
+{
+	pthread_mutex_lock(&d->mu);
+	while (!d->done)
+		pthread_cond_wait(&d->cv, &d->mu);
+	cltfs_err e = d->err ? cltfs_fail(d->err, "%s", d->msg) : CLTFS_OK;
+	pthread_mutex_unlock(&d->mu);
+	return e;
+}
+
+const char *hf_download_path(const hf_download *d) { return d->snap; }
+
+hf_download *hf_download_ref(hf_download *d)
+{
+	pthread_mutex_lock(&d->mu);
+	d->refs++;
+	pthread_mutex_unlock(&d->mu);
+	return d;
+}
+
+bool hf_download_failed(hf_download *d)
+{
+	pthread_mutex_lock(&d->mu);
+	bool f = d->done && d->err;
+	pthread_mutex_unlock(&d->mu);
+	return f;
+}
+
+void hf_download_cancel(hf_download *d)
+{
+	atomic_store(&d->cancel, true);
+	hf_download_wait(d);
+}
+
+void hf_download_release(hf_download *d)
+{
+	if (d)
+		download_drop(d);
+}
+
+/* ---- ranges ---- */
+
+typedef struct {
+	uint8_t *dst;
+	size_t n;
+} fill;
+
+static bool fill_sink(void *arg, const void *p, size_t n)
+{
+	fill *f = arg;
+	memcpy(f->dst + f->n, p, n); /* http_get never passes more than asked */
+	f->n += n;
+	return true;
+}
+
+static char *cached_location(hf_repo *r, const char *path)
+{
+	char *url = NULL;
+	time_t now = time(NULL);
+	pthread_mutex_lock(&r->mu);
+	for (int i = 0; i < NLOCATIONS && !url; i++)
+		if (r->loc[i].path && !strcmp(r->loc[i].path, path) && now - r->loc[i].when < LOCATION_TTL)
+			url = strdup(r->loc[i].url);
+	pthread_mutex_unlock(&r->mu);
+	return url;
+}
+
+static void remember_location(hf_repo *r, const char *path, const char *url, bool forget)
+{
+	pthread_mutex_lock(&r->mu);
+	int slot = -1;
+	for (int i = 0; i < NLOCATIONS && slot < 0; i++)
+		if (r->loc[i].path && !strcmp(r->loc[i].path, path))
+			slot = i;
+	if (slot < 0 && !forget)
+		slot = (int)(r->loc_next++ % NLOCATIONS);
+	if (slot >= 0) {
+		free(r->loc[slot].path);
+		free(r->loc[slot].url);
+		r->loc[slot].path = forget ? NULL : strdup(path);
+		r->loc[slot].url = forget ? NULL : strdup(url);
+		if (!r->loc[slot].path || !r->loc[slot].url) {
+			free(r->loc[slot].path);
+			free(r->loc[slot].url);
+			r->loc[slot].path = r->loc[slot].url = NULL;
+		}
+		r->loc[slot].when = time(NULL);
+	}
+	pthread_mutex_unlock(&r->mu);
+}
+
+cltfs_err hf_read_range(hf_repo *r, const char *path, uint64_t off, size_t len, void *dst)
+{
+	char what[1024];
+	snprintf(what, sizeof what, "hf://%s@%.12s/%s", r->id, r->commit, path);
+	if (r->cfg.offline)
+		return cltfs_fail(CLTFS_E_NOTFOUND, "%s: HF_HUB_OFFLINE is set and bytes %llu..%llu are not cached", what,
+				  (unsigned long long)off, (unsigned long long)(off + len));
+	if (!len)
+		return CLTFS_OK;
+	http_hdrs h = {0};
+	fill f = {dst, 0};
+	/* A signed CDN URL from an earlier redirect saves the Hub round trip;
+	 * when it has expired (403, 404, 410), start again from the Hub. */
+	char *cached = cached_location(r, path);
+	if (cached) {
+		cltfs_err e = http_get(&r->http, cached, off, len, fill_sink, &f, &h, NULL);
+		free(cached);
+		http_hdrs_free(&h);
+		if (!e)
+			return CLTFS_OK;
+		if (e == CLTFS_E_NOMEM)
+			return e;
+		remember_location(r, path, NULL, true);
+		f.n = 0;
+	}
+	char *esc = http_escape(path, true), url[8192], *final = NULL;
+	if (!esc)
+		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	snprintf(url, sizeof url, "%s%s", r->url_base, esc);
+	free(esc);
+	cltfs_err e = http_get(&r->http, url, off, len, fill_sink, &f, &h, &final);
+	http_hdrs_free(&h);
+	if (!e && final && strcmp(final, url))
+		remember_location(r, path, final, false);
+	free(final);
+	return e ? cltfs_wrap(e, "%s", what) : CLTFS_OK;
+}

@@ -1,0 +1,148 @@
+/* The Hub client's configuration (huggingface_hub's environment variables
+ * and their precedence), hf:// URL parsing, and offline revisions from
+ * refs/: everything that needs no server.  The rest runs against a real
+ * HTTP server in tests/test_hub.py. */
+#include "hfcache.h"
+#include "unit.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+static char home[64];
+
+static void clear_env(void)
+{
+	const char *vars[] = {"HF_ENDPOINT", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH", "HF_HOME",
+			      "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "XDG_CACHE_HOME", "HF_HUB_OFFLINE",
+			      "CLTFS_HUB_RETRIES", "CLTFS_HUB_BACKOFF_MS"};
+	for (size_t i = 0; i < sizeof vars / sizeof *vars; i++)
+		unsetenv(vars[i]);
+	setenv("HOME", home, 1);
+}
+
+static void write_file(const char *path, const char *text)
+{
+	FILE *f = fopen(path, "w");
+	CHECK(f != NULL);
+	if (f) {
+		fputs(text, f);
+		fclose(f);
+	}
+}
+
+static void test_defaults(void)
+{
+	clear_env();
+	hf_config c;
+	char want[256];
+	CHECK(hf_config_from_env(&c) == CLTFS_OK);
+	CHECK(!strcmp(c.endpoint, "https://huggingface.co"));
+	snprintf(want, sizeof want, "%s/.cache/huggingface/hub", home);
+	CHECK(!strcmp(c.hub_cache, want));
+	CHECK(c.token == NULL && !c.offline && c.retries == 5 && c.backoff_ms == 500);
+	hf_config_free(&c);
+
+	setenv("XDG_CACHE_HOME", "/x", 1);
+	CHECK(hf_config_from_env(&c) == CLTFS_OK);
+	CHECK(!strcmp(c.hub_cache, "/x/huggingface/hub"));
+	hf_config_free(&c);
+}
+
+static void test_precedence(void)
+{
+	clear_env();
+	hf_config c;
+	char path[256];
+	setenv("HF_HOME", home, 1);
+	snprintf(path, sizeof path, "%s/token", home);
+	write_file(path, "  hf_from_file\n");
+	setenv("HF_ENDPOINT", "http://127.0.0.1:9/", 1);
+	setenv("HF_HUB_OFFLINE", "yes", 1);
+	setenv("CLTFS_HUB_RETRIES", "2", 1);
+	CHECK(hf_config_from_env(&c) == CLTFS_OK);
+	CHECK(!strcmp(c.endpoint, "http://127.0.0.1:9")); /* no trailing slash */
+	CHECK(c.token && !strcmp(c.token, "hf_from_file"));
+	CHECK(c.offline && c.retries == 2);
+	snprintf(path, sizeof path, "%s/hub", home);
+	CHECK(!strcmp(c.hub_cache, path));
+	hf_config_free(&c);
+
+	setenv("HF_TOKEN", "hf_env", 1); /* the environment wins over the file */
+	setenv("HF_HUB_CACHE", "~/elsewhere", 1);
+	setenv("HF_HUB_OFFLINE", "0", 1);
+	setenv("CLTFS_HUB_RETRIES", "lots", 1); /* not a number: the default */
+	CHECK(hf_config_from_env(&c) == CLTFS_OK);
+	CHECK(c.token && !strcmp(c.token, "hf_env"));
+	snprintf(path, sizeof path, "%s/elsewhere", home);
+	CHECK(!strcmp(c.hub_cache, path));
+	CHECK(!c.offline && c.retries == 5);
+	hf_config_free(&c);
+}
+
+static void test_urls(void)
+{
+	clear_env();
+	setenv("HF_HUB_OFFLINE", "1", 1); /* nothing here may reach a network */
+	setenv("HF_HOME", home, 1);
+	hf_config c;
+	hf_repo *r = NULL;
+	CHECK(hf_config_from_env(&c) == CLTFS_OK);
+	CHECK(hf_is_url("hf://datasets/a/b") && !hf_is_url("/store") && !hf_is_url("hf:/x"));
+	const char *bad[] = {"hf://datasets/onlyone", "hf://datasets/a/b/c", "hf://datasets//b", "hf://datasets/a/",
+			     "hf://datasets/a b/c", "hf://datasets/a/b@../../x", "hf://spaces/a/b"};
+	for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+		cltfs_err e = hf_repo_open(&c, bad[i], &r);
+		CHECK(e == CLTFS_E_INVAL || e == CLTFS_E_UNSUPPORTED);
+		CHECK(strstr(cltfs_errmsg(), bad[i]) != NULL);
+	}
+	/* offline: a revision not in the cache names the variable and the file */
+	CHECK(hf_repo_open(&c, "hf://datasets/me/acts", &r) == CLTFS_E_NOTFOUND);
+	CHECK(strstr(cltfs_errmsg(), "HF_HUB_OFFLINE") && strstr(cltfs_errmsg(), "refs/main"));
+
+	/* offline: refs/<branch> names the commit, as huggingface_hub writes it */
+	char path[512];
+	const char *commit = "0123456789abcdef0123456789abcdef01234567";
+	snprintf(path, sizeof path, "%s/hub", home);
+	mkdir(path, 0755);
+	snprintf(path, sizeof path, "%s/hub/datasets--me--acts", home);
+	mkdir(path, 0755);
+	snprintf(path, sizeof path, "%s/hub/datasets--me--acts/refs", home);
+	mkdir(path, 0755);
+	snprintf(path, sizeof path, "%s/hub/datasets--me--acts/refs/main", home);
+	write_file(path, commit);
+	CHECK(hf_repo_open(&c, "hf://datasets/me/acts", &r) == CLTFS_OK);
+	if (r) {
+		CHECK(!strcmp(hf_repo_commit(r), commit));
+		CHECK(!strcmp(hf_repo_id(r), "datasets/me/acts"));
+		snprintf(path, sizeof path, "%s/hub/datasets--me--acts", home);
+		CHECK(!strcmp(hf_repo_folder(r), path));
+		char *local = NULL;
+		CHECK(hf_fetch(r, "cltfs.json", &local) == CLTFS_E_NOTFOUND); /* offline, not cached */
+		CHECK(strstr(cltfs_errmsg(), "HF_HUB_OFFLINE") != NULL);
+		CHECK(hf_fetch(r, "../escape", &local) == CLTFS_E_INVAL);
+		uint8_t b[4];
+		CHECK(hf_read_range(r, "packs/x.pack", 0, 4, b) == CLTFS_E_NOTFOUND);
+		hf_repo_close(r);
+	}
+	/* a garbage ref is an error that names the file */
+	snprintf(path, sizeof path, "%s/hub/datasets--me--acts/refs/main", home);
+	write_file(path, "not a commit");
+	CHECK(hf_repo_open(&c, "hf://datasets/me/acts", &r) == CLTFS_E_FORMAT);
+	CHECK(strstr(cltfs_errmsg(), "refs/main") != NULL);
+	hf_config_free(&c);
+}
+
+int main(void)
+{
+	snprintf(home, sizeof home, "/tmp/cltfs-hf-XXXXXX");
+	if (!mkdtemp(home))
+		return 1;
+	RUN(test_defaults);
+	RUN(test_precedence);
+	RUN(test_urls);
+	char cmd[128];
+	snprintf(cmd, sizeof cmd, "rm -rf %s", home);
+	if (system(cmd))
+		fprintf(stderr, "could not remove %s\n", home);
+	return unit_done("hf_config");
+}
