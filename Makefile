@@ -9,21 +9,22 @@ CC      ?= cc
 B       := build
 VERSION := 0.1.0
 
-PKGS     := fuse3 libzstd libcjson zlib
+PKGS     := fuse3 libzstd libcjson zlib libcurl
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 
 WARN    := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wno-unused-parameter -Wno-format-truncation
 CFLAGS  ?= -O2 -g
-ALL_CFLAGS := -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 $(WARN) $(CFLAGS) $(PKG_CFLAGS) -Icodec -Ifs -DCLTFS_VERSION='"$(VERSION)"'
+ALL_CFLAGS := -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 $(WARN) $(CFLAGS) $(PKG_CFLAGS) -Icodec -Ihfcache -Ifs -DCLTFS_VERSION='"$(VERSION)"'
 LIBS    := $(PKG_LIBS) -lpthread -lm
 SAN     := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
 CODEC_SRC := codec/common.c codec/frame.c codec/pickle.c codec/ptzip.c codec/manifest.c
-FS_SRC    := fs/store.c fs/cache.c fs/view.c fs/import.c fs/tools.c fs/fuse.c
+HF_SRC    := hfcache/http.c hfcache/repo.c
+FS_SRC    := fs/store.c fs/cache.c fs/view.c fs/import.c fs/tools.c fs/hub.c fs/plain.c fs/fuse.c $(HF_SRC)
 MAIN_SRC  := fs/main.c
-HDRS      := codec/codec.h fs/fs.h
-UNIT_TESTS := codec_frame codec_pt codec_manifest fs_store
+HDRS      := codec/codec.h fs/fs.h fs/fuse_edge.h hfcache/hfcache.h hfcache/http.h
+UNIT_TESTS := codec_frame codec_pt codec_manifest fs_store hf_config
 
 .PHONY: all deps check unit unit-asan pytest pytest-asan demo bench install uninstall clean
 

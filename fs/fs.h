@@ -11,6 +11,7 @@
 #define CLTFS_FS_H
 
 #include "codec.h"
+#include "hfcache.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -33,6 +34,10 @@ bool store_lookup(cltfs_store *s, uint64_t key, cltfs_rec *rec);
 /* Read one chunk's frame, decode it into dst (rec->rsize bytes) and check
  * its CRC.  CLTFS_E_CORRUPT names the pack, chunk and offset. */
 cltfs_err store_read_chunk(cltfs_store *s, const cltfs_rec *rec, cltfs_zctx *z, void *dst);
+/* store_lookup, and the name <w> of the pack that holds the frame. */
+bool store_locate(cltfs_store *s, uint64_t key, cltfs_rec *rec, const char **pack);
+/* Decode a frame read from anywhere and check it against its record. */
+cltfs_err store_decode(const cltfs_rec *rec, cltfs_zctx *z, const void *frame, void *dst);
 /* Raw bytes of chunk c of any stream (rows * d * dtype size). */
 uint64_t store_chunk_raw(const cltfs_store *s, uint32_t chunk);
 
@@ -57,6 +62,9 @@ cltfs_err store_writer_open(cltfs_store *s, const char *tag, store_writer **out)
 /* zstd level of the frames this writer adds (default 1). */
 void store_writer_level(store_writer *w, int level);
 cltfs_err store_writer_add(store_writer *w, uint64_t key, const void *raw, size_t len);
+/* Append a frame as it came from another store (checked by the caller
+ * with store_decode): no re-encoding. */
+cltfs_err store_writer_add_frame(store_writer *w, const cltfs_rec *rec, const void *frame);
 /* Added chunks are readable by this process at once; this makes them
  * durable and visible to others: fsync the pack, append the pending
  * records, fsync the index. */
@@ -97,6 +105,44 @@ void cache_put(chunk_cache *c, chunk *ch);
 bool cache_has(chunk_cache *c, uint64_t key);
 void cache_usage(chunk_cache *c, size_t *bytes, size_t *entries, size_t *limit);
 
+/* ---- fill tiers ---- */
+
+/* Where a chunk comes from when the local store lacks it (the Hub, capture,
+ * STYLE.md's struct of function pointers).  load puts the chunk's raw bytes
+ * (len of them, as the manifest says) into dst, fills *rec, and adds the
+ * chunk to the local store so that the next read is local.  Called from
+ * many threads; the chunk cache makes it once per chunk. */
+typedef struct cltfs_tier cltfs_tier;
+struct cltfs_tier {
+	const char *name; /* "hub", "capture": the counter in .cltfs/stats */
+	cltfs_err (*load)(cltfs_tier *t, uint64_t key, cltfs_zctx *z, uint8_t *dst, size_t len, cltfs_rec *rec);
+	/* The chunk's record when the tier knows it without producing the
+	 * chunk (a Hub store's index: CRCs for the zip directory), or NULL. */
+	bool (*lookup)(cltfs_tier *t, uint64_t key, cltfs_rec *rec);
+};
+
+/* ---- the Hub as a source (hub.c, plain.c) ---- */
+
+typedef struct hub_source hub_source;
+/* hf://datasets/owner/name[@rev]: resolve the revision, list the repo;
+ * for a cltfs store repo, fetch its manifest and indexes and open the
+ * local store (local_store, or one under ~/.cache/cltfs) behind a tier. */
+cltfs_err hub_open(const char *url, const char *local_store, hub_source **out);
+void hub_close(hub_source *h);
+bool hub_is_store(const hub_source *h);
+cltfs_store *hub_local(hub_source *h);
+cltfs_tier *hub_tier_of(hub_source *h);
+hf_repo *hub_repo(hub_source *h);
+const hf_entry *hub_entries(const hub_source *h, size_t *n);
+/* Every chunk the local store lacks, in parallel range requests. */
+cltfs_err hub_pull(hub_source *h, bool quiet);
+
+/* A plain repo (no cltfs.json): its files, each downloaded whole into the
+ * HF cache on first open and read as it arrives. */
+typedef struct plain_fs plain_fs;
+cltfs_err plain_new(hf_repo *r, const hf_entry *e, size_t n, plain_fs **out);
+void plain_free(plain_fs *p);
+
 /* ---- the filesystem: namespace and views ---- */
 
 typedef struct {
@@ -106,10 +152,11 @@ typedef struct {
 	size_t cache_mb;
 	int readahead;         /* chunks ahead of a sequential reader */
 	bool prefault;         /* fault in the cache's memory at start (mounts) */
+	cltfs_tier *tier;      /* behind the store, or NULL; not owned */
 } cltfs_opts;
 
 typedef struct {
-	atomic_ullong mem_hits, store_loads, bytes_read, reads, errors, readahead;
+	atomic_ullong mem_hits, store_loads, tier_loads, bytes_read, reads, errors, readahead;
 	atomic_ullong lat_us_sum, lat_us_max;
 } cltfs_stats;
 
@@ -175,6 +222,7 @@ typedef struct {
 cltfs_err cmd_import(const char *store, const char *src, const import_opts *o);
 int cmd_stat(const char *store, bool json);
 int cmd_verify(const char *store);
+int cmd_pull(const char *url, const char *store, bool quiet);
 
 /* The usage text of every command. */
 #include <stdio.h>

@@ -11,11 +11,9 @@
  * a page-cache read.  Work (build a view, compose bytes) is split from the
  * reply, as in libfuse's passthrough_ll.c.
  */
-#define FUSE_USE_VERSION 312
-#include "fs.h"
+#include "fuse_edge.h"
 
 #include <errno.h>
-#include <fuse_lowlevel.h>
 #include <limits.h>
 #include <malloc.h>
 #include <stddef.h>
@@ -33,8 +31,8 @@
 #define INO_MANIFEST 4
 #define INO_LAYER0 16
 #define INO_FILE0 (UINT64_C(1) << 20)
-#define TIMEOUT 86400.0
-#define MAX_READ (1u << 20)
+#define TIMEOUT EDGE_TIMEOUT
+#define MAX_READ EDGE_MAX_READ
 
 typedef struct {
 	cltfs_fs *fs;
@@ -43,7 +41,6 @@ typedef struct {
 	struct timespec mtime;
 	uid_t uid;
 	gid_t gid;
-	bool syslog; /* daemonized: stderr is /dev/null, log to syslog */
 } ctx;
 
 typedef struct {
@@ -57,7 +54,7 @@ typedef struct {
 static ctx *get_ctx(fuse_req_t req) { return fuse_req_userdata(req); }
 
 /* The one map from cltfs errors to errno. */
-static int to_errno(cltfs_err e)
+int edge_errno(cltfs_err e)
 {
 	switch (e) {
 	case CLTFS_OK:
@@ -78,9 +75,17 @@ static int to_errno(cltfs_err e)
 	return EIO;
 }
 
-static void log_error(const ctx *c, const char *msg)
+static bool use_syslog; /* daemonized: stderr is /dev/null */
+
+void edge_use_syslog(void)
 {
-	if (c->syslog)
+	openlog("cltfs", LOG_PID, LOG_DAEMON);
+	use_syslog = true;
+}
+
+void edge_log(const char *msg)
+{
+	if (use_syslog)
 		syslog(LOG_ERR, "%s", msg);
 	else
 		fprintf(stderr, "cltfs: %s\n", msg);
@@ -90,8 +95,8 @@ static void log_error(const ctx *c, const char *msg)
 static int fail(ctx *c, cltfs_err e)
 {
 	atomic_fetch_add(&fs_stats(c->fs)->errors, 1);
-	log_error(c, cltfs_errmsg());
-	return to_errno(e);
+	edge_log(cltfs_errmsg());
+	return edge_errno(e);
 }
 
 /* ---- inodes ---- */
@@ -410,13 +415,13 @@ static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 }
 
 /* Python's open() asks isatty() of every file: a regular file is no tty. */
-static void op_ioctl(fuse_req_t req, fuse_ino_t ino, unsigned int cmd, void *arg, struct fuse_file_info *fi,
+void edge_ioctl(fuse_req_t req, fuse_ino_t ino, unsigned int cmd, void *arg, struct fuse_file_info *fi,
 		     unsigned flags, const void *in_buf, size_t in_bufsz, size_t out_bufsz)
 {
 	fuse_reply_err(req, ENOTTY);
 }
 
-static void op_statfs(fuse_req_t req, fuse_ino_t ino)
+void edge_statfs(fuse_req_t req, fuse_ino_t ino)
 {
 	struct statvfs sv = {.f_bsize = MAX_READ, .f_frsize = 512, .f_namemax = 255};
 	fuse_reply_statfs(req, &sv);
@@ -425,32 +430,32 @@ static void op_statfs(fuse_req_t req, fuse_ino_t ino)
 /* ---- read-only ---- */
 
 static void erofs(fuse_req_t req) { fuse_reply_err(req, EROFS); }
-static void op_mkdir(fuse_req_t req, fuse_ino_t p, const char *n, mode_t m) { erofs(req); }
-static void op_unlink(fuse_req_t req, fuse_ino_t p, const char *n) { erofs(req); }
-static void op_rename(fuse_req_t req, fuse_ino_t p, const char *n, fuse_ino_t np, const char *nn,
+void edge_mkdir(fuse_req_t req, fuse_ino_t p, const char *n, mode_t m) { erofs(req); }
+void edge_unlink(fuse_req_t req, fuse_ino_t p, const char *n) { erofs(req); }
+void edge_rename(fuse_req_t req, fuse_ino_t p, const char *n, fuse_ino_t np, const char *nn,
 		      unsigned int flags)
 {
 	erofs(req);
 }
-static void op_create(fuse_req_t req, fuse_ino_t p, const char *n, mode_t m, struct fuse_file_info *fi)
+void edge_create(fuse_req_t req, fuse_ino_t p, const char *n, mode_t m, struct fuse_file_info *fi)
 {
 	erofs(req);
 }
-static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
+void edge_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
 		       struct fuse_file_info *fi)
 {
 	erofs(req);
 }
-static void op_mknod(fuse_req_t req, fuse_ino_t p, const char *n, mode_t m, dev_t r) { erofs(req); }
-static void op_symlink(fuse_req_t req, const char *l, fuse_ino_t p, const char *n) { erofs(req); }
-static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t p, const char *n) { erofs(req); }
-static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off,
+void edge_mknod(fuse_req_t req, fuse_ino_t p, const char *n, mode_t m, dev_t r) { erofs(req); }
+void edge_symlink(fuse_req_t req, const char *l, fuse_ino_t p, const char *n) { erofs(req); }
+void edge_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t p, const char *n) { erofs(req); }
+void edge_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off,
 		     struct fuse_file_info *fi)
 {
 	erofs(req);
 }
 
-static void op_init(void *userdata, struct fuse_conn_info *conn)
+void edge_init(void *userdata, struct fuse_conn_info *conn)
 {
 	/* Large reads and readahead: the kernel's defaults (128 KiB) cost 2-5x
 	 * in throughput (DESIGN.md section 5).  max_read must match -o max_read. */
@@ -466,25 +471,13 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 }
 
 static const struct fuse_lowlevel_ops ops = {
-	.init = op_init,
 	.lookup = op_lookup,
 	.getattr = op_getattr,
 	.readdir = op_readdir,
 	.open = op_open,
 	.read = op_read,
 	.release = op_release,
-	.statfs = op_statfs,
-	.ioctl = op_ioctl,
-	.mkdir = op_mkdir,
-	.rmdir = op_unlink,
-	.unlink = op_unlink,
-	.rename = op_rename,
-	.create = op_create,
-	.setattr = op_setattr,
-	.mknod = op_mknod,
-	.symlink = op_symlink,
-	.link = op_link,
-	.write = op_write,
+	EDGE_READONLY_OPS,
 };
 
 /* ---- command line ---- */
@@ -527,17 +520,23 @@ static int cli_proc(void *data, const char *arg, int key, struct fuse_args *out)
 
 void cltfs_usage(FILE *f)
 {
-	fputs("usage: cltfs [STORE] MOUNTPOINT [-f] [-d] [-s] [-o opt[,opt...]]\n"
+	fputs("usage: cltfs [SOURCE] MOUNTPOINT [-f] [-d] [-s] [-o opt[,opt...]]\n"
 	      "       cltfs import STORE SRC_DIR [--chunk-rows N] [--target-offset 0|1] [--level N] [--quiet]\n"
+	      "       cltfs pull hf://datasets/OWNER/NAME[@REV] STORE [--quiet]\n"
 	      "       cltfs stat STORE [--json]\n"
 	      "       cltfs verify STORE\n"
 	      "       cltfs --help | --version\n"
 	      "\n"
 	      "Serve model activations for CLT training as L<n>/batch_<k>_{x,y}.pt files composed on\n"
-	      "read from a compressed, deduplicated store.\n"
+	      "read from a compressed, deduplicated store.  SOURCE is a store directory or a Hugging\n"
+	      "Face Hub repo, hf://datasets/OWNER/NAME[@REV]: a cltfs store there is fetched chunk by\n"
+	      "chunk as it is read (into -o store=DIR, else ~/.cache/cltfs/hub/...); any other repo\n"
+	      "shows its files, each downloaded into the HF cache when first opened.  HF_ENDPOINT,\n"
+	      "HF_TOKEN, HF_HOME, HF_HUB_CACHE and HF_HUB_OFFLINE=1 work as in huggingface_hub.\n"
 	      "\n"
 	      "Mount options:\n"
-	      "  -o store=DIR           the store (else $CLTFS_STORE, else ~/.local/share/cltfs/store)\n"
+	      "  -o store=DIR           the store (else $CLTFS_STORE, else ~/.local/share/cltfs/store);\n"
+	      "                         with an hf:// SOURCE, the local store for fetched chunks\n"
 	      "  -o cache_mb=N          memory for decoded chunks (default 256)\n"
 	      "  -o batch_samples=S     regroup samples S per batch\n"
 	      "  -o batch_rows=B        flat token batches of B rows: {'x': [B, d]}\n"
@@ -645,6 +644,33 @@ static int serve(struct fuse_session *se, const cli *c)
 	return r;
 }
 
+/* Open what SOURCE names: a store directory, or a Hub repo (a cltfs store
+ * repo behind the local store, or a plain repo of files). */
+static int open_source(const cli *c, const char *source, cltfs_store **s, hub_source **hub, plain_fs **plain)
+{
+	if (!hf_is_url(source)) {
+		if (store_open(source, s))
+			goto fail;
+		return 0;
+	}
+	/* cltfs hf://... MNT -o store=DIR: DIR is where fetched chunks go */
+	const char *local = c->nargs == 2 ? c->store : NULL;
+	if (hub_open(source, local, hub))
+		goto fail;
+	if (hub_is_store(*hub)) {
+		*s = hub_local(*hub);
+		return 0;
+	}
+	size_t n;
+	const hf_entry *e = hub_entries(*hub, &n);
+	if (plain_new(hub_repo(*hub), e, n, plain))
+		goto fail;
+	return 0;
+fail:
+	fprintf(stderr, "cltfs: %s\n", cltfs_errmsg());
+	return 1;
+}
+
 int fuse_main_cltfs(int argc, char **argv)
 {
 	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
@@ -652,6 +678,8 @@ int fuse_main_cltfs(int argc, char **argv)
 		 .threads = UNSET, .read_ahead_kb = 1024};
 	int rc = 1;
 	cltfs_store *s = NULL;
+	hub_source *hub = NULL;
+	plain_fs *plain = NULL;
 	cltfs_fs *fs = NULL;
 	struct fuse_session *se = NULL;
 	ctx cx = {0};
@@ -683,48 +711,54 @@ int fuse_main_cltfs(int argc, char **argv)
 		rc = 2;
 		goto out;
 	}
-	/* cltfs STORE MNT, or cltfs MNT with the store from -o store=, the
+	/* cltfs SOURCE MNT, or cltfs MNT with the source from -o store=, the
 	 * environment, or the default. */
 	const char *mnt = c.args[c.nargs - 1];
-	const char *store = c.nargs == 2 ? c.args[0] : c.store ? c.store : default_store(defbuf, sizeof defbuf);
+	const char *source = c.nargs == 2 ? c.args[0] : c.store ? c.store : default_store(defbuf, sizeof defbuf);
 	if (!check_opts(&c, &o)) {
 		rc = 2;
 		goto out;
 	}
-	if (store_open(store, &s)) {
-		fprintf(stderr, "cltfs: %s\n", cltfs_errmsg());
+	/* Everything that can fail for a reason the user must hear (a missing
+	 * store, a repo not found, no token) fails here, before daemonizing. */
+	if (open_source(&c, source, &s, &hub, &plain))
 		goto out;
-	}
+	o.tier = hub ? hub_tier_of(hub) : NULL;
 	snprintf(opt, sizeof opt, "-omax_read=%u", MAX_READ);
 	if (fuse_opt_add_arg(&args, opt) || fuse_opt_add_arg(&args, "-oro") ||
 	    fuse_opt_add_arg(&args, "-ofsname=cltfs") || fuse_opt_add_arg(&args, "-osubtype=cltfs") ||
 	    (c.debug && fuse_opt_add_arg(&args, "-d")))
 		goto out_store;
-	cx.manifest_json = cltfs_manifest_dump(store_manifest(s));
-	if (!cx.manifest_json)
-		goto out_store;
-	cx.manifest_len = strlen(cx.manifest_json);
+	if (s) {
+		cx.manifest_json = cltfs_manifest_dump(store_manifest(s));
+		if (!cx.manifest_json)
+			goto out_store;
+		cx.manifest_len = strlen(cx.manifest_json);
+	}
 	cx.uid = getuid();
 	cx.gid = getgid();
 	clock_gettime(CLOCK_REALTIME, &cx.mtime);
-	se = fuse_session_new(&args, &ops, sizeof ops, &cx);
+	se = plain ? fuse_session_new(&args, &plain_ops, sizeof plain_ops, plain)
+		   : fuse_session_new(&args, &ops, sizeof ops, &cx);
 	if (!se)
 		goto out_json;
 	if (fuse_set_signal_handlers(se))
 		goto out_session;
 	if (fuse_session_mount(se, mnt)) {
-		fprintf(stderr, "cltfs: cannot mount %s on %s\n", store, mnt);
+		fprintf(stderr, "cltfs: cannot mount %s on %s\n", source, mnt);
 		goto out_signals;
 	}
 	raise_readahead(mnt, c.read_ahead_kb);
 	/* Threads (readahead) start after the fork of daemonizing. */
 	fuse_daemonize(c.foreground || c.debug);
-	if (!c.foreground && !c.debug) {
-		openlog("cltfs", LOG_PID, LOG_DAEMON);
-		cx.syslog = true;
+	if (!c.foreground && !c.debug)
+		edge_use_syslog();
+	if (plain) {
+		rc = serve(se, &c) ? 1 : 0;
+		goto out_unmount;
 	}
 	if (fs_new(s, &o, &fs)) {
-		log_error(&cx, cltfs_errmsg());
+		edge_log(cltfs_errmsg());
 		goto out_unmount;
 	}
 	cx.fs = fs;
@@ -739,7 +773,11 @@ out_session:
 out_json:
 	free(cx.manifest_json);
 out_store:
-	store_close(s);
+	plain_free(plain);
+	if (hub)
+		hub_close(hub); /* its local store is s */
+	else
+		store_close(s);
 out:
 	free(c.store);
 	free(c.dtype);

@@ -82,6 +82,25 @@ static int main_stat(int argc, char **argv)
 	return store ? cmd_stat(store, json) : usage_error("stat takes STORE");
 }
 
+static int main_pull(int argc, char **argv)
+{
+	bool quiet = false;
+	const char *arg[2];
+	int n = 0;
+	for (int i = 1; i < argc; i++) {
+		if (!strcmp(argv[i], "--quiet") || !strcmp(argv[i], "-q"))
+			quiet = true;
+		else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+			cltfs_usage(stdout);
+			return 0;
+		} else if (argv[i][0] == '-' || n == 2)
+			return usage_error("pull takes SOURCE STORE [--quiet]");
+		else
+			arg[n++] = argv[i];
+	}
+	return n == 2 ? cmd_pull(arg[0], arg[1], quiet) : usage_error("pull takes SOURCE STORE");
+}
+
 /* As a mount helper (mount.cltfs), mount(8) passes "-n", "-v", "-s" (sloppy)
  * and "-f" (fake): drop them, they are not ours. */
 static int as_mount_helper(int argc, char **argv)
@@ -117,6 +136,8 @@ int main(int argc, char **argv)
 		return main_import(argc - 1, argv + 1);
 	if (!strcmp(cmd, "stat"))
 		return main_stat(argc - 1, argv + 1);
+	if (!strcmp(cmd, "pull"))
+		return main_pull(argc - 1, argv + 1);
 	if (!strcmp(cmd, "verify")) {
 		if (argc != 3 || argv[2][0] == '-')
 			return usage_error("verify takes STORE");

@@ -335,6 +335,26 @@ static cltfs_err read_full(int fd, void *buf, size_t n, uint64_t off)
 	return CLTFS_OK;
 }
 
+bool store_locate(cltfs_store *s, uint64_t key, cltfs_rec *rec, const char **packname)
+{
+	if (!store_lookup(s, key, rec))
+		return false;
+	pthread_rwlock_rdlock(&s->lock);
+	slot *hit = find(s, key);
+	*packname = hit ? s->packs[hit->pack].name : NULL; /* names live as long as the store */
+	pthread_rwlock_unlock(&s->lock);
+	return *packname != NULL;
+}
+
+cltfs_err store_decode(const cltfs_rec *rec, cltfs_zctx *z, const void *frame, void *dst)
+{
+	cltfs_err e = cltfs_frame_decode(z, cltfs_dtype_size((cltfs_dtype)rec->dtype), frame, rec->csize, dst,
+					 rec->rsize);
+	if (!e && cltfs_crc32(0, dst, rec->rsize) != rec->crc)
+		e = cltfs_fail(CLTFS_E_CORRUPT, "CRC-32 differs from the index record");
+	return e;
+}
+
 cltfs_err store_read_chunk(cltfs_store *s, const cltfs_rec *rec, cltfs_zctx *z, void *dst)
 {
 	pthread_rwlock_rdlock(&s->lock);
@@ -354,10 +374,7 @@ cltfs_err store_read_chunk(cltfs_store *s, const cltfs_rec *rec, cltfs_zctx *z, 
 		return cltfs_fail(CLTFS_E_NOMEM, "out of memory for chunk %s", k);
 	cltfs_err e = read_full(fd, frame, rec->csize, rec->offset);
 	if (!e)
-		e = cltfs_frame_decode(z, cltfs_dtype_size((cltfs_dtype)rec->dtype), frame, rec->csize, dst,
-				       rec->rsize);
-	if (!e && cltfs_crc32(0, dst, rec->rsize) != rec->crc)
-		e = cltfs_fail(CLTFS_E_CORRUPT, "CRC-32 differs from the index record");
+		e = store_decode(rec, z, frame, dst);
 	if (e)
 		return cltfs_wrap(e, "%s/packs/%s.pack: chunk %s at offset %llu", s->dir, name, k,
 				  (unsigned long long)rec->offset);
@@ -374,11 +391,8 @@ cltfs_err store_check_entry(const store_entry *ent, cltfs_zctx *z, void *dst)
 			    : cltfs_fail(CLTFS_E_NOMEM, "out of memory");
 	close(fd);
 	if (!e)
-		e = cltfs_frame_decode(z, cltfs_dtype_size((cltfs_dtype)ent->rec.dtype), frame, ent->rec.csize, dst,
-				       ent->rec.rsize);
+		e = store_decode(&ent->rec, z, frame, dst);
 	free(frame);
-	if (!e && cltfs_crc32(0, dst, ent->rec.rsize) != ent->rec.crc)
-		e = cltfs_fail(CLTFS_E_CORRUPT, "CRC-32 differs from the index record");
 	return e;
 }
 
@@ -570,6 +584,28 @@ cltfs_err store_writer_open(cltfs_store *s, const char *tag, store_writer **out)
 
 void store_writer_level(store_writer *w, int level) { w->level = level; }
 
+/* Append a frame and note its record (at its new offset) as pending. */
+static cltfs_err append_frame(store_writer *w, cltfs_rec rec, const void *frame)
+{
+	char pp[4096];
+	path_of(w->s, w->name, ".pack", pp, sizeof pp);
+	cltfs_err e = write_full(w->pack_fd, frame, rec.csize, w->pack_end, pp);
+	if (e)
+		return e;
+	if (!cltfs_grow(&w->pend, &w->pendcap, w->npend + 1, sizeof *w->pend))
+		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	rec.offset = w->pack_end;
+	w->pend[w->npend++].rec = rec;
+	w->pack_end += rec.csize;
+	/* Visible to this process at once (its reads see the pack through the
+	 * page cache), durable for others only at store_writer_sync. */
+	pthread_rwlock_wrlock(&w->s->lock);
+	int p = pack_of(w->s, w->name);
+	e = p < 0 ? cltfs_fail(CLTFS_E_NOMEM, "out of memory") : insert(w->s, &rec, p);
+	pthread_rwlock_unlock(&w->s->lock);
+	return e;
+}
+
 cltfs_err store_writer_add(store_writer *w, uint64_t key, const void *raw, size_t len)
 {
 	const cltfs_manifest *m = w->s->m;
@@ -581,23 +617,15 @@ cltfs_err store_writer_add(store_writer *w, uint64_t key, const void *raw, size_
 					 w->framecap, &clen);
 	if (e)
 		return e;
-	char pp[4096];
-	path_of(w->s, w->name, ".pack", pp, sizeof pp);
-	if ((e = write_full(w->pack_fd, w->frame, clen, w->pack_end, pp)))
-		return e;
-	if (!cltfs_grow(&w->pend, &w->pendcap, w->npend + 1, sizeof *w->pend))
-		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
-	cltfs_rec rec = {key, w->pack_end, (uint32_t)clen, (uint32_t)len, cltfs_crc32(0, raw, len),
-			 (uint8_t)m->dtype};
-	w->pend[w->npend++].rec = rec;
-	w->pack_end += clen;
-	/* Visible to this process at once (its reads see the pack through the
-	 * page cache), durable for others only at store_writer_sync. */
-	pthread_rwlock_wrlock(&w->s->lock);
-	int p = pack_of(w->s, w->name);
-	e = p < 0 ? cltfs_fail(CLTFS_E_NOMEM, "out of memory") : insert(w->s, &rec, p);
-	pthread_rwlock_unlock(&w->s->lock);
-	return e;
+	cltfs_rec rec = {key, 0, (uint32_t)clen, (uint32_t)len, cltfs_crc32(0, raw, len), (uint8_t)m->dtype};
+	return append_frame(w, rec, w->frame);
+}
+
+cltfs_err store_writer_add_frame(store_writer *w, const cltfs_rec *rec, const void *frame)
+{
+	if (!plausible(w->s, rec))
+		return cltfs_fail(CLTFS_E_MISMATCH, "%s: a frame that does not fit this store's manifest", w->s->dir);
+	return append_frame(w, *rec, frame);
 }
 
 cltfs_err store_writer_sync(store_writer *w)

@@ -26,7 +26,8 @@
 #include <string.h>
 
 #define RA_QUEUE 64
-#define RA_THREADS 2
+#define RA_THREADS 2   /* decoding local chunks */
+#define RA_TIER_THREADS 8 /* fetching from a tier: requests in flight */
 #define MAX_PIECES 64
 
 typedef struct {
@@ -61,7 +62,7 @@ struct cltfs_fs {
 	uint64_t ra_q[RA_QUEUE];
 	size_t ra_head, ra_len;
 	bool ra_stop;
-	pthread_t ra_thr[RA_THREADS];
+	pthread_t ra_thr[RA_TIER_THREADS];
 	int ra_n;
 	pthread_t warm_thr;
 	bool warming;
@@ -151,21 +152,26 @@ static cltfs_err load_chunk(void *arg, uint64_t ckey, uint8_t *buf, size_t cap, 
 	uint64_t key = ckey & KEY_MASK;
 	cltfs_rec rec;
 	char k[48];
-	if (!store_lookup(fs->s, key, &rec))
+	bool local = store_lookup(fs->s, key, &rec);
+	cltfs_tier *tier = fs->o.tier;
+	if (!local && !tier)
 		return cltfs_fail(CLTFS_E_NOTFOUND, "%s: chunk %s is not in the store", store_dir(fs->s),
 				  cltfs_key_str(key, k, sizeof k));
 	thread_ctx *t = thread_state(fs);
-	size_t n = rec.rsize / cltfs_dtype_size(fs->in_dt), out = n * cltfs_dtype_size(fs->out_dt);
-	if (out > cap)
+	/* Sizes come from the manifest: a tier's record is only known after
+	 * its load. */
+	size_t rsize = store_chunk_raw(fs->s, cltfs_key_chunk(key));
+	size_t n = rsize / cltfs_dtype_size(fs->in_dt), out = n * cltfs_dtype_size(fs->out_dt);
+	if (out > cap || (local && rec.rsize != rsize))
 		return cltfs_fail(CLTFS_E_CORRUPT, "chunk %s is larger than any chunk of the store",
 				  cltfs_key_str(key, k, sizeof k));
-	uint8_t *raw = !t ? NULL : fs->conv ? scratch(t, rec.rsize) : buf;
+	uint8_t *raw = !t ? NULL : fs->conv ? scratch(t, rsize) : buf;
 	if (!raw)
 		return cltfs_fail(CLTFS_E_NOMEM, "out of memory loading chunk %s", cltfs_key_str(key, k, sizeof k));
-	cltfs_err e = store_read_chunk(fs->s, &rec, t->z, raw);
+	cltfs_err e = local ? store_read_chunk(fs->s, &rec, t->z, raw) : tier->load(tier, key, t->z, raw, rsize, &rec);
 	if (e)
 		return e;
-	atomic_fetch_add(&fs->st.store_loads, 1);
+	atomic_fetch_add(local ? &fs->st.store_loads : &fs->st.tier_loads, 1);
 	*len = out;
 	if (!fs->conv) {
 		*crc = rec.crc;
@@ -309,7 +315,8 @@ cltfs_err fs_new(cltfs_store *s, const cltfs_opts *o, cltfs_fs **out)
 		e = cltfs_fail(CLTFS_E_NOMEM, "out of memory");
 	if (!e && o->prefault && !pthread_create(&fs->warm_thr, NULL, warm_main, fs))
 		fs->warming = true;
-	for (int i = 0; !e && i < (o->readahead > 0 ? RA_THREADS : 0); i++)
+	int nra = o->readahead <= 0 ? 0 : o->tier ? RA_TIER_THREADS : RA_THREADS;
+	for (int i = 0; !e && i < nra; i++)
 		if (!pthread_create(&fs->ra_thr[i], NULL, ra_main, fs))
 			fs->ra_n++;
 	if (e) {
@@ -351,16 +358,18 @@ char *fs_stats_json(cltfs_fs *fs)
 {
 	size_t bytes, entries, limit;
 	cache_usage(fs->cache, &bytes, &entries, &limit);
-	unsigned long long reads = fs->st.reads;
+	unsigned long long reads = fs->st.reads, tier = fs->st.tier_loads;
+	bool is_hub = fs->o.tier && !strcmp(fs->o.tier->name, "hub");
+	unsigned long long hub = is_hub ? tier : 0, capture = is_hub ? 0 : tier;
 	char *out = malloc(1024);
 	if (!out)
 		return NULL;
 	snprintf(out, 1024,
-		 "{\"chunks\": {\"memory\": %llu, \"store\": %llu, \"hub\": 0, \"capture\": 0},\n"
+		 "{\"chunks\": {\"memory\": %llu, \"store\": %llu, \"hub\": %llu, \"capture\": %llu},\n"
 		 " \"bytes_read\": %llu, \"reads\": %llu, \"errors\": %llu,\n"
 		 " \"cache\": {\"bytes\": %zu, \"limit\": %zu, \"entries\": %zu},\n"
 		 " \"readahead\": %llu, \"latency_us\": {\"mean\": %llu, \"max\": %llu}}\n",
-		 (unsigned long long)fs->st.mem_hits, (unsigned long long)fs->st.store_loads,
+		 (unsigned long long)fs->st.mem_hits, (unsigned long long)fs->st.store_loads, hub, capture,
 		 (unsigned long long)fs->st.bytes_read, reads, (unsigned long long)fs->st.errors, bytes,
 		 limit, entries, (unsigned long long)fs->st.readahead,
 		 reads ? (unsigned long long)fs->st.lat_us_sum / reads : 0ULL,
@@ -729,8 +738,10 @@ static cltfs_err stream_crc(cltfs_fs *fs, int kind, int layer, uint64_t p, uint6
 		uint64_t key = cltfs_key((unsigned)kind, (unsigned)layer, (uint32_t)c);
 		uint32_t part;
 		cltfs_rec rec;
-		if (p == cs && take == len && !fs->conv && store_lookup(fs->s, key, &rec)) {
-			part = rec.crc; /* a whole chunk: from the index, nothing decoded */
+		if (p == cs && take == len && !fs->conv &&
+		    (store_lookup(fs->s, key, &rec) ||
+		     (fs->o.tier && fs->o.tier->lookup && fs->o.tier->lookup(fs->o.tier, key, &rec)))) {
+			part = rec.crc; /* a whole chunk: from an index, nothing decoded or fetched */
 		} else {
 			chunk *ch;
 			cltfs_err e = get_chunk(fs, key, &ch);
@@ -903,6 +914,8 @@ void view_buf_release(cltfs_fs *fs, view_buf *b)
 	memset(b, 0, sizeof *b);
 }
 
+static void queue_range(cltfs_fs *fs, view *v, uint64_t off, uint64_t len);
+
 cltfs_err view_read(cltfs_fs *fs, view *v, uint64_t off, size_t len, view_buf *b)
 {
 	memset(b, 0, sizeof *b);
@@ -911,6 +924,10 @@ cltfs_err view_read(cltfs_fs *fs, view *v, uint64_t off, size_t len, view_buf *b
 		return CLTFS_OK;
 	if (len > size - off)
 		len = (size_t)(size - off);
+	/* A tier fetches over the network: ask for all of this read's chunks at
+	 * once, so that they travel in parallel rather than one after another. */
+	if (fs->o.tier && fs->ra_n)
+		queue_range(fs, v, off, len);
 	cltfs_err e = ensure_crcs(fs, v, off, len);
 	pt_piece pc[MAX_PIECES];
 	uint64_t end = off + len;
@@ -936,6 +953,16 @@ cltfs_err view_read(cltfs_fs *fs, view *v, uint64_t off, size_t len, view_buf *b
 	return e;
 }
 
+/* Queue the chunks behind bytes [off, off+len) for the readahead threads. */
+static void queue_range(cltfs_fs *fs, view *v, uint64_t off, uint64_t len)
+{
+	pt_piece pc[MAX_PIECES];
+	size_t n = pt_file_map(v->pf, off, len, pc, MAX_PIECES);
+	for (size_t i = 0; i < n; i++)
+		if (pc[i].storage >= 0)
+			source_iov(fs, &v->st[pc[i].storage], pc[i].off, pc[i].len, NULL);
+}
+
 void view_readahead(cltfs_fs *fs, view *v, uint64_t off)
 {
 	if (!fs->ra_n)
@@ -943,13 +970,7 @@ void view_readahead(cltfs_fs *fs, view *v, uint64_t off)
 	/* readahead=N chunks, but never more than a quarter of the cache: a
 	 * chunk decoded ahead must still be there when the reader arrives. */
 	uint64_t len = (uint64_t)fs->o.readahead * fs->chunk_bytes, quarter = (fs->o.cache_mb << 20) / 4;
-	if (len > quarter)
-		len = quarter;
-	pt_piece pc[MAX_PIECES];
-	size_t n = pt_file_map(v->pf, off, len, pc, MAX_PIECES);
-	for (size_t i = 0; i < n; i++)
-		if (pc[i].storage >= 0)
-			source_iov(fs, &v->st[pc[i].storage], pc[i].off, pc[i].len, NULL);
+	queue_range(fs, v, off, len > quarter ? quarter : len);
 }
 
 const uint8_t *view_pickle(const view *v, size_t *len) { return pt_file_pickle(v->pf, len); }

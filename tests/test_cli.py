@@ -32,7 +32,9 @@ def test_man_page_covers_every_option():
     page = open(os.path.join(REPO, "man", "cltfs.1")).read()
     for word in ("import", "stat", "verify", "store=", "cache_mb", "batch_samples", "batch_rows",
                  "dtype", "readahead", "threads", "read_ahead_kb", "fuse.cltfs", "CLTFS_STORE",
-                 "--chunk-rows", "--target-offset", "--level", "EROFS", "EIO"):
+                 "--chunk-rows", "--target-offset", "--level", "EROFS", "EIO",
+                 "pull", "hf://", "HF_ENDPOINT", "HF_TOKEN", "HF_HOME", "HF_HUB_CACHE",
+                 "HF_HUB_OFFLINE", "CLTFS_HUB_RETRIES", ".incomplete", "refs/"):
         assert word.replace("-", "\\-") in page or word in page, word
     if shutil.which("groff"):
         r = subprocess.run(["groff", "-man", "-ww", "-z", os.path.join(REPO, "man", "cltfs.1")],
@@ -43,7 +45,8 @@ def test_man_page_covers_every_option():
 def test_help_lists_every_mount_option(run_cltfs):
     out = run_cltfs("--help").stdout
     for opt in ("store=", "cache_mb=", "batch_samples=", "batch_rows=", "dtype=", "readahead=",
-                "threads=", "read_ahead_kb=", "import", "stat", "verify"):
+                "threads=", "read_ahead_kb=", "import", "stat", "verify", "pull", "hf://",
+                "HF_TOKEN", "HF_HUB_OFFLINE"):
         assert opt in out, opt
 
 

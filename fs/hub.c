@@ -1,0 +1,463 @@
+/* hub.c: a Hugging Face Hub repo as the source of a mount or a pull.
+ *
+ * A repo with cltfs.json at its root is a cltfs store: the manifest and
+ * the indexes come into the HF cache at open (they are small), and make a
+ * read-only store over the cache's snapshot folder, whose packs are never
+ * downloaded whole.  A read that the local store cannot serve asks the Hub
+ * tier, which fetches just that chunk's frame by range request, checks it
+ * against its record, and appends it to the local store: the next read is
+ * local.  Any other repo is served file by file (plain.c).
+ */
+#include "fs.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define SYNC_CHUNKS 64 /* fetched chunks made durable together */
+
+typedef struct {
+	cltfs_tier base; /* first: the view code sees a cltfs_tier */
+	hf_repo *repo;
+	cltfs_store *remote, *local;
+	pthread_mutex_t mu; /* guards the writer */
+	store_writer *w;
+	size_t unsynced;
+	time_t last_sync;
+	bool warned;
+} hub_tier;
+
+struct hub_source {
+	hf_config cfg;
+	hf_repo *repo;
+	hf_entry *entries;
+	size_t nentries;
+	cltfs_store *remote, *local;
+	hub_tier tier;
+	bool tier_ready;
+};
+
+static cltfs_err pack_path(const char *pack, char *buf, size_t n)
+{
+	if (strchr(pack, '/') || snprintf(buf, n, "packs/%s.pack", pack) >= (int)n)
+		return cltfs_fail(CLTFS_E_FORMAT, "bad pack name '%s'", pack);
+	return CLTFS_OK;
+}
+
+/* Make what was fetched durable now and then, not once per chunk: an
+ * fsync per 1 MiB frame would halve the throughput; what a crash loses is
+ * fetched again. */
+static void keep(hub_tier *h, const cltfs_rec *rec, const void *frame)
+{
+	pthread_mutex_lock(&h->mu);
+	cltfs_err e = store_writer_add_frame(h->w, rec, frame);
+	if (!e && (++h->unsynced >= SYNC_CHUNKS || time(NULL) != h->last_sync)) {
+		e = store_writer_sync(h->w);
+		h->unsynced = 0;
+		h->last_sync = time(NULL);
+	}
+	if (e && !h->warned) { /* the read is still served; say once why nothing is kept */
+		fprintf(stderr, "cltfs: cannot keep fetched chunks in %s: %s\n", store_dir(h->local), cltfs_errmsg());
+		h->warned = true;
+	}
+	pthread_mutex_unlock(&h->mu);
+}
+
+static cltfs_err hub_load(cltfs_tier *t, uint64_t key, cltfs_zctx *z, uint8_t *dst, size_t len, cltfs_rec *rec)
+{
+	hub_tier *h = (hub_tier *)t;
+	const char *pack;
+	char k[48], path[320];
+	cltfs_key_str(key, k, sizeof k);
+	if (!store_locate(h->remote, key, rec, &pack))
+		return cltfs_fail(CLTFS_E_NOTFOUND, "chunk %s is neither in %s nor in hf://%s", k, store_dir(h->local),
+				  hf_repo_id(h->repo));
+	if (rec->rsize != len)
+		return cltfs_fail(CLTFS_E_CORRUPT, "hf://%s: the index gives chunk %s %u bytes, not %zu",
+				  hf_repo_id(h->repo), k, rec->rsize, len);
+	cltfs_err e = pack_path(pack, path, sizeof path);
+	uint8_t *frame = e ? NULL : cltfs_zctx_buffer(z, rec->csize ? rec->csize : 1);
+	if (!e && !frame)
+		e = cltfs_fail(CLTFS_E_NOMEM, "out of memory for chunk %s", k);
+	if (!e)
+		e = hf_read_range(h->repo, path, rec->offset, rec->csize, frame);
+	if (!e && (e = store_decode(rec, z, frame, dst)))
+		e = cltfs_wrap(e, "hf://%s/%s: chunk %s at offset %llu", hf_repo_id(h->repo), path, k,
+			       (unsigned long long)rec->offset);
+	if (!e)
+		keep(h, rec, frame);
+	return e;
+}
+
+static bool hub_lookup(cltfs_tier *t, uint64_t key, cltfs_rec *rec)
+{
+	return store_lookup(((hub_tier *)t)->remote, key, rec);
+}
+
+/* The local store: -o store=DIR, or one per repo and commit under
+ * $XDG_CACHE_HOME/cltfs (~/.cache/cltfs). */
+static void default_local(const hub_source *h, char *buf, size_t n)
+{
+	const char *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
+	const char *folder = strrchr(hf_repo_folder(h->repo), '/') + 1;
+	if (xdg && *xdg)
+		snprintf(buf, n, "%s/cltfs/hub/%s/%s", xdg, folder, hf_repo_commit(h->repo));
+	else
+		snprintf(buf, n, "%s/.cache/cltfs/hub/%s/%s", home ? home : "", folder, hf_repo_commit(h->repo));
+}
+
+static cltfs_err mkdirs(char *path)
+{
+	for (char *p = path + 1;; p++) {
+		if (*p == '/' || !*p) {
+			char c = *p;
+			*p = 0;
+			int r = mkdir(path, 0755);
+			*p = c;
+			if (r < 0 && errno != EEXIST)
+				return cltfs_fail(CLTFS_E_IO, "%s: %s", path, strerror(errno));
+			if (!c)
+				return CLTFS_OK;
+		}
+	}
+}
+
+/* Open the local store, creating it from the remote manifest; a store that
+ * exists must hold the same manifest, or its chunks would be another
+ * dataset's. */
+static cltfs_err open_local(hub_source *h, const char *dir)
+{
+	char buf[PATH_MAX];
+	if (!dir) {
+		default_local(h, buf, sizeof buf);
+		dir = buf;
+	}
+	struct stat st;
+	char mpath[PATH_MAX + 16];
+	snprintf(mpath, sizeof mpath, "%s/cltfs.json", dir);
+	cltfs_err e = CLTFS_OK;
+	if (stat(mpath, &st) < 0) {
+		char tmp[PATH_MAX];
+		snprintf(tmp, sizeof tmp, "%s", dir);
+		if ((e = mkdirs(tmp)) || (e = store_create(dir, store_manifest(h->remote))))
+			return e;
+	}
+	if ((e = store_open(dir, &h->local)))
+		return e;
+	char *a = cltfs_manifest_dump(store_manifest(h->local)), *b = cltfs_manifest_dump(store_manifest(h->remote));
+	if (!a || !b)
+		e = cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	else if (strcmp(a, b))
+		e = cltfs_fail(CLTFS_E_MISMATCH,
+			       "%s holds another dataset than hf://%s@%.12s (their cltfs.json differ): use another "
+			       "-o store= directory",
+			       dir, hf_repo_id(h->repo), hf_repo_commit(h->repo));
+	free(a);
+	free(b);
+	return e;
+}
+
+/* cltfs.json and every packs/<w>.idx into the HF cache; the snapshot folder
+ * is then a store with indexes and no packs. */
+static cltfs_err open_remote(hub_source *h, const char *manifest)
+{
+	for (size_t i = 0; i < h->nentries; i++) {
+		const char *p = h->entries[i].path;
+		size_t n = strlen(p);
+		if (h->entries[i].dir || strncmp(p, "packs/", 6) || n < 11 || strcmp(p + n - 4, ".idx") ||
+		    strchr(p + 6, '/'))
+			continue;
+		char *local;
+		cltfs_err e = hf_fetch(h->repo, p, &local);
+		if (e)
+			return e;
+		free(local);
+	}
+	char dir[PATH_MAX];
+	snprintf(dir, sizeof dir, "%s", manifest);
+	*strrchr(dir, '/') = 0;
+	cltfs_err e = store_open(dir, &h->remote);
+	return e ? cltfs_wrap(e, "hf://%s", hf_repo_id(h->repo)) : CLTFS_OK;
+}
+
+cltfs_err hub_open(const char *url, const char *local_store, hub_source **out)
+{
+	hub_source *h = calloc(1, sizeof *h);
+	if (!h)
+		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	char *manifest = NULL;
+	cltfs_err e = hf_config_from_env(&h->cfg);
+	if (!e)
+		e = hf_repo_open(&h->cfg, url, &h->repo);
+	if (!e)
+		e = hf_list(h->repo, &h->entries, &h->nentries);
+	bool has_manifest = false;
+	for (size_t i = 0; !e && i < h->nentries; i++)
+		has_manifest |= !h->entries[i].dir && !strcmp(h->entries[i].path, "cltfs.json");
+	if (!e && has_manifest)
+		e = hf_fetch(h->repo, "cltfs.json", &manifest);
+	if (!e && has_manifest)
+		e = open_remote(h, manifest);
+	if (!e && has_manifest)
+		e = open_local(h, local_store);
+	if (!e && has_manifest) {
+		h->tier = (hub_tier){.base = {"hub", hub_load, hub_lookup}, .repo = h->repo, .remote = h->remote,
+				     .local = h->local, .last_sync = time(NULL)};
+		pthread_mutex_init(&h->tier.mu, NULL);
+		h->tier_ready = true;
+		e = store_writer_open(h->local, "hub", &h->tier.w);
+	}
+	free(manifest);
+	if (e) {
+		hub_close(h);
+		return e;
+	}
+	*out = h;
+	return CLTFS_OK;
+}
+
+void hub_close(hub_source *h)
+{
+	if (!h)
+		return;
+	if (h->tier_ready) {
+		if (h->tier.w && store_writer_close(h->tier.w))
+			fprintf(stderr, "cltfs: %s\n", cltfs_errmsg());
+		pthread_mutex_destroy(&h->tier.mu);
+	}
+	store_close(h->local);
+	store_close(h->remote);
+	hf_entries_free(h->entries, h->nentries);
+	hf_repo_close(h->repo);
+	hf_config_free(&h->cfg);
+	free(h);
+}
+
+bool hub_is_store(const hub_source *h) { return h->local != NULL; }
+cltfs_store *hub_local(hub_source *h) { return h->local; }
+cltfs_tier *hub_tier_of(hub_source *h) { return h->local ? &h->tier.base : NULL; }
+hf_repo *hub_repo(hub_source *h) { return h->repo; }
+const hf_entry *hub_entries(const hub_source *h, size_t *n)
+{
+	*n = h->nentries;
+	return h->entries;
+}
+
+/* ---- cltfs pull ---- */
+
+/* Frames that sit next to each other in one pack go in one range request,
+ * up to this many bytes. */
+#define PULL_SPAN (8u << 20)
+#define PULL_THREADS 4
+
+typedef struct {
+	cltfs_rec rec;
+	const char *pack; /* the remote store's name, valid while it is open */
+} frame_ref;
+
+typedef struct {
+	size_t first, n; /* frames of one span */
+	uint64_t off, len;
+} span;
+
+typedef struct {
+	hub_source *h;
+	frame_ref *f;
+	size_t nf, fcap;
+	span *sp;
+	size_t nsp, spcap;
+	pthread_mutex_t mu; /* guards next, done, err and the writer */
+	size_t next;
+	uint64_t total, done, since_sync;
+	cltfs_err err;
+	char msg[1024];
+	bool tty;
+	double t0;
+} pull;
+
+static double now_s(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+}
+
+/* Every valid remote record the local store lacks, once per chunk. */
+static cltfs_err collect(void *arg, const store_entry *ent)
+{
+	pull *p = arg;
+	cltfs_rec rec;
+	const char *pack;
+	/* Records the store merged (valid, first copy of a chunk) are what
+	 * store_locate answers; others are skipped. */
+	if (!ent->valid || !store_locate(p->h->remote, ent->rec.key, &rec, &pack) || rec.offset != ent->rec.offset)
+		return CLTFS_OK;
+	const char *base = strrchr(ent->pack_path, '/');
+	size_t n = strlen(pack);
+	if (!base || strncmp(base + 1, pack, n) || strcmp(base + 1 + n, ".pack") ||
+	    store_lookup(p->h->local, ent->rec.key, &rec))
+		return CLTFS_OK;
+	if (!cltfs_grow(&p->f, &p->fcap, p->nf + 1, sizeof *p->f))
+		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	p->f[p->nf++] = (frame_ref){ent->rec, pack};
+	p->total += ent->rec.csize;
+	return CLTFS_OK;
+}
+
+static int by_place(const void *a, const void *b)
+{
+	const frame_ref *x = a, *y = b;
+	int c = strcmp(x->pack, y->pack);
+	return c ? c : x->rec.offset < y->rec.offset ? -1 : x->rec.offset > y->rec.offset;
+}
+
+static cltfs_err make_spans(pull *p)
+{
+	qsort(p->f, p->nf, sizeof *p->f, by_place);
+	for (size_t i = 0; i < p->nf; i++) {
+		const cltfs_rec *r = &p->f[i].rec;
+		span *last = p->nsp ? &p->sp[p->nsp - 1] : NULL;
+		if (last && p->f[last->first].pack == p->f[i].pack && last->off + last->len == r->offset &&
+		    last->len + r->csize <= PULL_SPAN) {
+			last->n++;
+			last->len += r->csize;
+			continue;
+		}
+		if (!cltfs_grow(&p->sp, &p->spcap, p->nsp + 1, sizeof *p->sp))
+			return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+		p->sp[p->nsp++] = (span){i, 1, r->offset, r->csize};
+	}
+	return CLTFS_OK;
+}
+
+static void pull_progress(pull *p, bool end)
+{
+	if (!p->tty)
+		return;
+	double dt = now_s() - p->t0;
+	fprintf(stderr, "\rpull: %.1f of %.1f MB, %.1f MB/s%s", (double)p->done / 1e6, (double)p->total / 1e6,
+		dt > 0 ? (double)p->done / 1e6 / dt : 0.0, end ? "\n" : "   ");
+	fflush(stderr);
+}
+
+/* Fetch, check and keep one span's frames. */
+static cltfs_err pull_span(pull *p, const span *sp, cltfs_zctx *z, uint8_t **buf, size_t *cap, uint8_t **raw,
+			   size_t *rawcap)
+{
+	char path[320];
+	cltfs_err e = pack_path(p->f[sp->first].pack, path, sizeof path);
+	if (e)
+		return e;
+	if (!cltfs_reserve(buf, cap, sp->len ? sp->len : 1))
+		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	if ((e = hf_read_range(p->h->repo, path, sp->off, sp->len, *buf)))
+		return e;
+	for (size_t i = 0; i < sp->n; i++) {
+		const cltfs_rec *r = &p->f[sp->first + i].rec;
+		const uint8_t *frame = *buf + (r->offset - sp->off);
+		char k[48];
+		if (!cltfs_reserve(raw, rawcap, r->rsize ? r->rsize : 1))
+			return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+		if ((e = store_decode(r, z, frame, *raw)))
+			return cltfs_wrap(e, "hf://%s/%s: chunk %s at offset %llu", hf_repo_id(p->h->repo), path,
+					  cltfs_key_str(r->key, k, sizeof k), (unsigned long long)r->offset);
+		pthread_mutex_lock(&p->mu);
+		e = store_writer_add_frame(p->h->tier.w, r, frame);
+		p->done += r->csize;
+		p->since_sync += r->csize;
+		if (!e && p->since_sync >= (64u << 20)) {
+			e = store_writer_sync(p->h->tier.w);
+			p->since_sync = 0;
+		}
+		pthread_mutex_unlock(&p->mu);
+		if (e)
+			return e;
+	}
+	return CLTFS_OK;
+}
+
+static void *pull_main(void *arg)
+{
+	pull *p = arg;
+	cltfs_zctx *z = cltfs_zctx_new();
+	uint8_t *buf = NULL, *raw = NULL;
+	size_t cap = 0, rawcap = 0;
+	cltfs_err e = z ? CLTFS_OK : cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	for (;;) {
+		pthread_mutex_lock(&p->mu);
+		if (e && !p->err) {
+			p->err = e;
+			snprintf(p->msg, sizeof p->msg, "%s", cltfs_errmsg());
+		}
+		size_t i = p->err ? p->nsp : p->next++;
+		pull_progress(p, false);
+		pthread_mutex_unlock(&p->mu);
+		if (i >= p->nsp)
+			break;
+		e = pull_span(p, &p->sp[i], z, &buf, &cap, &raw, &rawcap);
+	}
+	free(buf);
+	free(raw);
+	cltfs_zctx_free(z);
+	return NULL;
+}
+
+cltfs_err hub_pull(hub_source *h, bool quiet)
+{
+	pull p = {.h = h, .tty = !quiet && isatty(2), .t0 = now_s()};
+	pthread_mutex_init(&p.mu, NULL);
+	cltfs_err e = store_foreach(h->remote, collect, &p);
+	if (!e)
+		e = make_spans(&p);
+	pthread_t t[PULL_THREADS];
+	int nt = 0;
+	for (; !e && nt < PULL_THREADS && nt < (int)p.nsp; nt++)
+		if (pthread_create(&t[nt], NULL, pull_main, &p))
+			break;
+	if (!e && p.nsp && !nt)
+		e = cltfs_fail(CLTFS_E_NOMEM, "cannot start a thread");
+	for (int i = 0; i < nt; i++)
+		pthread_join(t[i], NULL);
+	if (!e && p.err)
+		e = cltfs_fail(p.err, "%s", p.msg);
+	cltfs_err se = store_writer_sync(h->tier.w); /* what arrived is kept, also after an error */
+	if (!e)
+		e = se;
+	pull_progress(&p, true);
+	if (!e && !quiet)
+		fprintf(stderr, "pull: %zu chunks (%.1f MB) from hf://%s@%.12s into %s\n", p.nf, (double)p.total / 1e6,
+			hf_repo_id(h->repo), hf_repo_commit(h->repo), store_dir(h->local));
+	free(p.f);
+	free(p.sp);
+	pthread_mutex_destroy(&p.mu);
+	return e;
+}
+
+int cmd_pull(const char *url, const char *store, bool quiet)
+{
+	hub_source *h;
+	if (!hf_is_url(url)) {
+		fprintf(stderr, "cltfs: pull: '%s' is not an hf://datasets/OWNER/NAME[@REV] source\n", url);
+		return 2;
+	}
+	if (hub_open(url, store, &h)) {
+		fprintf(stderr, "cltfs: %s\n", cltfs_errmsg());
+		return 1;
+	}
+	int rc = 0;
+	if (!hub_is_store(h)) {
+		fprintf(stderr, "cltfs: pull: hf://%s has no cltfs.json at its root: it is not a cltfs store\n",
+			hf_repo_id(h->repo));
+		rc = 1;
+	} else if (hub_pull(h, quiet)) {
+		fprintf(stderr, "cltfs: %s\n", cltfs_errmsg());
+		rc = 1;
+	}
+	hub_close(h);
+	return rc;
+}
