@@ -280,24 +280,18 @@ static bool dir_entry(ctx *c, node d, fuse_ino_t self, off_t off, char *name, si
 	return true;
 }
 
-static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
+void edge_readdir(fuse_req_t req, size_t size, off_t off, edge_dirent entry, void *arg)
 {
-	ctx *c = get_ctx(req);
-	node d = decode(c, ino);
-	if (d.t != N_ROOT && d.t != N_META && d.t != N_LAYER) {
-		fuse_reply_err(req, ENOTDIR);
-		return;
-	}
 	char *buf = malloc(size);
 	if (!buf) {
 		fuse_reply_err(req, ENOMEM);
 		return;
 	}
 	size_t used = 0;
-	char name[64];
+	char name[256];
 	fuse_ino_t eino;
 	mode_t mode;
-	while (dir_entry(c, d, ino, off, name, sizeof name, &eino, &mode)) {
+	while (entry(arg, off, name, sizeof name, &eino, &mode)) {
 		struct stat st = {.st_ino = eino, .st_mode = mode};
 		size_t need = fuse_add_direntry(req, buf + used, size - used, name, &st, off + 1);
 		if (need > size - used)
@@ -307,6 +301,28 @@ static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, s
 	}
 	fuse_reply_buf(req, buf, used);
 	free(buf);
+}
+
+typedef struct {
+	ctx *c;
+	node d;
+	fuse_ino_t self;
+} dir_ref;
+
+static bool view_dirent(void *arg, off_t off, char *name, size_t n, fuse_ino_t *ino, mode_t *mode)
+{
+	dir_ref *r = arg;
+	return dir_entry(r->c, r->d, r->self, off, name, n, ino, mode);
+}
+
+static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
+{
+	ctx *c = get_ctx(req);
+	dir_ref r = {c, decode(c, ino), ino};
+	if (r.d.t != N_ROOT && r.d.t != N_META && r.d.t != N_LAYER)
+		fuse_reply_err(req, ENOTDIR);
+	else
+		edge_readdir(req, size, off, view_dirent, &r);
 }
 
 /* ---- files ---- */

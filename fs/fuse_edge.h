@@ -18,6 +18,12 @@ int edge_errno(cltfs_err e);
 void edge_log(const char *msg);
 void edge_use_syslog(void);
 
+/* Entry number off of a directory: its name (n bytes), inode and type;
+ * false past the end. */
+typedef bool (*edge_dirent)(void *arg, off_t off, char *name, size_t n, fuse_ino_t *ino, mode_t *mode);
+/* Reply to READDIR with the entries from off on that fit in size. */
+void edge_readdir(fuse_req_t req, size_t size, off_t off, edge_dirent entry, void *arg);
+
 void edge_init(void *userdata, struct fuse_conn_info *conn);
 void edge_statfs(fuse_req_t req, fuse_ino_t ino);
 void edge_ioctl(fuse_req_t req, fuse_ino_t ino, unsigned int cmd, void *arg, struct fuse_file_info *fi,

@@ -210,41 +210,39 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	fuse_reply_attr(req, &st, EDGE_TIMEOUT);
 }
 
+typedef struct {
+	plain_fs *p;
+	pnode *d;
+	fuse_ino_t self;
+} dir_ref;
+
+static bool plain_dirent(void *arg, off_t off, char *name, size_t n, fuse_ino_t *ino, mode_t *mode)
+{
+	dir_ref *r = arg;
+	*mode = S_IFDIR;
+	if (off < 2) {
+		snprintf(name, n, off ? ".." : ".");
+		*ino = off ? 1 : r->self; /* the kernel fixes ".." up itself */
+		return true;
+	}
+	if ((size_t)off - 2 >= r->d->nkids)
+		return false;
+	const pnode *k = &r->p->nodes[r->d->kids[off - 2]];
+	const char *slash = strrchr(k->path, '/');
+	snprintf(name, n, "%s", slash ? slash + 1 : k->path);
+	*ino = (fuse_ino_t)r->d->kids[off - 2] + 1;
+	*mode = k->dir ? S_IFDIR : S_IFREG;
+	return true;
+}
+
 static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
 {
 	plain_fs *p = get(req);
-	pnode *d = node_of(p, ino);
-	if (!d || !d->dir) {
-		fuse_reply_err(req, d ? ENOTDIR : ENOENT);
-		return;
-	}
-	char *buf = malloc(size);
-	if (!buf) {
-		fuse_reply_err(req, ENOMEM);
-		return;
-	}
-	size_t used = 0;
-	for (; (size_t)off < d->nkids + 2; off++) {
-		const char *name;
-		struct stat st = {0};
-		if (off < 2) {
-			name = off ? ".." : ".";
-			st.st_ino = off ? 1 : ino; /* the kernel fixes ".." up itself */
-			st.st_mode = S_IFDIR;
-		} else {
-			size_t k = d->kids[off - 2];
-			const char *slash = strrchr(p->nodes[k].path, '/');
-			name = slash ? slash + 1 : p->nodes[k].path;
-			st.st_ino = (fuse_ino_t)k + 1;
-			st.st_mode = p->nodes[k].dir ? S_IFDIR : S_IFREG;
-		}
-		size_t need = fuse_add_direntry(req, buf + used, size - used, name, &st, off + 1);
-		if (need > size - used)
-			break;
-		used += need;
-	}
-	fuse_reply_buf(req, buf, used);
-	free(buf);
+	dir_ref r = {p, node_of(p, ino), ino};
+	if (!r.d || !r.d->dir)
+		fuse_reply_err(req, r.d ? ENOTDIR : ENOENT);
+	else
+		edge_readdir(req, size, off, plain_dirent, &r);
 }
 
 /* The file's download, started on the first open, shared by later ones

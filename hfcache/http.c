@@ -306,7 +306,7 @@ static bool wait_retry(const http_ctx *c, int attempt, double retry_after, doubl
 	return true;
 }
 
-cltfs_err http_head(const http_ctx *c, const char *url, http_hdrs *h)
+static cltfs_err head_once(const http_ctx *c, const char *url, http_hdrs *h)
 {
 	char sh[1024];
 	double t0 = now_s();
@@ -327,6 +327,29 @@ cltfs_err http_head(const http_ctx *c, const char *url, http_hdrs *h)
 				  : http_status_error(shown(url, sh, sizeof sh), h);
 		}
 	}
+}
+
+static bool is_redirect(long s);
+static char *join_url(const char *base, const char *loc);
+
+cltfs_err http_head(const http_ctx *c, const char *url, http_hdrs *h)
+{
+	/* As huggingface_hub: a relative redirect (a renamed repo, the Hub's
+	 * own resolve cache) is the Hub speaking and is followed; one to
+	 * another host (a CDN) is the answer. */
+	char *cur = strdup(url);
+	cltfs_err e = cur ? CLTFS_OK : cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	for (int hop = 0; !e; hop++) {
+		if ((e = head_once(c, cur, h)) || !is_redirect(h->status) || !h->location || h->location[0] != '/' ||
+		    h->location[1] == '/' || hop == MAX_REDIRECTS)
+			break;
+		char *next = join_url(cur, h->location);
+		free(cur);
+		if (!(cur = next))
+			e = cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	}
+	free(cur);
+	return e;
 }
 
 cltfs_err http_status_error(const char *what, const http_hdrs *h)
