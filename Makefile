@@ -98,6 +98,7 @@ demo: deps
 bench: deps
 	$(MAKE) all $(B)/zerofs
 	$(PYTHON) bench/bench.py --cltfs $(B)/cltfs --zerofs $(B)/zerofs
+	$(PYTHON) bench/hub_bench.py --cltfs $(B)/cltfs --total-mb 1100
 
 install: $(B)/cltfs
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)/sbin

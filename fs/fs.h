@@ -224,6 +224,9 @@ int cmd_stat(const char *store, bool json);
 int cmd_verify(const char *store);
 int cmd_pull(const char *url, const char *store, bool quiet);
 
+/* A line for the user: stderr, or syslog once a mount has daemonized. */
+void fs_log(const char *msg);
+
 /* The usage text of every command. */
 #include <stdio.h>
 void cltfs_usage(FILE *f);

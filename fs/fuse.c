@@ -83,7 +83,7 @@ void edge_use_syslog(void)
 	use_syslog = true;
 }
 
-void edge_log(const char *msg)
+void fs_log(const char *msg)
 {
 	if (use_syslog)
 		syslog(LOG_ERR, "%s", msg);
@@ -95,7 +95,7 @@ void edge_log(const char *msg)
 static int fail(ctx *c, cltfs_err e)
 {
 	atomic_fetch_add(&fs_stats(c->fs)->errors, 1);
-	edge_log(cltfs_errmsg());
+	fs_log(cltfs_errmsg());
 	return edge_errno(e);
 }
 
@@ -774,7 +774,7 @@ int fuse_main_cltfs(int argc, char **argv)
 		goto out_unmount;
 	}
 	if (fs_new(s, &o, &fs)) {
-		edge_log(cltfs_errmsg());
+		fs_log(cltfs_errmsg());
 		goto out_unmount;
 	}
 	cx.fs = fs;

@@ -14,8 +14,7 @@
 
 /* The one map from cltfs errors to errno. */
 int edge_errno(cltfs_err e);
-/* A line to stderr, or to syslog once daemonized. */
-void edge_log(const char *msg);
+/* fs_log (fs.h) goes to syslog from now on: stderr is /dev/null. */
 void edge_use_syslog(void);
 
 /* Entry number off of a directory: its name (n bytes), inode and type;

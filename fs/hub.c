@@ -19,17 +19,17 @@
 #include <time.h>
 #include <unistd.h>
 
-#define SYNC_CHUNKS 64 /* fetched chunks made durable together */
 
 typedef struct {
 	cltfs_tier base; /* first: the view code sees a cltfs_tier */
 	hf_repo *repo;
 	cltfs_store *remote, *local;
-	pthread_mutex_t mu; /* guards the writer */
+	pthread_mutex_t mu; /* guards the writer and what follows */
+	pthread_cond_t cv;
 	store_writer *w;
 	size_t unsynced;
-	time_t last_sync;
-	bool warned;
+	bool warned, syncing, stop;
+	pthread_t syncer;
 } hub_tier;
 
 struct hub_source {
@@ -49,20 +49,41 @@ static cltfs_err pack_path(const char *pack, char *buf, size_t n)
 	return CLTFS_OK;
 }
 
-/* Make what was fetched durable now and then, not once per chunk: an
- * fsync per 1 MiB frame would halve the throughput; what a crash loses is
- * fetched again. */
+/* Keep a fetched frame in the local store: readable by this process at
+ * once; made durable (visible to other processes) by the syncer about once
+ * a second, off the read path: an fsync per frame would cost more than its
+ * transfer, and what a crash loses is only fetched again. */
+static void *syncer_main(void *arg)
+{
+	hub_tier *h = arg;
+	pthread_mutex_lock(&h->mu);
+	while (!h->stop) {
+		struct timespec t;
+		clock_gettime(CLOCK_REALTIME, &t);
+		t.tv_sec += 1;
+		pthread_cond_timedwait(&h->cv, &h->mu, &t);
+		if (h->unsynced && store_writer_sync(h->w) && !h->warned) {
+			fs_log(cltfs_errmsg());
+			h->warned = true;
+		}
+		h->unsynced = 0;
+	}
+	pthread_mutex_unlock(&h->mu);
+	return NULL;
+}
+
 static void keep(hub_tier *h, const cltfs_rec *rec, const void *frame)
 {
 	pthread_mutex_lock(&h->mu);
 	cltfs_err e = store_writer_add_frame(h->w, rec, frame);
-	if (!e && (++h->unsynced >= SYNC_CHUNKS || time(NULL) != h->last_sync)) {
-		e = store_writer_sync(h->w);
-		h->unsynced = 0;
-		h->last_sync = time(NULL);
-	}
+	if (!e)
+		h->unsynced++;
+	/* Started here, not at open: a mount forks into the background after
+	 * opening its source, and threads do not survive the fork. */
+	if (!h->syncing && !pthread_create(&h->syncer, NULL, syncer_main, h))
+		h->syncing = true;
 	if (e && !h->warned) { /* the read is still served; say once why nothing is kept */
-		fprintf(stderr, "cltfs: cannot keep fetched chunks in %s: %s\n", store_dir(h->local), cltfs_errmsg());
+		fs_log(cltfs_errmsg());
 		h->warned = true;
 	}
 	pthread_mutex_unlock(&h->mu);
@@ -207,8 +228,9 @@ cltfs_err hub_open(const char *url, const char *local_store, hub_source **out)
 		e = open_local(h, local_store);
 	if (!e && has_manifest) {
 		h->tier = (hub_tier){.base = {"hub", hub_load, hub_lookup}, .repo = h->repo, .remote = h->remote,
-				     .local = h->local, .last_sync = time(NULL)};
+				     .local = h->local};
 		pthread_mutex_init(&h->tier.mu, NULL);
+		pthread_cond_init(&h->tier.cv, NULL);
 		h->tier_ready = true;
 		e = store_writer_open(h->local, "hub", &h->tier.w);
 	}
@@ -226,9 +248,16 @@ void hub_close(hub_source *h)
 	if (!h)
 		return;
 	if (h->tier_ready) {
-		if (h->tier.w && store_writer_close(h->tier.w))
-			fprintf(stderr, "cltfs: %s\n", cltfs_errmsg());
+		pthread_mutex_lock(&h->tier.mu);
+		h->tier.stop = true;
+		pthread_cond_signal(&h->tier.cv);
+		pthread_mutex_unlock(&h->tier.mu);
+		if (h->tier.syncing)
+			pthread_join(h->tier.syncer, NULL);
+		if (h->tier.w && store_writer_close(h->tier.w)) /* the last sync */
+			fs_log(cltfs_errmsg());
 		pthread_mutex_destroy(&h->tier.mu);
+		pthread_cond_destroy(&h->tier.cv);
 	}
 	store_close(h->local);
 	store_close(h->remote);
@@ -318,6 +347,8 @@ static int by_place(const void *a, const void *b)
 
 static cltfs_err make_spans(pull *p)
 {
+	if (!p->nf)
+		return CLTFS_OK;
 	qsort(p->f, p->nf, sizeof *p->f, by_place);
 	for (size_t i = 0; i < p->nf; i++) {
 		const cltfs_rec *r = &p->f[i].rec;

@@ -288,7 +288,7 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	cltfs_err e = h->fd >= 0 ? CLTFS_OK : follow(p, n, &h->dl);
 	if (e) {
 		free(h);
-		edge_log(cltfs_errmsg());
+		fs_log(cltfs_errmsg());
 		fuse_reply_err(req, edge_errno(e));
 		return;
 	}
@@ -322,7 +322,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 		e = hf_download_pread(h->dl, buf, size, (uint64_t)off, &got);
 	}
 	if (e) {
-		edge_log(cltfs_errmsg());
+		fs_log(cltfs_errmsg());
 		fuse_reply_err(req, edge_errno(e));
 	} else {
 		fuse_reply_buf(req, buf, got);

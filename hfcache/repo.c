@@ -767,9 +767,14 @@ static cltfs_err fetch_blob(hf_download *d, const char *etag, uint64_t size)
 		}
 		snprintf(url, sizeof url, "%s%s", r->url_base, esc);
 		free(esc);
+		/* From the start, a plain GET as huggingface_hub sends; a resume
+		 * asks for exactly the rest. */
 		http_hdrs h = {0};
-		e = http_get(&r->http, url, have, size - have, file_sink, d, &h, NULL);
+		e = http_get(&r->http, url, have, have ? size - have : 0, file_sink, d, &h, NULL);
 		http_hdrs_free(&h);
+		if (!e && d->have != size)
+			e = cltfs_fail(CLTFS_E_IO, "%s: %llu bytes arrived, the Hub announced %llu", url,
+				       (unsigned long long)d->have, (unsigned long long)size);
 		if (e)
 			goto out;
 	}

@@ -364,6 +364,9 @@ class _Server(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "FakeHub/1.0"
+    # Headers and body go out in two writes: with Nagle on, the body waits
+    # for the client's delayed ACK (~40 ms per answer on a kept-alive connection).
+    disable_nagle_algorithm = True
 
     def log_message(self, *args):
         pass
