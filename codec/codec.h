@@ -14,6 +14,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#ifdef __cplusplus
+extern "C" { /* for capture/'s C++ */
+#endif
+
 /* ---- errors ---------------------------------------------------------- */
 
 typedef enum {
@@ -164,7 +168,9 @@ typedef struct {
 	/* derived */
 	int64_t total_rows, n_chunks;
 	int64_t *chunk_start; /* n_chunks + 1 row positions */
-	char *source_kind, *source_path;
+	/* where the data came from: kind "import" (path: the tree) or
+	 * "capture" (path: the model folder, images: the image folder) */
+	char *source_kind, *source_path, *source_images;
 } cltfs_manifest;
 
 /* Parse and validate; path names the file in every message. */
@@ -296,5 +302,9 @@ cltfs_err pt_tensor_read(const pt_archive *ar, const pt_obj *t, void *dst);
 /* Where the tensor's values lie contiguous in the map, or NULL when they do
  * not (strided); then use pt_tensor_read. */
 const void *pt_tensor_data(const pt_archive *ar, const pt_obj *t);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -42,6 +42,7 @@ void cltfs_manifest_free(cltfs_manifest *m)
 	free(m->prompt_template);
 	free(m->source_kind);
 	free(m->source_path);
+	free(m->source_images);
 	free(m);
 }
 
@@ -363,7 +364,8 @@ static cltfs_err parse_root(const cJSON *root, cltfs_manifest *m, ctx *c)
 	const cJSON *src = get(root, "source");
 	if (cJSON_IsObject(src) &&
 	    ((e = get_str(src, "kind", false, &m->source_kind, c)) ||
-	     (e = get_str(src, "path", false, &m->source_path, c))))
+	     (e = get_str(src, "path", false, &m->source_path, c)) ||
+	     (e = get_str(src, "images", false, &m->source_images, c))))
 		return e;
 	return CLTFS_OK;
 }
@@ -595,7 +597,8 @@ static cJSON *build(const cltfs_manifest *m)
 	}
 	if (ok && (m->source_kind || m->source_path)) {
 		cJSON *so = cJSON_AddObjectToObject(r, "source");
-		ok = so && add_str(so, "kind", m->source_kind) && add_str(so, "path", m->source_path);
+		ok = so && add_str(so, "kind", m->source_kind) && add_str(so, "path", m->source_path) &&
+		     (!m->source_images || add_str(so, "images", m->source_images));
 	}
 	if (!ok) {
 		cJSON_Delete(r);

@@ -12,6 +12,7 @@
 
 #include "codec.h"
 #include "hfcache.h"
+#include "capture.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -34,6 +35,8 @@ bool store_lookup(cltfs_store *s, uint64_t key, cltfs_rec *rec);
 /* Read one chunk's frame, decode it into dst (rec->rsize bytes) and check
  * its CRC.  CLTFS_E_CORRUPT names the pack, chunk and offset. */
 cltfs_err store_read_chunk(cltfs_store *s, const cltfs_rec *rec, cltfs_zctx *z, void *dst);
+/* Merge what other writers appended since the last scan, now. */
+void store_rescan(cltfs_store *s);
 /* store_lookup, and the name <w> of the pack that holds the frame. */
 bool store_locate(cltfs_store *s, uint64_t key, cltfs_rec *rec, const char **pack);
 /* Decode a frame read from anywhere and check it against its record. */
@@ -142,6 +145,36 @@ cltfs_err hub_pull(hub_source *h, bool quiet);
 typedef struct plain_fs plain_fs;
 cltfs_err plain_new(hf_repo *r, const hf_entry *e, size_t n, plain_fs **out);
 void plain_free(plain_fs *p);
+
+/* ---- capture (capture.c) ---- */
+
+typedef struct {
+	const char *model, *dataset, *image_dir; /* the checkpoint folder, the queries, the images */
+	const char *model_id;  /* recorded as the model's id (default: the folder) */
+	const char *template_; /* NULL: the model card's */
+	const char *input_hook;
+	int n_targets, target_offset, dtype, batch_samples;
+	int64_t chunk_rows; /* 0: about 1 MiB of raw rows */
+	bool clip, quiet;
+} init_opts;
+cltfs_err cmd_init(const char *store, const init_opts *o);
+
+typedef struct {
+	cap_load_opts load;
+	int shard, shards;  /* --shard i/N (1-based); 0: off */
+	int64_t row0, row1; /* --rows a:b; equal: all */
+	bool quiet;
+} capture_opts;
+cltfs_err cmd_capture(const char *store, const capture_opts *o);
+
+/* The model run for a store's batches, appending through writer tag. */
+typedef struct capturer capturer;
+cltfs_err capturer_new(cltfs_store *s, const cap_load_opts *lo, const char *tag, capturer **out);
+void capturer_free(capturer *c);
+cltfs_err capture_batch(capturer *c, int64_t batch);
+/* The tier of a store made by init: a miss captures the chunk's batch. */
+cltfs_err capture_tier_open(cltfs_store *s, const cap_load_opts *lo, cltfs_tier **out);
+void capture_tier_close(cltfs_tier *t);
 
 /* ---- the filesystem: namespace and views ---- */
 

@@ -539,6 +539,10 @@ void cltfs_usage(FILE *f)
 	fputs("usage: cltfs [SOURCE] MOUNTPOINT [-f] [-d] [-s] [-o opt[,opt...]]\n"
 	      "       cltfs import STORE SRC_DIR [--chunk-rows N] [--target-offset 0|1] [--level N] [--quiet]\n"
 	      "       cltfs pull hf://datasets/OWNER/NAME[@REV] STORE [--quiet]\n"
+	      "       cltfs init STORE --model DIR --dataset QUERIES.json --image-dir DIR [--n-targets N]\n"
+	      "             [--target-offset 0|1] [--padding zero|clip] [--dtype T] [--input-hook H]\n"
+	      "             [--chunk-rows N] [--batch-samples S] [--template T] [--model-id ID] [--quiet]\n"
+	      "       cltfs capture STORE [--rows A:B | --shard I/N] [--dtype T] [--threads N] [--cpu] [--quiet]\n"
 	      "       cltfs stat STORE [--json]\n"
 	      "       cltfs verify STORE\n"
 	      "       cltfs --help | --version\n"
@@ -662,10 +666,16 @@ static int serve(struct fuse_session *se, const cli *c)
 
 /* Open what SOURCE names: a store directory, or a Hub repo (a cltfs store
  * repo behind the local store, or a plain repo of files). */
-static int open_source(const cli *c, const char *source, cltfs_store **s, hub_source **hub, plain_fs **plain)
+static int open_source(const cli *c, const char *source, cltfs_store **s, hub_source **hub, plain_fs **plain,
+		       cltfs_tier **capture)
 {
 	if (!hf_is_url(source)) {
 		if (store_open(source, s))
+			goto fail;
+		/* a store made by `cltfs init`: a miss runs the model */
+		const char *kind = store_manifest(*s)->source_kind;
+		cap_load_opts lo = {.dtype = -1};
+		if (kind && !strcmp(kind, "capture") && capture_tier_open(*s, &lo, capture))
 			goto fail;
 		return 0;
 	}
@@ -696,6 +706,7 @@ int fuse_main_cltfs(int argc, char **argv)
 	cltfs_store *s = NULL;
 	hub_source *hub = NULL;
 	plain_fs *plain = NULL;
+	cltfs_tier *capture = NULL;
 	cltfs_fs *fs = NULL;
 	struct fuse_session *se = NULL;
 	ctx cx = {0};
@@ -737,9 +748,9 @@ int fuse_main_cltfs(int argc, char **argv)
 	}
 	/* Everything that can fail for a reason the user must hear (a missing
 	 * store, a repo not found, no token) fails here, before daemonizing. */
-	if (open_source(&c, source, &s, &hub, &plain))
+	if (open_source(&c, source, &s, &hub, &plain, &capture))
 		goto out;
-	o.tier = hub ? hub_tier_of(hub) : NULL;
+	o.tier = hub ? hub_tier_of(hub) : capture;
 	snprintf(opt, sizeof opt, "-omax_read=%u", MAX_READ);
 	if (fuse_opt_add_arg(&args, opt) || fuse_opt_add_arg(&args, "-oro") ||
 	    fuse_opt_add_arg(&args, "-ofsname=cltfs") || fuse_opt_add_arg(&args, "-osubtype=cltfs") ||
@@ -789,6 +800,7 @@ out_session:
 out_json:
 	free(cx.manifest_json);
 out_store:
+	capture_tier_close(capture);
 	plain_free(plain);
 	if (hub)
 		hub_close(hub); /* its local store is s */

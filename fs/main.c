@@ -101,6 +101,125 @@ static int main_pull(int argc, char **argv)
 	return n == 2 ? cmd_pull(arg[0], arg[1], quiet) : usage_error("pull takes SOURCE STORE");
 }
 
+static int fail_msg(void)
+{
+	fprintf(stderr, "cltfs: %s\n", cltfs_errmsg());
+	return 1;
+}
+
+static int main_init(int argc, char **argv)
+{
+	init_opts o = {.input_hook = "mlp_in", .n_targets = 16, .target_offset = 1, .dtype = CLTFS_BF16,
+		       .batch_samples = 1};
+	static const struct option lo[] = {
+		{"model", required_argument, 0, 'm'},        {"dataset", required_argument, 0, 'q'},
+		{"image-dir", required_argument, 0, 'i'},    {"n-targets", required_argument, 0, 'n'},
+		{"target-offset", required_argument, 0, 't'}, {"padding", required_argument, 0, 'p'},
+		{"dtype", required_argument, 0, 'd'},        {"input-hook", required_argument, 0, 'k'},
+		{"chunk-rows", required_argument, 0, 'c'},   {"batch-samples", required_argument, 0, 'b'},
+		{"template", required_argument, 0, 'T'},     {"model-id", required_argument, 0, 'M'},
+		{"quiet", no_argument, 0, 'Q'},              {"help", no_argument, 0, 'h'},
+		{0, 0, 0, 0},
+	};
+	int ch, v;
+	cltfs_dtype dt;
+	optind = 1;
+	while ((ch = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
+		switch (ch) {
+		case 'm': o.model = optarg; break;
+		case 'q': o.dataset = optarg; break;
+		case 'i': o.image_dir = optarg; break;
+		case 'k': o.input_hook = optarg; break;
+		case 'T': o.template_ = optarg; break;
+		case 'M': o.model_id = optarg; break;
+		case 'Q': o.quiet = true; break;
+		case 'n':
+			if (!parse_int(optarg, 1, 4096, &o.n_targets))
+				return usage_error("--n-targets takes a number from 1 to 4096");
+			break;
+		case 't':
+			if (!parse_int(optarg, 0, 1, &o.target_offset))
+				return usage_error("--target-offset takes 0 or 1");
+			break;
+		case 'p':
+			if (strcmp(optarg, "zero") && strcmp(optarg, "clip"))
+				return usage_error("--padding takes zero or clip");
+			o.clip = !strcmp(optarg, "clip");
+			break;
+		case 'd':
+			if (!cltfs_dtype_parse(optarg, &dt))
+				return usage_error("--dtype takes bfloat16, float16 or float32");
+			o.dtype = (int)dt;
+			break;
+		case 'c':
+			if (!parse_int(optarg, 1, 1 << 24, &v))
+				return usage_error("--chunk-rows takes a number from 1 to 16777216");
+			o.chunk_rows = v;
+			break;
+		case 'b':
+			if (!parse_int(optarg, 1, 1 << 20, &o.batch_samples))
+				return usage_error("--batch-samples takes a number from 1 to 1048576");
+			break;
+		case 'h': cltfs_usage(stdout); return 0;
+		default: return 2;
+		}
+	}
+	if (argc - optind != 1)
+		return usage_error("init takes one STORE");
+	if (!o.model || !o.dataset || !o.image_dir)
+		return usage_error("init needs --model DIR, --dataset QUERIES.json and --image-dir DIR");
+	return cmd_init(argv[optind], &o) ? fail_msg() : 0;
+}
+
+static int main_capture(int argc, char **argv)
+{
+	capture_opts o = {.load = {.dtype = -1}};
+	static const struct option lo[] = {
+		{"rows", required_argument, 0, 'r'},  {"shard", required_argument, 0, 's'},
+		{"dtype", required_argument, 0, 'd'}, {"threads", required_argument, 0, 'j'},
+		{"cpu", no_argument, 0, 'C'},         {"quiet", no_argument, 0, 'Q'},
+		{"help", no_argument, 0, 'h'},        {0, 0, 0, 0},
+	};
+	int ch;
+	long long a, b;
+	char tail;
+	cltfs_dtype dt;
+	optind = 1;
+	while ((ch = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
+		switch (ch) {
+		case 'r':
+			if (sscanf(optarg, "%lld:%lld%c", &a, &b, &tail) != 2 || a < 0 || b <= a)
+				return usage_error("--rows takes A:B with 0 <= A < B");
+			o.row0 = a;
+			o.row1 = b;
+			break;
+		case 's':
+			if (sscanf(optarg, "%d/%d%c", &o.shard, &o.shards, &tail) != 2 || o.shards < 1 || o.shard < 1 ||
+			    o.shard > o.shards)
+				return usage_error("--shard takes I/N with 1 <= I <= N");
+			break;
+		case 'd':
+			if (!cltfs_dtype_parse(optarg, &dt))
+				return usage_error("--dtype takes bfloat16, float16 or float32");
+			o.load.dtype = (int)dt;
+			break;
+		case 'j':
+			if (!parse_int(optarg, 1, 1024, &o.load.threads))
+				return usage_error("--threads takes a number from 1 to 1024");
+			break;
+		case 'C': o.load.cpu = true; break;
+		case 'Q': o.quiet = true; break;
+		case 'h': cltfs_usage(stdout); return 0;
+		default: return 2;
+		}
+	}
+	if (o.shards && o.row1)
+		return usage_error("--rows and --shard exclude each other");
+	if (argc - optind != 1)
+		return usage_error("capture takes one STORE");
+	return cmd_capture(argv[optind], &o) ? fail_msg() : 0;
+}
+
 /* As a mount helper (mount.cltfs), mount(8) passes "-n", "-v", "-s" (sloppy)
  * and "-f" (fake): drop them, they are not ours. */
 static int as_mount_helper(int argc, char **argv)
@@ -136,6 +255,10 @@ int main(int argc, char **argv)
 		return main_import(argc - 1, argv + 1);
 	if (!strcmp(cmd, "stat"))
 		return main_stat(argc - 1, argv + 1);
+	if (!strcmp(cmd, "init"))
+		return main_init(argc - 1, argv + 1);
+	if (!strcmp(cmd, "capture"))
+		return main_capture(argc - 1, argv + 1);
 	if (!strcmp(cmd, "pull"))
 		return main_pull(argc - 1, argv + 1);
 	if (!strcmp(cmd, "verify")) {

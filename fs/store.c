@@ -335,6 +335,13 @@ static cltfs_err read_full(int fd, void *buf, size_t n, uint64_t off)
 	return CLTFS_OK;
 }
 
+void store_rescan(cltfs_store *s)
+{
+	pthread_rwlock_wrlock(&s->lock);
+	scan(s); /* a failed rescan leaves the table as it was */
+	pthread_rwlock_unlock(&s->lock);
+}
+
 bool store_locate(cltfs_store *s, uint64_t key, cltfs_rec *rec, const char **packname)
 {
 	if (!store_lookup(s, key, rec))

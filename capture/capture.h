@@ -1,0 +1,96 @@
+/* capture.h: LLaVA-1.5 activations from a Hugging Face checkpoint, on
+ * libtorch, behind a C interface.
+ *
+ *   checkpoint - config.json (LlavaConfig; fields the real one leaves out
+ *                take transformers' LlamaConfig / CLIPVisionConfig
+ *                defaults), safetensors shards (header parsed with cJSON,
+ *                data mmapped), either tensor naming
+ *   tokenizer  - tokenizer.model (SentencePiece) plus the added tokens of
+ *                tokenizer_config.json / added_tokens.json, BOS first, each
+ *                text segment between added tokens encoded on its own (what
+ *                the fast tokenizer users get does: a "▁" on both sides of
+ *                <image>)
+ *   images     - preprocessor_config.json (CLIPImageProcessor), image.h
+ *   forward    - CLIP vision tower (feature layer -2, class token dropped),
+ *                the GELU projector, image rows at the <image> token, the
+ *                LLaMA decoder; for every layer the input hook and the MLP
+ *                output
+ *
+ * No FUSE and no store here: fs/ calls this, never the reverse.
+ */
+#ifndef CLTFS_CAPTURE_H
+#define CLTFS_CAPTURE_H
+
+#include "codec.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum { CAP_HOOK_MLP_IN = 0, CAP_HOOK_RESID_PRE = 1, CAP_HOOK_RESID_MID = 2 };
+/* "mlp_in", "resid_pre", "resid_mid" -> CAP_HOOK_*, or -1. */
+int cap_hook_parse(const char *name);
+
+/* What init needs: sizes and the tokenizer, no weights. */
+typedef struct {
+	int n_layers, d_model, n_heads, n_kv_heads, intermediate;
+	int vocab_size;
+	double rms_eps, rope_theta;
+	int v_hidden, v_layers, v_heads, v_intermediate, v_image, v_patch;
+	double v_eps;
+	int feature_layer;     /* -2 */
+	int image_token;       /* image_token_index */
+	int image_rows;        /* (image_size / patch_size)^2: rows per <image> */
+	char torch_dtype[16];  /* as the checkpoint says */
+} cap_config;
+
+/* config.json of a LLaVA checkpoint folder. */
+cltfs_err cap_config_load(const char *dir, cap_config *c);
+
+typedef struct cap_tokenizer cap_tokenizer;
+cltfs_err cap_tokenizer_load(const char *dir, cap_tokenizer **out);
+void cap_tokenizer_free(cap_tokenizer *t);
+/* Ids of text, BOS first; malloc'd. */
+cltfs_err cap_tokenize(cap_tokenizer *t, const char *text, int32_t **ids, size_t *n);
+/* The prompt of a query: template with "{query}" replaced (the model
+ * card's "USER: <image>\n{query} ASSISTANT:" when template is NULL). */
+char *cap_prompt(const char *tmpl, const char *query);
+#define CAP_DEFAULT_TEMPLATE "USER: <image>\n{query} ASSISTANT:"
+/* Rows of a token sequence once each image token is image_rows rows. */
+int64_t cap_rows(const cap_config *c, const int32_t *ids, size_t n);
+
+typedef struct {
+	const char *dir;
+	int dtype;   /* compute dtype (cltfs_dtype), -1: bf16 on a GPU, fp32 on the CPU */
+	int threads; /* CPU threads, 0: libtorch's default */
+	bool cpu;    /* never use a GPU */
+} cap_load_opts;
+
+typedef struct cap_model cap_model;
+cltfs_err cap_model_load(const cap_load_opts *o, cap_model **out);
+void cap_model_free(cap_model *m);
+const cap_config *cap_model_config(const cap_model *m);
+cap_tokenizer *cap_model_tokenizer(cap_model *m);
+/* "cpu" or "cuda:0", and the compute dtype's name. */
+const char *cap_model_device(const cap_model *m);
+const char *cap_model_dtype(const cap_model *m);
+
+typedef struct {
+	const int32_t *ids;
+	size_t n;
+	const char *image; /* path; NULL: a text-only sample (no <image> allowed) */
+} cap_sample;
+
+/* Rows of one stream: layer L of the input hook (kind 0) or of the MLP
+ * output (kind 1), nrows x d_model values in the dtype asked for. */
+typedef cltfs_err (*cap_emit)(void *arg, int kind, int layer, const void *rows, int64_t nrows);
+
+/* The forward pass of one sample, streams handed to emit layer by layer. */
+cltfs_err cap_forward(cap_model *m, const cap_sample *s, int input_hook, cltfs_dtype out, cap_emit emit,
+		      void *arg);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

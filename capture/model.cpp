@@ -1,0 +1,569 @@
+// model.cpp: the LLaVA-1.5 forward pass on libtorch.
+//
+// The one unit of cltfs that includes libtorch (a unit takes ~25 s to
+// compile).  It is built as libcltfs-capture.so and loaded by loader.c on
+// the first capture: linking libtorch into cltfs would add 0.7 s to every
+// start of every command.  It calls back into the binary (cltfs_fail, the
+// tokenizer, the image code), which exports its symbols for it.  Semantics are transformers'
+// LlavaForConditionalGeneration (4.36-4.5x) in eager mode:
+//   CLIP:  patch conv (no bias) + class token + positions, pre_layrnorm,
+//          layers of LN1 -> attention (q scaled by head_dim^-0.5) ->
+//          residual, LN2 -> fc1 -> quick_gelu -> fc2 -> residual; features
+//          are hidden_states[vision_feature_layer] without the class token
+//   proj:  linear_1 -> GELU (erf) -> linear_2
+//   LLaMA: RMSNorm in fp32, rotary (rotate_half), causal softmax in fp32,
+//          GQA by repeating key/value heads, SiLU-gated MLP
+// Hooks per decoder layer L: resid_pre = hidden_states[L], resid_mid =
+// after attention's residual, mlp_in = post_attention_layernorm's output,
+// mlp_out = the MLP's output.
+#include "capture.h"
+#include "image.h"
+
+#include <cjson/cJSON.h>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <torch/torch.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+using torch::Tensor;
+
+// ---- files ----
+
+static std::string read_text(const std::string &path, bool *missing)
+{
+	*missing = false;
+	FILE *f = fopen(path.c_str(), "rb");
+	if (!f) {
+		*missing = true;
+		return "";
+	}
+	std::string s;
+	char buf[65536];
+	size_t n;
+	while ((n = fread(buf, 1, sizeof buf, f)) > 0)
+		s.append(buf, n);
+	fclose(f);
+	return s;
+}
+
+// ---- safetensors: header with cJSON, data mmapped ----
+
+struct st_tensor {
+	const uint8_t *data;
+	size_t bytes;
+	torch::ScalarType dtype;
+	std::vector<int64_t> shape;
+	std::string file;
+};
+
+struct st_file {
+	void *map = MAP_FAILED;
+	size_t len = 0;
+	~st_file()
+	{
+		if (map != MAP_FAILED)
+			munmap(map, len);
+	}
+};
+
+static bool st_dtype(const char *s, torch::ScalarType *t, size_t *esize)
+{
+	static const struct {
+		const char *name;
+		torch::ScalarType t;
+		size_t size;
+	} map[] = {{"F32", torch::kFloat, 4}, {"BF16", torch::kBFloat16, 2}, {"F16", torch::kHalf, 2}};
+	for (const auto &m : map)
+		if (!strcmp(s, m.name)) {
+			*t = m.t;
+			*esize = m.size;
+			return true;
+		}
+	return false;
+}
+
+// Map one shard and add its tensors; a message names the file and tensor.
+static cltfs_err st_load(const std::string &path, std::vector<std::unique_ptr<st_file>> &files,
+			 std::map<std::string, st_tensor> &out)
+{
+	int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return cltfs_fail(errno == ENOENT ? CLTFS_E_NOTFOUND : CLTFS_E_IO, "%s: %s", path.c_str(),
+				  strerror(errno));
+	struct stat st;
+	auto f = std::make_unique<st_file>();
+	if (fstat(fd, &st) == 0 && st.st_size >= 8) {
+		f->len = (size_t)st.st_size;
+		f->map = mmap(NULL, f->len, PROT_READ, MAP_PRIVATE, fd, 0);
+	}
+	close(fd);
+	if (f->map == MAP_FAILED)
+		return cltfs_fail(CLTFS_E_FORMAT, "%s: not a safetensors file (too short or unreadable)", path.c_str());
+	const uint8_t *base = (const uint8_t *)f->map;
+	uint64_t hlen = 0;
+	for (int i = 7; i >= 0; i--)
+		hlen = hlen << 8 | base[i];
+	if (hlen > f->len - 8 || hlen > (100u << 20))
+		return cltfs_fail(CLTFS_E_FORMAT, "%s: header length %llu runs past the file (%zu bytes): truncated or "
+				  "not safetensors", path.c_str(), (unsigned long long)hlen, f->len);
+	cJSON *h = cJSON_ParseWithLength((const char *)base + 8, (size_t)hlen);
+	if (!cJSON_IsObject(h)) {
+		cJSON_Delete(h);
+		return cltfs_fail(CLTFS_E_FORMAT, "%s: the header is not a JSON object", path.c_str());
+	}
+	const uint8_t *data = base + 8 + hlen;
+	size_t dlen = f->len - 8 - (size_t)hlen;
+	cltfs_err e = CLTFS_OK;
+	const cJSON *it;
+	cJSON_ArrayForEach(it, h) {
+		if (!strcmp(it->string, "__metadata__"))
+			continue;
+		const cJSON *dt = cJSON_GetObjectItemCaseSensitive(it, "dtype"),
+			    *sh = cJSON_GetObjectItemCaseSensitive(it, "shape"),
+			    *off = cJSON_GetObjectItemCaseSensitive(it, "data_offsets");
+		st_tensor t;
+		size_t esize = 0;
+		if (!cJSON_IsString(dt) || !st_dtype(dt->valuestring, &t.dtype, &esize)) {
+			e = cltfs_fail(CLTFS_E_UNSUPPORTED, "%s: tensor %s: dtype %s (F32, BF16 and F16 are read)",
+				       path.c_str(), it->string, cJSON_IsString(dt) ? dt->valuestring : "missing");
+			break;
+		}
+		uint64_t numel = 1;
+		const cJSON *d;
+		bool ok = cJSON_IsArray(sh) && cJSON_IsArray(off) && cJSON_GetArraySize(off) == 2;
+		cJSON_ArrayForEach(d, sh) {
+			ok = ok && cJSON_IsNumber(d) && d->valuedouble >= 0 && d->valuedouble < 1e12;
+			if (ok) {
+				t.shape.push_back((int64_t)d->valuedouble);
+				numel *= (uint64_t)d->valuedouble;
+			}
+		}
+		double b = ok ? cJSON_GetArrayItem(off, 0)->valuedouble : -1,
+		       en = ok ? cJSON_GetArrayItem(off, 1)->valuedouble : -1;
+		if (!ok || b < 0 || en < b || en > (double)dlen || (uint64_t)(en - b) != numel * esize) {
+			e = cltfs_fail(CLTFS_E_FORMAT, "%s: tensor %s: shape or data offsets disagree with the file (%zu "
+				       "data bytes): truncated or corrupt", path.c_str(), it->string, dlen);
+			break;
+		}
+		t.data = data + (size_t)b;
+		t.bytes = (size_t)(en - b);
+		t.file = path;
+		out[it->string] = std::move(t);
+	}
+	cJSON_Delete(h);
+	files.push_back(std::move(f));
+	return e;
+}
+
+// The shards: model.safetensors.index.json's weight_map, or one file.
+static cltfs_err st_load_dir(const std::string &dir, std::vector<std::unique_ptr<st_file>> &files,
+			     std::map<std::string, st_tensor> &out)
+{
+	bool missing;
+	std::string ipath = dir + "/model.safetensors.index.json";
+	std::string idx = read_text(ipath, &missing);
+	if (missing)
+		return st_load(dir + "/model.safetensors", files, out);
+	cJSON *j = cJSON_ParseWithLength(idx.data(), idx.size());
+	const cJSON *wm = cJSON_GetObjectItemCaseSensitive(j, "weight_map");
+	if (!cJSON_IsObject(wm)) {
+		cJSON_Delete(j);
+		return cltfs_fail(CLTFS_E_FORMAT, "%s: no weight_map object", ipath.c_str());
+	}
+	std::vector<std::string> shards;
+	std::map<std::string, std::string> want;
+	const cJSON *it;
+	cltfs_err e = CLTFS_OK;
+	cJSON_ArrayForEach(it, wm) {
+		if (!cJSON_IsString(it) || strchr(it->valuestring, '/')) {
+			e = cltfs_fail(CLTFS_E_FORMAT, "%s: weight_map[%s] is not a file name", ipath.c_str(), it->string);
+			break;
+		}
+		want[it->string] = it->valuestring;
+		if (std::find(shards.begin(), shards.end(), it->valuestring) == shards.end())
+			shards.push_back(it->valuestring);
+	}
+	cJSON_Delete(j);
+	for (size_t i = 0; !e && i < shards.size(); i++)
+		e = st_load(dir + "/" + shards[i], files, out);
+	for (auto w = want.begin(); !e && w != want.end(); ++w) {
+		auto t = out.find(w->first);
+		if (t == out.end() || t->second.file != dir + "/" + w->second)
+			e = cltfs_fail(CLTFS_E_FORMAT, "%s: tensor %s is not in %s as the index says", ipath.c_str(),
+				       w->first.c_str(), w->second.c_str());
+	}
+	return e;
+}
+
+// ---- the model ----
+
+struct vlayer {
+	Tensor ln1_w, ln1_b, q_w, q_b, k_w, k_b, v_w, v_b, o_w, o_b, ln2_w, ln2_b, fc1_w, fc1_b, fc2_w, fc2_b;
+};
+struct tlayer {
+	Tensor in_w, q, k, v, o, post_w, gate, up, down;
+};
+
+struct cap_model {
+	cap_config c;
+	cap_preproc pre;
+	cap_tokenizer *tok = nullptr;
+	std::vector<std::unique_ptr<st_file>> files;
+	torch::Device dev = torch::kCPU;
+	torch::ScalarType dt = torch::kFloat;
+	std::string dev_name, dt_name;
+	Tensor patch_w, cls, pos, pre_w, pre_b;
+	std::vector<vlayer> vl;
+	Tensor p1_w, p1_b, p2_w, p2_b, embed;
+	std::vector<tlayer> tl;
+	Tensor inv_freq;
+	~cap_model() { cap_tokenizer_free(tok); }
+};
+
+struct loader {
+	std::map<std::string, st_tensor> &t;
+	cap_model *m;
+	std::string dir;
+	cltfs_err e = CLTFS_OK;
+
+	// The tensor under either naming, checked against its expected shape.
+	Tensor get(const std::string &old_name, const std::string &new_name, std::vector<int64_t> shape)
+	{
+		if (e)
+			return Tensor();
+		auto it = t.find(old_name);
+		if (it == t.end())
+			it = t.find(new_name);
+		if (it == t.end()) {
+			e = cltfs_fail(CLTFS_E_FORMAT, "%s: tensor %s (or %s) is missing from the checkpoint", dir.c_str(),
+				       old_name.c_str(), new_name.c_str());
+			return Tensor();
+		}
+		const st_tensor &s = it->second;
+		if (s.shape != shape) {
+			std::string got, want;
+			for (auto d : s.shape)
+				got += std::to_string(d) + " ";
+			for (auto d : shape)
+				want += std::to_string(d) + " ";
+			e = cltfs_fail(CLTFS_E_FORMAT, "%s: tensor %s has shape [%s], the config implies [%s]",
+				       s.file.c_str(), it->first.c_str(), got.c_str(), want.c_str());
+			return Tensor();
+		}
+		// from_blob on the read-only map: .to() copies (another dtype or
+		// device); a same-dtype CPU tensor is cloned so it is aligned and ours.
+		Tensor raw = torch::from_blob((void *)s.data, s.shape, torch::TensorOptions().dtype(s.dtype));
+		Tensor out = raw.to(m->dev, m->dt);
+		return out.data_ptr() == raw.data_ptr() ? out.clone() : out;
+	}
+	Tensor lm(const std::string &n, std::vector<int64_t> shape)
+	{
+		return get("language_model.model." + n, "model.language_model." + n, shape);
+	}
+	Tensor vis(const std::string &n, std::vector<int64_t> shape)
+	{
+		return get("vision_tower.vision_model." + n, "model.vision_tower.vision_model." + n, shape);
+	}
+	Tensor proj(const std::string &n, std::vector<int64_t> shape)
+	{
+		return get("multi_modal_projector." + n, "model.multi_modal_projector." + n, shape);
+	}
+};
+
+static void load_vision(loader &L, cap_model *m)
+{
+	const cap_config &c = m->c;
+	int64_t D = c.v_hidden, I = c.v_intermediate, P = c.image_rows + 1;
+	m->patch_w = L.vis("embeddings.patch_embedding.weight", {D, 3, c.v_patch, c.v_patch});
+	m->cls = L.vis("embeddings.class_embedding", {D});
+	m->pos = L.vis("embeddings.position_embedding.weight", {P, D});
+	m->pre_w = L.vis("pre_layrnorm.weight", {D});
+	m->pre_b = L.vis("pre_layrnorm.bias", {D});
+	// Only the layers up to the feature layer ever run.
+	int need = c.feature_layer < 0 ? c.v_layers + 1 + c.feature_layer : c.feature_layer;
+	for (int i = 0; i < need && !L.e; i++) {
+		std::string p = "encoder.layers." + std::to_string(i) + ".";
+		vlayer v;
+		v.ln1_w = L.vis(p + "layer_norm1.weight", {D});
+		v.ln1_b = L.vis(p + "layer_norm1.bias", {D});
+		v.q_w = L.vis(p + "self_attn.q_proj.weight", {D, D});
+		v.q_b = L.vis(p + "self_attn.q_proj.bias", {D});
+		v.k_w = L.vis(p + "self_attn.k_proj.weight", {D, D});
+		v.k_b = L.vis(p + "self_attn.k_proj.bias", {D});
+		v.v_w = L.vis(p + "self_attn.v_proj.weight", {D, D});
+		v.v_b = L.vis(p + "self_attn.v_proj.bias", {D});
+		v.o_w = L.vis(p + "self_attn.out_proj.weight", {D, D});
+		v.o_b = L.vis(p + "self_attn.out_proj.bias", {D});
+		v.ln2_w = L.vis(p + "layer_norm2.weight", {D});
+		v.ln2_b = L.vis(p + "layer_norm2.bias", {D});
+		v.fc1_w = L.vis(p + "mlp.fc1.weight", {I, D});
+		v.fc1_b = L.vis(p + "mlp.fc1.bias", {I});
+		v.fc2_w = L.vis(p + "mlp.fc2.weight", {D, I});
+		v.fc2_b = L.vis(p + "mlp.fc2.bias", {D});
+		m->vl.push_back(std::move(v));
+	}
+	int64_t H = c.d_model;
+	m->p1_w = L.proj("linear_1.weight", {H, D});
+	m->p1_b = L.proj("linear_1.bias", {H});
+	m->p2_w = L.proj("linear_2.weight", {H, H});
+	m->p2_b = L.proj("linear_2.bias", {H});
+}
+
+static void load_text(loader &L, cap_model *m)
+{
+	const cap_config &c = m->c;
+	int64_t H = c.d_model, I = c.intermediate, hd = H / c.n_heads, KV = (int64_t)c.n_kv_heads * hd;
+	m->embed = L.lm("embed_tokens.weight", {c.vocab_size, H});
+	for (int i = 0; i < c.n_layers && !L.e; i++) {
+		std::string p = "layers." + std::to_string(i) + ".";
+		tlayer t;
+		t.in_w = L.lm(p + "input_layernorm.weight", {H});
+		t.q = L.lm(p + "self_attn.q_proj.weight", {H, H});
+		t.k = L.lm(p + "self_attn.k_proj.weight", {KV, H});
+		t.v = L.lm(p + "self_attn.v_proj.weight", {KV, H});
+		t.o = L.lm(p + "self_attn.o_proj.weight", {H, H});
+		t.post_w = L.lm(p + "post_attention_layernorm.weight", {H});
+		t.gate = L.lm(p + "mlp.gate_proj.weight", {I, H});
+		t.up = L.lm(p + "mlp.up_proj.weight", {I, H});
+		t.down = L.lm(p + "mlp.down_proj.weight", {H, I});
+		m->tl.push_back(std::move(t));
+	}
+	m->inv_freq = 1.0 / torch::pow(c.rope_theta, torch::arange(0, hd, 2, torch::kDouble) / (double)hd);
+	m->inv_freq = m->inv_freq.to(torch::kFloat).to(m->dev);
+}
+
+static torch::ScalarType torch_dtype(int d)
+{
+	return d == CLTFS_BF16 ? torch::kBFloat16 : d == CLTFS_F16 ? torch::kHalf : torch::kFloat;
+}
+
+static cltfs_err load_preproc(cap_model *m, const std::string &dir)
+{
+	bool missing;
+	std::string path = dir + "/preprocessor_config.json";
+	std::string text = read_text(path, &missing);
+	if (missing)
+		return cltfs_fail(CLTFS_E_NOTFOUND, "%s: missing (the checkpoint's image preprocessing)", path.c_str());
+	cltfs_err e = cap_preproc_parse(text.data(), text.size(), path.c_str(), &m->pre);
+	if (!e && (m->pre.crop_h != m->c.v_image || m->pre.crop_w != m->c.v_image))
+		e = cltfs_fail(CLTFS_E_FORMAT, "%s: crop_size %dx%d, but the vision tower takes %dx%d images", path.c_str(),
+			       m->pre.crop_h, m->pre.crop_w, m->c.v_image, m->c.v_image);
+	return e;
+}
+
+extern "C" cltfs_err capimpl_model_load(const cap_load_opts *o, cap_model **out)
+{
+	auto m = std::make_unique<cap_model>();
+	std::string dir = o->dir;
+	cltfs_err e = cap_config_load(o->dir, &m->c);
+	if (!e)
+		e = cap_tokenizer_load(o->dir, &m->tok);
+	if (!e)
+		e = load_preproc(m.get(), dir);
+	if (e)
+		return e;
+	try {
+		bool gpu = !o->cpu && torch::cuda::is_available();
+		m->dev = gpu ? torch::Device(torch::kCUDA, 0) : torch::Device(torch::kCPU);
+		m->dev_name = gpu ? "cuda:0" : "cpu";
+		int d = o->dtype >= 0 ? o->dtype : gpu ? CLTFS_BF16 : CLTFS_F32;
+		m->dt = torch_dtype(d);
+		m->dt_name = cltfs_dtype_name((cltfs_dtype)d);
+		if (o->threads > 0)
+			torch::set_num_threads(o->threads);
+		std::map<std::string, st_tensor> tensors;
+		if ((e = st_load_dir(dir, m->files, tensors)))
+			return e;
+		torch::NoGradGuard ng;
+		loader L{tensors, m.get(), dir};
+		load_vision(L, m.get());
+		load_text(L, m.get());
+		if (L.e)
+			return L.e;
+	} catch (const std::exception &x) {
+		return cltfs_fail(CLTFS_E_IO, "%s: loading the model: %s", o->dir, x.what());
+	}
+	m->files.clear(); // every tensor is a copy now: the maps can go
+	*out = m.release();
+	return CLTFS_OK;
+}
+
+extern "C" void capimpl_model_free(cap_model *m) { delete m; }
+extern "C" const cap_config *capimpl_model_config(const cap_model *m) { return &m->c; }
+extern "C" cap_tokenizer *capimpl_model_tokenizer(cap_model *m) { return m->tok; }
+extern "C" const char *capimpl_model_device(const cap_model *m) { return m->dev_name.c_str(); }
+extern "C" const char *capimpl_model_dtype(const cap_model *m) { return m->dt_name.c_str(); }
+
+// ---- forward ----
+
+static Tensor dense(const Tensor &x, const Tensor &w, const Tensor &b = Tensor())
+{
+	return b.defined() ? torch::addmm(b, x, w.t()) : torch::matmul(x, w.t());
+}
+
+// softmax(q k^T * scale [+ causal mask]) v over [heads, T, hd]; the softmax
+// in fp32 as transformers does.
+static Tensor attend(const Tensor &q, const Tensor &k, const Tensor &v, double scale, bool causal)
+{
+	Tensor w = torch::matmul(q, k.transpose(-1, -2)) * scale;
+	if (causal) {
+		int64_t T = q.size(1);
+		Tensor mask = torch::ones({T, T}, torch::TensorOptions().dtype(torch::kBool).device(q.device())).triu(1);
+		w = w.masked_fill(mask, -std::numeric_limits<float>::infinity());
+	}
+	w = torch::softmax(w.to(torch::kFloat), -1).to(q.scalar_type());
+	return torch::matmul(w, v);
+}
+
+static Tensor vision(cap_model *m, const Tensor &pix)
+{
+	const cap_config &c = m->c;
+	int64_t D = c.v_hidden, hd = D / c.v_heads;
+	Tensor x = torch::conv2d(pix, m->patch_w, {}, c.v_patch).flatten(2).transpose(1, 2).squeeze(0); // [P, D]
+	x = torch::cat({m->cls.unsqueeze(0), x}, 0) + m->pos;
+	x = torch::layer_norm(x, {D}, m->pre_w, m->pre_b, c.v_eps);
+	double scale = 1.0 / std::sqrt((double)hd);
+	for (auto &l : m->vl) {
+		Tensor h = torch::layer_norm(x, {D}, l.ln1_w, l.ln1_b, c.v_eps);
+		int64_t T = h.size(0);
+		// transformers scales q before the product; the same rounding here
+		Tensor q = (dense(h, l.q_w, l.q_b) * scale).view({T, c.v_heads, hd}).transpose(0, 1);
+		Tensor k = dense(h, l.k_w, l.k_b).view({T, c.v_heads, hd}).transpose(0, 1);
+		Tensor v = dense(h, l.v_w, l.v_b).view({T, c.v_heads, hd}).transpose(0, 1);
+		Tensor a = attend(q, k, v, 1.0, false).transpose(0, 1).reshape({T, D});
+		x = x + dense(a, l.o_w, l.o_b);
+		h = torch::layer_norm(x, {D}, l.ln2_w, l.ln2_b, c.v_eps);
+		h = dense(h, l.fc1_w, l.fc1_b);
+		h = h * torch::sigmoid(1.702 * h); // quick_gelu
+		x = x + dense(h, l.fc2_w, l.fc2_b);
+	}
+	Tensor f = x.slice(0, 1); // the class token dropped ("default")
+	f = torch::gelu(dense(f, m->p1_w, m->p1_b));
+	return dense(f, m->p2_w, m->p2_b);
+}
+
+static Tensor rmsnorm(const Tensor &x, const Tensor &w, double eps)
+{
+	Tensor f = x.to(torch::kFloat);
+	f = f * torch::rsqrt(f.pow(2).mean(-1, true) + eps);
+	return w * f.to(x.scalar_type());
+}
+
+static Tensor rotate_half(const Tensor &x)
+{
+	int64_t h = x.size(-1) / 2;
+	return torch::cat({-x.slice(-1, h), x.slice(-1, 0, h)}, -1);
+}
+
+struct emitter {
+	cap_emit fn;
+	void *arg;
+	torch::ScalarType out;
+	cltfs_err e = CLTFS_OK;
+	void operator()(int kind, int layer, const Tensor &t)
+	{
+		if (e)
+			return;
+		Tensor c = t.to(torch::kCPU, out).contiguous();
+		e = fn(arg, kind, layer, c.data_ptr(), c.size(0));
+	}
+};
+
+static void decoder(cap_model *m, Tensor x, int hook, emitter &emit)
+{
+	const cap_config &c = m->c;
+	int64_t T = x.size(0), H = c.d_model, nh = c.n_heads, kvh = c.n_kv_heads, hd = H / nh;
+	Tensor pos = torch::arange(T, torch::TensorOptions().dtype(torch::kFloat).device(m->dev));
+	Tensor freqs = torch::outer(pos, m->inv_freq);
+	Tensor emb = torch::cat({freqs, freqs}, -1);
+	Tensor cos = emb.cos().to(m->dt), sin = emb.sin().to(m->dt);
+	double scale = 1.0 / std::sqrt((double)hd);
+	for (int L = 0; L < c.n_layers && !emit.e; L++) {
+		tlayer &l = m->tl[L];
+		if (hook == CAP_HOOK_RESID_PRE)
+			emit(0, L, x);
+		Tensor h = rmsnorm(x, l.in_w, c.rms_eps);
+		Tensor q = dense(h, l.q).view({T, nh, hd}).transpose(0, 1);
+		Tensor k = dense(h, l.k).view({T, kvh, hd}).transpose(0, 1);
+		Tensor v = dense(h, l.v).view({T, kvh, hd}).transpose(0, 1);
+		q = q * cos + rotate_half(q) * sin;
+		k = k * cos + rotate_half(k) * sin;
+		if (kvh != nh) { // each key/value head serves nh / kvh query heads
+			k = k.repeat_interleave(nh / kvh, 0);
+			v = v.repeat_interleave(nh / kvh, 0);
+		}
+		Tensor a = attend(q, k, v, scale, true).transpose(0, 1).reshape({T, H});
+		x = x + dense(a, l.o);
+		if (hook == CAP_HOOK_RESID_MID)
+			emit(0, L, x);
+		h = rmsnorm(x, l.post_w, c.rms_eps);
+		if (hook == CAP_HOOK_MLP_IN)
+			emit(0, L, h);
+		Tensor mo = dense(torch::silu(dense(h, l.gate)) * dense(h, l.up), l.down);
+		emit(1, L, mo);
+		x = x + mo;
+	}
+}
+
+// The embeddings of ids, each image token replaced by the image's rows.
+static cltfs_err embed(cap_model *m, const cap_sample *s, Tensor *out)
+{
+	const cap_config &c = m->c;
+	std::vector<Tensor> parts;
+	Tensor ids = torch::from_blob((void *)s->ids, {(int64_t)s->n}, torch::kInt).to(torch::kLong);
+	size_t images = 0, start = 0;
+	for (size_t i = 0; i < s->n; i++) {
+		if (s->ids[i] < 0 || s->ids[i] >= c.vocab_size)
+			return cltfs_fail(CLTFS_E_INVAL, "token id %d is outside the vocabulary (%d)", s->ids[i], c.vocab_size);
+		images += s->ids[i] == c.image_token;
+	}
+	if (images != (s->image ? 1u : 0u))
+		return cltfs_fail(CLTFS_E_INVAL, "the prompt has %zu <image> tokens for %s image", images,
+				  s->image ? "one" : "no");
+	Tensor feats;
+	if (s->image) {
+		float *px;
+		int h, w;
+		cltfs_err e = cap_image_load(s->image, &m->pre, &px, &h, &w);
+		if (e)
+			return e;
+		// the tensor owns px: .to() is no copy when dtype and device match
+		Tensor pix = torch::from_blob(px, {1, 3, h, w}, [](void *p) { free(p); }, torch::kFloat).to(m->dev, m->dt);
+		feats = vision(m, pix);
+	}
+	for (size_t i = 0; i <= s->n; i++) {
+		if (i < s->n && s->ids[i] != c.image_token)
+			continue;
+		if (i > start)
+			parts.push_back(m->embed.index_select(0, ids.slice(0, (int64_t)start, (int64_t)i).to(m->dev)));
+		if (i < s->n)
+			parts.push_back(feats);
+		start = i + 1;
+	}
+	*out = torch::cat(parts, 0);
+	return CLTFS_OK;
+}
+
+extern "C" cltfs_err capimpl_forward(cap_model *m, const cap_sample *s, int input_hook, cltfs_dtype out, cap_emit fn,
+				 void *arg)
+{
+	emitter emit{fn, arg, torch_dtype(out)};
+	try {
+		torch::NoGradGuard ng;
+		Tensor x;
+		cltfs_err e = embed(m, s, &x);
+		if (e)
+			return e;
+		decoder(m, x, input_hook, emit);
+	} catch (const std::exception &x) {
+		return cltfs_fail(CLTFS_E_IO, "the forward pass failed: %s", x.what());
+	}
+	return emit.e;
+}
