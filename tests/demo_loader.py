@@ -44,8 +44,17 @@ class CLTFiles(Dataset):
 
 
 def main():
-    root, orig = sys.argv[1], (sys.argv[2] if len(sys.argv) > 2 else None)
+    args = [a for a in sys.argv[1:] if a != "--capture"]
+    root, orig = args[0], (args[1] if len(args) > 1 else None)
     ds = CLTFiles(root)
+    if "--capture" in sys.argv:
+        # a store made by `cltfs init`: the first read of each batch runs
+        # the model inside the filesystem, once, whichever worker asks
+        loader = DataLoader(ds, batch_size=None, num_workers=4, shuffle=False)
+        t0 = time.time()
+        n = sum(1 for _ in loader)
+        print(f"   DataLoader, 4 workers, first read (each batch captured on its miss): {n} (x, y) pairs "
+              f"in {time.time() - t0:.2f} s")
     first = ds[0]
     print(f"   {len(ds)} (x, y) file pairs; n_targets={first[3]}, d={first[1].shape[-1]}, "
           f"x {tuple(first[1].shape)} {first[1].dtype}, targets {tuple(first[2].shape)}")
