@@ -33,7 +33,7 @@ CAP_SRC   := capture/config.c capture/tokenizer.c capture/loader.c capture/image
 MAIN_SRC  := fs/main.c
 HDRS      := codec/codec.h fs/fs.h fs/fuse_edge.h hfcache/hfcache.h hfcache/http.h capture/capture.h capture/image.h
 OBJS      = $(patsubst %,$(1)/%.o,$(basename $(CODEC_SRC) $(FS_SRC) $(CAP_SRC)))
-UNIT_TESTS := codec_frame codec_pt codec_manifest fs_store hf_config
+UNIT_TESTS := codec_frame codec_pt codec_manifest fs_store hf_config capture_image
 
 .PHONY: all deps check unit unit-asan pytest pytest-asan demo bench install uninstall clean
 
@@ -120,6 +120,7 @@ bench: deps
 	$(MAKE) all $(B)/zerofs
 	$(PYTHON) bench/bench.py --cltfs $(B)/cltfs --zerofs $(B)/zerofs
 	$(PYTHON) bench/hub_bench.py --cltfs $(B)/cltfs --total-mb 1100
+	$(PYTHON) bench/capture_bench.py --cltfs $(B)/cltfs
 
 install: $(B)/cltfs $(B)/libcltfs-capture.so
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)/sbin $(DESTDIR)$(PREFIX)/lib/cltfs

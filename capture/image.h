@@ -45,12 +45,15 @@ typedef struct {
  * {"shortest_edge": 224}; crop_size {"height": 224, "width": 224};
  * rescale_factor 1/255; resample 3 (bicubic); image_mean OPENAI_CLIP_MEAN
  * (0.48145466, 0.4578275, 0.40821073); image_std OPENAI_CLIP_STD
- * (0.26862954, 0.26130258, 0.27577711).  size and crop_size may also be a
- * bare integer (old CLIPFeatureExtractor configs), image_mean and image_std
- * one number for every channel.  CLTFS_E_FORMAT for bad JSON or a field of
- * the wrong type or range; CLTFS_E_UNSUPPORTED for what CLIP's processor
- * could do but cltfs does not: a size of height x width (no aspect ratio
- * kept), NEAREST resampling, another processor type. */
+ * (0.26862954, 0.26130258, 0.27577711).  A null field is a missing one.
+ * size and crop_size may also be a bare integer (old CLIPFeatureExtractor
+ * configs), crop_size [h, w], image_mean and image_std one number for
+ * every channel.  CLTFS_E_FORMAT for bad JSON or a field of the wrong type
+ * or range (sides 1-65535, a zero std); CLTFS_E_UNSUPPORTED for what a
+ * processor could ask but cltfs does not do: a size of height x width (no
+ * aspect ratio kept), a size with a longest_edge (transformers 4 ignores
+ * it, 5 does not), NEAREST resampling, a processor type not CLIP's.  *out
+ * is untouched on error. */
 cltfs_err cap_preproc_parse(const char *json, size_t len, const char *path, cap_preproc *out);
 
 /* Decode path, then resize (size.shortest_edge), center crop (padding with
@@ -58,12 +61,15 @@ cltfs_err cap_preproc_parse(const char *json, size_t len, const char *path, cap_
  * rescale and normalize.  *out is float32 [3][*h][*w] (CHW), malloc'd:
  * *h x *w is crop_h x crop_w, or the resized size without do_center_crop.
  * The image is always made RGB, whatever do_convert_rgb says: the model
- * takes three channels.  Errors name the file: CLTFS_E_NOTFOUND (missing),
- * CLTFS_E_IO (unreadable, a directory), CLTFS_E_FORMAT (empty, not an
- * image, zero width or height), CLTFS_E_UNSUPPORTED (another image format,
- * a JPEG of other than 1, 3 or 4 components, more than 65535 pixels a side
- * or 256 Mpixel, before or after resizing), CLTFS_E_CORRUPT (truncated or
- * damaged data), CLTFS_E_NOMEM. */
+ * takes three channels.  Only the pixels the crop keeps are resampled, so
+ * an elongated image costs no more than another.  Errors name the file:
+ * CLTFS_E_NOTFOUND (missing), CLTFS_E_IO (unreadable, a directory),
+ * CLTFS_E_FORMAT (empty, not an image, zero width or height),
+ * CLTFS_E_UNSUPPORTED (GIF, WebP and other formats PIL would open; a JPEG
+ * of other than 1, 3 or 4 components; more than 65535 pixels a side or 256
+ * Mpixel decoded, 2^28 a side resized, 256 Mpixel out), CLTFS_E_CORRUPT
+ * (truncated or damaged data), CLTFS_E_NOMEM; CLTFS_E_INVAL for a p that
+ * cap_preproc_parse would not give. */
 cltfs_err cap_image_load(const char *path, const cap_preproc *p, float **out, int *h, int *w);
 
 /* The first step alone: path (PNG or JPEG, told by content, not by name)

@@ -218,6 +218,13 @@ cltfs_err cmd_init(const char *store, const init_opts *o)
 
 /* ---- running the model on batches ---- */
 
+static double now_s(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+}
+
 typedef struct {
 	uint8_t *buf; /* the batch's rows of this stream */
 	int64_t filled;
@@ -236,6 +243,7 @@ struct capturer {
 	int64_t sample_row;  /* the current sample's first row in the batch */
 	bool last_sample;
 	uint64_t chunks_added;
+	double load_s; /* seconds the model took to load */
 };
 
 cltfs_err capturer_new(cltfs_store *s, const cap_load_opts *lo, const char *tag, capturer **out)
@@ -334,7 +342,9 @@ static cltfs_err load_model(capturer *c)
 {
 	if (c->model)
 		return CLTFS_OK;
+	double t0 = now_s();
 	cltfs_err e = cap_model_load(&c->lo, &c->model);
+	c->load_s = now_s() - t0;
 	if (e)
 		return e;
 	const cap_config *cfg = cap_model_config(c->model);
@@ -370,7 +380,7 @@ static cltfs_err run_sample(capturer *c, int64_t si)
 	return e ? cltfs_wrap(e, "sample %s", sm->id ? sm->id : "?") : CLTFS_OK;
 }
 
-cltfs_err capture_batch(capturer *c, int64_t b)
+cltfs_err capture_batch(capturer *c, int64_t b, bool durable)
 {
 	if (batch_stored(c, b))
 		return CLTFS_OK;
@@ -391,17 +401,10 @@ cltfs_err capture_batch(capturer *c, int64_t b)
 		store_writer_abandon(c->w);
 		return e;
 	}
-	return store_writer_sync(c->w);
+	return durable ? store_writer_sync(c->w) : CLTFS_OK;
 }
 
 /* ---- cltfs capture ---- */
-
-static double now_s(void)
-{
-	struct timespec t;
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
-}
 
 cltfs_err cmd_capture(const char *store, const capture_opts *o)
 {
@@ -430,11 +433,16 @@ cltfs_err cmd_capture(const char *store, const capture_opts *o)
 	if (!e)
 		e = capturer_new(s, &o->load, tag, &c);
 	bool tty = !o->quiet && isatty(2);
-	double t0 = now_s();
+	double t0 = now_s(), synced = t0;
 	int64_t rows = 0, done = 0;
 	for (int64_t b = b0; !e && b < b1; b++) {
 		bool had = batch_stored(c, b);
-		e = capture_batch(c, b);
+		/* durable about once a second, not per batch (an fsync can cost
+		 * more than a small batch): a kill loses at most that second */
+		bool durable = now_s() - synced >= 1.0 || b + 1 == b1;
+		e = capture_batch(c, b, durable);
+		if (durable)
+			synced = now_s();
 		if (!had) {
 			rows += m->batches[b].rows;
 			done++;
@@ -447,10 +455,14 @@ cltfs_err cmd_capture(const char *store, const capture_opts *o)
 	}
 	if (tty)
 		fputc('\n', stderr);
-	if (!e && !o->quiet)
-		fprintf(stderr, "capture: %lld of %lld batches captured (%lld rows, %.1f s, %s)\n", (long long)done,
-			(long long)(b1 - b0), (long long)rows, now_s() - t0,
-			c && c->model ? cap_model_device(c->model) : "nothing to run");
+	double run = now_s() - t0 - (c ? c->load_s : 0);
+	if (!e && !o->quiet && c && c->model)
+		fprintf(stderr, "capture: %lld of %lld batches captured: %lld rows in %.2f s, %.0f tokens/s on %s (%s), "
+			"after %.2f s loading the model\n", (long long)done, (long long)(b1 - b0), (long long)rows, run,
+			run > 0 ? (double)rows / run : 0.0, cap_model_device(c->model), cap_model_dtype(c->model),
+			c->load_s);
+	else if (!e && !o->quiet)
+		fprintf(stderr, "capture: all %lld batches were stored already\n", (long long)(b1 - b0));
 	capturer_free(c);
 	store_close(s);
 	return e;
@@ -499,7 +511,8 @@ static cltfs_err tier_load(cltfs_tier *t, uint64_t key, cltfs_zctx *z, uint8_t *
 	pthread_mutex_lock(&ct->mu);
 	int fd = lock_batch(c, b);
 	store_rescan(c->s);
-	cltfs_err e = store_lookup(c->s, key, rec) ? CLTFS_OK : capture_batch(c, b);
+	/* durable before the lock goes: another process waits to read it */
+	cltfs_err e = store_lookup(c->s, key, rec) ? CLTFS_OK : capture_batch(c, b, true);
 	if (fd >= 0)
 		close(fd);
 	pthread_mutex_unlock(&ct->mu);

@@ -171,7 +171,8 @@ cltfs_err cmd_capture(const char *store, const capture_opts *o);
 typedef struct capturer capturer;
 cltfs_err capturer_new(cltfs_store *s, const cap_load_opts *lo, const char *tag, capturer **out);
 void capturer_free(capturer *c);
-cltfs_err capture_batch(capturer *c, int64_t batch);
+/* durable: sync the writer after it (else at the next sync or close). */
+cltfs_err capture_batch(capturer *c, int64_t batch, bool durable);
 /* The tier of a store made by init: a miss captures the chunk's batch. */
 cltfs_err capture_tier_open(cltfs_store *s, const cap_load_opts *lo, cltfs_tier **out);
 void capture_tier_close(cltfs_tier *t);
