@@ -27,6 +27,8 @@
 
 /* ---- init ---- */
 
+static cltfs_err init_store(const char *store, const init_opts *o, const char *revision);
+
 static char *read_all(const char *path, size_t *len)
 {
 	FILE *f = fopen(path, "rb");
@@ -133,7 +135,7 @@ static cltfs_err add_layers(cJSON *r, const cap_config *c, const init_opts *o)
 	return CLTFS_OK;
 }
 
-static cJSON *build_manifest(const init_opts *o, const cap_config *c, cJSON *samples)
+static cJSON *build_manifest(const init_opts *o, const cap_config *c, cJSON *samples, const char *revision)
 {
 	char model[PATH_MAX], images[PATH_MAX];
 	cJSON *r = cJSON_CreateObject(), *mo = cJSON_AddObjectToObject(r, "model"), *src;
@@ -141,6 +143,7 @@ static cJSON *build_manifest(const init_opts *o, const cap_config *c, cJSON *sam
 	int64_t chunk_rows = o->chunk_rows > 0 ? o->chunk_rows : (int64_t)((1u << 20) / row);
 	bool ok = r && mo && cJSON_AddStringToObject(r, "format", "cltfs") && cJSON_AddNumberToObject(r, "version", 1) &&
 		  cJSON_AddStringToObject(mo, "id", o->model_id ? o->model_id : realpath(o->model, model) ? model : o->model) &&
+		  (!revision || cJSON_AddStringToObject(mo, "revision", revision)) &&
 		  cJSON_AddStringToObject(mo, "architecture", "LlavaForConditionalGeneration") &&
 		  cJSON_AddNumberToObject(mo, "n_layers", c->n_layers) && cJSON_AddNumberToObject(mo, "d_model", c->d_model) &&
 		  cJSON_AddStringToObject(r, "dtype", cltfs_dtype_name((cltfs_dtype)o->dtype)) &&
@@ -164,7 +167,36 @@ static cJSON *build_manifest(const init_opts *o, const cap_config *c, cJSON *sam
 	return r;
 }
 
-cltfs_err cmd_init(const char *store, const init_opts *o)
+/* --model: a checkpoint folder, or a Hub id (owner/name[@rev]) resolved
+ * through the HF cache, fetching what is missing. */
+static cltfs_err resolve_model(init_opts *o, char **dir, char **commit)
+{
+	struct stat st;
+	*dir = *commit = NULL;
+	if (!stat(o->model, &st) || !strchr(o->model, '/') || o->model[0] == '/' || o->model[0] == '.')
+		return CLTFS_OK;
+	cltfs_err e = hub_model_dir(o->model, dir, commit, o->quiet);
+	if (e)
+		return cltfs_wrap(e, "--model %s: no such folder, and not found as a Hub model", o->model);
+	if (!o->model_id)
+		o->model_id = o->model;
+	o->model = *dir;
+	return CLTFS_OK;
+}
+
+cltfs_err cmd_init(const char *store, const init_opts *in)
+{
+	init_opts opts = *in, *o = &opts;
+	char *hub_dir, *hub_commit;
+	cltfs_err e = resolve_model(o, &hub_dir, &hub_commit);
+	if (!e)
+		e = init_store(store, o, hub_commit);
+	free(hub_dir);
+	free(hub_commit);
+	return e;
+}
+
+static cltfs_err init_store(const char *store, const init_opts *o, const char *revision)
 {
 	char path[PATH_MAX + 16];
 	snprintf(path, sizeof path, "%s/cltfs.json", store);
@@ -192,7 +224,7 @@ cltfs_err cmd_init(const char *store, const init_opts *o)
 	}
 	cJSON_Delete(q);
 	cap_tokenizer_free(tok);
-	cJSON *r = e ? NULL : build_manifest(o, &cfg, samples);
+	cJSON *r = e ? NULL : build_manifest(o, &cfg, samples, revision);
 	if (e)
 		cJSON_Delete(samples);
 	else if (!r)

@@ -137,6 +137,10 @@ cltfs_store *hub_local(hub_source *h);
 cltfs_tier *hub_tier_of(hub_source *h);
 hf_repo *hub_repo(hub_source *h);
 const hf_entry *hub_entries(const hub_source *h, size_t *n);
+/* A model given by its Hub id (owner/name[@rev]): its checkpoint files
+ * in the HF cache (fetched if missing, or offline from refs/), the
+ * snapshot folder and the commit, malloc'd. */
+cltfs_err hub_model_dir(const char *id, char **dir, char **commit, bool quiet);
 /* Every chunk the local store lacks, in parallel range requests. */
 cltfs_err hub_pull(hub_source *h, bool quiet);
 

@@ -492,3 +492,52 @@ int cmd_pull(const char *url, const char *store, bool quiet)
 	hub_close(h);
 	return rc;
 }
+
+/* ---- a model by its Hub id ---- */
+
+/* The files of a checkpoint that capture reads. */
+static bool model_file(const char *path)
+{
+	size_t n = strlen(path);
+	return !strchr(path, '/') && ((n > 12 && !strcmp(path + n - 12, ".safetensors")) ||
+				      (n > 5 && !strcmp(path + n - 5, ".json")) || !strcmp(path, "tokenizer.model"));
+}
+
+cltfs_err hub_model_dir(const char *id, char **dir, char **commit, bool quiet)
+{
+	hf_config cfg;
+	hf_repo *r = NULL;
+	hf_entry *e = NULL;
+	size_t n = 0;
+	char url[1024];
+	snprintf(url, sizeof url, "hf://models/%s", id);
+	cltfs_err err = hf_config_from_env(&cfg);
+	if (!err)
+		err = hf_repo_open(&cfg, url, &r);
+	if (!err)
+		err = hf_list(r, &e, &n);
+	for (size_t i = 0; !err && i < n; i++) {
+		if (e[i].dir || !model_file(e[i].path))
+			continue;
+		if (!quiet)
+			fprintf(stderr, "model: %s (%.1f MB)\n", e[i].path, (double)e[i].size / 1e6);
+		char *local;
+		if (!(err = hf_fetch(r, e[i].path, &local)))
+			free(local);
+	}
+	if (!err) {
+		char buf[4096];
+		snprintf(buf, sizeof buf, "%s/snapshots/%s", hf_repo_folder(r), hf_repo_commit(r));
+		*dir = strdup(buf);
+		*commit = strdup(hf_repo_commit(r));
+		if (!*dir || !*commit) {
+			free(*dir);
+			free(*commit);
+			err = cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+		}
+	}
+	hf_entries_free(e, n);
+	hf_repo_close(r);
+	hf_config_free(&cfg);
+	return err;
+}
