@@ -250,9 +250,9 @@ struct loader {
 		if (s.shape != shape) {
 			std::string got, want;
 			for (auto d : s.shape)
-				got += std::to_string(d) + " ";
+				got += (got.empty() ? "" : ", ") + std::to_string(d);
 			for (auto d : shape)
-				want += std::to_string(d) + " ";
+				want += (want.empty() ? "" : ", ") + std::to_string(d);
 			e = cltfs_fail(CLTFS_E_FORMAT, "%s: tensor %s has shape [%s], the config implies [%s]",
 				       s.file.c_str(), it->first.c_str(), got.c_str(), want.c_str());
 			return Tensor();

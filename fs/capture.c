@@ -429,10 +429,11 @@ cltfs_err capture_batch(capturer *c, int64_t b, bool durable)
 		free(c->sb[i].buf);
 		c->sb[i].buf = NULL;
 	}
-	if (e) {
-		store_writer_abandon(c->w);
+	/* Whatever chunks were added are right (a failure stops before a
+	 * stream is cut into chunks, and a chunk is whole rows the model
+	 * made): they stay pending with the earlier batches' and are kept. */
+	if (e)
 		return e;
-	}
 	return durable ? store_writer_sync(c->w) : CLTFS_OK;
 }
 

@@ -1,0 +1,937 @@
+"""End-to-end: the capture tier.  A tiny random LLaVA-1.5 checkpoint and an
+AMBER-style dataset (tests/make_llava.py), `cltfs init` + `cltfs capture`
+(or a read through a mount that captures on a miss), and every view compared
+with the independent reference forward in tests/llava_ref.py.
+
+Run with /usr/bin/python3 (torch 1.13, PIL, the Debian sentencepiece module).
+Printed lines starting with "measured:" give the largest errors seen against
+the reference (run pytest with -s to see them)."""
+
+import errno
+import json
+import os
+import re
+import shutil
+import signal
+import struct
+import subprocess
+import time
+
+import pytest
+import torch
+
+import llava_ref as R
+import make_llava as G
+from conftest import describe, is_mounted, load_bytes
+
+DEFAULT_TEMPLATE = R.DEFAULT_TEMPLATE
+ALT_TEMPLATE = "USER: <image>\n{query}\nASSISTANT:"   # the reference capture script's
+LONG_TEMPLATE = "A chat about this picture. USER: <image>\nPlease: {query} ASSISTANT:"
+N_TARGETS = 16
+TORCH_DT = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+# tolerances against the fp32 reference
+FP32_ATOL, FP32_RTOL = 1e-4, 1e-4
+BF16_ATOL, BF16_RTOL = 0.05, 0.02
+
+CAPTURE_TIMEOUT = 240
+
+
+def measured(what, value):
+    print("measured: %s = %.3g" % (what, value))
+
+
+# ------------------------------------------------------------ fixtures --
+
+class Dataset:
+    def __init__(self, root, facts):
+        self.root = str(root)
+        self.queries = os.path.join(self.root, "queries.json")
+        self.images = os.path.join(self.root, "images")
+        self.facts = facts
+        with open(self.queries) as f:
+            self.entries = json.load(f)
+
+
+class Llava:
+    """Checkpoints, datasets and reference activations, made once per session
+    (shared read-only: tests that change them make a private copy)."""
+
+    VARIANTS = {
+        "fp32": dict(dtype="float32", naming="old"),
+        "new": dict(dtype="float32", naming="new"),
+        "bf16ckpt": dict(dtype="bfloat16", naming="old"),
+        "gqa": dict(dtype="float32", naming="old", kv_heads=2),
+    }
+
+    def __init__(self, base):
+        self.base = base
+        self._models, self._facts, self._ds, self._ref, self._loaded = {}, {}, {}, {}, {}
+
+    def model(self, variant="fp32"):
+        if variant not in self._models:
+            d = os.path.join(str(self.base), "model-" + variant)
+            self._facts[variant] = G.make_llava(d, seed=0, **self.VARIANTS[variant])
+            self._models[variant] = d
+        return self._models[variant]
+
+    def facts(self, variant="fp32"):
+        self.model(variant)
+        return self._facts[variant]
+
+    def dataset(self, n=6):
+        if n not in self._ds:
+            d = os.path.join(str(self.base), "dataset-%d" % n)
+            self._ds[n] = Dataset(d, G.make_dataset(d, n=n, seed=0))
+        return self._ds[n]
+
+    def loaded(self, variant="fp32"):
+        if variant not in self._loaded:
+            self._loaded[variant] = R.load(self.model(variant), dtype=torch.float32)
+        return self._loaded[variant]
+
+    def ref_some(self, indices, variant="fp32", n=6, template=DEFAULT_TEMPLATE):
+        """Like ref(), with only the samples at indices computed (None elsewhere)."""
+        m = self.loaded(variant)
+        ds = self.dataset(n)
+        return [R.run_sample(m, e, ds.images, template=template) if i in indices else None
+                for i, e in enumerate(ds.entries)]
+
+    def ref(self, variant="fp32", n=6, template=DEFAULT_TEMPLATE):
+        """[run_sample result per sample]: fp32 compute, every hook."""
+        key = (variant, n, template)
+        if key not in self._ref:
+            m = self.loaded(variant)
+            ds = self.dataset(n)
+            self._ref[key] = [R.run_sample(m, e, ds.images, template=template)
+                              for e in ds.entries]
+        return self._ref[key]
+
+
+@pytest.fixture(scope="session")
+def llava(tmp_path_factory):
+    return Llava(tmp_path_factory.mktemp("llava"))
+
+
+def run_init(run_cltfs, store, model, ds, *args, check=True):
+    r = run_cltfs("init", store, "--model", model, "--dataset", ds.queries,
+                  "--image-dir", ds.images, *args, timeout=120)
+    if check:
+        assert r.returncode == 0, "init failed: " + describe(r)
+    return r
+
+
+def run_capture(run_cltfs, store, *args, check=True, env=None):
+    r = run_cltfs("capture", store, *args, timeout=CAPTURE_TIMEOUT, env=env)
+    if check:
+        assert r.returncode == 0, "capture failed: " + describe(r)
+    return r
+
+
+def stat_json(run_cltfs, store):
+    r = run_cltfs("stat", store, "--json")
+    assert r.returncode == 0, "stat failed: " + describe(r)
+    return json.loads(r.stdout)
+
+
+def verify_ok(run_cltfs, store):
+    r = run_cltfs("verify", store, timeout=120)
+    assert r.returncode == 0, "verify failed: " + describe(r)
+    return r
+
+
+def manifest(store):
+    with open(os.path.join(store, "cltfs.json")) as f:
+        return json.load(f)
+
+
+def first_rows(rows):
+    out, acc = [], 0
+    for r in rows:
+        out.append(acc)
+        acc += r
+    return out
+
+
+@pytest.fixture(scope="session")
+def fp32_store(llava, run_cltfs, tmp_path_factory):
+    """A float32 store of the fp32 checkpoint filled by `cltfs capture` alone
+    (the baseline other stores are compared with).  Tests copy it."""
+    store = str(tmp_path_factory.mktemp("fp32store") / "store")
+    run_init(run_cltfs, store, llava.model("fp32"), llava.dataset(), "--dtype", "float32")
+    r = run_capture(run_cltfs, store)
+    return store, r
+
+
+def copy_store(src, dst):
+    shutil.copytree(src, str(dst), ignore=shutil.ignore_patterns("locks"))
+    return str(dst)
+
+
+# ------------------------------------------------------------- helpers --
+
+def view_rels(n_layers, n_batches):
+    return ["L%d/batch_%d_%s.pt" % (L, k, s) for k in range(n_batches)
+            for L in range(n_layers) for s in "xy"]
+
+
+def read_all(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def read_views_bytes(m, rels):
+    return {rel: read_all(m.p(rel)) for rel in rels}
+
+
+def err_of(got, want):
+    return (got.double() - want.double()).abs().max().item() if got.numel() else 0.0
+
+
+def _cmp(got, want, tdt, tol, what, worst, key, counts):
+    """got (a view's rows) against want (the reference, fp32)."""
+    e = err_of(got, want)
+    worst[key] = max(worst[key], e)
+    assert torch.allclose(got.double(), want.double(), atol=tol[0], rtol=tol[1]), \
+        "%s differs from the reference: max |diff| %.3g" % (what, e)
+    counts[0] += int((got == want.to(tdt)).sum())
+    counts[1] += got.numel()
+
+
+def check_views(load, ref, n_layers, dtype, hook="mlp_in", batches=None, where="", S=1,
+                offset=1, n_targets=N_TARGETS, clip=False):
+    """Compare the views (load(rel) -> object) of the given batches with the
+    reference (batch k = samples k*S .. k*S+S-1, padded with zero rows to the
+    longest); returns {"x": max error, "y": max error, "exact": fraction of
+    values equal to the reference rounded to dtype}."""
+    tdt = TORCH_DT[dtype]
+    tol = (FP32_ATOL, FP32_RTOL) if dtype == "float32" else (BF16_ATOL, BF16_RTOL)
+    worst = {"x": 0.0, "y": 0.0}
+    counts = [0, 0]
+    groups = [list(range(i, min(i + S, len(ref)))) for i in range(0, len(ref), S)]
+    if batches is None:
+        batches = range(len(groups))
+    for k in batches:
+        idx = groups[k]
+        T = max(ref[i]["rows"] for i in idx)
+        d = ref[idx[0]]["acts"][hook].shape[-1]
+        for L in range(n_layers):
+            rel = "L%d/batch_%d_x.pt" % (L, k)
+            x = load(rel)
+            assert isinstance(x, dict) and list(x) == ["x"], "%s%s: %r" % (where, rel, type(x))
+            xt = x["x"]
+            assert xt.dtype == tdt, "%s%s: dtype %s, expected %s" % (where, rel, xt.dtype, tdt)
+            assert tuple(xt.shape) == (len(idx), T, d), \
+                "%s%s: shape %s, expected %s" % (where, rel, tuple(xt.shape), (len(idx), T, d))
+            for i, si in enumerate(idx):
+                Ti = ref[si]["rows"]
+                _cmp(xt[i, :Ti], ref[si]["acts"][hook][L], tdt, tol,
+                     "%s%s: x[%d] (sample %d) vs %s[%d]" % (where, rel, i, si, hook, L),
+                     worst, "x", counts)
+                assert not xt[i, Ti:].any(), "%s%s: padding rows of x[%d] not zero" % (where, rel, i)
+
+            rel = "L%d/batch_%d_y.pt" % (L, k)
+            y = load(rel)
+            assert isinstance(y, dict) and list(y) == ["y", "targets", "n_targets"], \
+                "%s%s: keys %r" % (where, rel, list(y) if isinstance(y, dict) else type(y))
+            real = max(0, min(n_targets, n_layers - L - offset))
+            nt = real if clip else n_targets
+            assert y["n_targets"] == nt and len(y["targets"]) == nt, \
+                "%s%s: n_targets %r, %d targets, expected %d" % (
+                    where, rel, y["n_targets"], len(y["targets"]), nt)
+            assert isinstance(y["targets"], list), "%s%s: targets is a %s" % (
+                where, rel, type(y["targets"]).__name__)
+            if nt:
+                assert y["y"] is y["targets"][0], "%s%s: y is not targets[0]" % (where, rel)
+                assert y["y"].data_ptr() == y["targets"][0].data_ptr(), \
+                    "%s%s: y does not share storage with targets[0]" % (where, rel)
+            for j, t in enumerate(y["targets"]):
+                assert t.dtype == tdt and tuple(t.shape) == tuple(xt.shape), \
+                    "%s%s: targets[%d] %s %s, expected %s %s" % (
+                        where, rel, j, t.dtype, tuple(t.shape), tdt, tuple(xt.shape))
+                tl = L + offset + j
+                if tl >= n_layers:
+                    assert not t.any(), "%s%s: targets[%d] (layer %d, past the last) not zero" % (
+                        where, rel, j, tl)
+                    continue
+                for i, si in enumerate(idx):
+                    Ti = ref[si]["rows"]
+                    _cmp(t[i, :Ti], ref[si]["acts"]["mlp_out"][tl], tdt, tol,
+                         "%s%s: targets[%d][%d] (sample %d) vs mlp_out[%d]" % (
+                             where, rel, j, i, si, tl), worst, "y", counts)
+                    assert not t[i, Ti:].any(), "%s%s: padding rows of targets[%d][%d] not zero" % (
+                        where, rel, j, i)
+    worst["exact"] = counts[0] / max(counts[1], 1)
+    return worst
+
+
+class _Views(torch.utils.data.Dataset):
+    def __init__(self, root, rels):
+        self.root, self.rels = root, rels
+
+    def __len__(self):
+        return len(self.rels)
+
+    def __getitem__(self, i):
+        return self.rels[i], torch.load(os.path.join(self.root, self.rels[i]))
+
+
+def _collate(batch):
+    return batch
+
+
+# ---------------------------------------------------------------- CLI --
+
+def test_help_lists_init_and_capture(run_cltfs):
+    r = run_cltfs("--help")
+    assert r.returncode == 0, describe(r)
+    for word in ("init", "capture", "--model", "--dataset", "--image-dir", "--shard", "--rows",
+                 "--input-hook", "--template"):
+        assert word in r.stdout, "%s missing from cltfs --help" % word
+
+
+def test_capture_usage_errors(llava, run_cltfs, tmp_path):
+    store = str(tmp_path / "store")
+    run_init(run_cltfs, store, llava.model(), llava.dataset(), "--quiet")
+    for args in (("--shard", "3/2"), ("--shard", "0/2"), ("--shard", "1/0"), ("--shard", "x"),
+                 ("--rows", "5:3"), ("--rows", "5"), ("--rows", "0:10", "--shard", "1/2")):
+        r = run_cltfs("capture", store, *args)
+        assert r.returncode == 2, "capture %s: %s" % (" ".join(args), describe(r))
+        assert r.stderr.strip(), "capture %s: no message" % " ".join(args)
+    assert stat_json(run_cltfs, store)["chunks"] == 0
+
+
+# ---------------------------------------------------------------- init --
+
+def test_init_rows_match_reference(llava, run_cltfs, tmp_path, mount):
+    """init writes the manifest only (no model run); every sample's rows are
+    the reference's token count with <image> as 16 rows."""
+    ds = llava.dataset()
+    store = str(tmp_path / "store")
+    r = run_init(run_cltfs, store, llava.model(), ds)
+    assert r.stdout.strip(), "init printed no summary line"
+    ref = llava.ref()
+    man = manifest(store)
+    rows = [s["rows"] for s in man["samples"]]
+    assert rows == [s["rows"] for s in ref], (rows, [s["rows"] for s in ref])
+    for s, e, rs in zip(man["samples"], ds.entries, ref):
+        assert str(s["id"]) == str(e["id"]) and s["image"] == e["image"] and s["text"] == e["query"]
+        assert rs["rows"] == len(rs["text_ids"]) - 1 + llava.facts()["num_patches"]
+    st = stat_json(run_cltfs, store)
+    assert st["chunks"] == 0 and st["samples"] == len(ds.entries) and st["rows"] == sum(rows)
+    assert st["chunks_needed"] > 0
+    # sizes come from the manifest: listing and stat through a mount capture nothing
+    with mount(store) as m:
+        mm = json.loads(m.read_special(".cltfs/manifest.json"))
+        assert [s["rows"] for s in mm["samples"]] == rows
+        assert sorted(d for d in os.listdir(m.path) if re.fullmatch(r"L\d+", d)) == \
+            ["L%d" % L for L in range(llava.facts()["text"]["num_hidden_layers"])]
+        for rel in m.files():
+            assert os.stat(m.p(rel)).st_size > 0
+        assert m.stats()["chunks"]["capture"] == 0
+    assert stat_json(run_cltfs, store)["chunks"] == 0
+    # --quiet: nothing on stdout
+    r = run_init(run_cltfs, str(tmp_path / "quiet"), llava.model(), ds, "--quiet")
+    assert r.stdout == "", r.stdout
+
+
+@pytest.mark.parametrize("template", [ALT_TEMPLATE, LONG_TEMPLATE], ids=["script", "long"])
+def test_init_custom_template(llava, run_cltfs, tmp_path, mount, template):
+    """--template: every sample's rows are what the reference tokenizer gives
+    for that template, and the capture uses it (the reference script's
+    "USER: <image>\\n{query}\\nASSISTANT:" and a longer one)."""
+    store = str(tmp_path / "store")
+    run_init(run_cltfs, store, llava.model(), llava.dataset(), "--template", template,
+             "--dtype", "float32")
+    assert manifest(store)["prompt_template"] == template
+    ref = llava.ref(template=template)
+    default = llava.ref()
+    rows = [s["rows"] for s in manifest(store)["samples"]]
+    assert rows == [s["rows"] for s in ref], (rows, [s["rows"] for s in ref])
+    if template == LONG_TEMPLATE:
+        assert all(a > b for a, b in zip(rows, [s["rows"] for s in default]))
+    else:
+        assert any(a["input_ids"] != b["input_ids"] for a, b in zip(ref, default))
+    run_capture(run_cltfs, store, "--rows", "0:1", "--quiet")
+    n_layers = llava.facts()["text"]["num_hidden_layers"]
+    with mount(store) as m:
+        check_views(lambda rel: torch.load(m.p(rel)), ref, n_layers, "float32", batches=[0])
+
+
+def _write_queries(ds_dir, entries):
+    with open(os.path.join(ds_dir, "queries.json"), "w") as f:
+        json.dump(entries, f)
+
+
+def test_init_errors(llava, run_cltfs, tmp_path):
+    model, ds = llava.model(), llava.dataset()
+
+    def init(store, model_dir=model, queries=ds.queries, images=ds.images, *args):
+        return run_cltfs("init", str(tmp_path / store), "--model", model_dir, "--dataset", queries,
+                         "--image-dir", images, *args)
+
+    def fails(r, *words):
+        assert r.returncode == 1, describe(r)
+        for w in words:
+            assert w in r.stderr, "message does not name %r: %s" % (w, describe(r))
+        return r
+
+    # a missing image: the message names the image file and the sample's id
+    dd = tmp_path / "ds_missing"
+    shutil.copytree(ds.root, str(dd))
+    entries = json.loads(open(ds.queries).read())
+    entries[2]["id"] = 9041
+    _write_queries(str(dd), entries)
+    os.unlink(str(dd / "images" / entries[2]["image"]))
+    fails(init("s1", queries=str(dd / "queries.json"), images=str(dd / "images")),
+          os.path.join(str(dd / "images"), entries[2]["image"]), "9041")
+    assert not os.path.exists(str(tmp_path / "s1" / "cltfs.json"))
+
+    # malformed query files: the message names the file
+    bad = {
+        "notlist": {"id": 1, "image": "AMBER_1.jpg", "query": "Describe this image."},
+        "noimage": [{"id": 1, "query": "Describe this image."}],
+        "noquery": [{"id": 1, "image": "AMBER_1.jpg"}],
+        "notjson": "this is not json [",
+        "empty": [],
+    }
+    for name, content in bad.items():
+        q = tmp_path / ("q_%s.json" % name)
+        q.write_text(content if isinstance(content, str) else json.dumps(content))
+        fails(init("s_" + name, queries=str(q)), str(q))
+        assert not os.path.exists(str(tmp_path / ("s_" + name) / "cltfs.json")), name
+    fails(init("s_noqfile", queries=str(tmp_path / "nonexistent.json")), "nonexistent.json")
+
+    # a model folder without config.json / tokenizer.model
+    for missing in ("config.json", "tokenizer.model"):
+        md = tmp_path / ("model_no_" + missing)
+        md.mkdir()
+        for f in os.listdir(model):
+            if f != missing:
+                os.symlink(os.path.join(model, f), str(md / f))
+        fails(init("s_no_" + missing, model_dir=str(md)), missing)
+
+    # a template without <image>
+    fails(init("s_tmpl", model, ds.queries, ds.images, "--template", "USER: {query} ASSISTANT:"),
+          "<image>")
+
+    # an initialised store
+    store = str(tmp_path / "s_twice")
+    run_init(run_cltfs, store, model, ds, "--quiet")
+    before = open(os.path.join(store, "cltfs.json")).read()
+    fails(init("s_twice"), "cltfs.json")
+    assert open(os.path.join(store, "cltfs.json")).read() == before
+
+
+# ----------------------------------------------------- reference values --
+
+def test_capture_fp32_equals_reference(llava, fp32_store, run_cltfs, tmp_path, mount):
+    """--dtype float32 store of a float32 checkpoint: every x view is the
+    reference's mlp_in, every target the reference's mlp_out (zeros past the
+    last layer), y is targets[0]."""
+    base, r = fp32_store
+    assert "capture" in r.stderr, "no summary line on stderr: " + describe(r)
+    store = copy_store(base, tmp_path / "store")
+    st = stat_json(run_cltfs, store)
+    assert st["chunks"] == st["chunks_needed"] > 0, st
+    assert st["dtype"] == "float32", st
+    verify_ok(run_cltfs, store)
+    ref = llava.ref()
+    n_layers = llava.facts()["text"]["num_hidden_layers"]
+    with mount(store) as m:
+        assert m.files() == sorted(view_rels(n_layers, len(ref)))
+        w = check_views(lambda rel: torch.load(m.p(rel)), ref, n_layers, "float32")
+        stats = m.stats()
+        assert stats["chunks"]["capture"] == 0, stats
+    measured("fp32 store, max |x - ref mlp_in|", w["x"])
+    measured("fp32 store, max |target - ref mlp_out|", w["y"])
+
+
+def test_capture_twice_captures_nothing(llava, fp32_store, run_cltfs, tmp_path):
+    store = copy_store(fp32_store[0], tmp_path / "store")
+    before = stat_json(run_cltfs, store)
+    packs = {f: os.path.getsize(os.path.join(store, "packs", f))
+             for f in os.listdir(os.path.join(store, "packs"))}
+    r = run_capture(run_cltfs, store)
+    after = stat_json(run_cltfs, store)
+    assert after["chunks"] == before["chunks"] and after["disk_bytes"] == before["disk_bytes"], \
+        (before, after)
+    assert {f: os.path.getsize(os.path.join(store, "packs", f))
+            for f in os.listdir(os.path.join(store, "packs"))} == packs
+    assert r.stderr.strip(), "no summary line: " + describe(r)
+    r = run_capture(run_cltfs, store, "--quiet")
+    assert r.stderr == "" and r.stdout == "", describe(r)
+
+
+def test_capture_bf16_default(llava, run_cltfs, tmp_path, mount):
+    """The default store dtype (bf16) with fp32 compute: the reference's fp32
+    values rounded to bf16."""
+    store = str(tmp_path / "store")
+    run_init(run_cltfs, store, llava.model(), llava.dataset(), "--quiet")
+    assert manifest(store)["dtype"] == "bfloat16"
+    run_capture(run_cltfs, store, "--quiet")
+    verify_ok(run_cltfs, store)
+    ref = llava.ref()
+    n_layers = llava.facts()["text"]["num_hidden_layers"]
+    with mount(store) as m:
+        w = check_views(lambda rel: torch.load(m.p(rel)), ref, n_layers, "bfloat16")
+    measured("bf16 store, max |x - ref mlp_in|", w["x"])
+    measured("bf16 store, max |target - ref mlp_out|", w["y"])
+    measured("bf16 store, fraction equal to ref.to(bf16)", w["exact"])
+    # fp32 compute rounded once to bf16: all but values next to a rounding
+    # boundary equal torch's round-to-nearest-even of the reference
+    assert w["exact"] > 0.98, "only %.4f of the values equal the reference rounded to bf16" % (
+        w["exact"])
+
+
+@pytest.mark.parametrize("hook", ["resid_pre", "resid_mid"])
+def test_input_hook(llava, run_cltfs, tmp_path, mount, hook):
+    store = str(tmp_path / "store")
+    run_init(run_cltfs, store, llava.model(), llava.dataset(), "--input-hook", hook,
+             "--dtype", "float32", "--quiet")
+    assert manifest(store)["input_hook"] == hook
+    run_capture(run_cltfs, store, "--quiet")
+    ref = llava.ref()
+    n_layers = llava.facts()["text"]["num_hidden_layers"]
+    with mount(store) as m:
+        w = check_views(lambda rel: torch.load(m.p(rel)), ref, n_layers, "float32", hook=hook)
+    measured("fp32 store, max |x - ref %s|" % hook, w["x"])
+    measured("fp32 store (%s), max |target - ref mlp_out|" % hook, w["y"])
+
+
+@pytest.mark.parametrize("variant", ["new", "bf16ckpt", "gqa"])
+def test_checkpoint_variants(llava, fp32_store, run_cltfs, tmp_path, mount, variant):
+    """The transformers >= 4.52 tensor names, a bf16 checkpoint (weights cast
+    to fp32 for the compute) and GQA (num_key_value_heads 2)."""
+    model = llava.model(variant)
+    store = str(tmp_path / "store")
+    run_init(run_cltfs, store, model, llava.dataset(), "--dtype", "float32", "--quiet")
+    run_capture(run_cltfs, store, "--quiet")
+    verify_ok(run_cltfs, store)
+    ref = llava.ref(variant)
+    n_layers = llava.facts(variant)["text"]["num_hidden_layers"]
+    rels = view_rels(n_layers, len(ref))
+    with mount(store) as m:
+        w = check_views(lambda rel: torch.load(m.p(rel)), ref, n_layers, "float32",
+                        where="[%s] " % variant)
+        got = read_views_bytes(m, rels) if variant == "new" else None
+    measured("%s checkpoint, max |x - ref|" % variant, w["x"])
+    measured("%s checkpoint, max |target - ref|" % variant, w["y"])
+    if variant == "new":
+        # the same weights under other names: the same bytes as the old naming
+        base = copy_store(fp32_store[0], tmp_path / "base")
+        with mount(base) as m:
+            want = read_views_bytes(m, rels)
+        diff = [rel for rel in rels if got[rel] != want[rel]]
+        assert not diff, "naming new gives other bytes than naming old: %s" % diff[:5]
+
+
+# ----------------------------------------------------- capture on a miss --
+
+def _all_views_through_loader(m, rels):
+    loader = torch.utils.data.DataLoader(_Views(m.path, rels), batch_size=1, num_workers=4,
+                                         collate_fn=_collate)
+    out = {}
+    for batch in loader:
+        for rel, obj in batch:
+            out[rel] = obj
+    return out
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")
+def test_miss_capture_dataloader(llava, fp32_store, run_cltfs, tmp_path, mount):
+    """An init'ed store, nothing captured: a DataLoader with 4 workers reads
+    every view through the mount; the reads capture each batch once, and the
+    result equals the reference and the bytes `cltfs capture` stores."""
+    store = str(tmp_path / "store")
+    run_init(run_cltfs, store, llava.model(), llava.dataset(), "--dtype", "float32", "--quiet")
+    ref = llava.ref()
+    n_layers = llava.facts()["text"]["num_hidden_layers"]
+    rels = view_rels(n_layers, len(ref))
+    with mount(store) as m:
+        objs = _all_views_through_loader(m, rels)
+        stats = m.stats()
+        got_bytes = read_views_bytes(m, rels)
+        log = m.log()
+    assert sorted(objs) == sorted(rels)
+    w = check_views(lambda rel: objs[rel], ref, n_layers, "float32")
+    measured("miss capture through DataLoader, max |x - ref|", w["x"])
+    measured("miss capture through DataLoader, max |target - ref|", w["y"])
+    assert stats["chunks"]["capture"] > 0, stats
+    verify_ok(run_cltfs, store)
+    st = stat_json(run_cltfs, store)
+    assert st["chunks"] == st["chunks_needed"], \
+        "every chunk should be captured once: %s\nmount log:\n%s" % (st, log)
+    # the same as a store filled by `cltfs capture` alone
+    base = copy_store(fp32_store[0], tmp_path / "base")
+    bst = stat_json(run_cltfs, base)
+    print("measured: disk bytes, miss-filled %d vs `cltfs capture` %d" % (
+        st["disk_bytes"], bst["disk_bytes"]))
+    assert st["chunks"] == bst["chunks"], (st, bst)
+    assert st["disk_bytes"] <= bst["disk_bytes"] * 1.02 + 4096, (st, bst)
+    with mount(base) as m:
+        want = read_views_bytes(m, rels)
+    diff = [rel for rel in rels if got_bytes[rel] != want[rel]]
+    assert not diff, "views captured on a miss differ from `cltfs capture`'s: %s" % diff[:5]
+
+
+def test_second_mount_serves_from_store(llava, run_cltfs, tmp_path, mount):
+    store = str(tmp_path / "store")
+    run_init(run_cltfs, store, llava.model(), llava.dataset(), "--quiet")
+    n_layers = llava.facts()["text"]["num_hidden_layers"]
+    rels = view_rels(n_layers, len(llava.dataset().entries))
+    with mount(store) as m:
+        first = read_views_bytes(m, rels)
+        s1 = m.stats()
+    assert s1["chunks"]["capture"] > 0, s1
+    chunks = stat_json(run_cltfs, store)["chunks"]
+    with mount(store) as m:
+        second = read_views_bytes(m, rels)
+        s2 = m.stats()
+    assert s2["chunks"]["capture"] == 0, s2
+    assert s2["chunks"]["store"] > 0, s2
+    assert second == first
+    assert stat_json(run_cltfs, store)["chunks"] == chunks
+
+
+def test_rows_range(llava, run_cltfs, tmp_path, mount):
+    """--rows A:B captures only the batches covering rows [A, B); a read of
+    another batch through a mount then captures that batch on the miss."""
+    store = str(tmp_path / "store")
+    run_init(run_cltfs, store, llava.model(), llava.dataset(), "--dtype", "float32", "--quiet")
+    rows = [s["rows"] for s in manifest(store)["samples"]]
+    start = first_rows(rows)
+    needed = stat_json(run_cltfs, store)["chunks_needed"]
+    per_batch = needed // len(rows)
+    assert per_batch * len(rows) == needed, "chunks per batch differ: %d for %d batches" % (
+        needed, len(rows))
+    # rows from inside sample 2 to the first row of sample 3: batches 2 and 3
+    a, b = start[2] + 1, start[3] + 1
+    run_capture(run_cltfs, store, "--rows", "%d:%d" % (a, b), "--quiet")
+    assert stat_json(run_cltfs, store)["chunks"] == 2 * per_batch
+    ref = llava.ref()
+    n_layers = llava.facts()["text"]["num_hidden_layers"]
+    with mount(store) as m:
+        check_views(lambda rel: torch.load(m.p(rel)), ref, n_layers, "float32", batches=[2, 3])
+        s = m.stats()
+        assert s["chunks"]["capture"] == 0, "batches 2 and 3 should be stored: %s" % s
+        check_views(lambda rel: torch.load(m.p(rel)), ref, n_layers, "float32", batches=[0])
+        s = m.stats()
+        assert s["chunks"]["capture"] > 0, s
+    assert stat_json(run_cltfs, store)["chunks"] == 3 * per_batch
+    # rows past the end
+    r = run_capture(run_cltfs, store, "--rows", "%d:%d" % (sum(rows), sum(rows) + 5), check=False)
+    assert r.returncode != 0, describe(r)
+
+
+@pytest.mark.parametrize("args,S,offset,nt,clip", [
+    (("--batch-samples", "2"), 2, 1, N_TARGETS, False),
+    (("--n-targets", "4"), 1, 1, 4, False),
+    (("--target-offset", "0", "--n-targets", "4", "--padding", "clip"), 1, 0, 4, True),
+], ids=["batch-samples-2", "n-targets-4", "offset0-clip"])
+def test_store_layouts(llava, run_cltfs, tmp_path, mount, args, S, offset, nt, clip):
+    """Other store layouts: two samples per batch (padded with zero rows to
+    the longer), fewer targets, targets from L with clipping."""
+    store = str(tmp_path / "store")
+    run_init(run_cltfs, store, llava.model(), llava.dataset(), "--dtype", "float32", "--quiet",
+             *args)
+    man = manifest(store)
+    assert (man["batch_samples"], man["target_offset"], man["n_targets"], man["padding"]) == \
+        (S, offset, nt, "clip" if clip else "zero"), man
+    ref = llava.ref()
+    n_layers = llava.facts()["text"]["num_hidden_layers"]
+    with mount(store) as m:   # captured on the miss
+        assert m.files() == sorted(view_rels(n_layers, len(ref) // S))
+        check_views(lambda rel: torch.load(m.p(rel)), ref, n_layers, "float32", S=S,
+                    offset=offset, n_targets=nt, clip=clip)
+        assert m.stats()["chunks"]["capture"] > 0
+    verify_ok(run_cltfs, store)
+    st = stat_json(run_cltfs, store)
+    assert st["chunks"] == st["chunks_needed"], st
+    if S == 2:
+        # regrouped at mount time: three samples per batch
+        with mount(store, "batch_samples=3") as m:
+            check_views(lambda rel: torch.load(m.p(rel)), ref, n_layers, "float32", S=3)
+            assert m.stats()["chunks"]["capture"] == 0
+
+
+def test_two_mounts_single_flight(llava, run_cltfs, tmp_path, mount):
+    """Two mounts of one init'ed store read every view at once (four threads
+    each): each batch is captured by one of them, once."""
+    import concurrent.futures as cf
+    store = str(tmp_path / "store")
+    run_init(run_cltfs, store, llava.model(), llava.dataset(), "--dtype", "float32", "--quiet")
+    ref = llava.ref()
+    n_layers = llava.facts()["text"]["num_hidden_layers"]
+    rels = view_rels(n_layers, len(ref))
+    with mount(store) as m1, mount(store) as m2:
+        with cf.ThreadPoolExecutor(8) as ex:
+            futs = [(m, rel, ex.submit(read_all, m.p(rel))) for rel in rels for m in (m1, m2)]
+            got = [(m, rel, f.result()) for m, rel, f in futs]
+        s1, s2 = m1.stats(), m2.stats()
+        log = m1.log() + m2.log()
+    assert s1["chunks"]["capture"] + s2["chunks"]["capture"] > 0, (s1, s2)
+    st = stat_json(run_cltfs, store)
+    assert st["chunks"] == st["chunks_needed"], \
+        "chunks captured twice by two mounts: %s\n%s" % (st, log)
+    verify_ok(run_cltfs, store)
+    by_rel = {}
+    for m, rel, data in got:
+        by_rel.setdefault(rel, set()).add(data)
+    assert all(len(v) == 1 for v in by_rel.values()), "the two mounts served other bytes"
+    w = check_views(lambda rel: load_bytes(next(iter(by_rel[rel]))), ref, n_layers, "float32")
+    measured("two mounts, max |x - ref|", w["x"])
+
+
+# ------------------------------------------------------ shards, resuming --
+
+def test_two_shards_concurrently(llava, fp32_store, run_cltfs, cltfs_bin, tmp_path, mount):
+    store = str(tmp_path / "store")
+    run_init(run_cltfs, store, llava.model(), llava.dataset(), "--dtype", "float32", "--quiet")
+    procs = [subprocess.Popen([cltfs_bin, "capture", store, "--shard", "%d/2" % i],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              stdin=subprocess.DEVNULL) for i in (1, 2)]
+    outs = []
+    for p in procs:
+        try:
+            out, err = p.communicate(timeout=CAPTURE_TIMEOUT)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        outs.append((p.returncode, out, err))
+    for i, (rc, out, err) in enumerate(outs):
+        assert rc == 0, "shard %d/2 exited %s:\n%s%s" % (i + 1, rc, out, err)
+    verify_ok(run_cltfs, store)
+    st = stat_json(run_cltfs, store)
+    assert st["chunks"] == st["chunks_needed"], st
+    packs = [f for f in os.listdir(os.path.join(store, "packs"))
+             if f.endswith(".pack") and os.path.getsize(os.path.join(store, "packs", f)) > 64]
+    assert len(packs) >= 2, "the two shards did not write two packs: %s" % os.listdir(
+        os.path.join(store, "packs"))
+    n_layers = llava.facts()["text"]["num_hidden_layers"]
+    rels = view_rels(n_layers, len(llava.dataset().entries))
+    base = copy_store(fp32_store[0], tmp_path / "base")
+    with mount(store) as m:
+        got = read_views_bytes(m, rels)
+        assert m.stats()["chunks"]["capture"] == 0
+    with mount(base) as m:
+        want = read_views_bytes(m, rels)
+    diff = [rel for rel in rels if got[rel] != want[rel]]
+    assert not diff, "views of the sharded capture differ: %s" % diff[:5]
+
+
+# the index format (codec/codec.h): a 16-byte header, then 40-byte records
+IDX_HEADER, IDX_RECORD = 16, 40
+
+
+def _idx_records(store):
+    """Index records in the store's packs/*.idx (what a reader would count)."""
+    d = os.path.join(store, "packs")
+    total = 0
+    for f in (os.listdir(d) if os.path.isdir(d) else ()):
+        if f.endswith(".idx"):
+            try:
+                total += max(0, os.path.getsize(os.path.join(d, f)) - IDX_HEADER) // IDX_RECORD
+            except OSError:
+                pass
+    return total
+
+
+KILL_SAMPLES = 150   # enough batches of the tiny model for a capture to last > 1 s
+
+
+def test_killed_capture_resumes(llava, run_cltfs, cltfs_bin, tmp_path, mount):
+    """SIGKILL a capture once some batches are durable (capture makes its
+    batches durable about once a second, so the dataset is large enough to
+    take longer than that); a rerun finishes the store with no chunk twice,
+    and the views equal a clean capture's."""
+    ds = llava.dataset(KILL_SAMPLES)
+    store = str(tmp_path / "store")
+    run_init(run_cltfs, store, llava.model(), ds, "--dtype", "float32", "--quiet")
+    clean = str(tmp_path / "clean")
+    run_init(run_cltfs, clean, llava.model(), ds, "--dtype", "float32", "--quiet")
+    needed = stat_json(run_cltfs, store)["chunks_needed"]
+    per_batch = needed // len(ds.entries)
+    p = subprocess.Popen([cltfs_bin, "capture", store, "--threads", "1"], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    t0 = time.monotonic()
+    killed_at = None
+    try:
+        while p.poll() is None and time.monotonic() - t0 < CAPTURE_TIMEOUT:
+            if _idx_records(store) >= per_batch:   # the first batch's records are written
+                p.send_signal(signal.SIGKILL)
+                killed_at = _idx_records(store)
+                break
+            time.sleep(0.0005)
+    finally:
+        if p.poll() is None and killed_at is None:
+            p.kill()
+        p.wait()
+    err = p.stderr.read().decode(errors="replace")
+    assert killed_at is not None and p.returncode == -signal.SIGKILL, \
+        "capture was not caught mid-run (exit %s): %s" % (p.returncode, err)
+    partial = stat_json(run_cltfs, store)["chunks"]
+    assert per_batch <= partial < needed, \
+        "killed with %d of %d chunks stored (%d per batch, %d index records seen)" % (
+            partial, needed, per_batch, killed_at)
+    run_capture(run_cltfs, store, "--quiet")
+    verify_ok(run_cltfs, store)
+    st = stat_json(run_cltfs, store)
+    assert st["chunks"] == st["chunks_needed"] == needed, \
+        "after the resume: %s (partial run had %d chunks)" % (st, partial)
+    run_capture(run_cltfs, clean, "--quiet")
+    n_layers = llava.facts()["text"]["num_hidden_layers"]
+    rels = view_rels(n_layers, len(ds.entries))
+    with mount(store) as m:
+        got = read_views_bytes(m, rels)
+        assert m.stats()["chunks"]["capture"] == 0
+        some = [0, partial // per_batch - 1, partial // per_batch, KILL_SAMPLES - 1]
+        ref = llava.ref_some(some, n=KILL_SAMPLES)
+        check_views(lambda rel: torch.load(m.p(rel)), ref, n_layers, "float32", batches=some)
+    with mount(clean) as m:
+        want = read_views_bytes(m, rels)
+    diff = [rel for rel in rels if got[rel] != want[rel]]
+    assert not diff, "views of the resumed capture differ: %s" % diff[:5]
+    print("measured: killed with %d of %d chunks stored (%d per batch)" % (
+        partial, needed, per_batch))
+
+
+# -------------------------------------------------------------- errors --
+
+def _private_model(llava, dest):
+    shutil.copytree(llava.model(), str(dest))
+    return str(dest)
+
+
+@pytest.mark.parametrize("cut", ["header", "data"])
+def test_truncated_shard(llava, run_cltfs, tmp_path, cut):
+    model = _private_model(llava, tmp_path / "model")
+    store = str(tmp_path / "store")
+    run_init(run_cltfs, store, model, llava.dataset(), "--quiet")
+    shard = os.path.join(model, "model-00002-of-00002.safetensors")
+    size = os.path.getsize(shard)
+    with open(shard, "r+b") as f:
+        f.truncate(100 if cut == "header" else size // 2)
+    r = run_capture(run_cltfs, store, check=False)
+    assert r.returncode == 1, describe(r)
+    assert "model-00002-of-00002.safetensors" in r.stderr, describe(r)
+    assert stat_json(run_cltfs, store)["chunks"] == 0
+
+
+def _edit_header(path, edit):
+    with open(path, "rb") as f:
+        raw = f.read()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + n])
+    edit(header)
+    hj = json.dumps(header, separators=(",", ":")).encode()
+    assert len(hj) <= n, "edited header is longer"
+    hj += b" " * (n - len(hj))
+    with open(path, "wb") as f:
+        f.write(raw[:8] + hj + raw[8 + n:])
+
+
+@pytest.mark.parametrize("how", ["shape", "missing"])
+def test_bad_tensor(llava, run_cltfs, tmp_path, how):
+    """A tensor of the wrong shape (same byte size, so the file is otherwise
+    valid), or a tensor the index maps to a shard that lacks it: capture
+    exits 1 naming the tensor."""
+    model = _private_model(llava, tmp_path / "model")
+    store = str(tmp_path / "store")
+    run_init(run_cltfs, store, model, llava.dataset(), "--quiet")
+    name = "language_model.model.layers.0.mlp.gate_proj.weight"
+    shard = os.path.join(model, llava.facts()["weight_map"][name])
+
+    def edit(h):
+        if how == "shape":
+            assert h[name]["shape"] == [160, 64]
+            h[name]["shape"] = [64, 160]
+        else:
+            h[name.replace("gate_proj", "gate_prOj")] = h.pop(name)
+    _edit_header(shard, edit)
+    r = run_capture(run_cltfs, store, check=False)
+    assert r.returncode == 1, describe(r)
+    assert name in r.stderr, "message does not name %s: %s" % (name, describe(r))
+    assert stat_json(run_cltfs, store)["chunks"] == 0
+
+
+def _store_missing_image(llava, run_cltfs, tmp_path, index=3):
+    """An fp32 store of a private copy of the dataset, whose image `index` is
+    deleted after init: (store, dataset dir, image name)."""
+    ds = llava.dataset()
+    dd = tmp_path / "ds"
+    shutil.copytree(ds.root, str(dd))
+    store = str(tmp_path / "store")
+    r = run_cltfs("init", store, "--model", llava.model(), "--dataset", str(dd / "queries.json"),
+                  "--image-dir", str(dd / "images"), "--dtype", "float32", "--quiet")
+    assert r.returncode == 0, describe(r)
+    gone = ds.entries[index]["image"]
+    os.unlink(str(dd / "images" / gone))
+    return store, dd, gone
+
+
+def test_image_missing_at_capture(llava, run_cltfs, tmp_path, mount):
+    """An image deleted after init: capture exits 1 naming it and keeps the
+    batches it captured before that one; with the image back a rerun
+    captures the rest."""
+    store, dd, gone = _store_missing_image(llava, run_cltfs, tmp_path, index=3)
+    needed = stat_json(run_cltfs, store)["chunks_needed"]
+    per_batch = needed // 6
+    r = run_capture(run_cltfs, store, check=False)
+    assert r.returncode == 1, describe(r)
+    assert gone in r.stderr, "message does not name %s: %s" % (gone, describe(r))
+    verify_ok(run_cltfs, store)
+    kept = stat_json(run_cltfs, store)["chunks"]
+    packs = {f: os.path.getsize(os.path.join(store, "packs", f))
+             for f in os.listdir(os.path.join(store, "packs"))}
+    assert kept == 3 * per_batch, (
+        "after the failure at batch 3, %d chunks are indexed, expected the %d of batches 0-2 "
+        "(packs: %s)" % (kept, 3 * per_batch, packs))
+    shutil.copyfile(os.path.join(llava.dataset().images, gone), str(dd / "images" / gone))
+    r = run_capture(run_cltfs, store)
+    verify_ok(run_cltfs, store)
+    st = stat_json(run_cltfs, store)
+    assert st["chunks"] == st["chunks_needed"], st
+    n_layers = llava.facts()["text"]["num_hidden_layers"]
+    with mount(store) as m:
+        check_views(lambda rel: torch.load(m.p(rel)), llava.ref(), n_layers, "float32")
+        assert m.stats()["chunks"]["capture"] == 0
+
+
+def test_image_missing_mount_eio(llava, run_cltfs, tmp_path, mount):
+    """Through a mount, the views of a batch whose image is gone are EIO;
+    the mount stays up and serves the other batches; with the image back the
+    batch is captured on the next read."""
+    store, dd, gone = _store_missing_image(llava, run_cltfs, tmp_path, index=3)
+    ref = llava.ref()
+    n_layers = llava.facts()["text"]["num_hidden_layers"]
+    with mount(store) as m:
+        for rel in ("L0/batch_3_x.pt", "L2/batch_3_y.pt", "L0/batch_3_x.pt"):
+            with pytest.raises(OSError) as ei:
+                read_all(m.p(rel))
+            assert ei.value.errno == errno.EIO, "%s: %s, expected EIO" % (rel, ei.value)
+        assert is_mounted(m.path) and m.proc.poll() is None
+        check_views(lambda rel: torch.load(m.p(rel)), ref, n_layers, "float32",
+                    batches=[0, 4, 5])
+        stats = m.stats()
+        assert stats["errors"] > 0, stats
+        log = m.log()
+        # the image back: the failed batch is captured on the next read
+        shutil.copyfile(os.path.join(llava.dataset().images, gone), str(dd / "images" / gone))
+        check_views(lambda rel: torch.load(m.p(rel)), ref, n_layers, "float32", batches=[3])
+    assert gone in log, "the mount log does not name %s:\n%s" % (gone, log)
+    verify_ok(run_cltfs, store)
+    st = stat_json(run_cltfs, store)
+    assert st["chunks"] == 4 * (st["chunks_needed"] // 6), st
+
+
+def test_capture_library_missing(llava, run_cltfs, tmp_path):
+    store = str(tmp_path / "store")
+    run_init(run_cltfs, store, llava.model(), llava.dataset(), "--quiet")
+    lib = str(tmp_path / "nowhere" / "libcltfs-capture.so")
+    env = dict(os.environ, CLTFS_CAPTURE_LIB=lib)
+    r = run_capture(run_cltfs, store, check=False, env=env)
+    assert r.returncode == 1, describe(r)
+    assert lib in r.stderr, describe(r)
+    assert stat_json(run_cltfs, store)["chunks"] == 0
