@@ -556,7 +556,7 @@ extern "C" cltfs_err capimpl_forward(cap_model *m, const cap_sample *s, int inpu
 {
 	emitter emit{fn, arg, torch_dtype(out)};
 	try {
-		torch::NoGradGuard ng;
+		c10::InferenceMode guard; /* no autograd bookkeeping at all */
 		Tensor x;
 		cltfs_err e = embed(m, s, &x);
 		if (e)
