@@ -25,41 +25,6 @@ int cap_hook_parse(const char *name)
 	return -1;
 }
 
-static char *slurp(const char *path, size_t *len)
-{
-	FILE *f = fopen(path, "rb");
-	if (!f) {
-		int err = errno;
-		cltfs_fail(err == ENOENT ? CLTFS_E_NOTFOUND : CLTFS_E_IO, "%s: %s", path, strerror(err));
-		errno = err;
-		return NULL;
-	}
-	char *buf = NULL;
-	size_t cap = 0, n = 0;
-	for (;;) {
-		if (!cltfs_reserve(&buf, &cap, n + 65536 + 1)) {
-			cltfs_fail(CLTFS_E_NOMEM, "out of memory reading %s", path);
-			free(buf);
-			fclose(f);
-			return NULL;
-		}
-		size_t k = fread(buf + n, 1, 65536, f);
-		n += k;
-		if (k < 65536)
-			break;
-	}
-	bool bad = ferror(f);
-	fclose(f);
-	if (bad) {
-		cltfs_fail(CLTFS_E_IO, "%s: read error", path);
-		free(buf);
-		return NULL;
-	}
-	buf[n] = 0;
-	*len = n;
-	return buf;
-}
-
 /* A whole number field, or def when absent; a wrong type is an error. */
 static cltfs_err get_int(const cJSON *o, const char *key, int def, int lo, int hi, int *out, const char *path,
 			 const char *where)
@@ -153,9 +118,10 @@ cltfs_err cap_config_load(const char *dir, cap_config *c)
 	size_t len;
 	snprintf(path, sizeof path, "%s/config.json", dir);
 	memset(c, 0, sizeof *c);
-	char *text = slurp(path, &len);
-	if (!text) /* the message names the file and the cause */
-		return errno == ENOENT ? CLTFS_E_NOTFOUND : CLTFS_E_IO;
+	char *text;
+	cltfs_err re = cltfs_read_file(path, &text, &len);
+	if (re) /* the message names the file and the cause */
+		return re;
 	cJSON *root = cJSON_ParseWithLength(text, len);
 	free(text);
 	if (!root || !cJSON_IsObject(root)) {

@@ -244,36 +244,16 @@ static cltfs_err add_token(cap_tokenizer *t, const char *s, int id)
 	return CLTFS_OK;
 }
 
-static char *slurp(const char *path, size_t *len)
-{
-	FILE *f = fopen(path, "rb");
-	if (!f)
-		return NULL;
-	char *buf = NULL;
-	size_t cap = 0, n = 0, k;
-	do {
-		if (!cltfs_reserve(&buf, &cap, n + 65536 + 1)) {
-			free(buf);
-			fclose(f);
-			return NULL;
-		}
-		k = fread(buf + n, 1, 65536, f);
-		n += k;
-	} while (k == 65536);
-	fclose(f);
-	buf[n] = 0;
-	*len = n;
-	return buf;
-}
-
 static cltfs_err read_added(cap_tokenizer *t, const char *dir)
 {
 	char path[4096];
 	size_t len;
 	cltfs_err e = CLTFS_OK;
 	snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
-	char *text = slurp(path, &len);
-	if (text) {
+	char *text;
+	if ((e = cltfs_read_file(path, &text, &len)) == CLTFS_E_NOTFOUND)
+		e = CLTFS_OK; /* optional */
+	else if (!e) {
 		cJSON *j = cJSON_ParseWithLength(text, len);
 		free(text);
 		if (!cJSON_IsObject(j)) {
@@ -294,7 +274,12 @@ static cltfs_err read_added(cap_tokenizer *t, const char *dir)
 		cJSON_Delete(j);
 	}
 	snprintf(path, sizeof path, "%s/added_tokens.json", dir);
-	if (!e && (text = slurp(path, &len))) {
+	cltfs_err re = e ? e : cltfs_read_file(path, &text, &len);
+	if (re == CLTFS_E_NOTFOUND)
+		re = CLTFS_OK;
+	else if (re)
+		return re;
+	else {
 		cJSON *j = cJSON_ParseWithLength(text, len), *it;
 		free(text);
 		if (!cJSON_IsObject(j)) {
@@ -314,10 +299,13 @@ cltfs_err cap_tokenizer_load(const char *dir, cap_tokenizer **out)
 	char path[4096];
 	size_t len;
 	snprintf(path, sizeof path, "%s/tokenizer.model", dir);
-	uint8_t *data = (uint8_t *)slurp(path, &len);
-	if (!data)
-		return cltfs_fail(errno == ENOENT ? CLTFS_E_NOTFOUND : CLTFS_E_IO, "%s: %s", path,
-				  errno == ENOENT ? "missing (the checkpoint's SentencePiece model)" : strerror(errno));
+	char *text;
+	cltfs_err re = cltfs_read_file(path, &text, &len);
+	if (re == CLTFS_E_NOTFOUND)
+		return cltfs_fail(re, "%s: missing (the checkpoint's SentencePiece model)", path);
+	if (re)
+		return re;
+	uint8_t *data = (uint8_t *)text;
 	cap_tokenizer *t = calloc(1, sizeof *t);
 	cltfs_err e = t ? CLTFS_OK : cltfs_fail(CLTFS_E_NOMEM, "out of memory");
 	if (t)

@@ -48,6 +48,10 @@ bool cltfs_grow(void *array, size_t *cap, size_t need, size_t elem);
  * byte: for buffers sized by a chunk or a tensor.  false when out of memory. */
 bool cltfs_reserve(void *buf, size_t *cap, size_t n);
 
+/* A whole file into memory, NUL-terminated (malloc'd, length in *len);
+ * CLTFS_E_NOTFOUND, _IO or _NOMEM with the path in the message. */
+cltfs_err cltfs_read_file(const char *path, char **out, size_t *len);
+
 /* ---- dtypes ---------------------------------------------------------- */
 
 typedef enum { CLTFS_BF16 = 0, CLTFS_F16 = 1, CLTFS_F32 = 2, CLTFS_NDTYPES } cltfs_dtype;

@@ -1,6 +1,7 @@
 /* common.c: the error message, dtypes and CRC-32 helpers. */
 #include "codec.h"
 
+#include <errno.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -36,6 +37,34 @@ cltfs_err cltfs_wrap(cltfs_err e, const char *fmt, ...)
 }
 
 const char *cltfs_errmsg(void) { return errbuf; }
+
+cltfs_err cltfs_read_file(const char *path, char **out, size_t *len)
+{
+	FILE *f = fopen(path, "rb");
+	if (!f)
+		return cltfs_fail(errno == ENOENT ? CLTFS_E_NOTFOUND : CLTFS_E_IO, "%s: %s", path, strerror(errno));
+	char *buf = NULL;
+	size_t cap = 0, n = 0, k;
+	do {
+		if (n > ((size_t)1 << 32) || !cltfs_reserve(&buf, &cap, n + 65536 + 1)) {
+			free(buf);
+			fclose(f);
+			return cltfs_fail(CLTFS_E_NOMEM, "%s: too large", path);
+		}
+		k = fread(buf + n, 1, 65536, f);
+		n += k;
+	} while (k == 65536);
+	bool failed = ferror(f);
+	fclose(f);
+	if (failed) {
+		free(buf);
+		return cltfs_fail(CLTFS_E_IO, "%s: read error", path);
+	}
+	buf[n] = 0;
+	*out = buf;
+	*len = n;
+	return CLTFS_OK;
+}
 
 const char *cltfs_errname(cltfs_err e)
 {

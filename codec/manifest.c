@@ -481,35 +481,12 @@ cltfs_err cltfs_manifest_parse(const char *json, size_t len, const char *path, c
 
 cltfs_err cltfs_manifest_load(const char *path, cltfs_manifest **out)
 {
-	FILE *f = fopen(path, "rb");
-	if (!f)
-		return cltfs_fail(errno == ENOENT ? CLTFS_E_NOTFOUND : CLTFS_E_IO, "%s: %s", path,
-				  strerror(errno));
-	char *buf = NULL;
-	size_t len = 0, cap = 0;
-	for (;;) {
-		if (len == cap) {
-			cap = cap ? cap * 2 : 65536;
-			char *nb = cap > ((size_t)1 << 32) ? NULL : realloc(buf, cap);
-			if (!nb) {
-				free(buf);
-				fclose(f);
-				return cltfs_fail(CLTFS_E_NOMEM, "%s: too large", path);
-			}
-			buf = nb;
-		}
-		size_t n = fread(buf + len, 1, cap - len, f);
-		len += n;
-		if (n == 0)
-			break;
-	}
-	bool failed = ferror(f);
-	fclose(f);
-	if (failed) {
-		free(buf);
-		return cltfs_fail(CLTFS_E_IO, "%s: read error", path);
-	}
-	cltfs_err e = cltfs_manifest_parse(buf, len, path, out);
+	char *buf;
+	size_t len;
+	cltfs_err e = cltfs_read_file(path, &buf, &len);
+	if (e)
+		return e;
+	e = cltfs_manifest_parse(buf, len, path, out);
 	free(buf);
 	return e;
 }

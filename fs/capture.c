@@ -29,31 +29,6 @@
 
 static cltfs_err init_store(const char *store, const init_opts *o, const char *revision);
 
-static char *read_all(const char *path, size_t *len)
-{
-	FILE *f = fopen(path, "rb");
-	if (!f) {
-		cltfs_fail(errno == ENOENT ? CLTFS_E_NOTFOUND : CLTFS_E_IO, "%s: %s", path, strerror(errno));
-		return NULL;
-	}
-	char *buf = NULL;
-	size_t cap = 0, n = 0, k;
-	do {
-		if (!cltfs_reserve(&buf, &cap, n + 65536 + 1)) {
-			free(buf);
-			fclose(f);
-			cltfs_fail(CLTFS_E_NOMEM, "out of memory reading %s", path);
-			return NULL;
-		}
-		k = fread(buf + n, 1, 65536, f);
-		n += k;
-	} while (k == 65536);
-	fclose(f);
-	buf[n] = 0;
-	*len = n;
-	return buf;
-}
-
 /* One query of AMBER's format: {"id": 1, "image": "AMBER_1.jpg", "query": "..."}. */
 static cltfs_err add_sample(const init_opts *o, cap_tokenizer *tok, const cap_config *cfg, const cJSON *q, int i,
 			    cJSON *samples, int64_t *rows)
@@ -210,9 +185,9 @@ static cltfs_err init_store(const char *store, const init_opts *o, const char *r
 	if (!e)
 		e = cap_tokenizer_load(o->model, &tok);
 	size_t len = 0;
-	char *text = e ? NULL : read_all(o->dataset, &len);
-	if (!e && !text)
-		e = CLTFS_E_NOTFOUND;
+	char *text = NULL;
+	if (!e)
+		e = cltfs_read_file(o->dataset, &text, &len);
 	cJSON *q = text ? cJSON_ParseWithLength(text, len) : NULL, *samples = cJSON_CreateArray();
 	free(text);
 	if (!e && (!cJSON_IsArray(q) || !cJSON_GetArraySize(q)))

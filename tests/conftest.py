@@ -539,3 +539,18 @@ class Originals:
 @pytest.fixture(scope="session")
 def originals():
     return Originals()
+
+
+class LoadedFiles:
+    """A map-style dataset of (rel, torch.load(root/rel)) for each rel: what
+    a DataLoader's workers read in the tests."""
+
+    def __init__(self, root, rels):
+        self.root, self.rels = root, rels
+
+    def __len__(self):
+        return len(self.rels)
+
+    def __getitem__(self, i):
+        import torch
+        return self.rels[i], torch.load(os.path.join(self.root, self.rels[i]))

@@ -22,7 +22,7 @@ import torch
 
 import llava_ref as R
 import make_llava as G
-from conftest import describe, is_mounted, load_bytes
+from conftest import describe, is_mounted, load_bytes, LoadedFiles
 
 DEFAULT_TEMPLATE = R.DEFAULT_TEMPLATE
 ALT_TEMPLATE = "USER: <image>\n{query}\nASSISTANT:"   # the reference capture script's
@@ -263,17 +263,6 @@ def check_views(load, ref, n_layers, dtype, hook="mlp_in", batches=None, where="
                         where, rel, j, i)
     worst["exact"] = counts[0] / max(counts[1], 1)
     return worst
-
-
-class _Views(torch.utils.data.Dataset):
-    def __init__(self, root, rels):
-        self.root, self.rels = root, rels
-
-    def __len__(self):
-        return len(self.rels)
-
-    def __getitem__(self, i):
-        return self.rels[i], torch.load(os.path.join(self.root, self.rels[i]))
 
 
 def _collate(batch):
@@ -529,7 +518,7 @@ def test_checkpoint_variants(llava, fp32_store, run_cltfs, tmp_path, mount, vari
 # ----------------------------------------------------- capture on a miss --
 
 def _all_views_through_loader(m, rels):
-    loader = torch.utils.data.DataLoader(_Views(m.path, rels), batch_size=1, num_workers=4,
+    loader = torch.utils.data.DataLoader(LoadedFiles(m.path, rels), batch_size=1, num_workers=4,
                                          collate_fn=_collate)
     out = {}
     for batch in loader:

@@ -15,7 +15,7 @@ import time
 import pytest
 import torch
 
-from conftest import assert_same, describe, is_mounted, load_bytes
+from conftest import assert_same, describe, is_mounted, load_bytes, LoadedFiles
 from hubserver import Hub, git_blob_sha1
 
 LFS_THRESHOLD = 4096       # packs are LFS (redirected to the CDN); cltfs.json and idx are not
@@ -332,19 +332,9 @@ def test_dataloader_workers(tmp_path, hub, stores, mount, originals):
     of the reference tree."""
     imp, commit = add_store(hub, stores)
 
-    class Files(torch.utils.data.Dataset):
-        def __init__(self, root, rels):
-            self.root, self.rels = root, rels
-
-        def __len__(self):
-            return len(self.rels)
-
-        def __getitem__(self, i):
-            return self.rels[i], torch.load(os.path.join(self.root, self.rels[i]))
-
     rels = list(imp.desc["files"])
     with mount(STORE_URL, env=hf_env(tmp_path, hub)) as m:
-        dl = torch.utils.data.DataLoader(Files(m.path, rels), batch_size=None, num_workers=2,
+        dl = torch.utils.data.DataLoader(LoadedFiles(m.path, rels), batch_size=None, num_workers=2,
                                          shuffle=True, generator=torch.Generator().manual_seed(0))
         seen = []
         for rel, obj in dl:

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import gen_tree
-from conftest import (TREE_CONFIGS, assert_same, describe, is_mounted, load_bytes,
+from conftest import (TREE_CONFIGS, LoadedFiles, assert_same, describe, is_mounted, load_bytes,
                       mount_entry, unmount)
 
 CONFIGS = sorted(TREE_CONFIGS)
@@ -246,19 +246,9 @@ def test_dataloader_workers(stores, mount, originals, name):
     """A DataLoader with 4 workers over all files returns the same tensors."""
     imp = stores.get(name)
 
-    class Files(torch.utils.data.Dataset):
-        def __init__(self, root, rels):
-            self.root, self.rels = root, rels
-
-        def __len__(self):
-            return len(self.rels)
-
-        def __getitem__(self, i):
-            return self.rels[i], torch.load(os.path.join(self.root, self.rels[i]))
-
     rels = list(imp.desc["files"]) * 2
     with mount(imp.store) as m:
-        dl = torch.utils.data.DataLoader(Files(m.path, rels), batch_size=None,
+        dl = torch.utils.data.DataLoader(LoadedFiles(m.path, rels), batch_size=None,
                                          num_workers=4, shuffle=True,
                                          generator=torch.Generator().manual_seed(0))
         seen = []
