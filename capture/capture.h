@@ -64,6 +64,7 @@ typedef struct {
 	int dtype;   /* compute dtype (cltfs_dtype), -1: bf16 on a GPU, fp32 on the CPU */
 	int threads; /* CPU threads, 0: libtorch's default */
 	bool cpu;    /* never use a GPU */
+	int batch;   /* samples per forward pass, 0: 1 on the CPU, 8 on a GPU */
 } cap_load_opts;
 
 typedef struct cap_model cap_model;
@@ -81,12 +82,14 @@ typedef struct {
 	const char *image; /* path; NULL: a text-only sample (no <image> allowed) */
 } cap_sample;
 
-/* Rows of one stream: layer L of the input hook (kind 0) or of the MLP
- * output (kind 1), nrows x d_model values in the dtype asked for. */
-typedef cltfs_err (*cap_emit)(void *arg, int kind, int layer, const void *rows, int64_t nrows);
+/* Rows of one stream of sample i of the call: layer L of the input hook
+ * (kind 0) or of the MLP output (kind 1), nrows x d_model values in the
+ * dtype asked for. */
+typedef cltfs_err (*cap_emit)(void *arg, size_t i, int kind, int layer, const void *rows, int64_t nrows);
 
-/* The forward pass of one sample, streams handed to emit layer by layer. */
-cltfs_err cap_forward(cap_model *m, const cap_sample *s, int input_hook, cltfs_dtype out, cap_emit emit,
+/* The forward pass of n samples at once (right-padded to the longest: no
+ * row changes), streams handed to emit layer by layer, sample by sample. */
+cltfs_err cap_forward(cap_model *m, const cap_sample *s, size_t n, int input_hook, cltfs_dtype out, cap_emit emit,
 		      void *arg);
 
 #ifdef __cplusplus

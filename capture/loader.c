@@ -24,7 +24,7 @@ static struct {
 	cap_tokenizer *(*tokenizer)(cap_model *);
 	const char *(*device)(const cap_model *);
 	const char *(*dtype)(const cap_model *);
-	cltfs_err (*forward)(cap_model *, const cap_sample *, int, cltfs_dtype, cap_emit, void *);
+	cltfs_err (*forward)(cap_model *, const cap_sample *, size_t, int, cltfs_dtype, cap_emit, void *);
 } impl;
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 static char failure[2048]; /* why the library could not be loaded */
@@ -105,7 +105,8 @@ cap_tokenizer *cap_model_tokenizer(cap_model *m) { return impl.tokenizer(m); }
 const char *cap_model_device(const cap_model *m) { return impl.device(m); }
 const char *cap_model_dtype(const cap_model *m) { return impl.dtype(m); }
 
-cltfs_err cap_forward(cap_model *m, const cap_sample *s, int input_hook, cltfs_dtype out, cap_emit emit, void *arg)
+cltfs_err cap_forward(cap_model *m, const cap_sample *s, size_t n, int input_hook, cltfs_dtype out, cap_emit emit,
+		      void *arg)
 {
-	return impl.forward(m, s, input_hook, out, emit, arg);
+	return impl.forward(m, s, n, input_hook, out, emit, arg);
 }

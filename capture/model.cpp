@@ -408,13 +408,13 @@ static Tensor dense(const Tensor &x, const Tensor &w, const Tensor &b = Tensor()
 	return b.defined() ? torch::addmm(b, x, w.t()) : torch::matmul(x, w.t());
 }
 
-// softmax(q k^T * scale [+ causal mask]) v over [heads, T, hd]; the softmax
-// in fp32 as transformers does.
+// softmax(q k^T * scale [+ causal mask]) v over [..., heads, T, hd]; the
+// softmax in fp32 as transformers does.
 static Tensor attend(const Tensor &q, const Tensor &k, const Tensor &v, double scale, bool causal)
 {
 	Tensor w = torch::matmul(q, k.transpose(-1, -2)) * scale;
 	if (causal) {
-		int64_t T = q.size(1);
+		int64_t T = q.size(-2);
 		Tensor mask = torch::ones({T, T}, torch::TensorOptions().dtype(torch::kBool).device(q.device())).triu(1);
 		w = w.masked_fill(mask, -std::numeric_limits<float>::infinity());
 	}
@@ -466,20 +466,25 @@ struct emitter {
 	cap_emit fn;
 	void *arg;
 	torch::ScalarType out;
+	std::vector<int64_t> rows; // of each sample: the rest of its row is padding
 	cltfs_err e = CLTFS_OK;
 	void operator()(int kind, int layer, const Tensor &t)
 	{
 		if (e)
 			return;
 		Tensor c = t.to(torch::kCPU, out).contiguous();
-		e = fn(arg, kind, layer, c.data_ptr(), c.size(0));
+		for (size_t i = 0; i < rows.size() && !e; i++)
+			e = fn(arg, i, kind, layer, c[(int64_t)i].data_ptr(), rows[i]);
 	}
 };
 
+// The decoder over x [B, T, H]: samples right-padded to the longest, so
+// that with the causal mask no row of a sample sees a padding row, and
+// positions are 0.. in every sample as they are alone.
 static void decoder(cap_model *m, Tensor x, int hook, emitter &emit)
 {
 	const cap_config &c = m->c;
-	int64_t T = x.size(0), H = c.d_model, nh = c.n_heads, kvh = c.n_kv_heads, hd = H / nh;
+	int64_t B = x.size(0), T = x.size(1), H = c.d_model, nh = c.n_heads, kvh = c.n_kv_heads, hd = H / nh;
 	Tensor pos = torch::arange(T, torch::TensorOptions().dtype(torch::kFloat).device(m->dev));
 	Tensor freqs = torch::outer(pos, m->inv_freq);
 	Tensor emb = torch::cat({freqs, freqs}, -1);
@@ -490,16 +495,16 @@ static void decoder(cap_model *m, Tensor x, int hook, emitter &emit)
 		if (hook == CAP_HOOK_RESID_PRE)
 			emit(0, L, x);
 		Tensor h = rmsnorm(x, l.in_w, c.rms_eps);
-		Tensor q = dense(h, l.q).view({T, nh, hd}).transpose(0, 1);
-		Tensor k = dense(h, l.k).view({T, kvh, hd}).transpose(0, 1);
-		Tensor v = dense(h, l.v).view({T, kvh, hd}).transpose(0, 1);
+		Tensor q = dense(h, l.q).view({B, T, nh, hd}).transpose(1, 2);
+		Tensor k = dense(h, l.k).view({B, T, kvh, hd}).transpose(1, 2);
+		Tensor v = dense(h, l.v).view({B, T, kvh, hd}).transpose(1, 2);
 		q = q * cos + rotate_half(q) * sin;
 		k = k * cos + rotate_half(k) * sin;
 		if (kvh != nh) { // each key/value head serves nh / kvh query heads
-			k = k.repeat_interleave(nh / kvh, 0);
-			v = v.repeat_interleave(nh / kvh, 0);
+			k = k.repeat_interleave(nh / kvh, 1);
+			v = v.repeat_interleave(nh / kvh, 1);
 		}
-		Tensor a = attend(q, k, v, scale, true).transpose(0, 1).reshape({T, H});
+		Tensor a = attend(q, k, v, scale, true).transpose(1, 2).reshape({B, T, H});
 		x = x + dense(a, l.o);
 		if (hook == CAP_HOOK_RESID_MID)
 			emit(0, L, x);
@@ -551,17 +556,25 @@ static cltfs_err embed(cap_model *m, const cap_sample *s, Tensor *out)
 	return CLTFS_OK;
 }
 
-extern "C" cltfs_err capimpl_forward(cap_model *m, const cap_sample *s, int input_hook, cltfs_dtype out, cap_emit fn,
-				 void *arg)
+extern "C" cltfs_err capimpl_forward(cap_model *m, const cap_sample *s, size_t n, int input_hook, cltfs_dtype out,
+				     cap_emit fn, void *arg)
 {
-	emitter emit{fn, arg, torch_dtype(out)};
+	emitter emit{fn, arg, torch_dtype(out), {}};
 	try {
 		c10::InferenceMode guard; /* no autograd bookkeeping at all */
-		Tensor x;
-		cltfs_err e = embed(m, s, &x);
-		if (e)
-			return e;
-		decoder(m, x, input_hook, emit);
+		std::vector<Tensor> xs(n);
+		int64_t T = 0;
+		for (size_t i = 0; i < n; i++) {
+			cltfs_err e = embed(m, &s[i], &xs[i]);
+			if (e)
+				return n > 1 ? cltfs_wrap(e, "sample %zu of %zu", i + 1, n) : e;
+			emit.rows.push_back(xs[i].size(0));
+			T = std::max(T, xs[i].size(0));
+		}
+		for (auto &x : xs) // right padding with zero rows
+			if (x.size(0) < T)
+				x = torch::cat({x, torch::zeros({T - x.size(0), x.size(1)}, x.options())}, 0);
+		decoder(m, torch::stack(xs, 0), input_hook, emit);
 	} catch (const std::exception &x) {
 		return cltfs_fail(CLTFS_E_IO, "the forward pass failed: %s", x.what());
 	}

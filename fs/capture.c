@@ -245,10 +245,11 @@ struct capturer {
 	store_writer *w;
 	int hook;
 	size_t row;          /* bytes of a row */
-	stream_buf *sb;      /* [kind][layer] */
-	int64_t batch, row0; /* the batch being captured, its first row */
-	int64_t sample_row;  /* the current sample's first row in the batch */
-	bool last_sample;
+	stream_buf *sb;      /* [kind][layer]: the rows of the batches being captured */
+	int64_t b0, b1;      /* the batches being captured: [b0, b1) */
+	int64_t s0, s1;      /* their samples */
+	int64_t first;       /* the sample the current forward pass starts at */
+	int fwd;             /* samples per forward pass */
 	uint64_t chunks_added;
 	double load_s; /* seconds the model took to load */
 };
@@ -312,34 +313,45 @@ static bool batch_stored(capturer *c, int64_t b)
 	return true;
 }
 
-/* The rows of one stream for one sample: into the batch's buffer; after
- * the batch's last sample, cut into chunks and appended. */
-static cltfs_err emit(void *arg, int kind, int layer, const void *rows, int64_t nrows)
+/* The chunks of batches [b0, b1) of one stream, from its buffer. */
+static cltfs_err cut_chunks(capturer *c, int kind, int layer, const uint8_t *buf)
+{
+	const cltfs_manifest *m = c->m;
+	int64_t row0 = m->batches[c->b0].first_row, c0 = m->batches[c->b0].first_chunk,
+		c1 = m->batches[c->b1 - 1].first_chunk + m->batches[c->b1 - 1].chunks;
+	cltfs_err e = CLTFS_OK;
+	cltfs_rec rec;
+	for (int64_t ch = c0; !e && ch < c1; ch++) {
+		uint64_t key = cltfs_key((unsigned)kind, (unsigned)layer, (uint32_t)ch);
+		size_t off = (size_t)(m->chunk_start[ch] - row0) * c->row,
+		       len = (size_t)(m->chunk_start[ch + 1] - m->chunk_start[ch]) * c->row;
+		if (!store_lookup(c->s, key, &rec) && !(e = store_writer_add(c->w, key, buf + off, len)))
+			c->chunks_added++;
+	}
+	return e;
+}
+
+/* The rows of one stream for sample i of the forward pass: into the
+ * stream's buffer at the sample's place; after the last sample of the
+ * batches, cut into chunks and appended. */
+static cltfs_err emit(void *arg, size_t i, int kind, int layer, const void *rows, int64_t nrows)
 {
 	capturer *c = arg;
 	const cltfs_manifest *m = c->m;
-	const cltfs_batch *bt = &m->batches[c->batch];
+	int64_t si = c->first + (int64_t)i, row0 = m->batches[c->b0].first_row,
+		total = m->samples[c->s1 - 1].first_row + m->samples[c->s1 - 1].rows - row0;
 	if (!stream_stored(m, kind, layer))
 		return CLTFS_OK;
+	if (si >= c->s1 || nrows != m->samples[si].rows)
+		return cltfs_fail(CLTFS_E_MISMATCH, "the model gave %lld rows for a sample of %lld", (long long)nrows,
+				  si < c->s1 ? (long long)m->samples[si].rows : -1LL);
 	stream_buf *sb = &c->sb[kind * m->n_layers + layer];
-	if (c->sample_row + nrows > bt->rows)
-		return cltfs_fail(CLTFS_E_MISMATCH, "the model gave %lld rows past the batch's %lld",
-				  (long long)(c->sample_row + nrows), (long long)bt->rows);
-	if (!sb->buf && !(sb->buf = malloc((size_t)bt->rows * c->row)))
-		return cltfs_fail(CLTFS_E_NOMEM, "out of memory for batch %lld", (long long)c->batch);
-	memcpy(sb->buf + (size_t)c->sample_row * c->row, rows, (size_t)nrows * c->row);
-	if (!c->last_sample)
+	if (!sb->buf && !(sb->buf = malloc((size_t)total * c->row)))
+		return cltfs_fail(CLTFS_E_NOMEM, "out of memory for batch %lld", (long long)c->b0);
+	memcpy(sb->buf + (size_t)(m->samples[si].first_row - row0) * c->row, rows, (size_t)nrows * c->row);
+	if (si + 1 < c->s1)
 		return CLTFS_OK;
-	cltfs_err e = CLTFS_OK;
-	cltfs_rec rec;
-	for (int64_t k = 0; !e && k < bt->chunks; k++) {
-		int64_t ch = bt->first_chunk + k;
-		uint64_t key = cltfs_key((unsigned)kind, (unsigned)layer, (uint32_t)ch);
-		size_t off = (size_t)(m->chunk_start[ch] - bt->first_row) * c->row,
-		       len = (size_t)(m->chunk_start[ch + 1] - m->chunk_start[ch]) * c->row;
-		if (!store_lookup(c->s, key, &rec) && !(e = store_writer_add(c->w, key, sb->buf + off, len)))
-			c->chunks_added++;
-	}
+	cltfs_err e = cut_chunks(c, kind, layer, sb->buf);
 	free(sb->buf);
 	sb->buf = NULL;
 	return e;
@@ -354,6 +366,11 @@ static cltfs_err load_model(capturer *c)
 	c->load_s = now_s() - t0;
 	if (e)
 		return e;
+	/* One sample at a time on the CPU (no gain from padding there), 8 on a
+	 * GPU, unless asked. */
+	c->fwd = c->lo.batch > 0 ? c->lo.batch : strcmp(cap_model_device(c->model), "cpu") ? 8 : 1;
+	if (c->fwd > 64)
+		c->fwd = 64;
 	const cap_config *cfg = cap_model_config(c->model);
 	if (cfg->n_layers != c->m->n_layers || cfg->d_model != c->m->d_model) {
 		cap_model_free(c->model);
@@ -364,11 +381,10 @@ static cltfs_err load_model(capturer *c)
 	return CLTFS_OK;
 }
 
-/* One sample through the model; its rows must be what init counted. */
-static cltfs_err run_sample(capturer *c, int64_t si)
+/* The model's input for sample si: its rows must be what init counted. */
+static cltfs_err prepare(capturer *c, int64_t si, cap_sample *s, char *img, size_t imgn)
 {
 	const cltfs_sample *sm = &c->m->samples[si];
-	char img[PATH_MAX];
 	char *prompt = cap_prompt(c->m->prompt_template, sm->text ? sm->text : "");
 	int32_t *ids = NULL;
 	size_t n = 0;
@@ -379,28 +395,42 @@ static cltfs_err run_sample(capturer *c, int64_t si)
 		e = cltfs_fail(CLTFS_E_MISMATCH, "sample %s: the tokenizer gives %lld rows, the manifest %lld: the "
 			       "checkpoint's tokenizer changed since `cltfs init`", sm->id ? sm->id : "?",
 			       (long long)cap_rows(cap_model_config(c->model), ids, n), (long long)sm->rows);
-	snprintf(img, sizeof img, "%s/%s", c->m->source_images, sm->image ? sm->image : "");
-	cap_sample s = {ids, n, sm->image ? img : NULL};
-	if (!e)
-		e = cap_forward(c->model, &s, c->hook, c->m->dtype, emit, c);
-	free(ids);
+	snprintf(img, imgn, "%s/%s", c->m->source_images, sm->image ? sm->image : "");
+	*s = (cap_sample){ids, n, sm->image ? img : NULL};
 	return e ? cltfs_wrap(e, "sample %s", sm->id ? sm->id : "?") : CLTFS_OK;
 }
 
-cltfs_err capture_batch(capturer *c, int64_t b, bool durable)
+/* Samples [first, first+n) in one forward pass. */
+static cltfs_err run_samples(capturer *c, int64_t first, int n)
 {
-	if (batch_stored(c, b))
-		return CLTFS_OK;
+	cap_sample s[64] = {{0}};
+	char (*img)[PATH_MAX] = malloc((size_t)n * sizeof *img);
+	cltfs_err e = img ? CLTFS_OK : cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	for (int k = 0; !e && k < n; k++)
+		e = prepare(c, first + k, &s[k], img[k], sizeof img[k]);
+	c->first = first;
+	if (!e)
+		e = cap_forward(c->model, s, (size_t)n, c->hook, c->m->dtype, emit, c);
+	if (e && n == 1 && c->m->samples[first].id && !strstr(cltfs_errmsg(), "sample "))
+		e = cltfs_wrap(e, "sample %s", c->m->samples[first].id);
+	for (int k = 0; k < n; k++)
+		free((void *)s[k].ids);
+	free(img);
+	return e;
+}
+
+/* Batches [b0, b1): their samples, fwd at a time through the model. */
+static cltfs_err capture_range(capturer *c, int64_t b0, int64_t b1, bool durable)
+{
 	cltfs_err e = load_model(c);
-	const cltfs_batch *bt = &c->m->batches[b];
-	c->batch = b;
-	c->sample_row = 0;
-	for (int64_t i = 0; !e && i < bt->samples; i++) {
-		c->last_sample = i + 1 == bt->samples;
-		e = run_sample(c, bt->first_sample + i);
-		c->sample_row += c->m->samples[bt->first_sample + i].rows;
-	}
-	for (int i = 0; i < 2 * c->m->n_layers; i++) { /* a failed batch leaves nothing half-kept */
+	const cltfs_manifest *m = c->m;
+	c->b0 = b0;
+	c->b1 = b1;
+	c->s0 = m->batches[b0].first_sample;
+	c->s1 = m->batches[b1 - 1].first_sample + m->batches[b1 - 1].samples;
+	for (int64_t si = c->s0; !e && si < c->s1; si += c->fwd)
+		e = run_samples(c, si, (int)(c->s1 - si < c->fwd ? c->s1 - si : c->fwd));
+	for (int i = 0; i < 2 * m->n_layers; i++) { /* a failed pass leaves no rows behind */
 		free(c->sb[i].buf);
 		c->sb[i].buf = NULL;
 	}
@@ -410,6 +440,11 @@ cltfs_err capture_batch(capturer *c, int64_t b, bool durable)
 	if (e)
 		return e;
 	return durable ? store_writer_sync(c->w) : CLTFS_OK;
+}
+
+cltfs_err capture_batch(capturer *c, int64_t b, bool durable)
+{
+	return batch_stored(c, b) ? CLTFS_OK : capture_range(c, b, b + 1, durable);
 }
 
 /* ---- cltfs capture ---- */
@@ -443,22 +478,29 @@ cltfs_err cmd_capture(const char *store, const capture_opts *o)
 	bool tty = !o->quiet && isatty(2);
 	double t0 = now_s(), synced = t0;
 	int64_t rows = 0, done = 0;
-	for (int64_t b = b0; !e && b < b1; b++) {
-		bool had = batch_stored(c, b);
+	for (int64_t b = b0; !e && b < b1;) {
+		if (batch_stored(c, b)) {
+			b++;
+			continue;
+		}
+		if (!c->model && (e = load_model(c)))
+			break;
+		/* consecutive missing batches, as many samples as a forward pass takes */
+		int64_t end = b + 1, n = m->batches[b].samples;
+		while (end < b1 && n + m->batches[end].samples <= c->fwd && !batch_stored(c, end))
+			n += m->batches[end++].samples;
 		/* durable about once a second, not per batch (an fsync can cost
 		 * more than a small batch): a kill loses at most that second */
-		bool durable = now_s() - synced >= 1.0 || b + 1 == b1;
-		e = capture_batch(c, b, durable);
+		bool durable = now_s() - synced >= 1.0 || end == b1;
+		e = capture_range(c, b, end, durable);
 		if (durable)
 			synced = now_s();
-		if (!had) {
+		for (; b < end; b++, done++)
 			rows += m->batches[b].rows;
-			done++;
-		}
 		if (tty && !e) {
 			double dt = now_s() - t0;
 			fprintf(stderr, "\rcapture: batch %lld/%lld, %lld rows captured, %.0f tokens/s   ",
-				(long long)(b - b0 + 1), (long long)(b1 - b0), (long long)rows, dt > 0 ? (double)rows / dt : 0.0);
+				(long long)(b - b0), (long long)(b1 - b0), (long long)rows, dt > 0 ? (double)rows / dt : 0.0);
 		}
 	}
 	if (tty)

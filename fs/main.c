@@ -178,7 +178,8 @@ static int main_capture(int argc, char **argv)
 		{"rows", required_argument, 0, 'r'},  {"shard", required_argument, 0, 's'},
 		{"dtype", required_argument, 0, 'd'}, {"threads", required_argument, 0, 'j'},
 		{"cpu", no_argument, 0, 'C'},         {"quiet", no_argument, 0, 'Q'},
-		{"help", no_argument, 0, 'h'},        {0, 0, 0, 0},
+		{"batch", required_argument, 0, 'B'}, {"help", no_argument, 0, 'h'},
+		{0, 0, 0, 0},
 	};
 	int ch;
 	long long a, b;
@@ -208,6 +209,10 @@ static int main_capture(int argc, char **argv)
 				return usage_error("--threads takes a number from 1 to 1024");
 			break;
 		case 'C': o.load.cpu = true; break;
+		case 'B':
+			if (!parse_int(optarg, 1, 64, &o.load.batch))
+				return usage_error("--batch takes a number of samples from 1 to 64");
+			break;
 		case 'Q': o.quiet = true; break;
 		case 'h': cltfs_usage(stdout); return 0;
 		default: return 2;

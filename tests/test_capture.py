@@ -924,3 +924,41 @@ def test_capture_library_missing(llava, run_cltfs, tmp_path):
     assert r.returncode == 1, describe(r)
     assert lib in r.stderr, describe(r)
     assert stat_json(run_cltfs, store)["chunks"] == 0
+
+
+@pytest.mark.parametrize("batch_samples,fwd", [(1, 4), (2, 3)], ids=["S1-fwd4", "S2-fwd3"])
+def test_batched_forward_equals_reference(llava, fp32_store, run_cltfs, tmp_path, mount, batch_samples, fwd):
+    """Several samples in one forward pass, right-padded to the longest
+    (across store batches, and across a store batch's boundary with S=2 and
+    3 per pass): no row changes, the views equal the reference's and, with
+    S=1, the one-sample-at-a-time store's."""
+    store = str(tmp_path / "store")
+    run_init(run_cltfs, store, llava.model(), llava.dataset(), "--dtype", "float32", "--quiet",
+             "--batch-samples", str(batch_samples))
+    r = run_capture(run_cltfs, store, "--batch", str(fwd))
+    assert "captured" in r.stderr, describe(r)
+    verify_ok(run_cltfs, store)
+    st = stat_json(run_cltfs, store)
+    assert st["chunks"] == st["chunks_needed"] > 0, st
+    ref = llava.ref()
+    n_layers = llava.facts()["text"]["num_hidden_layers"]
+    with mount(store) as m:
+        w = check_views(lambda rel: torch.load(m.p(rel)), ref, n_layers, "float32", S=batch_samples)
+        assert m.stats()["chunks"]["capture"] == 0
+        if batch_samples == 1:
+            rels = sorted(view_rels(n_layers, len(ref)))
+            with mount(fp32_store[0]) as one:
+                for rel in rels:
+                    a, b = torch.load(m.p(rel)), torch.load(one.p(rel))
+                    ta = a["x"] if "x" in a else torch.stack(a["targets"])
+                    tb = b["x"] if "x" in b else torch.stack(b["targets"])
+                    assert (ta - tb).abs().max().item() <= 1e-5, rel
+    measured("batched forward (S=%d, %d per pass), max |x - ref|" % (batch_samples, fwd), w["x"])
+
+
+def test_capture_batch_option_errors(llava, run_cltfs, tmp_path):
+    store = str(tmp_path / "store")
+    run_init(run_cltfs, store, llava.model(), llava.dataset(), "--quiet")
+    for bad in ("0", "65", "x"):
+        r = run_capture(run_cltfs, store, "--batch", bad, check=False)
+        assert r.returncode == 2 and "--batch" in r.stderr, describe(r)
