@@ -170,7 +170,7 @@ static cltfs_err read_piece(cap_tokenizer *t, pb *m)
 static cltfs_err read_model(cap_tokenizer *t, const uint8_t *data, size_t len, const char *path)
 {
 	pb b = {data, data + len, false}, sub;
-	int num, wt, model_type = 1;
+	int num, wt, model_type = 0; /* 0: no trainer spec seen */
 	uint64_t v;
 	bool identity = true;
 	t->unk_id = 0;
@@ -214,6 +214,8 @@ static cltfs_err read_model(cap_tokenizer *t, const uint8_t *data, size_t len, c
 	}
 	if (b.bad || !t->np)
 		return cltfs_fail(CLTFS_E_FORMAT, "%s: not a SentencePiece model (truncated or another format)", path);
+	if (!model_type)
+		return cltfs_fail(CLTFS_E_FORMAT, "%s: no trainer spec (truncated, or not a SentencePiece model)", path);
 	if (model_type != 2)
 		return cltfs_fail(CLTFS_E_UNSUPPORTED, "%s: a SentencePiece model of type %d; cltfs encodes BPE (2), as "
 				  "LLaMA's", path, model_type);

@@ -962,3 +962,23 @@ def test_capture_batch_option_errors(llava, run_cltfs, tmp_path):
     for bad in ("0", "65", "x"):
         r = run_capture(run_cltfs, store, "--batch", bad, check=False)
         assert r.returncode == 2 and "--batch" in r.stderr, describe(r)
+
+
+@pytest.mark.parametrize("damage", ["empty", "half", "garbage"])
+def test_damaged_tokenizer(llava, run_cltfs, tmp_path, damage):
+    """A tokenizer.model that is cut or overwritten: init fails naming it,
+    never crashes."""
+    model = _private_model(llava, tmp_path / "model")
+    path = os.path.join(model, "tokenizer.model")
+    data = read_all(path)
+    if damage == "empty":
+        data = b""
+    elif damage == "half":
+        data = data[:len(data) // 2]
+    else:
+        data = bytes((b * 7 + 13) & 0xFF for b in data)
+    with open(path, "wb") as f:
+        f.write(data)
+    r = run_init(run_cltfs, str(tmp_path / "store"), model, llava.dataset(), check=False)
+    assert r.returncode == 1 and "tokenizer.model" in r.stderr, describe(r)
+    assert not os.path.exists(tmp_path / "store" / "cltfs.json")
