@@ -151,6 +151,7 @@ typedef struct {
 typedef struct {
 	int version;
 	char *model_id, *model_revision; /* NULL when unknown */
+	char *model_arch;                /* "LlavaForConditionalGeneration", or NULL */
 	int n_layers, d_model;
 	cltfs_dtype dtype;
 	char *input_hook; /* mlp_in | resid_pre | resid_mid */

@@ -38,6 +38,7 @@ void cltfs_manifest_free(cltfs_manifest *m)
 	free(m->mlp_layers);
 	free(m->model_id);
 	free(m->model_revision);
+	free(m->model_arch);
 	free(m->input_hook);
 	free(m->prompt_template);
 	free(m->source_kind);
@@ -196,6 +197,7 @@ static cltfs_err parse_model(const cJSON *root, cltfs_manifest *m, ctx *c)
 	cltfs_err e;
 	if ((e = get_str(mo, "id", false, &m->model_id, c)) ||
 	    (e = get_str(mo, "revision", false, &m->model_revision, c)) ||
+	    (e = get_str(mo, "architecture", false, &m->model_arch, c)) ||
 	    (e = get_int(mo, "n_layers", 1, MAX_LAYERS, -1, &nl, c)) ||
 	    (e = get_int(mo, "d_model", 1, MAX_D, -1, &d, c)))
 		return e;
@@ -516,6 +518,7 @@ static cJSON *build(const cltfs_manifest *m)
 	bool ok = r && mo && lo && sv && yk;
 	ok = ok && cJSON_AddStringToObject(r, "format", "cltfs") && cJSON_AddNumberToObject(r, "version", 1);
 	ok = ok && add_str(mo, "id", m->model_id) && add_str(mo, "revision", m->model_revision) &&
+	     (!m->model_arch || add_str(mo, "architecture", m->model_arch)) &&
 	     cJSON_AddNumberToObject(mo, "n_layers", m->n_layers) &&
 	     cJSON_AddNumberToObject(mo, "d_model", m->d_model) && cJSON_AddItemToObject(r, "model", mo);
 	if (!ok) {

@@ -982,3 +982,23 @@ def test_damaged_tokenizer(llava, run_cltfs, tmp_path, damage):
     r = run_init(run_cltfs, str(tmp_path / "store"), model, llava.dataset(), check=False)
     assert r.returncode == 1 and "tokenizer.model" in r.stderr, describe(r)
     assert not os.path.exists(tmp_path / "store" / "cltfs.json")
+
+
+def test_init_manifest_fields(llava, run_cltfs, tmp_path):
+    """The manifest records the model (id, architecture, sizes), the hooks,
+    the targets, the template and where the model and images are."""
+    store = str(tmp_path / "store")
+    run_init(run_cltfs, store, llava.model(), llava.dataset(), "--model-id", "llava-hf/llava-1.5-7b-hf",
+             "--input-hook", "resid_mid", "--quiet")
+    man = manifest(store)
+    facts = llava.facts()
+    assert man["model"]["id"] == "llava-hf/llava-1.5-7b-hf"
+    assert man["model"]["architecture"] == "LlavaForConditionalGeneration"
+    assert man["model"]["n_layers"] == facts["text"]["num_hidden_layers"]
+    assert man["model"]["d_model"] == facts["text"]["hidden_size"]
+    assert (man["input_hook"], man["n_targets"], man["target_offset"], man["padding"], man["dtype"]) == \
+        ("resid_mid", N_TARGETS, 1, "zero", "bfloat16"), man
+    assert man["prompt_template"] == "USER: <image>\n{query} ASSISTANT:"
+    assert man["source"]["kind"] == "capture"
+    assert os.path.samefile(man["source"]["path"], llava.model())
+    assert os.path.samefile(man["source"]["images"], llava.dataset().images)
