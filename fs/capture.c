@@ -252,6 +252,8 @@ struct capturer {
 	int fwd;             /* samples per forward pass */
 	uint64_t chunks_added;
 	double load_s; /* seconds the model took to load */
+	uint64_t batches_run, rows_run;
+	double run_s;  /* seconds in forward passes and store writes */
 };
 
 cltfs_err capturer_new(cltfs_store *s, const cap_load_opts *lo, const char *tag, capturer **out)
@@ -424,6 +426,7 @@ static cltfs_err capture_range(capturer *c, int64_t b0, int64_t b1, bool durable
 {
 	cltfs_err e = load_model(c);
 	const cltfs_manifest *m = c->m;
+	double t0 = now_s();
 	c->b0 = b0;
 	c->b1 = b1;
 	c->s0 = m->batches[b0].first_sample;
@@ -437,9 +440,15 @@ static cltfs_err capture_range(capturer *c, int64_t b0, int64_t b1, bool durable
 	/* Whatever chunks were added are right (a failure stops before a
 	 * stream is cut into chunks, and a chunk is whole rows the model
 	 * made): they stay pending with the earlier batches' and are kept. */
-	if (e)
-		return e;
-	return durable ? store_writer_sync(c->w) : CLTFS_OK;
+	if (!e)
+		e = durable ? store_writer_sync(c->w) : CLTFS_OK;
+	if (!e) {
+		c->batches_run += (uint64_t)(b1 - b0);
+		c->rows_run += (uint64_t)(m->samples[c->s1 - 1].first_row + m->samples[c->s1 - 1].rows -
+					  m->samples[c->s0].first_row);
+		c->run_s += now_s() - t0;
+	}
+	return e;
 }
 
 cltfs_err capture_batch(capturer *c, int64_t b, bool durable)
@@ -576,6 +585,20 @@ static cltfs_err tier_load(cltfs_tier *t, uint64_t key, cltfs_zctx *z, uint8_t *
 	return e ? e : store_read_chunk(c->s, rec, z, dst);
 }
 
+static void tier_stats(cltfs_tier *t, char *buf, size_t n)
+{
+	capture_tier *ct = (capture_tier *)t;
+	if (pthread_mutex_trylock(&ct->mu)) { /* a capture is running: do not wait for it */
+		snprintf(buf, n, "{\"capturing\": true}");
+		return;
+	}
+	capturer *c = ct->c;
+	snprintf(buf, n, "{\"batches\": %llu, \"rows\": %llu, \"seconds\": %.3f, \"model_load_seconds\": %.3f, "
+		 "\"device\": \"%s\"}", (unsigned long long)c->batches_run, (unsigned long long)c->rows_run, c->run_s,
+		 c->load_s, c->model ? cap_model_device(c->model) : "not loaded");
+	pthread_mutex_unlock(&ct->mu);
+}
+
 cltfs_err capture_tier_open(cltfs_store *s, const cap_load_opts *lo, cltfs_tier **out)
 {
 	capture_tier *t = calloc(1, sizeof *t);
@@ -586,7 +609,7 @@ cltfs_err capture_tier_open(cltfs_store *s, const cap_load_opts *lo, cltfs_tier 
 		free(t);
 		return e;
 	}
-	t->base = (cltfs_tier){"capture", tier_load, NULL};
+	t->base = (cltfs_tier){"capture", tier_load, NULL, tier_stats};
 	pthread_mutex_init(&t->mu, NULL);
 	*out = &t->base;
 	return CLTFS_OK;

@@ -122,6 +122,8 @@ struct cltfs_tier {
 	/* The chunk's record when the tier knows it without producing the
 	 * chunk (a Hub store's index: CRCs for the zip directory), or NULL. */
 	bool (*lookup)(cltfs_tier *t, uint64_t key, cltfs_rec *rec);
+	/* A JSON object of the tier's own counters for .cltfs/stats, or NULL. */
+	void (*stats)(cltfs_tier *t, char *buf, size_t n);
 };
 
 /* ---- the Hub as a source (hub.c, plain.c) ---- */

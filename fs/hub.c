@@ -120,6 +120,14 @@ static bool hub_lookup(cltfs_tier *t, uint64_t key, cltfs_rec *rec)
 	return store_lookup(((hub_tier *)t)->remote, key, rec);
 }
 
+static void hub_stats(cltfs_tier *t, char *buf, size_t n)
+{
+	hf_stats *st = hf_repo_stats(((hub_tier *)t)->repo);
+	snprintf(buf, n, "{\"requests\": %llu, \"bytes\": %llu, \"retries\": %llu, \"failures\": %llu}",
+		 (unsigned long long)st->requests, (unsigned long long)st->bytes, (unsigned long long)st->retries,
+		 (unsigned long long)st->failures);
+}
+
 /* The local store: -o store=DIR, or one per repo and commit under
  * $XDG_CACHE_HOME/cltfs (~/.cache/cltfs). */
 static void default_local(const hub_source *h, char *buf, size_t n)
@@ -227,7 +235,7 @@ cltfs_err hub_open(const char *url, const char *local_store, hub_source **out)
 	if (!e && has_manifest)
 		e = open_local(h, local_store);
 	if (!e && has_manifest) {
-		h->tier = (hub_tier){.base = {"hub", hub_load, hub_lookup}, .repo = h->repo, .remote = h->remote,
+		h->tier = (hub_tier){.base = {"hub", hub_load, hub_lookup, hub_stats}, .repo = h->repo, .remote = h->remote,
 				     .local = h->local};
 		pthread_mutex_init(&h->tier.mu, NULL);
 		pthread_cond_init(&h->tier.cv, NULL);

@@ -359,21 +359,26 @@ char *fs_stats_json(cltfs_fs *fs)
 	size_t bytes, entries, limit;
 	cache_usage(fs->cache, &bytes, &entries, &limit);
 	unsigned long long reads = fs->st.reads, tier = fs->st.tier_loads;
-	bool is_hub = fs->o.tier && !strcmp(fs->o.tier->name, "hub");
+	cltfs_tier *t = fs->o.tier;
+	bool is_hub = t && !strcmp(t->name, "hub");
 	unsigned long long hub = is_hub ? tier : 0, capture = is_hub ? 0 : tier;
-	char *out = malloc(1024);
+	char extra[512] = "";
+	if (t && t->stats) /* the tier's own counters: requests, retries, batches */
+		t->stats(t, extra, sizeof extra);
+	char *out = malloc(2048);
 	if (!out)
 		return NULL;
-	snprintf(out, 1024,
+	snprintf(out, 2048,
 		 "{\"chunks\": {\"memory\": %llu, \"store\": %llu, \"hub\": %llu, \"capture\": %llu},\n"
 		 " \"bytes_read\": %llu, \"reads\": %llu, \"errors\": %llu,\n"
 		 " \"cache\": {\"bytes\": %zu, \"limit\": %zu, \"entries\": %zu},\n"
-		 " \"readahead\": %llu, \"latency_us\": {\"mean\": %llu, \"max\": %llu}}\n",
+		 " \"readahead\": %llu, \"latency_us\": {\"mean\": %llu, \"max\": %llu}%s%s%s%s}\n",
 		 (unsigned long long)fs->st.mem_hits, (unsigned long long)fs->st.store_loads, hub, capture,
 		 (unsigned long long)fs->st.bytes_read, reads, (unsigned long long)fs->st.errors, bytes,
 		 limit, entries, (unsigned long long)fs->st.readahead,
 		 reads ? (unsigned long long)fs->st.lat_us_sum / reads : 0ULL,
-		 (unsigned long long)fs->st.lat_us_max);
+		 (unsigned long long)fs->st.lat_us_max, *extra ? ",\n \"" : "", *extra ? t->name : "",
+		 *extra ? "\": " : "", extra);
 	return out;
 }
 

@@ -547,6 +547,9 @@ def test_miss_capture_dataloader(llava, fp32_store, run_cltfs, tmp_path, mount):
     measured("miss capture through DataLoader, max |x - ref|", w["x"])
     measured("miss capture through DataLoader, max |target - ref|", w["y"])
     assert stats["chunks"]["capture"] > 0, stats
+    # each batch ran through the model once, whichever worker asked first
+    assert stats["capture"]["batches"] == len(ref), stats
+    assert stats["capture"]["rows"] == sum(r["rows"] for r in ref), stats
     verify_ok(run_cltfs, store)
     st = stat_json(run_cltfs, store)
     assert st["chunks"] == st["chunks_needed"], \

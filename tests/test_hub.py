@@ -197,6 +197,9 @@ def test_store_repo_views_equal_reference(tmp_path, hub, stores, mount, original
         check_store_views(m, imp, originals)
         st = m.stats()
         assert st["chunks"]["hub"] > 0 and st["errors"] == 0, st
+        # the Hub's own counters: requests made, body bytes, no retries here
+        assert st["hub"]["requests"] >= st["chunks"]["hub"] and st["hub"]["bytes"] > 0, st
+        assert st["hub"]["retries"] == 0 and st["hub"]["failures"] == 0, st
         for rel in imp.desc["files"]:
             assert read_all(m.p(rel)) == local[rel], "%s differs from a local mount's" % rel
     folder = repo_folder(tmp_path, STORE_REPO)
