@@ -34,25 +34,6 @@
 
 using torch::Tensor;
 
-// ---- files ----
-
-static std::string read_text(const std::string &path, bool *missing)
-{
-	*missing = false;
-	FILE *f = fopen(path.c_str(), "rb");
-	if (!f) {
-		*missing = true;
-		return "";
-	}
-	std::string s;
-	char buf[65536];
-	size_t n;
-	while ((n = fread(buf, 1, sizeof buf, f)) > 0)
-		s.append(buf, n);
-	fclose(f);
-	return s;
-}
-
 // ---- safetensors: header with cJSON, data mmapped ----
 
 struct st_tensor {
@@ -166,12 +147,16 @@ static cltfs_err st_load(const std::string &path, std::vector<std::unique_ptr<st
 static cltfs_err st_load_dir(const std::string &dir, std::vector<std::unique_ptr<st_file>> &files,
 			     std::map<std::string, st_tensor> &out)
 {
-	bool missing;
 	std::string ipath = dir + "/model.safetensors.index.json";
-	std::string idx = read_text(ipath, &missing);
-	if (missing)
+	char *idx;
+	size_t len;
+	cltfs_err re = cltfs_read_file(ipath.c_str(), &idx, &len);
+	if (re == CLTFS_E_NOTFOUND) /* no index: one file */
 		return st_load(dir + "/model.safetensors", files, out);
-	cJSON *j = cJSON_ParseWithLength(idx.data(), idx.size());
+	if (re)
+		return re;
+	cJSON *j = cJSON_ParseWithLength(idx, len);
+	free(idx);
 	const cJSON *wm = cJSON_GetObjectItemCaseSensitive(j, "weight_map");
 	if (!cJSON_IsObject(wm)) {
 		cJSON_Delete(j);
@@ -346,12 +331,16 @@ static torch::ScalarType torch_dtype(int d)
 
 static cltfs_err load_preproc(cap_model *m, const std::string &dir)
 {
-	bool missing;
 	std::string path = dir + "/preprocessor_config.json";
-	std::string text = read_text(path, &missing);
-	if (missing)
-		return cltfs_fail(CLTFS_E_NOTFOUND, "%s: missing (the checkpoint's image preprocessing)", path.c_str());
-	cltfs_err e = cap_preproc_parse(text.data(), text.size(), path.c_str(), &m->pre);
+	char *text;
+	size_t len;
+	cltfs_err e = cltfs_read_file(path.c_str(), &text, &len);
+	if (e == CLTFS_E_NOTFOUND)
+		return cltfs_fail(e, "%s: missing (the checkpoint's image preprocessing)", path.c_str());
+	if (e)
+		return e;
+	e = cap_preproc_parse(text, len, path.c_str(), &m->pre);
+	free(text);
 	if (!e && (m->pre.crop_h != m->c.v_image || m->pre.crop_w != m->c.v_image))
 		e = cltfs_fail(CLTFS_E_FORMAT, "%s: crop_size %dx%d, but the vision tower takes %dx%d images", path.c_str(),
 			       m->pre.crop_h, m->pre.crop_w, m->c.v_image, m->c.v_image);

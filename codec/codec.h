@@ -51,6 +51,13 @@ bool cltfs_reserve(void *buf, size_t *cap, size_t n);
 /* A whole file into memory, NUL-terminated (malloc'd, length in *len);
  * CLTFS_E_NOTFOUND, _IO or _NOMEM with the path in the message. */
 cltfs_err cltfs_read_file(const char *path, char **out, size_t *len);
+/* Replace path with data durably and atomically: a temporary file,
+ * fsync, rename, fsync of the directory.  No reader sees half a file. */
+cltfs_err cltfs_write_atomic(const char *path, const void *data, size_t len);
+/* mkdir -p of the first len bytes of path (strlen(path): all of it). */
+cltfs_err cltfs_mkdirs(const char *path, size_t len);
+/* Seconds on the monotonic clock, for rates and progress. */
+double cltfs_now(void);
 
 /* ---- dtypes ---------------------------------------------------------- */
 

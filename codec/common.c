@@ -8,6 +8,10 @@
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <fcntl.h>
+#include <unistd.h>
 #include <zlib.h>
 
 /* One message per thread: FUSE worker threads fail independently. */
@@ -37,6 +41,75 @@ cltfs_err cltfs_wrap(cltfs_err e, const char *fmt, ...)
 }
 
 const char *cltfs_errmsg(void) { return errbuf; }
+
+cltfs_err cltfs_mkdirs(const char *path, size_t len)
+{
+	char buf[4096];
+	if (len >= sizeof buf)
+		return cltfs_fail(CLTFS_E_INVAL, "%.*s...: path too long", 64, path);
+	memcpy(buf, path, len);
+	buf[len] = 0;
+	for (char *p = buf + 1;; p++) {
+		if (*p == '/' || !*p) {
+			char c = *p;
+			*p = 0;
+			if (mkdir(buf, 0755) < 0 && errno != EEXIST)
+				return cltfs_fail(CLTFS_E_IO, "%s: %s", buf, strerror(errno));
+			if (!c)
+				return CLTFS_OK;
+			*p = c;
+		}
+	}
+}
+
+cltfs_err cltfs_write_atomic(const char *path, const void *data, size_t len)
+{
+	char tmp[4096];
+	snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
+	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return cltfs_fail(CLTFS_E_IO, "%s: %s", tmp, strerror(errno));
+	size_t done = 0;
+	while (done < len) {
+		ssize_t w = write(fd, (const char *)data + done, len - done);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0)
+			break;
+		done += (size_t)w;
+	}
+	if (done < len || fsync(fd) < 0) {
+		int err = errno ? errno : EIO;
+		close(fd);
+		unlink(tmp);
+		return cltfs_fail(CLTFS_E_IO, "%s: %s", tmp, strerror(err));
+	}
+	close(fd);
+	if (rename(tmp, path) < 0) {
+		int err = errno;
+		unlink(tmp);
+		return cltfs_fail(CLTFS_E_IO, "%s: %s", path, strerror(err));
+	}
+	/* Make the rename durable: fsync the directory. */
+	char dir[4096];
+	snprintf(dir, sizeof dir, "%s", path);
+	char *slash = strrchr(dir, '/');
+	if (slash)
+		*slash = 0;
+	int dfd = open(slash ? (*dir ? dir : "/") : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (dfd >= 0) {
+		fsync(dfd);
+		close(dfd);
+	}
+	return CLTFS_OK;
+}
+
+double cltfs_now(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+}
 
 cltfs_err cltfs_read_file(const char *path, char **out, size_t *len)
 {

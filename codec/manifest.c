@@ -601,47 +601,14 @@ char *cltfs_manifest_dump(const cltfs_manifest *m)
 cltfs_err cltfs_manifest_save(const cltfs_manifest *m, const char *path)
 {
 	char *s = cltfs_manifest_dump(m);
-	if (!s)
-		return cltfs_fail(CLTFS_E_NOMEM, "%s: out of memory writing the manifest", path);
-	char tmp[4096];
-	snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
-	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-	if (fd < 0) {
+	size_t len = s ? strlen(s) : 0;
+	char *text = s ? realloc(s, len + 2) : NULL;
+	if (!text) {
 		free(s);
-		return cltfs_fail(CLTFS_E_IO, "%s: %s", tmp, strerror(errno));
+		return cltfs_fail(CLTFS_E_NOMEM, "%s: out of memory writing the manifest", path);
 	}
-	size_t len = strlen(s), done = 0;
-	while (done < len) {
-		ssize_t w = write(fd, s + done, len - done);
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w <= 0)
-			break;
-		done += (size_t)w;
-	}
-	free(s);
-	if (done < len || write(fd, "\n", 1) != 1 || fsync(fd) < 0) {
-		int err = errno;
-		close(fd);
-		unlink(tmp);
-		return cltfs_fail(CLTFS_E_IO, "%s: %s", tmp, strerror(err));
-	}
-	close(fd);
-	if (rename(tmp, path) < 0) {
-		int err = errno;
-		unlink(tmp);
-		return cltfs_fail(CLTFS_E_IO, "%s: %s", path, strerror(err));
-	}
-	/* Make the rename durable: fsync the directory. */
-	char dir[4096];
-	snprintf(dir, sizeof dir, "%s", path);
-	char *slash = strrchr(dir, '/');
-	if (slash)
-		*slash = 0;
-	int dfd = open(slash ? dir : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (dfd >= 0) {
-		fsync(dfd);
-		close(dfd);
-	}
-	return CLTFS_OK;
+	memcpy(text + len, "\n", 2);
+	cltfs_err e = cltfs_write_atomic(path, text, len + 1);
+	free(text);
+	return e;
 }

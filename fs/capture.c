@@ -77,36 +77,24 @@ static cltfs_err add_sample(const init_opts *o, cap_tokenizer *tok, const cap_co
 	return CLTFS_OK;
 }
 
-static cJSON *int_array(const int *v, int n)
-{
-	cJSON *a = cJSON_CreateArray();
-	for (int i = 0; a && i < n; i++)
-		if (!cJSON_AddItemToArray(a, cJSON_CreateNumber(v[i]))) {
-			cJSON_Delete(a);
-			return NULL;
-		}
-	return a;
-}
-
-/* Every layer's input, and every MLP output some y file needs. */
+/* Every layer's input, and every MLP output some y file needs: layers
+ * target_offset.. (each x layer L has targets L+offset.. up to the last). */
 static cltfs_err add_layers(cJSON *r, const cap_config *c, const init_opts *o)
 {
-	int n = c->n_layers, *x = malloc((size_t)n * sizeof *x), *mlp = malloc((size_t)n * sizeof *mlp), nm = 0;
-	if (!x || !mlp) {
-		free(x);
-		free(mlp);
+	int n = c->n_layers, *x = malloc((size_t)n * sizeof *x);
+	if (!x)
 		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
-	}
 	for (int L = 0; L < n; L++)
 		x[L] = L;
-	for (int t = 0; t < n; t++)
-		if (t - o->target_offset >= 0 || o->target_offset == 0)
-			mlp[nm++] = t;
-	cJSON *xa = int_array(x, n), *ma = int_array(mlp, nm);
+	cJSON *xa = cJSON_CreateIntArray(x, n), *ma = cJSON_CreateIntArray(x + o->target_offset, n - o->target_offset);
 	free(x);
-	free(mlp);
-	if (!xa || !ma || !cJSON_AddItemToObject(r, "x_layers", xa) || !cJSON_AddItemToObject(r, "mlp_layers", ma))
+	bool ok = xa && ma && cJSON_AddItemToObject(r, "x_layers", xa);
+	if (!ok)
+		cJSON_Delete(xa);
+	if (!ok || !cJSON_AddItemToObject(r, "mlp_layers", ma)) {
+		cJSON_Delete(ma);
 		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	}
 	return CLTFS_OK;
 }
 
@@ -225,17 +213,7 @@ static cltfs_err init_store(const char *store, const init_opts *o, const char *r
 
 /* ---- running the model on batches ---- */
 
-static double now_s(void)
-{
-	struct timespec t;
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
-}
 
-typedef struct {
-	uint8_t *buf; /* the batch's rows of this stream */
-	int64_t filled;
-} stream_buf;
 
 struct capturer {
 	cltfs_store *s;
@@ -245,12 +223,11 @@ struct capturer {
 	store_writer *w;
 	int hook;
 	size_t row;          /* bytes of a row */
-	stream_buf *sb;      /* [kind][layer]: the rows of the batches being captured */
+	uint8_t **sb;        /* [kind][layer]: the rows of the batches being captured */
 	int64_t b0, b1;      /* the batches being captured: [b0, b1) */
 	int64_t s0, s1;      /* their samples */
 	int64_t first;       /* the sample the current forward pass starts at */
 	int fwd;             /* samples per forward pass */
-	uint64_t chunks_added;
 	double load_s; /* seconds the model took to load */
 	uint64_t batches_run, rows_run;
 	double run_s;  /* seconds in forward passes and store writes */
@@ -289,7 +266,7 @@ void capturer_free(capturer *c)
 	if (c->w && store_writer_close(c->w))
 		fs_log(cltfs_errmsg());
 	for (int i = 0; i < 2 * c->m->n_layers; i++)
-		free(c->sb[i].buf);
+		free(c->sb[i]);
 	free(c->sb);
 	cap_model_free(c->model);
 	free(c);
@@ -327,8 +304,8 @@ static cltfs_err cut_chunks(capturer *c, int kind, int layer, const uint8_t *buf
 		uint64_t key = cltfs_key((unsigned)kind, (unsigned)layer, (uint32_t)ch);
 		size_t off = (size_t)(m->chunk_start[ch] - row0) * c->row,
 		       len = (size_t)(m->chunk_start[ch + 1] - m->chunk_start[ch]) * c->row;
-		if (!store_lookup(c->s, key, &rec) && !(e = store_writer_add(c->w, key, buf + off, len)))
-			c->chunks_added++;
+		if (!store_lookup(c->s, key, &rec))
+			e = store_writer_add(c->w, key, buf + off, len);
 	}
 	return e;
 }
@@ -347,15 +324,15 @@ static cltfs_err emit(void *arg, size_t i, int kind, int layer, const void *rows
 	if (si >= c->s1 || nrows != m->samples[si].rows)
 		return cltfs_fail(CLTFS_E_MISMATCH, "the model gave %lld rows for a sample of %lld", (long long)nrows,
 				  si < c->s1 ? (long long)m->samples[si].rows : -1LL);
-	stream_buf *sb = &c->sb[kind * m->n_layers + layer];
-	if (!sb->buf && !(sb->buf = malloc((size_t)total * c->row)))
+	uint8_t **sb = &c->sb[kind * m->n_layers + layer];
+	if (!*sb && !(*sb = malloc((size_t)total * c->row)))
 		return cltfs_fail(CLTFS_E_NOMEM, "out of memory for batch %lld", (long long)c->b0);
-	memcpy(sb->buf + (size_t)(m->samples[si].first_row - row0) * c->row, rows, (size_t)nrows * c->row);
+	memcpy(*sb + (size_t)(m->samples[si].first_row - row0) * c->row, rows, (size_t)nrows * c->row);
 	if (si + 1 < c->s1)
 		return CLTFS_OK;
-	cltfs_err e = cut_chunks(c, kind, layer, sb->buf);
-	free(sb->buf);
-	sb->buf = NULL;
+	cltfs_err e = cut_chunks(c, kind, layer, *sb);
+	free(*sb);
+	*sb = NULL;
 	return e;
 }
 
@@ -363,9 +340,9 @@ static cltfs_err load_model(capturer *c)
 {
 	if (c->model)
 		return CLTFS_OK;
-	double t0 = now_s();
+	double t0 = cltfs_now();
 	cltfs_err e = cap_model_load(&c->lo, &c->model);
-	c->load_s = now_s() - t0;
+	c->load_s = cltfs_now() - t0;
 	if (e)
 		return e;
 	/* One sample at a time on the CPU (no gain from padding there), 8 on a
@@ -426,7 +403,7 @@ static cltfs_err capture_range(capturer *c, int64_t b0, int64_t b1, bool durable
 {
 	cltfs_err e = load_model(c);
 	const cltfs_manifest *m = c->m;
-	double t0 = now_s();
+	double t0 = cltfs_now();
 	c->b0 = b0;
 	c->b1 = b1;
 	c->s0 = m->batches[b0].first_sample;
@@ -434,8 +411,8 @@ static cltfs_err capture_range(capturer *c, int64_t b0, int64_t b1, bool durable
 	for (int64_t si = c->s0; !e && si < c->s1; si += c->fwd)
 		e = run_samples(c, si, (int)(c->s1 - si < c->fwd ? c->s1 - si : c->fwd));
 	for (int i = 0; i < 2 * m->n_layers; i++) { /* a failed pass leaves no rows behind */
-		free(c->sb[i].buf);
-		c->sb[i].buf = NULL;
+		free(c->sb[i]);
+		c->sb[i] = NULL;
 	}
 	/* Whatever chunks were added are right (a failure stops before a
 	 * stream is cut into chunks, and a chunk is whole rows the model
@@ -446,7 +423,7 @@ static cltfs_err capture_range(capturer *c, int64_t b0, int64_t b1, bool durable
 		c->batches_run += (uint64_t)(b1 - b0);
 		c->rows_run += (uint64_t)(m->samples[c->s1 - 1].first_row + m->samples[c->s1 - 1].rows -
 					  m->samples[c->s0].first_row);
-		c->run_s += now_s() - t0;
+		c->run_s += cltfs_now() - t0;
 	}
 	return e;
 }
@@ -485,7 +462,7 @@ cltfs_err cmd_capture(const char *store, const capture_opts *o)
 	if (!e)
 		e = capturer_new(s, &o->load, tag, &c);
 	bool tty = !o->quiet && isatty(2);
-	double t0 = now_s(), synced = t0;
+	double t0 = cltfs_now(), synced = t0;
 	int64_t rows = 0, done = 0;
 	for (int64_t b = b0; !e && b < b1;) {
 		if (batch_stored(c, b)) {
@@ -500,21 +477,21 @@ cltfs_err cmd_capture(const char *store, const capture_opts *o)
 			n += m->batches[end++].samples;
 		/* durable about once a second, not per batch (an fsync can cost
 		 * more than a small batch): a kill loses at most that second */
-		bool durable = now_s() - synced >= 1.0 || end == b1;
+		bool durable = cltfs_now() - synced >= 1.0 || end == b1;
 		e = capture_range(c, b, end, durable);
 		if (durable)
-			synced = now_s();
+			synced = cltfs_now();
 		for (; b < end; b++, done++)
 			rows += m->batches[b].rows;
 		if (tty && !e) {
-			double dt = now_s() - t0;
+			double dt = cltfs_now() - t0;
 			fprintf(stderr, "\rcapture: batch %lld/%lld, %lld rows captured, %.0f tokens/s   ",
 				(long long)(b - b0), (long long)(b1 - b0), (long long)rows, dt > 0 ? (double)rows / dt : 0.0);
 		}
 	}
 	if (tty)
 		fputc('\n', stderr);
-	double run = now_s() - t0 - (c ? c->load_s : 0);
+	double run = cltfs_now() - t0 - (c ? c->load_s : 0);
 	if (!e && !o->quiet && c && c->model)
 		fprintf(stderr, "capture: %lld of %lld batches captured: %lld rows in %.2f s, %.0f tokens/s on %s (%s), "
 			"after %.2f s loading the model\n", (long long)done, (long long)(b1 - b0), (long long)rows, run,

@@ -140,22 +140,6 @@ static void default_local(const hub_source *h, char *buf, size_t n)
 		snprintf(buf, n, "%s/.cache/cltfs/hub/%s/%s", home ? home : "", folder, hf_repo_commit(h->repo));
 }
 
-static cltfs_err mkdirs(char *path)
-{
-	for (char *p = path + 1;; p++) {
-		if (*p == '/' || !*p) {
-			char c = *p;
-			*p = 0;
-			int r = mkdir(path, 0755);
-			*p = c;
-			if (r < 0 && errno != EEXIST)
-				return cltfs_fail(CLTFS_E_IO, "%s: %s", path, strerror(errno));
-			if (!c)
-				return CLTFS_OK;
-		}
-	}
-}
-
 /* Open the local store, creating it from the remote manifest; a store that
  * exists must hold the same manifest, or its chunks would be another
  * dataset's. */
@@ -171,9 +155,7 @@ static cltfs_err open_local(hub_source *h, const char *dir)
 	snprintf(mpath, sizeof mpath, "%s/cltfs.json", dir);
 	cltfs_err e = CLTFS_OK;
 	if (stat(mpath, &st) < 0) {
-		char tmp[PATH_MAX];
-		snprintf(tmp, sizeof tmp, "%s", dir);
-		if ((e = mkdirs(tmp)) || (e = store_create(dir, store_manifest(h->remote))))
+		if ((e = cltfs_mkdirs(dir, strlen(dir))) || (e = store_create(dir, store_manifest(h->remote))))
 			return e;
 	}
 	if ((e = store_open(dir, &h->local)))
@@ -317,13 +299,6 @@ typedef struct {
 	double t0;
 } pull;
 
-static double now_s(void)
-{
-	struct timespec t;
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
-}
-
 /* Every valid remote record the local store lacks, once per chunk. */
 static cltfs_err collect(void *arg, const store_entry *ent)
 {
@@ -378,7 +353,7 @@ static void pull_progress(pull *p, bool end)
 {
 	if (!p->tty)
 		return;
-	double dt = now_s() - p->t0;
+	double dt = cltfs_now() - p->t0;
 	fprintf(stderr, "\rpull: %.1f of %.1f MB, %.1f MB/s%s", (double)p->done / 1e6, (double)p->total / 1e6,
 		dt > 0 ? (double)p->done / 1e6 / dt : 0.0, end ? "\n" : "   ");
 	fflush(stderr);
@@ -448,7 +423,7 @@ static void *pull_main(void *arg)
 
 cltfs_err hub_pull(hub_source *h, bool quiet)
 {
-	pull p = {.h = h, .tty = !quiet && isatty(2), .t0 = now_s()};
+	pull p = {.h = h, .tty = !quiet && isatty(2), .t0 = cltfs_now()};
 	pthread_mutex_init(&p.mu, NULL);
 	cltfs_err e = store_foreach(h->remote, collect, &p);
 	if (!e)

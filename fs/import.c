@@ -43,13 +43,6 @@ typedef struct {
 	double t0;
 } plan;
 
-static double now(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
 static void file_path(const plan *p, int layer, int64_t k, char xy, char *buf, size_t n)
 {
 	snprintf(buf, n, "%s/L%d/batch_%lld_%c.pt", p->src, layer, (long long)k, xy);
@@ -722,7 +715,7 @@ static void progress(run *r, int64_t k, bool tty, bool done)
 {
 	if (!tty)
 		return;
-	double dt = now() - r->p->t0;
+	double dt = cltfs_now() - r->p->t0;
 	fprintf(stderr, "\rimport: batch %lld/%lld, %llu files, %.0f MB/s%s", (long long)k,
 		(long long)r->p->nbatches, (unsigned long long)r->files,
 		dt > 0 ? (double)r->bytes_done / 1e6 / dt : 0.0, done ? "\n" : "   ");
@@ -793,7 +786,7 @@ static cltfs_err prepare_store(const char *store, const cltfs_manifest *m)
 
 cltfs_err cmd_import(const char *store, const char *src, const import_opts *o)
 {
-	plan p = {.src = src, .o = o, .t0 = now()};
+	plan p = {.src = src, .o = o, .t0 = cltfs_now()};
 	run r = {.p = &p};
 	cltfs_err e = (p.m = calloc(1, sizeof *p.m)) ? CLTFS_OK : cltfs_fail(CLTFS_E_NOMEM, "out of memory");
 	if (!e)

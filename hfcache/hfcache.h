@@ -82,9 +82,6 @@ cltfs_err hf_download_pread(hf_download *d, void *buf, size_t len, uint64_t off,
 hf_download *hf_download_ref(hf_download *d);
 /* Ended with an error: a new download may succeed where it failed. */
 bool hf_download_failed(hf_download *d);
-/* Wait for the end: the snapshot path is then hf_download_path(). */
-cltfs_err hf_download_wait(hf_download *d);
-const char *hf_download_path(const hf_download *d);
 /* Stop a running download (what arrived stays, for a later resume) and
  * wait for its thread to let go: before closing the repo. */
 void hf_download_cancel(hf_download *d);

@@ -275,13 +275,6 @@ static bool transient_curl(CURLcode rc)
 	}
 }
 
-static double now_s(void)
-{
-	struct timespec t;
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
-}
-
 /* Wait before attempt `attempt` (1, 2, ...): Retry-After when the server
  * said so, else backoff doubling from backoff_ms.  false when the budget
  * of attempts or time is spent. */
@@ -297,7 +290,7 @@ static bool wait_retry(const http_ctx *c, int attempt, double retry_after, doubl
 			return false;
 		w = retry_after;
 	}
-	if (now_s() - t0 + w > RETRY_BUDGET)
+	if (cltfs_now() - t0 + w > RETRY_BUDGET)
 		return false;
 	struct timespec ts = {(time_t)w, (long)((w - (double)(time_t)w) * 1e9)};
 	while (nanosleep(&ts, &ts))
@@ -309,7 +302,7 @@ static bool wait_retry(const http_ctx *c, int attempt, double retry_after, doubl
 static cltfs_err head_once(const http_ctx *c, const char *url, http_hdrs *h)
 {
 	char sh[1024];
-	double t0 = now_s();
+	double t0 = cltfs_now();
 	for (int attempt = 1;; attempt++) {
 		body b = {NULL, NULL, h, UINT64_MAX, 0, 0};
 		CURLcode rc = perform(c, url, true, NULL, &b, h);
@@ -420,7 +413,7 @@ cltfs_err http_get(const http_ctx *c, const char *url, uint64_t off, uint64_t le
 	char sh[1024], range[64];
 	shown(url, sh, sizeof sh);
 	uint64_t done = 0; /* bytes delivered over all attempts */
-	double t0 = now_s();
+	double t0 = cltfs_now();
 	for (int attempt = 1;; attempt++) {
 		uint64_t start = off + done;
 		bool ranged = start > 0 || len > 0;

@@ -179,47 +179,17 @@ static cltfs_err config_copy(hf_config *dst, const hf_config *src)
 
 /* ---- small file-system helpers ---- */
 
-static cltfs_err mkdirs(const char *path, size_t upto)
-{
-	char buf[PATH_MAX];
-	snprintf(buf, sizeof buf, "%.*s", (int)upto, path);
-	for (char *p = buf + 1;; p++) {
-		if (*p == '/' || !*p) {
-			char c = *p;
-			*p = 0;
-			if (mkdir(buf, 0755) < 0 && errno != EEXIST)
-				return cltfs_fail(CLTFS_E_IO, "%s: %s", buf, strerror(errno));
-			if (!c)
-				return CLTFS_OK;
-			*p = c;
-		}
-	}
-}
-
 /* mkdir -p of the directory that will hold path. */
 static cltfs_err mkparent(const char *path)
 {
 	const char *slash = strrchr(path, '/');
-	return slash && slash != path ? mkdirs(path, (size_t)(slash - path)) : CLTFS_OK;
+	return slash && slash != path ? cltfs_mkdirs(path, (size_t)(slash - path)) : CLTFS_OK;
 }
 
 static cltfs_err write_atomic(const char *path, const char *text)
 {
-	char tmp[PATH_MAX];
-	snprintf(tmp, sizeof tmp, "%s.tmp%ld", path, (long)getpid());
 	cltfs_err e = mkparent(path);
-	if (e)
-		return e;
-	FILE *f = fopen(tmp, "w");
-	if (!f)
-		return cltfs_fail(CLTFS_E_IO, "%s: %s", tmp, strerror(errno));
-	bool ok = fputs(text, f) >= 0;
-	ok = !fclose(f) && ok;
-	if (!ok || rename(tmp, path) < 0) {
-		unlink(tmp);
-		return cltfs_fail(CLTFS_E_IO, "%s: %s", path, strerror(errno));
-	}
-	return CLTFS_OK;
+	return e ? e : cltfs_write_atomic(path, text, strlen(text));
 }
 
 static bool is_commit(const char *s)
@@ -951,7 +921,7 @@ cltfs_err hf_download_pread(hf_download *d, void *buf, size_t len, uint64_t off,
 	return CLTFS_OK;
 }
 
-cltfs_err hf_download_wait(hf_download *d)
+static cltfs_err download_wait(hf_download *d)
 {
 	pthread_mutex_lock(&d->mu);
 	while (!d->done)
@@ -961,7 +931,6 @@ cltfs_err hf_download_wait(hf_download *d)
 	return e;
 }
 
-const char *hf_download_path(const hf_download *d) { return d->snap; }
 
 hf_download *hf_download_ref(hf_download *d)
 {
@@ -982,7 +951,7 @@ bool hf_download_failed(hf_download *d)
 void hf_download_cancel(hf_download *d)
 {
 	atomic_store(&d->cancel, true);
-	hf_download_wait(d);
+	download_wait(d);
 }
 
 void hf_download_release(hf_download *d)
