@@ -324,6 +324,22 @@ def make_tree(a, workdir):
 
 # ---------------------------------------------------------------- main
 
+def print_goals(goals, measured):
+    """The table of metric, measured, goal, status; goals {metric: (cmp,
+    goal)}, a goal of None only reported, a measured None "n/a".  Also used
+    by hub_bench.py."""
+    w = max(len(k) for k in goals)
+    print("%-*s  %9s  %7s  %s" % (w, "metric", "measured", "goal", "status"))
+    print("-" * (w + 30))
+    for k, (cmp, goal) in goals.items():
+        v = measured[k]
+        if goal is None:
+            print("%-*s  %9s  %7s  %s" % (w, k, fmt_ratio(v), "-", "(reported)"))
+            continue
+        ok = "n/a" if v is None else "ok" if (v <= goal if cmp == "<=" else v >= goal) else "MISS"
+        print("%-*s  %9s  %2s %4.2f  %s" % (w, k, fmt_ratio(v), cmp, goal, ok))
+
+
 def fmt_ratio(v):
     return "%.3f" % v if v is not None else "n/a"
 
@@ -549,18 +565,7 @@ def run(a, workdir):
           "T=%s), %d rounds" % (len(files), mat / 1e6, desc["d"], len(desc["layers"]),
                                 desc["n_batches"], desc["T"], a.rounds))
     print()
-    w = max(len(k) for k in GOALS)
-    print("%-*s  %9s  %7s  %s" % (w, "metric", "measured", "goal", "status"))
-    print("-" * (w + 30))
-    for k, (cmp, goal) in GOALS.items():
-        v = measured[k]
-        if v is None:
-            ok = "n/a"
-        elif cmp == "<=":
-            ok = "ok" if v <= goal else "MISS"
-        else:
-            ok = "ok" if v >= goal else "MISS"
-        print("%-*s  %9s  %2s %4.2f  %s" % (w, k, fmt_ratio(v), cmp, goal, ok))
+    print_goals(GOALS, measured)
     print()
     print("absolute numbers (best of %d; every ratio above compares numbers from this run):"
           % a.rounds)

@@ -608,16 +608,7 @@ class Bench:
         print("cltfs Hub-tier benchmark: %s; %d pack(s), %.1f MB; %d rounds" % (
             what, len(self.packs), total_packs / 1e6, a.rounds))
         print()
-        w = max(len(k) for k in GOALS)
-        print("%-*s  %9s  %7s  %s" % (w, "metric", "measured", "goal", "status"))
-        print("-" * (w + 30))
-        for k, (cmp, goal) in GOALS.items():
-            v = measured[k]
-            if goal is None:
-                print("%-*s  %9.3f  %7s  %s" % (w, k, v, "-", "(reported)"))
-                continue
-            ok = (v >= goal) if cmp == ">=" else (v <= goal)
-            print("%-*s  %9.3f  %2s %4.2f  %s" % (w, k, v, cmp, goal, "ok" if ok else "MISS"))
+        bench.print_goals(GOALS, measured)
         print()
         print("absolute numbers (best of %d rounds; nginx on 127.0.0.1, %d worker(s), packs in page "
               "cache):" % (a.rounds, a.nginx_workers))
