@@ -1,88 +1,115 @@
 # cltfs: build, test, install, demo, bench.
-# `make` builds build/cltfs; `make check` runs every test; `make deps`
-# installs the Debian packages the build and the tests need.
+# `make` builds build/cltfs and build/libcltfs-capture.so; `make check` runs
+# every test; `make deps` installs the Debian packages the build and the
+# tests need.  The layout is in README.md ("How the code is laid out").
 
 PREFIX  ?= /usr/local
 DESTDIR ?=
 PYTHON  ?= /usr/bin/python3
 CC      ?= cc
+CLANG   ?= clang
 B       := build
 VERSION := 0.1.0
 
-PKGS     := fuse3 libzstd libcjson zlib libcurl libjpeg libpng
-PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+CORE_PKGS := libzstd libcjson zlib libcurl libjpeg libpng
+PKG_CFLAGS := $(shell pkg-config --cflags fuse3 $(CORE_PKGS) 2>/dev/null)
+CORE_LIBS  := $(shell pkg-config --libs $(CORE_PKGS) 2>/dev/null) -ldl -lpthread -lm
+FUSE_LIBS  := $(shell pkg-config --libs fuse3 2>/dev/null)
 
 WARN    := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wno-unused-parameter -Wno-format-truncation
 CFLAGS  ?= -O2 -g
-ALL_CFLAGS := -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 $(WARN) $(CFLAGS) $(PKG_CFLAGS) -Icodec -Ihfcache -Icapture -Ifs -DCLTFS_VERSION='"$(VERSION)"'
-LIBS    := $(PKG_LIBS) -ldl -lpthread -lm
+INCS    := -Icodec -Ihfcache -Icapture -Ifs/engine -Ifs/tiers -Ifs/cmd -Ifs/fuse
+ALL_CFLAGS := -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 $(WARN) $(CFLAGS) $(PKG_CFLAGS) $(INCS) \
+	-DCLTFS_VERSION='"$(VERSION)"' -MMD -MP
 CXX     ?= g++
 # C++ only in the capture library: libtorch is C++.
 ALL_CXXFLAGS := -std=c++17 -D_GNU_SOURCE -Wall -Wextra -Werror -Wno-unused-parameter $(CFLAGS) $(PKG_CFLAGS) \
-	-Icodec -Icapture -DCLTFS_VERSION='"$(VERSION)"'
+	-Icodec -Icapture -DCLTFS_VERSION='"$(VERSION)"' -MMD -MP
 TORCH_CFLAGS := -I/usr/include/torch/csrc/api/include
 TORCH_LIBS   := -ltorch -ltorch_cpu -lc10
 SAN     := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
-CODEC_SRC := codec/common.c codec/frame.c codec/pickle.c codec/ptzip.c codec/manifest.c
-HF_SRC    := hfcache/http.c hfcache/repo.c
-FS_SRC    := fs/store.c fs/cache.c fs/view.c fs/import.c fs/tools.c fs/hub.c fs/plain.c fs/capture.c fs/fuse.c \
-	     $(HF_SRC)
-CAP_SRC   := capture/config.c capture/tokenizer.c capture/loader.c capture/image.c
-MAIN_SRC  := fs/main.c
-HDRS      := codec/codec.h fs/fs.h fs/fuse_edge.h hfcache/hfcache.h hfcache/http.h capture/capture.h capture/image.h
-OBJS      = $(patsubst %,$(1)/%.o,$(basename $(CODEC_SRC) $(FS_SRC) $(CAP_SRC)))
-UNIT_TESTS := codec_frame codec_pt codec_manifest fs_store hf_config capture_image
+# codec/: the formats.  core: the engine, the tiers and what they call (no
+# FUSE: `make` fails if a libfuse symbol gets in).  The binary adds the
+# commands and the FUSE adapter.
+CODEC_SRC := $(wildcard codec/*.c)
+CORE_SRC  := $(wildcard fs/engine/*.c fs/tiers/*.c hfcache/*.c) \
+	     capture/config.c capture/tokenizer.c capture/image.c capture/loader.c
+BIN_SRC   := $(wildcard fs/cmd/*.c fs/fuse/*.c)
+# What libcltfs-capture.so carries of its own (hidden, position-independent).
+CAPLIB_SRC := codec/common.c codec/log.c capture/config.c capture/image.c
+UNIT_TESTS := codec_frame codec_pt codec_manifest fs_store fs_view hf_config capture_image
+# fs_view fails allocations in turn through the linker's --wrap.
+UNIT_LDFLAGS_fs_view := -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc,--wrap=strdup
 
-.PHONY: all deps check unit unit-asan pytest pytest-asan demo bench install uninstall clean
+objs = $(patsubst %.c,$(1)/%.o,$(2))
+
+.PHONY: all deps check unit unit-asan pytest pytest-asan demo bench fuzz install uninstall clean
 
 all: $(B)/cltfs $(B)/libcltfs-capture.so
 
-$(B)/%.o: %.c $(HDRS)
+$(B)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -c $< -o $@
 
-$(B)/asan/%.o: %.c $(HDRS)
+$(B)/asan/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) $(SAN) -c $< -o $@
 
-$(B)/libcltfs_codec.a: $(CODEC_SRC:%.c=$(B)/%.o)
+$(B)/pic/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -fPIC -c $< -o $@
+
+$(B)/libcltfs_codec.a: $(call objs,$(B),$(CODEC_SRC))
 	rm -f $@ && ar rcs $@ $^
 
-$(B)/libcltfs_fs.a: $(patsubst %,$(B)/%.o,$(basename $(FS_SRC) $(CAP_SRC)))
+# The core must link without libfuse: a libfuse symbol in it fails the build.
+$(B)/libcltfs_core.a: $(call objs,$(B),$(CORE_SRC))
 	rm -f $@ && ar rcs $@ $^
+	@if nm -u $@ | grep -q ' fuse_'; then echo "$@: uses libfuse:"; nm -uA $@ | grep ' fuse_'; rm -f $@; exit 1; fi
 
-# -rdynamic and the whole archives: the capture library calls back into the
-# binary (errors, the tokenizer, images), one copy of each.
-$(B)/cltfs: $(B)/fs/main.o $(B)/libcltfs_fs.a $(B)/libcltfs_codec.a
-	$(CC) $(CFLAGS) -rdynamic -o $@ $(B)/fs/main.o -Wl,--whole-archive $(B)/libcltfs_fs.a $(B)/libcltfs_codec.a \
-		-Wl,--no-whole-archive $(LIBS)
+$(B)/cltfs: $(call objs,$(B),$(BIN_SRC)) $(B)/libcltfs_core.a $(B)/libcltfs_codec.a
+	$(CC) $(CFLAGS) -o $@ $(call objs,$(B),$(BIN_SRC)) $(B)/libcltfs_core.a $(B)/libcltfs_codec.a \
+		$(FUSE_LIBS) $(CORE_LIBS)
 
 # libtorch, opened by capture/loader.c on the first capture only (linking it
-# costs every command 0.7 s at start).  About a minute to compile.
-$(B)/libcltfs-capture.so: capture/model.cpp $(HDRS)
-	$(CXX) $(ALL_CXXFLAGS) $(TORCH_CFLAGS) -fPIC -shared $< -o $@ $(TORCH_LIBS) -lcjson
+# costs every command 0.7 s at start).  About a minute to compile.  It
+# links its own hidden copies of the C code it calls and exports only
+# capimpl_*: `make` fails if it needs a symbol of cltfs's from its host.
+$(B)/capture/model.o: capture/model.cpp
+	@mkdir -p $(dir $@)
+	$(CXX) $(ALL_CXXFLAGS) $(TORCH_CFLAGS) -fPIC -c $< -o $@
+
+$(B)/libcltfs-capture.so: $(B)/capture/model.o $(call objs,$(B)/pic,$(CAPLIB_SRC)) capture/capture.map
+	$(CXX) -shared -o $@ $(B)/capture/model.o $(call objs,$(B)/pic,$(CAPLIB_SRC)) \
+		-Wl,--version-script=capture/capture.map -Wl,--no-undefined -Wl,--as-needed $(TORCH_LIBS) $(CORE_LIBS)
+	@if nm -D --undefined-only $@ | grep -qE ' (cltfs|cap|pt|hf)_'; then \
+		echo "$@: needs cltfs symbols from its host:"; nm -D --undefined-only $@ | grep -E ' (cltfs|cap|pt|hf)_'; \
+		rm -f $@; exit 1; fi
 
 $(B)/zerofs: bench/zerofs.c
-	$(CC) -std=c11 -D_GNU_SOURCE $(WARN) -O2 $(shell pkg-config --cflags fuse3) $< -o $@ $(shell pkg-config --libs fuse3) -lpthread
+	$(CC) -std=c11 -D_GNU_SOURCE $(WARN) -O2 $(shell pkg-config --cflags fuse3) $< -o $@ $(FUSE_LIBS) -lpthread
 
-# Unit tests: plain and under ASan/UBSan (they run in seconds).
-$(B)/tests/%: tests/%.c tests/unit.h $(B)/libcltfs_fs.a $(B)/libcltfs_codec.a
+# Unit tests: plain and under ASan/UBSan (they run in seconds).  They link
+# the core and the codec only, never libfuse: fs_view reads views without it.
+$(B)/tests/%: tests/%.c tests/unit.h $(B)/libcltfs_core.a $(B)/libcltfs_codec.a
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -Itests $< -o $@ $(B)/libcltfs_fs.a $(B)/libcltfs_codec.a $(LIBS)
+	$(CC) $(ALL_CFLAGS) -Itests $< -o $@ $(B)/libcltfs_core.a $(B)/libcltfs_codec.a $(CORE_LIBS) $(UNIT_LDFLAGS_$*)
 
-$(B)/asan/tests/%: tests/%.c tests/unit.h $(call OBJS,$(B)/asan) $(HDRS)
+ASAN_CORE = $(call objs,$(B)/asan,$(CORE_SRC) $(CODEC_SRC))
+
+$(B)/asan/tests/%: tests/%.c tests/unit.h $(ASAN_CORE)
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) $(SAN) -Itests $< $(call OBJS,$(B)/asan) -o $@ $(LIBS)
+	$(CC) $(ALL_CFLAGS) $(SAN) -Itests $< $(ASAN_CORE) -o $@ $(CORE_LIBS) $(UNIT_LDFLAGS_$*)
 
-$(B)/asan/cltfs: $(B)/asan/fs/main.o $(call OBJS,$(B)/asan) $(B)/libcltfs-capture.so
-	$(CC) $(CFLAGS) $(SAN) -rdynamic $(B)/asan/fs/main.o $(call OBJS,$(B)/asan) -o $@ $(LIBS)
+$(B)/asan/cltfs: $(call objs,$(B)/asan,$(BIN_SRC)) $(ASAN_CORE) $(B)/libcltfs-capture.so
+	$(CC) $(CFLAGS) $(SAN) $(call objs,$(B)/asan,$(BIN_SRC)) $(ASAN_CORE) -o $@ $(FUSE_LIBS) $(CORE_LIBS)
 	ln -sf ../libcltfs-capture.so $(B)/asan/libcltfs-capture.so
 
-$(B)/asan/fuzz_replay: tests/fuzz/replay.c tests/fuzz/targets.c $(CODEC_SRC) $(HDRS)
+FUZZ_SRC := tests/fuzz/targets.c
+$(B)/asan/fuzz_replay: tests/fuzz/replay.c $(FUZZ_SRC) $(ASAN_CORE)
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) $(SAN) tests/fuzz/replay.c tests/fuzz/targets.c $(CODEC_SRC) -o $@ $(LIBS)
+	$(CC) $(ALL_CFLAGS) $(SAN) -Itests/fuzz tests/fuzz/replay.c $(FUZZ_SRC) $(ASAN_CORE) -o $@ $(CORE_LIBS)
 
 unit: $(UNIT_TESTS:%=$(B)/tests/%)
 	@set -e; for t in $^; do $$t; done
@@ -90,7 +117,7 @@ unit: $(UNIT_TESTS:%=$(B)/tests/%)
 unit-asan: $(UNIT_TESTS:%=$(B)/asan/tests/%) $(B)/asan/fuzz_replay
 	@set -e; for t in $(UNIT_TESTS:%=$(B)/asan/tests/%); do ASAN_OPTIONS=detect_leaks=1 $$t; done
 	$(PYTHON) tests/fuzz/make_corpus.py $(B)/fuzz-corpus
-	ASAN_OPTIONS=detect_leaks=1 $(B)/asan/fuzz_replay $(B)/fuzz-corpus
+	ASAN_OPTIONS=detect_leaks=1 $(B)/asan/fuzz_replay $(B)/fuzz-corpus tests/fuzz/corpus
 
 pytest: $(B)/cltfs
 	CLTFS_BIN=$(CURDIR)/$(B)/cltfs $(PYTHON) -m pytest -q -p no:cacheprovider tests/
@@ -108,6 +135,16 @@ check: deps
 	$(MAKE) unit-asan
 	$(MAKE) pytest-asan
 	$(MAKE) pytest
+
+# libFuzzer binaries (clang): build/fuzz/<target>; run one with
+# build/fuzz/<target> tests/fuzz/corpus (see tests/fuzz/README).
+FUZZ_TARGETS := frame record manifest pt pickle tokenizer safetensors hub_json
+FUZZ_FLAGS := -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -g -O1 -fsanitize=fuzzer,address,undefined \
+	$(PKG_CFLAGS) $(INCS) -Itests/fuzz
+fuzz: $(FUZZ_TARGETS:%=$(B)/fuzz/%)
+$(B)/fuzz/%: tests/fuzz/libfuzzer.c $(FUZZ_SRC) $(CODEC_SRC) $(CORE_SRC)
+	@mkdir -p $(dir $@)
+	$(CLANG) $(FUZZ_FLAGS) -DTARGET=cltfs_fuzz_$* $^ -o $@ $(CORE_LIBS)
 
 deps:
 	@sh tools/deps.sh
@@ -137,3 +174,5 @@ uninstall:
 
 clean:
 	rm -rf $(B)
+
+-include $(shell find $(B) -name '*.d' 2>/dev/null)

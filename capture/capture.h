@@ -44,16 +44,23 @@ typedef struct {
 	char torch_dtype[16];  /* as the checkpoint says */
 } cap_config;
 
-/* config.json of a LLaVA checkpoint folder. */
+/* config.json of a LLaVA checkpoint folder: CLTFS_E_NOTFOUND, _FORMAT
+ * (the message names the field), _UNSUPPORTED (a setting cltfs does not
+ * implement, such as rope_scaling), _IO, _NOMEM. */
 cltfs_err cap_config_load(const char *dir, cap_config *c);
 
 typedef struct cap_tokenizer cap_tokenizer;
+/* tokenizer.model and the added tokens of dir: CLTFS_E_NOTFOUND, _FORMAT
+ * (a damaged or truncated model), _UNSUPPORTED (a normalizer other than
+ * identity, a model type other than BPE), _IO, _NOMEM. */
 cltfs_err cap_tokenizer_load(const char *dir, cap_tokenizer **out);
+/* NULL is a no-op. */
 void cap_tokenizer_free(cap_tokenizer *t);
-/* Ids of text, BOS first; malloc'd. */
+/* Ids of text, BOS first; malloc'd.  CLTFS_E_NOMEM. */
 cltfs_err cap_tokenize(cap_tokenizer *t, const char *text, int32_t **ids, size_t *n);
 /* The prompt of a query: template with "{query}" replaced (the model
- * card's "USER: <image>\n{query} ASSISTANT:" when template is NULL). */
+ * card's "USER: <image>\n{query} ASSISTANT:" when template is NULL);
+ * malloc'd, NULL when out of memory. */
 char *cap_prompt(const char *tmpl, const char *query);
 #define CAP_DEFAULT_TEMPLATE "USER: <image>\n{query} ASSISTANT:"
 /* Rows of a token sequence once each image token is image_rows rows. */
@@ -68,10 +75,16 @@ typedef struct {
 } cap_load_opts;
 
 typedef struct cap_model cap_model;
+/* Load the checkpoint in o->dir onto the device (libcltfs-capture.so is
+ * opened on the first call).  CLTFS_E_UNSUPPORTED (the library cannot be
+ * loaded: the message says where it was looked for and why), _NOTFOUND (a
+ * file of the checkpoint is missing), _FORMAT (a bad config, index or
+ * safetensors header, or a tensor of the wrong shape: the message names
+ * the tensor and the file), _IO, _NOMEM. */
 cltfs_err cap_model_load(const cap_load_opts *o, cap_model **out);
+/* NULL is a no-op. */
 void cap_model_free(cap_model *m);
 const cap_config *cap_model_config(const cap_model *m);
-cap_tokenizer *cap_model_tokenizer(cap_model *m);
 /* "cpu" or "cuda:0", and the compute dtype's name. */
 const char *cap_model_device(const cap_model *m);
 const char *cap_model_dtype(const cap_model *m);
@@ -88,7 +101,10 @@ typedef struct {
 typedef cltfs_err (*cap_emit)(void *arg, size_t i, int kind, int layer, const void *rows, int64_t nrows);
 
 /* The forward pass of n samples at once (right-padded to the longest: no
- * row changes), streams handed to emit layer by layer, sample by sample. */
+ * row changes), streams handed to emit layer by layer, sample by sample.
+ * emit's error stops the pass and is returned as it is; else
+ * CLTFS_E_NOTFOUND or _FORMAT (an image that cannot be read: the message
+ * names it), _IO (the forward pass failed), _NOMEM. */
 cltfs_err cap_forward(cap_model *m, const cap_sample *s, size_t n, int input_hook, cltfs_dtype out, cap_emit emit,
 		      void *arg);
 

@@ -3,7 +3,9 @@
  * libtorch costs 0.7 s at every start of a binary linked with it, and only
  * a capture needs it: the library is opened on the first cap_model_load.
  * It is found at $CLTFS_CAPTURE_LIB, else beside the binary, else in
- * ../lib/cltfs/ from the binary (make install puts it there).
+ * ../lib/cltfs/ from the binary (make install puts it there).  The library
+ * has its own copy of cltfs's error message: a failed call's message is
+ * copied from it (capimpl_errmsg) into this thread's.
  */
 #include "capture.h"
 
@@ -21,10 +23,10 @@ static struct {
 	cltfs_err (*load)(const cap_load_opts *, cap_model **);
 	void (*free)(cap_model *);
 	const cap_config *(*config)(const cap_model *);
-	cap_tokenizer *(*tokenizer)(cap_model *);
 	const char *(*device)(const cap_model *);
 	const char *(*dtype)(const cap_model *);
 	cltfs_err (*forward)(cap_model *, const cap_sample *, size_t, int, cltfs_dtype, cap_emit, void *);
+	const char *(*errmsg)(void);
 } impl;
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 static char failure[2048]; /* why the library could not be loaded */
@@ -69,10 +71,9 @@ static void open_lib(void)
 		return;
 	}
 	const char *names[] = {"capimpl_model_load", "capimpl_model_free", "capimpl_model_config",
-			       "capimpl_model_tokenizer", "capimpl_model_device", "capimpl_model_dtype",
-			       "capimpl_forward"};
-	void **slots[] = {(void **)&impl.load, (void **)&impl.free, (void **)&impl.config, (void **)&impl.tokenizer,
-			  (void **)&impl.device, (void **)&impl.dtype, (void **)&impl.forward};
+			       "capimpl_model_device", "capimpl_model_dtype", "capimpl_forward", "capimpl_errmsg"};
+	void **slots[] = {(void **)&impl.load,   (void **)&impl.free,    (void **)&impl.config, (void **)&impl.device,
+			  (void **)&impl.dtype, (void **)&impl.forward, (void **)&impl.errmsg};
 	for (size_t i = 0; i < sizeof names / sizeof *names; i++)
 		if (!(*slots[i] = dlsym(h, names[i]))) {
 			snprintf(failure, sizeof failure, "the capture library lacks %s: %s", names[i], dlerror());
@@ -89,9 +90,15 @@ static bool ready(void)
 	return impl.load != NULL;
 }
 
+/* The library's message for its error e, as this thread's. */
+static cltfs_err from_lib(cltfs_err e)
+{
+	return e ? cltfs_fail(e, "%s", impl.errmsg()) : CLTFS_OK;
+}
+
 cltfs_err cap_model_load(const cap_load_opts *o, cap_model **out)
 {
-	return ready() ? impl.load(o, out) : CLTFS_E_UNSUPPORTED;
+	return ready() ? from_lib(impl.load(o, out)) : CLTFS_E_UNSUPPORTED;
 }
 
 /* A model exists only if the library loaded: impl is set. */
@@ -101,12 +108,29 @@ void cap_model_free(cap_model *m)
 		impl.free(m);
 }
 const cap_config *cap_model_config(const cap_model *m) { return impl.config(m); }
-cap_tokenizer *cap_model_tokenizer(cap_model *m) { return impl.tokenizer(m); }
 const char *cap_model_device(const cap_model *m) { return impl.device(m); }
 const char *cap_model_dtype(const cap_model *m) { return impl.dtype(m); }
+
+/* The caller's emit, noting whether it failed: its message is this
+ * thread's already, and the library returns its error as it is. */
+typedef struct {
+	cap_emit fn;
+	void *arg;
+	bool failed;
+} emit_ref;
+
+static cltfs_err emit_through(void *arg, size_t i, int kind, int layer, const void *rows, int64_t nrows)
+{
+	emit_ref *r = arg;
+	cltfs_err e = r->fn(r->arg, i, kind, layer, rows, nrows);
+	r->failed |= e != CLTFS_OK;
+	return e;
+}
 
 cltfs_err cap_forward(cap_model *m, const cap_sample *s, size_t n, int input_hook, cltfs_dtype out, cap_emit emit,
 		      void *arg)
 {
-	return impl.forward(m, s, n, input_hook, out, emit, arg);
+	emit_ref r = {emit, arg, false};
+	cltfs_err e = impl.forward(m, s, n, input_hook, out, emit_through, &r);
+	return r.failed ? e : from_lib(e);
 }

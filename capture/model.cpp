@@ -3,8 +3,10 @@
 // The one unit of cltfs that includes libtorch (a unit takes ~25 s to
 // compile).  It is built as libcltfs-capture.so and loaded by loader.c on
 // the first capture: linking libtorch into cltfs would add 0.7 s to every
-// start of every command.  It calls back into the binary (cltfs_fail, the
-// tokenizer, the image code), which exports its symbols for it.  Semantics are transformers'
+// start of every command.  The library stands alone: it links its own
+// (hidden) copies of the C code it calls (errors, config, images), exports
+// only the capimpl_* functions, and hands its error messages to the host
+// through capimpl_errmsg, so any program can load it.  Semantics are transformers'
 // LlavaForConditionalGeneration (4.36-4.5x) in eager mode:
 //   CLIP:  patch conv (no bias) + class token + positions, pre_layrnorm,
 //          layers of LN1 -> attention (q scaled by head_dim^-0.5) ->
@@ -199,7 +201,6 @@ struct tlayer {
 struct cap_model {
 	cap_config c;
 	cap_preproc pre;
-	cap_tokenizer *tok = nullptr;
 	std::vector<std::unique_ptr<st_file>> files;
 	torch::Device dev = torch::kCPU;
 	torch::ScalarType dt = torch::kFloat;
@@ -209,7 +210,6 @@ struct cap_model {
 	Tensor p1_w, p1_b, p2_w, p2_b, embed;
 	std::vector<tlayer> tl;
 	Tensor inv_freq;
-	~cap_model() { cap_tokenizer_free(tok); }
 };
 
 struct loader {
@@ -353,8 +353,6 @@ extern "C" cltfs_err capimpl_model_load(const cap_load_opts *o, cap_model **out)
 	std::string dir = o->dir;
 	cltfs_err e = cap_config_load(o->dir, &m->c);
 	if (!e)
-		e = cap_tokenizer_load(o->dir, &m->tok);
-	if (!e)
 		e = load_preproc(m.get(), dir);
 	if (e)
 		return e;
@@ -385,8 +383,9 @@ extern "C" cltfs_err capimpl_model_load(const cap_load_opts *o, cap_model **out)
 }
 
 extern "C" void capimpl_model_free(cap_model *m) { delete m; }
+// The message of the calling thread's last failure in this library.
+extern "C" const char *capimpl_errmsg(void) { return cltfs_errmsg(); }
 extern "C" const cap_config *capimpl_model_config(const cap_model *m) { return &m->c; }
-extern "C" cap_tokenizer *capimpl_model_tokenizer(cap_model *m) { return m->tok; }
 extern "C" const char *capimpl_model_device(const cap_model *m) { return m->dev_name.c_str(); }
 extern "C" const char *capimpl_model_dtype(const cap_model *m) { return m->dt_name.c_str(); }
 

@@ -59,6 +59,28 @@ cltfs_err cltfs_mkdirs(const char *path, size_t len);
 /* Seconds on the monotonic clock, for rates and progress. */
 double cltfs_now(void);
 
+/* ---- log --------------------------------------------------------------- */
+
+/* A line for the user (no newline): by default "cltfs: <line>" on stderr. */
+void cltfs_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Where lines go from now on: fn(arg, line), called one line at a time
+ * (never concurrently); NULL: back to stderr. */
+typedef void (*cltfs_log_fn)(void *arg, const char *line);
+void cltfs_log_set(cltfs_log_fn fn, void *arg);
+/* Lines go to syslog (facility daemon, "cltfs[pid]"): a daemonized mount,
+ * whose stderr is /dev/null. */
+void cltfs_log_to_syslog(void);
+
+/* ---- names ------------------------------------------------------------- */
+
+/* The n bytes at s as a decimal: digits only, no sign, no leading zero
+ * (so every number has one spelling, as a file name needs), at most 18
+ * digits.  false for anything else; *v is set only on success. */
+bool cltfs_parse_dec(const char *s, size_t n, int64_t *v);
+/* "batch_<k>_x.pt" or "batch_<k>_y.pt" (k as cltfs_parse_dec reads it):
+ * *k and *is_y; false for any other name. */
+bool cltfs_parse_batch_name(const char *name, int64_t *k, int *is_y);
+
 /* ---- dtypes ---------------------------------------------------------- */
 
 typedef enum { CLTFS_BF16 = 0, CLTFS_F16 = 1, CLTFS_F32 = 2, CLTFS_NDTYPES } cltfs_dtype;
@@ -185,6 +207,11 @@ typedef struct {
 	char *source_kind, *source_path, *source_images;
 } cltfs_manifest;
 
+/* An empty manifest with every optional field at its default (format
+ * version 1, input hook mlp_in, target offset 1, 16 targets, zero padding,
+ * one sample per batch, the reference layout), for building one in code:
+ * fill it, then cltfs_manifest_finish.  NULL when out of memory. */
+cltfs_manifest *cltfs_manifest_new(void);
 /* Parse and validate; path names the file in every message. */
 cltfs_err cltfs_manifest_parse(const char *json, size_t len, const char *path,
 			       cltfs_manifest **out);
@@ -198,6 +225,11 @@ char *cltfs_manifest_dump(const cltfs_manifest *m);
 cltfs_err cltfs_manifest_save(const cltfs_manifest *m, const char *path);
 void cltfs_manifest_free(cltfs_manifest *m);
 bool cltfs_manifest_has_layer(const int *layers, int n, int layer);
+/* Does the store keep stream (kind, layer): x@L for an x layer, mlp@L for
+ * an mlp layer?  (kind: CLTFS_STREAM_X or CLTFS_STREAM_MLP.) */
+bool cltfs_manifest_has_stream(const cltfs_manifest *m, unsigned kind, int layer);
+/* The default chunk_rows: about 1 MiB of raw rows, at least one row. */
+int64_t cltfs_default_chunk_rows(int d_model, cltfs_dtype dtype);
 /* The chunk containing row (binary search over chunk_start). */
 int64_t cltfs_manifest_chunk_of(const cltfs_manifest *m, int64_t row);
 /* The layer of target j of x layer L, or -1 for a zero padding target. */
@@ -273,7 +305,6 @@ cltfs_err pt_file_new(const char *archive, const uint8_t *pickle, size_t plen,
 		      const uint64_t *sizes, pt_file **out);
 void pt_file_free(pt_file *f);
 uint64_t pt_file_size(const pt_file *f);
-size_t pt_file_nstorages(const pt_file *f);
 /* The pickle (data.pkl) the file holds. */
 const uint8_t *pt_file_pickle(const pt_file *f, size_t *len);
 /* Storage CRCs must be set before the headers that hold them are read. */

@@ -355,3 +355,32 @@ uint32_t cltfs_crc32_zeros(uint64_t n)
 	}
 	return acc;
 }
+
+/* ---- names ---- */
+
+bool cltfs_parse_dec(const char *s, size_t n, int64_t *v)
+{
+	if (!n || n > 18 || (n > 1 && s[0] == '0'))
+		return false;
+	int64_t x = 0;
+	for (size_t i = 0; i < n; i++) {
+		if (s[i] < '0' || s[i] > '9')
+			return false;
+		x = x * 10 + (s[i] - '0');
+	}
+	*v = x;
+	return true;
+}
+
+bool cltfs_parse_batch_name(const char *name, int64_t *k, int *is_y)
+{
+	size_t n = strlen(name);
+	/* "batch_" k "_x.pt": 6 + at least one digit + 5 */
+	if (n < 12 || strncmp(name, "batch_", 6) || strcmp(name + n - 3, ".pt") || name[n - 5] != '_')
+		return false;
+	char which = name[n - 4];
+	if ((which != 'x' && which != 'y') || !cltfs_parse_dec(name + 6, n - 11, k))
+		return false;
+	*is_y = which == 'y';
+	return true;
+}

@@ -213,7 +213,7 @@ cltfs_err cltfs_file_header_check(const char magic[8], const uint8_t in[CLTFS_FI
 {
 	if (memcmp(in, magic, 8))
 		return cltfs_fail(CLTFS_E_FORMAT, "not a cltfs %s file (bad magic)",
-				  magic[6] == 'P' ? "pack" : "index");
+				  memcmp(magic, CLTFS_PACK_MAGIC, 8) ? "index" : "pack");
 	if (get32(in + 8) != 1 || get32(in + 12) != CLTFS_REC_SIZE)
 		return cltfs_fail(CLTFS_E_UNSUPPORTED, "format version %u is not supported",
 				  get32(in + 8));

@@ -22,6 +22,34 @@
 static const char *const hooks[] = {"mlp_in", "resid_pre", "resid_mid"};
 static const char *const shapes[] = {"STd", "S1Td", "flat"};
 
+/* The defaults of every optional field: a manifest parsed without them and
+ * one built in code agree. */
+static void set_defaults(cltfs_manifest *m)
+{
+	m->version = 1;
+	m->target_offset = 1;
+	m->n_targets = 16;
+	m->padding = CLTFS_PAD_ZERO;
+	m->batch_samples = 1;
+	strcpy(m->x_key, "x");
+	m->shape = CLTFS_SHAPE_STD;
+	strcpy(m->y_keys[0], "y");
+	strcpy(m->y_keys[1], "targets");
+	strcpy(m->y_keys[2], "n_targets");
+}
+
+cltfs_manifest *cltfs_manifest_new(void)
+{
+	cltfs_manifest *m = calloc(1, sizeof *m);
+	if (m && !(m->input_hook = strdup("mlp_in"))) {
+		free(m);
+		return NULL;
+	}
+	if (m)
+		set_defaults(m);
+	return m;
+}
+
 void cltfs_manifest_free(cltfs_manifest *m)
 {
 	if (!m)
@@ -53,6 +81,19 @@ bool cltfs_manifest_has_layer(const int *layers, int n, int layer)
 		if (layers[i] == layer)
 			return true;
 	return false;
+}
+
+bool cltfs_manifest_has_stream(const cltfs_manifest *m, unsigned kind, int layer)
+{
+	if (kind == CLTFS_STREAM_X)
+		return cltfs_manifest_has_layer(m->x_layers, m->n_x_layers, layer);
+	return kind == CLTFS_STREAM_MLP && cltfs_manifest_has_layer(m->mlp_layers, m->n_mlp_layers, layer);
+}
+
+int64_t cltfs_default_chunk_rows(int d_model, cltfs_dtype dtype)
+{
+	int64_t rows = (int64_t)((1u << 20) / ((size_t)d_model * cltfs_dtype_size(dtype)));
+	return rows < 1 ? 1 : rows;
 }
 
 int cltfs_manifest_target_layer(const cltfs_manifest *m, int layer, int j)
@@ -210,11 +251,6 @@ static cltfs_err parse_layout(const cJSON *root, cltfs_manifest *m, ctx *c)
 {
 	c->field = "layout";
 	const cJSON *lo = get(root, "layout");
-	strcpy(m->x_key, "x");
-	m->shape = CLTFS_SHAPE_STD;
-	strcpy(m->y_keys[0], "y");
-	strcpy(m->y_keys[1], "targets");
-	strcpy(m->y_keys[2], "n_targets");
 	if (!lo)
 		return CLTFS_OK;
 	if (!cJSON_IsObject(lo))
@@ -382,6 +418,14 @@ static cltfs_err finish_fail(const char *path, const char *fmt, long long a, lon
 /* Derived fields: batches (when not explicit), row positions, chunks. */
 cltfs_err cltfs_manifest_finish(cltfs_manifest *m, const char *path)
 {
+	/* what parsing checks field by field, for a manifest built in code */
+	if (m->n_layers < 1 || m->n_layers > MAX_LAYERS || m->d_model < 1 || m->d_model > MAX_D)
+		return finish_fail(path, "n_layers %lld or d_model %lld out of range", m->n_layers, m->d_model);
+	if (m->n_targets < 1 || m->n_targets > MAX_LAYERS || m->chunk_rows < 1 || m->chunk_rows > (1 << 24))
+		return finish_fail(path, "n_targets %lld or chunk_rows %lld out of range", m->n_targets, m->chunk_rows);
+	if (m->n_samples < 1 || m->batch_samples < 1 || (unsigned)m->dtype >= CLTFS_NDTYPES)
+		return finish_fail(path, "%lld samples, batches of %lld: nothing to serve", m->n_samples,
+				   m->batch_samples);
 	if (m->d_model * cltfs_dtype_size(m->dtype) * (uint64_t)m->chunk_rows > UINT32_MAX)
 		return finish_fail(path, "chunk_rows %lld times the row size exceeds 4 GiB", m->chunk_rows, 0);
 	if (m->n_x_layers == 0)
@@ -468,6 +512,7 @@ cltfs_err cltfs_manifest_parse(const char *json, size_t len, const char *path, c
 		cJSON_Delete(root);
 		return cltfs_fail(CLTFS_E_NOMEM, "%s: out of memory", path);
 	}
+	set_defaults(m);
 	ctx c = {path, "", ""};
 	cltfs_err e = parse_root(root, m, &c);
 	cJSON_Delete(root);

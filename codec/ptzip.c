@@ -177,7 +177,6 @@ const uint8_t *pt_file_pickle(const pt_file *f, size_t *len)
 	*len = (size_t)f->e[0].size; /* data.pkl is the first record */
 	return f->e[0].lit;
 }
-size_t pt_file_nstorages(const pt_file *f) { return f->nst; }
 
 void pt_file_set_crc(pt_file *f, size_t s, uint32_t crc)
 {

@@ -37,7 +37,9 @@ typedef struct {
 cltfs_err hf_config_from_env(hf_config *c);
 void hf_config_free(hf_config *c);
 
-/* "hf://datasets/owner/name[@rev]" (also hf://owner/name for a dataset). */
+/* Does s name a Hub repo: "hf://datasets/owner/name[@rev]" (a dataset),
+ * "hf://models/owner/name[@rev]" or "hf://owner/name[@rev]" (a model, as
+ * huggingface_hub's HfFileSystem reads it)? */
 bool hf_is_url(const char *s);
 
 typedef struct {

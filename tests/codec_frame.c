@@ -91,6 +91,10 @@ static void test_records(void)
 	cltfs_file_header(CLTFS_PACK_MAGIC, h);
 	CHECK(cltfs_file_header_check(CLTFS_PACK_MAGIC, h) == CLTFS_OK);
 	CHECK(cltfs_file_header_check(CLTFS_IDX_MAGIC, h) == CLTFS_E_FORMAT);
+	CHECK(strstr(cltfs_errmsg(), "not a cltfs index file"));
+	cltfs_file_header(CLTFS_IDX_MAGIC, h);
+	CHECK(cltfs_file_header_check(CLTFS_PACK_MAGIC, h) == CLTFS_E_FORMAT);
+	CHECK(strstr(cltfs_errmsg(), "not a cltfs pack file")); /* each kind named as itself */
 }
 
 static uint16_t f32_to(cltfs_dtype t, float f)

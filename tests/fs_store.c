@@ -1,7 +1,11 @@
-/* The store (append, reopen, torn tail, corruption) and the chunk cache
- * (single flight, refcounts, the memory bound). */
-#include "fs.h"
+/* The store (append, reopen, torn tail, corruption, abandon, concurrent
+ * writers and syncs) and the chunk cache (single flight, refcounts, the
+ * memory bound, a failed load's message for every waiter). */
+#include "cache.h"
+#include "store.h"
 #include "unit.h"
+
+#include <pthread.h>
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -108,6 +112,125 @@ static void test_roundtrip(void)
 	CHECK(system(cmd) == 0);
 }
 
+/* Abandoned chunks leave the lookup table at once, and only they: the
+ * others of the same probe runs are still found. */
+static void test_abandon(void)
+{
+	cltfs_store *s = make_store();
+	store_writer *w;
+	uint8_t buf[8 * 32];
+	CHECK(store_writer_open(s, "unit", &w) == CLTFS_OK);
+	/* kept: x@0 and x@1, every chunk */
+	for (unsigned L = 0; L < 2; L++)
+		for (uint32_t c = 0; c < 5; c++) {
+			fill(buf, store_chunk_raw(s, c), c);
+			CHECK(store_writer_add(w, cltfs_key(CLTFS_STREAM_X, L, c), buf, store_chunk_raw(s, c)) == CLTFS_OK);
+		}
+	CHECK(store_writer_sync(w) == CLTFS_OK);
+	/* abandoned: mlp@1 and mlp@2 */
+	for (unsigned L = 1; L < 3; L++)
+		for (uint32_t c = 0; c < 5; c++) {
+			fill(buf, store_chunk_raw(s, c), c);
+			CHECK(store_writer_add(w, cltfs_key(CLTFS_STREAM_MLP, L, c), buf, store_chunk_raw(s, c)) == CLTFS_OK);
+		}
+	cltfs_rec r;
+	CHECK(store_lookup(s, cltfs_key(CLTFS_STREAM_MLP, 2, 4), &r)); /* readable before the sync */
+	store_writer_abandon(w);
+	for (unsigned L = 1; L < 3; L++)
+		for (uint32_t c = 0; c < 5; c++)
+			CHECK(!store_lookup(s, cltfs_key(CLTFS_STREAM_MLP, L, c), &r));
+	for (unsigned L = 0; L < 2; L++)
+		for (uint32_t c = 0; c < 5; c++)
+			CHECK(store_lookup(s, cltfs_key(CLTFS_STREAM_X, L, c), &r));
+	/* adding an abandoned chunk again works, and is kept */
+	fill(buf, store_chunk_raw(s, 0), 0);
+	CHECK(store_writer_add(w, cltfs_key(CLTFS_STREAM_MLP, 1, 0), buf, store_chunk_raw(s, 0)) == CLTFS_OK);
+	CHECK(store_writer_close(w) == CLTFS_OK);
+	store_close(s);
+	CHECK(store_open(dir, &s) == CLTFS_OK);
+	CHECK(store_lookup(s, cltfs_key(CLTFS_STREAM_MLP, 1, 0), &r));
+	CHECK(!store_lookup(s, cltfs_key(CLTFS_STREAM_MLP, 1, 1), &r));
+	store_close(s);
+	char cmd[300];
+	snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+	CHECK(system(cmd) == 0);
+}
+
+/* Several threads add frames to one writer while another syncs: every
+ * chunk ends up in the index once, readable after a reopen. */
+typedef struct {
+	store_writer *w;
+	cltfs_store *s;
+	unsigned layer;
+	atomic_bool *stop;
+} adder;
+
+static void *add_layer(void *arg)
+{
+	adder *a = arg;
+	uint8_t buf[8 * 32];
+	for (uint32_t c = 0; c < 5; c++) {
+		/* layers 0, 1: x@0, x@1; 2, 3: mlp@1, mlp@2 */
+		uint64_t key = a->layer < 2 ? cltfs_key(CLTFS_STREAM_X, a->layer, c)
+					    : cltfs_key(CLTFS_STREAM_MLP, a->layer - 1, c);
+		fill(buf, store_chunk_raw(a->s, c), c + 10 * a->layer);
+		if (store_writer_add(a->w, key, buf, store_chunk_raw(a->s, c)))
+			abort();
+	}
+	return NULL;
+}
+
+static void *syncer(void *arg)
+{
+	adder *a = arg;
+	while (!atomic_load(a->stop))
+		if (store_writer_sync(a->w))
+			abort();
+	return NULL;
+}
+
+static void test_concurrent_writer(void)
+{
+	cltfs_store *s = make_store();
+	store_writer *w;
+	CHECK(store_writer_open(s, "unit", &w) == CLTFS_OK);
+	atomic_bool stop = false;
+	adder a[4], sy = {w, s, 0, &stop};
+	pthread_t t[4], st;
+	pthread_create(&st, NULL, syncer, &sy);
+	for (unsigned i = 0; i < 4; i++) {
+		a[i] = (adder){w, s, i, &stop};
+		pthread_create(&t[i], NULL, add_layer, &a[i]);
+	}
+	for (int i = 0; i < 4; i++)
+		pthread_join(t[i], NULL);
+	atomic_store(&stop, true);
+	pthread_join(st, NULL);
+	CHECK(store_writer_close(w) == CLTFS_OK);
+	store_close(s);
+	CHECK(store_open(dir, &s) == CLTFS_OK);
+	cltfs_zctx *z = cltfs_zctx_new();
+	for (unsigned i = 0; i < 4; i++)
+		for (uint32_t c = 0; c < 5; c++) {
+			cltfs_rec r;
+			uint8_t want[256], got[256];
+			uint64_t key = cltfs_key(i < 2 ? CLTFS_STREAM_X : CLTFS_STREAM_MLP, i < 2 ? i : i - 1, c);
+			CHECK(store_lookup(s, key, &r));
+			fill(want, r.rsize, c + 10 * i);
+			CHECK(store_read_chunk(s, &r, z, got) == CLTFS_OK && !memcmp(want, got, r.rsize));
+		}
+	char idx[300], host[128] = "host";
+	gethostname(host, sizeof host - 1);
+	snprintf(idx, sizeof idx, "%s/packs/%s-unit.idx", dir, host);
+	struct stat stt;
+	CHECK(stat(idx, &stt) == 0 && stt.st_size == CLTFS_FILE_HEADER + 20 * CLTFS_REC_SIZE); /* each once */
+	cltfs_zctx_free(z);
+	store_close(s);
+	char cmd[300];
+	snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+	CHECK(system(cmd) == 0);
+}
+
 /* ---- cache ---- */
 
 static atomic_int loads;
@@ -127,6 +250,17 @@ static cltfs_err slow_loader(void *arg, uint64_t key, uint8_t *buf, size_t cap, 
 }
 
 static chunk_cache *cache;
+
+/* A reader of a chunk whose load fails, waiting on another reader's load. */
+static void *failing_reader(void *arg)
+{
+	chunk *ch;
+	bool hit;
+	char *msg = arg;
+	if (cache_get(cache, 999, &ch, &hit) == CLTFS_E_CORRUPT)
+		snprintf(msg, 256, "%s", cltfs_errmsg());
+	return NULL;
+}
 
 static void *reader(void *arg)
 {
@@ -154,6 +288,14 @@ static void test_cache(void)
 	CHECK(cache_get(cache, 999, &ch, &hit) == CLTFS_E_CORRUPT);
 	CHECK(cache_get(cache, 999, &ch, &hit) == CLTFS_E_CORRUPT); /* retried, not cached */
 	CHECK(atomic_load(&loads) == 3);
+	/* readers that waited on a failed load get the loader's message */
+	char msg[4][256] = {"", "", "", ""};
+	for (int i = 0; i < 4; i++)
+		pthread_create(&t[i], NULL, failing_reader, msg[i]);
+	for (int i = 0; i < 4; i++)
+		pthread_join(t[i], NULL);
+	for (int i = 0; i < 4; i++)
+		CHECK(!strcmp(msg[i], "bad chunk"));
 	cache_free(cache);
 
 	/* the bound: 64 chunks of 1000 bytes through a 16000-byte cache */
@@ -175,6 +317,8 @@ static void test_cache(void)
 int main(void)
 {
 	RUN(test_roundtrip);
+	RUN(test_abandon);
+	RUN(test_concurrent_writer);
 	RUN(test_cache);
 	return unit_done("fs_store");
 }

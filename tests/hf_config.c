@@ -124,6 +124,23 @@ static void test_urls(void)
 		CHECK(hf_read_range(r, "packs/x.pack", 0, 4, b) == CLTFS_E_NOTFOUND);
 		hf_repo_close(r);
 	}
+	/* hf://owner/name is a model, as huggingface_hub's HfFileSystem reads it */
+	snprintf(path, sizeof path, "%s/hub/models--me--llava", home);
+	mkdir(path, 0755);
+	snprintf(path, sizeof path, "%s/hub/models--me--llava/refs", home);
+	mkdir(path, 0755);
+	snprintf(path, sizeof path, "%s/hub/models--me--llava/refs/main", home);
+	write_file(path, commit);
+	const char *model_urls[] = {"hf://me/llava", "hf://models/me/llava"};
+	for (int i = 0; i < 2; i++) {
+		CHECK(hf_repo_open(&c, model_urls[i], &r) == CLTFS_OK);
+		if (r) {
+			CHECK(!strcmp(hf_repo_id(r), "models/me/llava"));
+			snprintf(path, sizeof path, "%s/hub/models--me--llava", home);
+			CHECK(!strcmp(hf_repo_folder(r), path));
+			hf_repo_close(r);
+		}
+	}
 	/* a garbage ref is an error that names the file */
 	snprintf(path, sizeof path, "%s/hub/datasets--me--acts/refs/main", home);
 	write_file(path, "not a commit");

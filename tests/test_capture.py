@@ -8,6 +8,7 @@ Printed lines starting with "measured:" give the largest errors seen against
 the reference (run pytest with -s to see them)."""
 
 import errno
+import glob
 import json
 import os
 import re
@@ -15,6 +16,7 @@ import shutil
 import signal
 import struct
 import subprocess
+import sys
 import time
 
 import pytest
@@ -23,6 +25,7 @@ import torch
 import llava_ref as R
 import make_llava as G
 from conftest import describe, is_mounted, load_bytes, LoadedFiles
+from test_hub import make_hub  # noqa: F401 (a fixture)
 
 DEFAULT_TEMPLATE = R.DEFAULT_TEMPLATE
 ALT_TEMPLATE = "USER: <image>\n{query}\nASSISTANT:"   # the reference capture script's
@@ -1005,3 +1008,96 @@ def test_init_manifest_fields(llava, run_cltfs, tmp_path):
     assert man["source"]["kind"] == "capture"
     assert os.path.samefile(man["source"]["path"], llava.model())
     assert os.path.samefile(man["source"]["images"], llava.dataset().images)
+
+
+# ------------------------------------------------------- composed tiers --
+
+def test_hub_store_captured_on_miss(llava, fp32_store, run_cltfs, tmp_path, mount, make_hub):
+    """Tiers compose: a Hub store repo that holds half of a capture store's
+    batches, mounted here with the checkpoint at hand.  A chunk the Hub has
+    is fetched; one nobody has is captured into the local store; every view
+    equals a store that `cltfs capture` filled alone."""
+    from test_hub import hf_env
+    store = str(tmp_path / "half")
+    run_init(run_cltfs, store, llava.model(), llava.dataset(), "--dtype", "float32", "--quiet")
+    run_capture(run_cltfs, store, "--shard", "1/2", "--quiet")
+    n_batches = len(llava.dataset().entries)
+    hub = make_hub()
+    hub.add_repo("me/half", {os.path.relpath(p, store): read_all(p)
+                             for p in glob.glob(os.path.join(store, "*")) + glob.glob(os.path.join(store, "packs", "*"))
+                             if os.path.isfile(p)})
+    n_layers = llava.facts()["text"]["num_hidden_layers"]
+    rels = view_rels(n_layers, n_batches)
+    local = str(tmp_path / "local")
+    with mount("hf://datasets/me/half", "store=" + local, env=hf_env(tmp_path, hub)) as m:
+        got = read_views_bytes(m, rels)
+        st = m.stats()
+    assert st["chunks"]["hub"] > 0 and st["chunks"]["capture"] > 0 and st["errors"] == 0, st
+    assert st["capture"]["batches"] == n_batches - n_batches // 2, st  # the half the Hub lacks
+    with mount(copy_store(fp32_store[0], tmp_path / "base")) as m:
+        want = read_views_bytes(m, rels)
+    diff = [rel for rel in rels if got[rel] != want[rel]]
+    assert not diff, "views from the Hub and capture differ from `cltfs capture`'s: %s" % diff[:5]
+    verify_ok(run_cltfs, local)
+
+
+def test_capture_library_stands_alone(llava, cltfs_bin, tmp_path):
+    """libcltfs-capture.so needs nothing of cltfs's from its host: a plain
+    Python process loads it with ctypes, loads the checkpoint, and reads the
+    library's own error messages."""
+    lib = os.path.join(os.path.dirname(os.path.realpath(cltfs_bin)), "libcltfs-capture.so")
+    r = subprocess.run(["nm", "-D", "--undefined-only", lib], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert not re.search(r" (cltfs|cap|pt|hf)_", r.stdout), r.stdout
+    script = r'''
+import ctypes, sys
+lib = ctypes.CDLL(sys.argv[1])
+class Opts(ctypes.Structure):
+    _fields_ = [("dir", ctypes.c_char_p), ("dtype", ctypes.c_int), ("threads", ctypes.c_int),
+                ("cpu", ctypes.c_bool), ("batch", ctypes.c_int)]
+lib.capimpl_errmsg.restype = ctypes.c_char_p
+lib.capimpl_model_device.restype = ctypes.c_char_p
+lib.capimpl_model_device.argtypes = [ctypes.c_void_p]
+lib.capimpl_model_free.argtypes = [ctypes.c_void_p]
+m = ctypes.c_void_p()
+bad = Opts(sys.argv[3].encode(), -1, 1, True, 0)
+assert lib.capimpl_model_load(ctypes.byref(bad), ctypes.byref(m)) != 0
+print("error:", lib.capimpl_errmsg().decode())
+ok = Opts(sys.argv[2].encode(), -1, 1, True, 0)
+e = lib.capimpl_model_load(ctypes.byref(ok), ctypes.byref(m))
+assert e == 0, lib.capimpl_errmsg()
+print("device:", lib.capimpl_model_device(m).decode())
+lib.capimpl_model_free(m)
+'''
+    missing = str(tmp_path / "no-such-checkpoint")
+    r = subprocess.run([sys.executable, "-c", script, lib, llava.model(), missing],
+                       capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, ASAN_OPTIONS="detect_leaks=0"))
+    assert r.returncode == 0, describe(r)
+    assert "error: " in r.stdout and missing in r.stdout, r.stdout
+    assert "device: cpu" in r.stdout, r.stdout
+
+
+def test_mount_checks_capture_at_start(llava, run_cltfs, tmp_path, mount, mount_fails):
+    """What a capture on a miss needs is checked when the mount starts: a
+    checkpoint or image folder that is not there fails a daemonizing mount
+    with a message naming it; with the default capture=auto, a store whose
+    checkpoint is gone still mounts and serves what it holds, and says why
+    it will not capture."""
+    model = str(tmp_path / "model")
+    shutil.copytree(llava.model(), model)
+    store = str(tmp_path / "store")
+    run_init(run_cltfs, store, model, llava.dataset(), "--quiet")
+    missing = str(tmp_path / "no-such-dir")
+    for opts in (("model=" + missing,), ("images=" + missing,), ("capture=on", "model=" + missing)):
+        rc, out = mount_fails(store, *opts, args=())
+        assert rc == 1 and missing in out, "%s: exit %d\n%s" % (opts, rc, out)
+    shutil.rmtree(model)
+    rc, out = mount_fails(store, "capture=on", args=())
+    assert rc == 1 and model in out, out
+    with mount(store) as m:
+        with pytest.raises(OSError) as ei:
+            read_all(m.p("L0", "batch_0_x.pt"))
+        assert ei.value.errno == errno.EIO
+        log = m.log()
+    assert "not capturing on a miss" in log and model in log, log

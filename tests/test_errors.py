@@ -585,3 +585,24 @@ def test_rejected_import_then_fixed_tree(tmp_path, trees, run_cltfs, mount, orig
     with mount(store) as m:
         for rel in desc["files"]:
             assert_same(torch.load(m.p(rel)), originals.get(tree, rel), rel)
+
+
+# ------------------------------------------- failing before the fork --
+
+def test_mount_errors_before_daemonizing(stores, mount_fails, tmp_path):
+    """A daemonizing mount (no -f) that cannot work says why on stderr and
+    exits non-zero before it forks: nothing is mounted and no daemon is left
+    to log the cause to syslog."""
+    imp = stores.get("s1_bf16")
+    cases = [
+        # a store made by import has nothing to capture from
+        ((imp.store, "capture=on"), 1, "not a store made by `cltfs init`"),
+        ((imp.store, "capture=maybe"), 2, "-o capture=maybe"),
+        ((imp.store, "batch_rows=64", "batch_samples=2"), 2, "exclude each other"),
+        ((str(tmp_path / "nostore"),), 1, "nostore"),
+        # -o hub= backs a local store only; a Hub SOURCE has its own
+        (("hf://datasets/me/acts", "hub=hf://datasets/me/acts"), 1, "-o hub="),
+    ]
+    for (store, *opts), want_rc, want in cases:
+        rc, out = mount_fails(store, *opts, args=())
+        assert rc == want_rc and want in out, "%s %s: exit %d\n%s" % (store, opts, rc, out)

@@ -368,7 +368,7 @@ def test_pull_then_verify_and_mount(tmp_path, hub, stores, run_cltfs, mount, ori
         assert m.files() == imp.desc["files"]
         check_store_views(m, imp, originals)
         st = m.stats()
-        assert st["chunks"]["hub"] == 0 and st["errors"] == 0
+        assert "hub" not in st["chunks"] and st["errors"] == 0  # a local store: no Hub tier
     hub.clear_log()
     r = run_cltfs("pull", STORE_URL, store, "--quiet", env=env)
     assert r.returncode == 0, describe(r)
@@ -893,3 +893,30 @@ def test_token_never_in_output(tmp_path, hub, stores, run_cltfs, mount_fails):
     r = run_cltfs("pull", STORE_URL + "@nope", str(tmp_path / "s"), env=env)
     assert r.returncode != 0
     assert_no_token(r.stdout + r.stderr)
+
+
+# ================================================= tiers behind a store ==
+
+def test_local_store_falls_back_to_hub(tmp_path, hub, stores, mount, mount_fails, originals):
+    """-o hub=URL puts a Hub store repo behind a local store: what the local
+    store lacks is fetched and kept, so a later mount of it alone, offline,
+    serves everything.  A store of another dataset is refused at mount."""
+    imp, commit = add_store(hub, stores)
+    local = tmp_path / "local"
+    (local / "packs").mkdir(parents=True)
+    with open(os.path.join(imp.store, "cltfs.json"), "rb") as f, open(local / "cltfs.json", "wb") as g:
+        g.write(f.read())
+    env = hf_env(tmp_path, hub)
+    with mount(str(local), "hub=" + STORE_URL, env=env) as m:
+        check_store_views(m, imp, originals)
+        st = m.stats()
+    assert st["chunks"]["hub"] > 0 and st["chunks"]["store"] == 0 and st["errors"] == 0, st
+    hub.stop()
+    with mount(str(local), env=hf_env(tmp_path, hub, HF_HUB_OFFLINE=1)) as m:
+        check_store_views(m, imp, originals)
+        st = m.stats()
+    assert st["chunks"]["store"] > 0 and "hub" not in st["chunks"], st
+    other = stores.get("s2_padded").store
+    hub.start()  # on new ports
+    rc, out = mount_fails(other, "hub=" + STORE_URL, env=hf_env(tmp_path, hub))
+    assert rc == 1 and "holds another dataset" in out, out

@@ -335,11 +335,13 @@ def test_reference_training_loop(stores, mount, name):
 
 # -------------------------------------------------- .cltfs/ and options --
 
+# "chunks" has one more key per tier of the mount ("hub", "capture"): a
+# local store's mount has none.
 STATS_KEYS = {
-    "chunks": {"memory", "store", "hub", "capture"},
+    "chunks": {"memory", "store"},
     "bytes_read": None, "reads": None, "errors": None,
     "cache": {"bytes", "limit", "entries"},
-    "readahead": None,
+    "readahead": None, "readahead_errors": None,
     "latency_us": {"mean", "max"},
 }
 
@@ -374,7 +376,7 @@ def test_cltfs_dir(stores, mount):
         assert st["reads"] > st0["reads"]
         assert st["bytes_read"] > st0["bytes_read"]
         assert st["chunks"]["store"] > 0
-        assert st["chunks"]["hub"] == 0 and st["chunks"]["capture"] == 0
+        assert set(st["chunks"]) == {"memory", "store"}, st  # no tier behind a local store
         assert st["errors"] == 0
         assert 0 <= st["cache"]["bytes"] <= st["cache"]["limit"]
         assert st["cache"]["limit"] in (256 << 20, 256 * 10 ** 6), st["cache"]
@@ -712,24 +714,53 @@ def test_standard_options_pass_through(stores, mount, originals, opts):
         assert ei.value.errno == errno.EROFS
 
 
+@pytest.mark.parametrize("share", [False, True], ids=["own", "share_zero_targets"])
 @pytest.mark.parametrize("name", ["s1_bf16", "nt16_all", "one_layer_last"])
-def test_zero_padding_shares_storage(stores, mount, name):
-    """DESIGN 4: the zero padding targets of a y file share one zero storage
-    (so a y file costs the distinct data only)."""
+def test_zero_padding_storages(stores, mount, name, share):
+    """By default a y file aliases as the reference file does: y is
+    targets[0], every other target (zero padding too) has a storage of its
+    own.  -o share_zero_targets gives all zero targets one storage."""
     imp = stores.get(name)
     n_layers, off = imp.desc["n_layers"], imp.desc["target_offset"]
-    with mount(imp.store) as m:
+    with mount(imp.store, *(["share_zero_targets"] if share else [])) as m:
         for rel in imp.desc["files"]:
             if not rel.endswith("_y.pt"):
                 continue
             L = int(rel.split("/")[0][1:])
             obj = torch.load(m.p(rel))
+            assert obj["y"].data_ptr() == obj["targets"][0].data_ptr(), rel
             zeros = [t for j, t in enumerate(obj["targets"]) if L + off + j >= n_layers]
             assert all(not t.any() for t in zeros), rel
-            assert len({t.data_ptr() for t in zeros}) <= 1, rel
+            ptrs = {t.data_ptr() for t in obj["targets"]}
+            if share:
+                assert len({t.data_ptr() for t in zeros}) <= 1, rel
+            else:
+                assert len(ptrs) == len(obj["targets"]), rel
             with zipfile.ZipFile(m.p(rel)) as z:
                 n_storages = sum(1 for n in z.namelist() if "/data/" in n)
-            assert n_storages == len(obj["targets"]) - len(zeros) + (1 if zeros else 0), rel
+            nz = len(obj["targets"]) - len(zeros)
+            assert n_storages == (nz + (1 if zeros else 0) if share else len(obj["targets"])), rel
+
+
+@pytest.mark.parametrize("name", ["s1_bf16", "nt16_all", "s2_padded"])
+def test_in_place_changes_match_the_tree(stores, mount, name):
+    """A trainer that works in place (normalizing each target, adding to
+    one) sees on the mount what it sees on the reference tree: no target
+    shares memory with another but y with targets[0]."""
+    imp = stores.get(name)
+    with mount(imp.store) as m:
+        for rel in imp.desc["files"]:
+            if not rel.endswith("_y.pt"):
+                continue
+            a = torch.load(m.p(rel))
+            b = torch.load(os.path.join(imp.tree, rel))  # a fresh copy: it is changed below
+            for obj in (a, b):
+                for j, t in enumerate(obj["targets"]):
+                    t.add_(j + 1)
+                    t.mul_(0.5)
+            for j, (ta, tb) in enumerate(zip(a["targets"], b["targets"])):
+                assert torch.equal(ta, tb), "%s: targets[%d] differs after in-place changes" % (rel, j)
+            assert torch.equal(a["y"], b["y"]), rel
 
 
 @pytest.mark.parametrize("name,args", [("s1_bf16", ()), ("big", ("--chunk-rows", "64"))])

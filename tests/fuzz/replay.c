@@ -39,23 +39,25 @@ static int run_file(const char *dir, const char *name)
 
 int main(int argc, char **argv)
 {
-	if (argc != 2) {
-		fprintf(stderr, "usage: fuzz_replay CORPUS_DIR\n");
-		return 2;
-	}
-	DIR *d = opendir(argv[1]);
-	if (!d) {
-		perror(argv[1]);
+	if (argc < 2) {
+		fprintf(stderr, "usage: fuzz_replay CORPUS_DIR...\n");
 		return 2;
 	}
 	int n = 0, failed = 0;
-	struct dirent *de;
-	while ((de = readdir(d)))
-		if (de->d_name[0] != '.') {
-			failed += run_file(argv[1], de->d_name);
-			n++;
+	for (int a = 1; a < argc; a++) {
+		DIR *d = opendir(argv[a]);
+		if (!d) {
+			perror(argv[a]);
+			return 2;
 		}
-	closedir(d);
+		struct dirent *de;
+		while ((de = readdir(d)))
+			if (de->d_name[0] != '.') {
+				failed += run_file(argv[a], de->d_name);
+				n++;
+			}
+		closedir(d);
+	}
 	printf("fuzz_replay: %d passed, %d failed\n", n - failed, failed);
 	return failed || n == 0;
 }

@@ -19,7 +19,8 @@
  * once every file of the batch agreed, so a refused import never leaves
  * one side of a disagreement in the store.
  */
-#include "fs.h"
+#include "cmd.h"
+#include "view.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -48,28 +49,13 @@ static void file_path(const plan *p, int layer, int64_t k, char xy, char *buf, s
 	snprintf(buf, n, "%s/L%d/batch_%lld_%c.pt", p->src, layer, (long long)k, xy);
 }
 
-/* A decimal with no sign or leading zeros. */
-static bool num(const char *s, size_t n, long long *v)
-{
-	if (!n || n > 12 || (n > 1 && *s == '0'))
-		return false;
-	long long x = 0;
-	for (size_t i = 0; i < n; i++) {
-		if (s[i] < '0' || s[i] > '9')
-			return false;
-		x = x * 10 + (s[i] - '0');
-	}
-	*v = x;
-	return true;
-}
-
 static int cmp_int(const void *a, const void *b)
 {
 	return (*(const int *)a > *(const int *)b) - (*(const int *)a < *(const int *)b);
 }
 
 /* Largest batch number of one layer directory; x and y both counted. */
-static cltfs_err scan_layer(const plan *p, int layer, long long *maxk, uint64_t *bytes)
+static cltfs_err scan_layer(const plan *p, int layer, int64_t *maxk, uint64_t *bytes)
 {
 	char dir[PATH_MAX];
 	snprintf(dir, sizeof dir, "%s/L%d", p->src, layer);
@@ -78,11 +64,9 @@ static cltfs_err scan_layer(const plan *p, int layer, long long *maxk, uint64_t 
 		return cltfs_fail(CLTFS_E_IO, "%s: %s", dir, strerror(errno));
 	struct dirent *de;
 	while ((de = readdir(d))) {
-		size_t n = strlen(de->d_name);
-		long long k;
-		if (n < 12 || strncmp(de->d_name, "batch_", 6) || strcmp(de->d_name + n - 3, ".pt") ||
-		    de->d_name[n - 5] != '_' || (de->d_name[n - 4] != 'x' && de->d_name[n - 4] != 'y') ||
-		    !num(de->d_name + 6, n - 11, &k))
+		int64_t k;
+		int is_y;
+		if (!cltfs_parse_batch_name(de->d_name, &k, &is_y))
 			continue;
 		if (k > *maxk)
 			*maxk = k;
@@ -106,10 +90,10 @@ static cltfs_err list_tree(plan *p)
 	struct dirent *de;
 	cltfs_err e = CLTFS_OK;
 	while (!e && (de = readdir(d))) {
-		long long L;
+		int64_t L;
 		char path[PATH_MAX];
 		struct stat st;
-		if (de->d_name[0] != 'L' || !num(de->d_name + 1, strlen(de->d_name + 1), &L) || L >= 4096)
+		if (de->d_name[0] != 'L' || !cltfs_parse_dec(de->d_name + 1, strlen(de->d_name + 1), &L) || L >= 4096)
 			continue;
 		snprintf(path, sizeof path, "%s/%s", p->src, de->d_name);
 		if (stat(path, &st) || !S_ISDIR(st.st_mode))
@@ -131,7 +115,7 @@ static cltfs_err list_tree(plan *p)
 	if (!p->nlayers)
 		return cltfs_fail(CLTFS_E_FORMAT, "%s: no L<n>/ directories: not a CLT activation tree", p->src);
 	qsort(p->layers, (size_t)p->nlayers, sizeof *p->layers, cmp_int);
-	long long maxk = -1;
+	int64_t maxk = -1;
 	for (int i = 0; !e && i < p->nlayers; i++)
 		e = scan_layer(p, p->layers[i], &maxk, &p->src_bytes);
 	if (!e && maxk < 0)
@@ -362,21 +346,16 @@ static cltfs_err plan_targets(plan *p)
 static cltfs_err plan_manifest(plan *p)
 {
 	cltfs_manifest *m = p->m;
-	m->version = 1;
 	m->target_offset = p->o->target_offset;
-	m->input_hook = strdup("mlp_in");
 	m->source_kind = strdup("import");
 	char abs[PATH_MAX];
 	m->source_path = strdup(realpath(p->src, abs) ? abs : p->src);
-	if (!m->input_hook || !m->source_kind || !m->source_path)
+	if (!m->source_kind || !m->source_path)
 		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
 	cltfs_err e;
 	if ((e = plan_batches(p)) || (e = plan_targets(p)))
 		return e;
-	size_t row = (size_t)m->d_model * cltfs_dtype_size(m->dtype);
-	m->chunk_rows = p->o->chunk_rows > 0 ? p->o->chunk_rows : (int64_t)((1u << 20) / row);
-	if (m->chunk_rows < 1)
-		m->chunk_rows = 1;
+	m->chunk_rows = p->o->chunk_rows > 0 ? p->o->chunk_rows : cltfs_default_chunk_rows(m->d_model, m->dtype);
 	m->batch_samples = p->S[0];
 	m->n_x_layers = p->nlayers;
 	m->x_layers = malloc((size_t)p->nlayers * sizeof *m->x_layers);
@@ -784,11 +763,11 @@ static cltfs_err prepare_store(const char *store, const cltfs_manifest *m)
 	return CLTFS_OK;
 }
 
-cltfs_err cmd_import(const char *store, const char *src, const import_opts *o)
+int cmd_import(const char *store, const char *src, const import_opts *o)
 {
 	plan p = {.src = src, .o = o, .t0 = cltfs_now()};
 	run r = {.p = &p};
-	cltfs_err e = (p.m = calloc(1, sizeof *p.m)) ? CLTFS_OK : cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	cltfs_err e = (p.m = cltfs_manifest_new()) ? CLTFS_OK : cltfs_fail(CLTFS_E_NOMEM, "out of memory");
 	if (!e)
 		e = list_tree(&p);
 	if (!e)
@@ -825,5 +804,7 @@ cltfs_err cmd_import(const char *store, const char *src, const import_opts *o)
 	free(r.gather);
 	free(r.piece);
 	free(r.own);
-	return e;
+	if (e)
+		fprintf(stderr, "cltfs: %s\n", cltfs_errmsg());
+	return e ? 1 : 0;
 }

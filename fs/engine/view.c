@@ -1,8 +1,7 @@
-/* view.c: the virtual namespace and the bytes of every view.
+/* view.c: the bytes of every view.
  *
- * A view (L<n>/batch_<k>_{x,y}.pt) is a pure function of the manifest and
- * the chunks.  Building one computes its object (dict, tensors, ints), the
- * pickle, and the zip layout (pt_file), plus, for each storage, the list of
+ * Building a view computes its object (dict, tensors, ints), the pickle,
+ * and the zip layout (pt_file), plus, for each storage, the list of
  * segments it is made of: runs of rows of one stream, or zero rows where a
  * sample is shorter than its batch's T.
  *
@@ -14,63 +13,20 @@
  * sent), the static zero page, and a small buffer of literal bytes: the
  * tensor data is never copied on the way to the kernel.
  *
- * Conversion (-o dtype=) is done when a chunk is loaded, so a converted
- * chunk is cached under its own key (the output dtype in bits 56..63) and
- * its CRC is computed once, there.
+ * Aliasing is the reference file's: y is targets[0] (one storage, as
+ * torch.save writes a tensor referenced twice) and every other target has
+ * a storage of its own, zero padding included, since a trainer may change
+ * targets in place.  -o share_zero_targets gives all zero targets of a
+ * file one storage (smaller files, the same values).
  */
-#include "fs.h"
+#include "engine_internal.h"
 
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define RA_QUEUE 64
-#define RA_THREADS 2   /* decoding local chunks */
-#define RA_TIER_THREADS 8 /* fetching from a tier: requests in flight */
 #define MAX_PIECES 64
-
-typedef struct {
-	int64_t first_sample, nsamples, tokens;
-	int64_t row0, nrows; /* for batch_rows */
-} group;
-
-/* Built views, direct-mapped by id: getattr, lookup and open of a file are
- * frequent, and building a view (its pickle and zip layout) each time cost
- * more than the request itself. */
-#define VCACHE 4096
-typedef struct {
-	uint64_t id; /* 1 + (layer_idx * nbatches + batch) * 2 + is_y; 0 empty */
-	view *v;
-} vslot;
-
-struct cltfs_fs {
-	cltfs_store *s;
-	const cltfs_manifest *m;
-	cltfs_opts o;
-	chunk_cache *cache;
-	cltfs_stats st;
-	group *groups;
-	int64_t ngroups;
-	cltfs_dtype in_dt, out_dt;
-	uint64_t conv; /* cache key bits for the output dtype, 0 if none */
-	size_t row_in, row_out;
-	pthread_key_t zkey;
-	/* readahead: a bounded queue of chunk keys; mu guards it */
-	pthread_mutex_t ra_mu;
-	pthread_cond_t ra_cv;
-	uint64_t ra_q[RA_QUEUE];
-	size_t ra_head, ra_len;
-	bool ra_stop;
-	pthread_t ra_thr[RA_TIER_THREADS];
-	int ra_n;
-	pthread_t warm_thr;
-	bool warming;
-	atomic_bool stopping; /* unmounting: the warm-up thread gives up */
-	size_t chunk_bytes; /* the largest chunk, as served */
-	pthread_mutex_t vmu; /* guards vcache */
-	vslot *vcache;
-};
 
 typedef struct {
 	int64_t row, nrows; /* stream rows, or zero rows when zero */
@@ -94,335 +50,6 @@ struct view {
 };
 
 static const uint8_t zero_page[1 << 20];
-
-cltfs_store *fs_store(cltfs_fs *fs) { return fs->s; }
-cltfs_stats *fs_stats(cltfs_fs *fs) { return &fs->st; }
-int fs_nlayers(const cltfs_fs *fs) { return fs->m->n_x_layers; }
-int fs_layer(const cltfs_fs *fs, int i) { return fs->m->x_layers[i]; }
-int64_t fs_nbatches(const cltfs_fs *fs) { return fs->ngroups; }
-
-/* ---- per-thread decoder contexts ---- */
-
-typedef struct {
-	cltfs_zctx *z;
-	uint8_t *raw; /* a converted chunk's stored bytes */
-	size_t cap;
-	uint8_t *lit; /* a read's literal bytes */
-	size_t litcap;
-} thread_ctx;
-
-static void free_thread(void *p)
-{
-	thread_ctx *t = p;
-	if (t) {
-		cltfs_zctx_free(t->z);
-		free(t->raw);
-		free(t->lit);
-		free(t);
-	}
-}
-
-static thread_ctx *thread_state(cltfs_fs *fs)
-{
-	thread_ctx *t = pthread_getspecific(fs->zkey);
-	if (t)
-		return t;
-	if (!(t = calloc(1, sizeof *t)) || !(t->z = cltfs_zctx_new())) {
-		free(t);
-		return NULL;
-	}
-	pthread_setspecific(fs->zkey, t);
-	return t;
-}
-
-static uint8_t *scratch(thread_ctx *t, size_t n)
-{
-	return cltfs_reserve(&t->raw, &t->cap, n) ? t->raw : NULL;
-}
-
-/* ---- loading a chunk into the cache ---- */
-
-#define KEY_MASK ((UINT64_C(1) << 56) - 1)
-
-/* Decode straight into the cache's buffer; a conversion decodes into the
- * thread's scratch first. */
-static cltfs_err load_chunk(void *arg, uint64_t ckey, uint8_t *buf, size_t cap, size_t *len, uint32_t *crc)
-{
-	cltfs_fs *fs = arg;
-	uint64_t key = ckey & KEY_MASK;
-	cltfs_rec rec;
-	char k[48];
-	bool local = store_lookup(fs->s, key, &rec);
-	cltfs_tier *tier = fs->o.tier;
-	if (!local && !tier)
-		return cltfs_fail(CLTFS_E_NOTFOUND, "%s: chunk %s is not in the store", store_dir(fs->s),
-				  cltfs_key_str(key, k, sizeof k));
-	thread_ctx *t = thread_state(fs);
-	/* Sizes come from the manifest: a tier's record is only known after
-	 * its load. */
-	size_t rsize = store_chunk_raw(fs->s, cltfs_key_chunk(key));
-	size_t n = rsize / cltfs_dtype_size(fs->in_dt), out = n * cltfs_dtype_size(fs->out_dt);
-	if (out > cap || (local && rec.rsize != rsize))
-		return cltfs_fail(CLTFS_E_CORRUPT, "chunk %s is larger than any chunk of the store",
-				  cltfs_key_str(key, k, sizeof k));
-	uint8_t *raw = !t ? NULL : fs->conv ? scratch(t, rsize) : buf;
-	if (!raw)
-		return cltfs_fail(CLTFS_E_NOMEM, "out of memory loading chunk %s", cltfs_key_str(key, k, sizeof k));
-	cltfs_err e = local ? store_read_chunk(fs->s, &rec, t->z, raw) : tier->load(tier, key, t->z, raw, rsize, &rec);
-	if (e)
-		return e;
-	atomic_fetch_add(local ? &fs->st.store_loads : &fs->st.tier_loads, 1);
-	*len = out;
-	if (!fs->conv) {
-		*crc = rec.crc;
-		return CLTFS_OK;
-	}
-	cltfs_convert(fs->out_dt, buf, fs->in_dt, raw, n);
-	*crc = cltfs_crc32(0, buf, out);
-	return CLTFS_OK;
-}
-
-static cltfs_err get_chunk(cltfs_fs *fs, uint64_t key, chunk **out)
-{
-	bool hit;
-	cltfs_err e = cache_get(fs->cache, key | fs->conv, out, &hit);
-	if (!e && hit)
-		atomic_fetch_add(&fs->st.mem_hits, 1);
-	return e;
-}
-
-/* ---- readahead ---- */
-
-static void *ra_main(void *arg)
-{
-	cltfs_fs *fs = arg;
-	pthread_mutex_lock(&fs->ra_mu);
-	for (;;) {
-		while (!fs->ra_len && !fs->ra_stop)
-			pthread_cond_wait(&fs->ra_cv, &fs->ra_mu);
-		if (fs->ra_stop)
-			break;
-		uint64_t key = fs->ra_q[fs->ra_head];
-		fs->ra_head = (fs->ra_head + 1) % RA_QUEUE;
-		fs->ra_len--;
-		pthread_mutex_unlock(&fs->ra_mu);
-		chunk *ch;
-		if (!cache_has(fs->cache, key | fs->conv) && !get_chunk(fs, key, &ch)) {
-			atomic_fetch_add(&fs->st.readahead, 1);
-			cache_put(fs->cache, ch);
-		}
-		pthread_mutex_lock(&fs->ra_mu);
-	}
-	pthread_mutex_unlock(&fs->ra_mu);
-	return NULL;
-}
-
-static void ra_push(cltfs_fs *fs, uint64_t key)
-{
-	if (cache_has(fs->cache, key | fs->conv))
-		return;
-	pthread_mutex_lock(&fs->ra_mu);
-	bool queued = false;
-	for (size_t i = 0; i < fs->ra_len; i++)
-		if (fs->ra_q[(fs->ra_head + i) % RA_QUEUE] == key)
-			queued = true;
-	if (!queued && fs->ra_len < RA_QUEUE) {
-		fs->ra_q[(fs->ra_head + fs->ra_len) % RA_QUEUE] = key;
-		fs->ra_len++;
-		pthread_cond_signal(&fs->ra_cv);
-	}
-	pthread_mutex_unlock(&fs->ra_mu);
-}
-
-/* ---- the filesystem ---- */
-
-static void *warm_main(void *arg)
-{
-	cltfs_fs *fs = arg;
-	cache_reserve(fs->cache, fs->o.cache_mb << 20, &fs->stopping);
-	return NULL;
-}
-
-static cltfs_err make_groups(cltfs_fs *fs)
-{
-	const cltfs_manifest *m = fs->m;
-	if (fs->o.batch_rows) {
-		fs->ngroups = (m->total_rows + fs->o.batch_rows - 1) / fs->o.batch_rows;
-	} else if (!fs->o.batch_samples || (fs->o.batch_samples == m->batch_samples)) {
-		fs->ngroups = m->n_batches;
-	} else {
-		fs->ngroups = (m->n_samples + fs->o.batch_samples - 1) / fs->o.batch_samples;
-	}
-	fs->groups = calloc((size_t)fs->ngroups + 1, sizeof *fs->groups);
-	if (!fs->groups)
-		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
-	for (int64_t g = 0; g < fs->ngroups; g++) {
-		group *gr = &fs->groups[g];
-		if (fs->o.batch_rows) {
-			gr->row0 = g * fs->o.batch_rows;
-			gr->nrows = m->total_rows - gr->row0 < fs->o.batch_rows ? m->total_rows - gr->row0
-										 : fs->o.batch_rows;
-			continue;
-		}
-		if (fs->ngroups == m->n_batches && (!fs->o.batch_samples || fs->o.batch_samples == m->batch_samples)) {
-			gr->first_sample = m->batches[g].first_sample;
-			gr->nsamples = m->batches[g].samples;
-			gr->tokens = m->batches[g].tokens;
-		} else {
-			gr->first_sample = g * fs->o.batch_samples;
-			gr->nsamples = m->n_samples - gr->first_sample < fs->o.batch_samples
-					       ? m->n_samples - gr->first_sample
-					       : fs->o.batch_samples;
-			for (int64_t i = 0; i < gr->nsamples; i++)
-				if (m->samples[gr->first_sample + i].rows > gr->tokens)
-					gr->tokens = m->samples[gr->first_sample + i].rows;
-		}
-	}
-	return CLTFS_OK;
-}
-
-cltfs_err fs_new(cltfs_store *s, const cltfs_opts *o, cltfs_fs **out)
-{
-	cltfs_fs *fs = calloc(1, sizeof *fs);
-	if (!fs)
-		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
-	fs->s = s;
-	fs->m = store_manifest(s);
-	fs->o = *o;
-	fs->in_dt = fs->m->dtype;
-	fs->out_dt = o->dtype < 0 ? fs->in_dt : (cltfs_dtype)o->dtype;
-	fs->conv = fs->out_dt == fs->in_dt ? 0 : (uint64_t)(fs->out_dt + 1) << 56;
-	fs->row_in = (size_t)fs->m->d_model * cltfs_dtype_size(fs->in_dt);
-	fs->row_out = (size_t)fs->m->d_model * cltfs_dtype_size(fs->out_dt);
-	pthread_mutex_init(&fs->ra_mu, NULL);
-	pthread_cond_init(&fs->ra_cv, NULL);
-	pthread_mutex_init(&fs->vmu, NULL);
-	cltfs_err e = (fs->vcache = calloc(VCACHE, sizeof *fs->vcache)) ? CLTFS_OK
-									: cltfs_fail(CLTFS_E_NOMEM, "out of memory");
-	if (o->batch_rows && o->batch_samples)
-		e = cltfs_fail(CLTFS_E_INVAL, "batch_rows and batch_samples exclude each other");
-	if (!e && pthread_key_create(&fs->zkey, free_thread))
-		e = cltfs_fail(CLTFS_E_NOMEM, "no thread key");
-	if (!e)
-		e = make_groups(fs);
-	size_t biggest = 0; /* the largest chunk, in the output dtype */
-	for (int64_t c = 0; c < fs->m->n_chunks; c++) {
-		size_t rows = (size_t)(fs->m->chunk_start[c + 1] - fs->m->chunk_start[c]);
-		biggest = rows * fs->row_out > biggest ? rows * fs->row_out : biggest;
-	}
-	fs->chunk_bytes = biggest;
-	if (!e && !(fs->cache = cache_new(o->cache_mb << 20, biggest, load_chunk, fs)))
-		e = cltfs_fail(CLTFS_E_NOMEM, "out of memory");
-	if (!e && o->prefault && !pthread_create(&fs->warm_thr, NULL, warm_main, fs))
-		fs->warming = true;
-	int nra = o->readahead <= 0 ? 0 : o->tier ? RA_TIER_THREADS : RA_THREADS;
-	for (int i = 0; !e && i < nra; i++)
-		if (!pthread_create(&fs->ra_thr[i], NULL, ra_main, fs))
-			fs->ra_n++;
-	if (e) {
-		fs_free(fs);
-		return e;
-	}
-	*out = fs;
-	return CLTFS_OK;
-}
-
-void fs_free(cltfs_fs *fs)
-{
-	if (!fs)
-		return;
-	atomic_store(&fs->stopping, true);
-	pthread_mutex_lock(&fs->ra_mu);
-	fs->ra_stop = true;
-	pthread_cond_broadcast(&fs->ra_cv);
-	pthread_mutex_unlock(&fs->ra_mu);
-	for (int i = 0; i < fs->ra_n; i++)
-		pthread_join(fs->ra_thr[i], NULL);
-	if (fs->warming)
-		pthread_join(fs->warm_thr, NULL);
-	for (size_t i = 0; fs->vcache && i < VCACHE; i++)
-		view_close(fs->vcache[i].v);
-	free(fs->vcache);
-	pthread_mutex_destroy(&fs->vmu);
-	cache_free(fs->cache);
-	free(fs->groups);
-	free_thread(pthread_getspecific(fs->zkey));
-	pthread_setspecific(fs->zkey, NULL);
-	pthread_key_delete(fs->zkey);
-	pthread_mutex_destroy(&fs->ra_mu);
-	pthread_cond_destroy(&fs->ra_cv);
-	free(fs);
-}
-
-char *fs_stats_json(cltfs_fs *fs)
-{
-	size_t bytes, entries, limit;
-	cache_usage(fs->cache, &bytes, &entries, &limit);
-	unsigned long long reads = fs->st.reads, tier = fs->st.tier_loads;
-	cltfs_tier *t = fs->o.tier;
-	bool is_hub = t && !strcmp(t->name, "hub");
-	unsigned long long hub = is_hub ? tier : 0, capture = is_hub ? 0 : tier;
-	char extra[512] = "";
-	if (t && t->stats) /* the tier's own counters: requests, retries, batches */
-		t->stats(t, extra, sizeof extra);
-	char *out = malloc(2048);
-	if (!out)
-		return NULL;
-	snprintf(out, 2048,
-		 "{\"chunks\": {\"memory\": %llu, \"store\": %llu, \"hub\": %llu, \"capture\": %llu},\n"
-		 " \"bytes_read\": %llu, \"reads\": %llu, \"errors\": %llu,\n"
-		 " \"cache\": {\"bytes\": %zu, \"limit\": %zu, \"entries\": %zu},\n"
-		 " \"readahead\": %llu, \"latency_us\": {\"mean\": %llu, \"max\": %llu}%s%s%s%s}\n",
-		 (unsigned long long)fs->st.mem_hits, (unsigned long long)fs->st.store_loads, hub, capture,
-		 (unsigned long long)fs->st.bytes_read, reads, (unsigned long long)fs->st.errors, bytes,
-		 limit, entries, (unsigned long long)fs->st.readahead,
-		 reads ? (unsigned long long)fs->st.lat_us_sum / reads : 0ULL,
-		 (unsigned long long)fs->st.lat_us_max, *extra ? ",\n \"" : "", *extra ? t->name : "",
-		 *extra ? "\": " : "", extra);
-	return out;
-}
-
-/* ---- names ---- */
-
-/* A decimal without sign or leading zeros (so each number has one name). */
-static bool parse_num(const char *s, size_t n, int64_t *v)
-{
-	if (!n || n > 12 || (n > 1 && s[0] == '0'))
-		return false;
-	int64_t x = 0;
-	for (size_t i = 0; i < n; i++) {
-		if (s[i] < '0' || s[i] > '9')
-			return false;
-		x = x * 10 + (s[i] - '0');
-	}
-	*v = x;
-	return true;
-}
-
-int fs_find_layer(const cltfs_fs *fs, const char *name)
-{
-	int64_t L;
-	if (name[0] != 'L' || !parse_num(name + 1, strlen(name + 1), &L))
-		return -1;
-	for (int i = 0; i < fs->m->n_x_layers; i++)
-		if (fs->m->x_layers[i] == L)
-			return i;
-	return -1;
-}
-
-bool fs_parse_view(const cltfs_fs *fs, const char *name, int64_t *batch, int *is_y)
-{
-	size_t n = strlen(name);
-	if (n < 12 || strncmp(name, "batch_", 6) || strcmp(name + n - 3, ".pt") || name[n - 5] != '_')
-		return false;
-	char which = name[n - 4];
-	if (which != 'x' && which != 'y')
-		return false;
-	if (!parse_num(name + 6, n - 11, batch) || *batch >= fs->ngroups)
-		return false;
-	*is_y = which == 'y';
-	return true;
-}
 
 /* ---- building a view ---- */
 
@@ -585,8 +212,8 @@ static cltfs_err build_obj(cltfs_fs *fs, view *v, pt_arena *a, int layer, int is
 			if ((e = add_source(v, CLTFS_STREAM_MLP, t, segs, nseg, nbytes, fs->row_out)))
 				return e;
 			key = v->nst - 1;
-		} else { /* zero padding: every such tensor shares one storage */
-			if (zero_key < 0) {
+		} else { /* zero padding: a storage of its own, or one shared by all */
+			if (zero_key < 0 || !fs->o.share_zero_targets) {
 				if ((e = add_source(v, -1, 0, NULL, 0, nbytes, fs->row_out)))
 					return e;
 				zero_key = (int)v->nst - 1;
@@ -674,6 +301,20 @@ cltfs_err view_open(cltfs_fs *fs, int layer_idx, int64_t batch, int is_y, view *
 
 uint64_t view_size(const view *v) { return pt_file_size(v->pf); }
 
+cltfs_err view_cache_new(cltfs_fs *fs)
+{
+	fs->vcache = calloc(VCACHE, sizeof *fs->vcache);
+	return fs->vcache ? CLTFS_OK : cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+}
+
+void view_cache_free(cltfs_fs *fs)
+{
+	for (size_t i = 0; fs->vcache && i < VCACHE; i++)
+		view_close(fs->vcache[i].v);
+	free(fs->vcache);
+	fs->vcache = NULL;
+}
+
 cltfs_err view_get(cltfs_fs *fs, int layer_idx, int64_t batch, int is_y, view **out)
 {
 	uint64_t id = 1 + ((uint64_t)layer_idx * (uint64_t)fs->ngroups + (uint64_t)batch) * 2 + (uint64_t)is_y;
@@ -707,7 +348,7 @@ void view_put(view *v)
 		view_close(v);
 }
 
-cltfs_err fs_view_size(cltfs_fs *fs, int layer_idx, int64_t batch, int is_y, uint64_t *size)
+cltfs_err view_size_of(cltfs_fs *fs, int layer_idx, int64_t batch, int is_y, uint64_t *size)
 {
 	view *v;
 	cltfs_err e = view_get(fs, layer_idx, batch, is_y, &v);
@@ -742,19 +383,15 @@ static cltfs_err stream_crc(cltfs_fs *fs, int kind, int layer, uint64_t p, uint6
 		int64_t c = chunk_span(fs, p, n, &cs, &len, &take);
 		uint64_t key = cltfs_key((unsigned)kind, (unsigned)layer, (uint32_t)c);
 		uint32_t part;
-		cltfs_rec rec;
-		if (p == cs && take == len && !fs->conv &&
-		    (store_lookup(fs->s, key, &rec) ||
-		     (fs->o.tier && fs->o.tier->lookup && fs->o.tier->lookup(fs->o.tier, key, &rec)))) {
-			part = rec.crc; /* a whole chunk: from an index, nothing decoded or fetched */
-		} else {
+		/* a whole chunk: its CRC from an index, nothing decoded or fetched */
+		if (!(p == cs && take == len && fs_chunk_crc(fs, key, &part))) {
 			chunk *ch;
-			cltfs_err e = get_chunk(fs, key, &ch);
+			cltfs_err e = fs_chunk(fs, key, &ch);
 			if (e)
 				return e;
 			part = p == cs && take == ch->len ? ch->crc
 							  : cltfs_crc32(0, ch->data + (p - cs), (size_t)take);
-			cache_put(fs->cache, ch);
+			fs_chunk_put(fs, ch);
 		}
 		*crc = cltfs_crc32_combine(*crc, part, take);
 		p += take;
@@ -845,11 +482,11 @@ static cltfs_err stream_iov(cltfs_fs *fs, int kind, int layer, uint64_t p, uint6
 		uint64_t cs, len, take;
 		int64_t c = chunk_span(fs, p, n, &cs, &len, &take);
 		chunk *ch;
-		cltfs_err e = get_chunk(fs, cltfs_key((unsigned)kind, (unsigned)layer, (uint32_t)c), &ch);
+		cltfs_err e = fs_chunk(fs, cltfs_key((unsigned)kind, (unsigned)layer, (uint32_t)c), &ch);
 		if (e)
 			return e;
 		if ((e = add_ref(b, ch))) {
-			cache_put(fs->cache, ch);
+			fs_chunk_put(fs, ch);
 			return e;
 		}
 		if (ch->len != len)
@@ -891,7 +528,7 @@ static cltfs_err source_iov(cltfs_fs *fs, const source *s, uint64_t off, uint64_
 			int64_t c0 = cltfs_manifest_chunk_of(fs->m, (int64_t)(p / fs->row_out));
 			int64_t c1 = cltfs_manifest_chunk_of(fs->m, (int64_t)((p + take - 1) / fs->row_out));
 			for (int64_t c = c0; c <= c1; c++)
-				ra_push(fs, cltfs_key((unsigned)s->kind, (unsigned)s->layer, (uint32_t)c));
+				fs_readahead_push(fs, cltfs_key((unsigned)s->kind, (unsigned)s->layer, (uint32_t)c));
 		}
 		if (e)
 			return e;
@@ -901,19 +538,10 @@ static cltfs_err source_iov(cltfs_fs *fs, const source *s, uint64_t off, uint64_
 	return CLTFS_OK;
 }
 
-/* The literal bytes of a read (headers, pickle) go to a per-thread buffer
- * that lives on: a fresh one per read would fault its pages in each time.
- * A view_buf is consumed before its thread reads again. */
-static uint8_t *literal_buf(cltfs_fs *fs, size_t n)
-{
-	thread_ctx *t = thread_state(fs);
-	return t && cltfs_reserve(&t->lit, &t->litcap, n) ? t->lit : NULL;
-}
-
 void view_buf_release(cltfs_fs *fs, view_buf *b)
 {
 	for (size_t i = 0; i < b->nrefs; i++)
-		cache_put(fs->cache, b->refs[i]);
+		fs_chunk_put(fs, b->refs[i]);
 	free(b->refs);
 	free(b->iov);
 	memset(b, 0, sizeof *b);
@@ -931,7 +559,7 @@ cltfs_err view_read(cltfs_fs *fs, view *v, uint64_t off, size_t len, view_buf *b
 		len = (size_t)(size - off);
 	/* A tier fetches over the network: ask for all of this read's chunks at
 	 * once, so that they travel in parallel rather than one after another. */
-	if (fs->o.tier && fs->ra_n)
+	if (fs->o.ntiers && fs->ra_n)
 		queue_range(fs, v, off, len);
 	cltfs_err e = ensure_crcs(fs, v, off, len);
 	pt_piece pc[MAX_PIECES];
@@ -943,7 +571,7 @@ cltfs_err view_read(cltfs_fs *fs, view *v, uint64_t off, size_t len, view_buf *b
 		for (size_t i = 0; !e && i < n; i++) {
 			if (pc[i].storage >= 0) {
 				e = source_iov(fs, &v->st[pc[i].storage], pc[i].off, pc[i].len, b);
-			} else if (!b->lit && !(b->lit = literal_buf(fs, len))) {
+			} else if (!b->lit && !(b->lit = fs_literal_buf(fs, len))) {
 				e = cltfs_fail(CLTFS_E_NOMEM, "out of memory");
 			} else {
 				uint8_t *dst = b->lit + (pos - off);

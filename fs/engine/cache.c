@@ -13,7 +13,9 @@
  * Keys hash to one of several shards, each with its own lock, table, LRU
  * list and share of the byte budget.  Loads run outside every lock.
  */
-#include "fs.h"
+#include "cache.h"
+
+#include <pthread.h>
 
 #include <stdlib.h>
 #include <string.h>
@@ -174,6 +176,14 @@ static void destroy(chunk_cache *c, shard *s, chunk *ch)
 	free(ch);
 }
 
+/* A failed chunk is out of the table and counted nowhere. */
+static void destroy_failed(chunk_cache *c, chunk *ch)
+{
+	buf_put(c, ch->data);
+	free(ch->errmsg);
+	free(ch);
+}
+
 /* Free least recently used idle chunks until the shard fits its budget. */
 static void evict(chunk_cache *c, shard *s)
 {
@@ -226,14 +236,12 @@ cltfs_err cache_get(chunk_cache *c, uint64_t key, chunk **out, bool *hit)
 		lru_remove(ch);
 		while (ch->state == LOADING)
 			pthread_cond_wait(&s->cv, &s->mu);
-		if (ch->state == FAILED) {
-			cltfs_err e = ch->err;
-			if (--ch->refs == 0) { /* the loader already unlinked it */
-				buf_put(c, ch->data);
-				free(ch);
-			}
+		if (ch->state == FAILED) { /* the loader's error and message, for every waiter */
+			cltfs_err e = cltfs_fail(ch->err, "%s", ch->errmsg ? ch->errmsg : "out of memory");
+			if (--ch->refs == 0) /* the loader already unlinked it */
+				destroy_failed(c, ch);
 			pthread_mutex_unlock(&s->mu);
-			return cltfs_fail(e, "chunk load failed in another reader");
+			return e;
 		}
 		*hit = true;
 		*out = ch;
@@ -262,15 +270,14 @@ cltfs_err cache_get(chunk_cache *c, uint64_t key, chunk **out, bool *hit)
 		/* Waiters see the error once; the next reader retries the load. */
 		ch->state = FAILED;
 		ch->err = e;
+		ch->errmsg = strdup(cltfs_errmsg()); /* NULL: waiters say "out of memory" */
 		unlink_hash(s, ch);
 		s->entries--;
 		ch->refs--;
 		pthread_cond_broadcast(&s->cv);
-		/* Free once nobody waits: the last waiter's put does it. */
-		if (ch->refs == 0) {
-			buf_put(c, ch->data);
-			free(ch);
-		}
+		/* Free once nobody waits: the last waiter does it. */
+		if (ch->refs == 0)
+			destroy_failed(c, ch);
 		pthread_mutex_unlock(&s->mu);
 		return e;
 	}
@@ -290,8 +297,7 @@ void cache_put(chunk_cache *c, chunk *ch)
 	pthread_mutex_lock(&s->mu);
 	if (--ch->refs == 0) {
 		if (ch->state == FAILED) { /* already out of the table */
-			buf_put(c, ch->data);
-			free(ch);
+			destroy_failed(c, ch);
 		} else {
 			ch->next = s->lru.next; /* most recent first */
 			ch->prev = &s->lru;

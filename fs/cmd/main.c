@@ -1,5 +1,6 @@
-/* main.c: the command line: subcommands, or a mount. */
-#include "fs.h"
+/* main.c: the command line: a subcommand (cmd.h), or a mount (edge.h). */
+#include "cmd.h"
+#include "edge.h"
 
 #include <getopt.h>
 #include <stdio.h>
@@ -14,12 +15,18 @@ static int usage_error(const char *msg)
 
 static bool parse_int(const char *s, long lo, long hi, int *out)
 {
-	char *end;
-	long v = strtol(s, &end, 10);
-	if (!*s || *end || v < lo || v > hi)
+	int64_t v;
+	if (!cltfs_parse_dec(s, strlen(s), &v) || v < lo || v > hi)
 		return false;
 	*out = (int)v;
 	return true;
+}
+
+/* "A<sep>B": two numbers as cltfs_parse_dec reads them. */
+static bool parse_pair(const char *s, char sep, int64_t *a, int64_t *b)
+{
+	const char *mid = strchr(s, sep);
+	return mid && cltfs_parse_dec(s, (size_t)(mid - s), a) && cltfs_parse_dec(mid + 1, strlen(mid + 1), b);
 }
 
 static int main_import(int argc, char **argv)
@@ -50,7 +57,7 @@ static int main_import(int argc, char **argv)
 			o.quiet = true;
 			break;
 		case 'h':
-			cltfs_usage(stdout);
+			cmd_usage(stdout);
 			return 0;
 		default:
 			return 2;
@@ -58,11 +65,7 @@ static int main_import(int argc, char **argv)
 	}
 	if (argc - optind != 2)
 		return usage_error("import takes STORE and SRC_DIR");
-	if (cmd_import(argv[optind], argv[optind + 1], &o)) {
-		fprintf(stderr, "cltfs: %s\n", cltfs_errmsg());
-		return 1;
-	}
-	return 0;
+	return cmd_import(argv[optind], argv[optind + 1], &o);
 }
 
 static int main_stat(int argc, char **argv)
@@ -91,7 +94,7 @@ static int main_pull(int argc, char **argv)
 		if (!strcmp(argv[i], "--quiet") || !strcmp(argv[i], "-q"))
 			quiet = true;
 		else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-			cltfs_usage(stdout);
+			cmd_usage(stdout);
 			return 0;
 		} else if (argv[i][0] == '-' || n == 2)
 			return usage_error("pull takes SOURCE STORE [--quiet]");
@@ -99,12 +102,6 @@ static int main_pull(int argc, char **argv)
 			arg[n++] = argv[i];
 	}
 	return n == 2 ? cmd_pull(arg[0], arg[1], quiet) : usage_error("pull takes SOURCE STORE");
-}
-
-static int fail_msg(void)
-{
-	fprintf(stderr, "cltfs: %s\n", cltfs_errmsg());
-	return 1;
 }
 
 static int main_init(int argc, char **argv)
@@ -160,7 +157,7 @@ static int main_init(int argc, char **argv)
 			if (!parse_int(optarg, 1, 1 << 20, &o.batch_samples))
 				return usage_error("--batch-samples takes a number from 1 to 1048576");
 			break;
-		case 'h': cltfs_usage(stdout); return 0;
+		case 'h': cmd_usage(stdout); return 0;
 		default: return 2;
 		}
 	}
@@ -168,53 +165,56 @@ static int main_init(int argc, char **argv)
 		return usage_error("init takes one STORE");
 	if (!o.model || !o.dataset || !o.image_dir)
 		return usage_error("init needs --model DIR, --dataset QUERIES.json and --image-dir DIR");
-	return cmd_init(argv[optind], &o) ? fail_msg() : 0;
+	return cmd_init(argv[optind], &o);
 }
 
 static int main_capture(int argc, char **argv)
 {
-	capture_opts o = {.load = {.dtype = -1}};
+	capture_opts o = {.cfg = {.load = {.dtype = -1}}};
 	static const struct option lo[] = {
 		{"rows", required_argument, 0, 'r'},  {"shard", required_argument, 0, 's'},
 		{"dtype", required_argument, 0, 'd'}, {"threads", required_argument, 0, 'j'},
 		{"cpu", no_argument, 0, 'C'},         {"quiet", no_argument, 0, 'Q'},
-		{"batch", required_argument, 0, 'B'}, {"help", no_argument, 0, 'h'},
+		{"batch", required_argument, 0, 'B'}, {"model", required_argument, 0, 'm'},
+		{"image-dir", required_argument, 0, 'i'}, {"help", no_argument, 0, 'h'},
 		{0, 0, 0, 0},
 	};
 	int ch;
-	long long a, b;
-	char tail;
+	int64_t a, b;
 	cltfs_dtype dt;
 	optind = 1;
 	while ((ch = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
 		switch (ch) {
 		case 'r':
-			if (sscanf(optarg, "%lld:%lld%c", &a, &b, &tail) != 2 || a < 0 || b <= a)
+			if (!parse_pair(optarg, ':', &a, &b) || b <= a)
 				return usage_error("--rows takes A:B with 0 <= A < B");
 			o.row0 = a;
 			o.row1 = b;
 			break;
 		case 's':
-			if (sscanf(optarg, "%d/%d%c", &o.shard, &o.shards, &tail) != 2 || o.shards < 1 || o.shard < 1 ||
-			    o.shard > o.shards)
+			if (!parse_pair(optarg, '/', &a, &b) || b < 1 || b > INT32_MAX || a < 1 || a > b)
 				return usage_error("--shard takes I/N with 1 <= I <= N");
+			o.shard = (int)a;
+			o.shards = (int)b;
 			break;
 		case 'd':
 			if (!cltfs_dtype_parse(optarg, &dt))
 				return usage_error("--dtype takes bfloat16, float16 or float32");
-			o.load.dtype = (int)dt;
+			o.cfg.load.dtype = (int)dt;
 			break;
 		case 'j':
-			if (!parse_int(optarg, 1, 1024, &o.load.threads))
+			if (!parse_int(optarg, 1, 1024, &o.cfg.load.threads))
 				return usage_error("--threads takes a number from 1 to 1024");
 			break;
-		case 'C': o.load.cpu = true; break;
+		case 'C': o.cfg.load.cpu = true; break;
 		case 'B':
-			if (!parse_int(optarg, 1, 64, &o.load.batch))
+			if (!parse_int(optarg, 1, 64, &o.cfg.load.batch))
 				return usage_error("--batch takes a number of samples from 1 to 64");
 			break;
+		case 'm': o.cfg.model = optarg; break;
+		case 'i': o.cfg.images = optarg; break;
 		case 'Q': o.quiet = true; break;
-		case 'h': cltfs_usage(stdout); return 0;
+		case 'h': cmd_usage(stdout); return 0;
 		default: return 2;
 		}
 	}
@@ -222,7 +222,7 @@ static int main_capture(int argc, char **argv)
 		return usage_error("--rows and --shard exclude each other");
 	if (argc - optind != 1)
 		return usage_error("capture takes one STORE");
-	return cmd_capture(argv[optind], &o) ? fail_msg() : 0;
+	return cmd_capture(argv[optind], &o);
 }
 
 /* As a mount helper (mount.cltfs), mount(8) passes "-n", "-v", "-s" (sloppy)
@@ -242,7 +242,7 @@ static int as_mount_helper(int argc, char **argv)
 		argv[n++] = argv[i];
 	}
 	argv[n] = NULL;
-	return fuse_main_cltfs(n, argv);
+	return edge_mount_main(n, argv, cmd_usage);
 }
 
 int main(int argc, char **argv)
@@ -252,7 +252,7 @@ int main(int argc, char **argv)
 	if (!strncmp(base, "mount.", 6))
 		return as_mount_helper(argc, argv);
 	if (argc < 2) {
-		cltfs_usage(stderr);
+		cmd_usage(stderr);
 		return 2;
 	}
 	const char *cmd = argv[1];
@@ -271,5 +271,5 @@ int main(int argc, char **argv)
 			return usage_error("verify takes STORE");
 		return cmd_verify(argv[2]);
 	}
-	return fuse_main_cltfs(argc, argv);
+	return edge_mount_main(argc, argv, cmd_usage);
 }

@@ -8,7 +8,9 @@
  * against its record, and appends it to the local store: the next read is
  * local.  Any other repo is served file by file (plain.c).
  */
-#include "fs.h"
+#include "hub.h"
+
+#include <pthread.h>
 
 #include <errno.h>
 #include <limits.h>
@@ -21,12 +23,12 @@
 
 
 typedef struct {
-	cltfs_tier base; /* first: the view code sees a cltfs_tier */
+	cltfs_tier base; /* first: the engine sees a cltfs_tier */
 	hf_repo *repo;
 	cltfs_store *remote, *local;
-	pthread_mutex_t mu; /* guards the writer and what follows */
+	store_writer *w;    /* thread-safe: adds and syncs need no lock here */
+	pthread_mutex_t mu; /* guards what follows */
 	pthread_cond_t cv;
-	store_writer *w;
 	size_t unsynced;
 	bool warned, syncing, stop;
 	pthread_t syncer;
@@ -37,9 +39,7 @@ struct hub_source {
 	hf_repo *repo;
 	hf_entry *entries;
 	size_t nentries;
-	cltfs_store *remote, *local;
-	hub_tier tier;
-	bool tier_ready;
+	cltfs_store *remote; /* a store repo's manifest and indexes; NULL otherwise */
 };
 
 static cltfs_err pack_path(const char *pack, char *buf, size_t n)
@@ -49,10 +49,22 @@ static cltfs_err pack_path(const char *pack, char *buf, size_t n)
 	return CLTFS_OK;
 }
 
-/* Keep a fetched frame in the local store: readable by this process at
- * once; made durable (visible to other processes) by the syncer about once
- * a second, off the read path: an fsync per frame would cost more than its
- * transfer, and what a crash loses is only fetched again. */
+/* Say once why fetched frames are not kept: the reads are still served. */
+static void warn_once(hub_tier *h, const char *msg)
+{
+	pthread_mutex_lock(&h->mu);
+	bool first = !h->warned;
+	h->warned = true;
+	pthread_mutex_unlock(&h->mu);
+	if (first)
+		cltfs_log("%s", msg);
+}
+
+/* Fetched frames are readable by this process at once; the syncer makes
+ * them durable (visible to other processes) about once a second, off the
+ * read path: an fsync per frame would cost more than its transfer, and
+ * what a crash loses is only fetched again.  The fsyncs run outside mu, so
+ * a read that keeps a frame never waits on the disk. */
 static void *syncer_main(void *arg)
 {
 	hub_tier *h = arg;
@@ -62,11 +74,14 @@ static void *syncer_main(void *arg)
 		clock_gettime(CLOCK_REALTIME, &t);
 		t.tv_sec += 1;
 		pthread_cond_timedwait(&h->cv, &h->mu, &t);
-		if (h->unsynced && store_writer_sync(h->w) && !h->warned) {
-			fs_log(cltfs_errmsg());
-			h->warned = true;
-		}
+		if (!h->unsynced)
+			continue;
 		h->unsynced = 0;
+		pthread_mutex_unlock(&h->mu);
+		cltfs_err e = store_writer_sync(h->w);
+		if (e)
+			warn_once(h, cltfs_errmsg());
+		pthread_mutex_lock(&h->mu);
 	}
 	pthread_mutex_unlock(&h->mu);
 	return NULL;
@@ -74,18 +89,16 @@ static void *syncer_main(void *arg)
 
 static void keep(hub_tier *h, const cltfs_rec *rec, const void *frame)
 {
-	pthread_mutex_lock(&h->mu);
-	cltfs_err e = store_writer_add_frame(h->w, rec, frame);
-	if (!e)
-		h->unsynced++;
-	/* Started here, not at open: a mount forks into the background after
-	 * opening its source, and threads do not survive the fork. */
-	if (!h->syncing && !pthread_create(&h->syncer, NULL, syncer_main, h))
-		h->syncing = true;
-	if (e && !h->warned) { /* the read is still served; say once why nothing is kept */
-		fs_log(cltfs_errmsg());
-		h->warned = true;
+	if (store_writer_add_frame(h->w, rec, frame)) {
+		warn_once(h, cltfs_errmsg());
+		return;
 	}
+	pthread_mutex_lock(&h->mu);
+	h->unsynced++;
+	/* Started here, not at open: a mount forks into the background after
+	 * opening its tiers, and threads do not survive the fork. */
+	if (!h->syncing && !h->stop && !pthread_create(&h->syncer, NULL, syncer_main, h))
+		h->syncing = true;
 	pthread_mutex_unlock(&h->mu);
 }
 
@@ -128,8 +141,66 @@ static void hub_stats(cltfs_tier *t, char *buf, size_t n)
 		 (unsigned long long)st->failures);
 }
 
-/* The local store: -o store=DIR, or one per repo and commit under
- * $XDG_CACHE_HOME/cltfs (~/.cache/cltfs). */
+static void hub_tier_close(cltfs_tier *t)
+{
+	hub_tier *h = (hub_tier *)t;
+	pthread_mutex_lock(&h->mu);
+	h->stop = true;
+	pthread_cond_signal(&h->cv);
+	pthread_mutex_unlock(&h->mu);
+	if (h->syncing)
+		pthread_join(h->syncer, NULL);
+	if (store_writer_close(h->w)) /* the last sync */
+		cltfs_log("%s", cltfs_errmsg());
+	pthread_mutex_destroy(&h->mu);
+	pthread_cond_destroy(&h->cv);
+	free(h);
+}
+
+/* Do two stores hold the same dataset?  Their manifests as served. */
+static cltfs_err same_manifest(const hub_source *h, const cltfs_store *local)
+{
+	char *a = cltfs_manifest_dump(store_manifest(local)), *b = cltfs_manifest_dump(store_manifest(h->remote));
+	cltfs_err e = CLTFS_OK;
+	if (!a || !b)
+		e = cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	else if (strcmp(a, b))
+		e = cltfs_fail(CLTFS_E_MISMATCH,
+			       "%s holds another dataset than hf://%s@%.12s (their cltfs.json differ): use another "
+			       "local store",
+			       store_dir(local), hf_repo_id(h->repo), hf_repo_commit(h->repo));
+	free(a);
+	free(b);
+	return e;
+}
+
+cltfs_err hub_tier_open(hub_source *h, cltfs_store *local, cltfs_tier **out)
+{
+	if (!h->remote)
+		return cltfs_fail(CLTFS_E_INVAL, "hf://%s has no cltfs.json at its root: it is not a cltfs store",
+				  hf_repo_id(h->repo));
+	cltfs_err e = same_manifest(h, local);
+	if (e)
+		return e;
+	hub_tier *t = calloc(1, sizeof *t);
+	if (!t)
+		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	if ((e = store_writer_open(local, "hub", &t->w))) {
+		free(t);
+		return e;
+	}
+	t->base = (cltfs_tier){"hub", hub_load, hub_lookup, hub_stats, hub_tier_close};
+	t->repo = h->repo;
+	t->remote = h->remote;
+	t->local = local;
+	pthread_mutex_init(&t->mu, NULL);
+	pthread_cond_init(&t->cv, NULL);
+	*out = &t->base;
+	return CLTFS_OK;
+}
+
+/* -o store=DIR, or one per repo and commit under $XDG_CACHE_HOME/cltfs
+ * (~/.cache/cltfs). */
 static void default_local(const hub_source *h, char *buf, size_t n)
 {
 	const char *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
@@ -140,11 +211,11 @@ static void default_local(const hub_source *h, char *buf, size_t n)
 		snprintf(buf, n, "%s/.cache/cltfs/hub/%s/%s", home ? home : "", folder, hf_repo_commit(h->repo));
 }
 
-/* Open the local store, creating it from the remote manifest; a store that
- * exists must hold the same manifest, or its chunks would be another
- * dataset's. */
-static cltfs_err open_local(hub_source *h, const char *dir)
+cltfs_err hub_local_store(hub_source *h, const char *dir, cltfs_store **out)
 {
+	if (!h->remote)
+		return cltfs_fail(CLTFS_E_INVAL, "hf://%s has no cltfs.json at its root: it is not a cltfs store",
+				  hf_repo_id(h->repo));
 	char buf[PATH_MAX];
 	if (!dir) {
 		default_local(h, buf, sizeof buf);
@@ -154,22 +225,15 @@ static cltfs_err open_local(hub_source *h, const char *dir)
 	char mpath[PATH_MAX + 16];
 	snprintf(mpath, sizeof mpath, "%s/cltfs.json", dir);
 	cltfs_err e = CLTFS_OK;
-	if (stat(mpath, &st) < 0) {
-		if ((e = cltfs_mkdirs(dir, strlen(dir))) || (e = store_create(dir, store_manifest(h->remote))))
-			return e;
-	}
-	if ((e = store_open(dir, &h->local)))
+	if (stat(mpath, &st) < 0 &&
+	    ((e = cltfs_mkdirs(dir, strlen(dir))) || (e = store_create(dir, store_manifest(h->remote)))))
 		return e;
-	char *a = cltfs_manifest_dump(store_manifest(h->local)), *b = cltfs_manifest_dump(store_manifest(h->remote));
-	if (!a || !b)
-		e = cltfs_fail(CLTFS_E_NOMEM, "out of memory");
-	else if (strcmp(a, b))
-		e = cltfs_fail(CLTFS_E_MISMATCH,
-			       "%s holds another dataset than hf://%s@%.12s (their cltfs.json differ): use another "
-			       "-o store= directory",
-			       dir, hf_repo_id(h->repo), hf_repo_commit(h->repo));
-	free(a);
-	free(b);
+	if ((e = store_open(dir, out)))
+		return e;
+	if ((e = same_manifest(h, *out))) {
+		store_close(*out);
+		*out = NULL;
+	}
 	return e;
 }
 
@@ -196,7 +260,7 @@ static cltfs_err open_remote(hub_source *h, const char *manifest)
 	return e ? cltfs_wrap(e, "hf://%s", hf_repo_id(h->repo)) : CLTFS_OK;
 }
 
-cltfs_err hub_open(const char *url, const char *local_store, hub_source **out)
+cltfs_err hub_open(const char *url, hub_source **out)
 {
 	hub_source *h = calloc(1, sizeof *h);
 	if (!h)
@@ -214,16 +278,6 @@ cltfs_err hub_open(const char *url, const char *local_store, hub_source **out)
 		e = hf_fetch(h->repo, "cltfs.json", &manifest);
 	if (!e && has_manifest)
 		e = open_remote(h, manifest);
-	if (!e && has_manifest)
-		e = open_local(h, local_store);
-	if (!e && has_manifest) {
-		h->tier = (hub_tier){.base = {"hub", hub_load, hub_lookup, hub_stats}, .repo = h->repo, .remote = h->remote,
-				     .local = h->local};
-		pthread_mutex_init(&h->tier.mu, NULL);
-		pthread_cond_init(&h->tier.cv, NULL);
-		h->tier_ready = true;
-		e = store_writer_open(h->local, "hub", &h->tier.w);
-	}
 	free(manifest);
 	if (e) {
 		hub_close(h);
@@ -237,19 +291,6 @@ void hub_close(hub_source *h)
 {
 	if (!h)
 		return;
-	if (h->tier_ready) {
-		pthread_mutex_lock(&h->tier.mu);
-		h->tier.stop = true;
-		pthread_cond_signal(&h->tier.cv);
-		pthread_mutex_unlock(&h->tier.mu);
-		if (h->tier.syncing)
-			pthread_join(h->tier.syncer, NULL);
-		if (h->tier.w && store_writer_close(h->tier.w)) /* the last sync */
-			fs_log(cltfs_errmsg());
-		pthread_mutex_destroy(&h->tier.mu);
-		pthread_cond_destroy(&h->tier.cv);
-	}
-	store_close(h->local);
 	store_close(h->remote);
 	hf_entries_free(h->entries, h->nentries);
 	hf_repo_close(h->repo);
@@ -257,9 +298,7 @@ void hub_close(hub_source *h)
 	free(h);
 }
 
-bool hub_is_store(const hub_source *h) { return h->local != NULL; }
-cltfs_store *hub_local(hub_source *h) { return h->local; }
-cltfs_tier *hub_tier_of(hub_source *h) { return h->local ? &h->tier.base : NULL; }
+bool hub_is_store(const hub_source *h) { return h->remote != NULL; }
 hf_repo *hub_repo(hub_source *h) { return h->repo; }
 const hf_entry *hub_entries(const hub_source *h, size_t *n)
 {
@@ -286,11 +325,13 @@ typedef struct {
 
 typedef struct {
 	hub_source *h;
+	cltfs_store *local;
+	store_writer *w;
 	frame_ref *f;
 	size_t nf, fcap;
 	span *sp;
 	size_t nsp, spcap;
-	pthread_mutex_t mu; /* guards next, done, err and the writer */
+	pthread_mutex_t mu; /* guards next, done, since_sync, err, msg */
 	size_t next;
 	uint64_t total, done, since_sync;
 	cltfs_err err;
@@ -312,7 +353,7 @@ static cltfs_err collect(void *arg, const store_entry *ent)
 	const char *base = strrchr(ent->pack_path, '/');
 	size_t n = strlen(pack);
 	if (!base || strncmp(base + 1, pack, n) || strcmp(base + 1 + n, ".pack") ||
-	    store_lookup(p->h->local, ent->rec.key, &rec))
+	    store_lookup(p->local, ent->rec.key, &rec))
 		return CLTFS_OK;
 	if (!cltfs_grow(&p->f, &p->fcap, p->nf + 1, sizeof *p->f))
 		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
@@ -380,15 +421,17 @@ static cltfs_err pull_span(pull *p, const span *sp, cltfs_zctx *z, uint8_t **buf
 		if ((e = store_decode(r, z, frame, *raw)))
 			return cltfs_wrap(e, "hf://%s/%s: chunk %s at offset %llu", hf_repo_id(p->h->repo), path,
 					  cltfs_key_str(r->key, k, sizeof k), (unsigned long long)r->offset);
+		if ((e = store_writer_add_frame(p->w, r, frame)))
+			return e;
 		pthread_mutex_lock(&p->mu);
-		e = store_writer_add_frame(p->h->tier.w, r, frame);
 		p->done += r->csize;
 		p->since_sync += r->csize;
-		if (!e && p->since_sync >= (64u << 20)) {
-			e = store_writer_sync(p->h->tier.w);
+		bool sync = p->since_sync >= (64u << 20);
+		if (sync)
 			p->since_sync = 0;
-		}
 		pthread_mutex_unlock(&p->mu);
+		if (sync) /* a killed pull keeps what arrived */
+			e = store_writer_sync(p->w);
 		if (e)
 			return e;
 	}
@@ -421,11 +464,18 @@ static void *pull_main(void *arg)
 	return NULL;
 }
 
-cltfs_err hub_pull(hub_source *h, bool quiet)
+cltfs_err hub_pull(hub_source *h, cltfs_store *local, bool quiet)
 {
-	pull p = {.h = h, .tty = !quiet && isatty(2), .t0 = cltfs_now()};
+	pull p = {.h = h, .local = local, .tty = !quiet && isatty(2), .t0 = cltfs_now()};
+	cltfs_err e = !h->remote ? cltfs_fail(CLTFS_E_INVAL, "hf://%s has no cltfs.json at its root: it is not a "
+					      "cltfs store", hf_repo_id(h->repo))
+				 : same_manifest(h, local);
+	if (e)
+		return e;
+	if ((e = store_writer_open(local, "hub", &p.w)))
+		return e;
 	pthread_mutex_init(&p.mu, NULL);
-	cltfs_err e = store_foreach(h->remote, collect, &p);
+	e = store_foreach(h->remote, collect, &p);
 	if (!e)
 		e = make_spans(&p);
 	pthread_t t[PULL_THREADS];
@@ -439,41 +489,17 @@ cltfs_err hub_pull(hub_source *h, bool quiet)
 		pthread_join(t[i], NULL);
 	if (!e && p.err)
 		e = cltfs_fail(p.err, "%s", p.msg);
-	cltfs_err se = store_writer_sync(h->tier.w); /* what arrived is kept, also after an error */
+	cltfs_err se = store_writer_close(p.w); /* what arrived is kept, also after an error */
 	if (!e)
 		e = se;
 	pull_progress(&p, true);
 	if (!e && !quiet)
 		fprintf(stderr, "pull: %zu chunks (%.1f MB) from hf://%s@%.12s into %s\n", p.nf, (double)p.total / 1e6,
-			hf_repo_id(h->repo), hf_repo_commit(h->repo), store_dir(h->local));
+			hf_repo_id(h->repo), hf_repo_commit(h->repo), store_dir(local));
 	free(p.f);
 	free(p.sp);
 	pthread_mutex_destroy(&p.mu);
 	return e;
-}
-
-int cmd_pull(const char *url, const char *store, bool quiet)
-{
-	hub_source *h;
-	if (!hf_is_url(url)) {
-		fprintf(stderr, "cltfs: pull: '%s' is not an hf://datasets/OWNER/NAME[@REV] source\n", url);
-		return 2;
-	}
-	if (hub_open(url, store, &h)) {
-		fprintf(stderr, "cltfs: %s\n", cltfs_errmsg());
-		return 1;
-	}
-	int rc = 0;
-	if (!hub_is_store(h)) {
-		fprintf(stderr, "cltfs: pull: hf://%s has no cltfs.json at its root: it is not a cltfs store\n",
-			hf_repo_id(h->repo));
-		rc = 1;
-	} else if (hub_pull(h, quiet)) {
-		fprintf(stderr, "cltfs: %s\n", cltfs_errmsg());
-		rc = 1;
-	}
-	hub_close(h);
-	return rc;
 }
 
 /* ---- a model by its Hub id ---- */

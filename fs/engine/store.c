@@ -11,11 +11,12 @@
  * A torn last record (a crash mid-append) is ignored, and cut off by the
  * next writer that opens that index.
  */
-#include "fs.h"
+#include "store.h"
 
 #include <dirent.h>
-#include <limits.h>
 #include <errno.h>
+#include <limits.h>
+#include <pthread.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -81,6 +82,25 @@ static slot *find(const cltfs_store *s, uint64_t key)
 	}
 }
 
+/* Take key out of the table: later slots of its probe run move back into
+ * the hole (backward shift), so that no lookup stops early. */
+static void table_remove(cltfs_store *s, slot *hole)
+{
+	size_t mask = s->tcap - 1, i = (size_t)(hole - s->table);
+	s->table[i].key = 0;
+	s->tcount--;
+	for (size_t j = (i + 1) & mask; s->table[j].key; j = (j + 1) & mask) {
+		size_t home = hash(s->table[j].key - 1) & mask;
+		/* j's entry may fill the hole at i when its home is not in (i, j] */
+		bool between = i <= j ? (home > i && home <= j) : (home > i || home <= j);
+		if (!between) {
+			s->table[i] = s->table[j];
+			s->table[j].key = 0;
+			i = j;
+		}
+	}
+}
+
 static cltfs_err insert(cltfs_store *s, const cltfs_rec *r, int packno)
 {
 	if (find(s, r->key))
@@ -131,12 +151,9 @@ static int pack_of(cltfs_store *s, const char *name)
 /* A record is plausible when its chunk exists and its sizes fit. */
 static bool plausible(const cltfs_store *s, const cltfs_rec *r)
 {
-	unsigned kind = cltfs_key_kind(r->key);
 	const cltfs_manifest *m = s->m;
-	unsigned layer = cltfs_key_layer(r->key);
-	bool stream = kind == CLTFS_STREAM_X ? cltfs_manifest_has_layer(m->x_layers, m->n_x_layers, (int)layer)
-					     : cltfs_manifest_has_layer(m->mlp_layers, m->n_mlp_layers, (int)layer);
-	return kind <= CLTFS_STREAM_MLP && stream && r->dtype == m->dtype &&
+	return cltfs_manifest_has_stream(m, cltfs_key_kind(r->key), (int)cltfs_key_layer(r->key)) &&
+	       r->dtype == m->dtype &&
 	       cltfs_key_chunk(r->key) < m->n_chunks &&
 	       r->rsize == store_chunk_raw(s, cltfs_key_chunk(r->key)) && r->offset >= CLTFS_FILE_HEADER;
 }
@@ -472,21 +489,21 @@ uint64_t store_disk_bytes(cltfs_store *s)
 
 /* ---- writer ---- */
 
-typedef struct {
-	cltfs_rec rec;
-} pending;
-
 struct store_writer {
 	cltfs_store *s;
 	char name[256];
+	char pack_path[4096], idx_path[4096];
 	int pack_fd, idx_fd;
-	uint64_t pack_end, idx_end;
+	int level;
+	pthread_mutex_t mu;      /* guards what follows, to sync_mu */
+	uint64_t pack_end;
 	cltfs_zctx *z;
 	uint8_t *frame;
 	size_t framecap;
-	pending *pend;
+	cltfs_rec *pend;         /* added, not yet in the index */
 	size_t npend, pendcap;
-	int level;
+	pthread_mutex_t sync_mu; /* one sync at a time; guards idx_end */
+	uint64_t idx_end;
 };
 
 static cltfs_err write_full(int fd, const void *buf, size_t n, uint64_t off, const char *path)
@@ -560,9 +577,10 @@ cltfs_err store_writer_open(cltfs_store *s, const char *tag, store_writer **out)
 	w->s = s;
 	w->pack_fd = w->idx_fd = -1;
 	w->level = 1; /* measured: decodes faster than 3, and as small on activations */
+	pthread_mutex_init(&w->mu, NULL);
+	pthread_mutex_init(&w->sync_mu, NULL);
 	char host[128] = "host";
 	gethostname(host, sizeof host - 1);
-	char pp[4096], ip[4096];
 	cltfs_err e = CLTFS_E_IO;
 	/* host-tag, or host-tag-pid when another process holds that writer */
 	for (int attempt = 0; attempt < 2 && e; attempt++) {
@@ -573,14 +591,14 @@ cltfs_err store_writer_open(cltfs_store *s, const char *tag, store_writer **out)
 			snprintf(w->name, sizeof w->name, "%s-%s", host, tag);
 		else
 			snprintf(w->name, sizeof w->name, "%s-%s-%ld", host, tag, (long)getpid());
-		path_of(s, w->name, ".pack", pp, sizeof pp);
-		e = open_part(pp, CLTFS_PACK_MAGIC, true, &w->pack_fd, &w->pack_end);
+		path_of(s, w->name, ".pack", w->pack_path, sizeof w->pack_path);
+		e = open_part(w->pack_path, CLTFS_PACK_MAGIC, true, &w->pack_fd, &w->pack_end);
 	}
-	path_of(s, w->name, ".idx", ip, sizeof ip);
+	path_of(s, w->name, ".idx", w->idx_path, sizeof w->idx_path);
 	if (!e)
-		e = open_part(ip, CLTFS_IDX_MAGIC, false, &w->idx_fd, &w->idx_end);
+		e = open_part(w->idx_path, CLTFS_IDX_MAGIC, false, &w->idx_fd, &w->idx_end);
 	if (!e)
-		e = trim_index(w, ip);
+		e = trim_index(w, w->idx_path);
 	if (e) {
 		store_writer_close(w);
 		return e;
@@ -591,18 +609,17 @@ cltfs_err store_writer_open(cltfs_store *s, const char *tag, store_writer **out)
 
 void store_writer_level(store_writer *w, int level) { w->level = level; }
 
-/* Append a frame and note its record (at its new offset) as pending. */
+/* Append a frame and note its record (at its new offset) as pending;
+ * called with w->mu held. */
 static cltfs_err append_frame(store_writer *w, cltfs_rec rec, const void *frame)
 {
-	char pp[4096];
-	path_of(w->s, w->name, ".pack", pp, sizeof pp);
-	cltfs_err e = write_full(w->pack_fd, frame, rec.csize, w->pack_end, pp);
-	if (e)
-		return e;
 	if (!cltfs_grow(&w->pend, &w->pendcap, w->npend + 1, sizeof *w->pend))
 		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	cltfs_err e = write_full(w->pack_fd, frame, rec.csize, w->pack_end, w->pack_path);
+	if (e)
+		return e;
 	rec.offset = w->pack_end;
-	w->pend[w->npend++].rec = rec;
+	w->pend[w->npend++] = rec;
 	w->pack_end += rec.csize;
 	/* Visible to this process at once (its reads see the pack through the
 	 * page cache), durable for others only at store_writer_sync. */
@@ -616,56 +633,101 @@ static cltfs_err append_frame(store_writer *w, cltfs_rec rec, const void *frame)
 cltfs_err store_writer_add(store_writer *w, uint64_t key, const void *raw, size_t len)
 {
 	const cltfs_manifest *m = w->s->m;
-	size_t bound = cltfs_frame_bound(len);
-	if (!cltfs_reserve(&w->frame, &w->framecap, bound))
-		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	pthread_mutex_lock(&w->mu);
 	size_t clen;
-	cltfs_err e = cltfs_frame_encode(w->z, w->level, cltfs_dtype_size(m->dtype), raw, len, w->frame,
-					 w->framecap, &clen);
-	if (e)
-		return e;
-	cltfs_rec rec = {key, 0, (uint32_t)clen, (uint32_t)len, cltfs_crc32(0, raw, len), (uint8_t)m->dtype};
-	return append_frame(w, rec, w->frame);
+	cltfs_err e = cltfs_reserve(&w->frame, &w->framecap, cltfs_frame_bound(len))
+			      ? cltfs_frame_encode(w->z, w->level, cltfs_dtype_size(m->dtype), raw, len, w->frame,
+						   w->framecap, &clen)
+			      : cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	if (!e) {
+		cltfs_rec rec = {key, 0, (uint32_t)clen, (uint32_t)len, cltfs_crc32(0, raw, len), (uint8_t)m->dtype};
+		e = append_frame(w, rec, w->frame);
+	}
+	pthread_mutex_unlock(&w->mu);
+	return e;
 }
 
 cltfs_err store_writer_add_frame(store_writer *w, const cltfs_rec *rec, const void *frame)
 {
 	if (!plausible(w->s, rec))
 		return cltfs_fail(CLTFS_E_MISMATCH, "%s: a frame that does not fit this store's manifest", w->s->dir);
-	return append_frame(w, *rec, frame);
+	pthread_mutex_lock(&w->mu);
+	cltfs_err e = append_frame(w, *rec, frame);
+	pthread_mutex_unlock(&w->mu);
+	return e;
 }
 
-cltfs_err store_writer_sync(store_writer *w)
+/* Put records that could not be written back in front of the pending ones. */
+static cltfs_err restore_pending(store_writer *w, cltfs_rec *recs, size_t n)
 {
-	if (!w->npend)
-		return CLTFS_OK;
-	char pp[4096], ip[4096];
-	path_of(w->s, w->name, ".pack", pp, sizeof pp);
-	path_of(w->s, w->name, ".idx", ip, sizeof ip);
+	pthread_mutex_lock(&w->mu);
+	bool ok = cltfs_grow(&w->pend, &w->pendcap, w->npend + n, sizeof *w->pend);
+	if (ok) {
+		memmove(w->pend + n, w->pend, w->npend * sizeof *w->pend);
+		memcpy(w->pend, recs, n * sizeof *recs);
+		w->npend += n;
+	}
+	pthread_mutex_unlock(&w->mu);
+	return ok ? CLTFS_OK : cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+}
+
+/* Write records after the pack is durable: fsync the pack, append, fsync
+ * the index.  Runs under sync_mu only, so adds go on meanwhile. */
+static cltfs_err commit(store_writer *w, const cltfs_rec *recs, size_t n)
+{
 	if (fsync(w->pack_fd) < 0)
-		return cltfs_fail(CLTFS_E_IO, "%s: fsync: %s", pp, strerror(errno));
-	uint8_t *buf = malloc(w->npend * CLTFS_REC_SIZE);
+		return cltfs_fail(CLTFS_E_IO, "%s: fsync: %s", w->pack_path, strerror(errno));
+	uint8_t *buf = malloc(n * CLTFS_REC_SIZE);
 	if (!buf)
 		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
-	for (size_t i = 0; i < w->npend; i++)
-		cltfs_rec_encode(&w->pend[i].rec, buf + i * CLTFS_REC_SIZE);
-	cltfs_err e = write_full(w->idx_fd, buf, w->npend * CLTFS_REC_SIZE, w->idx_end, ip);
+	for (size_t i = 0; i < n; i++)
+		cltfs_rec_encode(&recs[i], buf + i * CLTFS_REC_SIZE);
+	cltfs_err e = write_full(w->idx_fd, buf, n * CLTFS_REC_SIZE, w->idx_end, w->idx_path);
 	free(buf);
 	if (!e && fsync(w->idx_fd) < 0)
-		e = cltfs_fail(CLTFS_E_IO, "%s: fsync: %s", ip, strerror(errno));
-	if (e)
+		e = cltfs_fail(CLTFS_E_IO, "%s: fsync: %s", w->idx_path, strerror(errno));
+	if (e) /* a torn write is cut off by the next writer of this index */
 		return e;
-	w->idx_end += w->npend * CLTFS_REC_SIZE;
+	w->idx_end += n * CLTFS_REC_SIZE;
 	pthread_rwlock_wrlock(&w->s->lock);
 	int p = pack_of(w->s, w->name);
 	if (p >= 0) /* our own records are in the table already */
 		w->s->packs[p].idx_consumed = w->idx_end;
 	pthread_rwlock_unlock(&w->s->lock);
-	w->npend = 0;
 	return p < 0 ? cltfs_fail(CLTFS_E_NOMEM, "out of memory") : CLTFS_OK;
 }
 
-void store_writer_abandon(store_writer *w) { w->npend = 0; }
+cltfs_err store_writer_sync(store_writer *w)
+{
+	pthread_mutex_lock(&w->sync_mu);
+	pthread_mutex_lock(&w->mu);
+	cltfs_rec *recs = w->pend; /* the frames of these are in the pack already */
+	size_t n = w->npend;
+	w->pend = NULL;
+	w->npend = w->pendcap = 0;
+	pthread_mutex_unlock(&w->mu);
+	cltfs_err e = n ? commit(w, recs, n) : CLTFS_OK;
+	if (e && restore_pending(w, recs, n)) /* keep the first error's message */
+		cltfs_fail(e, "%s: %s", w->idx_path, "records lost: out of memory");
+	free(recs);
+	pthread_mutex_unlock(&w->sync_mu);
+	return e;
+}
+
+void store_writer_abandon(store_writer *w)
+{
+	pthread_mutex_lock(&w->mu);
+	pthread_rwlock_wrlock(&w->s->lock);
+	int p = pack_of(w->s, w->name);
+	for (size_t i = 0; p >= 0 && i < w->npend; i++) {
+		slot *hit = find(w->s, w->pend[i].key);
+		if (hit && hit->pack == p && hit->rec.offset == w->pend[i].offset)
+			table_remove(w->s, hit);
+	}
+	pthread_rwlock_unlock(&w->s->lock);
+	w->npend = 0;
+	pthread_mutex_unlock(&w->mu);
+}
 
 cltfs_err store_writer_close(store_writer *w)
 {
@@ -676,6 +738,8 @@ cltfs_err store_writer_close(store_writer *w)
 		close(w->pack_fd);
 	if (w->idx_fd >= 0)
 		close(w->idx_fd);
+	pthread_mutex_destroy(&w->mu);
+	pthread_mutex_destroy(&w->sync_mu);
 	cltfs_zctx_free(w->z);
 	free(w->frame);
 	free(w->pend);

@@ -1,0 +1,54 @@
+/* cmd.h: cltfs's commands (prefix cmd_): each takes its parsed options and
+ * returns the process's exit status (0 success, 1 an error, whose message
+ * naming the file and the cause is already on stderr, 2 a usage error).
+ * main.c parses the command line; the mount is fuse/'s (edge.h).
+ */
+#ifndef CLTFS_CMD_H
+#define CLTFS_CMD_H
+
+#include "capturer.h"
+
+#include <stdio.h>
+
+/* The usage text of every command. */
+void cmd_usage(FILE *f);
+
+typedef struct {
+	int chunk_rows;    /* 0: about 1 MiB of raw rows */
+	int target_offset; /* 1 as the reference */
+	int level;         /* zstd level */
+	bool quiet;
+} import_opts;
+/* A materialized tree (L<n>/batch_<k>_{x,y}.pt) into a store, every value
+ * verified; a re-run resumes. */
+int cmd_import(const char *store, const char *src, const import_opts *o);
+
+typedef struct {
+	const char *model, *dataset, *image_dir; /* the checkpoint folder or Hub id, the queries, the images */
+	const char *model_id;  /* recorded as the model's id (default: the folder) */
+	const char *template_; /* NULL: the model card's */
+	const char *input_hook;
+	int n_targets, target_offset, dtype, batch_samples;
+	int64_t chunk_rows;    /* 0: about 1 MiB of raw rows */
+	bool clip, quiet;
+} init_opts;
+/* A store whose every sample's rows come from the tokenizer: no chunk yet. */
+int cmd_init(const char *store, const init_opts *o);
+
+typedef struct {
+	capture_cfg cfg;
+	int shard, shards;  /* --shard i/N (1-based); 0: off */
+	int64_t row0, row1; /* --rows a:b; equal: all */
+	bool quiet;
+} capture_opts;
+/* Run the model on the store's batches that lack chunks. */
+int cmd_capture(const char *store, const capture_opts *o);
+
+/* Every chunk of a Hub store repo that STORE lacks. */
+int cmd_pull(const char *url, const char *store, bool quiet);
+/* Rows, layers, chunks present, bytes on disk and served. */
+int cmd_stat(const char *store, bool json);
+/* Decode and check every frame against its record. */
+int cmd_verify(const char *store);
+
+#endif

@@ -1,0 +1,109 @@
+/* stat.c: `cltfs stat STORE [--json]`: rows, layers, chunks present, bytes
+ * on disk and the bytes of the files a mount serves. */
+#include "cmd.h"
+#include "view.h"
+
+#include <cjson/cJSON.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+typedef struct {
+	uint64_t chunks, raw, frames;
+} stat_state;
+
+static cltfs_err stat_one(void *arg, const store_entry *ent)
+{
+	stat_state *st = arg;
+	if (ent->valid) {
+		st->chunks++;
+		st->raw += ent->rec.rsize;
+		st->frames += ent->rec.csize;
+	}
+	return CLTFS_OK;
+}
+
+/* The bytes of every file the mount serves by default. */
+static cltfs_err served_bytes(cltfs_store *s, uint64_t *total)
+{
+	cltfs_fs *fs;
+	cltfs_opts o = {.dtype = -1, .cache_mb = 16};
+	cltfs_err e = fs_new(s, &o, &fs);
+	*total = 0;
+	for (int li = 0; !e && li < fs_nlayers(fs); li++)
+		for (int64_t k = 0; !e && k < fs_nbatches(fs); k++)
+			for (int y = 0; !e && y < 2; y++) {
+				uint64_t sz;
+				if (!(e = view_size_of(fs, li, k, y, &sz)))
+					*total += sz;
+			}
+	fs_free(fs);
+	return e;
+}
+
+static int print_json(const char *dir, const cltfs_manifest *m, const stat_state *st, uint64_t need, uint64_t disk,
+		      uint64_t mat)
+{
+	cJSON *r = cJSON_CreateObject();
+	double ratio = mat ? (double)disk / (double)mat : 0;
+	/* cJSON escapes the path: a store may have any name */
+	bool ok = r && cJSON_AddStringToObject(r, "store", dir) &&
+		  cJSON_AddNumberToObject(r, "rows", (double)m->total_rows) &&
+		  cJSON_AddNumberToObject(r, "samples", (double)m->n_samples) &&
+		  cJSON_AddNumberToObject(r, "batches", (double)m->n_batches) &&
+		  cJSON_AddNumberToObject(r, "x_layers", m->n_x_layers) &&
+		  cJSON_AddNumberToObject(r, "mlp_layers", m->n_mlp_layers) &&
+		  cJSON_AddNumberToObject(r, "d_model", m->d_model) &&
+		  cJSON_AddStringToObject(r, "dtype", cltfs_dtype_name(m->dtype)) &&
+		  cJSON_AddNumberToObject(r, "chunks", (double)st->chunks) &&
+		  cJSON_AddNumberToObject(r, "chunks_needed", (double)need) &&
+		  cJSON_AddNumberToObject(r, "raw_bytes", (double)st->raw) &&
+		  cJSON_AddNumberToObject(r, "disk_bytes", (double)disk) &&
+		  cJSON_AddNumberToObject(r, "materialized_bytes", (double)mat) &&
+		  cJSON_AddNumberToObject(r, "ratio", ratio);
+	char *text = ok ? cJSON_PrintUnformatted(r) : NULL;
+	cJSON_Delete(r);
+	if (!text) {
+		fprintf(stderr, "cltfs: out of memory\n");
+		return 1;
+	}
+	printf("%s\n", text);
+	free(text);
+	return 0;
+}
+
+int cmd_stat(const char *dir, bool json)
+{
+	cltfs_store *s;
+	if (store_open(dir, &s)) {
+		fprintf(stderr, "cltfs: %s\n", cltfs_errmsg());
+		return 1;
+	}
+	const cltfs_manifest *m = store_manifest(s);
+	stat_state st = {0};
+	uint64_t mat = 0;
+	int rc = 0;
+	if (store_foreach(s, stat_one, &st) || served_bytes(s, &mat)) {
+		fprintf(stderr, "cltfs: %s\n", cltfs_errmsg());
+		rc = 1;
+	}
+	uint64_t disk = store_disk_bytes(s), need = (uint64_t)(m->n_x_layers + m->n_mlp_layers) * (uint64_t)m->n_chunks;
+	double ratio = mat ? (double)disk / (double)mat : 0;
+	if (!rc && json)
+		rc = print_json(dir, m, &st, need, disk, mat);
+	else if (!rc)
+		printf("store         %s\n"
+		       "rows          %lld in %lld samples, %lld batches\n"
+		       "layers        %d x streams (L%d..L%d), %d mlp streams, d=%d, %s\n"
+		       "chunks        %llu of %llu present (%lld rows each at most)\n"
+		       "raw bytes     %.1f MB (the distinct streams, uncompressed)\n"
+		       "on disk       %.1f MB\n"
+		       "materialized  %.1f MB (the L<n>/batch_<k>_{x,y}.pt files it serves)\n"
+		       "ratio         %.4f (1/%.1f)\n",
+		       dir, (long long)m->total_rows, (long long)m->n_samples, (long long)m->n_batches, m->n_x_layers,
+		       m->x_layers[0], m->x_layers[m->n_x_layers - 1], m->n_mlp_layers, m->d_model,
+		       cltfs_dtype_name(m->dtype), (unsigned long long)st.chunks, (unsigned long long)need,
+		       (long long)m->chunk_rows, (double)st.raw / 1e6, (double)disk / 1e6, (double)mat / 1e6, ratio,
+		       ratio > 0 ? 1 / ratio : 0);
+	store_close(s);
+	return rc;
+}

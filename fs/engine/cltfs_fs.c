@@ -1,0 +1,405 @@
+/* cltfs_fs.c: the filesystem object.
+ *
+ * How a chunk is found (fs_chunk): the chunk cache; on a miss, the loader
+ * below asks the local store, then each tier in order (a tier that cannot
+ * have the chunk says CLTFS_E_NOTFOUND and the next one is asked).  A
+ * conversion (-o dtype=) is done as a chunk is loaded, so a converted
+ * chunk is cached under its own key (the output dtype in bits 56..63) and
+ * its CRC is computed once, there.
+ *
+ * Readahead: a sequential reader queues the chunks of the bytes ahead of
+ * it; RA_THREADS threads (RA_TIER_THREADS when a tier may fetch over the
+ * network) load them into the cache.
+ */
+#include "engine_internal.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+cltfs_store *fs_store(cltfs_fs *fs) { return fs->s; }
+cltfs_stats *fs_stats(cltfs_fs *fs) { return &fs->st; }
+int fs_nlayers(const cltfs_fs *fs) { return fs->m->n_x_layers; }
+int fs_layer(const cltfs_fs *fs, int i) { return fs->m->x_layers[i]; }
+int64_t fs_nbatches(const cltfs_fs *fs) { return fs->ngroups; }
+
+/* ---- per-thread state ---- */
+
+typedef struct {
+	cltfs_zctx *z;
+	uint8_t *raw; /* a converted chunk's stored bytes */
+	size_t cap;
+	uint8_t *lit; /* a read's literal bytes */
+	size_t litcap;
+} thread_ctx;
+
+static void free_thread(void *p)
+{
+	thread_ctx *t = p;
+	if (t) {
+		cltfs_zctx_free(t->z);
+		free(t->raw);
+		free(t->lit);
+		free(t);
+	}
+}
+
+static thread_ctx *thread_state(cltfs_fs *fs)
+{
+	thread_ctx *t = pthread_getspecific(fs->tkey);
+	if (t)
+		return t;
+	if (!(t = calloc(1, sizeof *t)) || !(t->z = cltfs_zctx_new()) || pthread_setspecific(fs->tkey, t)) {
+		free_thread(t);
+		return NULL;
+	}
+	return t;
+}
+
+uint8_t *fs_literal_buf(cltfs_fs *fs, size_t n)
+{
+	thread_ctx *t = thread_state(fs);
+	return t && cltfs_reserve(&t->lit, &t->litcap, n) ? t->lit : NULL;
+}
+
+/* ---- loading a chunk ---- */
+
+#define KEY_MASK ((UINT64_C(1) << 56) - 1)
+
+/* The chunk from the first tier that has it. */
+static cltfs_err tier_load(cltfs_fs *fs, uint64_t key, cltfs_zctx *z, uint8_t *dst, size_t len, cltfs_rec *rec)
+{
+	char k[48];
+	cltfs_err e = cltfs_fail(CLTFS_E_NOTFOUND, "%s: chunk %s is not in the store", store_dir(fs->s),
+				 cltfs_key_str(key, k, sizeof k));
+	for (int i = 0; i < fs->o.ntiers; i++) {
+		cltfs_tier *t = fs->o.tiers[i];
+		e = t->load(t, key, z, dst, len, rec);
+		if (!e)
+			atomic_fetch_add(&fs->st.tier_loads[i], 1);
+		if (e != CLTFS_E_NOTFOUND)
+			break;
+	}
+	return e;
+}
+
+/* The cache's loader: decode straight into the cache's buffer; a
+ * conversion decodes into the thread's scratch first. */
+static cltfs_err load_chunk(void *arg, uint64_t ckey, uint8_t *buf, size_t cap, size_t *len, uint32_t *crc)
+{
+	cltfs_fs *fs = arg;
+	uint64_t key = ckey & KEY_MASK;
+	cltfs_rec rec;
+	char k[48];
+	bool local = store_lookup(fs->s, key, &rec);
+	thread_ctx *t = thread_state(fs);
+	/* Sizes come from the manifest: a tier's record is known only after
+	 * its load. */
+	size_t rsize = store_chunk_raw(fs->s, cltfs_key_chunk(key));
+	size_t n = rsize / cltfs_dtype_size(fs->in_dt), out = n * cltfs_dtype_size(fs->out_dt);
+	if (out > cap || (local && rec.rsize != rsize))
+		return cltfs_fail(CLTFS_E_CORRUPT, "%s: chunk %s is larger than any chunk of the store",
+				  store_dir(fs->s), cltfs_key_str(key, k, sizeof k));
+	uint8_t *raw = !t ? NULL : !fs->conv ? buf : cltfs_reserve(&t->raw, &t->cap, rsize) ? t->raw : NULL;
+	if (!raw)
+		return cltfs_fail(CLTFS_E_NOMEM, "out of memory loading chunk %s", cltfs_key_str(key, k, sizeof k));
+	cltfs_err e = local ? store_read_chunk(fs->s, &rec, t->z, raw) : tier_load(fs, key, t->z, raw, rsize, &rec);
+	if (e)
+		return e;
+	if (local)
+		atomic_fetch_add(&fs->st.store_loads, 1);
+	*len = out;
+	if (!fs->conv) {
+		*crc = rec.crc;
+		return CLTFS_OK;
+	}
+	cltfs_convert(fs->out_dt, buf, fs->in_dt, raw, n);
+	*crc = cltfs_crc32(0, buf, out);
+	return CLTFS_OK;
+}
+
+cltfs_err fs_chunk(cltfs_fs *fs, uint64_t key, chunk **out)
+{
+	bool hit;
+	cltfs_err e = cache_get(fs->cache, key | fs->conv, out, &hit);
+	if (!e && hit)
+		atomic_fetch_add(&fs->st.mem_hits, 1);
+	return e;
+}
+
+void fs_chunk_put(cltfs_fs *fs, chunk *ch) { cache_put(fs->cache, ch); }
+
+bool fs_chunk_crc(cltfs_fs *fs, uint64_t key, uint32_t *crc)
+{
+	cltfs_rec rec;
+	if (fs->conv)
+		return false; /* a converted chunk's CRC is its own */
+	bool known = store_lookup(fs->s, key, &rec);
+	for (int i = 0; !known && i < fs->o.ntiers; i++)
+		known = fs->o.tiers[i]->lookup && fs->o.tiers[i]->lookup(fs->o.tiers[i], key, &rec);
+	if (known)
+		*crc = rec.crc;
+	return known;
+}
+
+/* ---- readahead ---- */
+
+static void *ra_main(void *arg)
+{
+	cltfs_fs *fs = arg;
+	pthread_mutex_lock(&fs->ra_mu);
+	for (;;) {
+		while (!fs->ra_len && !fs->ra_stop)
+			pthread_cond_wait(&fs->ra_cv, &fs->ra_mu);
+		if (fs->ra_stop)
+			break;
+		uint64_t key = fs->ra_q[fs->ra_head];
+		fs->ra_head = (fs->ra_head + 1) % RA_QUEUE;
+		fs->ra_len--;
+		pthread_mutex_unlock(&fs->ra_mu);
+		chunk *ch;
+		if (!cache_has(fs->cache, key | fs->conv)) {
+			if (fs_chunk(fs, key, &ch)) {
+				/* The reader that arrives will fail (or retry) on its own;
+				 * say now what went wrong ahead of it. */
+				atomic_fetch_add(&fs->st.readahead_errors, 1);
+				cltfs_log("readahead: %s", cltfs_errmsg());
+			} else {
+				atomic_fetch_add(&fs->st.readahead, 1);
+				fs_chunk_put(fs, ch);
+			}
+		}
+		pthread_mutex_lock(&fs->ra_mu);
+	}
+	pthread_mutex_unlock(&fs->ra_mu);
+	return NULL;
+}
+
+void fs_readahead_push(cltfs_fs *fs, uint64_t key)
+{
+	if (!fs->ra_n || cache_has(fs->cache, key | fs->conv))
+		return;
+	pthread_mutex_lock(&fs->ra_mu);
+	bool queued = false;
+	for (size_t i = 0; i < fs->ra_len; i++)
+		if (fs->ra_q[(fs->ra_head + i) % RA_QUEUE] == key)
+			queued = true;
+	if (!queued && fs->ra_len < RA_QUEUE) {
+		fs->ra_q[(fs->ra_head + fs->ra_len) % RA_QUEUE] = key;
+		fs->ra_len++;
+		pthread_cond_signal(&fs->ra_cv);
+	}
+	pthread_mutex_unlock(&fs->ra_mu);
+}
+
+/* ---- the filesystem ---- */
+
+static void *warm_main(void *arg)
+{
+	cltfs_fs *fs = arg;
+	cache_reserve(fs->cache, fs->o.cache_mb << 20, &fs->stopping);
+	return NULL;
+}
+
+/* The mount's batching: the store's batches, samples regrouped S at a
+ * time, or flat runs of B rows. */
+static cltfs_err make_groups(cltfs_fs *fs)
+{
+	const cltfs_manifest *m = fs->m;
+	bool stored = !fs->o.batch_rows && (!fs->o.batch_samples || fs->o.batch_samples == m->batch_samples);
+	if (fs->o.batch_rows)
+		fs->ngroups = (m->total_rows + fs->o.batch_rows - 1) / fs->o.batch_rows;
+	else if (stored)
+		fs->ngroups = m->n_batches;
+	else
+		fs->ngroups = (m->n_samples + fs->o.batch_samples - 1) / fs->o.batch_samples;
+	fs->groups = calloc((size_t)fs->ngroups + 1, sizeof *fs->groups);
+	if (!fs->groups)
+		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	for (int64_t g = 0; g < fs->ngroups; g++) {
+		group *gr = &fs->groups[g];
+		if (fs->o.batch_rows) {
+			gr->row0 = g * fs->o.batch_rows;
+			gr->nrows = m->total_rows - gr->row0 < fs->o.batch_rows ? m->total_rows - gr->row0
+										 : fs->o.batch_rows;
+		} else if (stored) {
+			gr->first_sample = m->batches[g].first_sample;
+			gr->nsamples = m->batches[g].samples;
+			gr->tokens = m->batches[g].tokens;
+		} else {
+			gr->first_sample = g * fs->o.batch_samples;
+			gr->nsamples = m->n_samples - gr->first_sample < fs->o.batch_samples
+					       ? m->n_samples - gr->first_sample
+					       : fs->o.batch_samples;
+			for (int64_t i = 0; i < gr->nsamples; i++)
+				if (m->samples[gr->first_sample + i].rows > gr->tokens)
+					gr->tokens = m->samples[gr->first_sample + i].rows;
+		}
+	}
+	return CLTFS_OK;
+}
+
+/* The largest chunk of the store, in the output dtype: every cache buffer
+ * has this size. */
+static size_t largest_chunk(const cltfs_fs *fs)
+{
+	size_t biggest = 0;
+	for (int64_t c = 0; c < fs->m->n_chunks; c++) {
+		size_t rows = (size_t)(fs->m->chunk_start[c + 1] - fs->m->chunk_start[c]);
+		if (rows * fs->row_out > biggest)
+			biggest = rows * fs->row_out;
+	}
+	return biggest;
+}
+
+cltfs_err fs_new(cltfs_store *s, const cltfs_opts *o, cltfs_fs **out)
+{
+	if (o->batch_rows && o->batch_samples)
+		return cltfs_fail(CLTFS_E_INVAL, "batch_rows and batch_samples exclude each other");
+	if (o->ntiers < 0 || o->ntiers > FS_MAX_TIERS)
+		return cltfs_fail(CLTFS_E_INVAL, "%d tiers: at most %d", o->ntiers, FS_MAX_TIERS);
+	cltfs_fs *fs = calloc(1, sizeof *fs);
+	if (!fs)
+		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	fs->s = s;
+	fs->m = store_manifest(s);
+	fs->o = *o;
+	fs->in_dt = fs->m->dtype;
+	fs->out_dt = o->dtype < 0 ? fs->in_dt : (cltfs_dtype)o->dtype;
+	fs->conv = fs->out_dt == fs->in_dt ? 0 : (uint64_t)(fs->out_dt + 1) << 56;
+	fs->row_in = (size_t)fs->m->d_model * cltfs_dtype_size(fs->in_dt);
+	fs->row_out = (size_t)fs->m->d_model * cltfs_dtype_size(fs->out_dt);
+	fs->chunk_bytes = largest_chunk(fs);
+	pthread_mutex_init(&fs->ra_mu, NULL);
+	pthread_cond_init(&fs->ra_cv, NULL);
+	pthread_mutex_init(&fs->vmu, NULL);
+	cltfs_err e = view_cache_new(fs);
+	if (!e && pthread_key_create(&fs->tkey, free_thread))
+		e = cltfs_fail(CLTFS_E_NOMEM, "no thread key left");
+	else if (!e)
+		fs->have_tkey = true;
+	if (!e)
+		e = make_groups(fs);
+	if (!e && !(fs->cache = cache_new(o->cache_mb << 20, fs->chunk_bytes, load_chunk, fs)))
+		e = cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	if (e) {
+		fs_free(fs);
+		return e;
+	}
+	*out = fs;
+	return CLTFS_OK;
+}
+
+cltfs_err fs_start(cltfs_fs *fs)
+{
+	if (fs->o.prefault && !fs->warming && !pthread_create(&fs->warm_thr, NULL, warm_main, fs))
+		fs->warming = true;
+	int want = fs->o.readahead <= 0 ? 0 : fs->o.ntiers ? RA_TIER_THREADS : RA_THREADS;
+	while (fs->ra_n < want && !pthread_create(&fs->ra_thr[fs->ra_n], NULL, ra_main, fs))
+		fs->ra_n++;
+	if (fs->ra_n < want && !fs->ra_n)
+		return cltfs_fail(CLTFS_E_NOMEM, "cannot start a readahead thread");
+	return CLTFS_OK;
+}
+
+void fs_free(cltfs_fs *fs)
+{
+	if (!fs)
+		return;
+	atomic_store(&fs->stopping, true);
+	pthread_mutex_lock(&fs->ra_mu);
+	fs->ra_stop = true;
+	pthread_cond_broadcast(&fs->ra_cv);
+	pthread_mutex_unlock(&fs->ra_mu);
+	for (int i = 0; i < fs->ra_n; i++)
+		pthread_join(fs->ra_thr[i], NULL);
+	if (fs->warming)
+		pthread_join(fs->warm_thr, NULL);
+	view_cache_free(fs);
+	pthread_mutex_destroy(&fs->vmu);
+	cache_free(fs->cache);
+	free(fs->groups);
+	if (fs->have_tkey) { /* this thread's state; the others' went with their threads */
+		free_thread(pthread_getspecific(fs->tkey));
+		pthread_setspecific(fs->tkey, NULL);
+		pthread_key_delete(fs->tkey);
+	}
+	pthread_mutex_destroy(&fs->ra_mu);
+	pthread_cond_destroy(&fs->ra_cv);
+	free(fs);
+}
+
+/* ---- .cltfs/stats ---- */
+
+/* Appends to a buffer, failing (once) when it is full. */
+typedef struct {
+	char *p;
+	size_t n, used;
+	bool full;
+} text;
+
+static void add(text *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void add(text *t, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	int k = t->full ? 0 : vsnprintf(t->p + t->used, t->n - t->used, fmt, ap);
+	va_end(ap);
+	if (k < 0 || (size_t)k >= t->n - t->used)
+		t->full = true;
+	else
+		t->used += (size_t)k;
+}
+
+char *fs_stats_json(cltfs_fs *fs)
+{
+	size_t bytes, entries, limit;
+	cache_usage(fs->cache, &bytes, &entries, &limit);
+	unsigned long long reads = fs->st.reads;
+	text t = {malloc(4096), 4096, 0, false};
+	if (!t.p)
+		return NULL;
+	add(&t, "{\"chunks\": {\"memory\": %llu, \"store\": %llu", (unsigned long long)fs->st.mem_hits,
+	    (unsigned long long)fs->st.store_loads);
+	for (int i = 0; i < fs->o.ntiers; i++)
+		add(&t, ", \"%s\": %llu", fs->o.tiers[i]->name, (unsigned long long)fs->st.tier_loads[i]);
+	add(&t, "},\n \"bytes_read\": %llu, \"reads\": %llu, \"errors\": %llu,\n"
+		" \"cache\": {\"bytes\": %zu, \"limit\": %zu, \"entries\": %zu},\n"
+		" \"readahead\": %llu, \"readahead_errors\": %llu, \"latency_us\": {\"mean\": %llu, \"max\": %llu}",
+	    (unsigned long long)fs->st.bytes_read, reads, (unsigned long long)fs->st.errors, bytes, limit, entries,
+	    (unsigned long long)fs->st.readahead, (unsigned long long)fs->st.readahead_errors,
+	    reads ? (unsigned long long)fs->st.lat_us_sum / reads : 0ULL, (unsigned long long)fs->st.lat_us_max);
+	for (int i = 0; i < fs->o.ntiers; i++) {
+		cltfs_tier *tr = fs->o.tiers[i];
+		char extra[1024] = "";
+		if (tr->stats) /* the tier's own counters: requests, retries, batches */
+			tr->stats(tr, extra, sizeof extra);
+		if (*extra)
+			add(&t, ",\n \"%s\": %s", tr->name, extra);
+	}
+	add(&t, "}\n");
+	if (t.full) {
+		free(t.p);
+		return NULL;
+	}
+	return t.p;
+}
+
+/* ---- names ---- */
+
+int fs_find_layer(const cltfs_fs *fs, const char *name)
+{
+	int64_t L;
+	if (name[0] != 'L' || !cltfs_parse_dec(name + 1, strlen(name + 1), &L))
+		return -1;
+	for (int i = 0; i < fs->m->n_x_layers; i++)
+		if (fs->m->x_layers[i] == L)
+			return i;
+	return -1;
+}
+
+bool fs_parse_view(const cltfs_fs *fs, const char *name, int64_t *batch, int *is_y)
+{
+	return cltfs_parse_batch_name(name, batch, is_y) && *batch < fs->ngroups;
+}

@@ -1,0 +1,79 @@
+/* engine_internal.h: what cltfs_fs.c and view.c share inside the engine;
+ * not an interface for anything outside fs/engine/. */
+#ifndef CLTFS_ENGINE_INTERNAL_H
+#define CLTFS_ENGINE_INTERNAL_H
+
+#include "cache.h"
+#include "view.h"
+
+#include <pthread.h>
+
+#define RA_QUEUE 64
+#define RA_THREADS 2      /* decoding local chunks */
+#define RA_TIER_THREADS 8 /* fetching from a tier: requests in flight */
+
+/* One batch of the mount's batching: samples [first_sample, +nsamples)
+ * padded to tokens rows each, or (batch_rows) rows [row0, +nrows). */
+typedef struct {
+	int64_t first_sample, nsamples, tokens;
+	int64_t row0, nrows;
+} group;
+
+/* Built views, direct-mapped by id: getattr, lookup and open of a file are
+ * frequent, and building a view (its pickle and zip layout) each time cost
+ * more than the request itself. */
+#define VCACHE 4096
+typedef struct {
+	uint64_t id; /* 1 + (layer_idx * nbatches + batch) * 2 + is_y; 0 empty */
+	view *v;
+} vslot;
+
+struct cltfs_fs {
+	cltfs_store *s;
+	const cltfs_manifest *m;
+	cltfs_opts o;
+	chunk_cache *cache;
+	cltfs_stats st;
+	group *groups;
+	int64_t ngroups;
+	cltfs_dtype in_dt, out_dt;
+	uint64_t conv;        /* cache key bits for the output dtype, 0 if none */
+	size_t row_in, row_out;
+	size_t chunk_bytes;   /* the largest chunk, as served */
+	pthread_key_t tkey;   /* each thread's decoder and buffers */
+	bool have_tkey;
+	/* readahead: a bounded queue of chunk keys */
+	pthread_mutex_t ra_mu;
+	pthread_cond_t ra_cv;
+	uint64_t ra_q[RA_QUEUE]; /* guarded by ra_mu */
+	size_t ra_head, ra_len;  /* guarded by ra_mu */
+	bool ra_stop;            /* guarded by ra_mu */
+	pthread_t ra_thr[RA_TIER_THREADS];
+	int ra_n;                /* threads started: set by fs_start only */
+	pthread_t warm_thr;
+	bool warming;
+	atomic_bool stopping;    /* freeing: the warm-up thread gives up */
+	pthread_mutex_t vmu;     /* guards vcache's slots */
+	vslot *vcache;
+};
+
+/* A referenced chunk of the store's stream key, in the mount's dtype:
+ * from memory, the store, or the tiers in order.  fs_chunk_put gives it
+ * back.  Errors as view_read's. */
+cltfs_err fs_chunk(cltfs_fs *fs, uint64_t key, chunk **out);
+void fs_chunk_put(cltfs_fs *fs, chunk *ch);
+/* The CRC of a whole chunk (as stored) when an index knows it, the store's
+ * or a tier's: nothing decoded or fetched. */
+bool fs_chunk_crc(cltfs_fs *fs, uint64_t key, uint32_t *crc);
+/* Queue a chunk for the readahead threads (dropped when the queue is full). */
+void fs_readahead_push(cltfs_fs *fs, uint64_t key);
+/* The calling thread's buffer of at least n bytes for a read's literal
+ * bytes (reused: a fresh one would fault its pages in on every read), or
+ * NULL when out of memory. */
+uint8_t *fs_literal_buf(cltfs_fs *fs, size_t n);
+
+/* The view cache of view.c: made by fs_new, freed by fs_free. */
+cltfs_err view_cache_new(cltfs_fs *fs);
+void view_cache_free(cltfs_fs *fs);
+
+#endif

@@ -1,0 +1,363 @@
+/* views.c: the FUSE operations of a store's views (low-level API).
+ *
+ * Inode numbers are a pure function of the namespace, so lookups need no
+ * table:
+ *   1                 the root
+ *   2, 3, 4           .cltfs/, .cltfs/stats, .cltfs/manifest.json
+ *   16 + i            layer directory i (L<n> with n = x_layers[i])
+ *   FILE0 + 2*(i*B+k) + y   batch k of layer directory i; y: 0 x, 1 y
+ * Content never changes under a mount, so entries and attributes are
+ * cached for a day and files are opened with keep_cache: a second read is
+ * a page-cache read.  Work (build a view, compose bytes) is split from the
+ * reply, as in libfuse's passthrough_ll.c.
+ */
+#include "edge.h"
+#include "view.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#define INO_ROOT 1
+#define INO_META 2
+#define INO_STATS 3
+#define INO_MANIFEST 4
+#define INO_LAYER0 16
+#define INO_FILE0 (UINT64_C(1) << 20)
+
+typedef edge_ctx_t ctx;
+
+typedef struct {
+	edge_handle link; /* first: the list of open files */
+	int kind;         /* 0 view, 1 snapshot (stats, manifest) */
+	view *v;
+	char *buf;
+	size_t len;
+	uint64_t last_end;
+} handle;
+
+/* ---- inodes ---- */
+
+typedef struct {
+	enum { N_ROOT, N_META, N_STATS, N_MANIFEST, N_LAYER, N_FILE, N_NONE } t;
+	int layer_idx;
+	int64_t batch;
+	int is_y;
+} node;
+
+static node decode(const ctx *c, fuse_ino_t ino)
+{
+	node n = {N_NONE, 0, 0, 0};
+	int nl = fs_nlayers(c->fs);
+	int64_t nb = fs_nbatches(c->fs);
+	if (ino == INO_ROOT)
+		n.t = N_ROOT;
+	else if (ino == INO_META)
+		n.t = N_META;
+	else if (ino == INO_STATS)
+		n.t = N_STATS;
+	else if (ino == INO_MANIFEST)
+		n.t = N_MANIFEST;
+	else if (ino >= INO_LAYER0 && ino < INO_LAYER0 + (fuse_ino_t)nl) {
+		n.t = N_LAYER;
+		n.layer_idx = (int)(ino - INO_LAYER0);
+	} else if (ino >= INO_FILE0) {
+		uint64_t f = ino - INO_FILE0;
+		if (f / 2 < (uint64_t)nl * (uint64_t)nb) {
+			n.t = N_FILE;
+			n.is_y = (int)(f & 1);
+			n.layer_idx = (int)(f / 2 / (uint64_t)nb);
+			n.batch = (int64_t)(f / 2 % (uint64_t)nb);
+		}
+	}
+	return n;
+}
+
+static fuse_ino_t file_ino(const ctx *c, int li, int64_t k, int y)
+{
+	return INO_FILE0 + 2 * ((uint64_t)li * (uint64_t)fs_nbatches(c->fs) + (uint64_t)k) + (uint64_t)y;
+}
+
+static int do_stat(ctx *c, fuse_ino_t ino, struct stat *st)
+{
+	node n = decode(c, ino);
+	edge_stat_base(c, ino, st);
+	switch (n.t) {
+	case N_ROOT:
+		st->st_mode = S_IFDIR | 0555;
+		st->st_nlink = 3 + (nlink_t)fs_nlayers(c->fs);
+		return 0;
+	case N_META:
+	case N_LAYER:
+		st->st_mode = S_IFDIR | 0555;
+		st->st_nlink = 2;
+		return 0;
+	case N_STATS: /* size 0: read until EOF, like /proc */
+		st->st_mode = S_IFREG | 0444;
+		st->st_nlink = 1;
+		return 0;
+	case N_MANIFEST:
+		st->st_mode = S_IFREG | 0444;
+		st->st_nlink = 1;
+		st->st_size = (off_t)c->manifest_len;
+		return 0;
+	case N_FILE: {
+		uint64_t size;
+		cltfs_err e = view_size_of(c->fs, n.layer_idx, n.batch, n.is_y, &size);
+		if (e)
+			return edge_fail(c, e);
+		st->st_mode = S_IFREG | 0444;
+		st->st_nlink = 1;
+		st->st_size = (off_t)size;
+		st->st_blocks = (blkcnt_t)((size + 511) / 512);
+		return 0;
+	}
+	default:
+		return ENOENT;
+	}
+}
+
+static fuse_ino_t do_lookup(ctx *c, fuse_ino_t parent, const char *name)
+{
+	node p = decode(c, parent);
+	if (p.t == N_ROOT) {
+		if (!strcmp(name, ".cltfs"))
+			return INO_META;
+		int li = fs_find_layer(c->fs, name);
+		return li < 0 ? 0 : INO_LAYER0 + (fuse_ino_t)li;
+	}
+	if (p.t == N_META)
+		return !strcmp(name, "stats") ? INO_STATS : !strcmp(name, "manifest.json") ? INO_MANIFEST : 0;
+	if (p.t == N_LAYER) {
+		int64_t k;
+		int y;
+		if (fs_parse_view(c->fs, name, &k, &y))
+			return file_ino(c, p.layer_idx, k, y);
+	}
+	return 0;
+}
+
+static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	ctx *c = edge_ctx(req);
+	struct fuse_entry_param e = {0};
+	e.ino = do_lookup(c, parent, name);
+	if (!e.ino) {
+		e.entry_timeout = EDGE_TIMEOUT; /* negative entries are cached too */
+		fuse_reply_entry(req, &e);
+		return;
+	}
+	int err = do_stat(c, e.ino, &e.attr);
+	if (err) {
+		fuse_reply_err(req, err);
+		return;
+	}
+	e.attr_timeout = e.entry_timeout = EDGE_TIMEOUT;
+	fuse_reply_entry(req, &e);
+}
+
+static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct stat st;
+	int err = do_stat(edge_ctx(req), ino, &st);
+	if (err)
+		fuse_reply_err(req, err);
+	else
+		fuse_reply_attr(req, &st, ino == INO_STATS ? 0 : EDGE_TIMEOUT);
+}
+
+/* ---- directories ---- */
+
+/* Directory entry number off of a directory: name and inode. */
+static bool dir_entry(ctx *c, node d, fuse_ino_t self, off_t off, char *name, size_t n, fuse_ino_t *ino,
+		      mode_t *mode)
+{
+	*mode = S_IFDIR;
+	if (off == 0) {
+		snprintf(name, n, ".");
+		*ino = self;
+		return true;
+	}
+	if (off == 1) {
+		snprintf(name, n, "..");
+		*ino = INO_ROOT; /* the parent of the root and of every directory */
+		return true;
+	}
+	off -= 2;
+	if (d.t == N_ROOT) {
+		if (off == 0) {
+			snprintf(name, n, ".cltfs");
+			*ino = INO_META;
+			return true;
+		}
+		if (off - 1 < fs_nlayers(c->fs)) {
+			snprintf(name, n, "L%d", fs_layer(c->fs, (int)(off - 1)));
+			*ino = INO_LAYER0 + (fuse_ino_t)(off - 1);
+			return true;
+		}
+		return false;
+	}
+	*mode = S_IFREG;
+	if (d.t == N_META) {
+		if (off > 1)
+			return false;
+		snprintf(name, n, off == 0 ? "stats" : "manifest.json");
+		*ino = off == 0 ? INO_STATS : INO_MANIFEST;
+		return true;
+	}
+	if (off / 2 >= fs_nbatches(c->fs))
+		return false;
+	snprintf(name, n, "batch_%lld_%c.pt", (long long)(off / 2), off % 2 ? 'y' : 'x');
+	*ino = file_ino(c, d.layer_idx, off / 2, (int)(off % 2));
+	return true;
+}
+
+typedef struct {
+	ctx *c;
+	node d;
+	fuse_ino_t self;
+} dir_ref;
+
+static bool view_dirent(void *arg, off_t off, char *name, size_t n, fuse_ino_t *ino, mode_t *mode)
+{
+	dir_ref *r = arg;
+	return dir_entry(r->c, r->d, r->self, off, name, n, ino, mode);
+}
+
+static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
+{
+	ctx *c = edge_ctx(req);
+	dir_ref r = {c, decode(c, ino), ino};
+	if (r.d.t != N_ROOT && r.d.t != N_META && r.d.t != N_LAYER)
+		fuse_reply_err(req, ENOTDIR);
+	else
+		edge_readdir(req, size, off, view_dirent, &r);
+}
+
+/* ---- files ---- */
+
+static void free_handle(edge_handle *link)
+{
+	handle *h = (handle *)link;
+	view_put(h->v);
+	free(h->buf);
+	free(h);
+}
+
+static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	ctx *c = edge_ctx(req);
+	node n = decode(c, ino);
+	if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC)) {
+		fuse_reply_err(req, EROFS);
+		return;
+	}
+	if (n.t != N_FILE && n.t != N_STATS && n.t != N_MANIFEST) {
+		fuse_reply_err(req, n.t == N_NONE ? ENOENT : EISDIR);
+		return;
+	}
+	handle *h = calloc(1, sizeof *h);
+	if (!h) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	cltfs_err e = CLTFS_OK;
+	if (n.t == N_FILE) {
+		e = view_get(c->fs, n.layer_idx, n.batch, n.is_y, &h->v);
+		fi->keep_cache = 1;
+	} else {
+		h->kind = 1;
+		h->buf = n.t == N_STATS ? fs_stats_json(c->fs) : strdup(c->manifest_json);
+		if (!h->buf)
+			e = cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+		else
+			h->len = strlen(h->buf);
+		fi->direct_io = n.t == N_STATS; /* a fresh snapshot at each open */
+		fi->keep_cache = n.t == N_MANIFEST;
+	}
+	if (e) {
+		free(h);
+		fuse_reply_err(req, edge_fail(c, e));
+		return;
+	}
+	edge_file_opened(c, &h->link, free_handle);
+	fi->fh = (uint64_t)(uintptr_t)h;
+	if (fuse_reply_open(req, fi) == -ENOENT) { /* the opener was interrupted: no RELEASE will come */
+		edge_file_released(c, &h->link);
+		free_handle(&h->link);
+	}
+}
+
+static uint64_t usec_since(const struct timespec *t0)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (uint64_t)(t.tv_sec - t0->tv_sec) * 1000000u + (uint64_t)((t.tv_nsec - t0->tv_nsec) / 1000);
+}
+
+static void note_latency(cltfs_stats *st, uint64_t us)
+{
+	atomic_fetch_add(&st->lat_us_sum, us);
+	unsigned long long max = atomic_load(&st->lat_us_max);
+	while (us > max && !atomic_compare_exchange_weak(&st->lat_us_max, &max, us))
+		;
+}
+
+static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
+{
+	ctx *c = edge_ctx(req);
+	handle *h = (handle *)(uintptr_t)fi->fh;
+	if (h->kind == 1) {
+		/* Reply from a copy: once the kernel has the bytes (inside writev),
+		 * the reader may close and RELEASE free h on another thread before
+		 * fuse_reply_buf returns. */
+		size_t o = (size_t)off < h->len ? (size_t)off : h->len, n = size < h->len - o ? size : h->len - o;
+		char *copy = malloc(n ? n : 1);
+		if (!copy) {
+			fuse_reply_err(req, ENOMEM);
+			return;
+		}
+		memcpy(copy, h->buf + o, n);
+		fuse_reply_buf(req, copy, n);
+		free(copy);
+		return;
+	}
+	struct timespec t0;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	cltfs_stats *st = fs_stats(c->fs);
+	view_buf b;
+	cltfs_err e = view_read(c->fs, h->v, (uint64_t)off, size, &b);
+	if (e) {
+		fuse_reply_err(req, edge_fail(c, e));
+		return;
+	}
+	/* A reader that continues where it stopped is sequential: fetch ahead. */
+	uint64_t end = (uint64_t)off + b.total, prev = __atomic_exchange_n(&h->last_end, end, __ATOMIC_RELAXED);
+	if (prev == (uint64_t)off && b.total)
+		view_readahead(c->fs, h->v, end);
+	fuse_reply_iov(req, b.iov, (int)b.niov);
+	atomic_fetch_add(&st->reads, 1);
+	atomic_fetch_add(&st->bytes_read, b.total);
+	view_buf_release(c->fs, &b);
+	note_latency(st, usec_since(&t0));
+}
+
+static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	handle *h = (handle *)(uintptr_t)fi->fh;
+	edge_file_released(edge_ctx(req), &h->link);
+	free_handle(&h->link);
+	fuse_reply_err(req, 0);
+}
+
+const struct fuse_lowlevel_ops edge_views_ops = {
+	.lookup = op_lookup,
+	.getattr = op_getattr,
+	.readdir = op_readdir,
+	.open = op_open,
+	.read = op_read,
+	.release = op_release,
+	EDGE_READONLY_OPS,
+};

@@ -1,0 +1,349 @@
+/* capturer.c: stores filled by running the model (capturer.h). */
+#include "capturer.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+struct capturer {
+	cltfs_store *s;
+	const cltfs_manifest *m;
+	cap_load_opts lo;
+	char *model_dir, *image_dir;
+	cap_tokenizer *tok;  /* the checkpoint's, loaded at once: rows are checked against it */
+	cap_config cfg;
+	cap_model *model;    /* loaded on the first capture */
+	store_writer *w;
+	int hook;
+	size_t row;          /* bytes of a row */
+	uint8_t **sb;        /* [kind][layer]: the rows of the batches being captured */
+	int64_t b0, b1;      /* the batches being captured: [b0, b1) */
+	int64_t s0, s1;      /* their samples */
+	int64_t first;       /* the sample the current forward pass starts at */
+	int fwd;             /* samples per forward pass */
+	double load_s;       /* seconds the model took to load */
+	uint64_t batches_run, rows_run;
+	double run_s;        /* seconds in forward passes and store writes */
+};
+
+/* What a capture needs, checked before any model runs. */
+static cltfs_err check_sources(capturer *c)
+{
+	struct stat st;
+	cltfs_err e = cap_config_load(c->model_dir, &c->cfg);
+	if (e)
+		return e;
+	if (c->cfg.n_layers != c->m->n_layers || c->cfg.d_model != c->m->d_model)
+		return cltfs_fail(CLTFS_E_MISMATCH, "%s: %d layers x %d, but the store was made for %d x %d",
+				  c->model_dir, c->cfg.n_layers, c->cfg.d_model, c->m->n_layers, c->m->d_model);
+	if ((e = cap_tokenizer_load(c->model_dir, &c->tok)))
+		return e;
+	if (stat(c->image_dir, &st) < 0 || !S_ISDIR(st.st_mode))
+		return cltfs_fail(CLTFS_E_NOTFOUND, "image folder %s: %s", c->image_dir,
+				  errno && !S_ISDIR(st.st_mode) ? strerror(errno) : "not a directory");
+	return CLTFS_OK;
+}
+
+cltfs_err capturer_new(cltfs_store *s, const capture_cfg *cfg, const char *tag, capturer **out)
+{
+	const cltfs_manifest *m = store_manifest(s);
+	if (!m->source_kind || strcmp(m->source_kind, "capture") || !m->source_path || !m->source_images)
+		return cltfs_fail(CLTFS_E_INVAL, "%s: not a store made by `cltfs init` (nothing to capture from)",
+				  store_dir(s));
+	capturer *c = calloc(1, sizeof *c);
+	if (!c || !(c->sb = calloc(2 * (size_t)m->n_layers, sizeof *c->sb)) ||
+	    !(c->model_dir = strdup(cfg->model ? cfg->model : m->source_path)) ||
+	    !(c->image_dir = strdup(cfg->images ? cfg->images : m->source_images))) {
+		capturer_free(c);
+		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	}
+	c->s = s;
+	c->m = m;
+	c->lo = cfg->load;
+	c->lo.dir = c->model_dir;
+	c->hook = cap_hook_parse(m->input_hook);
+	c->row = (size_t)m->d_model * cltfs_dtype_size(m->dtype);
+	cltfs_err e = check_sources(c);
+	if (!e)
+		e = store_writer_open(s, tag, &c->w);
+	if (e) {
+		capturer_free(c);
+		return e;
+	}
+	*out = c;
+	return CLTFS_OK;
+}
+
+void capturer_free(capturer *c)
+{
+	if (!c)
+		return;
+	if (c->w && store_writer_close(c->w))
+		cltfs_log("%s", cltfs_errmsg());
+	for (int i = 0; c->sb && i < 2 * c->m->n_layers; i++)
+		free(c->sb[i]);
+	free(c->sb);
+	cap_model_free(c->model);
+	cap_tokenizer_free(c->tok);
+	free(c->model_dir);
+	free(c->image_dir);
+	free(c);
+}
+
+bool capturer_batch_stored(capturer *c, int64_t b)
+{
+	const cltfs_batch *bt = &c->m->batches[b];
+	cltfs_rec rec;
+	for (int kind = 0; kind < 2; kind++)
+		for (int L = 0; L < c->m->n_layers; L++)
+			for (int64_t k = 0; cltfs_manifest_has_stream(c->m, (unsigned)kind, L) && k < bt->chunks; k++)
+				if (!store_lookup(c->s, cltfs_key((unsigned)kind, (unsigned)L, (uint32_t)(bt->first_chunk + k)),
+						  &rec))
+					return false;
+	return true;
+}
+
+/* The chunks of batches [b0, b1) of one stream, from its buffer. */
+static cltfs_err cut_chunks(capturer *c, int kind, int layer, const uint8_t *buf)
+{
+	const cltfs_manifest *m = c->m;
+	int64_t row0 = m->batches[c->b0].first_row, c0 = m->batches[c->b0].first_chunk,
+		c1 = m->batches[c->b1 - 1].first_chunk + m->batches[c->b1 - 1].chunks;
+	cltfs_err e = CLTFS_OK;
+	cltfs_rec rec;
+	for (int64_t ch = c0; !e && ch < c1; ch++) {
+		uint64_t key = cltfs_key((unsigned)kind, (unsigned)layer, (uint32_t)ch);
+		size_t off = (size_t)(m->chunk_start[ch] - row0) * c->row,
+		       len = (size_t)(m->chunk_start[ch + 1] - m->chunk_start[ch]) * c->row;
+		if (!store_lookup(c->s, key, &rec))
+			e = store_writer_add(c->w, key, buf + off, len);
+	}
+	return e;
+}
+
+/* The rows of one stream for sample i of the forward pass: into the
+ * stream's buffer at the sample's place; after the last sample of the
+ * batches, cut into chunks and appended. */
+static cltfs_err emit(void *arg, size_t i, int kind, int layer, const void *rows, int64_t nrows)
+{
+	capturer *c = arg;
+	const cltfs_manifest *m = c->m;
+	int64_t si = c->first + (int64_t)i, row0 = m->batches[c->b0].first_row,
+		total = m->samples[c->s1 - 1].first_row + m->samples[c->s1 - 1].rows - row0;
+	if (!cltfs_manifest_has_stream(m, (unsigned)kind, layer))
+		return CLTFS_OK;
+	if (si >= c->s1 || nrows != m->samples[si].rows)
+		return cltfs_fail(CLTFS_E_MISMATCH, "the model gave %lld rows for a sample of %lld", (long long)nrows,
+				  si < c->s1 ? (long long)m->samples[si].rows : -1LL);
+	uint8_t **sb = &c->sb[kind * m->n_layers + layer];
+	if (!*sb && !(*sb = malloc((size_t)total * c->row)))
+		return cltfs_fail(CLTFS_E_NOMEM, "out of memory for batch %lld", (long long)c->b0);
+	memcpy(*sb + (size_t)(m->samples[si].first_row - row0) * c->row, rows, (size_t)nrows * c->row);
+	if (si + 1 < c->s1)
+		return CLTFS_OK;
+	cltfs_err e = cut_chunks(c, kind, layer, *sb);
+	free(*sb);
+	*sb = NULL;
+	return e;
+}
+
+cltfs_err capturer_load(capturer *c)
+{
+	if (c->model)
+		return CLTFS_OK;
+	double t0 = cltfs_now();
+	cltfs_err e = cap_model_load(&c->lo, &c->model);
+	c->load_s = cltfs_now() - t0;
+	if (e)
+		return e;
+	/* One sample at a time on the CPU (no gain from padding there), 8 on a
+	 * GPU, unless asked. */
+	c->fwd = c->lo.batch > 0 ? c->lo.batch : strcmp(cap_model_device(c->model), "cpu") ? 8 : 1;
+	if (c->fwd > 64)
+		c->fwd = 64;
+	const cap_config *cfg = cap_model_config(c->model);
+	if (cfg->n_layers != c->m->n_layers || cfg->d_model != c->m->d_model) {
+		cap_model_free(c->model);
+		c->model = NULL;
+		return cltfs_fail(CLTFS_E_MISMATCH, "%s: %d layers x %d, but the store was made for %d x %d", c->lo.dir,
+				  cfg->n_layers, cfg->d_model, c->m->n_layers, c->m->d_model);
+	}
+	return CLTFS_OK;
+}
+
+/* The model's input for sample si: its rows must be what init counted. */
+static cltfs_err prepare(capturer *c, int64_t si, cap_sample *s, char *img, size_t imgn)
+{
+	const cltfs_sample *sm = &c->m->samples[si];
+	char *prompt = cap_prompt(c->m->prompt_template, sm->text ? sm->text : "");
+	int32_t *ids = NULL;
+	size_t n = 0;
+	cltfs_err e = prompt ? cap_tokenize(c->tok, prompt, &ids, &n) : cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	free(prompt);
+	if (!e && cap_rows(&c->cfg, ids, n) != sm->rows)
+		e = cltfs_fail(CLTFS_E_MISMATCH, "sample %s: the tokenizer gives %lld rows, the manifest %lld: the "
+			       "checkpoint's tokenizer changed since `cltfs init`", sm->id ? sm->id : "?",
+			       (long long)cap_rows(&c->cfg, ids, n), (long long)sm->rows);
+	snprintf(img, imgn, "%s/%s", c->image_dir, sm->image ? sm->image : "");
+	*s = (cap_sample){ids, n, sm->image ? img : NULL};
+	return e ? cltfs_wrap(e, "sample %s", sm->id ? sm->id : "?") : CLTFS_OK;
+}
+
+/* Samples [first, first+n) in one forward pass. */
+static cltfs_err run_samples(capturer *c, int64_t first, int n)
+{
+	cap_sample s[64] = {{0}};
+	char (*img)[PATH_MAX] = malloc((size_t)n * sizeof *img);
+	cltfs_err e = img ? CLTFS_OK : cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	for (int k = 0; !e && k < n; k++)
+		e = prepare(c, first + k, &s[k], img[k], sizeof img[k]);
+	c->first = first;
+	if (!e)
+		e = cap_forward(c->model, s, (size_t)n, c->hook, c->m->dtype, emit, c);
+	if (e && n == 1 && c->m->samples[first].id && !strstr(cltfs_errmsg(), "sample "))
+		e = cltfs_wrap(e, "sample %s", c->m->samples[first].id);
+	for (int k = 0; k < n; k++)
+		free((void *)s[k].ids);
+	free(img);
+	return e;
+}
+
+/* Batches [b0, b1): their samples, fwd at a time through the model. */
+cltfs_err capturer_run(capturer *c, int64_t b0, int64_t b1, bool durable)
+{
+	cltfs_err e = capturer_load(c);
+	const cltfs_manifest *m = c->m;
+	double t0 = cltfs_now();
+	c->b0 = b0;
+	c->b1 = b1;
+	c->s0 = m->batches[b0].first_sample;
+	c->s1 = m->batches[b1 - 1].first_sample + m->batches[b1 - 1].samples;
+	for (int64_t si = c->s0; !e && si < c->s1; si += c->fwd)
+		e = run_samples(c, si, (int)(c->s1 - si < c->fwd ? c->s1 - si : c->fwd));
+	for (int i = 0; i < 2 * m->n_layers; i++) { /* a failed pass leaves no rows behind */
+		free(c->sb[i]);
+		c->sb[i] = NULL;
+	}
+	/* Whatever chunks were added are right (a failure stops before a
+	 * stream is cut into chunks, and a chunk is whole rows the model
+	 * made): they stay pending with the earlier batches' and are kept. */
+	if (!e)
+		e = durable ? store_writer_sync(c->w) : CLTFS_OK;
+	if (!e) {
+		c->batches_run += (uint64_t)(b1 - b0);
+		c->rows_run += (uint64_t)(m->samples[c->s1 - 1].first_row + m->samples[c->s1 - 1].rows -
+					  m->samples[c->s0].first_row);
+		c->run_s += cltfs_now() - t0;
+	}
+	return e;
+}
+
+void capturer_get_stats(capturer *c, capturer_stats *out)
+{
+	*out = (capturer_stats){c->batches_run, c->rows_run, c->run_s, c->load_s, c->model ? c->fwd : 0,
+				c->model ? cap_model_device(c->model) : NULL, c->model ? cap_model_dtype(c->model) : NULL};
+}
+
+/* ---- the capture tier ---- */
+
+typedef struct {
+	cltfs_tier base;
+	capturer *c;
+	pthread_mutex_t mu; /* the model runs one batch at a time */
+} capture_tier;
+
+static int64_t batch_of_chunk(const cltfs_manifest *m, int64_t ch)
+{
+	int64_t lo = 0, hi = m->n_batches - 1;
+	while (lo < hi) {
+		int64_t mid = (lo + hi + 1) / 2;
+		if (m->batches[mid].first_chunk <= ch)
+			lo = mid;
+		else
+			hi = mid - 1;
+	}
+	return lo;
+}
+
+/* Another process may be capturing the same batch: its lock file makes
+ * this one wait, then find the chunks in the store. */
+static int lock_batch(capturer *c, int64_t b)
+{
+	char path[PATH_MAX];
+	snprintf(path, sizeof path, "%s/locks", store_dir(c->s));
+	mkdir(path, 0755);
+	snprintf(path, sizeof path, "%s/locks/batch-%lld.lock", store_dir(c->s), (long long)b);
+	int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+	while (fd >= 0 && flock(fd, LOCK_EX) < 0 && errno == EINTR)
+		;
+	return fd;
+}
+
+static cltfs_err tier_load(cltfs_tier *t, uint64_t key, cltfs_zctx *z, uint8_t *dst, size_t len, cltfs_rec *rec)
+{
+	capture_tier *ct = (capture_tier *)t;
+	capturer *c = ct->c;
+	int64_t b = batch_of_chunk(c->m, cltfs_key_chunk(key));
+	pthread_mutex_lock(&ct->mu);
+	int fd = lock_batch(c, b);
+	store_rescan(c->s);
+	/* durable before the lock goes: another process waits to read it */
+	bool stored = store_lookup(c->s, key, rec) || capturer_batch_stored(c, b);
+	cltfs_err e = stored ? CLTFS_OK : capturer_run(c, b, b + 1, true);
+	if (fd >= 0)
+		close(fd);
+	pthread_mutex_unlock(&ct->mu);
+	char k[48];
+	if (!e && !store_lookup(c->s, key, rec))
+		e = cltfs_fail(CLTFS_E_IO, "chunk %s: not in the store after capturing batch %lld",
+			       cltfs_key_str(key, k, sizeof k), (long long)b);
+	if (!e && rec->rsize != len)
+		e = cltfs_fail(CLTFS_E_CORRUPT, "chunk %s: %u bytes, not %zu", cltfs_key_str(key, k, sizeof k),
+			       rec->rsize, len);
+	return e ? e : store_read_chunk(c->s, rec, z, dst);
+}
+
+static void tier_stats(cltfs_tier *t, char *buf, size_t n)
+{
+	capture_tier *ct = (capture_tier *)t;
+	if (pthread_mutex_trylock(&ct->mu)) { /* a capture is running: do not wait for it */
+		snprintf(buf, n, "{\"capturing\": true}");
+		return;
+	}
+	capturer *c = ct->c;
+	snprintf(buf, n, "{\"batches\": %llu, \"rows\": %llu, \"seconds\": %.3f, \"model_load_seconds\": %.3f, "
+		 "\"device\": \"%s\"}", (unsigned long long)c->batches_run, (unsigned long long)c->rows_run, c->run_s,
+		 c->load_s, c->model ? cap_model_device(c->model) : "not loaded");
+	pthread_mutex_unlock(&ct->mu);
+}
+
+static void tier_free(cltfs_tier *t)
+{
+	capture_tier *ct = (capture_tier *)t;
+	capturer_free(ct->c);
+	pthread_mutex_destroy(&ct->mu);
+	free(ct);
+}
+
+cltfs_err capture_tier_open(cltfs_store *s, const capture_cfg *cfg, cltfs_tier **out)
+{
+	capture_tier *t = calloc(1, sizeof *t);
+	if (!t)
+		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	cltfs_err e = capturer_new(s, cfg, "capture", &t->c);
+	if (e) {
+		free(t);
+		return e;
+	}
+	t->base = (cltfs_tier){"capture", tier_load, NULL, tier_stats, tier_free};
+	pthread_mutex_init(&t->mu, NULL);
+	*out = &t->base;
+	return CLTFS_OK;
+}

@@ -1,0 +1,61 @@
+/* capturer.h: a store filled by running the model (prefix capturer_,
+ * capture_tier_).
+ *
+ * A store made by `cltfs init` knows every sample's rows but holds no
+ * chunk.  A capturer runs the model (capture.h) on whole batches and
+ * appends every stream's chunks of them (the input hook and the MLP
+ * output of each layer) through its own writer; what is stored is skipped,
+ * so a killed run resumes and shards on many machines fill one store.
+ * The capture tier does the same for a read under a mount: the chunk's
+ * batch is captured once across threads (a mutex) and across processes
+ * sharing the store (a lock file per batch).  No FUSE here.
+ */
+#ifndef CLTFS_CAPTURER_H
+#define CLTFS_CAPTURER_H
+
+#include "capture.h"
+#include "store.h"
+#include "tier.h"
+
+typedef struct {
+	cap_load_opts load;  /* device, dtype, threads, samples per pass (load.dir is ignored) */
+	const char *model;   /* the checkpoint folder; NULL: the manifest's source.path */
+	const char *images;  /* the image folder; NULL: the manifest's source.images */
+} capture_cfg;
+
+typedef struct capturer capturer;
+
+/* A capturer of store s (which must outlive it) appending through writer
+ * tag.  Checks now what a capture needs, so that a mount fails at start:
+ * CLTFS_E_INVAL (s was not made by init), _NOTFOUND (no checkpoint or
+ * image folder there), _MISMATCH (a checkpoint of another shape than the
+ * store's), _FORMAT (a bad config.json or tokenizer), store errors.  The
+ * model itself loads on the first capture. */
+cltfs_err capturer_new(cltfs_store *s, const capture_cfg *cfg, const char *tag, capturer **out);
+/* Sync the writer and free (NULL is a no-op); a failed sync is logged. */
+void capturer_free(capturer *c);
+/* Load the model now (else the first capture does): capture.h's errors,
+ * CLTFS_E_MISMATCH for a checkpoint of another shape than the store's. */
+cltfs_err capturer_load(capturer *c);
+/* Is every chunk of batch b's streams in the store? */
+bool capturer_batch_stored(capturer *c, int64_t b);
+/* Capture batches [b0, b1), as many samples per forward pass as the
+ * model takes; durable: sync the writer after (else at the next sync).
+ * A failure leaves every chunk that was added whole and right.
+ * CLTFS_E_MISMATCH (the tokenizer or the model disagrees with the
+ * manifest), capture.h's and the store's errors. */
+cltfs_err capturer_run(capturer *c, int64_t b0, int64_t b1, bool durable);
+
+typedef struct {
+	uint64_t batches, rows;  /* captured so far */
+	double run_s, load_s;    /* seconds in forward passes and writes; loading the model */
+	int per_pass;            /* samples per forward pass (0 before the model loaded) */
+	const char *device, *dtype; /* "cpu" / "cuda:0", "float32"; NULL before the model loaded */
+} capturer_stats;
+void capturer_get_stats(capturer *c, capturer_stats *out);
+
+/* The capture tier of a store made by init: a miss captures the chunk's
+ * batch into s.  capturer_new's errors. */
+cltfs_err capture_tier_open(cltfs_store *s, const capture_cfg *cfg, cltfs_tier **out);
+
+#endif
