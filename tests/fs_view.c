@@ -11,6 +11,7 @@
 
 #include <pthread.h>
 #include <stdatomic.h>
+#include <unistd.h>
 
 /* ---- allocation failures (-Wl,--wrap=malloc,...) ---- */
 
@@ -206,6 +207,55 @@ static void test_allocation_failures(void)
 	pthread_key_delete(mine);
 }
 
+/* A chunk that fails its checksum when the readahead threads load it
+ * ahead of a reader: the failure is logged (naming the pack and the chunk)
+ * and counted, not dropped. */
+static pthread_mutex_t log_mu = PTHREAD_MUTEX_INITIALIZER;
+static char logged[8192];
+
+static void capture_line(void *arg, const char *line)
+{
+	pthread_mutex_lock(&log_mu);
+	size_t n = strlen(logged);
+	snprintf(logged + n, sizeof logged - n, "%s\n", line);
+	pthread_mutex_unlock(&log_mu);
+}
+
+static void test_readahead_failure_logged(void)
+{
+	cltfs_store *s;
+	CHECK(store_open(dir, &s) == CLTFS_OK);
+	cltfs_rec r;
+	const char *pack;
+	CHECK(store_locate(s, cltfs_key(CLTFS_STREAM_X, 0, 1), &r, &pack));
+	char path[256];
+	snprintf(path, sizeof path, "%s/packs/%s.pack", dir, pack);
+	FILE *f = fopen(path, "r+b");
+	CHECK(f && fseek(f, (long)(r.offset + r.csize / 2), SEEK_SET) == 0);
+	int c = f ? fgetc(f) : 0;
+	CHECK(f && fseek(f, (long)(r.offset + r.csize / 2), SEEK_SET) == 0 && fputc(c ^ 0x5a, f) != EOF);
+	if (f)
+		fclose(f);
+	cltfs_fs *fs;
+	cltfs_opts o = {.dtype = -1, .cache_mb = 4, .readahead = 4};
+	CHECK(fs_new(s, &o, &fs) == CLTFS_OK && fs_start(fs) == CLTFS_OK);
+	cltfs_log_set(capture_line, NULL);
+	view *v;
+	CHECK(view_get(fs, 0, 0, 0, &v) == CLTFS_OK); /* L0/batch_0_x.pt: x@0 chunks 0, 1, 2 */
+	for (uint64_t off = 0; off < view_size(v); off += 64)
+		view_readahead(fs, v, off);
+	for (int i = 0; i < 500 && !atomic_load(&fs_stats(fs)->readahead_errors); i++)
+		usleep(10000);
+	CHECK(atomic_load(&fs_stats(fs)->readahead_errors) >= 1);
+	pthread_mutex_lock(&log_mu);
+	CHECK(strstr(logged, "readahead: ") && strstr(logged, "x@0#1") && strstr(logged, ".pack"));
+	pthread_mutex_unlock(&log_mu);
+	view_put(v);
+	fs_free(fs);
+	cltfs_log_set(NULL, NULL);
+	store_close(s);
+}
+
 int main(void)
 {
 	CHECK(pthread_key_create(&mine, NULL) == 0 && pthread_setspecific(mine, &sentinel) == 0);
@@ -213,6 +263,7 @@ int main(void)
 	RUN(test_views_own);
 	RUN(test_views_shared);
 	RUN(test_allocation_failures);
+	RUN(test_readahead_failure_logged); /* last: it damages the store */
 	char cmd[300];
 	snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
 	CHECK(system(cmd) == 0);

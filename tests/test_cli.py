@@ -34,7 +34,9 @@ def test_man_page_covers_every_option():
                  "dtype", "readahead", "threads", "read_ahead_kb", "fuse.cltfs", "CLTFS_STORE",
                  "--chunk-rows", "--target-offset", "--level", "EROFS", "EIO",
                  "pull", "hf://", "HF_ENDPOINT", "HF_TOKEN", "HF_HOME", "HF_HUB_CACHE",
-                 "HF_HUB_OFFLINE", "CLTFS_HUB_RETRIES", ".incomplete", "refs/"):
+                 "HF_HUB_OFFLINE", "CLTFS_HUB_RETRIES", ".incomplete", "refs/",
+                 "share_zero_targets", "hub=", "capture=", "model=", "images=", "readahead_errors",
+                 "--image-dir"):
         assert word.replace("-", "\\-") in page or word in page, word
     if shutil.which("groff"):
         r = subprocess.run(["groff", "-man", "-ww", "-z", os.path.join(REPO, "man", "cltfs.1")],
@@ -59,6 +61,23 @@ def test_stat_json_numbers(stores, run_cltfs):
     disk = sum(os.path.getsize(os.path.join(dp, f)) for dp, _, fs in os.walk(imp.store) for f in fs)
     assert st["disk_bytes"] == disk
     assert 0 < st["ratio"] < 1 and abs(st["ratio"] - disk / st["materialized_bytes"]) < 1e-6
+
+
+def test_stat_json_any_store_name(stores, run_cltfs, tmp_path):
+    """The store's path is a JSON string however it is spelled: quotes,
+    backslashes, control characters and non-ASCII are escaped."""
+    name = 'we"ird\\st\tore é'
+    dst = tmp_path / name
+    shutil.copytree(stores.get("s1_bf16").store, dst)
+    r = run_cltfs("stat", str(dst), "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["store"] == str(dst)
+
+
+def test_help_lists_the_tier_options(run_cltfs):
+    out = run_cltfs("--help").stdout
+    for opt in ("share_zero_targets", "hub=", "capture=", "model=", "images="):
+        assert opt in out, opt
 
 
 def _bdi_readahead(mnt):

@@ -10,7 +10,7 @@ void cmd_usage(FILE *f)
 	      "             [--target-offset 0|1] [--padding zero|clip] [--dtype T] [--input-hook H]\n"
 	      "             [--chunk-rows N] [--batch-samples S] [--template T] [--model-id ID] [--quiet]\n"
 	      "       cltfs capture STORE [--rows A:B | --shard I/N] [--batch N] [--dtype T] [--threads N] [--cpu]\n"
-	      "             [--quiet]\n"
+	      "             [--model DIR] [--image-dir DIR] [--quiet]\n"
 	      "       cltfs stat STORE [--json]\n"
 	      "       cltfs verify STORE\n"
 	      "       cltfs --help | --version\n"
