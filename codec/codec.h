@@ -103,23 +103,32 @@ uint32_t cltfs_crc32_zeros(uint64_t n);
 
 /* ---- chunk frames ---------------------------------------------------- */
 
-/* A per-thread context: zstd contexts and a scratch buffer, reused. */
+/* A context for one thread at a time: zstd contexts and scratch buffers,
+ * reused from call to call (never made per call on a hot path).  NULL when
+ * out of memory; free takes NULL. */
 typedef struct cltfs_zctx cltfs_zctx;
 cltfs_zctx *cltfs_zctx_new(void);
 void cltfs_zctx_free(cltfs_zctx *z);
 /* A second buffer of at least n bytes, kept for reuse (frames read from a
- * pack): reusing it avoids faulting in fresh pages on every chunk. */
+ * pack): reusing it avoids faulting in fresh pages on every chunk.  NULL
+ * when out of memory. */
 void *cltfs_zctx_buffer(cltfs_zctx *z, size_t n);
 
+/* The largest frame raw_len bytes can make: a dst of this size always fits. */
 size_t cltfs_frame_bound(size_t raw_len);
 /* Byte-shuffle raw (elements of esize bytes) and compress it into one zstd
- * frame with the content checksum on. */
+ * frame with the content size and checksum in it; *out_len is the frame's
+ * size.  CLTFS_E_INVAL (dst too small, a bad level), _NOMEM. */
 cltfs_err cltfs_frame_encode(cltfs_zctx *z, int level, size_t esize, const void *raw,
 			     size_t raw_len, void *dst, size_t cap, size_t *out_len);
-/* Decompress a frame into raw, which must be exactly raw_len bytes: a frame
- * whose declared size, checksum or length disagrees is CLTFS_E_CORRUPT. */
+/* Decompress a frame into raw, which must be exactly raw_len bytes, and
+ * unshuffle it.  CLTFS_E_CORRUPT for a frame whose declared size, checksum
+ * or length disagrees, _NOMEM. */
 cltfs_err cltfs_frame_decode(cltfs_zctx *z, size_t esize, const void *frame, size_t len,
 			     void *raw, size_t raw_len);
+/* The byte shuffle of len bytes of esize-byte values: byte 0 (the low byte:
+ * values are little-endian) of every value, then byte 1, and so on; a tail
+ * of len % esize bytes is copied as it is.  unshuffle undoes it. */
 void cltfs_shuffle(size_t esize, const void *src, void *dst, size_t len);
 void cltfs_unshuffle(size_t esize, const void *src, void *dst, size_t len);
 
@@ -135,7 +144,7 @@ static inline uint64_t cltfs_key(unsigned kind, unsigned layer, uint32_t chunk)
 static inline unsigned cltfs_key_kind(uint64_t k) { return (unsigned)(k >> 48); }
 static inline unsigned cltfs_key_layer(uint64_t k) { return (unsigned)(k >> 32) & 0xffff; }
 static inline uint32_t cltfs_key_chunk(uint64_t k) { return (uint32_t)k; }
-/* "x@3#12" or "mlp@4#0" into buf. */
+/* "x@3#12" or "mlp@4#0" into buf (n bytes); returns buf. */
 const char *cltfs_key_str(uint64_t k, char *buf, size_t n);
 
 #define CLTFS_FILE_HEADER 16 /* magic(8) version(4) record size(4) */
@@ -152,11 +161,14 @@ typedef struct {
 	uint8_t dtype;
 } cltfs_rec;
 
+/* A record's 40 bytes, its own checksum included. */
 void cltfs_rec_encode(const cltfs_rec *r, uint8_t out[CLTFS_REC_SIZE]);
 /* CLTFS_E_CORRUPT when the magic or the record's own checksum is wrong. */
 cltfs_err cltfs_rec_decode(const uint8_t in[CLTFS_REC_SIZE], cltfs_rec *r);
+/* The 16-byte header of a pack (CLTFS_PACK_MAGIC) or index file. */
 void cltfs_file_header(const char magic[8], uint8_t out[CLTFS_FILE_HEADER]);
-/* CLTFS_E_FORMAT when it is not a header of this kind and version. */
+/* CLTFS_E_FORMAT when it is not a header of this kind (the message names
+ * the kind expected), _UNSUPPORTED for another format version. */
 cltfs_err cltfs_file_header_check(const char magic[8], const uint8_t in[CLTFS_FILE_HEADER]);
 
 /* ---- manifest -------------------------------------------------------- */
@@ -212,18 +224,25 @@ typedef struct {
  * one sample per batch, the reference layout), for building one in code:
  * fill it, then cltfs_manifest_finish.  NULL when out of memory. */
 cltfs_manifest *cltfs_manifest_new(void);
-/* Parse and validate; path names the file in every message. */
+/* Parse and validate; path names the file in every message.
+ * CLTFS_E_FORMAT (not JSON, a field missing, of the wrong type or out of
+ * range, or inconsistent: the message names the field), _NOMEM. */
 cltfs_err cltfs_manifest_parse(const char *json, size_t len, const char *path,
 			       cltfs_manifest **out);
+/* Read and parse path: CLTFS_E_NOTFOUND, _IO, and parse's errors. */
 cltfs_err cltfs_manifest_load(const char *path, cltfs_manifest **out);
-/* Fill the derived fields and check consistency (called by parse; call it
- * after building a manifest in code). */
+/* Fill the derived fields and check ranges and consistency (called by
+ * parse; call it after building a manifest in code).  CLTFS_E_FORMAT
+ * naming path and the inconsistency, _NOMEM. */
 cltfs_err cltfs_manifest_finish(cltfs_manifest *m, const char *path);
 /* JSON text, malloc'd, NULL on allocation failure. */
 char *cltfs_manifest_dump(const cltfs_manifest *m);
-/* Write to path atomically: temporary file, fsync, rename, fsync dir. */
+/* Write to path atomically: temporary file, fsync, rename, fsync dir.
+ * CLTFS_E_IO, _NOMEM. */
 cltfs_err cltfs_manifest_save(const cltfs_manifest *m, const char *path);
+/* NULL is a no-op. */
 void cltfs_manifest_free(cltfs_manifest *m);
+/* Is layer in layers[0..n)? */
 bool cltfs_manifest_has_layer(const int *layers, int n, int layer);
 /* Does the store keep stream (kind, layer): x@L for an x layer, mlp@L for
  * an mlp layer?  (kind: CLTFS_STREAM_X or CLTFS_STREAM_MLP.) */
@@ -268,15 +287,17 @@ struct pt_obj {
 	} u;
 };
 
-/* Objects live in an arena freed at once. */
+/* Objects live in an arena freed at once.  Every allocator returns NULL
+ * when out of memory (pt_arena_free takes NULL). */
 typedef struct pt_arena pt_arena;
 pt_arena *pt_arena_new(void);
 void pt_arena_free(pt_arena *a);
-void *pt_alloc(pt_arena *a, size_t n); /* zeroed, NULL on failure */
+void *pt_alloc(pt_arena *a, size_t n); /* zeroed */
 pt_obj *pt_new(pt_arena *a, pt_kind k);
 pt_obj *pt_str(pt_arena *a, const char *s);
 pt_obj *pt_int(pt_arena *a, int64_t v);
-/* Append to a list/tuple, or set key -> value in a dict (insertion order). */
+/* Append to a list/tuple, or set key -> value in a dict (insertion order).
+ * CLTFS_E_NOMEM; pt_set: CLTFS_E_INVAL when dict is not a dict. */
 cltfs_err pt_append(pt_arena *a, pt_obj *seq, pt_obj *item);
 cltfs_err pt_set(pt_arena *a, pt_obj *dict, pt_obj *key, pt_obj *val);
 /* The value of a string key in a dict, NULL when absent. */
@@ -286,10 +307,13 @@ bool pt_tensor_contiguous(const pt_obj *t);
 
 /* Pickle (protocol 2, only opcodes torch's weights_only unpickler accepts)
  * into a malloc'd buffer.  The same tensor object referenced twice is
- * written once and referenced through the memo, as Python's pickler does. */
+ * written once and referenced through the memo, as Python's pickler does.
+ * CLTFS_E_INVAL (an object it cannot write, nesting too deep), _NOMEM. */
 cltfs_err pt_pickle(const pt_obj *root, uint8_t **out, size_t *out_len);
 /* Restricted unpickler: tensors, dicts, lists, tuples, ints, floats,
- * strings, bools, None; any other global is refused, nothing is run. */
+ * strings, bools, None; any other global is refused, nothing is run.
+ * CLTFS_E_FORMAT (malformed, or a refused global: the message says which
+ * and where), _NOMEM. */
 cltfs_err pt_unpickle(pt_arena *a, const uint8_t *p, size_t n, pt_obj **out);
 
 /* ---- .pt writer: a virtual zip file, any byte range on demand -------- */
@@ -299,7 +323,8 @@ typedef struct pt_file pt_file;
 /* Records are laid out as torch 2.x writes them: data.pkl,
  * .storage_alignment, byteorder, data/<key> for each storage, version.
  * storage_keys[i] names data/<key>; sizes[i] is its byte length.  Every
- * record's data is 64-byte aligned; ZIP64 where an offset or size needs it. */
+ * record's data is 64-byte aligned; ZIP64 where an offset or size needs it.
+ * CLTFS_E_INVAL (a bad archive name or key), _NOMEM. */
 cltfs_err pt_file_new(const char *archive, const uint8_t *pickle, size_t plen,
 		      size_t nstorages, const char *const *storage_keys,
 		      const uint64_t *sizes, pt_file **out);
@@ -332,15 +357,20 @@ void pt_file_literal(const pt_file *f, uint64_t off, uint64_t len, uint8_t *dst)
 typedef struct pt_archive pt_archive;
 
 /* Open a torch.save zip (torch 1.13 and 2.x), parse and validate data.pkl.
- * The file is mapped, not read. */
+ * The file is mapped, not read.  CLTFS_E_NOTFOUND, _IO, _FORMAT (not a
+ * torch.save archive, or its pickle: the message says why), _UNSUPPORTED
+ * (a valid zip torch could write but cltfs does not read, e.g. deflated
+ * records), _NOMEM. */
 cltfs_err pt_open(const char *path, pt_archive **out);
 /* The same from a buffer the caller keeps alive; name is for messages. */
 cltfs_err pt_open_mem(const void *buf, size_t len, const char *name, pt_archive **out);
-/* Check every record's CRC-32 against the central directory. */
+/* Check every record's CRC-32 against the central directory:
+ * CLTFS_E_CORRUPT naming the record. */
 cltfs_err pt_check_crcs(const pt_archive *ar, const char *name);
 void pt_close(pt_archive *ar);
 const pt_obj *pt_root(const pt_archive *ar);
-/* The tensor's values, contiguous, into dst (numel * dtype size bytes). */
+/* The tensor's values, contiguous, into dst (numel * dtype size bytes).
+ * CLTFS_E_FORMAT when its storage does not hold them. */
 cltfs_err pt_tensor_read(const pt_archive *ar, const pt_obj *t, void *dst);
 /* Where the tensor's values lie contiguous in the map, or NULL when they do
  * not (strided); then use pt_tensor_read. */

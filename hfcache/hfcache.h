@@ -33,7 +33,9 @@ typedef struct {
 	int backoff_ms;  /* first wait (CLTFS_HUB_BACKOFF_MS, default 500), doubling */
 } hf_config;
 
-/* From the environment, as huggingface_hub does. */
+/* From the environment, as huggingface_hub does.  CLTFS_E_INVAL (an
+ * unusable HF_ENDPOINT or CLTFS_HUB_* value: the message names it),
+ * _NOMEM. */
 cltfs_err hf_config_from_env(hf_config *c);
 void hf_config_free(hf_config *c);
 
@@ -49,8 +51,13 @@ typedef struct {
 typedef struct hf_repo hf_repo;
 /* Parse url and resolve its revision (default main) to a commit: with the
  * Hub's revision API, or offline from refs/ in the cache.  Writes
- * refs/<rev> when the revision is a branch or tag. */
+ * refs/<rev> when the revision is a branch or tag.  CLTFS_E_INVAL (a URL
+ * that is not one of hf_is_url's), _UNSUPPORTED (spaces), _NOTFOUND (no
+ * such repo or revision; offline: not in the cache), _IO (the Hub did not
+ * answer, or refused: a gated or private repo says "set HF_TOKEN"),
+ * _FORMAT (a reply or a refs/ file that is not what the Hub writes), _NOMEM. */
 cltfs_err hf_repo_open(const hf_config *cfg, const char *url, hf_repo **out);
+/* NULL is a no-op; downloads must be cancelled first. */
 void hf_repo_close(hf_repo *r);
 const char *hf_repo_commit(const hf_repo *r);
 /* "datasets/owner/name" */
@@ -65,16 +72,22 @@ typedef struct {
 	bool dir;
 } hf_entry;
 /* Every file and directory of the commit, sorted by path: the Hub's tree
- * listing (all pages), or offline, what the cache's snapshot holds. */
+ * listing (all pages), or offline, what the cache's snapshot holds.
+ * hf_repo_open's errors; CLTFS_E_FORMAT for a path that would escape the
+ * snapshot folder. */
 cltfs_err hf_list(hf_repo *r, hf_entry **out, size_t *n);
 void hf_entries_free(hf_entry *e, size_t n);
 
 /* The file in the cache, downloaded whole if it is not there yet: its
  * snapshot path, malloc'd.  CLTFS_E_NOTFOUND when the repo has no such
- * file (remembered in .no_exist/). */
+ * file (remembered in .no_exist/) or, offline, when it is not cached;
+ * _INVAL for a path outside the repo; _IO (the download failed after its
+ * retries: the message names the URL), _CORRUPT (it ended short), _NOMEM. */
 cltfs_err hf_fetch(hf_repo *r, const char *path, char **local);
 
-/* A download in the background that readers follow as bytes arrive. */
+/* A download in the background that readers follow as bytes arrive.
+ * start: hf_fetch's errors for what is known at once (no such file,
+ * offline); later failures come from hf_download_pread. */
 typedef struct hf_download hf_download;
 cltfs_err hf_download_start(hf_repo *r, const char *path, hf_download **out);
 /* Read [off, off+len) once it has arrived (or the file ended): *got bytes.
@@ -92,7 +105,9 @@ void hf_download_release(hf_download *d);
 
 /* Bytes [off, off+len) of a file of the commit into dst, exactly, or an
  * error: never short or wrong bytes.  Redirect targets are remembered for
- * a while so that sequential ranges skip the Hub's round trip. */
+ * a while so that sequential ranges skip the Hub's round trip.
+ * CLTFS_E_NOTFOUND (no such file; offline: nothing is fetched), _IO (after
+ * the retries: the message names the URL), _NOMEM. */
 cltfs_err hf_read_range(hf_repo *r, const char *path, uint64_t off, size_t len, void *dst);
 
 #endif

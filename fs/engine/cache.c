@@ -29,11 +29,12 @@ enum { LOADING, READY, FAILED };
 #define NBUCKETS 1024
 
 typedef struct {
-	pthread_mutex_t mu;
-	pthread_cond_t cv;
-	chunk *buckets[NBUCKETS];
-	chunk lru; /* sentinel: lru.next is the most recent, unreferenced only */
-	size_t bytes, entries, limit;
+	pthread_mutex_t mu;       /* guards everything below, and the chunks of this shard */
+	pthread_cond_t cv;        /* a load of this shard ended (with mu) */
+	chunk *buckets[NBUCKETS]; /* the shard's chunks by key, LOADING ones included */
+	chunk lru;                /* sentinel: lru.next is the most recent; unreferenced chunks only */
+	size_t bytes, entries;
+	size_t limit;             /* set once at cache_new */
 } shard;
 
 #define REGION (32u << 20)
@@ -46,7 +47,7 @@ typedef struct region {
 
 struct chunk_cache {
 	shard shards[NSHARDS];
-	chunk_loader load;
+	chunk_loader load;       /* set once at cache_new, like arg, limit and buf_size */
 	void *arg;
 	size_t limit, buf_size;
 	pthread_mutex_t pool_mu; /* guards the fields below */
