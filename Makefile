@@ -34,10 +34,10 @@ SAN     := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-re
 # commands and the FUSE adapter.
 CODEC_SRC := $(wildcard codec/*.c)
 CORE_SRC  := $(wildcard fs/engine/*.c fs/tiers/*.c hfcache/*.c) \
-	     capture/config.c capture/tokenizer.c capture/image.c capture/loader.c
+	     capture/config.c capture/tokenizer.c capture/image.c capture/loader.c capture/safetensors.c
 BIN_SRC   := $(wildcard fs/cmd/*.c fs/fuse/*.c)
 # What libcltfs-capture.so carries of its own (hidden, position-independent).
-CAPLIB_SRC := codec/common.c codec/log.c capture/config.c capture/image.c
+CAPLIB_SRC := codec/common.c codec/log.c capture/config.c capture/image.c capture/safetensors.c
 UNIT_TESTS := codec_frame codec_pt codec_manifest fs_store fs_view hf_config capture_image
 # fs_view fails allocations in turn through the linker's --wrap.
 UNIT_LDFLAGS_fs_view := -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc,--wrap=strdup
@@ -133,14 +133,16 @@ check: deps
 	$(MAKE) all
 	$(MAKE) unit
 	$(MAKE) unit-asan
+	$(MAKE) fuzz
 	$(MAKE) pytest-asan
 	$(MAKE) pytest
 
 # libFuzzer binaries (clang): build/fuzz/<target>; run one with
-# build/fuzz/<target> tests/fuzz/corpus (see tests/fuzz/README).
+# build/fuzz/<target> NEW_DIR tests/fuzz/corpus (see tests/fuzz/README).
 FUZZ_TARGETS := frame record manifest pt pickle tokenizer safetensors hub_json
-FUZZ_FLAGS := -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -g -O1 -fsanitize=fuzzer,address,undefined \
-	$(PKG_CFLAGS) $(INCS) -Itests/fuzz
+FUZZ_FLAGS := -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 $(WARN) -Wno-unknown-warning-option -g -O1 \
+	-fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined $(PKG_CFLAGS) $(INCS) -Itests/fuzz \
+	-DCLTFS_VERSION='"$(VERSION)"'
 fuzz: $(FUZZ_TARGETS:%=$(B)/fuzz/%)
 $(B)/fuzz/%: tests/fuzz/libfuzzer.c $(FUZZ_SRC) $(CODEC_SRC) $(CORE_SRC)
 	@mkdir -p $(dir $@)

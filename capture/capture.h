@@ -54,6 +54,13 @@ typedef struct cap_tokenizer cap_tokenizer;
  * (a damaged or truncated model), _UNSUPPORTED (a normalizer other than
  * identity, a model type other than BPE), _IO, _NOMEM. */
 cltfs_err cap_tokenizer_load(const char *dir, cap_tokenizer **out);
+/* A tokenizer.model already in memory (len bytes at buf; name is for
+ * messages), without added tokens: what cap_tokenizer_load reads first, and
+ * what the fuzzer feeds.  The pieces are copied: buf may be freed after.
+ * CLTFS_E_FORMAT (a damaged or truncated model, an unk_id that is no
+ * piece), _UNSUPPORTED (a normalizer other than identity, a model type
+ * other than BPE), _NOMEM. */
+cltfs_err cap_tokenizer_parse(const uint8_t *buf, size_t len, const char *name, cap_tokenizer **out);
 /* NULL is a no-op. */
 void cap_tokenizer_free(cap_tokenizer *t);
 /* Ids of text, BOS first; malloc'd.  CLTFS_E_NOMEM. */

@@ -20,6 +20,7 @@
 // mlp_out = the MLP's output.
 #include "capture.h"
 #include "image.h"
+#include "safetensors.h"
 
 #include <cjson/cJSON.h>
 #include <fcntl.h>
@@ -36,7 +37,7 @@
 
 using torch::Tensor;
 
-// ---- safetensors: header with cJSON, data mmapped ----
+// ---- safetensors: header checked by safetensors.c, data mmapped ----
 
 struct st_tensor {
 	const uint8_t *data;
@@ -56,23 +57,13 @@ struct st_file {
 	}
 };
 
-static bool st_dtype(const char *s, torch::ScalarType *t, size_t *esize)
+static torch::ScalarType st_scalar(cltfs_dtype t)
 {
-	static const struct {
-		const char *name;
-		torch::ScalarType t;
-		size_t size;
-	} map[] = {{"F32", torch::kFloat, 4}, {"BF16", torch::kBFloat16, 2}, {"F16", torch::kHalf, 2}};
-	for (const auto &m : map)
-		if (!strcmp(s, m.name)) {
-			*t = m.t;
-			*esize = m.size;
-			return true;
-		}
-	return false;
+	return t == CLTFS_F32 ? torch::kFloat : t == CLTFS_BF16 ? torch::kBFloat16 : torch::kHalf;
 }
 
-// Map one shard and add its tensors; a message names the file and tensor.
+// Map one shard and add its tensors; safetensors.c checks the header, and
+// its messages name the file and tensor.
 static cltfs_err st_load(const std::string &path, std::vector<std::unique_ptr<st_file>> &files,
 			 std::map<std::string, st_tensor> &out)
 {
@@ -90,57 +81,20 @@ static cltfs_err st_load(const std::string &path, std::vector<std::unique_ptr<st
 	if (f->map == MAP_FAILED)
 		return cltfs_fail(CLTFS_E_FORMAT, "%s: not a safetensors file (too short or unreadable)", path.c_str());
 	const uint8_t *base = (const uint8_t *)f->map;
-	uint64_t hlen = 0;
-	for (int i = 7; i >= 0; i--)
-		hlen = hlen << 8 | base[i];
-	if (hlen > f->len - 8 || hlen > (100u << 20))
-		return cltfs_fail(CLTFS_E_FORMAT, "%s: header length %llu runs past the file (%zu bytes): truncated or "
-				  "not safetensors", path.c_str(), (unsigned long long)hlen, f->len);
-	cJSON *h = cJSON_ParseWithLength((const char *)base + 8, (size_t)hlen);
-	if (!cJSON_IsObject(h)) {
-		cJSON_Delete(h);
-		return cltfs_fail(CLTFS_E_FORMAT, "%s: the header is not a JSON object", path.c_str());
-	}
-	const uint8_t *data = base + 8 + hlen;
-	size_t dlen = f->len - 8 - (size_t)hlen;
-	cltfs_err e = CLTFS_OK;
-	const cJSON *it;
-	cJSON_ArrayForEach(it, h) {
-		if (!strcmp(it->string, "__metadata__"))
-			continue;
-		const cJSON *dt = cJSON_GetObjectItemCaseSensitive(it, "dtype"),
-			    *sh = cJSON_GetObjectItemCaseSensitive(it, "shape"),
-			    *off = cJSON_GetObjectItemCaseSensitive(it, "data_offsets");
+	cap_st_header *h;
+	cltfs_err e = cap_st_parse(base, f->len, path.c_str(), &h);
+	for (size_t i = 0; !e && i < h->n; i++) {
+		const cap_st_tensor &s = h->t[i];
 		st_tensor t;
-		size_t esize = 0;
-		if (!cJSON_IsString(dt) || !st_dtype(dt->valuestring, &t.dtype, &esize)) {
-			e = cltfs_fail(CLTFS_E_UNSUPPORTED, "%s: tensor %s: dtype %s (F32, BF16 and F16 are read)",
-				       path.c_str(), it->string, cJSON_IsString(dt) ? dt->valuestring : "missing");
-			break;
-		}
-		uint64_t numel = 1;
-		const cJSON *d;
-		bool ok = cJSON_IsArray(sh) && cJSON_IsArray(off) && cJSON_GetArraySize(off) == 2;
-		cJSON_ArrayForEach(d, sh) {
-			ok = ok && cJSON_IsNumber(d) && d->valuedouble >= 0 && d->valuedouble < 1e12;
-			if (ok) {
-				t.shape.push_back((int64_t)d->valuedouble);
-				numel *= (uint64_t)d->valuedouble;
-			}
-		}
-		double b = ok ? cJSON_GetArrayItem(off, 0)->valuedouble : -1,
-		       en = ok ? cJSON_GetArrayItem(off, 1)->valuedouble : -1;
-		if (!ok || b < 0 || en < b || en > (double)dlen || (uint64_t)(en - b) != numel * esize) {
-			e = cltfs_fail(CLTFS_E_FORMAT, "%s: tensor %s: shape or data offsets disagree with the file (%zu "
-				       "data bytes): truncated or corrupt", path.c_str(), it->string, dlen);
-			break;
-		}
-		t.data = data + (size_t)b;
-		t.bytes = (size_t)(en - b);
+		t.data = base + s.offset;
+		t.bytes = (size_t)s.bytes;
+		t.dtype = st_scalar(s.dtype);
+		t.shape.assign(s.shape, s.shape + s.ndim);
 		t.file = path;
-		out[it->string] = std::move(t);
+		out[s.name] = std::move(t);
 	}
-	cJSON_Delete(h);
+	if (!e)
+		cap_st_free(h);
 	files.push_back(std::move(f));
 	return e;
 }

@@ -145,10 +145,14 @@ static cltfs_err read_piece(cap_tokenizer *t, pb *m)
 	uint64_t v;
 	while (field(m, &num, &wt, &v, &sub)) {
 		if (num == 1 && wt == 2) {
+			/* all len bytes, not strndup's: a piece may hold a NUL, and
+			 * find_piece compares len bytes */
 			free(p.s);
 			p.len = (uint32_t)(sub.end - sub.p);
-			if (!(p.s = strndup((const char *)sub.p, p.len)))
+			if (!(p.s = malloc((size_t)p.len + 1)))
 				return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+			memcpy(p.s, sub.p, p.len);
+			p.s[p.len] = 0;
 		} else if (num == 2 && wt == 5) {
 			memcpy(&p.score, sub.p, 4);
 		} else if (num == 3 && wt == 0) {
@@ -296,28 +300,38 @@ static cltfs_err read_added(cap_tokenizer *t, const char *dir)
 	return e;
 }
 
+cltfs_err cap_tokenizer_parse(const uint8_t *buf, size_t len, const char *name, cap_tokenizer **out)
+{
+	cap_tokenizer *t = calloc(1, sizeof *t);
+	if (!t)
+		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	t->add_bos = true;
+	cltfs_err e = read_model(t, buf, len, name);
+	if (e) {
+		cap_tokenizer_free(t);
+		return e;
+	}
+	*out = t;
+	return CLTFS_OK;
+}
+
 cltfs_err cap_tokenizer_load(const char *dir, cap_tokenizer **out)
 {
 	char path[4096];
 	size_t len;
 	snprintf(path, sizeof path, "%s/tokenizer.model", dir);
-	char *text;
-	cltfs_err re = cltfs_read_file(path, &text, &len);
-	if (re == CLTFS_E_NOTFOUND)
-		return cltfs_fail(re, "%s: missing (the checkpoint's SentencePiece model)", path);
-	if (re)
-		return re;
-	uint8_t *data = (uint8_t *)text;
-	cap_tokenizer *t = calloc(1, sizeof *t);
-	cltfs_err e = t ? CLTFS_OK : cltfs_fail(CLTFS_E_NOMEM, "out of memory");
-	if (t)
-		t->add_bos = true;
-	if (!e)
-		e = read_model(t, data, len, path);
+	char *data;
+	cltfs_err e = cltfs_read_file(path, &data, &len);
+	if (e == CLTFS_E_NOTFOUND)
+		return cltfs_fail(e, "%s: missing (the checkpoint's SentencePiece model)", path);
+	if (e)
+		return e;
+	cap_tokenizer *t;
+	e = cap_tokenizer_parse((const uint8_t *)data, len, path, &t);
 	free(data);
-	if (!e)
-		e = read_added(t, dir);
-	if (e) {
+	if (e)
+		return e;
+	if ((e = read_added(t, dir))) {
 		cap_tokenizer_free(t);
 		return e;
 	}

@@ -153,7 +153,8 @@ static cltfs_err get_int(const cJSON *o, const char *k, int64_t lo, int64_t hi, 
 		*out = def;
 		return CLTFS_OK;
 	}
-	if (!cJSON_IsNumber(v) || v->valuedouble != (double)(int64_t)v->valuedouble)
+	if (!cJSON_IsNumber(v) || !(v->valuedouble >= -0x1p63 && v->valuedouble < 0x1p63) ||
+	    v->valuedouble != (double)(int64_t)v->valuedouble)
 		return ferr(c, "expected an integer");
 	int64_t x = (int64_t)v->valuedouble;
 	if (x < lo || x > hi) {
@@ -217,8 +218,8 @@ static cltfs_err get_layers(const cJSON *o, const char *k, int **out, int *n, ct
 	const cJSON *it;
 	cJSON_ArrayForEach(it, v)
 	{
-		if (!cJSON_IsNumber(it) || it->valuedouble != (int)it->valuedouble || it->valuedouble < 0 ||
-		    it->valuedouble >= MAX_LAYERS)
+		if (!cJSON_IsNumber(it) || it->valuedouble < 0 || it->valuedouble >= MAX_LAYERS ||
+		    it->valuedouble != (int)it->valuedouble)
 			return ferr(c, "expected layer numbers in [0, 4096)");
 		int L = (int)it->valuedouble;
 		if (*n && L <= (*out)[*n - 1])

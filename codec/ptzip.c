@@ -441,7 +441,7 @@ static cltfs_err find_end(pt_archive *ar, uint64_t *cd_off, uint64_t *cd_size, u
 		if (at < LOC64_SIZE || get32(m + at - LOC64_SIZE) != SIG_LOC64)
 			return zbad("ZIP64 end locator missing");
 		uint64_t e64 = get64(m + at - LOC64_SIZE + 8);
-		if (e64 > ar->len - END64_SIZE || get32(m + e64) != SIG_END64)
+		if (ar->len < END64_SIZE || e64 > ar->len - END64_SIZE || get32(m + e64) != SIG_END64)
 			return zbad("ZIP64 end record missing");
 		*count = get64(m + e64 + 32);
 		*cd_size = get64(m + e64 + 40);

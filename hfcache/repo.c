@@ -13,6 +13,7 @@
  * without quotes, from a HEAD of .../resolve/<commit>/<path> that does not
  * follow redirects.
  */
+#include "hfcache_internal.h"
 #include "http.h"
 
 #include <cjson/cJSON.h>
@@ -299,26 +300,31 @@ static bool mem_sink(void *arg, const void *p, size_t n)
 	return true;
 }
 
-static cltfs_err api_json(hf_repo *r, const char *url, const char *what, cJSON **out, char **next)
+/* The body of an API answer into *body (the caller frees body->p, which
+ * may be NULL for an empty body), and its rel="next" link when next is set. */
+static cltfs_err api_get(hf_repo *r, const char *url, const char *what, membuf *body, char **next)
 {
-	membuf m = {0};
 	http_hdrs h = {0};
-	cltfs_err e = http_get(&r->http, url, 0, 0, mem_sink, &m, &h, NULL);
-	if (e) {
-		free(m.p);
-		http_hdrs_free(&h);
-		return cltfs_wrap(e, "%s", what);
-	}
-	*out = cJSON_ParseWithLength(m.p ? m.p : "", m.n);
-	free(m.p);
-	if (next) {
+	cltfs_err e = http_get(&r->http, url, 0, 0, mem_sink, body, &h, NULL);
+	if (!e && next) {
 		*next = h.link_next;
 		h.link_next = NULL;
 	}
 	http_hdrs_free(&h);
-	if (!*out)
+	return e ? cltfs_wrap(e, "%s", what) : CLTFS_OK;
+}
+
+cltfs_err hf_parse_revision(const char *json, size_t len, const char *what, char commit[41])
+{
+	cJSON *j = cJSON_ParseWithLength(json, len);
+	if (!j)
 		return cltfs_fail(CLTFS_E_FORMAT, "%s: the Hub's answer is not JSON", what);
-	return CLTFS_OK;
+	const cJSON *sha = cJSON_GetObjectItemCaseSensitive(j, "sha");
+	bool ok = cJSON_IsString(sha) && is_commit(sha->valuestring);
+	if (ok)
+		memcpy(commit, sha->valuestring, 41);
+	cJSON_Delete(j);
+	return ok ? CLTFS_OK : cltfs_fail(CLTFS_E_FORMAT, "%s: the Hub's revision answer has no commit sha", what);
 }
 
 static cltfs_err resolve_online(hf_repo *r, const char *what)
@@ -329,17 +335,13 @@ static cltfs_err resolve_online(hf_repo *r, const char *what)
 		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
 	snprintf(url, sizeof url, "%s/api/%s/%s/revision/%s", r->cfg.endpoint, r->type, r->name, rev);
 	free(rev);
-	cJSON *j;
-	cltfs_err e = api_json(r, url, what, &j, NULL);
+	membuf m = {0};
+	cltfs_err e = api_get(r, url, what, &m, NULL);
+	if (!e)
+		e = hf_parse_revision(m.p ? m.p : "", m.n, what, r->commit);
+	free(m.p);
 	if (e)
 		return e;
-	const cJSON *sha = cJSON_GetObjectItemCaseSensitive(j, "sha");
-	if (!cJSON_IsString(sha) || !is_commit(sha->valuestring)) {
-		cJSON_Delete(j);
-		return cltfs_fail(CLTFS_E_FORMAT, "%s: the Hub's revision answer has no commit sha", what);
-	}
-	snprintf(r->commit, sizeof r->commit, "%s", sha->valuestring);
-	cJSON_Delete(j);
 	if (!strcmp(r->rev, r->commit))
 		return CLTFS_OK;
 	/* As huggingface_hub does: refs/<branch or tag> holds the commit. */
@@ -440,12 +442,7 @@ hf_stats *hf_repo_stats(hf_repo *r) { return &r->st; }
 
 /* ---- listing ---- */
 
-typedef struct {
-	hf_entry *e;
-	size_t n, cap;
-} entries;
-
-static cltfs_err add_entry(entries *l, const char *path, uint64_t size, bool dir)
+static cltfs_err add_entry(hf_entries *l, const char *path, uint64_t size, bool dir)
 {
 	if (!cltfs_grow(&l->e, &l->cap, l->n + 1, sizeof *l->e))
 		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
@@ -468,10 +465,8 @@ static bool safe_path(const char *p)
 	return !(p[0] == '.' && (p[1] == '/' || !p[1]));
 }
 
-static cltfs_err list_page(hf_repo *r, const cJSON *arr, entries *l, const char *what)
+static cltfs_err tree_entries(const cJSON *arr, hf_entries *l, const char *what)
 {
-	if (!cJSON_IsArray(arr))
-		return cltfs_fail(CLTFS_E_FORMAT, "%s: the tree listing is not a JSON list", what);
 	const cJSON *it;
 	cJSON_ArrayForEach(it, arr) {
 		const cJSON *type = cJSON_GetObjectItemCaseSensitive(it, "type"),
@@ -495,7 +490,18 @@ static cltfs_err list_page(hf_repo *r, const cJSON *arr, entries *l, const char 
 	return CLTFS_OK;
 }
 
-static cltfs_err list_online(hf_repo *r, entries *l)
+cltfs_err hf_parse_tree_page(const char *json, size_t len, const char *what, hf_entries *l)
+{
+	cJSON *j = cJSON_ParseWithLength(json, len);
+	if (!j)
+		return cltfs_fail(CLTFS_E_FORMAT, "%s: the Hub's answer is not JSON", what);
+	cltfs_err e = cJSON_IsArray(j) ? tree_entries(j, l, what)
+				       : cltfs_fail(CLTFS_E_FORMAT, "%s: the tree listing is not a JSON list", what);
+	cJSON_Delete(j);
+	return e;
+}
+
+static cltfs_err list_online(hf_repo *r, hf_entries *l)
 {
 	char url[4096], what[600];
 	snprintf(what, sizeof what, "hf://%s@%s: listing", r->id, r->commit);
@@ -504,22 +510,21 @@ static cltfs_err list_online(hf_repo *r, entries *l)
 	char *next = strdup(url);
 	cltfs_err e = next ? CLTFS_OK : cltfs_fail(CLTFS_E_NOMEM, "out of memory");
 	for (int page = 0; !e && next; page++) {
-		cJSON *j;
+		membuf m = {0};
 		char *cur = next;
 		next = NULL;
 		if (page > 100000)
 			e = cltfs_fail(CLTFS_E_FORMAT, "%s: endless pagination", what);
-		else if (!(e = api_json(r, cur, what, &j, &next))) {
-			e = list_page(r, j, l, what);
-			cJSON_Delete(j);
-		}
+		else if (!(e = api_get(r, cur, what, &m, &next)))
+			e = hf_parse_tree_page(m.p ? m.p : "", m.n, what, l);
+		free(m.p);
 		free(cur);
 	}
 	free(next);
 	return e;
 }
 
-static cltfs_err walk(const char *root, const char *rel, entries *l, int depth)
+static cltfs_err walk(const char *root, const char *rel, hf_entries *l, int depth)
 {
 	char dir[PATH_MAX];
 	snprintf(dir, sizeof dir, "%s%s%s", root, *rel ? "/" : "", rel);
@@ -556,7 +561,7 @@ static int by_path(const void *a, const void *b)
 
 cltfs_err hf_list(hf_repo *r, hf_entry **out, size_t *n)
 {
-	entries l = {0};
+	hf_entries l = {0};
 	char snap[PATH_MAX];
 	snprintf(snap, sizeof snap, "%s/snapshots/%s", r->folder, r->commit);
 	cltfs_err e = r->cfg.offline ? walk(snap, "", &l, 0) : list_online(r, &l);

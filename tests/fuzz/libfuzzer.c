@@ -1,13 +1,11 @@
-/* libFuzzer entry: clang -fsanitize=fuzzer,address -DTARGET=cltfs_fuzz_pt
- *   tests/fuzz/libfuzzer.c tests/fuzz/targets.c codec/*.c -Icodec -lzstd -lcjson -lz
- * then run the binary on build/fuzz-corpus (made by make_corpus.py). */
-#include <stddef.h>
-#include <stdint.h>
+/* libFuzzer entry: `make fuzz` builds build/fuzz/<name> from this file with
+ * -DTARGET=cltfs_fuzz_<name> (clang -fsanitize=fuzzer,address,undefined);
+ * see README for running one on the corpus. */
+#include "targets.h"
 
 #ifndef TARGET
 #define TARGET cltfs_fuzz_pt
 #endif
-int TARGET(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) { return TARGET(data, size); }

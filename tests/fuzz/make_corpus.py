@@ -1,15 +1,27 @@
 #!/usr/bin/python3
-"""Make the fuzz corpus: seeds written by real torch.save and pickle, plus
-deterministic mutations (truncations, byte flips, splices) of each, so that
-`make check` replays thousands of malformed inputs under ASan and UBSan."""
+"""Make the fuzz corpus: seeds written by the real writers where there are
+some (torch.save, pickle, spm_train) and by hand from the formats' specs
+where not (zstd frames, index records, safetensors, the Hub's answers), plus
+deterministic mutations (truncations, byte flips, insertions, splices) of
+each, so that `make check` replays thousands of malformed inputs under ASan
+and UBSan.  File names carry the prefix of their target (see README)."""
 import io
+import json
 import os
 import pickle
 import random
+import shutil
+import struct
+import subprocess
 import sys
+import tempfile
 import zipfile
+import zlib
 
 import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import make_llava  # noqa: E402  (tests/: the tokenizer the capture tests train)
 
 out = sys.argv[1]
 os.makedirs(out, exist_ok=True)
@@ -66,7 +78,207 @@ def mutations(data, n):
         yield bytes(b)
 
 
-for prefix, seeds, n in (("pt", seeds_pt, 400), ("pkl", seeds_pkl, 400), ("json", seeds_json, 400)):
+# ---------------------------------------------------------------- frames ---
+# Input of cltfs_fuzz_frame: (element size - 1), raw length (3 bytes LE),
+# then a zstd frame of the byte-shuffled values, as codec/frame.c writes it.
+# The tests have no zstd compressor in Python (python3-zstandard is not a
+# dependency), so these frames use raw and RLE blocks (RFC 8878 3.1.1.2),
+# which need none; the checked-in corpus holds compressed ones
+# (frame-seed-zstd-*: the zstd CLI's, and what libFuzzer made of them).
+
+M64 = (1 << 64) - 1
+P1, P2, P3, P4, P5 = (11400714785074694791, 14029467366897019727, 1609587929392839161,
+                      9650029242287828579, 2870177450012600261)
+
+
+def rotl(x, r):
+    return ((x << r) | (x >> (64 - r))) & M64
+
+
+def xxh64_round(acc, lane):
+    return rotl((acc + lane * P2) & M64, 31) * P1 & M64
+
+
+def xxh64(data, seed=0):
+    """XXH64 as the zstd frame checksum uses it (its low 32 bits)."""
+    n, i = len(data), 0
+    if n >= 32:
+        v = [(seed + P1 + P2) & M64, (seed + P2) & M64, seed, (seed - P1) & M64]
+        while i + 32 <= n:
+            for k in range(4):
+                v[k] = xxh64_round(v[k], struct.unpack_from("<Q", data, i + 8 * k)[0])
+            i += 32
+        h = (rotl(v[0], 1) + rotl(v[1], 7) + rotl(v[2], 12) + rotl(v[3], 18)) & M64
+        for x in v:
+            h = ((h ^ xxh64_round(0, x)) * P1 + P4) & M64
+    else:
+        h = (seed + P5) & M64
+    h = (h + n) & M64
+    while i + 8 <= n:
+        h = (rotl(h ^ xxh64_round(0, struct.unpack_from("<Q", data, i)[0]), 27) * P1 + P4) & M64
+        i += 8
+    if i + 4 <= n:
+        h = (rotl(h ^ (struct.unpack_from("<I", data, i)[0] * P1 & M64), 23) * P2 + P3) & M64
+        i += 4
+    while i < n:
+        h = rotl(h ^ (data[i] * P5 & M64), 11) * P1 & M64
+        i += 1
+    h = (h ^ (h >> 33)) * P2 & M64
+    h = (h ^ (h >> 29)) * P3 & M64
+    return h ^ (h >> 32)
+
+
+def shuffle(esize, raw):
+    """codec/frame.c's byte shuffle: byte b of every value, then the tail."""
+    n = len(raw) // esize
+    return b"".join(raw[b:n * esize:esize] for b in range(esize)) + raw[n * esize:]
+
+
+def zstd_frame(content, rle=False, checksum=True):
+    """One frame of raw (or, for runs of one byte, RLE) blocks of 128 KiB."""
+    out = bytearray(struct.pack("<IBI", 0xFD2FB528, 0x80 | 0x20 | (4 if checksum else 0), len(content)))
+    blocks = [content[i:i + (128 << 10)] for i in range(0, len(content), 128 << 10)] or [b""]
+    for k, blk in enumerate(blocks):
+        last = k == len(blocks) - 1
+        if rle and blk and blk == blk[:1] * len(blk):
+            out += (last | 1 << 1 | len(blk) << 3).to_bytes(3, "little") + blk[:1]
+        else:
+            out += (last | len(blk) << 3).to_bytes(3, "little") + blk
+    if checksum:
+        out += struct.pack("<I", xxh64(content) & 0xFFFFFFFF)
+    return bytes(out)
+
+
+def frame_input(esize, raw, **kw):
+    return bytes([esize - 1]) + len(raw).to_bytes(3, "little") + zstd_frame(shuffle(esize, raw), **kw)
+
+
+bf16 = torch.randn(64, 8).to(torch.bfloat16).view(torch.int16).numpy().astype("<i2").tobytes()
+f32 = torch.randn(33, 4).numpy().astype("<f4").tobytes()
+seeds_frame = {
+    "bf16": frame_input(2, bf16),
+    "f32": frame_input(4, f32),
+    "odd": frame_input(4, f32[:13]),
+    "empty": frame_input(2, b""),
+    "zeros": frame_input(2, bytes(300 << 10), rle=True),
+    "nosum": frame_input(2, bf16[:100], checksum=False),
+}
+
+# --------------------------------------------------------------- records ---
+# Input of cltfs_fuzz_record: a 16-byte file header, then 40-byte records:
+# magic "CLTR" key offset csize rsize crc dtype reserved(3) crc-of-the-36.
+
+
+def header(magic):
+    return magic + struct.pack("<II", 1, 40)
+
+
+def record(key, offset, csize, rsize, crc, dtype):
+    body = struct.pack("<IQQIIIB3x", 0x52544C43, key, offset, csize, rsize, crc, dtype)
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+recs = [record((kind << 48) | (layer << 32) | chunk, 16 + 1000 * chunk, 1000, 4096, (0x1234 * chunk) & 0xFFFFFFFF, dt)
+        for kind, layer, chunk, dt in ((0, 0, 0, 0), (0, 3, 1, 0), (1, 4, 2, 1), (1, 65535, 2**32 - 1, 2))]
+seeds_rec = {
+    "idx": header(b"CLTFSIX1") + b"".join(recs),
+    "pack": header(b"CLTFSPK1") + recs[0],
+    "baddtype": header(b"CLTFSIX1") + record(1, 2, 3, 4, 5, 7),
+    "v2": b"CLTFSIX1" + struct.pack("<II", 2, 40) + recs[1],
+}
+
+# ------------------------------------------------------------- tokenizer ---
+# Input of cltfs_fuzz_tokenizer: a tokenizer.model.  The capture tests'
+# model (BPE, byte fallback, LLaMA's options), one with other whitespace
+# options, and a unigram model (refused: cltfs encodes BPE).
+
+
+def spm_model(options):
+    spm = shutil.which("spm_train")
+    with tempfile.TemporaryDirectory(prefix="cltfs_fuzz_spm_") as tmp:
+        with open(os.path.join(tmp, "corpus.txt"), "w", encoding="utf-8") as f:
+            f.write("\n".join(make_llava.corpus_lines(n_lines=400)) + "\n")
+        subprocess.run([spm, "--input=corpus.txt", "--model_prefix=m", "--num_threads=1"] + options, cwd=tmp,
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        with open(os.path.join(tmp, "m.model"), "rb") as f:
+            return f.read()
+
+
+seeds_tok = {}
+if shutil.which("spm_train"):
+    with tempfile.TemporaryDirectory(prefix="cltfs_fuzz_tok_") as tmp:
+        make_llava.train_tokenizer(os.path.join(tmp, "tokenizer.model"))
+        with open(os.path.join(tmp, "tokenizer.model"), "rb") as f:
+            seeds_tok["llava"] = f.read()
+    seeds_tok["suffix"] = spm_model(["--model_type=bpe", "--vocab_size=120", "--byte_fallback=false",
+                                     "--treat_whitespace_as_suffix=true", "--remove_extra_whitespaces=true",
+                                     "--normalization_rule_name=identity"])
+    seeds_tok["unigram"] = spm_model(["--model_type=unigram", "--vocab_size=60", "--normalization_rule_name=identity"])
+else:
+    print("fuzz corpus: no spm_train (apt-get install sentencepiece): tokenizer seeds only from "
+          "tests/fuzz/corpus", file=sys.stderr)
+
+# ----------------------------------------------------------- safetensors ---
+# Input of cltfs_fuzz_safetensors: a whole file, as tests/make_llava.py
+# writes them: header length, JSON header padded to 8, the data.
+
+ST_SIZE = {"F32": 4, "BF16": 2, "F16": 2, "I64": 8}
+
+
+def safetensors(tensors, metadata=True, pad=True):
+    hdr, data = {}, b""
+    if metadata:
+        hdr["__metadata__"] = {"format": "pt"}
+    for name, dtype, shape in tensors:
+        n = ST_SIZE[dtype]
+        for d in shape:
+            n *= d
+        hdr[name] = {"dtype": dtype, "shape": shape, "data_offsets": [len(data), len(data) + n]}
+        data += bytes((i * 7) & 255 for i in range(n))
+    h = json.dumps(hdr, separators=(",", ":")).encode()
+    if pad:
+        h += b" " * (-len(h) % 8)
+    return struct.pack("<Q", len(h)) + h + data
+
+
+seeds_st = {
+    "llava": safetensors([("language_model.model.norm.weight", "F32", [16]),
+                          ("language_model.model.layers.0.mlp.up_proj.weight", "BF16", [8, 4]),
+                          ("vision_tower.vision_model.embeddings.patch_embedding.weight", "F16", [2, 3, 2, 2])]),
+    "scalar": safetensors([("s", "F32", []), ("empty", "BF16", [0, 5])], metadata=False, pad=False),
+    "i64": safetensors([("ids", "I64", [3])]),
+    "dims": safetensors([("deep", "F16", [1] * 9)]),
+    "none": safetensors([]),
+}
+
+# ----------------------------------------------------------------- hub ---
+# Input of cltfs_fuzz_hub_json: byte 0 even for the revision API's answer,
+# odd for a page of the tree listing, then the JSON as tests/hubserver.py
+# answers it.
+
+SHA = "0123456789abcdef0123456789abcdef01234567"
+revision = {"_id": "0123456789abcdef01234567", "id": "o/d", "author": "o", "sha": SHA, "private": False,
+            "gated": False, "disabled": False, "downloads": 0, "likes": 0, "tags": [],
+            "createdAt": "2024-01-01T00:00:00.000Z", "lastModified": "2024-01-01T00:00:00.000Z",
+            "siblings": [{"rfilename": "cltfs.json"}, {"rfilename": "packs/p.idx", "size": 56,
+                                                        "blobId": SHA[::-1]}]}
+tree = [{"type": "file", "oid": SHA, "size": 312, "path": "cltfs.json"},
+        {"type": "directory", "oid": SHA[::-1], "size": 0, "path": "packs"},
+        {"type": "file", "oid": SHA, "size": 134, "path": "packs/p.pack",
+         "lfs": {"oid": "ab" * 32, "size": 123456789012, "pointerSize": 134}},
+        {"type": "file", "oid": SHA, "size": 56, "path": "packs/p.idx",
+         "lastCommit": {"id": SHA, "title": "fake commit", "date": "2024-01-01T00:00:00.000Z"}}]
+seeds_hub = {
+    "rev": b"\0" + json.dumps(revision).encode(),
+    "revbad": b"\0" + json.dumps(dict(revision, sha=SHA.upper())).encode(),
+    "tree": b"\1" + json.dumps(tree).encode(),
+    "unsafe": b"\1" + json.dumps([{"type": "file", "path": "a/../../etc/passwd", "size": 1}]).encode(),
+    "empty": b"\1[]",
+}
+
+for prefix, seeds, n in (("pt", seeds_pt, 400), ("pkl", seeds_pkl, 400), ("json", seeds_json, 400),
+                         ("frame", seeds_frame, 150), ("rec", seeds_rec, 150), ("tok", seeds_tok, 300),
+                         ("st", seeds_st, 150), ("hub", seeds_hub, 150)):
     for name, data in seeds.items():
         for i, m in enumerate(mutations(data, n)):
             put(f"{prefix}-{name}-{i:04d}", m)

@@ -1,16 +1,26 @@
-/* Fuzz targets for the parsers that take untrusted input: .pt archives,
- * pickles and manifests.  Each must return an error or a valid result,
- * never crash, hang or read out of bounds.  Built with libFuzzer by
+/* Fuzz targets for every parser of untrusted input: chunk frames, index
+ * records, manifests, .pt archives, pickles, SentencePiece models,
+ * safetensors headers and the Hub's JSON answers.  Each must return an
+ * error or a valid result, never crash, hang, leak or read out of bounds;
+ * where a parse succeeds the target checks what the callers rely on and
+ * aborts if it does not hold.  Built with libFuzzer by
  * tests/fuzz/libfuzzer.c, and replayed over a corpus by replay.c in
- * `make check`. */
+ * `make check` (see README). */
+#include "capture.h"
 #include "codec.h"
+#include "hfcache_internal.h"
+#include "safetensors.h"
+#include "targets.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-int cltfs_fuzz_pt(const uint8_t *data, size_t size);
-int cltfs_fuzz_pickle(const uint8_t *data, size_t size);
-int cltfs_fuzz_manifest(const uint8_t *data, size_t size);
+/* What a frame's raw length may be here: a store's chunks are about 1 MiB. */
+#define FRAME_MAX_RAW (4u << 20)
+/* Frames up to this are compressed again and decoded back. */
+#define FRAME_ROUND_TRIP (64u << 10)
+
+static volatile uint8_t sink; /* reads stored here are not optimized away */
 
 static void touch_tensors(const pt_archive *ar, const pt_obj *o, int depth)
 {
@@ -68,5 +78,143 @@ int cltfs_fuzz_manifest(const uint8_t *data, size_t size)
 			cltfs_manifest_chunk_of(m, m->total_rows - 1);
 		cltfs_manifest_free(m);
 	}
+	return 0;
+}
+
+/* The values of a frame that decoded must survive encode + decode. */
+static void frame_round_trip(cltfs_zctx *z, size_t esize, const uint8_t *raw, size_t raw_len)
+{
+	size_t cap = cltfs_frame_bound(raw_len), n;
+	uint8_t *frame = malloc(cap), *back = malloc(raw_len ? raw_len : 1);
+	if (frame && back && cltfs_frame_encode(z, 1, esize, raw, raw_len, frame, cap, &n) == CLTFS_OK &&
+	    (cltfs_frame_decode(z, esize, frame, n, back, raw_len) != CLTFS_OK || memcmp(raw, back, raw_len)))
+		abort();
+	free(frame);
+	free(back);
+}
+
+/* Input: element size (1 + byte 0 % 8), raw length (bytes 1-3,
+ * little-endian, at most FRAME_MAX_RAW), then the frame. */
+int cltfs_fuzz_frame(const uint8_t *data, size_t size)
+{
+	if (size < 4)
+		return 0;
+	size_t esize = 1 + data[0] % 8;
+	size_t raw_len = (size_t)data[1] | (size_t)data[2] << 8 | (size_t)data[3] << 16;
+	if (raw_len > FRAME_MAX_RAW)
+		return 0;
+	cltfs_zctx *z = cltfs_zctx_new();
+	uint8_t *raw = malloc(raw_len ? raw_len : 1);
+	if (z && raw && cltfs_frame_decode(z, esize, data + 4, size - 4, raw, raw_len) == CLTFS_OK &&
+	    raw_len <= FRAME_ROUND_TRIP)
+		frame_round_trip(z, esize, raw, raw_len);
+	free(raw);
+	cltfs_zctx_free(z);
+	return 0;
+}
+
+static bool rec_equal(const cltfs_rec *a, const cltfs_rec *b)
+{
+	return a->key == b->key && a->offset == b->offset && a->csize == b->csize && a->rsize == b->rsize &&
+	       a->crc == b->crc && a->dtype == b->dtype;
+}
+
+/* Input: as an index file, a 16-byte header then 40-byte records.  A record
+ * that decodes must encode to one that decodes to the same fields. */
+int cltfs_fuzz_record(const uint8_t *data, size_t size)
+{
+	if (size < CLTFS_FILE_HEADER)
+		return 0;
+	cltfs_file_header_check(CLTFS_PACK_MAGIC, data);
+	cltfs_file_header_check(CLTFS_IDX_MAGIC, data);
+	for (size_t off = CLTFS_FILE_HEADER; off + CLTFS_REC_SIZE <= size; off += CLTFS_REC_SIZE) {
+		cltfs_rec r, again;
+		uint8_t out[CLTFS_REC_SIZE];
+		char key[48];
+		if (cltfs_rec_decode(data + off, &r) != CLTFS_OK)
+			continue;
+		cltfs_key_str(r.key, key, sizeof key);
+		cltfs_rec_encode(&r, out);
+		if (cltfs_rec_decode(out, &again) != CLTFS_OK || !rec_equal(&r, &again))
+			abort();
+	}
+	return 0;
+}
+
+/* Input: a tokenizer.model; a model that parses encodes a few fixed texts
+ * (added-token free: those come from JSON files beside the model). */
+int cltfs_fuzz_tokenizer(const uint8_t *data, size_t size)
+{
+	static const char *const texts[] = {
+		"USER: <image>\nDescribe this image, please. ASSISTANT:",
+		"  two  spaces, digits 0123 and \xc3\xa9\xe7\x8c\xab; bad UTF-8 \xff\xe2\x96 ",
+		"",
+	};
+	cap_tokenizer *t;
+	if (cap_tokenizer_parse(data, size, "fuzz.model", &t) != CLTFS_OK)
+		return 0;
+	for (size_t i = 0; i < sizeof texts / sizeof *texts; i++) {
+		int32_t *ids;
+		size_t n;
+		if (cap_tokenize(t, texts[i], &ids, &n) == CLTFS_OK)
+			free(ids);
+	}
+	cap_tokenizer_free(t);
+	return 0;
+}
+
+/* Input: a safetensors file.  Every tensor of a header that parses must lie
+ * inside the file and hold exactly its shape's values. */
+int cltfs_fuzz_safetensors(const uint8_t *data, size_t size)
+{
+	cap_st_header *h;
+	if (cap_st_parse(data, size, "fuzz.safetensors", &h) != CLTFS_OK)
+		return 0;
+	for (size_t i = 0; i < h->n; i++) {
+		const cap_st_tensor *t = &h->t[i];
+		uint64_t bytes = cltfs_dtype_size(t->dtype);
+		for (int d = 0; d < t->ndim; d++)
+			if (__builtin_mul_overflow(bytes, (uint64_t)t->shape[d], &bytes))
+				abort();
+		if (!t->name || t->ndim > CAP_ST_MAX_DIM || t->offset > size || t->bytes > size - t->offset ||
+		    t->bytes != bytes)
+			abort();
+		if (t->bytes) /* under ASan: the first and last byte are in the input */
+			sink ^= data[t->offset] ^ data[t->offset + t->bytes - 1];
+	}
+	cap_st_free(h);
+	return 0;
+}
+
+/* Would path, joined to a snapshot folder, name something outside it? */
+static bool escapes(const char *path)
+{
+	if (!*path || *path == '/')
+		return true;
+	for (const char *c = path; c; c = strchr(c, '/') ? strchr(c, '/') + 1 : NULL)
+		if (!strncmp(c, "..", 2) && (c[2] == '/' || !c[2]))
+			return true;
+	return false;
+}
+
+/* Input: byte 0 picks the parser (even: a revision answer, odd: a page of
+ * the tree listing), the rest is the answer's body. */
+int cltfs_fuzz_hub_json(const uint8_t *data, size_t size)
+{
+	if (!size)
+		return 0;
+	const char *json = (const char *)data + 1;
+	if (data[0] % 2 == 0) {
+		char commit[41];
+		if (hf_parse_revision(json, size - 1, "fuzz", commit) == CLTFS_OK && strlen(commit) != 40)
+			abort();
+		return 0;
+	}
+	hf_entries l = {0};
+	if (hf_parse_tree_page(json, size - 1, "fuzz", &l) == CLTFS_OK)
+		for (size_t i = 0; i < l.n; i++)
+			if (escapes(l.e[i].path) || (l.e[i].dir && l.e[i].size))
+				abort();
+	hf_entries_free(l.e, l.n);
 	return 0;
 }
