@@ -549,6 +549,23 @@ void view_buf_release(cltfs_fs *fs, view_buf *b)
 
 static void queue_range(cltfs_fs *fs, view *v, uint64_t off, uint64_t len);
 
+/* How many of the bytes [off, off+len) are literal (not tensor data). */
+static size_t literal_bytes(const view *v, uint64_t off, uint64_t len)
+{
+	pt_piece pc[MAX_PIECES];
+	size_t lit = 0;
+	for (uint64_t pos = off, end = off + len; pos < end;) {
+		size_t n = pt_file_map(v->pf, pos, end - pos, pc, MAX_PIECES);
+		if (!n)
+			break;
+		for (size_t i = 0; i < n; i++) {
+			lit += pc[i].storage < 0 ? (size_t)pc[i].len : 0;
+			pos += pc[i].len;
+		}
+	}
+	return lit;
+}
+
 cltfs_err view_read(cltfs_fs *fs, view *v, uint64_t off, size_t len, view_buf *b)
 {
 	memset(b, 0, sizeof *b);
@@ -562,6 +579,12 @@ cltfs_err view_read(cltfs_fs *fs, view *v, uint64_t off, size_t len, view_buf *b
 	if (fs->o.ntiers && fs->ra_n)
 		queue_range(fs, v, off, len);
 	cltfs_err e = ensure_crcs(fs, v, off, len);
+	/* The literal bytes (headers, pickle, directory: a few KiB) go one
+	 * after another into the thread's buffer, sized to them, not to the
+	 * read: a worker's memory stays small however large its reads. */
+	size_t nlit = literal_bytes(v, off, len), at = 0;
+	if (!e && nlit && !(b->lit = fs_literal_buf(fs, nlit)))
+		e = cltfs_fail(CLTFS_E_NOMEM, "out of memory");
 	pt_piece pc[MAX_PIECES];
 	uint64_t end = off + len;
 	for (uint64_t pos = off; !e && pos < end;) {
@@ -571,12 +594,10 @@ cltfs_err view_read(cltfs_fs *fs, view *v, uint64_t off, size_t len, view_buf *b
 		for (size_t i = 0; !e && i < n; i++) {
 			if (pc[i].storage >= 0) {
 				e = source_iov(fs, &v->st[pc[i].storage], pc[i].off, pc[i].len, b);
-			} else if (!b->lit && !(b->lit = fs_literal_buf(fs, len))) {
-				e = cltfs_fail(CLTFS_E_NOMEM, "out of memory");
 			} else {
-				uint8_t *dst = b->lit + (pos - off);
-				pt_file_literal(v->pf, pc[i].off, pc[i].len, dst);
-				e = add_iov(b, dst, (size_t)pc[i].len);
+				pt_file_literal(v->pf, pc[i].off, pc[i].len, b->lit + at);
+				e = add_iov(b, b->lit + at, (size_t)pc[i].len);
+				at += (size_t)pc[i].len;
 			}
 			pos += pc[i].len;
 		}
