@@ -160,6 +160,7 @@ bench: deps
 	$(PYTHON) bench/bench.py --cltfs $(B)/cltfs --zerofs $(B)/zerofs
 	$(PYTHON) bench/hub_bench.py --cltfs $(B)/cltfs --total-mb 1100
 	$(PYTHON) bench/capture_bench.py --cltfs $(B)/cltfs
+	$(PYTHON) bench/scale.py --cltfs $(B)/cltfs
 
 install: $(B)/cltfs $(B)/libcltfs-capture.so
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)/sbin $(DESTDIR)$(PREFIX)/lib/cltfs

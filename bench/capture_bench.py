@@ -43,6 +43,7 @@ import torch  # noqa: E402
 
 import llava_ref  # noqa: E402
 import make_llava  # noqa: E402
+import sample_table  # noqa: E402
 
 
 def log(msg):
@@ -73,7 +74,7 @@ def capture_seconds(cltfs, model_dir, data_dir, store):
     m = re.search(r"rows in ([0-9.]+) s", r.stderr)
     if not m:
         raise SystemExit("cltfs capture did not report its time: " + r.stderr)
-    manifest = json.load(open(os.path.join(store, "cltfs.json")))
+    manifest = sample_table.manifest(store)
     return dt, float(m.group(1)), sum(s["rows"] for s in manifest["samples"]), max(peak, before)
 
 

@@ -43,7 +43,13 @@ struct cap_tokenizer {
 	bool byte_fallback, dummy_prefix, remove_ws, escape_ws, ws_suffix, add_bos;
 	added *added;
 	size_t nadded;
+	bool cacheable;   /* no merge can cross a word's start: words may be cached */
+	struct wentry *wc; /* the word cache, WCACHE slots (NULL until first used) */
+	size_t wc_n;
 };
+
+static void wc_clear(cap_tokenizer *t);
+static void check_cacheable(cap_tokenizer *t);
 
 /* ---- the pieces' table ---- */
 
@@ -228,7 +234,10 @@ static cltfs_err read_model(cap_tokenizer *t, const uint8_t *data, size_t len, c
 				  "not apply character maps", path);
 	if (t->unk_id < 0 || (size_t)t->unk_id >= t->np)
 		return cltfs_fail(CLTFS_E_FORMAT, "%s: unk_id %d is not a piece", path, t->unk_id);
-	return build_table(t);
+	cltfs_err e = build_table(t);
+	if (!e)
+		check_cacheable(t);
+	return e;
 }
 
 /* ---- added tokens ---- */
@@ -343,6 +352,8 @@ void cap_tokenizer_free(cap_tokenizer *t)
 {
 	if (!t)
 		return;
+	wc_clear(t);
+	free(t->wc);
 	for (size_t i = 0; i < t->np; i++)
 		free(t->p[i].s);
 	for (size_t i = 0; i < t->nadded; i++)
@@ -493,12 +504,10 @@ static char *normalize(const cap_tokenizer *t, const char *in, size_t *len)
 	return out;
 }
 
-static cltfs_err encode(const cap_tokenizer *t, const char *text, ids_t *out)
+/* BPE over the normalized bytes s[0, n): the merges by score, then the
+ * symbols out. */
+static bool encode_bpe(const cap_tokenizer *t, const char *s, size_t n, ids_t *out)
 {
-	size_t n;
-	char *s = normalize(t, text, &n);
-	if (!s)
-		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
 	sym *sy = malloc((n + 1) * sizeof *sy);
 	heap q = {0};
 	bool ok = sy != NULL;
@@ -527,6 +536,125 @@ static cltfs_err encode(const cap_tokenizer *t, const char *text, ids_t *out)
 		ok = emit(t, sy[i].s, sy[i].len, out);
 	free(q.h);
 	free(sy);
+	return ok;
+}
+
+/* ---- the word cache ----
+ *
+ * When no mergeable piece has whitespace after another character (checked
+ * at load: true of LLaMA's, which keeps "▁" at a piece's start or in runs
+ * of it), no merge crosses the start of a "word" (whitespace, then what
+ * follows up to the next whitespace), and merges of different words never
+ * compete: encoding a text is encoding its words one by one.  Texts repeat
+ * their words, so a word's ids are kept; `init` of 10^6 queries spends
+ * most of its time here otherwise. */
+
+#define WCACHE 65536 /* slots; the cache is emptied when 3/4 full */
+
+struct wentry {
+	char *w;
+	size_t len;
+	int32_t *ids;
+	size_t n;
+};
+
+static void wc_clear(cap_tokenizer *t)
+{
+	for (size_t i = 0; t->wc && i < WCACHE; i++) {
+		free(t->wc[i].w);
+		free(t->wc[i].ids);
+		t->wc[i] = (struct wentry){0};
+	}
+	t->wc_n = 0;
+}
+
+/* The whitespace symbol of normalized text. */
+static const char *ws_of(const cap_tokenizer *t) { return t->escape_ws ? "\xe2\x96\x81" : " "; }
+
+/* Does piece s[0, n) hold whitespace right after another character? */
+static bool ws_after_char(const char *s, size_t n, const char *ws, size_t wl)
+{
+	for (size_t k = wl; k + wl <= n; k++)
+		if (!memcmp(s + k, ws, wl) && memcmp(s + k - wl, ws, wl))
+			return true;
+	return false;
+}
+
+static void check_cacheable(cap_tokenizer *t)
+{
+	const char *ws = ws_of(t);
+	size_t wl = strlen(ws);
+	t->cacheable = true;
+	for (size_t i = 0; i < t->np && t->cacheable; i++)
+		if (t->p[i].type == P_NORMAL || t->p[i].type == P_USER || t->p[i].type == P_UNUSED)
+			t->cacheable = !ws_after_char(t->p[i].s, t->p[i].len, ws, wl);
+}
+
+static struct wentry *wc_slot(cap_tokenizer *t, const char *w, size_t len)
+{
+	size_t i = hash(w, len) & (WCACHE - 1);
+	while (t->wc[i].w && (t->wc[i].len != len || memcmp(t->wc[i].w, w, len)))
+		i = (i + 1) & (WCACHE - 1);
+	return &t->wc[i];
+}
+
+/* One word: its cached ids, or BPE and the ids kept. */
+static bool encode_word(cap_tokenizer *t, const char *w, size_t len, ids_t *out)
+{
+	struct wentry *e = wc_slot(t, w, len);
+	if (e->w) {
+		for (size_t i = 0; i < e->n; i++)
+			if (!push(out, e->ids[i]))
+				return false;
+		return true;
+	}
+	size_t first = out->n;
+	if (!encode_bpe(t, w, len, out))
+		return false;
+	if (t->wc_n >= WCACHE / 4 * 3) {
+		wc_clear(t);
+		e = wc_slot(t, w, len);
+	}
+	size_t n = out->n - first;
+	char *key = malloc(len ? len : 1);
+	int32_t *ids = malloc(n ? n * sizeof *ids : 1);
+	if (!key || !ids) { /* a cache that cannot grow is only slower */
+		free(key);
+		free(ids);
+		return true;
+	}
+	memcpy(key, w, len);
+	memcpy(ids, out->v + first, n * sizeof *ids);
+	*e = (struct wentry){key, len, ids, n};
+	t->wc_n++;
+	return true;
+}
+
+/* The normalized text word by word (see above). */
+static bool encode_words(cap_tokenizer *t, const char *s, size_t n, ids_t *out)
+{
+	const char *ws = ws_of(t);
+	size_t wl = strlen(ws), a = 0;
+	if (!t->wc && !(t->wc = calloc(WCACHE, sizeof *t->wc)))
+		return encode_bpe(t, s, n, out);
+	for (size_t i = 1; i <= n; i++) {
+		bool starts = i == n || (i >= wl && i + wl <= n && !memcmp(s + i, ws, wl) && memcmp(s + i - wl, ws, wl));
+		if (!starts)
+			continue;
+		if (!encode_word(t, s + a, i - a, out))
+			return false;
+		a = i;
+	}
+	return true;
+}
+
+static cltfs_err encode(cap_tokenizer *t, const char *text, ids_t *out)
+{
+	size_t n;
+	char *s = normalize(t, text, &n);
+	if (!s)
+		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	bool ok = t->cacheable ? encode_words(t, s, n, out) : encode_bpe(t, s, n, out);
 	free(s);
 	return ok ? CLTFS_OK : cltfs_fail(CLTFS_E_NOMEM, "out of memory");
 }

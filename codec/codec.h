@@ -176,17 +176,51 @@ cltfs_err cltfs_file_header_check(const char magic[8], const uint8_t in[CLTFS_FI
 enum { CLTFS_PAD_ZERO = 0, CLTFS_PAD_CLIP = 1 };
 enum { CLTFS_SHAPE_STD = 0, CLTFS_SHAPE_S1TD = 1, CLTFS_SHAPE_FLAT = 2 };
 
+/* The sample table, samples.bin (samples.c): every sample's rows, an
+ * imported tree's batch shapes, a captured store's sample strings; mapped
+ * read-only, every section checked against its CRC at open. */
 typedef struct {
-	int64_t rows;      /* tokens of this sample (an imported slot: its T) */
-	int64_t first_row; /* derived: position in the row stream */
-	char *id, *image, *text; /* optional, NULL when absent */
-} cltfs_sample;
+	const uint8_t *map;      /* the file's bytes (a memfd for a table built in memory) */
+	size_t map_len;
+	uint64_t n;              /* samples */
+	uint64_t nb;             /* explicit batches (an imported tree's shapes), or 0 */
+	const uint32_t *rows;    /* n: rows of each sample */
+	const uint32_t *batches; /* nb pairs (S, T), or NULL */
+	const uint64_t *offsets; /* n + 1: each sample's strings in blob, or NULL */
+	const char *blob;
+	uint64_t blob_len;
+	uint32_t crc;            /* the header's CRC-32: cltfs.json records it */
+} cltfs_table;
+/* Map and check path: CLTFS_E_NOTFOUND, _IO, _CORRUPT (a bad header, a
+ * truncated file, a section that fails its CRC: the message says which),
+ * _UNSUPPORTED (another version), _FORMAT (not a regular file), _NOMEM. */
+cltfs_err cltfs_table_open(const char *path, cltfs_table **out);
+void cltfs_table_close(cltfs_table *t);
+/* Sample i's id, image and text (NUL-terminated, in the map); false when
+ * the table has none or they are malformed. */
+bool cltfs_table_strings(const cltfs_table *t, uint64_t i, const char **id, const char **image, const char **text);
+/* Write t's bytes to path atomically: CLTFS_E_IO. */
+cltfs_err cltfs_table_save(const cltfs_table *t, const char *path);
 
+/* Building a table sample by sample in bounded memory: rows and shapes are
+ * kept (4 and 8 bytes each), strings go to temporary files in tmpdir (NULL:
+ * $TMPDIR).  finish writes path atomically and opens it, or (path NULL)
+ * makes the table in memory; the writer is freed either way.  Errors:
+ * CLTFS_E_IO (a temporary file, the table), _INVAL (no samples, more than
+ * 2^32), _NOMEM. */
+typedef struct cltfs_table_writer cltfs_table_writer;
+cltfs_err cltfs_table_writer_new(const char *tmpdir, bool strings, cltfs_table_writer **out);
+cltfs_err cltfs_table_add(cltfs_table_writer *w, uint32_t rows, const char *id, const char *image, const char *text);
+cltfs_err cltfs_table_add_batch(cltfs_table_writer *w, uint32_t samples, uint32_t tokens);
+cltfs_err cltfs_table_writer_finish(cltfs_table_writer *w, const char *path, cltfs_table **out);
+void cltfs_table_writer_abort(cltfs_table_writer *w);
+
+/* One batch of the store, computed from the table. */
 typedef struct {
 	int64_t first_sample, samples; /* S */
-	int64_t tokens;                /* T: the longest sample */
-	int64_t first_row, rows;       /* derived: stored rows (no padding) */
-	int64_t first_chunk, chunks;   /* derived */
+	int64_t tokens;                /* T: the longest sample, or an imported tree's T */
+	int64_t first_row, rows;       /* stored rows (no padding) */
+	int64_t first_chunk, chunks;
 } cltfs_batch;
 
 typedef struct {
@@ -206,38 +240,46 @@ typedef struct {
 	char x_key[8];  /* "x", "data", or "" for a bare tensor */
 	int shape;      /* CLTFS_SHAPE_* */
 	char y_keys[3][10];
-	int64_t n_samples;
-	cltfs_sample *samples;
-	int64_t n_batches;
-	cltfs_batch *batches;
-	bool explicit_batches; /* written as "batches" (an imported tree) */
-	/* derived */
-	int64_t total_rows, n_chunks;
-	int64_t *chunk_start; /* n_chunks + 1 row positions */
 	/* where the data came from: kind "import" (path: the tree) or
 	 * "capture" (path: the model folder, images: the image folder) */
 	char *source_kind, *source_path, *source_images;
+	cltfs_table *table;   /* the samples (owned) */
+	char *table_path;     /* the file it was opened from, or NULL */
+	/* derived by cltfs_manifest_finish */
+	int64_t n_samples, n_batches, total_rows, n_chunks;
+	int64_t max_batch_rows;
+	int64_t *sp_sample, *sp_row, *sp_chunk; /* every 16th batch's first sample, row, chunk */
 } cltfs_manifest;
 
-/* An empty manifest with every optional field at its default (format
- * version 1, input hook mlp_in, target offset 1, 16 targets, zero padding,
- * one sample per batch, the reference layout), for building one in code:
- * fill it, then cltfs_manifest_finish.  NULL when out of memory. */
+/* An empty manifest with every optional field at its default (input hook
+ * mlp_in, target offset 1, 16 targets, zero padding, one sample per batch,
+ * the reference layout), for building one in code: fill it, give it a
+ * table (cltfs_manifest_set_table), then cltfs_manifest_finish.  NULL when
+ * out of memory. */
 cltfs_manifest *cltfs_manifest_new(void);
-/* Parse and validate; path names the file in every message.
- * CLTFS_E_FORMAT (not JSON, a field missing, of the wrong type or out of
- * range, or inconsistent: the message names the field), _NOMEM. */
+/* m owns t from now on; path is where t lies on disk (NULL: in memory). */
+void cltfs_manifest_set_table(cltfs_manifest *m, cltfs_table *t, const char *path);
+/* Parse and validate; path names the file in every message, and a version
+ * 2 manifest's table is the samples.bin beside it.  CLTFS_E_FORMAT (not
+ * JSON, a field missing, of the wrong type or out of range, or
+ * inconsistent: the message names the field), the table's errors
+ * (CLTFS_E_CORRUPT, ...), _MISMATCH (a table other than the one named),
+ * _NOMEM. */
 cltfs_err cltfs_manifest_parse(const char *json, size_t len, const char *path,
 			       cltfs_manifest **out);
 /* Read and parse path: CLTFS_E_NOTFOUND, _IO, and parse's errors. */
 cltfs_err cltfs_manifest_load(const char *path, cltfs_manifest **out);
-/* Fill the derived fields and check ranges and consistency (called by
- * parse; call it after building a manifest in code).  CLTFS_E_FORMAT
- * naming path and the inconsistency, _NOMEM. */
+/* Fill the derived fields and check ranges and consistency, in one pass
+ * over the table (called by parse; call it after building a manifest in
+ * code).  CLTFS_E_FORMAT naming path and the inconsistency, _NOMEM. */
 cltfs_err cltfs_manifest_finish(cltfs_manifest *m, const char *path);
-/* JSON text, malloc'd, NULL on allocation failure. */
+/* The manifest as version 2 JSON (what cltfs.json holds), malloc'd, NULL
+ * on allocation failure. */
 char *cltfs_manifest_dump(const cltfs_manifest *m);
-/* Write to path atomically: temporary file, fsync, rename, fsync dir.
+/* The same dataset: equal dumps (which include the table's CRC). */
+bool cltfs_manifest_same(const cltfs_manifest *a, const cltfs_manifest *b);
+/* Write samples.bin beside path (unless the table is that file already),
+ * then path, each atomically: temporary file, fsync, rename, fsync dir.
  * CLTFS_E_IO, _NOMEM. */
 cltfs_err cltfs_manifest_save(const cltfs_manifest *m, const char *path);
 /* NULL is a no-op. */
@@ -249,8 +291,21 @@ bool cltfs_manifest_has_layer(const int *layers, int n, int layer);
 bool cltfs_manifest_has_stream(const cltfs_manifest *m, unsigned kind, int layer);
 /* The default chunk_rows: about 1 MiB of raw rows, at least one row. */
 int64_t cltfs_default_chunk_rows(int d_model, cltfs_dtype dtype);
-/* The chunk containing row (binary search over chunk_start). */
+/* Batch b (b < n_batches), from the sparse index and at most 15 batches. */
+cltfs_batch cltfs_manifest_batch(const cltfs_manifest *m, int64_t b);
+/* Rows of sample i, and its first row in the row stream. */
+int64_t cltfs_manifest_sample_rows(const cltfs_manifest *m, int64_t i);
+int64_t cltfs_manifest_sample_row(const cltfs_manifest *m, int64_t i);
+/* Sample i's id, image and text; false when the store has none. */
+bool cltfs_manifest_sample_text(const cltfs_manifest *m, int64_t i, const char **id, const char **image,
+				const char **text);
+/* The chunk containing row (row < total_rows). */
 int64_t cltfs_manifest_chunk_of(const cltfs_manifest *m, int64_t row);
+/* The first row of chunk c (c <= n_chunks: n_chunks gives total_rows), its
+ * rows, and its batch. */
+int64_t cltfs_manifest_chunk_start(const cltfs_manifest *m, int64_t c);
+int64_t cltfs_manifest_chunk_rows(const cltfs_manifest *m, int64_t c);
+int64_t cltfs_manifest_batch_of_chunk(const cltfs_manifest *m, int64_t c);
 /* The layer of target j of x layer L, or -1 for a zero padding target. */
 int cltfs_manifest_target_layer(const cltfs_manifest *m, int layer, int j);
 /* Number of targets the y file of layer L holds (clip drops padding). */

@@ -1,15 +1,28 @@
 /* manifest.c: cltfs.json, parsed and validated with cJSON.
  *
- * Everything a view's size depends on is here, so sizes never need a chunk.
- * Validation is strict: an unknown value, a wrong type or an inconsistency
- * is refused with the file, the field and the reason, because a manifest
- * that is half understood would serve wrong bytes.
+ * Everything a view's size depends on is in the manifest and its sample
+ * table (samples.c), so sizes never need a chunk.  Validation is strict: an
+ * unknown value, a wrong type or an inconsistency is refused with the
+ * file, the field and the reason, because a manifest that is half
+ * understood would serve wrong bytes.
+ *
+ * Format version 2 keeps cltfs.json small: the samples are in samples.bin,
+ * which cltfs.json names with its CRC.  Version 1 (the samples and batch
+ * shapes inline, as JSON) is still read, into the same table in memory;
+ * every manifest is written as version 2.
+ *
+ * Per batch nothing is kept but a sparse index: the first sample, row and
+ * chunk of every SPARSE-th batch.  A batch's numbers are summed from there
+ * over at most SPARSE-1 batches of the table, so memory is about one byte
+ * per batch at 10^7 batches, and finding the batch of a row or a chunk is
+ * a binary search and a short walk.
  */
 #include "codec.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +31,8 @@
 
 #define MAX_LAYERS 4096
 #define MAX_D (1 << 20)
+#define SPARSE 16
+#define TABLE_NAME "samples.bin"
 
 static const char *const hooks[] = {"mlp_in", "resid_pre", "resid_mid"};
 static const char *const shapes[] = {"STd", "S1Td", "flat"};
@@ -26,7 +41,7 @@ static const char *const shapes[] = {"STd", "S1Td", "flat"};
  * one built in code agree. */
 static void set_defaults(cltfs_manifest *m)
 {
-	m->version = 1;
+	m->version = 2;
 	m->target_offset = 1;
 	m->n_targets = 16;
 	m->padding = CLTFS_PAD_ZERO;
@@ -54,14 +69,11 @@ void cltfs_manifest_free(cltfs_manifest *m)
 {
 	if (!m)
 		return;
-	for (int64_t i = 0; m->samples && i < m->n_samples; i++) {
-		free(m->samples[i].id);
-		free(m->samples[i].image);
-		free(m->samples[i].text);
-	}
-	free(m->samples);
-	free(m->batches);
-	free(m->chunk_start);
+	cltfs_table_close(m->table);
+	free(m->table_path);
+	free(m->sp_sample);
+	free(m->sp_row);
+	free(m->sp_chunk);
 	free(m->x_layers);
 	free(m->mlp_layers);
 	free(m->model_id);
@@ -73,6 +85,14 @@ void cltfs_manifest_free(cltfs_manifest *m)
 	free(m->source_path);
 	free(m->source_images);
 	free(m);
+}
+
+void cltfs_manifest_set_table(cltfs_manifest *m, cltfs_table *t, const char *path)
+{
+	cltfs_table_close(m->table);
+	free(m->table_path);
+	m->table = t;
+	m->table_path = path ? strdup(path) : NULL; /* NULL also when out of memory: it is only a hint */
 }
 
 bool cltfs_manifest_has_layer(const int *layers, int n, int layer)
@@ -110,17 +130,130 @@ int cltfs_manifest_targets_of(const cltfs_manifest *m, int layer)
 	return real < 0 ? 0 : real < m->n_targets ? real : m->n_targets;
 }
 
-int64_t cltfs_manifest_chunk_of(const cltfs_manifest *m, int64_t row)
+/* ---- samples and batches ---- */
+
+int64_t cltfs_manifest_sample_rows(const cltfs_manifest *m, int64_t i) { return m->table->rows[i]; }
+
+bool cltfs_manifest_sample_text(const cltfs_manifest *m, int64_t i, const char **id, const char **image,
+				const char **text)
 {
-	int64_t lo = 0, hi = m->n_chunks - 1;
+	return cltfs_table_strings(m->table, (uint64_t)i, id, image, text);
+}
+
+/* Batch b's samples (S), rows and longest sample (T), b's first sample
+ * being s. */
+static void batch_shape(const cltfs_manifest *m, int64_t b, int64_t s, int64_t *S, int64_t *rows, int64_t *T)
+{
+	const cltfs_table *t = m->table;
+	*S = t->batches ? t->batches[2 * b] : m->n_samples - s < m->batch_samples ? m->n_samples - s : m->batch_samples;
+	*rows = 0;
+	int64_t longest = 0;
+	for (int64_t i = s; i < s + *S; i++) {
+		*rows += t->rows[i];
+		if (t->rows[i] > longest)
+			longest = t->rows[i];
+	}
+	*T = t->batches ? t->batches[2 * b + 1] : longest;
+}
+
+static int64_t chunks_of(const cltfs_manifest *m, int64_t rows) { return (rows + m->chunk_rows - 1) / m->chunk_rows; }
+
+/* Walk from the sparse entry at or before b to b. */
+static cltfs_batch walk_to(const cltfs_manifest *m, int64_t b)
+{
+	int64_t k = b / SPARSE;
+	cltfs_batch out = {m->sp_sample[k], 0, 0, m->sp_row[k], 0, m->sp_chunk[k], 0};
+	for (int64_t i = k * SPARSE;; i++) {
+		batch_shape(m, i, out.first_sample, &out.samples, &out.rows, &out.tokens);
+		out.chunks = chunks_of(m, out.rows);
+		if (i == b)
+			return out;
+		out.first_sample += out.samples;
+		out.first_row += out.rows;
+		out.first_chunk += out.chunks;
+	}
+}
+
+cltfs_batch cltfs_manifest_batch(const cltfs_manifest *m, int64_t b) { return walk_to(m, b); }
+
+/* The last sparse entry whose value (of sp, n_batches/SPARSE+1 of them) is
+ * at most v. */
+static int64_t sparse_find(const cltfs_manifest *m, const int64_t *sp, int64_t v)
+{
+	int64_t lo = 0, hi = (m->n_batches - 1) / SPARSE;
 	while (lo < hi) {
 		int64_t mid = (lo + hi + 1) / 2;
-		if (m->chunk_start[mid] <= row)
+		if (sp[mid] <= v)
 			lo = mid;
 		else
 			hi = mid - 1;
 	}
 	return lo;
+}
+
+/* The batch holding item v of a running count (rows, chunks or samples:
+ * which), from its sparse index; its number in *bi. */
+static cltfs_batch batch_holding(const cltfs_manifest *m, const int64_t *sp, int which, int64_t v, int64_t *bi)
+{
+	int64_t b = sparse_find(m, sp, v) * SPARSE;
+	cltfs_batch x = walk_to(m, b);
+	for (;;) {
+		int64_t first = which == 0 ? x.first_row : which == 1 ? x.first_chunk : x.first_sample;
+		int64_t count = which == 0 ? x.rows : which == 1 ? x.chunks : x.samples;
+		if (v < first + count || b + 1 >= m->n_batches) {
+			*bi = b;
+			return x;
+		}
+		b++;
+		int64_t s = x.first_sample + x.samples;
+		x.first_row += x.rows;
+		x.first_chunk += x.chunks;
+		x.first_sample = s;
+		batch_shape(m, b, s, &x.samples, &x.rows, &x.tokens);
+		x.chunks = chunks_of(m, x.rows);
+	}
+}
+
+int64_t cltfs_manifest_chunk_of(const cltfs_manifest *m, int64_t row)
+{
+	int64_t bi;
+	cltfs_batch b = batch_holding(m, m->sp_row, 0, row, &bi);
+	int64_t c = b.first_chunk + (row - b.first_row) / m->chunk_rows;
+	return c < b.first_chunk + b.chunks ? c : b.first_chunk + b.chunks - 1;
+}
+
+int64_t cltfs_manifest_chunk_start(const cltfs_manifest *m, int64_t c)
+{
+	if (c >= m->n_chunks)
+		return m->total_rows;
+	int64_t bi;
+	cltfs_batch b = batch_holding(m, m->sp_chunk, 1, c, &bi);
+	return b.first_row + (c - b.first_chunk) * m->chunk_rows;
+}
+
+int64_t cltfs_manifest_chunk_rows(const cltfs_manifest *m, int64_t c)
+{
+	int64_t bi;
+	cltfs_batch b = batch_holding(m, m->sp_chunk, 1, c, &bi);
+	int64_t start = (c - b.first_chunk) * m->chunk_rows;
+	return b.rows - start < m->chunk_rows ? b.rows - start : m->chunk_rows;
+}
+
+int64_t cltfs_manifest_batch_of_chunk(const cltfs_manifest *m, int64_t c)
+{
+	int64_t bi;
+	batch_holding(m, m->sp_chunk, 1, c, &bi);
+	return bi;
+}
+
+int64_t cltfs_manifest_sample_row(const cltfs_manifest *m, int64_t i)
+{
+	int64_t bi;
+	cltfs_batch b = batch_holding(m, m->sp_sample, 2, i, &bi);
+	int64_t row = b.first_row;
+	for (int64_t s = b.first_sample; s < i; s++)
+		row += m->table->rows[s];
+	return row;
 }
 
 /* ---- parsing ---- */
@@ -289,72 +422,105 @@ static cltfs_err parse_layout(const cJSON *root, cltfs_manifest *m, ctx *c)
 	return CLTFS_OK;
 }
 
-static cltfs_err parse_samples(const cJSON *root, cltfs_manifest *m, ctx *c)
+/* A version 1 manifest's "samples" (and "batches") into a table in memory. */
+static cltfs_err parse_inline_samples(const cJSON *root, cltfs_manifest *m, ctx *c)
 {
 	c->field = "samples";
-	const cJSON *sv = get(root, "samples");
+	const cJSON *sv = get(root, "samples"), *bv = get(root, "batches"), *it;
 	if (!cJSON_IsArray(sv) || cJSON_GetArraySize(sv) == 0)
 		return ferr(c, "expected a non-empty array");
-	m->n_samples = cJSON_GetArraySize(sv);
-	m->samples = calloc((size_t)m->n_samples, sizeof *m->samples);
-	if (!m->samples)
-		return cltfs_fail(CLTFS_E_NOMEM, "%s: out of memory", c->path);
+	bool strings = false;
+	cJSON_ArrayForEach(it, sv) strings |= get(it, "id") || get(it, "image") || get(it, "text");
+	cltfs_table_writer *w;
+	cltfs_err e = cltfs_table_writer_new(NULL, strings, &w);
 	int64_t i = 0;
-	const cJSON *it;
 	cJSON_ArrayForEach(it, sv)
 	{
-		cltfs_sample *s = &m->samples[i];
+		if (e)
+			break;
 		snprintf(c->prefix, sizeof c->prefix, "samples[%lld]", (long long)i++);
 		c->field = "";
-		if (!cJSON_IsObject(it))
-			return ferr(c, "expected an object");
-		strcat(c->prefix, ".");
-		cltfs_err e;
-		if ((e = get_int(it, "rows", 1, INT32_MAX, -1, &s->rows, c)) ||
-		    (e = get_str(it, "id", false, &s->id, c)) ||
-		    (e = get_str(it, "image", false, &s->image, c)) ||
-		    (e = get_str(it, "text", false, &s->text, c)))
-			return e;
-		if (s->id == NULL) { /* ids may be numbers, as in AMBER's query file */
-			const cJSON *id = get(it, "id");
-			char buf[32];
-			if (cJSON_IsNumber(id)) {
-				snprintf(buf, sizeof buf, "%.0f", id->valuedouble);
-				if (!(s->id = strdup(buf)))
-					return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
-			}
+		if (!cJSON_IsObject(it)) {
+			e = ferr(c, "expected an object");
+			break;
 		}
+		strcat(c->prefix, ".");
+		int64_t rows;
+		char *id = NULL, *image = NULL, *text = NULL, num[32];
+		const cJSON *idv = get(it, "id");
+		if (cJSON_IsNumber(idv)) /* ids may be numbers, as in AMBER's query file */
+			snprintf(num, sizeof num, "%.0f", idv->valuedouble);
+		if (!(e = get_int(it, "rows", 1, INT32_MAX, -1, &rows, c)) &&
+		    (cJSON_IsNumber(idv) || !(e = get_str(it, "id", false, &id, c))) &&
+		    !(e = get_str(it, "image", false, &image, c)) && !(e = get_str(it, "text", false, &text, c)))
+			e = cltfs_table_add(w, (uint32_t)rows, cJSON_IsNumber(idv) ? num : id, image, text);
+		free(id);
+		free(image);
+		free(text);
 	}
 	c->prefix[0] = 0;
+	c->field = "batches";
+	if (!e && bv && (!cJSON_IsArray(bv) || cJSON_GetArraySize(bv) == 0))
+		e = ferr(c, "expected a non-empty array of [S, T]");
+	const cJSON *pairs = e ? NULL : bv;
+	cJSON_ArrayForEach(it, pairs)
+	{
+		const cJSON *s = cJSON_GetArrayItem(it, 0), *t = cJSON_GetArrayItem(it, 1);
+		if (!cJSON_IsArray(it) || cJSON_GetArraySize(it) != 2 || !cJSON_IsNumber(s) || !cJSON_IsNumber(t) ||
+		    s->valuedouble < 1 || t->valuedouble < 1 || s->valuedouble > INT32_MAX || t->valuedouble > INT32_MAX) {
+			e = ferr(c, "expected [S, T] pairs of positive integers");
+			break;
+		}
+		e = cltfs_table_add_batch(w, (uint32_t)s->valuedouble, (uint32_t)t->valuedouble);
+		if (e)
+			break;
+	}
+	cltfs_table *t = NULL;
+	if (e) {
+		cltfs_table_writer_abort(w);
+		return e;
+	}
+	if ((e = cltfs_table_writer_finish(w, NULL, &t)))
+		return e;
+	cltfs_manifest_set_table(m, t, NULL);
 	return CLTFS_OK;
 }
 
-static cltfs_err parse_batches(const cJSON *root, cltfs_manifest *m, ctx *c)
+/* A version 2 manifest's "samples": {"file": "samples.bin", "count": N,
+ * "crc32": "..."}: the table beside path, which must be the one named. */
+static cltfs_err open_table(const cJSON *root, cltfs_manifest *m, ctx *c)
 {
-	c->field = "batches";
-	const cJSON *bv = get(root, "batches");
-	if (!bv)
-		return CLTFS_OK;
-	if (!cJSON_IsArray(bv) || cJSON_GetArraySize(bv) == 0)
-		return ferr(c, "expected a non-empty array of [S, T]");
-	m->n_batches = cJSON_GetArraySize(bv);
-	m->batches = calloc((size_t)m->n_batches, sizeof *m->batches);
-	if (!m->batches)
-		return cltfs_fail(CLTFS_E_NOMEM, "%s: out of memory", c->path);
-	m->explicit_batches = true;
-	int64_t i = 0;
-	const cJSON *it;
-	cJSON_ArrayForEach(it, bv)
-	{
-		const cJSON *s = cJSON_GetArrayItem(it, 0), *t = cJSON_GetArrayItem(it, 1);
-		if (!cJSON_IsArray(it) || cJSON_GetArraySize(it) != 2 || !cJSON_IsNumber(s) ||
-		    !cJSON_IsNumber(t) || s->valuedouble < 1 || t->valuedouble < 1 ||
-		    s->valuedouble > INT32_MAX || t->valuedouble > INT32_MAX)
-			return ferr(c, "expected [S, T] pairs of positive integers");
-		m->batches[i].samples = (int64_t)s->valuedouble;
-		m->batches[i].tokens = (int64_t)t->valuedouble;
-		i++;
+	c->field = "samples";
+	const cJSON *so = get(root, "samples");
+	if (!cJSON_IsObject(so))
+		return ferr(c, "expected {\"file\": \"samples.bin\", \"count\": N, \"crc32\": \"...\"}");
+	const cJSON *file = get(so, "file"), *crc = get(so, "crc32");
+	int64_t count;
+	cltfs_err e = get_int(so, "count", 1, (int64_t)UINT32_MAX + 1, -1, &count, c);
+	c->field = "samples.file";
+	if (!e && (!cJSON_IsString(file) || strcmp(file->valuestring, TABLE_NAME)))
+		e = ferr(c, "expected \"" TABLE_NAME "\"");
+	c->field = "samples.crc32";
+	if (!e && (!cJSON_IsString(crc) || strlen(crc->valuestring) != 8 ||
+		   strspn(crc->valuestring, "0123456789abcdef") != 8))
+		e = ferr(c, "expected 8 lowercase hex digits");
+	if (e)
+		return e;
+	char path[4096];
+	const char *slash = strrchr(c->path, '/');
+	snprintf(path, sizeof path, "%.*s%s", slash ? (int)(slash - c->path + 1) : 0, c->path, TABLE_NAME);
+	cltfs_table *t;
+	if ((e = cltfs_table_open(path, &t)))
+		return e == CLTFS_E_NOTFOUND ? cltfs_fail(e, "%s: missing (%s names it)", path, c->path) : e;
+	char have[9];
+	snprintf(have, sizeof have, "%08x", t->crc);
+	if (strcmp(have, crc->valuestring) || (int64_t)t->n != count) {
+		cltfs_table_close(t);
+		return cltfs_fail(CLTFS_E_MISMATCH, "%s: not the sample table %s names (%llu samples, CRC %s; it says "
+				  "%lld, %s)", path, c->path, (unsigned long long)t->n, have, (long long)count,
+				  crc->valuestring);
 	}
+	cltfs_manifest_set_table(m, t, path);
 	return CLTFS_OK;
 }
 
@@ -374,15 +540,16 @@ static cltfs_err parse_root(const cJSON *root, cltfs_manifest *m, ctx *c)
 		return ferr(c, "expected \"cltfs\": this is not a cltfs manifest");
 	if ((e = get_int(root, "version", 1, 1000, -1, &v, c)))
 		return e;
-	if (v != 1)
-		return ferr(c, "this cltfs reads format version 1 only");
-	m->version = 1;
+	if (v != 1 && v != 2)
+		return ferr(c, "this cltfs reads format versions 1 and 2");
+	m->version = (int)v;
 	if ((e = parse_model(root, m, c)) || (e = get_enum(root, "dtype", dtnames, 3, -1, &dt, c)))
 		return e;
 	m->dtype = (cltfs_dtype)dt;
 	int hook;
 	if ((e = get_enum(root, "input_hook", hooks, 3, 0, &hook, c)))
 		return e;
+	free(m->input_hook);
 	if (!(m->input_hook = strdup(hooks[hook])))
 		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
 	if ((e = get_int(root, "target_offset", 0, 1, 1, &v, c)))
@@ -397,8 +564,8 @@ static cltfs_err parse_root(const cJSON *root, cltfs_manifest *m, ctx *c)
 	    (e = get_str(root, "prompt_template", false, &m->prompt_template, c)) ||
 	    (e = get_layers(root, "x_layers", &m->x_layers, &m->n_x_layers, c)) ||
 	    (e = get_layers(root, "mlp_layers", &m->mlp_layers, &m->n_mlp_layers, c)) ||
-	    (e = parse_layout(root, m, c)) || (e = parse_samples(root, m, c)) ||
-	    (e = parse_batches(root, m, c)))
+	    (e = parse_layout(root, m, c)) ||
+	    (e = m->version == 1 ? parse_inline_samples(root, m, c) : open_table(root, m, c)))
 		return e;
 	const cJSON *src = get(root, "source");
 	if (cJSON_IsObject(src) &&
@@ -416,16 +583,15 @@ static cltfs_err finish_fail(const char *path, const char *fmt, long long a, lon
 	return cltfs_fail(CLTFS_E_FORMAT, "%s: inconsistent: %s", path, why);
 }
 
-/* Derived fields: batches (when not explicit), row positions, chunks. */
-cltfs_err cltfs_manifest_finish(cltfs_manifest *m, const char *path)
+/* What parsing checks field by field, for a manifest built in code too. */
+static cltfs_err check_fields(const cltfs_manifest *m, const char *path)
 {
-	/* what parsing checks field by field, for a manifest built in code */
 	if (m->n_layers < 1 || m->n_layers > MAX_LAYERS || m->d_model < 1 || m->d_model > MAX_D)
 		return finish_fail(path, "n_layers %lld or d_model %lld out of range", m->n_layers, m->d_model);
 	if (m->n_targets < 1 || m->n_targets > MAX_LAYERS || m->chunk_rows < 1 || m->chunk_rows > (1 << 24))
 		return finish_fail(path, "n_targets %lld or chunk_rows %lld out of range", m->n_targets, m->chunk_rows);
-	if (m->n_samples < 1 || m->batch_samples < 1 || (unsigned)m->dtype >= CLTFS_NDTYPES)
-		return finish_fail(path, "%lld samples, batches of %lld: nothing to serve", m->n_samples,
+	if (!m->table || m->batch_samples < 1 || (unsigned)m->dtype >= CLTFS_NDTYPES)
+		return finish_fail(path, "%s, batches of %lld: nothing to serve", (long long)(m->table != NULL),
 				   m->batch_samples);
 	if (m->d_model * cltfs_dtype_size(m->dtype) * (uint64_t)m->chunk_rows > UINT32_MAX)
 		return finish_fail(path, "chunk_rows %lld times the row size exceeds 4 GiB", m->chunk_rows, 0);
@@ -444,60 +610,64 @@ cltfs_err cltfs_manifest_finish(cltfs_manifest *m, const char *path)
 				return finish_fail(path, "layer %lld's targets need mlp layer %lld, which mlp_layers lacks",
 						   m->x_layers[i], t);
 		}
-	int64_t row = 0;
-	for (int64_t i = 0; i < m->n_samples; i++) {
-		m->samples[i].first_row = row;
-		row += m->samples[i].rows;
-	}
-	m->total_rows = row;
-	if (!m->explicit_batches) {
-		free(m->batches);
-		m->n_batches = (m->n_samples + m->batch_samples - 1) / m->batch_samples;
-		if (!(m->batches = calloc((size_t)m->n_batches, sizeof *m->batches)))
-			return cltfs_fail(CLTFS_E_NOMEM, "%s: out of memory", path);
-		for (int64_t b = 0; b < m->n_batches; b++) {
-			int64_t s0 = b * m->batch_samples, n = m->n_samples - s0;
-			m->batches[b].samples = n < m->batch_samples ? n : m->batch_samples;
-		}
-	}
-	int64_t s = 0, chunks = 0;
+	return CLTFS_OK;
+}
+
+/* One pass over the table: totals, the sparse index, and every batch's
+ * consistency. */
+static cltfs_err index_batches(cltfs_manifest *m, const char *path)
+{
+	const cltfs_table *t = m->table;
+	m->n_samples = (int64_t)t->n;
+	m->n_batches = t->batches ? (int64_t)t->nb : (m->n_samples + m->batch_samples - 1) / m->batch_samples;
+	size_t ns = (size_t)(m->n_batches / SPARSE + 2);
+	free(m->sp_sample);
+	free(m->sp_row);
+	free(m->sp_chunk);
+	m->sp_sample = malloc(ns * sizeof *m->sp_sample);
+	m->sp_row = malloc(ns * sizeof *m->sp_row);
+	m->sp_chunk = malloc(ns * sizeof *m->sp_chunk);
+	if (!m->sp_sample || !m->sp_row || !m->sp_chunk)
+		return cltfs_fail(CLTFS_E_NOMEM, "%s: out of memory", path);
+	int64_t s = 0, row = 0, chunk = 0;
+	m->max_batch_rows = 0;
 	for (int64_t b = 0; b < m->n_batches; b++) {
-		cltfs_batch *bt = &m->batches[b];
-		bt->first_sample = s;
-		if (s + bt->samples > m->n_samples)
-			return finish_fail(path, "batches hold more samples (%lld+) than samples lists (%lld)",
-					   s + bt->samples, m->n_samples);
-		bt->first_row = m->samples[s].first_row;
-		bt->rows = 0;
-		int64_t longest = 0;
-		for (int64_t i = s; i < s + bt->samples; i++) {
-			bt->rows += m->samples[i].rows;
-			if (m->samples[i].rows > longest)
-				longest = m->samples[i].rows;
+		if (b % SPARSE == 0) {
+			m->sp_sample[b / SPARSE] = s;
+			m->sp_row[b / SPARSE] = row;
+			m->sp_chunk[b / SPARSE] = chunk;
 		}
-		if (!m->explicit_batches)
-			bt->tokens = longest;
-		else if (longest > bt->tokens)
-			return finish_fail(path, "batch %lld has T=%lld, shorter than one of its samples",
-					   b, bt->tokens);
-		bt->first_chunk = chunks;
-		bt->chunks = (bt->rows + m->chunk_rows - 1) / m->chunk_rows;
-		chunks += bt->chunks;
-		s += bt->samples;
+		int64_t S = t->batches ? t->batches[2 * b] : 1, rows, T;
+		if (S < 1 || S > m->n_samples - s || (t->batches && !t->batches[2 * b + 1]))
+			return S < 1 || (t->batches && !t->batches[2 * b + 1])
+				       ? finish_fail(path, "batch %lld has %lld samples or no rows", b, S)
+				       : finish_fail(path, "batches hold more samples (%lld+) than samples lists (%lld)",
+						     s + S, m->n_samples);
+		batch_shape(m, b, s, &S, &rows, &T);
+		for (int64_t i = s; i < s + S; i++)
+			if (!t->rows[i] || t->rows[i] > (uint32_t)T || t->rows[i] > INT32_MAX)
+				return !t->rows[i] ? finish_fail(path, "sample %lld has %lld rows", i, 0)
+						   : finish_fail(path, "batch %lld has T=%lld, shorter than one of its samples",
+								 b, T);
+		s += S;
+		row += rows;
+		chunk += chunks_of(m, rows);
+		if (rows > m->max_batch_rows)
+			m->max_batch_rows = rows;
 	}
 	if (s != m->n_samples)
 		return finish_fail(path, "batches hold %lld samples, samples lists %lld", s, m->n_samples);
-	if (chunks > UINT32_MAX)
-		return finish_fail(path, "too many chunks (%lld)", chunks, 0);
-	m->n_chunks = chunks;
-	free(m->chunk_start);
-	if (!(m->chunk_start = malloc(((size_t)chunks + 1) * sizeof *m->chunk_start)))
-		return cltfs_fail(CLTFS_E_NOMEM, "%s: out of memory", path);
-	for (int64_t b = 0; b < m->n_batches; b++)
-		for (int64_t c = 0; c < m->batches[b].chunks; c++)
-			m->chunk_start[m->batches[b].first_chunk + c] = m->batches[b].first_row + c * m->chunk_rows;
-	m->chunk_start[chunks] = m->total_rows;
+	if (chunk > UINT32_MAX)
+		return finish_fail(path, "too many chunks (%lld)", chunk, 0);
+	m->total_rows = row;
+	m->n_chunks = chunk;
 	return CLTFS_OK;
+}
+
+cltfs_err cltfs_manifest_finish(cltfs_manifest *m, const char *path)
+{
+	cltfs_err e = check_fields(m, path);
+	return e ? e : index_batches(m, path);
 }
 
 cltfs_err cltfs_manifest_parse(const char *json, size_t len, const char *path, cltfs_manifest **out)
@@ -560,9 +730,9 @@ static bool add_str(cJSON *o, const char *k, const char *v)
 static cJSON *build(const cltfs_manifest *m)
 {
 	cJSON *r = cJSON_CreateObject(), *mo = cJSON_CreateObject(), *lo = cJSON_CreateObject();
-	cJSON *sv = cJSON_CreateArray(), *yk = cJSON_CreateArray();
-	bool ok = r && mo && lo && sv && yk;
-	ok = ok && cJSON_AddStringToObject(r, "format", "cltfs") && cJSON_AddNumberToObject(r, "version", 1);
+	cJSON *yk = cJSON_CreateArray();
+	bool ok = r && mo && lo && yk;
+	ok = ok && cJSON_AddStringToObject(r, "format", "cltfs") && cJSON_AddNumberToObject(r, "version", 2);
 	ok = ok && add_str(mo, "id", m->model_id) && add_str(mo, "revision", m->model_revision) &&
 	     (!m->model_arch || add_str(mo, "architecture", m->model_arch)) &&
 	     cJSON_AddNumberToObject(mo, "n_layers", m->n_layers) &&
@@ -570,7 +740,6 @@ static cJSON *build(const cltfs_manifest *m)
 	if (!ok) {
 		cJSON_Delete(mo);
 		cJSON_Delete(lo);
-		cJSON_Delete(sv);
 		cJSON_Delete(yk);
 		cJSON_Delete(r);
 		return NULL;
@@ -595,36 +764,15 @@ static cJSON *build(const cltfs_manifest *m)
 		cJSON_Delete(lo);
 		cJSON_Delete(yk);
 	}
-	for (int64_t i = 0; ok && i < m->n_samples; i++) {
-		const cltfs_sample *s = &m->samples[i];
-		cJSON *so = cJSON_CreateObject();
-		ok = so && cJSON_AddNumberToObject(so, "rows", (double)s->rows) &&
-		     (!s->id || cJSON_AddStringToObject(so, "id", s->id)) &&
-		     (!s->image || cJSON_AddStringToObject(so, "image", s->image)) &&
-		     (!s->text || cJSON_AddStringToObject(so, "text", s->text));
-		if (!ok || !cJSON_AddItemToArray(sv, so)) {
-			cJSON_Delete(so);
-			ok = false;
-		}
-	}
-	if (ok)
-		cJSON_AddItemToObject(r, "samples", sv);
-	else
-		cJSON_Delete(sv);
-	if (ok && m->explicit_batches) {
-		cJSON *bv = cJSON_AddArrayToObject(r, "batches");
-		for (int64_t b = 0; ok && bv && b < m->n_batches; b++) {
-			cJSON *pair = cJSON_CreateArray();
-			ok = pair && cJSON_AddItemToArray(pair, cJSON_CreateNumber((double)m->batches[b].samples)) &&
-			     cJSON_AddItemToArray(pair, cJSON_CreateNumber((double)m->batches[b].tokens)) &&
-			     cJSON_AddItemToArray(bv, pair);
-		}
-		ok = ok && bv;
-	}
+	char crc[9];
+	snprintf(crc, sizeof crc, "%08x", m->table->crc);
+	cJSON *so = ok ? cJSON_AddObjectToObject(r, "samples") : NULL;
+	ok = so && cJSON_AddStringToObject(so, "file", TABLE_NAME) &&
+	     cJSON_AddNumberToObject(so, "count", (double)m->table->n) && cJSON_AddStringToObject(so, "crc32", crc);
 	if (ok && (m->source_kind || m->source_path)) {
-		cJSON *so = cJSON_AddObjectToObject(r, "source");
-		ok = so && add_str(so, "kind", m->source_kind) && add_str(so, "path", m->source_path) &&
-		     (!m->source_images || add_str(so, "images", m->source_images));
+		cJSON *src = cJSON_AddObjectToObject(r, "source");
+		ok = src && add_str(src, "kind", m->source_kind) && add_str(src, "path", m->source_path) &&
+		     (!m->source_images || add_str(src, "images", m->source_images));
 	}
 	if (!ok) {
 		cJSON_Delete(r);
@@ -636,25 +784,41 @@ static cJSON *build(const cltfs_manifest *m)
 char *cltfs_manifest_dump(const cltfs_manifest *m)
 {
 	cJSON *r = build(m);
-	if (!r)
-		return NULL;
-	/* Unformatted: the sample list of a large dataset stays compact. */
-	char *s = cJSON_PrintUnformatted(r);
+	char *s = r ? cJSON_PrintUnformatted(r) : NULL;
 	cJSON_Delete(r);
 	return s;
 }
 
+bool cltfs_manifest_same(const cltfs_manifest *a, const cltfs_manifest *b)
+{
+	char *x = cltfs_manifest_dump(a), *y = cltfs_manifest_dump(b);
+	bool same = x && y && !strcmp(x, y);
+	free(x);
+	free(y);
+	return same;
+}
+
 cltfs_err cltfs_manifest_save(const cltfs_manifest *m, const char *path)
 {
-	char *s = cltfs_manifest_dump(m);
+	/* the table first, then cltfs.json, which names it: a reader never
+	 * sees a manifest whose table is not there */
+	char tpath[4096];
+	const char *slash = strrchr(path, '/');
+	snprintf(tpath, sizeof tpath, "%.*s%s", slash ? (int)(slash - path + 1) : 0, path, TABLE_NAME);
+	cltfs_err e = CLTFS_OK;
+	if (!m->table_path || strcmp(m->table_path, tpath))
+		e = cltfs_table_save(m->table, tpath);
+	char *s = e ? NULL : cltfs_manifest_dump(m);
 	size_t len = s ? strlen(s) : 0;
 	char *text = s ? realloc(s, len + 2) : NULL;
-	if (!text) {
+	if (!e && !text) {
 		free(s);
 		return cltfs_fail(CLTFS_E_NOMEM, "%s: out of memory writing the manifest", path);
 	}
-	memcpy(text + len, "\n", 2);
-	cltfs_err e = cltfs_write_atomic(path, text, len + 1);
+	if (!e) {
+		memcpy(text + len, "\n", 2);
+		e = cltfs_write_atomic(path, text, len + 1);
+	}
 	free(text);
 	return e;
 }

@@ -1,6 +1,14 @@
-/* Manifest parsing, validation messages, derived chunk geometry. */
+/* Manifest parsing, validation messages, derived chunk geometry; the
+ * sample table (version 2): round trips, the sparse batch index against a
+ * brute-force walk, and every kind of damage refused; names. */
 #include "codec.h"
 #include "unit.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static char dir[64];
 
 static const char *good =
 	"{\"format\":\"cltfs\",\"version\":1,\"model\":{\"id\":\"m\",\"n_layers\":4,\"d_model\":8},"
@@ -15,22 +23,27 @@ static void test_good(void)
 	if (!m)
 		return;
 	CHECK(m->n_layers == 4 && m->d_model == 8 && m->dtype == CLTFS_BF16 && m->target_offset == 1);
-	CHECK(m->total_rows == 17 && m->n_batches == 2 && m->batches[0].rows == 8 && m->batches[1].first_row == 8);
+	CHECK(m->total_rows == 17 && m->n_batches == 2 && cltfs_manifest_batch(m, 0).rows == 8 &&
+	      cltfs_manifest_batch(m, 1).first_row == 8);
 	/* chunks split at chunk_rows and at each batch end, never across */
 	CHECK(m->n_chunks == 5);
 	int64_t want[] = {0, 4, 8, 12, 16, 17};
 	for (int i = 0; i <= 5; i++)
-		CHECK(m->chunk_start[i] == want[i]);
+		CHECK(cltfs_manifest_chunk_start(m, i) == want[i]);
 	CHECK(cltfs_manifest_chunk_of(m, 0) == 0 && cltfs_manifest_chunk_of(m, 7) == 1 &&
 	      cltfs_manifest_chunk_of(m, 8) == 2 && cltfs_manifest_chunk_of(m, 16) == 4);
 	CHECK(cltfs_manifest_target_layer(m, 2, 0) == 3 && cltfs_manifest_target_layer(m, 2, 1) == -1);
 	CHECK(cltfs_manifest_targets_of(m, 2) == 2);
-	/* dump and parse again: the same text */
-	char *a = cltfs_manifest_dump(m);
-	cltfs_manifest *m2;
-	CHECK(a && cltfs_manifest_parse(a, strlen(a), "again", &m2) == CLTFS_OK);
-	char *b = m2 ? cltfs_manifest_dump(m2) : NULL;
-	CHECK(a && b && !strcmp(a, b));
+	/* saved (version 2 and its table) and loaded again: the same text, the
+	 * same dataset as the version 1 it came from */
+	char path[128];
+	snprintf(path, sizeof path, "%s/cltfs.json", dir);
+	CHECK(cltfs_manifest_save(m, path) == CLTFS_OK);
+	cltfs_manifest *m2 = NULL;
+	CHECK(cltfs_manifest_load(path, &m2) == CLTFS_OK);
+	char *a = cltfs_manifest_dump(m), *b = m2 ? cltfs_manifest_dump(m2) : NULL;
+	CHECK(a && b && !strcmp(a, b) && strstr(a, "\"version\":2") && strstr(a, "samples.bin"));
+	CHECK(m2 && m2->version == 2 && m2->total_rows == 17 && m2->n_chunks == 5 && cltfs_manifest_same(m, m2));
 	free(a);
 	free(b);
 	cltfs_manifest_free(m2);
@@ -63,7 +76,7 @@ static void test_refused(void)
 	CHECK(cltfs_manifest_parse("[1, 2]", 6, "/s/cltfs.json", &m) == CLTFS_E_FORMAT);
 	CHECK(strstr(cltfs_errmsg(), "expected a JSON object") != NULL);
 	refuse("\"version\":1", "\"version\":\"1\"", "'version': expected an integer");
-	refuse("\"version\":1", "\"version\":2", "format version 1 only");
+	refuse("\"version\":1", "\"version\":3", "format versions 1 and 2");
 	refuse("\"format\":\"cltfs\"", "\"format\":\"zip\"", "not a cltfs manifest");
 	refuse("\"dtype\":\"bfloat16\"", "\"dtype\":\"int8\"", "'dtype': unknown value");
 	refuse("\"d_model\":8", "\"d_model\":0", "'d_model': 0 is out of range");
@@ -79,9 +92,175 @@ static void test_refused(void)
 	refuse("}", "", "not valid JSON");
 }
 
+/* A store's manifest of n samples (rows 1 + i % 7), S per batch (or
+ * explicit batches of 1 to 3 samples, T the longest), saved into dir. */
+static cltfs_manifest *make(int64_t n, int64_t S, bool explicit_batches, bool strings)
+{
+	cltfs_manifest *m = cltfs_manifest_new();
+	cltfs_table_writer *w;
+	cltfs_table *t = NULL;
+	CHECK(m && cltfs_table_writer_new(dir, strings, &w) == CLTFS_OK);
+	for (int64_t i = 0; i < n; i++) {
+		char id[32], text[64];
+		snprintf(id, sizeof id, "%lld", (long long)i);
+		snprintf(text, sizeof text, "query number %lld", (long long)i);
+		CHECK(cltfs_table_add(w, (uint32_t)(1 + i % 7), id, "img.jpg", text) == CLTFS_OK);
+	}
+	for (int64_t i = 0; explicit_batches && i < n;) {
+		int64_t k = 1 + i % 3 < n - i ? 1 + i % 3 : n - i;
+		CHECK(cltfs_table_add_batch(w, (uint32_t)k, 7) == CLTFS_OK);
+		i += k;
+	}
+	CHECK(cltfs_table_writer_finish(w, NULL, &t) == CLTFS_OK);
+	m->n_layers = 2;
+	m->d_model = 4;
+	m->n_targets = 1;
+	m->chunk_rows = 3;
+	m->batch_samples = S;
+	m->n_x_layers = m->n_mlp_layers = 1;
+	m->x_layers = calloc(1, sizeof(int));
+	m->mlp_layers = calloc(1, sizeof(int));
+	m->mlp_layers[0] = 1;
+	cltfs_manifest_set_table(m, t, NULL);
+	CHECK(cltfs_manifest_finish(m, "built") == CLTFS_OK);
+	return m;
+}
+
+/* Every batch, chunk and sample lookup against a walk of the table. */
+static void check_geometry(const cltfs_manifest *m)
+{
+	int64_t s = 0, row = 0, chunk = 0, bad = 0;
+	for (int64_t b = 0; b < m->n_batches; b++) {
+		cltfs_batch x = cltfs_manifest_batch(m, b);
+		bad += x.first_sample != s || x.first_row != row || x.first_chunk != chunk;
+		int64_t rows = 0, T = 0;
+		for (int64_t i = s; i < s + x.samples; i++) {
+			bad += cltfs_manifest_sample_row(m, i) != row + rows;
+			rows += cltfs_manifest_sample_rows(m, i);
+			T = cltfs_manifest_sample_rows(m, i) > T ? cltfs_manifest_sample_rows(m, i) : T;
+		}
+		bad += x.rows != rows || x.chunks != (rows + m->chunk_rows - 1) / m->chunk_rows;
+		bad += m->table->batches ? x.tokens != 7 : x.tokens != T;
+		for (int64_t c = chunk; c < chunk + x.chunks; c++) {
+			int64_t start = row + (c - chunk) * m->chunk_rows;
+			bad += cltfs_manifest_chunk_start(m, c) != start || cltfs_manifest_batch_of_chunk(m, c) != b;
+			bad += cltfs_manifest_chunk_rows(m, c) != (row + rows - start < m->chunk_rows ? row + rows - start
+												  : m->chunk_rows);
+			bad += cltfs_manifest_chunk_of(m, start) != c;
+		}
+		s += x.samples;
+		row += rows;
+		chunk += x.chunks;
+	}
+	CHECK(bad == 0 && s == m->n_samples && row == m->total_rows && chunk == m->n_chunks);
+	CHECK(cltfs_manifest_chunk_start(m, m->n_chunks) == m->total_rows);
+}
+
+static void test_geometry(void)
+{
+	int64_t ns[] = {1, 15, 16, 17, 1000};
+	for (size_t i = 0; i < sizeof ns / sizeof *ns; i++)
+		for (int64_t S = 1; S <= 4; S++) {
+			cltfs_manifest *m = make(ns[i], S, false, S == 2);
+			if (m)
+				check_geometry(m);
+			cltfs_manifest_free(m);
+		}
+	cltfs_manifest *m = make(1000, 1, true, false);
+	if (m) {
+		CHECK(m->n_batches > 16 * 20); /* many sparse blocks */
+		check_geometry(m);
+	}
+	cltfs_manifest_free(m);
+	m = make(5, 1, false, true);
+	const char *id, *image, *text;
+	CHECK(m && cltfs_manifest_sample_text(m, 3, &id, &image, &text) && !strcmp(id, "3") &&
+	      !strcmp(image, "img.jpg") && !strcmp(text, "query number 3"));
+	cltfs_manifest_free(m);
+}
+
+static void write_bytes(const char *path, const uint8_t *b, size_t n)
+{
+	FILE *f = fopen(path, "wb");
+	CHECK(f && fwrite(b, 1, n, f) == n);
+	if (f)
+		fclose(f);
+}
+
+/* Every flipped byte of a saved table (or a table cut short, or another
+ * table) is refused at load, naming samples.bin. */
+static void test_table_damage(void)
+{
+	cltfs_manifest *m = make(40, 2, false, true);
+	char path[128], tpath[128];
+	snprintf(path, sizeof path, "%s/cltfs.json", dir);
+	snprintf(tpath, sizeof tpath, "%s/samples.bin", dir);
+	CHECK(m && cltfs_manifest_save(m, path) == CLTFS_OK);
+	cltfs_manifest_free(m);
+	char *good_tab;
+	size_t n;
+	CHECK(cltfs_read_file(tpath, &good_tab, &n) == CLTFS_OK);
+	int refused = 0, tried = 0;
+	for (size_t i = 0; i < n; i += 1 + i / 64) {
+		uint8_t *b = malloc(n);
+		memcpy(b, good_tab, n);
+		b[i] ^= 0x10;
+		write_bytes(tpath, b, n);
+		free(b);
+		cltfs_manifest *x = NULL;
+		cltfs_err e = cltfs_manifest_load(path, &x);
+		tried++;
+		refused += (e == CLTFS_E_CORRUPT || e == CLTFS_E_MISMATCH || e == CLTFS_E_UNSUPPORTED) &&
+			   strstr(cltfs_errmsg(), "samples.bin");
+		cltfs_manifest_free(x);
+	}
+	CHECK(refused == tried);
+	cltfs_manifest *x = NULL;
+	write_bytes(tpath, (const uint8_t *)good_tab, n - 8);
+	CHECK(cltfs_manifest_load(path, &x) == CLTFS_E_CORRUPT && strstr(cltfs_errmsg(), "truncated"));
+	write_bytes(tpath, (const uint8_t *)good_tab, 100);
+	CHECK(cltfs_manifest_load(path, &x) == CLTFS_E_CORRUPT && strstr(cltfs_errmsg(), "shorter than its header"));
+	unlink(tpath);
+	CHECK(cltfs_manifest_load(path, &x) == CLTFS_E_NOTFOUND && strstr(cltfs_errmsg(), "missing"));
+	/* a good table of another dataset: the manifest names another CRC */
+	cltfs_manifest *other = make(41, 2, false, true);
+	CHECK(other && cltfs_table_save(other->table, tpath) == CLTFS_OK);
+	CHECK(cltfs_manifest_load(path, &x) == CLTFS_E_MISMATCH && strstr(cltfs_errmsg(), "not the sample table"));
+	cltfs_manifest_free(other);
+	CHECK(mkfifo(tpath, 0644) == 0 || unlink(tpath) == 0); /* a FIFO does not hang the load */
+	unlink(tpath);
+	CHECK(mkfifo(tpath, 0644) == 0);
+	CHECK(cltfs_manifest_load(path, &x) == CLTFS_E_FORMAT && strstr(cltfs_errmsg(), "not a regular file"));
+	unlink(tpath);
+	free(good_tab);
+}
+
+static void test_names(void)
+{
+	int64_t v, k;
+	int y;
+	CHECK(cltfs_parse_dec("0", 1, &v) && v == 0 && cltfs_parse_dec("123456789012345678", 18, &v));
+	CHECK(!cltfs_parse_dec("", 0, &v) && !cltfs_parse_dec("01", 2, &v) && !cltfs_parse_dec("-1", 2, &v) &&
+	      !cltfs_parse_dec("1234567890123456789", 19, &v) && !cltfs_parse_dec("1a", 2, &v));
+	CHECK(cltfs_parse_batch_name("batch_12_y.pt", &k, &y) && k == 12 && y == 1);
+	CHECK(cltfs_parse_batch_name("batch_0_x.pt", &k, &y) && k == 0 && y == 0);
+	CHECK(!cltfs_parse_batch_name("batch_01_x.pt", &k, &y) && !cltfs_parse_batch_name("batch__x.pt", &k, &y) &&
+	      !cltfs_parse_batch_name("batch_1_z.pt", &k, &y) && !cltfs_parse_batch_name("batch_1_x.pth", &k, &y) &&
+	      !cltfs_parse_batch_name("xbatch_1_x.pt", &k, &y));
+}
+
 int main(void)
 {
+	snprintf(dir, sizeof dir, "/tmp/cltfs-unit-XXXXXX");
+	if (!mkdtemp(dir))
+		return 1;
 	RUN(test_good);
 	RUN(test_refused);
+	RUN(test_geometry);
+	RUN(test_table_damage);
+	RUN(test_names);
+	char cmd[128];
+	snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+	CHECK(system(cmd) == 0);
 	return unit_done("codec_manifest");
 }

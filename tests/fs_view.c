@@ -78,7 +78,7 @@ static void make_store(void)
 	for (int k = 0; k < 4; k++)
 		for (int64_t c = 0; c < m->n_chunks; c++) {
 			uint8_t buf[8 * ROW];
-			int64_t r0 = m->chunk_start[c], n = m->chunk_start[c + 1] - r0;
+			int64_t r0 = cltfs_manifest_chunk_start(m, c), n = cltfs_manifest_chunk_rows(m, c);
 			for (int64_t r = 0; r < n; r++)
 				for (size_t i = 0; i < ROW; i++)
 					buf[r * ROW + (int64_t)i] = value(streams[k][0], streams[k][1], r0 + r, i);

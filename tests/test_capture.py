@@ -24,6 +24,7 @@ import torch
 
 import llava_ref as R
 import make_llava as G
+import sample_table
 from conftest import describe, is_mounted, load_bytes, LoadedFiles
 from test_hub import make_hub  # noqa: F401 (a fixture)
 
@@ -144,8 +145,8 @@ def verify_ok(run_cltfs, store):
 
 
 def manifest(store):
-    with open(os.path.join(store, "cltfs.json")) as f:
-        return json.load(f)
+    """cltfs.json with its samples read from samples.bin (tests/sample_table.py)."""
+    return sample_table.manifest(store)
 
 
 def first_rows(rows):
@@ -315,7 +316,8 @@ def test_init_rows_match_reference(llava, run_cltfs, tmp_path, mount):
     # sizes come from the manifest: listing and stat through a mount capture nothing
     with mount(store) as m:
         mm = json.loads(m.read_special(".cltfs/manifest.json"))
-        assert [s["rows"] for s in mm["samples"]] == rows
+        with open(os.path.join(store, "cltfs.json")) as f:
+            assert mm == json.load(f)  # the store's manifest, as it is on disk
         assert sorted(d for d in os.listdir(m.path) if re.fullmatch(r"L\d+", d)) == \
             ["L%d" % L for L in range(llava.facts()["text"]["num_hidden_layers"])]
         for rel in m.files():
@@ -606,7 +608,7 @@ def test_rows_range(llava, run_cltfs, tmp_path, mount):
     assert stat_json(run_cltfs, store)["chunks"] == 2 * per_batch
     ref = llava.ref()
     n_layers = llava.facts()["text"]["num_hidden_layers"]
-    with mount(store) as m:
+    with mount(store, "capture_ahead=0") as m:  # the miss's batch alone
         check_views(lambda rel: torch.load(m.p(rel)), ref, n_layers, "float32", batches=[2, 3])
         s = m.stats()
         assert s["chunks"]["capture"] == 0, "batches 2 and 3 should be stored: %s" % s
@@ -901,7 +903,7 @@ def test_image_missing_mount_eio(llava, run_cltfs, tmp_path, mount):
     store, dd, gone = _store_missing_image(llava, run_cltfs, tmp_path, index=3)
     ref = llava.ref()
     n_layers = llava.facts()["text"]["num_hidden_layers"]
-    with mount(store) as m:
+    with mount(store, "capture_ahead=0") as m:  # the misses' batches alone
         for rel in ("L0/batch_3_x.pt", "L2/batch_3_y.pt", "L0/batch_3_x.pt"):
             with pytest.raises(OSError) as ei:
                 read_all(m.p(rel))
@@ -1101,3 +1103,26 @@ def test_mount_checks_capture_at_start(llava, run_cltfs, tmp_path, mount, mount_
         assert ei.value.errno == errno.EIO
         log = m.log()
     assert "not capturing on a miss" in log and model in log, log
+
+
+def test_capture_ahead_of_a_reader(llava, run_cltfs, tmp_path, mount):
+    """A reader going through the batches in order: after a miss, the mount
+    captures the next capture_ahead batches on its own, so the reader finds
+    them stored; each batch is captured once, and all of it is durable."""
+    store = str(tmp_path / "store")
+    run_init(run_cltfs, store, llava.model(), llava.dataset(), "--dtype", "float32", "--quiet")
+    ref = llava.ref()
+    n_layers = llava.facts()["text"]["num_hidden_layers"]
+    per_batch = stat_json(run_cltfs, store)["chunks_needed"] // len(ref)
+    with mount(store, "capture_ahead=2") as m:
+        check_views(lambda rel: torch.load(m.p(rel)), ref, n_layers, "float32", batches=[0])
+        deadline = time.monotonic() + CAPTURE_TIMEOUT
+        while m.stats()["capture"].get("ahead_batches", 0) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        st = m.stats()
+        assert st["capture"]["ahead_batches"] == 2, st  # batches 1 and 2, by the mount alone
+        check_views(lambda rel: torch.load(m.p(rel)), ref, n_layers, "float32", batches=list(range(len(ref))))
+        st = m.stats()
+    assert st["capture"]["batches"] == len(ref), st  # each batch once, by a reader or ahead of one
+    verify_ok(run_cltfs, store)
+    assert stat_json(run_cltfs, store)["chunks"] == per_batch * len(ref)

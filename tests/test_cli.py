@@ -36,7 +36,7 @@ def test_man_page_covers_every_option():
                  "pull", "hf://", "HF_ENDPOINT", "HF_TOKEN", "HF_HOME", "HF_HUB_CACHE",
                  "HF_HUB_OFFLINE", "CLTFS_HUB_RETRIES", ".incomplete", "refs/",
                  "share_zero_targets", "hub=", "capture=", "model=", "images=", "readahead_errors",
-                 "--image-dir"):
+                 "--image-dir", "capture_ahead=", "samples.bin", "JSON Lines"):
         assert word.replace("-", "\\-") in page or word in page, word
     if shutil.which("groff"):
         r = subprocess.run(["groff", "-man", "-ww", "-z", os.path.join(REPO, "man", "cltfs.1")],
@@ -76,7 +76,7 @@ def test_stat_json_any_store_name(stores, run_cltfs, tmp_path):
 
 def test_help_lists_the_tier_options(run_cltfs):
     out = run_cltfs("--help").stdout
-    for opt in ("share_zero_targets", "hub=", "capture=", "model=", "images="):
+    for opt in ("share_zero_targets", "hub=", "capture=", "model=", "images=", "capture_ahead="):
         assert opt in out, opt
 
 

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from conftest import assert_same, describe, load_bytes
+import sample_table
 
 
 def read_all(path):
@@ -267,10 +268,11 @@ def _break_tokens(man):
                                  "sample_rows_negative", "sample_count", "batch_tokens",
                                  "missing"])
 def test_malformed_manifest(tmp_path, stores, mount_fails, how):
+    """A damaged or inconsistent manifest of format version 1 (the samples
+    inline, as older cltfs wrote it) is refused, naming cltfs.json."""
     imp = stores.copy("s2_padded", tmp_path / "store")
     path = os.path.join(imp.store, "cltfs.json")
-    with open(path) as f:
-        man = json.load(f)
+    man = sample_table.manifest(imp.store)  # as version 1
     if how == "invalid_json":
         text = json.dumps(man)[:-7] + "{,"
     elif how == "empty":
@@ -291,6 +293,57 @@ def test_malformed_manifest(tmp_path, stores, mount_fails, how):
         rc, out = mount_fails(imp.store, args=args)
         assert rc == 1, "mount of a store with a %s manifest exited %s, not 1" % (how, rc)
         assert "cltfs.json" in out, "message does not name cltfs.json: %r" % out
+
+
+@pytest.mark.parametrize("how", ["sample_rows", "sample_count", "batch_tokens", "more_samples"])
+def test_inconsistent_sample_table(tmp_path, stores, mount_fails, run_cltfs, how):
+    """A sample table that is whole and checksummed but does not add up
+    (rewritten, with cltfs.json naming it) is refused, naming cltfs.json."""
+    imp = stores.copy("s2_padded", tmp_path / "store")
+    t = sample_table.read(os.path.join(imp.store, "samples.bin"))
+    samples, batches = t["samples"], t["batches"]
+    if how == "sample_rows":
+        samples[1]["rows"] = max(T for _, T in batches) + 5
+    elif how == "sample_count":
+        samples.pop()
+    elif how == "batch_tokens":
+        batches[0] = (batches[0][0], 0)
+    else:
+        samples.append({"rows": 1})
+    sample_table.rewrite(imp.store, samples, batches)
+    for args in (("-f",), ()):
+        rc, out = mount_fails(imp.store, args=args)
+        assert rc == 1 and "cltfs.json" in out and "inconsistent" in out, (how, rc, out)
+    r = run_cltfs("verify", imp.store)
+    assert r.returncode == 1 and "cltfs.json" in r.stderr, describe(r)
+
+
+@pytest.mark.parametrize("how", ["flip_rows", "flip_header", "truncate", "missing", "other_table"])
+def test_damaged_sample_table(tmp_path, stores, mount_fails, how):
+    """A damaged, truncated, missing or swapped samples.bin is refused at mount
+    with a message naming it; nothing is served from a table that lies."""
+    imp = stores.copy("s2_padded", tmp_path / "store")
+    tab = os.path.join(imp.store, "samples.bin")
+    data = bytearray(open(tab, "rb").read())
+    if how == "flip_rows":
+        data[128] ^= 1
+    elif how == "flip_header":
+        data[20] ^= 1
+    elif how == "truncate":
+        data = data[:-4]
+    elif how == "other_table":
+        t = sample_table.read(tab)
+        t["samples"][0]["rows"] += 1
+        sample_table.write(tab, t["samples"], t["batches"])  # whole, but not the one cltfs.json names
+        data = None
+    if how == "missing":
+        os.unlink(tab)
+    elif data is not None:
+        with open(tab, "wb") as f:
+            f.write(data)
+    for args in (("-f",), ()):
+        rc, out = mount_fails(imp.store, args=args)
+        assert rc == 1 and "samples.bin" in out, (how, rc, out)
 
 
 def test_missing_store(tmp_path, mount_fails, run_cltfs):

@@ -203,7 +203,8 @@ def test_store_repo_views_equal_reference(tmp_path, hub, stores, mount, original
         for rel in imp.desc["files"]:
             assert read_all(m.p(rel)) == local[rel], "%s differs from a local mount's" % rel
     folder = repo_folder(tmp_path, STORE_REPO)
-    meta = {"cltfs.json": read_all(os.path.join(imp.store, "cltfs.json"))}
+    meta = {"cltfs.json": read_all(os.path.join(imp.store, "cltfs.json")),
+            "samples.bin": read_all(os.path.join(imp.store, "samples.bin"))}
     for p in glob.glob(os.path.join(imp.store, "packs", "*.idx")):
         meta["packs/" + os.path.basename(p)] = read_all(p)
     check_hf_cache(folder, commit, meta, want_blobs=[etag_of(b) for b in meta.values()])
@@ -227,7 +228,7 @@ def test_packs_fetched_by_range_only(tmp_path, hub, stores, mount):
             size = shas[e["path"].split("/")[2].split("?")[0]]
             assert 0 < e["bytes"] < size, e
     # the idx files and the manifest were fetched whole, once
-    for rel in ["cltfs.json"] + ["packs/" + p[:-5] + ".idx" for p in pack_names(imp)]:
+    for rel in ["cltfs.json", "samples.bin"] + ["packs/" + p[:-5] + ".idx" for p in pack_names(imp)]:
         size = os.path.getsize(os.path.join(imp.store, rel))
         got = [e for e in resolve_requests(hub, STORE_REPO, rel) if e["method"] == "GET"]
         assert len(got) == 1 and got[0]["bytes"] == size, (rel, got)
@@ -904,8 +905,9 @@ def test_local_store_falls_back_to_hub(tmp_path, hub, stores, mount, mount_fails
     imp, commit = add_store(hub, stores)
     local = tmp_path / "local"
     (local / "packs").mkdir(parents=True)
-    with open(os.path.join(imp.store, "cltfs.json"), "rb") as f, open(local / "cltfs.json", "wb") as g:
-        g.write(f.read())
+    for name in ("cltfs.json", "samples.bin"):  # the manifest alone, no chunk
+        with open(os.path.join(imp.store, name), "rb") as f, open(local / name, "wb") as g:
+            g.write(f.read())
     env = hf_env(tmp_path, hub)
     with mount(str(local), "hub=" + STORE_URL, env=env) as m:
         check_store_views(m, imp, originals)

@@ -17,11 +17,9 @@ static cltfs_err batch_range(const cltfs_manifest *m, const capture_opts *o, int
 		if (o->row0 >= m->total_rows)
 			return cltfs_fail(CLTFS_E_INVAL, "--rows %lld:%lld: the store has %lld rows", (long long)o->row0,
 					  (long long)o->row1, (long long)m->total_rows);
-		while (*b0 < m->n_batches && m->batches[*b0].first_row + m->batches[*b0].rows <= o->row0)
-			(*b0)++;
-		*b1 = *b0;
-		while (*b1 < m->n_batches && m->batches[*b1].first_row < o->row1)
-			(*b1)++;
+		int64_t last = (o->row1 < m->total_rows ? o->row1 : m->total_rows) - 1;
+		*b0 = cltfs_manifest_batch_of_chunk(m, cltfs_manifest_chunk_of(m, o->row0));
+		*b1 = cltfs_manifest_batch_of_chunk(m, cltfs_manifest_chunk_of(m, last)) + 1;
 	}
 	return CLTFS_OK;
 }
@@ -50,9 +48,11 @@ static cltfs_err run(cltfs_store *s, const capture_opts *o)
 			break;
 		capturer_get_stats(c, &st);
 		/* consecutive missing batches, as many samples as a forward pass takes */
-		int64_t end = b + 1, n = m->batches[b].samples;
-		while (end < b1 && n + m->batches[end].samples <= st.per_pass && !capturer_batch_stored(c, end))
-			n += m->batches[end++].samples;
+		int64_t end = b + 1, n = cltfs_manifest_batch(m, b).samples;
+		for (int64_t k; end < b1 && n + (k = cltfs_manifest_batch(m, end).samples) <= st.per_pass &&
+				!capturer_batch_stored(c, end);
+		     end++)
+			n += k;
 		/* durable about once a second, not per batch (an fsync can cost
 		 * more than a small batch): a kill loses at most that second */
 		bool durable = cltfs_now() - synced >= 1.0 || end == b1;
@@ -60,7 +60,7 @@ static cltfs_err run(cltfs_store *s, const capture_opts *o)
 		if (durable)
 			synced = cltfs_now();
 		for (; b < end; b++, done++)
-			rows += m->batches[b].rows;
+			rows += cltfs_manifest_batch(m, b).rows;
 		if (tty && !e) {
 			double dt = cltfs_now() - t0;
 			fprintf(stderr, "\rcapture: batch %lld/%lld, %lld rows captured, %.0f tokens/s   ",

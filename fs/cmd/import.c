@@ -343,6 +343,34 @@ static cltfs_err plan_targets(plan *p)
 	return CLTFS_OK;
 }
 
+/* The tree's shapes, kept as the sample table: every sample of a batch
+ * has its batch's T rows. */
+static cltfs_err plan_table(plan *p)
+{
+	cltfs_table_writer *w;
+	cltfs_table *t;
+	cltfs_err e = cltfs_table_writer_new(NULL, false, &w);
+	if (e)
+		return e;
+	for (int64_t k = 0; !e && k < p->nbatches; k++) {
+		if (p->S[k] > UINT32_MAX || p->T[k] > INT32_MAX)
+			e = cltfs_fail(CLTFS_E_FORMAT, "%s: batch %lld has shape [%lld, %lld]", p->src, (long long)k,
+				       (long long)p->S[k], (long long)p->T[k]);
+		for (int64_t i = 0; !e && i < p->S[k]; i++)
+			e = cltfs_table_add(w, (uint32_t)p->T[k], NULL, NULL, NULL);
+		if (!e)
+			e = cltfs_table_add_batch(w, (uint32_t)p->S[k], (uint32_t)p->T[k]);
+	}
+	if (e) {
+		cltfs_table_writer_abort(w);
+		return e;
+	}
+	if ((e = cltfs_table_writer_finish(w, NULL, &t)))
+		return e;
+	cltfs_manifest_set_table(p->m, t, NULL);
+	return CLTFS_OK;
+}
+
 static cltfs_err plan_manifest(plan *p)
 {
 	cltfs_manifest *m = p->m;
@@ -371,24 +399,10 @@ static cltfs_err plan_manifest(plan *p)
 				break;
 			}
 		}
-	int64_t ns = 0;
 	if (p->nbatches < 1 || p->nbatches > INT32_MAX)
 		return cltfs_fail(CLTFS_E_FORMAT, "%s: %lld batches", p->src, (long long)p->nbatches);
-	for (int64_t k = 0; k < p->nbatches; k++)
-		ns += p->S[k];
-	m->n_samples = ns;
-	m->samples = calloc((size_t)ns, sizeof *m->samples);
-	m->n_batches = p->nbatches;
-	m->batches = calloc((size_t)p->nbatches, sizeof *m->batches);
-	if (!m->samples || !m->batches)
-		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
-	m->explicit_batches = true;
-	for (int64_t k = 0, s = 0; k < p->nbatches; k++) {
-		m->batches[k].samples = p->S[k];
-		m->batches[k].tokens = p->T[k];
-		for (int64_t i = 0; i < p->S[k]; i++)
-			m->samples[s++].rows = p->T[k]; /* an imported slot keeps its rows */
-	}
+	if ((e = plan_table(p)))
+		return e;
 	return cltfs_manifest_finish(m, "(planned manifest)");
 }
 
@@ -441,7 +455,8 @@ static cltfs_err put_stream(run *r, int kind, int layer, int64_t k, const uint8_
 			    int from_y)
 {
 	const cltfs_manifest *m = r->p->m;
-	const cltfs_batch *b = &m->batches[k];
+	cltfs_batch bt = cltfs_manifest_batch(m, k);
+	const cltfs_batch *b = &bt;
 	size_t row = (size_t)m->d_model * cltfs_dtype_size(m->dtype);
 	for (int64_t c = b->first_chunk; c < b->first_chunk + b->chunks; c++) {
 		uint64_t key = cltfs_key((unsigned)kind, (unsigned)layer, (uint32_t)c);
@@ -450,8 +465,8 @@ static cltfs_err put_stream(run *r, int kind, int layer, int64_t k, const uint8_
 			r->skipped++; /* compared below, through the view */
 			continue;
 		}
-		size_t off = (size_t)(m->chunk_start[c] - b->first_row) * row;
-		size_t len = (size_t)(m->chunk_start[c + 1] - m->chunk_start[c]) * row;
+		size_t off = (size_t)(cltfs_manifest_chunk_start(m, c) - b->first_row) * row;
+		size_t len = (size_t)cltfs_manifest_chunk_rows(m, c) * row;
 		cltfs_err e = store_writer_add(r->w, key, data + off, len);
 		if (!e)
 			e = note_owner(r, key, from_layer, from_y);
@@ -517,8 +532,7 @@ static cltfs_err disagreement(run *r, const char *path, const char *where, size_
 	int j = !strncmp(where, "targets[", 8) ? atoi(where + 8) : 0;
 	bool is_mlp = r->cur_is_y;
 	int layer = is_mlp ? cltfs_manifest_target_layer(m, r->cur_layer, j) : r->cur_layer;
-	const cltfs_batch *b = &m->batches[r->cur_batch];
-	int64_t c = cltfs_manifest_chunk_of(m, b->first_row + (int64_t)(at / row));
+	int64_t c = cltfs_manifest_chunk_of(m, cltfs_manifest_batch(m, r->cur_batch).first_row + (int64_t)(at / row));
 	uint64_t key = cltfs_key(is_mlp ? CLTFS_STREAM_MLP : CLTFS_STREAM_X, (unsigned)(layer < 0 ? 0 : layer),
 				 (uint32_t)c);
 	char other[PATH_MAX] = "";
@@ -751,10 +765,7 @@ static cltfs_err prepare_store(const char *store, const cltfs_manifest *m)
 		return store_create(store, m);
 	if (e)
 		return e;
-	char *a = cltfs_manifest_dump(old), *b = cltfs_manifest_dump(m);
-	bool same = a && b && !strcmp(a, b);
-	free(a);
-	free(b);
+	bool same = cltfs_manifest_same(old, m);
 	cltfs_manifest_free(old);
 	if (!same)
 		return cltfs_fail(CLTFS_E_MISMATCH,

@@ -8,6 +8,7 @@
  */
 #include "cmd.h"
 #include "hub.h"
+#include "queries.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -18,80 +19,75 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-/* The id of a query: a number (AMBER's) or a string. */
-static bool query_id(const cJSON *id, char *buf, size_t n)
+/* One query into the table: its rows from the tokenizer. */
+static cltfs_err add_sample(const init_opts *o, cap_tokenizer *tok, const cap_config *cfg, const query *q,
+			    cltfs_table_writer *w)
 {
-	if (cJSON_IsNumber(id))
-		snprintf(buf, n, "%.0f", id->valuedouble);
-	else if (cJSON_IsString(id))
-		snprintf(buf, n, "%s", id->valuestring);
-	else
-		return false;
-	return true;
-}
-
-/* One query of AMBER's format, {"id": 1, "image": "AMBER_1.jpg", "query":
- * "..."}, into sample s: its rows from the tokenizer. */
-static cltfs_err add_sample(const init_opts *o, cap_tokenizer *tok, const cap_config *cfg, const cJSON *q, int64_t i,
-			    cltfs_sample *s)
-{
-	const cJSON *img = cJSON_GetObjectItemCaseSensitive(q, "image"),
-		    *text = cJSON_GetObjectItemCaseSensitive(q, "query");
-	char idbuf[64], path[PATH_MAX];
-	if (!cJSON_IsObject(q) || !cJSON_IsString(img) || !cJSON_IsString(text) ||
-	    !query_id(cJSON_GetObjectItemCaseSensitive(q, "id"), idbuf, sizeof idbuf))
-		return cltfs_fail(CLTFS_E_FORMAT, "%s: entry %lld: expected {\"id\": ..., \"image\": \"...\", \"query\": \"...\"}",
-				  o->dataset, (long long)i);
-	if (strstr(img->valuestring, "..") || img->valuestring[0] == '/')
+	char path[PATH_MAX];
+	if (strstr(q->image, "..") || q->image[0] == '/')
 		return cltfs_fail(CLTFS_E_FORMAT, "%s: entry %lld (id %s): image '%s' is not a name inside --image-dir",
-				  o->dataset, (long long)i, idbuf, img->valuestring);
-	snprintf(path, sizeof path, "%s/%s", o->image_dir, img->valuestring);
+				  o->dataset, (long long)q->index, q->id, q->image);
+	snprintf(path, sizeof path, "%s/%s", o->image_dir, q->image);
 	if (access(path, R_OK))
-		return cltfs_fail(CLTFS_E_NOTFOUND, "%s: entry %lld (id %s): image %s: %s", o->dataset, (long long)i, idbuf,
-				  path, strerror(errno));
-	char *prompt = cap_prompt(o->template_, text->valuestring);
+		return cltfs_fail(CLTFS_E_NOTFOUND, "%s: entry %lld (id %s): image %s: %s", o->dataset,
+				  (long long)q->index, q->id, path, strerror(errno));
+	char *prompt = cap_prompt(o->template_, q->text);
 	int32_t *ids = NULL;
 	size_t n = 0;
 	cltfs_err e = prompt ? cap_tokenize(tok, prompt, &ids, &n) : cltfs_fail(CLTFS_E_NOMEM, "out of memory");
 	free(prompt);
 	if (e)
-		return cltfs_wrap(e, "%s: entry %lld (id %s)", o->dataset, (long long)i, idbuf);
+		return cltfs_wrap(e, "%s: entry %lld (id %s)", o->dataset, (long long)q->index, q->id);
 	int images = 0;
 	for (size_t k = 0; k < n; k++)
 		images += ids[k] == cfg->image_token;
-	s->rows = cap_rows(cfg, ids, n);
+	int64_t rows = cap_rows(cfg, ids, n);
 	free(ids);
 	if (images != 1)
 		return cltfs_fail(CLTFS_E_FORMAT, "%s: entry %lld (id %s): the prompt has %d <image> tokens, not one "
-				  "(check --template)", o->dataset, (long long)i, idbuf, images);
-	if (!(s->id = strdup(idbuf)) || !(s->image = strdup(img->valuestring)) || !(s->text = strdup(text->valuestring)))
-		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
-	return CLTFS_OK;
+				  "(check --template)", o->dataset, (long long)q->index, q->id, images);
+	if (rows > INT32_MAX)
+		return cltfs_fail(CLTFS_E_FORMAT, "%s: entry %lld (id %s): %lld rows", o->dataset, (long long)q->index,
+				  q->id, (long long)rows);
+	return cltfs_table_add(w, (uint32_t)rows, q->id, q->image, q->text);
 }
 
-/* The samples of the query file, in order. */
-static cltfs_err add_samples(const init_opts *o, const cap_config *cfg, cltfs_manifest *m)
+/* The samples of the query file, in order, into STORE/samples.bin. */
+static cltfs_err add_samples(const char *store, const init_opts *o, const cap_config *cfg, cltfs_manifest *m)
 {
 	cap_tokenizer *tok = NULL;
-	size_t len = 0;
-	char *text = NULL;
+	queries *qs = NULL;
+	cltfs_table_writer *w = NULL;
 	cltfs_err e = cap_tokenizer_load(o->model, &tok);
 	if (!e)
-		e = cltfs_read_file(o->dataset, &text, &len);
-	cJSON *q = text ? cJSON_ParseWithLength(text, len) : NULL;
-	free(text);
-	if (!e && (!cJSON_IsArray(q) || !cJSON_GetArraySize(q)))
-		e = cltfs_fail(CLTFS_E_FORMAT, "%s: expected a non-empty JSON list of queries", o->dataset);
-	if (!e && !(m->samples = calloc((size_t)cJSON_GetArraySize(q), sizeof *m->samples)))
-		e = cltfs_fail(CLTFS_E_NOMEM, "out of memory");
-	const cJSON *it, *list = e ? NULL : q;
-	cJSON_ArrayForEach(it, list) /* not cJSON_GetArrayItem: that walks the list each time */
-	{
-		if ((e = add_sample(o, tok, cfg, it, m->n_samples, &m->samples[m->n_samples])))
-			break;
-		m->n_samples++;
+		e = queries_open(o->dataset, &qs);
+	if (!e)
+		e = cltfs_table_writer_new(store, true, &w);
+	query q = {0};
+	int64_t count = 0;
+	bool tty = !o->quiet && isatty(2);
+	double t0 = cltfs_now(), shown = t0;
+	while (!e && queries_next(qs, &q, &e)) {
+		e = add_sample(o, tok, cfg, &q, w);
+		count++;
+		if (tty && (q.index & 4095) == 0 && cltfs_now() - shown > 0.5) {
+			shown = cltfs_now();
+			fprintf(stderr, "\rinit: %lld samples, %.0f a second   ", (long long)q.index + 1,
+				(double)(q.index + 1) / (shown - t0));
+		}
 	}
-	cJSON_Delete(q);
+	if (tty)
+		fputc('\n', stderr);
+	char path[PATH_MAX + 16];
+	snprintf(path, sizeof path, "%s/samples.bin", store);
+	cltfs_table *t = NULL;
+	if (e) /* finish frees the writer, also when it fails */
+		cltfs_table_writer_abort(w);
+	else if (!(e = cltfs_table_writer_finish(w, path, &t)))
+		cltfs_manifest_set_table(m, t, path);
+	if (e == CLTFS_E_INVAL && !count) /* no samples */
+		e = cltfs_fail(CLTFS_E_FORMAT, "%s: expected a non-empty JSON list of queries or JSON Lines", o->dataset);
+	queries_close(qs);
 	cap_tokenizer_free(tok);
 	return e;
 }
@@ -150,7 +146,9 @@ static cltfs_err init_store(const char *store, const init_opts *o, const char *r
 	if (!e)
 		e = set_fields(o, &cfg, revision, m);
 	if (!e)
-		e = add_samples(o, &cfg, m);
+		e = cltfs_mkdirs(store, strlen(store));
+	if (!e)
+		e = add_samples(store, o, &cfg, m);
 	if (!e)
 		e = cltfs_manifest_finish(m, path);
 	if (!e)

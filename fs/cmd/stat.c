@@ -22,20 +22,40 @@ static cltfs_err stat_one(void *arg, const store_entry *ent)
 	return CLTFS_OK;
 }
 
-/* The bytes of every file the mount serves by default. */
+/* The bytes of every file the mount serves by default.  Files of one batch
+ * differ in size only by kind (x, y) and, for y files, by how many targets
+ * the layer has: one size per such class and batch, times its layers. */
 static cltfs_err served_bytes(cltfs_store *s, uint64_t *total)
 {
 	cltfs_fs *fs;
 	cltfs_opts o = {.dtype = -1, .cache_mb = 16};
 	cltfs_err e = fs_new(s, &o, &fs);
+	if (e)
+		return e;
+	const cltfs_manifest *m = store_manifest(s);
+	int nl = fs_nlayers(fs), *rep = calloc((size_t)nl, sizeof *rep), *count = calloc((size_t)nl, sizeof *count);
+	int nclass = 0;
+	if (!rep || !count)
+		e = cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	for (int li = 0; !e && li < nl; li++) { /* y classes: the layers' target counts */
+		int k = 0, nt = cltfs_manifest_targets_of(m, fs_layer(fs, li));
+		while (k < nclass && cltfs_manifest_targets_of(m, fs_layer(fs, rep[k])) != nt)
+			k++;
+		if (k == nclass)
+			rep[nclass++] = li;
+		count[k]++;
+	}
 	*total = 0;
-	for (int li = 0; !e && li < fs_nlayers(fs); li++)
-		for (int64_t k = 0; !e && k < fs_nbatches(fs); k++)
-			for (int y = 0; !e && y < 2; y++) {
-				uint64_t sz;
-				if (!(e = view_size_of(fs, li, k, y, &sz)))
-					*total += sz;
-			}
+	for (int64_t b = 0; !e && b < fs_nbatches(fs); b++) {
+		uint64_t sz;
+		if (!(e = view_size_of(fs, 0, b, 0, &sz)))
+			*total += sz * (uint64_t)nl;
+		for (int k = 0; !e && k < nclass; k++)
+			if (!(e = view_size_of(fs, rep[k], b, 1, &sz)))
+				*total += sz * (uint64_t)count[k];
+	}
+	free(rep);
+	free(count);
 	fs_free(fs);
 	return e;
 }

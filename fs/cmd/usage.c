@@ -40,6 +40,7 @@ void cmd_usage(FILE *f)
 	      "                         checkpoint is found (default)\n"
 	      "  -o model=DIR           the checkpoint to capture with (default: the one init used)\n"
 	      "  -o images=DIR          the image folder to capture from (default: init's)\n"
+	      "  -o capture_ahead=N     batches captured past a miss, for a sequential reader (default 1)\n"
 	      "  -f  stay in the foreground   -d  debug output   -s  single-threaded\n"
 	      "  and the usual FUSE options (allow_other, ...).  Unmount with fusermount3 -u.\n"
 	      "\n"

@@ -109,6 +109,9 @@ static cltfs_err load_chunk(void *arg, uint64_t ckey, uint8_t *buf, size_t cap, 
 		return e;
 	if (local)
 		atomic_fetch_add(&fs->st.store_loads, 1);
+	for (int i = 0; i < fs->o.ntiers; i++)
+		if (fs->o.tiers[i]->hint)
+			fs->o.tiers[i]->hint(fs->o.tiers[i], key);
 	*len = out;
 	if (!fs->conv) {
 		*crc = rec.crc;
@@ -204,53 +207,48 @@ static void *warm_main(void *arg)
 
 /* The mount's batching: the store's batches, samples regrouped S at a
  * time, or flat runs of B rows. */
-static cltfs_err make_groups(cltfs_fs *fs)
+static void count_groups(cltfs_fs *fs)
 {
 	const cltfs_manifest *m = fs->m;
-	bool stored = !fs->o.batch_rows && (!fs->o.batch_samples || fs->o.batch_samples == m->batch_samples);
+	fs->stored_batches = !fs->o.batch_rows && (!fs->o.batch_samples || fs->o.batch_samples == m->batch_samples);
 	if (fs->o.batch_rows)
 		fs->ngroups = (m->total_rows + fs->o.batch_rows - 1) / fs->o.batch_rows;
-	else if (stored)
+	else if (fs->stored_batches)
 		fs->ngroups = m->n_batches;
 	else
 		fs->ngroups = (m->n_samples + fs->o.batch_samples - 1) / fs->o.batch_samples;
-	fs->groups = calloc((size_t)fs->ngroups + 1, sizeof *fs->groups);
-	if (!fs->groups)
-		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
-	for (int64_t g = 0; g < fs->ngroups; g++) {
-		group *gr = &fs->groups[g];
-		if (fs->o.batch_rows) {
-			gr->row0 = g * fs->o.batch_rows;
-			gr->nrows = m->total_rows - gr->row0 < fs->o.batch_rows ? m->total_rows - gr->row0
-										 : fs->o.batch_rows;
-		} else if (stored) {
-			gr->first_sample = m->batches[g].first_sample;
-			gr->nsamples = m->batches[g].samples;
-			gr->tokens = m->batches[g].tokens;
-		} else {
-			gr->first_sample = g * fs->o.batch_samples;
-			gr->nsamples = m->n_samples - gr->first_sample < fs->o.batch_samples
-					       ? m->n_samples - gr->first_sample
-					       : fs->o.batch_samples;
-			for (int64_t i = 0; i < gr->nsamples; i++)
-				if (m->samples[gr->first_sample + i].rows > gr->tokens)
-					gr->tokens = m->samples[gr->first_sample + i].rows;
+}
+
+group fs_group(const cltfs_fs *fs, int64_t g)
+{
+	const cltfs_manifest *m = fs->m;
+	group gr = {0};
+	if (fs->o.batch_rows) {
+		gr.row0 = g * fs->o.batch_rows;
+		gr.nrows = m->total_rows - gr.row0 < fs->o.batch_rows ? m->total_rows - gr.row0 : fs->o.batch_rows;
+	} else if (fs->stored_batches) {
+		cltfs_batch b = cltfs_manifest_batch(m, g);
+		gr = (group){b.first_sample, b.samples, b.tokens, b.first_row, b.rows};
+	} else {
+		gr.first_sample = g * fs->o.batch_samples;
+		gr.nsamples = m->n_samples - gr.first_sample < fs->o.batch_samples ? m->n_samples - gr.first_sample
+										: fs->o.batch_samples;
+		gr.row0 = cltfs_manifest_sample_row(m, gr.first_sample);
+		for (int64_t i = 0; i < gr.nsamples; i++) {
+			int64_t r = cltfs_manifest_sample_rows(m, gr.first_sample + i);
+			gr.nrows += r;
+			gr.tokens = r > gr.tokens ? r : gr.tokens;
 		}
 	}
-	return CLTFS_OK;
+	return gr;
 }
 
 /* The largest chunk of the store, in the output dtype: every cache buffer
  * has this size. */
 static size_t largest_chunk(const cltfs_fs *fs)
 {
-	size_t biggest = 0;
-	for (int64_t c = 0; c < fs->m->n_chunks; c++) {
-		size_t rows = (size_t)(fs->m->chunk_start[c + 1] - fs->m->chunk_start[c]);
-		if (rows * fs->row_out > biggest)
-			biggest = rows * fs->row_out;
-	}
-	return biggest;
+	int64_t rows = fs->m->chunk_rows < fs->m->max_batch_rows ? fs->m->chunk_rows : fs->m->max_batch_rows;
+	return (size_t)rows * fs->row_out;
 }
 
 cltfs_err fs_new(cltfs_store *s, const cltfs_opts *o, cltfs_fs **out)
@@ -279,8 +277,7 @@ cltfs_err fs_new(cltfs_store *s, const cltfs_opts *o, cltfs_fs **out)
 		e = cltfs_fail(CLTFS_E_NOMEM, "no thread key left");
 	else if (!e)
 		fs->have_tkey = true;
-	if (!e)
-		e = make_groups(fs);
+	count_groups(fs);
 	if (!e && !(fs->cache = cache_new(o->cache_mb << 20, fs->chunk_bytes, load_chunk, fs)))
 		e = cltfs_fail(CLTFS_E_NOMEM, "out of memory");
 	if (e) {
@@ -319,7 +316,6 @@ void fs_free(cltfs_fs *fs)
 	view_cache_free(fs);
 	pthread_mutex_destroy(&fs->vmu);
 	cache_free(fs->cache);
-	free(fs->groups);
 	if (fs->have_tkey) { /* this thread's state; the others' went with their threads */
 		free_thread(pthread_getspecific(fs->tkey));
 		pthread_setspecific(fs->tkey, NULL);

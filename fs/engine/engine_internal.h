@@ -12,8 +12,10 @@
 #define RA_THREADS 2      /* decoding local chunks */
 #define RA_TIER_THREADS 8 /* fetching from a tier: requests in flight */
 
-/* One batch of the mount's batching: samples [first_sample, +nsamples)
- * padded to tokens rows each, or (batch_rows) rows [row0, +nrows). */
+/* One batch of the mount's batching: samples [first_sample, +nsamples),
+ * the first at row row0, padded to tokens rows each; or (batch_rows) rows
+ * [row0, +nrows).  Computed when needed (fs_group), never stored: a store
+ * of 10^7 samples would need hundreds of MB for them. */
 typedef struct {
 	int64_t first_sample, nsamples, tokens;
 	int64_t row0, nrows;
@@ -34,8 +36,8 @@ struct cltfs_fs {
 	cltfs_opts o;
 	chunk_cache *cache;
 	cltfs_stats st;
-	group *groups;
-	int64_t ngroups;
+	int64_t ngroups;      /* batches of the mount's batching */
+	bool stored_batches;  /* the store's own batching */
 	cltfs_dtype in_dt, out_dt;
 	uint64_t conv;        /* cache key bits for the output dtype, 0 if none */
 	size_t row_in, row_out;
@@ -53,9 +55,14 @@ struct cltfs_fs {
 	pthread_t warm_thr;
 	bool warming;
 	atomic_bool stopping;    /* freeing: the warm-up thread gives up */
-	pthread_mutex_t vmu;     /* guards vcache's slots */
+	pthread_mutex_t vmu;     /* guards vcache's slots and the size memo */
 	vslot *vcache;
+	struct size_slot *sizes; /* view sizes by shape (view.c); SIZES slots */
+	size_t nsizes;
 };
+
+/* Group g (g < ngroups) of the mount's batching. */
+group fs_group(const cltfs_fs *fs, int64_t g);
 
 /* A referenced chunk of the store's stream key, in the mount's dtype:
  * from memory, the store, or the tiers in order.  fs_chunk_put gives it

@@ -58,8 +58,7 @@ uint64_t store_chunk_raw(const cltfs_store *s, uint32_t c)
 	const cltfs_manifest *m = s->m;
 	if (c >= m->n_chunks)
 		return 0;
-	uint64_t rows = (uint64_t)(m->chunk_start[c + 1] - m->chunk_start[c]);
-	return rows * (uint64_t)m->d_model * cltfs_dtype_size(m->dtype);
+	return (uint64_t)cltfs_manifest_chunk_rows(m, c) * (uint64_t)m->d_model * cltfs_dtype_size(m->dtype);
 }
 
 static size_t hash(uint64_t k)
@@ -250,8 +249,8 @@ cltfs_err store_open(const char *dir, cltfs_store **out)
 	char path[4096];
 	snprintf(path, sizeof path, "%s/cltfs.json", dir);
 	cltfs_err e = cltfs_manifest_load(path, &s->m);
-	if (e == CLTFS_E_NOTFOUND)
-		e = cltfs_fail(e, "store %s: no cltfs.json (create one with `cltfs import`)", dir);
+	if (e == CLTFS_E_NOTFOUND && access(path, F_OK)) /* not its table: the manifest itself */
+		e = cltfs_fail(e, "store %s: no cltfs.json (create one with `cltfs import` or `cltfs init`)", dir);
 	if (!e)
 		e = scan(s);
 	if (e) {
@@ -472,6 +471,9 @@ uint64_t store_disk_bytes(cltfs_store *s)
 	struct stat st;
 	uint64_t total = 0;
 	snprintf(path, sizeof path, "%s/cltfs.json", s->dir);
+	if (!stat(path, &st))
+		total += (uint64_t)st.st_size;
+	snprintf(path, sizeof path, "%s/samples.bin", s->dir);
 	if (!stat(path, &st))
 		total += (uint64_t)st.st_size;
 	pthread_rwlock_rdlock(&s->lock);

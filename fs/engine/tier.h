@@ -27,6 +27,10 @@ struct cltfs_tier {
 	 * chunk (a Hub store's index: CRCs for the zip directory), else false.
 	 * NULL when the tier never knows. */
 	bool (*lookup)(cltfs_tier *t, uint64_t key, cltfs_rec *rec);
+	/* A chunk of the store was just read (from the store or any tier): a
+	 * tier may prepare what a reader will want next (capture: the next
+	 * batches).  Must not block; NULL when the tier has no use for it. */
+	void (*hint)(cltfs_tier *t, uint64_t key);
 	/* A JSON object of the tier's own counters into buf, for .cltfs/stats;
 	 * NULL when it has none. */
 	void (*stats)(cltfs_tier *t, char *buf, size_t n);

@@ -8,7 +8,7 @@
  * How a byte offset maps to chunks: pt_file_map splits a read into literal
  * pieces and storage pieces; a storage offset falls in one segment; a
  * segment's rows are rows of the stream, and row r lies in the chunk found
- * by binary search over the manifest's chunk_start.  The reply is a list of
+ * by the manifest (a binary search over its sparse batch index).  The reply is a list of
  * iovecs pointing into cached chunk buffers (referenced until the reply is
  * sent), the static zero page, and a small buffer of literal bytes: the
  * tensor data is never copied on the way to the kernel.
@@ -27,6 +27,7 @@
 #include <string.h>
 
 #define MAX_PIECES 64
+#define SIZES 16384 /* slots of the size memo; emptied when 3/4 full */
 
 typedef struct {
 	int64_t row, nrows; /* stream rows, or zero rows when zero */
@@ -47,6 +48,11 @@ struct view {
 	source *st;
 	pthread_mutex_t mu; /* guards CRC computation */
 	atomic_int refs;    /* view_get's references; view_open's view has none */
+};
+
+struct size_slot {
+	uint64_t key[6]; /* is_y | targets | storages | digits, and the shape; key[0] 0: empty */
+	uint64_t size;
 };
 
 static const uint8_t zero_page[1 << 20];
@@ -74,7 +80,8 @@ static cltfs_err group_segs(const cltfs_fs *fs, int64_t g, seg **out, size_t *no
 			    int *ndim)
 {
 	const cltfs_manifest *m = fs->m;
-	const group *gr = &fs->groups[g];
+	group grp = fs_group(fs, g);
+	const group *gr = &grp;
 	size_t cap = 0;
 	*out = NULL;
 	*nout = 0;
@@ -85,13 +92,14 @@ static cltfs_err group_segs(const cltfs_fs *fs, int64_t g, seg **out, size_t *no
 		*ndim = 2;
 		return add_seg(out, nout, &cap, (seg){gr->row0, gr->nrows, false});
 	}
-	int64_t flat_rows = 0;
+	int64_t flat_rows = 0, row = gr->row0;
 	for (int64_t i = 0; !e && i < gr->nsamples; i++) {
-		const cltfs_sample *s = &m->samples[gr->first_sample + i];
-		e = add_seg(out, nout, &cap, (seg){s->first_row, s->rows, false});
-		flat_rows += s->rows;
-		if (!e && m->shape != CLTFS_SHAPE_FLAT && s->rows < gr->tokens)
-			e = add_seg(out, nout, &cap, (seg){0, gr->tokens - s->rows, true});
+		int64_t rows = cltfs_manifest_sample_rows(m, gr->first_sample + i);
+		e = add_seg(out, nout, &cap, (seg){row, rows, false});
+		row += rows;
+		flat_rows += rows;
+		if (!e && m->shape != CLTFS_SHAPE_FLAT && rows < gr->tokens)
+			e = add_seg(out, nout, &cap, (seg){0, gr->tokens - rows, true});
 	}
 	if (m->shape == CLTFS_SHAPE_FLAT) {
 		shape[0] = flat_rows;
@@ -304,7 +312,8 @@ uint64_t view_size(const view *v) { return pt_file_size(v->pf); }
 cltfs_err view_cache_new(cltfs_fs *fs)
 {
 	fs->vcache = calloc(VCACHE, sizeof *fs->vcache);
-	return fs->vcache ? CLTFS_OK : cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	fs->sizes = calloc(SIZES, sizeof *fs->sizes);
+	return fs->vcache && fs->sizes ? CLTFS_OK : cltfs_fail(CLTFS_E_NOMEM, "out of memory");
 }
 
 void view_cache_free(cltfs_fs *fs)
@@ -312,7 +321,9 @@ void view_cache_free(cltfs_fs *fs)
 	for (size_t i = 0; fs->vcache && i < VCACHE; i++)
 		view_close(fs->vcache[i].v);
 	free(fs->vcache);
+	free(fs->sizes);
 	fs->vcache = NULL;
+	fs->sizes = NULL;
 }
 
 cltfs_err view_get(cltfs_fs *fs, int layer_idx, int64_t batch, int is_y, view **out)
@@ -348,14 +359,75 @@ void view_put(view *v)
 		view_close(v);
 }
 
+/* ---- sizes without views ----
+ *
+ * A view's size is a function of a few numbers: x or y, its tensors'
+ * shape, how many targets and storages a y file has (which the layer
+ * decides), and the digits of the batch number (in the archive's names).
+ * getattr, lookup and READDIRPLUS of 10^5 files then cost a hash lookup
+ * each: a view is built only for the first file of each kind. */
+
+
+/* The key of a view's size: what its bytes' layout depends on. */
+static void size_key(const cltfs_fs *fs, int layer_idx, int64_t batch, int is_y, uint64_t key[6])
+{
+	const cltfs_manifest *m = fs->m;
+	int layer = m->x_layers[layer_idx], nt = is_y ? cltfs_manifest_targets_of(m, layer) : 0, real = 0;
+	for (int j = 0; j < nt; j++)
+		real += cltfs_manifest_target_layer(m, layer, j) >= 0;
+	int storages = !is_y ? 1 : nt == 0 ? 1 : fs->o.share_zero_targets ? real + (real < nt) : nt;
+	int digits = 1;
+	for (int64_t b = batch; b >= 10; b /= 10)
+		digits++;
+	group gr = fs_group(fs, batch);
+	key[0] = 1 + ((uint64_t)is_y | (uint64_t)nt << 1 | (uint64_t)storages << 20 | (uint64_t)digits << 40);
+	key[1] = (uint64_t)gr.nsamples;
+	key[2] = (uint64_t)gr.tokens;
+	key[3] = (uint64_t)gr.nrows; /* batch_rows and flat shapes */
+	key[4] = key[5] = 0;
+}
+
+static struct size_slot *size_slot_of(cltfs_fs *fs, const uint64_t key[6])
+{
+	uint64_t h = 0;
+	for (int i = 0; i < 6; i++)
+		h = (h ^ key[i]) * 0x9e3779b97f4a7c15ULL;
+	size_t i = (size_t)(h >> 20) & (SIZES - 1);
+	while (fs->sizes[i].key[0] && memcmp(fs->sizes[i].key, key, sizeof fs->sizes[i].key))
+		i = (i + 1) & (SIZES - 1);
+	return &fs->sizes[i];
+}
+
 cltfs_err view_size_of(cltfs_fs *fs, int layer_idx, int64_t batch, int is_y, uint64_t *size)
 {
+	uint64_t key[6];
+	size_key(fs, layer_idx, batch, is_y, key);
+	pthread_mutex_lock(&fs->vmu);
+	struct size_slot *s = size_slot_of(fs, key);
+	bool hit = s->key[0] != 0;
+	if (hit)
+		*size = s->size;
+	pthread_mutex_unlock(&fs->vmu);
+	if (hit)
+		return CLTFS_OK;
 	view *v;
 	cltfs_err e = view_get(fs, layer_idx, batch, is_y, &v);
 	if (e)
 		return e;
 	*size = view_size(v);
 	view_put(v);
+	pthread_mutex_lock(&fs->vmu);
+	if (fs->nsizes >= SIZES / 4 * 3) {
+		memset(fs->sizes, 0, SIZES * sizeof *fs->sizes);
+		fs->nsizes = 0;
+	}
+	s = size_slot_of(fs, key);
+	if (!s->key[0]) {
+		memcpy(s->key, key, sizeof s->key);
+		s->size = *size;
+		fs->nsizes++;
+	}
+	pthread_mutex_unlock(&fs->vmu);
 	return CLTFS_OK;
 }
 
@@ -368,8 +440,8 @@ static int64_t chunk_span(const cltfs_fs *fs, uint64_t p, uint64_t n, uint64_t *
 {
 	const cltfs_manifest *m = fs->m;
 	int64_t c = cltfs_manifest_chunk_of(m, (int64_t)(p / fs->row_out));
-	*cs = (uint64_t)m->chunk_start[c] * fs->row_out;
-	*len = (uint64_t)(m->chunk_start[c + 1] - m->chunk_start[c]) * fs->row_out;
+	*cs = (uint64_t)cltfs_manifest_chunk_start(m, c) * fs->row_out;
+	*len = (uint64_t)cltfs_manifest_chunk_rows(m, c) * fs->row_out;
 	*take = *cs + *len - p < n ? *cs + *len - p : n;
 	return c;
 }

@@ -83,27 +83,50 @@ void edge_files_free(edge_ctx_t *c)
 	pthread_mutex_destroy(&c->open_mu);
 }
 
-void edge_readdir(fuse_req_t req, size_t size, off_t off, edge_dirent entry, void *arg)
+void edge_readdir(fuse_req_t req, size_t size, off_t off, edge_dirent entry, edge_getattr attr, void *arg)
 {
 	char *buf = malloc(size);
 	if (!buf) {
 		fuse_reply_err(req, ENOMEM);
 		return;
 	}
-	size_t used = 0;
+	size_t used = 0, need;
 	char name[256];
 	fuse_ino_t eino;
 	mode_t mode;
+	int err = 0;
 	while (entry(arg, off, name, sizeof name, &eino, &mode)) {
-		struct stat st = {.st_ino = eino, .st_mode = mode};
-		size_t need = fuse_add_direntry(req, buf + used, size - used, name, &st, off + 1);
+		struct fuse_entry_param e = {.attr = {.st_ino = eino, .st_mode = mode}};
+		bool dot = !strcmp(name, ".") || !strcmp(name, "..");
+		if (!attr) {
+			need = fuse_add_direntry(req, buf + used, size - used, name, &e.attr, off + 1);
+		} else {
+			/* "." and ".." go without an inode: the kernel makes no entry of them */
+			if (!dot && (err = attr(arg, eino, &e.attr)))
+				break;
+			if (!dot) {
+				e.ino = eino;
+				e.attr_timeout = e.entry_timeout = EDGE_TIMEOUT;
+			}
+			need = fuse_add_direntry_plus(req, buf + used, size - used, name, &e, off + 1);
+		}
 		if (need > size - used)
 			break;
 		used += need;
 		off++;
 	}
-	fuse_reply_buf(req, buf, used);
+	if (err && !used)
+		fuse_reply_err(req, err);
+	else
+		fuse_reply_buf(req, buf, used);
 	free(buf);
+}
+
+void edge_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	fi->cache_readdir = 1;
+	fi->keep_cache = 1;
+	fuse_reply_open(req, fi);
 }
 
 /* Python's open() asks isatty() of every file: a regular file is no tty. */
@@ -160,4 +183,10 @@ void edge_init(void *userdata, struct fuse_conn_info *conn)
 		conn->want |= FUSE_CAP_ASYNC_READ;
 	if (conn->capable & FUSE_CAP_PARALLEL_DIROPS)
 		conn->want |= FUSE_CAP_PARALLEL_DIROPS;
+	/* Every listing is READDIRPLUS (not the kernel's "auto" guess): names
+	 * with their attributes, so no file needs a LOOKUP or GETATTR of its
+	 * own after a listing. */
+	if (conn->capable & FUSE_CAP_READDIRPLUS)
+		conn->want |= FUSE_CAP_READDIRPLUS;
+	conn->want &= ~FUSE_CAP_READDIRPLUS_AUTO;
 }

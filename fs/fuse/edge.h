@@ -67,8 +67,16 @@ void edge_stat_base(const edge_ctx_t *c, fuse_ino_t ino, struct stat *st);
 /* Entry number off of a directory: its name (n bytes), inode and type;
  * false past the end. */
 typedef bool (*edge_dirent)(void *arg, off_t off, char *name, size_t n, fuse_ino_t *ino, mode_t *mode);
-/* Reply to READDIR with the entries from off on that fit in size. */
-void edge_readdir(fuse_req_t req, size_t size, off_t off, edge_dirent entry, void *arg);
+/* The attributes of inode ino: 0, or an errno. */
+typedef int (*edge_getattr)(void *arg, fuse_ino_t ino, struct stat *st);
+/* Reply to READDIR (attr NULL) or READDIRPLUS (each entry with its
+ * attributes, cached by the kernel for EDGE_TIMEOUT: `ls -l`, `du` and
+ * scandir + stat then need no request per file) with the entries from off
+ * on that fit in size. */
+void edge_readdir(fuse_req_t req, size_t size, off_t off, edge_dirent entry, edge_getattr attr, void *arg);
+/* OPENDIR: the kernel may keep a listing in its cache (the tree never
+ * changes under a mount). */
+void edge_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
 
 void edge_init(void *userdata, struct fuse_conn_info *conn);
 void edge_statfs(fuse_req_t req, fuse_ino_t ino);
@@ -89,7 +97,7 @@ void edge_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, of
 	.init = edge_init, .statfs = edge_statfs, .ioctl = edge_ioctl, .mkdir = edge_mkdir,                 \
 	.rmdir = edge_unlink, .unlink = edge_unlink, .rename = edge_rename, .create = edge_create,          \
 	.setattr = edge_setattr, .mknod = edge_mknod, .symlink = edge_symlink, .link = edge_link,           \
-	.write = edge_write
+	.write = edge_write, .opendir = edge_opendir
 
 /* The two front ends' operations; their userdata is an edge_ctx_t. */
 extern const struct fuse_lowlevel_ops edge_views_ops;

@@ -23,7 +23,7 @@
 
 typedef struct {
 	char *store, *dtype, *hub, *capture, *model, *images;
-	long long cache_mb, batch_samples, batch_rows, readahead, threads, read_ahead_kb;
+	long long cache_mb, batch_samples, batch_rows, readahead, threads, read_ahead_kb, capture_ahead;
 	char *args[2];
 	int nargs;
 	int share_zero, foreground, debug, single, help, version;
@@ -38,6 +38,7 @@ static const struct fuse_opt cli_opts[] = {
 	OPT("cache_mb=%lld", cache_mb),     OPT("batch_samples=%lld", batch_samples),
 	OPT("batch_rows=%lld", batch_rows), OPT("readahead=%lld", readahead),
 	OPT("threads=%lld", threads),       OPT("read_ahead_kb=%lld", read_ahead_kb),
+	OPT("capture_ahead=%lld", capture_ahead),
 	OPT("share_zero_targets", share_zero),
 	OPT("-f", foreground),
 	OPT("-d", debug),                   OPT("debug", debug),
@@ -95,7 +96,8 @@ static bool check_opts(const cli *c, cltfs_opts *o)
 	*o = (cltfs_opts){.dtype = -1, .cache_mb = 256, .readahead = 4, .prefault = true};
 	if (!in_range("cache_mb", c->cache_mb, 1, 1 << 22) || !in_range("batch_samples", c->batch_samples, 1, INT32_MAX) ||
 	    !in_range("batch_rows", c->batch_rows, 1, INT32_MAX) || !in_range("readahead", c->readahead, 0, 64) ||
-	    !in_range("threads", c->threads, 1, 1024) || !in_range("read_ahead_kb", c->read_ahead_kb, 0, 1 << 20))
+	    !in_range("threads", c->threads, 1, 1024) || !in_range("read_ahead_kb", c->read_ahead_kb, 0, 1 << 20) ||
+	    !in_range("capture_ahead", c->capture_ahead, 0, 64))
 		return false;
 	if (c->batch_samples != UNSET && c->batch_rows != UNSET) {
 		fprintf(stderr, "cltfs: -o batch_samples and batch_rows exclude each other\n");
@@ -196,7 +198,9 @@ static cltfs_err add_capture(const cli *c, sources *src)
 	bool made_by_init = kind && !strcmp(kind, "capture");
 	if (!strcmp(mode, "off") || (!strcmp(mode, "auto") && !made_by_init))
 		return CLTFS_OK;
-	capture_cfg cfg = {.load = {.dtype = -1}, .model = c->model, .images = c->images};
+	capture_cfg cfg = {.load = {.dtype = -1}, .model = c->model, .images = c->images,
+			   .ahead = c->capture_ahead != UNSET ? (int)c->capture_ahead : 1,
+			   .before = src->tiers, .nbefore = src->ntiers};
 	cltfs_err e = capture_tier_open(src->store, &cfg, &src->tiers[src->ntiers]);
 	if (!e) {
 		src->ntiers++;
@@ -243,14 +247,14 @@ int edge_mount_main(int argc, char **argv, void (*usage)(FILE *))
 {
 	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
 	cli c = {.cache_mb = UNSET, .batch_samples = UNSET, .batch_rows = UNSET, .readahead = UNSET,
-		 .threads = UNSET, .read_ahead_kb = 1024};
+		 .threads = UNSET, .read_ahead_kb = 1024, .capture_ahead = UNSET};
 	int rc = 1;
 	sources src = {0};
 	cltfs_fs *fs = NULL;
 	struct fuse_session *se = NULL;
 	edge_ctx_t cx = {0};
 	cltfs_opts o;
-	char defbuf[PATH_MAX], opt[64];
+	char defbuf[PATH_MAX], mpath[PATH_MAX + 16], opt[64];
 
 	/* Chunk buffers come from the cache's own regions; what is left on the
 	 * heap is each worker's decode buffers (~1 MiB) and per-read arrays.
@@ -291,11 +295,12 @@ int edge_mount_main(int argc, char **argv, void (*usage)(FILE *))
 	o.ntiers = src.ntiers;
 	if (src.store && fs_new(src.store, &o, &fs))
 		goto out_msg;
-	if (src.store && !(cx.manifest_json = cltfs_manifest_dump(store_manifest(src.store)))) {
-		fprintf(stderr, "cltfs: out of memory\n");
+	/* .cltfs/manifest.json: the store's cltfs.json as it is on disk */
+	snprintf(mpath, sizeof mpath, "%s/cltfs.json", src.store ? store_dir(src.store) : "");
+	if (src.store && cltfs_read_file(mpath, &cx.manifest_json, &cx.manifest_len)) {
+		fprintf(stderr, "cltfs: %s\n", cltfs_errmsg());
 		goto out_fs;
 	}
-	cx.manifest_len = cx.manifest_json ? strlen(cx.manifest_json) : 0;
 	edge_files_init(&cx);
 	cx.fs = fs;
 	cx.plain = src.plain;

@@ -74,6 +74,7 @@ typedef struct {
 	plain_fs *p;
 	size_t dir;
 	fuse_ino_t self;
+	const edge_ctx_t *c;
 } dir_ref;
 
 static bool plain_dirent(void *arg, off_t off, char *name, size_t n, fuse_ino_t *ino, mode_t *mode)
@@ -95,14 +96,34 @@ static bool plain_dirent(void *arg, off_t off, char *name, size_t n, fuse_ino_t 
 	return true;
 }
 
-static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
+static int plain_attr(void *arg, fuse_ino_t ino, struct stat *st)
+{
+	dir_ref *r = arg;
+	size_t i;
+	if (!node_of(r->p, ino, &i))
+		return ENOENT;
+	fill_stat(r->c, plain_info(r->p, i), ino, st);
+	return 0;
+}
+
+static void readdir_any(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, bool plus)
 {
 	plain_fs *p = get(req);
-	dir_ref r = {p, 0, ino};
+	dir_ref r = {p, 0, ino, edge_ctx(req)};
 	if (!node_of(p, ino, &r.dir) || !plain_info(p, r.dir).dir)
 		fuse_reply_err(req, node_of(p, ino, &r.dir) ? ENOTDIR : ENOENT);
 	else
-		edge_readdir(req, size, off, plain_dirent, &r);
+		edge_readdir(req, size, off, plain_dirent, plus ? plain_attr : NULL, &r);
+}
+
+static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
+{
+	readdir_any(req, ino, size, off, false);
+}
+
+static void op_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
+{
+	readdir_any(req, ino, size, off, true);
 }
 
 static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -162,6 +183,7 @@ const struct fuse_lowlevel_ops edge_plain_ops = {
 	.lookup = op_lookup,
 	.getattr = op_getattr,
 	.readdir = op_readdir,
+	.readdirplus = op_readdirplus,
 	.open = op_open,
 	.read = op_read,
 	.release = op_release,

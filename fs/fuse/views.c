@@ -226,14 +226,26 @@ static bool view_dirent(void *arg, off_t off, char *name, size_t n, fuse_ino_t *
 	return dir_entry(r->c, r->d, r->self, off, name, n, ino, mode);
 }
 
-static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
+static int view_attr(void *arg, fuse_ino_t ino, struct stat *st) { return do_stat(((dir_ref *)arg)->c, ino, st); }
+
+static void readdir_any(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, bool plus)
 {
 	ctx *c = edge_ctx(req);
 	dir_ref r = {c, decode(c, ino), ino};
 	if (r.d.t != N_ROOT && r.d.t != N_META && r.d.t != N_LAYER)
 		fuse_reply_err(req, ENOTDIR);
 	else
-		edge_readdir(req, size, off, view_dirent, &r);
+		edge_readdir(req, size, off, view_dirent, plus ? view_attr : NULL, &r);
+}
+
+static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
+{
+	readdir_any(req, ino, size, off, false);
+}
+
+static void op_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
+{
+	readdir_any(req, ino, size, off, true);
 }
 
 /* ---- files ---- */
@@ -356,6 +368,7 @@ const struct fuse_lowlevel_ops edge_views_ops = {
 	.lookup = op_lookup,
 	.getattr = op_getattr,
 	.readdir = op_readdir,
+	.readdirplus = op_readdirplus,
 	.open = op_open,
 	.read = op_read,
 	.release = op_release,

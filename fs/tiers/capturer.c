@@ -26,6 +26,10 @@ struct capturer {
 	uint8_t **sb;        /* [kind][layer]: the rows of the batches being captured */
 	int64_t b0, b1;      /* the batches being captured: [b0, b1) */
 	int64_t s0, s1;      /* their samples */
+	int64_t row0, nrows; /* their rows */
+	int64_t c0, c1;      /* their chunks */
+	int64_t *soff;       /* each sample's first row, from row0 (s1 - s0 + 1 of them) */
+	size_t soffcap;
 	int64_t first;       /* the sample the current forward pass starts at */
 	int fwd;             /* samples per forward pass */
 	double load_s;       /* seconds the model took to load */
@@ -94,17 +98,18 @@ void capturer_free(capturer *c)
 	cap_tokenizer_free(c->tok);
 	free(c->model_dir);
 	free(c->image_dir);
+	free(c->soff);
 	free(c);
 }
 
 bool capturer_batch_stored(capturer *c, int64_t b)
 {
-	const cltfs_batch *bt = &c->m->batches[b];
+	cltfs_batch bt = cltfs_manifest_batch(c->m, b);
 	cltfs_rec rec;
 	for (int kind = 0; kind < 2; kind++)
 		for (int L = 0; L < c->m->n_layers; L++)
-			for (int64_t k = 0; cltfs_manifest_has_stream(c->m, (unsigned)kind, L) && k < bt->chunks; k++)
-				if (!store_lookup(c->s, cltfs_key((unsigned)kind, (unsigned)L, (uint32_t)(bt->first_chunk + k)),
+			for (int64_t k = 0; cltfs_manifest_has_stream(c->m, (unsigned)kind, L) && k < bt.chunks; k++)
+				if (!store_lookup(c->s, cltfs_key((unsigned)kind, (unsigned)L, (uint32_t)(bt.first_chunk + k)),
 						  &rec))
 					return false;
 	return true;
@@ -114,14 +119,12 @@ bool capturer_batch_stored(capturer *c, int64_t b)
 static cltfs_err cut_chunks(capturer *c, int kind, int layer, const uint8_t *buf)
 {
 	const cltfs_manifest *m = c->m;
-	int64_t row0 = m->batches[c->b0].first_row, c0 = m->batches[c->b0].first_chunk,
-		c1 = m->batches[c->b1 - 1].first_chunk + m->batches[c->b1 - 1].chunks;
 	cltfs_err e = CLTFS_OK;
 	cltfs_rec rec;
-	for (int64_t ch = c0; !e && ch < c1; ch++) {
+	for (int64_t ch = c->c0; !e && ch < c->c1; ch++) {
 		uint64_t key = cltfs_key((unsigned)kind, (unsigned)layer, (uint32_t)ch);
-		size_t off = (size_t)(m->chunk_start[ch] - row0) * c->row,
-		       len = (size_t)(m->chunk_start[ch + 1] - m->chunk_start[ch]) * c->row;
+		size_t off = (size_t)(cltfs_manifest_chunk_start(m, ch) - c->row0) * c->row,
+		       len = (size_t)cltfs_manifest_chunk_rows(m, ch) * c->row;
 		if (!store_lookup(c->s, key, &rec))
 			e = store_writer_add(c->w, key, buf + off, len);
 	}
@@ -135,17 +138,17 @@ static cltfs_err emit(void *arg, size_t i, int kind, int layer, const void *rows
 {
 	capturer *c = arg;
 	const cltfs_manifest *m = c->m;
-	int64_t si = c->first + (int64_t)i, row0 = m->batches[c->b0].first_row,
-		total = m->samples[c->s1 - 1].first_row + m->samples[c->s1 - 1].rows - row0;
+	int64_t si = c->first + (int64_t)i;
 	if (!cltfs_manifest_has_stream(m, (unsigned)kind, layer))
 		return CLTFS_OK;
-	if (si >= c->s1 || nrows != m->samples[si].rows)
+	int64_t want = si < c->s1 ? cltfs_manifest_sample_rows(m, si) : -1;
+	if (nrows != want)
 		return cltfs_fail(CLTFS_E_MISMATCH, "the model gave %lld rows for a sample of %lld", (long long)nrows,
-				  si < c->s1 ? (long long)m->samples[si].rows : -1LL);
+				  (long long)want);
 	uint8_t **sb = &c->sb[kind * m->n_layers + layer];
-	if (!*sb && !(*sb = malloc((size_t)total * c->row)))
+	if (!*sb && !(*sb = malloc((size_t)c->nrows * c->row)))
 		return cltfs_fail(CLTFS_E_NOMEM, "out of memory for batch %lld", (long long)c->b0);
-	memcpy(*sb + (size_t)(m->samples[si].first_row - row0) * c->row, rows, (size_t)nrows * c->row);
+	memcpy(*sb + (size_t)c->soff[si - c->s0] * c->row, rows, (size_t)nrows * c->row);
 	if (si + 1 < c->s1)
 		return CLTFS_OK;
 	cltfs_err e = cut_chunks(c, kind, layer, *sb);
@@ -181,19 +184,23 @@ cltfs_err capturer_load(capturer *c)
 /* The model's input for sample si: its rows must be what init counted. */
 static cltfs_err prepare(capturer *c, int64_t si, cap_sample *s, char *img, size_t imgn)
 {
-	const cltfs_sample *sm = &c->m->samples[si];
-	char *prompt = cap_prompt(c->m->prompt_template, sm->text ? sm->text : "");
+	const char *id, *image, *text;
+	if (!cltfs_manifest_sample_text(c->m, si, &id, &image, &text))
+		return cltfs_fail(CLTFS_E_CORRUPT, "%s: sample %lld has no text in the sample table",
+				  store_dir(c->s), (long long)si);
+	int64_t want = cltfs_manifest_sample_rows(c->m, si);
+	char *prompt = cap_prompt(c->m->prompt_template, text);
 	int32_t *ids = NULL;
 	size_t n = 0;
 	cltfs_err e = prompt ? cap_tokenize(c->tok, prompt, &ids, &n) : cltfs_fail(CLTFS_E_NOMEM, "out of memory");
 	free(prompt);
-	if (!e && cap_rows(&c->cfg, ids, n) != sm->rows)
+	if (!e && cap_rows(&c->cfg, ids, n) != want)
 		e = cltfs_fail(CLTFS_E_MISMATCH, "sample %s: the tokenizer gives %lld rows, the manifest %lld: the "
-			       "checkpoint's tokenizer changed since `cltfs init`", sm->id ? sm->id : "?",
-			       (long long)cap_rows(&c->cfg, ids, n), (long long)sm->rows);
-	snprintf(img, imgn, "%s/%s", c->image_dir, sm->image ? sm->image : "");
-	*s = (cap_sample){ids, n, sm->image ? img : NULL};
-	return e ? cltfs_wrap(e, "sample %s", sm->id ? sm->id : "?") : CLTFS_OK;
+			       "checkpoint's tokenizer changed since `cltfs init`", id,
+			       (long long)cap_rows(&c->cfg, ids, n), (long long)want);
+	snprintf(img, imgn, "%s/%s", c->image_dir, image);
+	*s = (cap_sample){ids, n, *image ? img : NULL};
+	return e ? cltfs_wrap(e, "sample %s", id) : CLTFS_OK;
 }
 
 /* Samples [first, first+n) in one forward pass. */
@@ -207,12 +214,35 @@ static cltfs_err run_samples(capturer *c, int64_t first, int n)
 	c->first = first;
 	if (!e)
 		e = cap_forward(c->model, s, (size_t)n, c->hook, c->m->dtype, emit, c);
-	if (e && n == 1 && c->m->samples[first].id && !strstr(cltfs_errmsg(), "sample "))
-		e = cltfs_wrap(e, "sample %s", c->m->samples[first].id);
+	const char *id, *image, *text;
+	if (e && n == 1 && cltfs_manifest_sample_text(c->m, first, &id, &image, &text) &&
+	    !strstr(cltfs_errmsg(), "sample "))
+		e = cltfs_wrap(e, "sample %s", id);
 	for (int k = 0; k < n; k++)
 		free((void *)s[k].ids);
 	free(img);
 	return e;
+}
+
+/* Where batches [b0, b1) lie: their samples, rows, chunks, and each
+ * sample's place in the streams' buffers. */
+static cltfs_err place(capturer *c, int64_t b0, int64_t b1)
+{
+	cltfs_batch first = cltfs_manifest_batch(c->m, b0), last = cltfs_manifest_batch(c->m, b1 - 1);
+	c->b0 = b0;
+	c->b1 = b1;
+	c->s0 = first.first_sample;
+	c->s1 = last.first_sample + last.samples;
+	c->row0 = first.first_row;
+	c->nrows = last.first_row + last.rows - c->row0;
+	c->c0 = first.first_chunk;
+	c->c1 = last.first_chunk + last.chunks;
+	if (!cltfs_reserve(&c->soff, &c->soffcap, (size_t)(c->s1 - c->s0 + 1) * sizeof *c->soff))
+		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	c->soff[0] = 0;
+	for (int64_t i = c->s0; i < c->s1; i++)
+		c->soff[i - c->s0 + 1] = c->soff[i - c->s0] + cltfs_manifest_sample_rows(c->m, i);
+	return CLTFS_OK;
 }
 
 /* Batches [b0, b1): their samples, fwd at a time through the model. */
@@ -221,10 +251,8 @@ cltfs_err capturer_run(capturer *c, int64_t b0, int64_t b1, bool durable)
 	cltfs_err e = capturer_load(c);
 	const cltfs_manifest *m = c->m;
 	double t0 = cltfs_now();
-	c->b0 = b0;
-	c->b1 = b1;
-	c->s0 = m->batches[b0].first_sample;
-	c->s1 = m->batches[b1 - 1].first_sample + m->batches[b1 - 1].samples;
+	if (!e)
+		e = place(c, b0, b1);
 	for (int64_t si = c->s0; !e && si < c->s1; si += c->fwd)
 		e = run_samples(c, si, (int)(c->s1 - si < c->fwd ? c->s1 - si : c->fwd));
 	for (int i = 0; i < 2 * m->n_layers; i++) { /* a failed pass leaves no rows behind */
@@ -238,8 +266,7 @@ cltfs_err capturer_run(capturer *c, int64_t b0, int64_t b1, bool durable)
 		e = durable ? store_writer_sync(c->w) : CLTFS_OK;
 	if (!e) {
 		c->batches_run += (uint64_t)(b1 - b0);
-		c->rows_run += (uint64_t)(m->samples[c->s1 - 1].first_row + m->samples[c->s1 - 1].rows -
-					  m->samples[c->s0].first_row);
+		c->rows_run += (uint64_t)c->nrows;
 		c->run_s += cltfs_now() - t0;
 	}
 	return e;
@@ -251,26 +278,27 @@ void capturer_get_stats(capturer *c, capturer_stats *out)
 				c->model ? cap_model_device(c->model) : NULL, c->model ? cap_model_dtype(c->model) : NULL};
 }
 
-/* ---- the capture tier ---- */
+/* ---- the capture tier ----
+ *
+ * A miss captures the chunk's batch; then a thread of the tier's own
+ * captures the next `ahead` batches, so that a reader going through the
+ * batches in order finds each one stored (or in the making) when it gets
+ * there.  The thread starts with the first miss (after a mount's fork). */
 
 typedef struct {
 	cltfs_tier base;
 	capturer *c;
-	pthread_mutex_t mu; /* the model runs one batch at a time */
+	pthread_mutex_t mu;       /* the model runs one batch at a time; guards c */
+	pthread_mutex_t amu;      /* guards what follows */
+	pthread_cond_t acv;
+	int64_t next, end;        /* batches to capture ahead: [next, end) */
+	int ahead;                /* how many batches past a miss */
+	cltfs_tier *const *before; /* tiers asked before this one */
+	int nbefore;
+	bool stop, started;
+	pthread_t thr;
+	uint64_t ahead_runs;      /* batches the thread captured */
 } capture_tier;
-
-static int64_t batch_of_chunk(const cltfs_manifest *m, int64_t ch)
-{
-	int64_t lo = 0, hi = m->n_batches - 1;
-	while (lo < hi) {
-		int64_t mid = (lo + hi + 1) / 2;
-		if (m->batches[mid].first_chunk <= ch)
-			lo = mid;
-		else
-			hi = mid - 1;
-	}
-	return lo;
-}
 
 /* Another process may be capturing the same batch: its lock file makes
  * this one wait, then find the chunks in the store. */
@@ -286,20 +314,101 @@ static int lock_batch(capturer *c, int64_t b)
 	return fd;
 }
 
+/* Batch b in the store, captured unless it is there already; *ran says
+ * whether this call ran the model. */
+static cltfs_err capture_one(capture_tier *ct, int64_t b, bool *ran)
+{
+	capturer *c = ct->c;
+	*ran = false;
+	if (capturer_batch_stored(c, b)) /* the common case ahead of a reader: nothing to lock */
+		return CLTFS_OK;
+	pthread_mutex_lock(&ct->mu);
+	int fd = lock_batch(c, b);
+	store_rescan(c->s);
+	*ran = !capturer_batch_stored(c, b);
+	/* durable before the lock goes: another process waits to read it */
+	cltfs_err e = *ran ? capturer_run(c, b, b + 1, true) : CLTFS_OK;
+	if (fd >= 0)
+		close(fd);
+	pthread_mutex_unlock(&ct->mu);
+	return e;
+}
+
+/* Can batch b come from the store or an earlier tier (the Hub) without
+ * the model? */
+static bool available(capture_tier *ct, int64_t b)
+{
+	const cltfs_manifest *m = ct->c->m;
+	cltfs_batch bt = cltfs_manifest_batch(m, b);
+	cltfs_rec rec;
+	for (int kind = 0; kind < 2; kind++)
+		for (int L = 0; L < m->n_layers; L++)
+			for (int64_t k = 0; cltfs_manifest_has_stream(m, (unsigned)kind, L) && k < bt.chunks; k++) {
+				uint64_t key = cltfs_key((unsigned)kind, (unsigned)L, (uint32_t)(bt.first_chunk + k));
+				bool has = store_lookup(ct->c->s, key, &rec);
+				for (int i = 0; !has && i < ct->nbefore; i++)
+					has = ct->before[i]->lookup && ct->before[i]->lookup(ct->before[i], key, &rec);
+				if (!has)
+					return false;
+			}
+	return true;
+}
+
+static void *ahead_main(void *arg)
+{
+	capture_tier *ct = arg;
+	pthread_mutex_lock(&ct->amu);
+	for (;;) {
+		while (!ct->stop && ct->next >= ct->end)
+			pthread_cond_wait(&ct->acv, &ct->amu);
+		if (ct->stop)
+			break;
+		int64_t b = ct->next++;
+		pthread_mutex_unlock(&ct->amu);
+		bool ran = false;
+		if (!available(ct, b) && capture_one(ct, b, &ran)) /* a reader of it will fail with the cause */
+			cltfs_log("capturing batch %lld ahead: %s", (long long)b, cltfs_errmsg());
+		pthread_mutex_lock(&ct->amu);
+		ct->ahead_runs += ran;
+	}
+	pthread_mutex_unlock(&ct->amu);
+	return NULL;
+}
+
+/* After batch b was read: capture the `ahead` batches that follow it. */
+static void want_ahead(capture_tier *ct, int64_t b)
+{
+	if (!ct->ahead)
+		return;
+	pthread_mutex_lock(&ct->amu);
+	int64_t end = b + 1 + ct->ahead < ct->c->m->n_batches ? b + 1 + ct->ahead : ct->c->m->n_batches;
+	if (end == ct->end && ct->next >= b + 1) { /* asked already: every chunk of a batch hints */
+		pthread_mutex_unlock(&ct->amu);
+		return;
+	}
+	if (ct->next < b + 1 || ct->next > end) /* a reader elsewhere: start over from it */
+		ct->next = b + 1;
+	ct->end = end;
+	if (!ct->started && !ct->stop && !pthread_create(&ct->thr, NULL, ahead_main, ct))
+		ct->started = true;
+	pthread_cond_signal(&ct->acv);
+	pthread_mutex_unlock(&ct->amu);
+}
+
+/* Any chunk read: the batches after its own are wanted next. */
+static void tier_hint(cltfs_tier *t, uint64_t key)
+{
+	capture_tier *ct = (capture_tier *)t;
+	want_ahead(ct, cltfs_manifest_batch_of_chunk(ct->c->m, cltfs_key_chunk(key)));
+}
+
 static cltfs_err tier_load(cltfs_tier *t, uint64_t key, cltfs_zctx *z, uint8_t *dst, size_t len, cltfs_rec *rec)
 {
 	capture_tier *ct = (capture_tier *)t;
 	capturer *c = ct->c;
-	int64_t b = batch_of_chunk(c->m, cltfs_key_chunk(key));
-	pthread_mutex_lock(&ct->mu);
-	int fd = lock_batch(c, b);
-	store_rescan(c->s);
-	/* durable before the lock goes: another process waits to read it */
-	bool stored = store_lookup(c->s, key, rec) || capturer_batch_stored(c, b);
-	cltfs_err e = stored ? CLTFS_OK : capturer_run(c, b, b + 1, true);
-	if (fd >= 0)
-		close(fd);
-	pthread_mutex_unlock(&ct->mu);
+	int64_t b = cltfs_manifest_batch_of_chunk(c->m, cltfs_key_chunk(key));
+	bool ran;
+	cltfs_err e = store_lookup(c->s, key, rec) ? CLTFS_OK : capture_one(ct, b, &ran);
 	char k[48];
 	if (!e && !store_lookup(c->s, key, rec))
 		e = cltfs_fail(CLTFS_E_IO, "chunk %s: not in the store after capturing batch %lld",
@@ -313,22 +422,33 @@ static cltfs_err tier_load(cltfs_tier *t, uint64_t key, cltfs_zctx *z, uint8_t *
 static void tier_stats(cltfs_tier *t, char *buf, size_t n)
 {
 	capture_tier *ct = (capture_tier *)t;
+	pthread_mutex_lock(&ct->amu);
+	unsigned long long ahead = ct->ahead_runs;
+	pthread_mutex_unlock(&ct->amu);
 	if (pthread_mutex_trylock(&ct->mu)) { /* a capture is running: do not wait for it */
-		snprintf(buf, n, "{\"capturing\": true}");
+		snprintf(buf, n, "{\"capturing\": true, \"ahead_batches\": %llu}", ahead);
 		return;
 	}
 	capturer *c = ct->c;
-	snprintf(buf, n, "{\"batches\": %llu, \"rows\": %llu, \"seconds\": %.3f, \"model_load_seconds\": %.3f, "
-		 "\"device\": \"%s\"}", (unsigned long long)c->batches_run, (unsigned long long)c->rows_run, c->run_s,
-		 c->load_s, c->model ? cap_model_device(c->model) : "not loaded");
+	snprintf(buf, n, "{\"batches\": %llu, \"ahead_batches\": %llu, \"rows\": %llu, \"seconds\": %.3f, "
+		 "\"model_load_seconds\": %.3f, \"device\": \"%s\"}", (unsigned long long)c->batches_run, ahead,
+		 (unsigned long long)c->rows_run, c->run_s, c->load_s, c->model ? cap_model_device(c->model) : "not loaded");
 	pthread_mutex_unlock(&ct->mu);
 }
 
 static void tier_free(cltfs_tier *t)
 {
 	capture_tier *ct = (capture_tier *)t;
+	pthread_mutex_lock(&ct->amu);
+	ct->stop = true;
+	pthread_cond_signal(&ct->acv);
+	pthread_mutex_unlock(&ct->amu);
+	if (ct->started) /* a batch being captured ahead is finished first */
+		pthread_join(ct->thr, NULL);
 	capturer_free(ct->c);
 	pthread_mutex_destroy(&ct->mu);
+	pthread_mutex_destroy(&ct->amu);
+	pthread_cond_destroy(&ct->acv);
 	free(ct);
 }
 
@@ -342,8 +462,13 @@ cltfs_err capture_tier_open(cltfs_store *s, const capture_cfg *cfg, cltfs_tier *
 		free(t);
 		return e;
 	}
-	t->base = (cltfs_tier){"capture", tier_load, NULL, tier_stats, tier_free};
+	t->base = (cltfs_tier){"capture", tier_load, NULL, tier_hint, tier_stats, tier_free};
+	t->ahead = cfg->ahead;
+	t->before = cfg->before;
+	t->nbefore = cfg->nbefore;
 	pthread_mutex_init(&t->mu, NULL);
+	pthread_mutex_init(&t->amu, NULL);
+	pthread_cond_init(&t->acv, NULL);
 	*out = &t->base;
 	return CLTFS_OK;
 }

@@ -21,6 +21,9 @@ typedef struct {
 	cap_load_opts load;  /* device, dtype, threads, samples per pass (load.dir is ignored) */
 	const char *model;   /* the checkpoint folder; NULL: the manifest's source.path */
 	const char *images;  /* the image folder; NULL: the manifest's source.images */
+	int ahead;           /* the capture tier: batches captured past a miss, by a thread */
+	cltfs_tier *const *before; /* the capture tier: the tiers asked before it (a batch */
+	int nbefore;               /* they have is not captured ahead); they outlive it */
 } capture_cfg;
 
 typedef struct capturer capturer;
@@ -55,7 +58,9 @@ typedef struct {
 void capturer_get_stats(capturer *c, capturer_stats *out);
 
 /* The capture tier of a store made by init: a miss captures the chunk's
- * batch into s.  capturer_new's errors. */
+ * batch into s, and then cfg->ahead batches after it on a thread of the
+ * tier's own (a sequential reader finds them stored).  capturer_new's
+ * errors. */
 cltfs_err capture_tier_open(cltfs_store *s, const capture_cfg *cfg, cltfs_tier **out);
 
 #endif

@@ -157,21 +157,14 @@ static void hub_tier_close(cltfs_tier *t)
 	free(h);
 }
 
-/* Do two stores hold the same dataset?  Their manifests as served. */
+/* Do two stores hold the same dataset? */
 static cltfs_err same_manifest(const hub_source *h, const cltfs_store *local)
 {
-	char *a = cltfs_manifest_dump(store_manifest(local)), *b = cltfs_manifest_dump(store_manifest(h->remote));
-	cltfs_err e = CLTFS_OK;
-	if (!a || !b)
-		e = cltfs_fail(CLTFS_E_NOMEM, "out of memory");
-	else if (strcmp(a, b))
-		e = cltfs_fail(CLTFS_E_MISMATCH,
-			       "%s holds another dataset than hf://%s@%.12s (their cltfs.json differ): use another "
-			       "local store",
-			       store_dir(local), hf_repo_id(h->repo), hf_repo_commit(h->repo));
-	free(a);
-	free(b);
-	return e;
+	if (cltfs_manifest_same(store_manifest(local), store_manifest(h->remote)))
+		return CLTFS_OK;
+	return cltfs_fail(CLTFS_E_MISMATCH,
+			  "%s holds another dataset than hf://%s@%.12s (their manifests differ): use another local store",
+			  store_dir(local), hf_repo_id(h->repo), hf_repo_commit(h->repo));
 }
 
 cltfs_err hub_tier_open(hub_source *h, cltfs_store *local, cltfs_tier **out)
@@ -189,7 +182,7 @@ cltfs_err hub_tier_open(hub_source *h, cltfs_store *local, cltfs_tier **out)
 		free(t);
 		return e;
 	}
-	t->base = (cltfs_tier){"hub", hub_load, hub_lookup, hub_stats, hub_tier_close};
+	t->base = (cltfs_tier){"hub", hub_load, hub_lookup, NULL, hub_stats, hub_tier_close};
 	t->repo = h->repo;
 	t->remote = h->remote;
 	t->local = local;
@@ -237,15 +230,21 @@ cltfs_err hub_local_store(hub_source *h, const char *dir, cltfs_store **out)
 	return e;
 }
 
-/* cltfs.json and every packs/<w>.idx into the HF cache; the snapshot folder
- * is then a store with indexes and no packs. */
+/* Is path a file of a store's metadata: the sample table or an index? */
+static bool store_meta(const char *p)
+{
+	size_t n = strlen(p);
+	return !strcmp(p, "samples.bin") ||
+	       (!strncmp(p, "packs/", 6) && n >= 11 && !strcmp(p + n - 4, ".idx") && !strchr(p + 6, '/'));
+}
+
+/* cltfs.json, samples.bin and every packs/<w>.idx into the HF cache; the
+ * snapshot folder is then a store with indexes and no packs. */
 static cltfs_err open_remote(hub_source *h, const char *manifest)
 {
 	for (size_t i = 0; i < h->nentries; i++) {
 		const char *p = h->entries[i].path;
-		size_t n = strlen(p);
-		if (h->entries[i].dir || strncmp(p, "packs/", 6) || n < 11 || strcmp(p + n - 4, ".idx") ||
-		    strchr(p + 6, '/'))
+		if (h->entries[i].dir || !store_meta(p))
 			continue;
 		char *local;
 		cltfs_err e = hf_fetch(h->repo, p, &local);
