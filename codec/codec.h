@@ -201,6 +201,9 @@ void cltfs_table_close(cltfs_table *t);
 bool cltfs_table_strings(const cltfs_table *t, uint64_t i, const char **id, const char **image, const char **text);
 /* Write t's bytes to path atomically: CLTFS_E_IO. */
 cltfs_err cltfs_table_save(const cltfs_table *t, const char *path);
+/* A table from len bytes in memory (copied; name is for messages): what a
+ * Hub reply or a fuzzer gives.  cltfs_table_open's errors. */
+cltfs_err cltfs_table_from_bytes(const void *buf, size_t len, const char *name, cltfs_table **out);
 
 /* Building a table sample by sample in bounded memory: rows and shapes are
  * kept (4 and 8 bytes each), strings go to temporary files in tmpdir (NULL:
@@ -310,6 +313,34 @@ int64_t cltfs_manifest_batch_of_chunk(const cltfs_manifest *m, int64_t c);
 int cltfs_manifest_target_layer(const cltfs_manifest *m, int layer, int j);
 /* Number of targets the y file of layer L holds (clip drops padding). */
 int cltfs_manifest_targets_of(const cltfs_manifest *m, int layer);
+
+/* ---- query files -------------------------------------------------------- */
+
+/* A query file read one query at a time: AMBER's format, {"id": 1,
+ * "image": "AMBER_1.jpg", "query": "..."}, as a JSON list or as JSON Lines
+ * (one object a line), told by the first byte; a file named *.json must be
+ * a list.  The file is read in blocks and only the current object is
+ * parsed, so a list of 10^7 queries costs no more memory than one of ten. */
+typedef struct cltfs_queries cltfs_queries;
+
+/* One query: strings valid until the next cltfs_queries_next. */
+typedef struct {
+	int64_t index;      /* 0-based, in file order */
+	int64_t line;       /* where the object starts, 1-based */
+	const char *id;     /* a number's decimal form, or the string */
+	const char *image, *text;
+} cltfs_query;
+
+/* Open path.  CLTFS_E_NOTFOUND, _IO, _FORMAT (a FIFO or a directory),
+ * _NOMEM. */
+cltfs_err cltfs_queries_open(const char *path, cltfs_queries **out);
+/* The next query into *q: true; false at the end (*e CLTFS_OK) or on an
+ * error (*e: CLTFS_E_FORMAT naming the file, the entry and the line, or
+ * saying the file is neither a JSON list nor JSON Lines; CLTFS_E_IO;
+ * _NOMEM). */
+bool cltfs_queries_next(cltfs_queries *qs, cltfs_query *q, cltfs_err *e);
+/* NULL is a no-op. */
+void cltfs_queries_close(cltfs_queries *qs);
 
 /* ---- pickled objects (shared by the .pt writer and reader) ----------- */
 

@@ -297,6 +297,12 @@ static bool copy_file(FILE *f, FILE *out)
 	return !ferror(f);
 }
 
+/* n bytes at p to out (p may be NULL when n is 0). */
+static bool put_bytes(FILE *out, const void *p, size_t n)
+{
+	return !n || fwrite(p, 1, n, out) == n;
+}
+
 /* The table's bytes, in order, to out. */
 static bool write_table(cltfs_table_writer *w, FILE *out)
 {
@@ -314,8 +320,8 @@ static bool write_table(cltfs_table_writer *w, FILE *out)
 	put32(h + 48, w->crc_offsets);
 	put32(h + 52, w->crc_blob);
 	put32(h + 124, cltfs_crc32(0, h, 124));
-	return fwrite(h, 1, HEADER, out) == HEADER && fwrite(w->rows, 1, rows_len, out) == rows_len &&
-	       fwrite(zeros, 1, pad, out) == pad && fwrite(w->batches, 1, 8 * w->nb, out) == 8 * w->nb &&
+	return put_bytes(out, h, HEADER) && put_bytes(out, w->rows, rows_len) && put_bytes(out, zeros, pad) &&
+	       put_bytes(out, w->batches, 8 * w->nb) &&
 	       (!w->strings || (copy_file(w->offsets, out) && copy_file(w->blob, out)));
 }
 
@@ -378,4 +384,23 @@ cltfs_err cltfs_table_writer_finish(cltfs_table_writer *w, const char *path, clt
 cltfs_err cltfs_table_save(const cltfs_table *t, const char *path)
 {
 	return cltfs_write_atomic(path, t->map, t->map_len);
+}
+
+cltfs_err cltfs_table_from_bytes(const void *buf, size_t len, const char *name, cltfs_table **out)
+{
+	int fd = memfd_create("cltfs-samples", MFD_CLOEXEC);
+	size_t done = 0;
+	while (fd >= 0 && done < len) {
+		ssize_t w = write(fd, (const char *)buf + done, len - done);
+		if (w <= 0 && errno != EINTR)
+			break;
+		done += w > 0 ? (size_t)w : 0;
+	}
+	if (fd < 0 || done < len) {
+		cltfs_err e = cltfs_fail(CLTFS_E_NOMEM, "%s: a table in memory: %s", name, strerror(errno ? errno : EIO));
+		if (fd >= 0)
+			close(fd);
+		return e;
+	}
+	return open_fd(fd, name, out);
 }

@@ -8,7 +8,6 @@
  */
 #include "cmd.h"
 #include "hub.h"
-#include "queries.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -20,7 +19,7 @@
 #include <unistd.h>
 
 /* One query into the table: its rows from the tokenizer. */
-static cltfs_err add_sample(const init_opts *o, cap_tokenizer *tok, const cap_config *cfg, const query *q,
+static cltfs_err add_sample(const init_opts *o, cap_tokenizer *tok, const cap_config *cfg, const cltfs_query *q,
 			    cltfs_table_writer *w)
 {
 	char path[PATH_MAX];
@@ -56,18 +55,18 @@ static cltfs_err add_sample(const init_opts *o, cap_tokenizer *tok, const cap_co
 static cltfs_err add_samples(const char *store, const init_opts *o, const cap_config *cfg, cltfs_manifest *m)
 {
 	cap_tokenizer *tok = NULL;
-	queries *qs = NULL;
+	cltfs_queries *qs = NULL;
 	cltfs_table_writer *w = NULL;
 	cltfs_err e = cap_tokenizer_load(o->model, &tok);
 	if (!e)
-		e = queries_open(o->dataset, &qs);
+		e = cltfs_queries_open(o->dataset, &qs);
 	if (!e)
 		e = cltfs_table_writer_new(store, true, &w);
-	query q = {0};
+	cltfs_query q = {0};
 	int64_t count = 0;
 	bool tty = !o->quiet && isatty(2);
 	double t0 = cltfs_now(), shown = t0;
-	while (!e && queries_next(qs, &q, &e)) {
+	while (!e && cltfs_queries_next(qs, &q, &e)) {
 		e = add_sample(o, tok, cfg, &q, w);
 		count++;
 		if (tty && (q.index & 4095) == 0 && cltfs_now() - shown > 0.5) {
@@ -87,7 +86,7 @@ static cltfs_err add_samples(const char *store, const init_opts *o, const cap_co
 		cltfs_manifest_set_table(m, t, path);
 	if (e == CLTFS_E_INVAL && !count) /* no samples */
 		e = cltfs_fail(CLTFS_E_FORMAT, "%s: expected a non-empty JSON list of queries or JSON Lines", o->dataset);
-	queries_close(qs);
+	cltfs_queries_close(qs);
 	cap_tokenizer_free(tok);
 	return e;
 }

@@ -276,9 +276,39 @@ seeds_hub = {
     "empty": b"\1[]",
 }
 
+# sample tables (samples.bin), written by tests/sample_table.py from the
+# format's description
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import sample_table  # noqa: E402
+
+
+def table_bytes(samples, batches=None):
+    import tempfile
+    with tempfile.NamedTemporaryFile() as f:
+        sample_table.write(f.name, samples, batches)
+        return open(f.name, "rb").read()
+
+
+seeds_tab = {
+    "rows": table_bytes([{"rows": 1 + i % 5} for i in range(40)]),
+    "batches": table_bytes([{"rows": 4}] * 9, [(2, 4), (3, 4), (4, 4)]),
+    "strings": table_bytes([{"rows": 600 + i, "id": str(i), "image": "img_%d.jpg" % i,
+                             "text": "Describe this image %d." % i} for i in range(12)]),
+    "one": table_bytes([{"rows": 1}]),
+}
+
+q = [{"id": i, "image": "AMBER_%d.jpg" % i, "query": "Is there a dog? \u00e9 \\ \"x\" {[]}"} for i in range(5)]
+seeds_q = {
+    "list": json.dumps(q, indent=1).encode(),
+    "lines": "\n".join(json.dumps(e) for e in q).encode() + b"\n",
+    "ids": json.dumps([{"id": "a-1", "image": "x.png", "query": ""}, {"id": 1e3, "image": "y", "query": "z"}]).encode(),
+    "bad": b'[{"id": 1, "image": "a", "query": "b"} {"id": 2}]',
+}
+
 for prefix, seeds, n in (("pt", seeds_pt, 400), ("pkl", seeds_pkl, 400), ("json", seeds_json, 400),
                          ("frame", seeds_frame, 150), ("rec", seeds_rec, 150), ("tok", seeds_tok, 300),
-                         ("st", seeds_st, 150), ("hub", seeds_hub, 150)):
+                         ("st", seeds_st, 150), ("hub", seeds_hub, 150), ("tab", seeds_tab, 200),
+                         ("q", seeds_q, 200)):
     for name, data in seeds.items():
         for i, m in enumerate(mutations(data, n)):
             put(f"{prefix}-{name}-{i:04d}", m)

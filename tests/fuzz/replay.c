@@ -18,7 +18,8 @@ static const struct {
 } prefixes[] = {
 	{"frame-", cltfs_fuzz_frame},       {"rec-", cltfs_fuzz_record},  {"json-", cltfs_fuzz_manifest},
 	{"pt-", cltfs_fuzz_pt},             {"pkl-", cltfs_fuzz_pickle},  {"tok-", cltfs_fuzz_tokenizer},
-	{"st-", cltfs_fuzz_safetensors},    {"hub-", cltfs_fuzz_hub_json},
+	{"st-", cltfs_fuzz_safetensors},    {"hub-", cltfs_fuzz_hub_json}, {"tab-", cltfs_fuzz_table},
+	{"q-", cltfs_fuzz_queries},
 };
 
 static int (*target_of(const char *name))(const uint8_t *, size_t)

@@ -12,7 +12,10 @@
 #include "safetensors.h"
 #include "targets.h"
 
+#include <stdio.h>
 #include <stdlib.h>
+#include <sys/mman.h>
+#include <unistd.h>
 #include <string.h>
 
 /* What a frame's raw length may be here: a store's chunks are about 1 MiB. */
@@ -216,5 +219,73 @@ int cltfs_fuzz_hub_json(const uint8_t *data, size_t size)
 			if (escapes(l.e[i].path) || (l.e[i].dir && l.e[i].size))
 				abort();
 	hf_entries_free(l.e, l.n);
+	return 0;
+}
+
+/* A sample table: every sample's strings, then a manifest around it, whose
+ * batch index must agree with a walk of the table wherever it is asked. */
+int cltfs_fuzz_table(const uint8_t *data, size_t size)
+{
+	cltfs_table *t;
+	if (cltfs_table_from_bytes(data, size, "fuzz.bin", &t) != CLTFS_OK)
+		return 0;
+	uint64_t rows = 0;
+	for (uint64_t i = 0; i < t->n; i++) {
+		const char *id, *image, *text;
+		if (cltfs_table_strings(t, i, &id, &image, &text) && strlen(id) + strlen(image) + strlen(text) > size)
+			abort(); /* strings inside the table */
+		rows += t->rows[i];
+	}
+	cltfs_manifest *m = cltfs_manifest_new();
+	if (!m) {
+		cltfs_table_close(t);
+		return 0;
+	}
+	m->n_layers = m->d_model = 2;
+	m->n_targets = 1;
+	m->chunk_rows = 3;
+	m->batch_samples = 2;
+	m->x_layers = calloc(1, sizeof(int));
+	m->mlp_layers = calloc(1, sizeof(int));
+	m->n_x_layers = m->x_layers ? 1 : 0;
+	if (m->mlp_layers) {
+		m->mlp_layers[0] = 1;
+		m->n_mlp_layers = 1;
+	}
+	cltfs_manifest_set_table(m, t, NULL);
+	if (cltfs_manifest_finish(m, "fuzz.json") == CLTFS_OK) {
+		if ((uint64_t)m->total_rows != rows)
+			abort();
+		for (int64_t c = 0; c < m->n_chunks; c += 1 + c / 7) {
+			int64_t start = cltfs_manifest_chunk_start(m, c), b = cltfs_manifest_batch_of_chunk(m, c);
+			cltfs_batch x = cltfs_manifest_batch(m, b);
+			if (cltfs_manifest_chunk_of(m, start) != c || start < x.first_row || start >= x.first_row + x.rows)
+				abort();
+		}
+	}
+	cltfs_manifest_free(m);
+	return 0;
+}
+
+/* A query file, every query of it, through a file (the reader reads files). */
+int cltfs_fuzz_queries(const uint8_t *data, size_t size)
+{
+	int fd = memfd_create("cltfs-queries", MFD_CLOEXEC);
+	if (fd < 0)
+		return 0;
+	if (write(fd, data, size) == (ssize_t)size) {
+		char path[64];
+		snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+		cltfs_queries *qs;
+		cltfs_query q;
+		cltfs_err e;
+		if (cltfs_queries_open(path, &qs) == CLTFS_OK) {
+			while (cltfs_queries_next(qs, &q, &e))
+				if (!q.id || !q.image || !q.text)
+					abort();
+			cltfs_queries_close(qs);
+		}
+	}
+	close(fd);
 	return 0;
 }

@@ -17,5 +17,7 @@ int cltfs_fuzz_pickle(const uint8_t *data, size_t size);      /* pkl- */
 int cltfs_fuzz_tokenizer(const uint8_t *data, size_t size);   /* tok- */
 int cltfs_fuzz_safetensors(const uint8_t *data, size_t size); /* st- */
 int cltfs_fuzz_hub_json(const uint8_t *data, size_t size);    /* hub- */
+int cltfs_fuzz_table(const uint8_t *data, size_t size);       /* tab- */
+int cltfs_fuzz_queries(const uint8_t *data, size_t size);     /* q- */
 
 #endif

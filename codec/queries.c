@@ -1,10 +1,10 @@
-/* queries.c: a query file read one query at a time (queries.h).
+/* queries.c: a query file read one query at a time (codec.h).
  *
  * A small scanner finds each object's bytes (braces outside strings, with
  * escapes), and only that object goes to cJSON: a buffer of the file's
  * bytes not yet consumed, refilled by read(2) as objects are taken.
  */
-#include "queries.h"
+#include "codec.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -18,7 +18,7 @@
 #define BLOCK (1 << 20)
 #define MAX_OBJECT (16 << 20) /* one query; far past any prompt */
 
-struct queries {
+struct cltfs_queries {
 	char *path;
 	int fd;
 	char *buf;
@@ -31,7 +31,7 @@ struct queries {
 	char id[64];
 };
 
-cltfs_err queries_open(const char *path, queries **out)
+cltfs_err cltfs_queries_open(const char *path, cltfs_queries **out)
 {
 	/* O_NONBLOCK: a FIFO must not block the open; fstat then refuses it */
 	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
@@ -42,7 +42,7 @@ cltfs_err queries_open(const char *path, queries **out)
 		close(fd);
 		return cltfs_fail(CLTFS_E_FORMAT, "%s: not a regular file", path);
 	}
-	queries *qs = calloc(1, sizeof *qs);
+	cltfs_queries *qs = calloc(1, sizeof *qs);
 	if (!qs || !(qs->path = strdup(path)) || !(qs->buf = malloc(BLOCK))) {
 		if (qs)
 			free(qs->path);
@@ -57,7 +57,7 @@ cltfs_err queries_open(const char *path, queries **out)
 	return CLTFS_OK;
 }
 
-void queries_close(queries *qs)
+void cltfs_queries_close(cltfs_queries *qs)
 {
 	if (!qs)
 		return;
@@ -70,7 +70,7 @@ void queries_close(queries *qs)
 
 /* More bytes after end (compacting and growing as needed): false at the
  * end of the file, or on an error (*e). */
-static bool refill(queries *qs, cltfs_err *e)
+static bool refill(cltfs_queries *qs, cltfs_err *e)
 {
 	if (qs->eof)
 		return false;
@@ -104,7 +104,7 @@ static bool refill(queries *qs, cltfs_err *e)
 
 /* The next byte that is not white space (counting lines), not consumed:
  * -1 at the end or on an error (*e). */
-static int peek(queries *qs, cltfs_err *e)
+static int peek(cltfs_queries *qs, cltfs_err *e)
 {
 	for (;;) {
 		while (qs->start < qs->end) {
@@ -121,7 +121,7 @@ static int peek(queries *qs, cltfs_err *e)
 
 /* The length of the object starting at buf[start] ('{'), refilling as
  * needed: 0 at a premature end or an error (*e). */
-static size_t object_len(queries *qs, cltfs_err *e)
+static size_t object_len(cltfs_queries *qs, cltfs_err *e)
 {
 	size_t i = 0;
 	int depth = 0;
@@ -149,7 +149,7 @@ static size_t object_len(queries *qs, cltfs_err *e)
 	}
 }
 
-static cltfs_err bad_entry(const queries *qs, const char *why)
+static cltfs_err bad_entry(const cltfs_queries *qs, const char *why)
 {
 	return cltfs_fail(CLTFS_E_FORMAT, "%s: entry %lld (line %lld): %s", qs->path, (long long)qs->index,
 			  (long long)qs->line, why);
@@ -157,7 +157,7 @@ static cltfs_err bad_entry(const queries *qs, const char *why)
 
 /* Where the next object starts, past the list's punctuation: false at the
  * end of the queries or on an error (*e). */
-static bool next_object(queries *qs, cltfs_err *e)
+static bool next_object(cltfs_queries *qs, cltfs_err *e)
 {
 	int c = peek(qs, e);
 	if (qs->index == 0 && !qs->list && c == '[') {
@@ -203,7 +203,7 @@ static bool next_object(queries *qs, cltfs_err *e)
 	return true;
 }
 
-bool queries_next(queries *qs, query *q, cltfs_err *e)
+bool cltfs_queries_next(cltfs_queries *qs, cltfs_query *q, cltfs_err *e)
 {
 	*e = CLTFS_OK;
 	cJSON_Delete(qs->cur);
@@ -226,7 +226,7 @@ bool queries_next(queries *qs, query *q, cltfs_err *e)
 		snprintf(qs->id, sizeof qs->id, "%.0f", id->valuedouble);
 	else
 		snprintf(qs->id, sizeof qs->id, "%s", id->valuestring);
-	*q = (query){qs->index, qs->line, qs->id, img->valuestring, text->valuestring};
+	*q = (cltfs_query){qs->index, qs->line, qs->id, img->valuestring, text->valuestring};
 	for (size_t i = 0; i < n; i++)
 		qs->line += obj[i] == '\n';
 	qs->start += n;
