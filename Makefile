@@ -90,6 +90,9 @@ $(B)/libcltfs-capture.so: $(B)/capture/model.o $(call objs,$(B)/pic,$(CAPLIB_SRC
 $(B)/zerofs: bench/zerofs.c
 	$(CC) -std=c11 -D_GNU_SOURCE $(WARN) -O2 $(shell pkg-config --cflags fuse3) $< -o $@ $(FUSE_LIBS) -lpthread
 
+$(B)/fill_index: bench/fill_index.c $(B)/libcltfs_core.a $(B)/libcltfs_codec.a
+	$(CC) $(ALL_CFLAGS) $< -o $@ $(B)/libcltfs_core.a $(B)/libcltfs_codec.a $(CORE_LIBS)
+
 # Unit tests: plain and under ASan/UBSan (they run in seconds).  They link
 # the core and the codec only, never libfuse: fs_view reads views without it.
 $(B)/tests/%: tests/%.c tests/unit.h $(B)/libcltfs_core.a $(B)/libcltfs_codec.a
@@ -156,11 +159,11 @@ demo: deps
 	@sh tools/demo.sh
 
 bench: deps
-	$(MAKE) all $(B)/zerofs
+	$(MAKE) all $(B)/zerofs $(B)/fill_index
 	$(PYTHON) bench/bench.py --cltfs $(B)/cltfs --zerofs $(B)/zerofs
 	$(PYTHON) bench/hub_bench.py --cltfs $(B)/cltfs --total-mb 1100
 	$(PYTHON) bench/capture_bench.py --cltfs $(B)/cltfs
-	$(PYTHON) bench/scale.py --cltfs $(B)/cltfs
+	$(PYTHON) bench/scale.py --cltfs $(B)/cltfs --fill-index $(B)/fill_index
 
 install: $(B)/cltfs $(B)/libcltfs-capture.so
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)/sbin $(DESTDIR)$(PREFIX)/lib/cltfs

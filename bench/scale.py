@@ -4,7 +4,7 @@
 Usage (run with /usr/bin/python3):
 
     scale.py --cltfs build/cltfs [--sizes 10000,100000,1000000] [--rounds 3]
-             [--workdir DIR] [--no-find]
+             [--workdir DIR] [--no-find] [--fill-index build/fill_index]
 
 For each size it generates a query list (tests/make_scale.py: a
 LLaVA-1.5-7B-shaped checkpoint without weights, 32 layers, d=4096, 576
@@ -16,9 +16,14 @@ files in a layer directory) it lists a layer directory against the same
 number of empty files on ext4 (the disk this runs on), side by side in
 each of --rounds interleaved rounds, best of the rounds: `ls -l`, and
 Python's os.scandir + stat; and `find MNT -type f | wc -l` over the whole
-mount.  Goals are ratios from one run, reported, not asserted.
+mount.  With --fill-index (build/fill_index) it fills two whole streams of
+the 10^5 store with all-zero chunks, as a finished capture leaves them, and
+reads the mount's index memory per stored chunk and its daemon memory
+against the empty store's.  Goals are ratios from one run, reported, not
+asserted.
 """
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -44,6 +49,7 @@ GOALS = {
     "daemon MiB beyond the cache, 10^6 samples": ("<=", 64.0),
     "first ls -l of a 2x10^5-file layer / ext4": ("<=", 1.2),
     "os.scandir + stat of that layer / ext4": ("<=", 1.2),
+    "index bytes a stored chunk (filled streams)": ("<=", 16.0),
 }
 
 
@@ -110,21 +116,58 @@ def run(a, workdir):
             m, t = mount_until_ls(a, store, mnt)
             t_mount.append(t)
             os.listdir(os.path.join(mnt, "L0"))  # one layer listed: what a trainer starts with
-            rss = m.status("VmRSS") / 1024  # the chunk cache is faulted in up to CACHE_MB at mount
-            beyond = rss - CACHE_MB if beyond is None else min(beyond, rss - CACHE_MB)
+            rss = m.status("VmRSS") / 1024
+            with open(os.path.join(mnt, ".cltfs", "stats")) as f:  # what the chunk cache holds now
+                cached = json.load(f)["cache"]["bytes"] / MiB
+            beyond = rss - cached if beyond is None else min(beyond, rss - cached)
             peak = rss if rnd == 0 else min(peak, rss)
             m.stop()
         res[n] = dict(init=min(t_init), mount=min(t_mount), stat=min(t_stat), verify=min(t_verify),
                       beyond=beyond, rss=peak)
         log("%d samples: init %.2f s, mount %.3f s, stat %.2f s, verify %.2f s, daemon %.1f MiB beyond "
-            "a %d MiB cache" % (n, res[n]["init"], res[n]["mount"], res[n]["stat"], res[n]["verify"],
-                                beyond, CACHE_MB))
-    listing = None
+            "its chunk cache" % (n, res[n]["init"], res[n]["mount"], res[n]["stat"], res[n]["verify"], beyond))
+    listing = filled = None
     n_list = 100_000 if 100_000 in res else None
     if n_list:
         listing = list_against_ext4(a, workdir, n_list)
-    report(a, sizes, res, listing)
+    if n_list and a.fill_index:
+        filled = filled_index(a, workdir, n_list)
+    report(a, sizes, res, listing, filled)
     return 0
+
+
+def filled_index(a, workdir, n):
+    """Mount the n-sample store with x@0 and mlp@1 filled, beside it empty."""
+    store = os.path.join(workdir, "store-%d" % n)
+    full = os.path.join(workdir, "filled-%d" % n)
+    shutil.rmtree(full, ignore_errors=True)
+    shutil.copytree(store, full)
+    t0 = time.perf_counter()
+    subprocess.run([a.fill_index, full, "x@0", "mlp@1"], check=True, timeout=1200)
+    log("filled x@0 and mlp@1 of %d samples in %.1f s" % (n, time.perf_counter() - t0))
+    mnt = os.path.join(workdir, "mnt")
+    out = {}
+    try:
+        for name, path in (("empty", store), ("filled", full)):
+            best = None
+            for _ in range(a.rounds):
+                m, t = mount_until_ls(a, path, mnt)
+                with open(os.path.join(mnt, ".cltfs", "stats")) as f:
+                    st = json.load(f)
+                rss = m.status("VmRSS") / 1024
+                m.stop()
+                if best is None or t < best["mount"]:
+                    best = dict(mount=t, rss=rss if best is None else min(rss, best["rss"]), **st["index"])
+                else:
+                    best["rss"] = min(rss, best["rss"])
+            out[name] = best
+    finally:
+        shutil.rmtree(full, ignore_errors=True)
+    f = out["filled"]
+    log("filled: %d chunks, index %.1f MiB (%.2f B a chunk), mount %.3f s, daemon %.1f MiB (empty: %.1f MiB, "
+        "mount %.3f s)" % (f["chunks"], f["bytes"] / MiB, f["bytes"] / max(f["chunks"], 1), f["mount"], f["rss"],
+                           out["empty"]["rss"], out["empty"]["mount"]))
+    return out
 
 
 def list_against_ext4(a, workdir, n):
@@ -163,7 +206,7 @@ def list_against_ext4(a, workdir, n):
                 all_ls=t_ls, all_ext=t_ext, all_scan=s_ls, all_scan_ext=s_ext)
 
 
-def report(a, sizes, res, listing):
+def report(a, sizes, res, listing, filled):
     lo, hi = sizes[0], sizes[-1]
     per = {n: res[n]["init"] / n for n in sizes}
     measured = {
@@ -173,6 +216,8 @@ def report(a, sizes, res, listing):
         "daemon MiB beyond the cache, 10^6 samples": res[1_000_000]["beyond"] if 1_000_000 in res else None,
         "first ls -l of a 2x10^5-file layer / ext4": listing["ls"] / listing["ext"] if listing else None,
         "os.scandir + stat of that layer / ext4": listing["scan"] / listing["scan_ext"] if listing else None,
+        "index bytes a stored chunk (filled streams)":
+            filled["filled"]["bytes"] / filled["filled"]["chunks"] if filled else None,
     }
     print()
     print("cltfs scale benchmark: LLaVA-1.5-7B shape (32 layers, d=4096), sizes %s, best of %d"
@@ -198,6 +243,12 @@ def report(a, sizes, res, listing):
             t, cnt = listing["find"]
             print("  find MNT -type f | wc -l at 10^5 samples: %d files in %.1f s (%.0f files/s)" % (
                 cnt, t, cnt / t))
+    if filled:
+        f, e = filled["filled"], filled["empty"]
+        print("  10^5 samples, x@0 and mlp@1 filled (%d chunks): index %.1f MiB, mount %.3f s, daemon RSS %.1f "
+              "MiB; empty: mount %.3f s, RSS %.1f MiB (%.1f B of RSS a chunk)" % (
+                  f["chunks"], f["bytes"] / MiB, f["mount"], f["rss"], e["mount"], e["rss"],
+                  (f["rss"] - e["rss"]) * MiB / f["chunks"]))
 
 
 def main():
@@ -207,9 +258,11 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--workdir", default=None, help="keep the inputs here and reuse them")
     ap.add_argument("--no-find", action="store_true", help="skip the find over the whole mount")
+    ap.add_argument("--fill-index", default=None, help="build/fill_index: measure the index of filled streams")
     a = ap.parse_args()
     sys.stdout.reconfigure(line_buffering=True)
     a.cltfs = os.path.abspath(a.cltfs)
+    a.fill_index = a.fill_index and os.path.abspath(a.fill_index)
     tmp = None
     workdir = os.path.abspath(a.workdir) if a.workdir else None
     if not workdir:

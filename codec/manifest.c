@@ -515,10 +515,10 @@ static cltfs_err open_table(const cJSON *root, cltfs_manifest *m, ctx *c)
 	char have[9];
 	snprintf(have, sizeof have, "%08x", t->crc);
 	if (strcmp(have, crc->valuestring) || (int64_t)t->n != count) {
+		unsigned long long n = t->n;
 		cltfs_table_close(t);
 		return cltfs_fail(CLTFS_E_MISMATCH, "%s: not the sample table %s names (%llu samples, CRC %s; it says "
-				  "%lld, %s)", path, c->path, (unsigned long long)t->n, have, (long long)count,
-				  crc->valuestring);
+				  "%lld, %s)", path, c->path, n, have, (long long)count, crc->valuestring);
 	}
 	cltfs_manifest_set_table(m, t, path);
 	return CLTFS_OK;

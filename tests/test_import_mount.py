@@ -341,6 +341,7 @@ STATS_KEYS = {
     "chunks": {"memory", "store"},
     "bytes_read": None, "reads": None, "errors": None,
     "cache": {"bytes", "limit", "entries"},
+    "index": {"chunks", "bytes"},
     "readahead": None, "readahead_errors": None,
     "latency_us": {"mean", "max"},
 }

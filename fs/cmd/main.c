@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 static int usage_error(const char *msg)
 {
@@ -245,8 +246,21 @@ static int as_mount_helper(int argc, char **argv)
 	return edge_mount_main(n, argv, cmd_usage);
 }
 
+/* A store keeps two files open per writer pair that ever wrote to it, and
+ * a store filled by a cluster has thousands: the soft limit (often 1024)
+ * is raised to the hard one. */
+static void raise_fd_limit(void)
+{
+	struct rlimit rl;
+	if (!getrlimit(RLIMIT_NOFILE, &rl) && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &rl);
+	}
+}
+
 int main(int argc, char **argv)
 {
+	raise_fd_limit();
 	const char *base = strrchr(argv[0], '/');
 	base = base ? base + 1 : argv[0];
 	if (!strncmp(base, "mount.", 6))

@@ -351,7 +351,9 @@ static void add(text *t, const char *fmt, ...)
 char *fs_stats_json(cltfs_fs *fs)
 {
 	size_t bytes, entries, limit;
+	uint64_t ichunks, ibytes;
 	cache_usage(fs->cache, &bytes, &entries, &limit);
+	store_index_usage(fs->s, &ichunks, &ibytes);
 	unsigned long long reads = fs->st.reads;
 	text t = {malloc(4096), 4096, 0, false};
 	if (!t.p)
@@ -362,8 +364,10 @@ char *fs_stats_json(cltfs_fs *fs)
 		add(&t, ", \"%s\": %llu", fs->o.tiers[i]->name, (unsigned long long)fs->st.tier_loads[i]);
 	add(&t, "},\n \"bytes_read\": %llu, \"reads\": %llu, \"errors\": %llu,\n"
 		" \"cache\": {\"bytes\": %zu, \"limit\": %zu, \"entries\": %zu},\n"
+		" \"index\": {\"chunks\": %llu, \"bytes\": %llu},\n"
 		" \"readahead\": %llu, \"readahead_errors\": %llu, \"latency_us\": {\"mean\": %llu, \"max\": %llu}",
 	    (unsigned long long)fs->st.bytes_read, reads, (unsigned long long)fs->st.errors, bytes, limit, entries,
+	    (unsigned long long)ichunks, (unsigned long long)ibytes,
 	    (unsigned long long)fs->st.readahead, (unsigned long long)fs->st.readahead_errors,
 	    reads ? (unsigned long long)fs->st.lat_us_sum / reads : 0ULL, (unsigned long long)fs->st.lat_us_max);
 	for (int i = 0; i < fs->o.ntiers; i++) {

@@ -6,7 +6,7 @@
  *
  * Each writer <w> appends only to its own pair, so jobs on a shared
  * filesystem need no locks between them.  Readers merge every index into
- * one hash table at open and rescan on a miss: a record is only ever
+ * one chunk map at open (the map below) and rescan on a miss: a record is only ever
  * appended after its frame is durable, so a record seen is a frame readable.
  * A torn last record (a crash mid-append) is ignored, and cut off by the
  * next writer that opens that index.
@@ -29,22 +29,41 @@
 typedef struct {
 	char *name;     /* <w> */
 	int pack_fd;    /* -1 until first needed */
+	int idx_fd;     /* -1 until the index is first merged; records are read back through it */
 	uint64_t idx_consumed; /* bytes of the index merged so far */
 } pack;
 
+/* A record not yet in an index file: this process's writers' unsynced adds. */
 typedef struct {
 	uint64_t key; /* 0 marks an empty slot; real keys are stored +1 */
 	cltfs_rec rec;
 	int pack;
 } slot;
 
+/* The chunk map: for each stream, blocks of MAP_BLOCK entries, one per
+ * chunk number, allocated when a chunk of the block first arrives.  An
+ * entry is 0 (absent) or (pack + 1) << RECNO_BITS | record number in that
+ * pack's index file; the 40-byte record itself is read back from the file
+ * (the page cache keeps the hot ones).  8 bytes a stored chunk, where a
+ * hash table of whole records took about 96. */
+#define MAP_BITS 12
+#define MAP_BLOCK (1u << MAP_BITS)
+#define RECNO_BITS 40
+#define MAX_PACKS ((1u << (64 - RECNO_BITS)) - 2)
+
 struct cltfs_store {
 	char *dir;
 	cltfs_manifest *m;
-	pthread_rwlock_t lock; /* guards packs, table, last_scan */
+	pthread_rwlock_t lock; /* guards packs, the map, the pending table, last_scan */
 	pack *packs;
 	size_t npacks, packcap;
-	slot *table;
+	int *stream_of;   /* [kind * layer_span + layer]: the stream's number, or -1 */
+	int layer_span, n_streams;
+	uint64_t ***map;  /* [stream][block][chunk % MAP_BLOCK] */
+	size_t n_blocks;  /* per stream */
+	size_t map_bytes;
+	uint64_t map_count;
+	slot *table;      /* pending records, by key */
 	size_t tcap, tcount;
 	time_t last_scan;
 	uint64_t bad_records;
@@ -102,8 +121,6 @@ static void table_remove(cltfs_store *s, slot *hole)
 
 static cltfs_err insert(cltfs_store *s, const cltfs_rec *r, int packno)
 {
-	if (find(s, r->key))
-		return CLTFS_OK; /* another writer made the same chunk: either copy is valid */
 	if ((s->tcount + 1) * 2 > s->tcap) {
 		size_t ncap = s->tcap ? s->tcap * 2 : 1024;
 		slot *nt = calloc(ncap, sizeof *nt);
@@ -128,6 +145,102 @@ static cltfs_err insert(cltfs_store *s, const cltfs_rec *r, int packno)
 	return CLTFS_OK;
 }
 
+/* Number the streams the manifest keeps, for the map. */
+static cltfs_err map_init(cltfs_store *s)
+{
+	const cltfs_manifest *m = s->m;
+	int top = 0;
+	for (int i = 0; i < m->n_x_layers; i++)
+		top = m->x_layers[i] > top ? m->x_layers[i] : top;
+	for (int i = 0; i < m->n_mlp_layers; i++)
+		top = m->mlp_layers[i] > top ? m->mlp_layers[i] : top;
+	s->layer_span = top + 1;
+	s->n_blocks = (size_t)((m->n_chunks + MAP_BLOCK - 1) >> MAP_BITS);
+	s->stream_of = malloc(2 * (size_t)s->layer_span * sizeof *s->stream_of);
+	s->map = calloc(2 * (size_t)s->layer_span, sizeof *s->map);
+	if (!s->stream_of || !s->map)
+		return cltfs_fail(CLTFS_E_NOMEM, "%s: out of memory for the index", s->dir);
+	for (unsigned kind = 0; kind < 2; kind++)
+		for (int L = 0; L < s->layer_span; L++)
+			s->stream_of[kind * (unsigned)s->layer_span + (unsigned)L] =
+				cltfs_manifest_has_stream(m, kind, L) ? s->n_streams++ : -1;
+	return CLTFS_OK;
+}
+
+/* The map's entry for key, NULL when the key names no chunk of the store,
+ * or its block is not there (and create is false, or memory ran out). */
+static uint64_t *map_entry(cltfs_store *s, uint64_t key, bool create)
+{
+	unsigned kind = cltfs_key_kind(key), layer = cltfs_key_layer(key);
+	uint32_t c = cltfs_key_chunk(key);
+	if (kind > 1 || layer >= (unsigned)s->layer_span || c >= (uint64_t)s->m->n_chunks)
+		return NULL;
+	int st = s->stream_of[kind * (unsigned)s->layer_span + layer];
+	if (st < 0)
+		return NULL;
+	uint64_t **blocks = s->map[st];
+	if (!blocks) {
+		if (!create || !(blocks = calloc(s->n_blocks, sizeof *blocks)))
+			return NULL;
+		s->map[st] = blocks;
+		s->map_bytes += s->n_blocks * sizeof *blocks;
+	}
+	uint64_t *b = blocks[c >> MAP_BITS];
+	if (!b) {
+		if (!create || !(b = calloc(MAP_BLOCK, sizeof *b)))
+			return NULL;
+		blocks[c >> MAP_BITS] = b;
+		s->map_bytes += MAP_BLOCK * sizeof *b;
+	}
+	return &b[c & (MAP_BLOCK - 1)];
+}
+
+static uint64_t recno_of(uint64_t idx_offset) { return (idx_offset - CLTFS_FILE_HEADER) / CLTFS_REC_SIZE; }
+
+/* Point key at record recno of pack p's index. */
+static cltfs_err map_put(cltfs_store *s, uint64_t key, int p, uint64_t recno)
+{
+	uint64_t *ent = map_entry(s, key, true);
+	if (!ent)
+		return cltfs_fail(CLTFS_E_NOMEM, "%s: out of memory for the index", s->dir);
+	if (!*ent)
+		s->map_count++;
+	*ent = (uint64_t)(p + 1) << RECNO_BITS | recno;
+	return CLTFS_OK;
+}
+
+/* Is key in the store (pending or in the map)?  Called with the lock held. */
+static bool known(cltfs_store *s, uint64_t key)
+{
+	uint64_t *ent = map_entry(s, key, false);
+	return (ent && *ent) || find(s, key);
+}
+
+/* key's record and pack, pending first: the pending copy, once visible,
+ * stays the one answered (commit moves it to the map), so a reader's record
+ * always names the frame it will read.  Called with the lock held. */
+static bool find_rec(cltfs_store *s, uint64_t key, cltfs_rec *rec, int *packno)
+{
+	slot *hit = find(s, key);
+	if (hit) {
+		*rec = hit->rec;
+		*packno = hit->pack;
+		return true;
+	}
+	uint64_t *ent = map_entry(s, key, false);
+	if (!ent || !*ent)
+		return false;
+	int p = (int)(*ent >> RECNO_BITS) - 1;
+	uint64_t off = CLTFS_FILE_HEADER + (*ent & ((1ULL << RECNO_BITS) - 1)) * CLTFS_REC_SIZE;
+	uint8_t b[CLTFS_REC_SIZE];
+	/* The file was checked when merged; one replaced since reads as a miss. */
+	if (pread(s->packs[p].idx_fd, b, sizeof b, (off_t)off) != (ssize_t)sizeof b || cltfs_rec_decode(b, rec) ||
+	    rec->key != key)
+		return false;
+	*packno = p;
+	return true;
+}
+
 static void path_of(const cltfs_store *s, const char *name, const char *ext, char *buf, size_t n)
 {
 	snprintf(buf, n, "%s/packs/%s%s", s->dir, name, ext);
@@ -138,12 +251,12 @@ static int pack_of(cltfs_store *s, const char *name)
 	for (size_t i = 0; i < s->npacks; i++)
 		if (!strcmp(s->packs[i].name, name))
 			return (int)i;
-	if (!cltfs_grow(&s->packs, &s->packcap, s->npacks + 1, sizeof *s->packs))
+	if (s->npacks >= MAX_PACKS || !cltfs_grow(&s->packs, &s->packcap, s->npacks + 1, sizeof *s->packs))
 		return -1;
 	char *dup = strdup(name);
 	if (!dup)
 		return -1;
-	s->packs[s->npacks] = (pack){dup, -1, 0};
+	s->packs[s->npacks] = (pack){dup, -1, -1, 0};
 	return (int)s->npacks++;
 }
 
@@ -157,52 +270,48 @@ static bool plausible(const cltfs_store *s, const cltfs_rec *r)
 	       r->rsize == store_chunk_raw(s, cltfs_key_chunk(r->key)) && r->offset >= CLTFS_FILE_HEADER;
 }
 
-/* Merge new records of one index file, from where we stopped last time. */
+/* Merge new records of one index file, from where we stopped last time.
+ * The file stays open: the map's records are read back through it. */
 static cltfs_err merge_index(cltfs_store *s, int p)
 {
 	char path[4096];
 	path_of(s, s->packs[p].name, ".idx", path, sizeof path);
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
+	pack *pk = &s->packs[p];
+	if (pk->idx_fd < 0 && (pk->idx_fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
 		return errno == ENOENT ? CLTFS_OK : cltfs_fail(CLTFS_E_IO, "%s: %s", path, strerror(errno));
-	cltfs_err e = CLTFS_OK;
 	uint8_t hdr[CLTFS_FILE_HEADER];
-	if (s->packs[p].idx_consumed == 0) {
-		ssize_t n = pread(fd, hdr, sizeof hdr, 0);
+	if (pk->idx_consumed == 0) {
+		ssize_t n = pread(pk->idx_fd, hdr, sizeof hdr, 0);
 		if (n < (ssize_t)sizeof hdr) /* a writer creating it right now */
-			goto out;
-		if ((e = cltfs_file_header_check(CLTFS_IDX_MAGIC, hdr))) {
-			e = cltfs_wrap(e, "%s", path);
-			goto out;
-		}
-		s->packs[p].idx_consumed = CLTFS_FILE_HEADER;
+			return CLTFS_OK;
+		cltfs_err e = cltfs_file_header_check(CLTFS_IDX_MAGIC, hdr);
+		if (e)
+			return cltfs_wrap(e, "%s", path);
+		pk->idx_consumed = CLTFS_FILE_HEADER;
 	}
 	uint8_t buf[CLTFS_REC_SIZE * 256];
 	for (;;) {
-		ssize_t n = pread(fd, buf, sizeof buf, (off_t)s->packs[p].idx_consumed);
-		if (n < 0) {
-			e = cltfs_fail(CLTFS_E_IO, "%s: %s", path, strerror(errno));
-			break;
-		}
+		ssize_t n = pread(pk->idx_fd, buf, sizeof buf, (off_t)pk->idx_consumed);
+		if (n < 0)
+			return cltfs_fail(CLTFS_E_IO, "%s: %s", path, strerror(errno));
 		size_t whole = (size_t)n / CLTFS_REC_SIZE;
 		for (size_t i = 0; i < whole; i++) {
 			cltfs_rec r;
 			bool last = i + 1 == whole && (size_t)n < sizeof buf;
 			if (cltfs_rec_decode(buf + i * CLTFS_REC_SIZE, &r) || !plausible(s, &r)) {
 				if (last) /* possibly torn, possibly still being written */
-					goto out;
+					return CLTFS_OK;
 				s->bad_records++;
-			} else if ((e = insert(s, &r, p))) {
-				goto out;
+			} else if (!known(s, r.key)) { /* else another copy: either is valid */
+				cltfs_err e = map_put(s, r.key, p, recno_of(pk->idx_consumed));
+				if (e)
+					return e;
 			}
-			s->packs[p].idx_consumed += CLTFS_REC_SIZE;
+			pk->idx_consumed += CLTFS_REC_SIZE;
 		}
 		if ((size_t)n < sizeof buf)
-			break;
+			return CLTFS_OK;
 	}
-out:
-	close(fd);
-	return e;
 }
 
 static cltfs_err scan(cltfs_store *s)
@@ -252,6 +361,8 @@ cltfs_err store_open(const char *dir, cltfs_store **out)
 	if (e == CLTFS_E_NOTFOUND && access(path, F_OK)) /* not its table: the manifest itself */
 		e = cltfs_fail(e, "store %s: no cltfs.json (create one with `cltfs import` or `cltfs init`)", dir);
 	if (!e)
+		e = map_init(s);
+	if (!e)
 		e = scan(s);
 	if (e) {
 		store_close(s);
@@ -280,9 +391,18 @@ void store_close(cltfs_store *s)
 	for (size_t i = 0; i < s->npacks; i++) {
 		if (s->packs[i].pack_fd >= 0)
 			close(s->packs[i].pack_fd);
+		if (s->packs[i].idx_fd >= 0)
+			close(s->packs[i].idx_fd);
 		free(s->packs[i].name);
 	}
 	free(s->packs);
+	for (int st = 0; s->map && st < s->n_streams; st++) {
+		for (size_t b = 0; s->map[st] && b < s->n_blocks; b++)
+			free(s->map[st][b]);
+		free(s->map[st]);
+	}
+	free(s->map);
+	free(s->stream_of);
 	free(s->table);
 	cltfs_manifest_free(s->m);
 	pthread_rwlock_destroy(&s->lock);
@@ -292,22 +412,19 @@ void store_close(cltfs_store *s)
 
 bool store_lookup(cltfs_store *s, uint64_t key, cltfs_rec *rec)
 {
+	int p;
 	pthread_rwlock_rdlock(&s->lock);
-	slot *hit = find(s, key);
-	if (hit)
-		*rec = hit->rec;
+	bool hit = find_rec(s, key, rec, &p);
 	bool stale = !hit && time(NULL) != s->last_scan;
 	pthread_rwlock_unlock(&s->lock);
 	if (hit || !stale)
-		return hit != NULL;
+		return hit;
 	pthread_rwlock_wrlock(&s->lock);
 	if (time(NULL) != s->last_scan)
-		scan(s); /* a failed rescan leaves the table as it was */
-	hit = find(s, key);
-	if (hit)
-		*rec = hit->rec;
+		scan(s); /* a failed rescan leaves the index as it was */
+	hit = find_rec(s, key, rec, &p);
 	pthread_rwlock_unlock(&s->lock);
-	return hit != NULL;
+	return hit;
 }
 
 static int pack_fd(cltfs_store *s, int p, const char **name)
@@ -362,11 +479,12 @@ bool store_locate(cltfs_store *s, uint64_t key, cltfs_rec *rec, const char **pac
 {
 	if (!store_lookup(s, key, rec))
 		return false;
+	int p;
 	pthread_rwlock_rdlock(&s->lock);
-	slot *hit = find(s, key);
-	*packname = hit ? s->packs[hit->pack].name : NULL; /* names live as long as the store */
+	bool hit = find_rec(s, key, rec, &p);
+	*packname = hit ? s->packs[p].name : NULL; /* names live as long as the store */
 	pthread_rwlock_unlock(&s->lock);
-	return *packname != NULL;
+	return hit;
 }
 
 cltfs_err store_decode(const cltfs_rec *rec, cltfs_zctx *z, const void *frame, void *dst)
@@ -380,9 +498,11 @@ cltfs_err store_decode(const cltfs_rec *rec, cltfs_zctx *z, const void *frame, v
 
 cltfs_err store_read_chunk(cltfs_store *s, const cltfs_rec *rec, cltfs_zctx *z, void *dst)
 {
+	cltfs_rec cur;
+	int p;
 	pthread_rwlock_rdlock(&s->lock);
-	slot *hit = find(s, rec->key);
-	int p = hit ? hit->pack : -1;
+	if (!find_rec(s, rec->key, &cur, &p))
+		p = -1;
 	pthread_rwlock_unlock(&s->lock);
 	char k[48];
 	cltfs_key_str(rec->key, k, sizeof k);
@@ -463,6 +583,15 @@ cltfs_err store_foreach(cltfs_store *s, store_visit fn, void *arg)
 		free(names[i]);
 	free(names);
 	return e;
+}
+
+void store_index_usage(cltfs_store *s, uint64_t *chunks, uint64_t *bytes)
+{
+	pthread_rwlock_rdlock(&s->lock);
+	*chunks = s->map_count + s->tcount;
+	*bytes = s->map_bytes + s->tcap * sizeof *s->table + (size_t)s->layer_span * 2 * (sizeof *s->stream_of + sizeof *s->map) +
+		 s->packcap * sizeof *s->packs;
+	pthread_rwlock_unlock(&s->lock);
 }
 
 uint64_t store_disk_bytes(cltfs_store *s)
@@ -627,7 +756,9 @@ static cltfs_err append_frame(store_writer *w, cltfs_rec rec, const void *frame)
 	 * page cache), durable for others only at store_writer_sync. */
 	pthread_rwlock_wrlock(&w->s->lock);
 	int p = pack_of(w->s, w->name);
-	e = p < 0 ? cltfs_fail(CLTFS_E_NOMEM, "out of memory") : insert(w->s, &rec, p);
+	e = p < 0 ? cltfs_fail(CLTFS_E_NOMEM, "out of memory")
+		  : known(w->s, rec.key) ? CLTFS_OK /* another copy is visible already: it stays */
+					 : insert(w->s, &rec, p);
 	pthread_rwlock_unlock(&w->s->lock);
 	return e;
 }
@@ -673,6 +804,35 @@ static cltfs_err restore_pending(store_writer *w, cltfs_rec *recs, size_t n)
 	return ok ? CLTFS_OK : cltfs_fail(CLTFS_E_NOMEM, "out of memory");
 }
 
+/* Records recs[0..n) are now first, first + 1, ... of pack p's index, which
+ * ends at end: their pending entries move to the map.  What cannot move (no
+ * memory, the file not open) stays pending, as correct, only larger. */
+static void to_map(cltfs_store *s, int p, const cltfs_rec *recs, size_t n, uint64_t first, uint64_t end)
+{
+	pack *pk = &s->packs[p];
+	/* records of this pair written before this writer opened it come first */
+	if (pk->idx_consumed < CLTFS_FILE_HEADER + first * CLTFS_REC_SIZE && merge_index(s, p))
+		return;
+	if (pk->idx_consumed < end)
+		pk->idx_consumed = end;
+	if (pk->idx_fd < 0) {
+		char path[4096];
+		path_of(s, pk->name, ".idx", path, sizeof path);
+		if ((pk->idx_fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
+			return;
+	}
+	for (size_t i = 0; i < n; i++) {
+		slot *hit = find(s, recs[i].key);
+		if (hit && hit->pack == p && hit->rec.offset == recs[i].offset && !map_put(s, recs[i].key, p, first + i))
+			table_remove(s, hit);
+	}
+	if (!s->tcount) { /* a bulk fill's table goes with its last sync */
+		free(s->table);
+		s->table = NULL;
+		s->tcap = 0;
+	}
+}
+
 /* Write records after the pack is durable: fsync the pack, append, fsync
  * the index.  Runs under sync_mu only, so adds go on meanwhile. */
 static cltfs_err commit(store_writer *w, const cltfs_rec *recs, size_t n)
@@ -690,11 +850,12 @@ static cltfs_err commit(store_writer *w, const cltfs_rec *recs, size_t n)
 		e = cltfs_fail(CLTFS_E_IO, "%s: fsync: %s", w->idx_path, strerror(errno));
 	if (e) /* a torn write is cut off by the next writer of this index */
 		return e;
+	uint64_t first = recno_of(w->idx_end);
 	w->idx_end += n * CLTFS_REC_SIZE;
 	pthread_rwlock_wrlock(&w->s->lock);
 	int p = pack_of(w->s, w->name);
-	if (p >= 0) /* our own records are in the table already */
-		w->s->packs[p].idx_consumed = w->idx_end;
+	if (p >= 0)
+		to_map(w->s, p, recs, n, first, w->idx_end);
 	pthread_rwlock_unlock(&w->s->lock);
 	return p < 0 ? cltfs_fail(CLTFS_E_NOMEM, "out of memory") : CLTFS_OK;
 }

@@ -18,7 +18,8 @@
 
 typedef struct cltfs_store cltfs_store;
 
-/* Open an existing store: load and validate cltfs.json, merge every index.
+/* Open an existing store: load and validate cltfs.json, merge every index
+ * (each index file stays open: records are read back from it).
  * CLTFS_E_NOTFOUND (no such directory, or no cltfs.json), _INVAL (not a
  * directory), _FORMAT (a bad manifest or index header), _IO, _NOMEM. */
 cltfs_err store_open(const char *dir, cltfs_store **out);
@@ -65,6 +66,11 @@ cltfs_err store_foreach(cltfs_store *s, store_visit fn, void *arg);
 /* Read, decode and CRC-check the frame of one entry from its own pack
  * (not the merged table's copy): CLTFS_E_CORRUPT, _IO, _NOMEM. */
 cltfs_err store_check_entry(const store_entry *e, cltfs_zctx *z, void *dst);
+/* The in-memory index: the chunks it knows, and the bytes it holds: 32 KiB
+ * for each run of 4096 chunk numbers of a stream that holds any of them (8
+ * bytes a chunk when a stream is filled), plus this process's unsynced
+ * records. */
+void store_index_usage(cltfs_store *s, uint64_t *chunks, uint64_t *bytes);
 /* Bytes of the manifest plus every pack and index file. */
 uint64_t store_disk_bytes(cltfs_store *s);
 
