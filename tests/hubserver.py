@@ -190,7 +190,8 @@ class Hub:
         self._lock = threading.RLock()
         self._repos, self._blobs, self._faults = {}, {}, []
         self._servers = []
-        self.log = []
+        self._log_entries, self._inflight = [], 0
+        self._quiet = threading.Condition(self._lock)
         self.endpoint = self.cdn_endpoint = None
 
     # ---- lifecycle
@@ -333,13 +334,32 @@ class Hub:
                     return f
         return None
 
+    # A request is logged after its last byte is sent, so a client can have
+    # the whole response before its entry exists.  Reading or clearing the
+    # log first waits (up to 5 s) until no request is being answered.
+    def _begin(self):
+        with self._lock:
+            self._inflight += 1
+
     def _log(self, entry):
         with self._lock:
-            self.log.append(entry)
+            self._log_entries.append(entry)
+            self._inflight -= 1
+            self._quiet.notify_all()
+
+    def _settle(self):
+        self._quiet.wait_for(lambda: self._inflight == 0, timeout=5.0)
+
+    @property
+    def log(self):
+        with self._lock:
+            self._settle()
+            return list(self._log_entries)
 
     def clear_log(self):
         with self._lock:
-            del self.log[:]
+            self._settle()
+            del self._log_entries[:]
 
 
 class _Server(ThreadingHTTPServer):
@@ -392,6 +412,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):
         hub, role = self.server.hub, self.server.role
+        hub._begin()
         self._status = self._sent = 0
         self._started = False
         fault = hub._take_fault(role, self.path.split("?", 1)[0])
