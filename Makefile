@@ -25,8 +25,10 @@ CXX     ?= g++
 # C++ only in the capture library: libtorch is C++.
 ALL_CXXFLAGS := -std=c++17 -D_GNU_SOURCE -Wall -Wextra -Werror -Wno-unused-parameter $(CFLAGS) $(PKG_CFLAGS) \
 	-Icodec -Icapture -DCLTFS_VERSION='"$(VERSION)"' -MMD -MP
-TORCH_CFLAGS := -I/usr/include/torch/csrc/api/include
-TORCH_LIBS   := -ltorch -ltorch_cpu -lc10
+# libtorch: TORCH_DIR=, else the torch python3 imports, else Debian's
+# libtorch-dev (tools/find_torch.sh says which; build/torch.mk has it).
+TORCH_DIR ?=
+TORCH_PYTHONS := python3 $(PYTHON)
 SAN     := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
 # codec/: the formats.  core: the engine, the tiers and what they call (no
@@ -44,7 +46,7 @@ UNIT_LDFLAGS_fs_view := -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc,--wrap=st
 
 objs = $(patsubst %.c,$(1)/%.o,$(2))
 
-.PHONY: all deps check unit unit-asan pytest pytest-asan demo bench fuzz install uninstall clean
+.PHONY: FORCE all deps check gpu-check unit unit-asan pytest pytest-asan demo bench fuzz install uninstall clean
 
 all: $(B)/cltfs $(B)/libcltfs-capture.so
 
@@ -76,9 +78,16 @@ $(B)/cltfs: $(call objs,$(B),$(BIN_SRC)) $(B)/libcltfs_core.a $(B)/libcltfs_code
 # costs every command 0.7 s at start).  About a minute to compile.  It
 # links its own hidden copies of the C code it calls and exports only
 # capimpl_*: `make` fails if it needs a symbol of cltfs's from its host.
-$(B)/capture/model.o: capture/model.cpp
+$(B)/capture/model.o: capture/model.cpp $(B)/torch.mk
 	@mkdir -p $(dir $@)
-	$(CXX) $(ALL_CXXFLAGS) $(TORCH_CFLAGS) -fPIC -c $< -o $@
+	$(CXX) $(ALL_CXXFLAGS) $(TORCH_CFLAGS) -I$(B) -fPIC -c $< -o $@
+
+# Rewritten only when TORCH_DIR or the pythons change (then the library is
+# rebuilt); a failure here names what was missing.
+$(B)/torch.mk: FORCE
+	@sh tools/find_torch.sh $@ "$(TORCH_DIR)" $(TORCH_PYTHONS)
+-include $(B)/torch.mk
+FORCE:
 
 $(B)/libcltfs-capture.so: $(B)/capture/model.o $(call objs,$(B)/pic,$(CAPLIB_SRC)) capture/capture.map
 	$(CXX) -shared -o $@ $(B)/capture/model.o $(call objs,$(B)/pic,$(CAPLIB_SRC)) \
@@ -150,6 +159,12 @@ fuzz: $(FUZZ_TARGETS:%=$(B)/fuzz/%)
 $(B)/fuzz/%: tests/fuzz/libfuzzer.c $(FUZZ_SRC) $(CODEC_SRC) $(CORE_SRC)
 	@mkdir -p $(dir $@)
 	$(CLANG) $(FUZZ_FLAGS) -DTARGET=cltfs_fuzz_$* $^ -o $@ $(CORE_LIBS)
+
+# On a machine with an NVIDIA GPU and a CUDA torch (PYTHON=...): build
+# against it into build-gpu/, run the GPU capture tests, time capture
+# against the torch reference (tools/gpu_check.sh; about 10 minutes).
+gpu-check:
+	@sh tools/gpu_check.sh
 
 deps:
 	@sh tools/deps.sh

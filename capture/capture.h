@@ -31,6 +31,11 @@ enum { CAP_HOOK_MLP_IN = 0, CAP_HOOK_RESID_PRE = 1, CAP_HOOK_RESID_MID = 2 };
 /* "mlp_in", "resid_pre", "resid_mid" -> CAP_HOOK_*, or -1. */
 int cap_hook_parse(const char *name);
 
+enum { CAP_DEVICE_AUTO = 0, CAP_DEVICE_CPU = 1, CAP_DEVICE_CUDA = 2 };
+/* A device name: NULL, "" or "auto", "cpu", "cuda", "cuda:N" (N to 1024,
+ * in *index) -> CAP_DEVICE_*, or -1. */
+int cap_device_parse(const char *name, int *index);
+
 /* What init needs: sizes and the tokenizer, no weights. */
 typedef struct {
 	int n_layers, d_model, n_heads, n_kv_heads, intermediate;
@@ -75,16 +80,19 @@ int64_t cap_rows(const cap_config *c, const int32_t *ids, size_t n);
 
 typedef struct {
 	const char *dir;
-	int dtype;   /* compute dtype (cltfs_dtype), -1: bf16 on a GPU, fp32 on the CPU */
-	int threads; /* CPU threads, 0: libtorch's default */
-	bool cpu;    /* never use a GPU */
-	int batch;   /* samples per forward pass, 0: 1 on the CPU, 8 on a GPU */
+	int dtype;          /* compute dtype (cltfs_dtype), -1: bf16 on a GPU, fp32 on the CPU */
+	int threads;        /* CPU threads, 0: libtorch's default */
+	const char *device; /* "cpu", "cuda", "cuda:N"; NULL or "auto": the first GPU if any */
+	int batch;          /* samples per forward pass, 0: cap_model_batch's */
 } cap_load_opts;
 
 typedef struct cap_model cap_model;
 /* Load the checkpoint in o->dir onto the device (libcltfs-capture.so is
- * opened on the first call).  CLTFS_E_UNSUPPORTED (the library cannot be
- * loaded: the message says where it was looked for and why), _NOTFOUND (a
+ * opened on the first call); on a GPU in the compute dtype straight from
+ * the mapped file.  CLTFS_E_UNSUPPORTED (the library cannot be loaded: the
+ * message says where it was looked for and why; or a CUDA device asked of
+ * a torch without CUDA, or none visible), _INVAL (a device name that is not
+ * cpu, cuda or cuda:N, or a GPU number past the last), _NOTFOUND (a
  * file of the checkpoint is missing), _FORMAT (a bad config, index or
  * safetensors header, or a tensor of the wrong shape: the message names
  * the tensor and the file), _IO, _NOMEM. */
@@ -95,6 +103,16 @@ const cap_config *cap_model_config(const cap_model *m);
 /* "cpu" or "cuda:0", and the compute dtype's name. */
 const char *cap_model_device(const cap_model *m);
 const char *cap_model_dtype(const cap_model *m);
+/* Samples of about `rows` rows per forward pass: 1 on the CPU; on a GPU
+ * what 70% of its free memory holds (1 to 64; 8 when that is unknown). */
+int cap_model_batch(cap_model *m, int64_t rows);
+/* Can the capture library run on device (cap_load_opts.device)?  Loads
+ * the library only for a CUDA device.  cap_model_load's device errors. */
+cltfs_err cap_device_check(const char *device);
+/* The capture library's torch: version, where the build found it, and
+ * whether it has CUDA and sees a GPU; or why the library cannot be
+ * loaded.  Loads the library. */
+void cap_build_info(char *buf, size_t n);
 
 typedef struct {
 	const int32_t *ids;

@@ -25,6 +25,24 @@ int cap_hook_parse(const char *name)
 	return -1;
 }
 
+int cap_device_parse(const char *name, int *index)
+{
+	*index = 0;
+	if (!name || !*name || !strcmp(name, "auto"))
+		return CAP_DEVICE_AUTO;
+	if (!strcmp(name, "cpu"))
+		return CAP_DEVICE_CPU;
+	if (strncmp(name, "cuda", 4))
+		return -1;
+	if (!name[4])
+		return CAP_DEVICE_CUDA;
+	int64_t v;
+	if (name[4] != ':' || !cltfs_parse_dec(name + 5, strlen(name + 5), &v) || v > 1024)
+		return -1;
+	*index = (int)v;
+	return CAP_DEVICE_CUDA;
+}
+
 /* A whole number field, or def when absent; a wrong type is an error. */
 static cltfs_err get_int(const cJSON *o, const char *key, int def, int lo, int hi, int *out, const char *path,
 			 const char *where)

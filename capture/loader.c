@@ -27,6 +27,9 @@ static struct {
 	const char *(*dtype)(const cap_model *);
 	cltfs_err (*forward)(cap_model *, const cap_sample *, size_t, int, cltfs_dtype, cap_emit, void *);
 	const char *(*errmsg)(void);
+	int (*batch)(cap_model *, int64_t);
+	void (*build_info)(char *, size_t);
+	cltfs_err (*device_check)(const char *);
 } impl;
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 static char failure[2048]; /* why the library could not be loaded */
@@ -70,10 +73,14 @@ static void open_lib(void)
 		snprintf(failure, sizeof failure, "the capture library: %s", why);
 		return;
 	}
-	const char *names[] = {"capimpl_model_load", "capimpl_model_free", "capimpl_model_config",
-			       "capimpl_model_device", "capimpl_model_dtype", "capimpl_forward", "capimpl_errmsg"};
-	void **slots[] = {(void **)&impl.load,   (void **)&impl.free,    (void **)&impl.config, (void **)&impl.device,
-			  (void **)&impl.dtype, (void **)&impl.forward, (void **)&impl.errmsg};
+	const char *names[] = {"capimpl_model_load", "capimpl_model_free",  "capimpl_model_config",
+			       "capimpl_model_device", "capimpl_model_dtype", "capimpl_forward",
+			       "capimpl_errmsg",       "capimpl_model_batch", "capimpl_build_info",
+			       "capimpl_device_check"};
+	void **slots[] = {(void **)&impl.load,   (void **)&impl.free,    (void **)&impl.config,
+			  (void **)&impl.device, (void **)&impl.dtype,   (void **)&impl.forward,
+			  (void **)&impl.errmsg, (void **)&impl.batch,   (void **)&impl.build_info,
+			  (void **)&impl.device_check};
 	for (size_t i = 0; i < sizeof names / sizeof *names; i++)
 		if (!(*slots[i] = dlsym(h, names[i]))) {
 			snprintf(failure, sizeof failure, "the capture library lacks %s: %s", names[i], dlerror());
@@ -110,6 +117,26 @@ void cap_model_free(cap_model *m)
 const cap_config *cap_model_config(const cap_model *m) { return impl.config(m); }
 const char *cap_model_device(const cap_model *m) { return impl.device(m); }
 const char *cap_model_dtype(const cap_model *m) { return impl.dtype(m); }
+int cap_model_batch(cap_model *m, int64_t rows) { return impl.batch(m, rows); }
+
+cltfs_err cap_device_check(const char *device)
+{
+	int idx;
+	int kind = cap_device_parse(device, &idx);
+	if (kind < 0)
+		return cltfs_fail(CLTFS_E_INVAL, "device %s: expected cpu, cuda or cuda:N", device);
+	if (kind != CAP_DEVICE_CUDA) /* the CPU, or a GPU if there is one: always possible */
+		return CLTFS_OK;
+	return ready() ? from_lib(impl.device_check(device)) : CLTFS_E_UNSUPPORTED;
+}
+
+void cap_build_info(char *buf, size_t n)
+{
+	if (ready())
+		impl.build_info(buf, n);
+	else
+		snprintf(buf, n, "unavailable: %s", failure);
+}
 
 /* The caller's emit, noting whether it failed: its message is this
  * thread's already, and the library returns its error as it is. */

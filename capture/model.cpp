@@ -21,8 +21,13 @@
 #include "capture.h"
 #include "image.h"
 #include "safetensors.h"
+#include "torch_build.h" // build/: what tools/find_torch.sh found
 
+#include <c10/core/DeviceGuard.h>
+#include <c10/core/Event.h>
+#include <c10/core/impl/VirtualGuardImpl.h>
 #include <cjson/cJSON.h>
+#include <dlfcn.h>
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -30,6 +35,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <deque>
 #include <map>
 #include <memory>
 #include <string>
@@ -166,6 +172,17 @@ struct cap_model {
 	Tensor inv_freq;
 };
 
+// A 7B checkpoint is 14 GB mapped: once a tensor is on the GPU its pages
+// are dropped from this process (they stay in the page cache for the next
+// load), so host memory does not grow with the model.
+static void release_pages(const uint8_t *p, size_t n)
+{
+	uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE), a = ((uintptr_t)p + page - 1) & ~(page - 1),
+		  b = ((uintptr_t)p + n) & ~(page - 1);
+	if (b > a)
+		madvise((void *)a, b - a, MADV_DONTNEED);
+}
+
 struct loader {
 	std::map<std::string, st_tensor> &t;
 	cap_model *m;
@@ -200,6 +217,8 @@ struct loader {
 		// device); a same-dtype CPU tensor is cloned so it is aligned and ours.
 		Tensor raw = torch::from_blob((void *)s.data, s.shape, torch::TensorOptions().dtype(s.dtype));
 		Tensor out = raw.to(m->dev, m->dt);
+		if (m->dev.is_cuda()) // copied (synchronously): its pages leave our RSS, not the page cache
+			release_pages(s.data, s.bytes);
 		return out.data_ptr() == raw.data_ptr() ? out.clone() : out;
 	}
 	Tensor lm(const std::string &n, std::vector<int64_t> shape)
@@ -301,6 +320,47 @@ static cltfs_err load_preproc(cap_model *m, const std::string &dir)
 	return e;
 }
 
+// "cpu", "cuda", "cuda:N", or NULL / "auto" (the first GPU when there is
+// one).  CUDA_VISIBLE_DEVICES is the CUDA runtime's: N counts what it shows.
+static cltfs_err pick_device(const char *want, torch::Device *dev, std::string *name)
+{
+	int idx;
+	int kind = cap_device_parse(want, &idx);
+	if (kind < 0)
+		return cltfs_fail(CLTFS_E_INVAL, "device %s: expected cpu, cuda or cuda:N", want);
+	if (kind == CAP_DEVICE_CPU || (kind == CAP_DEVICE_AUTO && !torch::cuda::is_available())) {
+		*dev = torch::Device(torch::kCPU);
+		*name = "cpu";
+		return CLTFS_OK;
+	}
+	if (kind == CAP_DEVICE_CUDA && !CLTFS_TORCH_CUDA)
+		return cltfs_fail(CLTFS_E_UNSUPPORTED, "device %s: the capture library was built against torch %s from %s, "
+				  "which has no CUDA (rebuild it against a CUDA torch: TORCH_DIR=DIR, or a python3 "
+				  "whose torch has CUDA)", want, CLTFS_TORCH_VERSION, CLTFS_TORCH_FROM);
+	if (kind == CAP_DEVICE_CUDA && !torch::cuda::is_available()) {
+		const char *vis = getenv("CUDA_VISIBLE_DEVICES");
+		return cltfs_fail(CLTFS_E_UNSUPPORTED, "device %s: no CUDA GPU is visible (CUDA_VISIBLE_DEVICES=%s)", want,
+				  vis ? vis : "unset");
+	}
+	if ((size_t)idx >= torch::cuda::device_count())
+		return cltfs_fail(CLTFS_E_INVAL, "device %s: %zu CUDA GPU(s) visible, numbered from 0", want,
+				  torch::cuda::device_count());
+	*dev = torch::Device(torch::kCUDA, (c10::DeviceIndex)idx);
+	*name = "cuda:" + std::to_string(idx);
+	return CLTFS_OK;
+}
+
+extern "C" cltfs_err capimpl_device_check(const char *device)
+{
+	torch::Device dev = torch::kCPU;
+	std::string name;
+	try {
+		return pick_device(device, &dev, &name);
+	} catch (const std::exception &x) {
+		return cltfs_fail(CLTFS_E_UNSUPPORTED, "device %s: %s", device, x.what());
+	}
+}
+
 extern "C" cltfs_err capimpl_model_load(const cap_load_opts *o, cap_model **out)
 {
 	auto m = std::make_unique<cap_model>();
@@ -311,9 +371,9 @@ extern "C" cltfs_err capimpl_model_load(const cap_load_opts *o, cap_model **out)
 	if (e)
 		return e;
 	try {
-		bool gpu = !o->cpu && torch::cuda::is_available();
-		m->dev = gpu ? torch::Device(torch::kCUDA, 0) : torch::Device(torch::kCPU);
-		m->dev_name = gpu ? "cuda:0" : "cpu";
+		if ((e = pick_device(o->device, &m->dev, &m->dev_name)))
+			return e;
+		bool gpu = m->dev.is_cuda();
 		int d = o->dtype >= 0 ? o->dtype : gpu ? CLTFS_BF16 : CLTFS_F32;
 		m->dt = torch_dtype(d);
 		m->dt_name = cltfs_dtype_name((cltfs_dtype)d);
@@ -342,6 +402,62 @@ extern "C" const char *capimpl_errmsg(void) { return cltfs_errmsg(); }
 extern "C" const cap_config *capimpl_model_config(const cap_model *m) { return &m->c; }
 extern "C" const char *capimpl_model_device(const cap_model *m) { return m->dev_name.c_str(); }
 extern "C" const char *capimpl_model_dtype(const cap_model *m) { return m->dt_name.c_str(); }
+
+extern "C" void capimpl_build_info(char *buf, size_t n)
+{
+	std::string cuda = "no";
+	try {
+		if (CLTFS_TORCH_CUDA)
+			cuda = torch::cuda::is_available() ? "yes, " + std::to_string(torch::cuda::device_count()) + " GPU(s) visible"
+							   : "yes, no GPU visible";
+	} catch (const std::exception &x) {
+		cuda = std::string("yes, but: ") + x.what();
+	}
+	snprintf(buf, n, "torch %s from %s, CUDA: %s", CLTFS_TORCH_VERSION, CLTFS_TORCH_FROM, cuda.c_str());
+}
+
+// Free memory on the model's GPU, from the CUDA runtime libtorch loaded
+// (found by name: the library builds without CUDA headers).
+static bool gpu_free_bytes(const cap_model *m, size_t *free_b)
+{
+	static const char *names[] = {"libcudart.so.13", "libcudart.so.12", "libcudart.so.11.0", "libcudart.so"};
+	c10::DeviceGuard guard(m->dev); // cudaMemGetInfo answers for the current device
+	for (const char *name : names) {
+		void *h = dlopen(name, RTLD_LAZY | RTLD_NOLOAD);
+		if (!h)
+			continue;
+		auto fn = (int (*)(size_t *, size_t *))dlsym(h, "cudaMemGetInfo");
+		size_t total;
+		bool ok = fn && fn(free_b, &total) == 0;
+		dlclose(h);
+		if (ok)
+			return true;
+	}
+	return false;
+}
+
+// Samples per forward pass: 1 on the CPU (padding gains nothing there); on
+// a GPU as many samples of `rows` rows as 70% of its free memory holds, by
+// the peak of one decoder layer: about 14 H-wide and 3 I-wide rows of the
+// compute dtype a row, the attention scores (heads x T x T, in the dtype
+// and in fp32), and the outputs on their way to the host.
+extern "C" int capimpl_model_batch(cap_model *m, int64_t rows)
+{
+	size_t free_b;
+	if (!m->dev.is_cuda())
+		return 1;
+	try {
+		if (!gpu_free_bytes(m, &free_b))
+			return 8;
+	} catch (const std::exception &) {
+		return 8;
+	}
+	double T = (double)std::max<int64_t>(rows, 1), es = (double)c10::elementSize(m->dt);
+	double per = T * (14.0 * m->c.d_model + 3.0 * m->c.intermediate) * es +
+		     (double)m->c.n_heads * T * T * (2 * es + 4) + 8.0 * T * m->c.d_model * 4;
+	double n = 0.7 * (double)free_b / per;
+	return n < 1 ? 1 : n > 64 ? 64 : (int)n;
+}
 
 // ---- forward ----
 
@@ -404,19 +520,58 @@ static Tensor rotate_half(const Tensor &x)
 	return torch::cat({-x.slice(-1, h), x.slice(-1, 0, h)}, -1);
 }
 
+// The streams on their way out.  On a GPU a layer's output is converted to
+// the store's dtype there, copied to pinned host memory asynchronously and
+// handed over once its event has fired, while the layers after it already
+// run; on the CPU it is handed over at once.  Either way emit sees each
+// stream in layer order.
 struct emitter {
 	cap_emit fn;
 	void *arg;
 	torch::ScalarType out;
 	std::vector<int64_t> rows; // of each sample: the rest of its row is padding
+	torch::Device dev = torch::kCPU;
 	cltfs_err e = CLTFS_OK;
+	struct pending {
+		int kind, layer;
+		Tensor host;
+		std::unique_ptr<c10::Event> done;
+	};
+	std::deque<pending> q;
+	enum { IN_FLIGHT = 4 };
+
+	void deliver(int kind, int layer, const Tensor &c)
+	{
+		for (size_t i = 0; i < rows.size() && !e; i++)
+			e = fn(arg, i, kind, layer, c[(int64_t)i].data_ptr(), rows[i]);
+	}
 	void operator()(int kind, int layer, const Tensor &t)
 	{
 		if (e)
 			return;
-		Tensor c = t.to(torch::kCPU, out).contiguous();
-		for (size_t i = 0; i < rows.size() && !e; i++)
-			e = fn(arg, i, kind, layer, c[(int64_t)i].data_ptr(), rows[i]);
+		if (!dev.is_cuda()) {
+			deliver(kind, layer, t.to(out).contiguous());
+			return;
+		}
+		Tensor d = t.to(out).contiguous(); // freed on the stream's order: the copy finishes first
+		Tensor h = torch::empty(d.sizes(), torch::TensorOptions().dtype(out).pinned_memory(true));
+		h.copy_(d, /*non_blocking=*/true);
+		auto ev = std::make_unique<c10::Event>(c10::DeviceType::CUDA);
+		ev->record(c10::impl::VirtualGuardImpl(c10::DeviceType::CUDA).getStream(dev));
+		q.push_back({kind, layer, h, std::move(ev)});
+		drain(IN_FLIGHT);
+	}
+	// Hand over what has arrived, and wait for the oldest until at most
+	// `keep` copies are in flight.
+	void drain(size_t keep)
+	{
+		while (!q.empty() && (q.size() > keep || q.front().done->query())) {
+			while (!q.front().done->query())
+				usleep(20);
+			if (!e)
+				deliver(q.front().kind, q.front().layer, q.front().host);
+			q.pop_front();
+		}
 	}
 };
 
@@ -457,6 +612,7 @@ static void decoder(cap_model *m, Tensor x, int hook, emitter &emit)
 		emit(1, L, mo);
 		x = x + mo;
 	}
+	emit.drain(0);
 }
 
 // The embeddings of ids, each image token replaced by the image's rows.
@@ -501,7 +657,7 @@ static cltfs_err embed(cap_model *m, const cap_sample *s, Tensor *out)
 extern "C" cltfs_err capimpl_forward(cap_model *m, const cap_sample *s, size_t n, int input_hook, cltfs_dtype out,
 				     cap_emit fn, void *arg)
 {
-	emitter emit{fn, arg, torch_dtype(out), {}};
+	emitter emit{fn, arg, torch_dtype(out), {}, m->dev, CLTFS_OK, {}};
 	try {
 		c10::InferenceMode guard; /* no autograd bookkeeping at all */
 		std::vector<Tensor> xs(n);

@@ -15,6 +15,8 @@
   that outlives its deadline so that a hung read cannot hang the suite.
 - mount_fails(store, *opts): run a mount that must fail; returns (rc, output).
 
+Without CLTFS_TEST_DEVICE every process runs with no GPU visible.
+
 A session finalizer unmounts any cltfs mount left under the session's
 temporary directory and reports it as an error.
 """
@@ -37,6 +39,12 @@ TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
 if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
+
+# The capture tests compare fp32 captures value for value: on a machine
+# with a GPU they would run on it (in bf16) unless told.  make gpu-check
+# sets CLTFS_TEST_DEVICE=cuda and runs the GPU tests on purpose.
+if not os.environ.get("CLTFS_TEST_DEVICE"):
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 import gen_tree  # noqa: E402
 

@@ -25,18 +25,21 @@ static void fill(uint8_t *b, size_t n, unsigned seed)
 		b[i] = (uint8_t)unit_rand(&s);
 }
 
-static cltfs_store *make_store(void)
+/* A new store in a fresh dir (the global) with the manifest json. */
+static cltfs_store *make_store_of(const char *json)
 {
 	snprintf(dir, sizeof dir, "/tmp/cltfs-unit-XXXXXX");
 	CHECK(mkdtemp(dir) != NULL);
 	cltfs_manifest *m;
-	CHECK(cltfs_manifest_parse(manifest, strlen(manifest), "m", &m) == CLTFS_OK);
+	CHECK(cltfs_manifest_parse(json, strlen(json), "m", &m) == CLTFS_OK);
 	CHECK(store_create(dir, m) == CLTFS_OK);
 	cltfs_manifest_free(m);
 	cltfs_store *s;
 	CHECK(store_open(dir, &s) == CLTFS_OK);
 	return s;
 }
+
+static cltfs_store *make_store(void) { return make_store_of(manifest); }
 
 static void write_chunks(cltfs_store *s, int n)
 {
@@ -241,14 +244,7 @@ static void test_index(void)
 		"{\"format\":\"cltfs\",\"version\":1,\"model\":{\"n_layers\":2,\"d_model\":16},"
 		"\"dtype\":\"bfloat16\",\"n_targets\":1,\"chunk_rows\":1,\"x_layers\":[0,1],"
 		"\"mlp_layers\":[1],\"samples\":[{\"rows\":40000}]}";
-	snprintf(dir, sizeof dir, "/tmp/cltfs-unit-XXXXXX");
-	CHECK(mkdtemp(dir) != NULL);
-	cltfs_manifest *m;
-	CHECK(cltfs_manifest_parse(big, strlen(big), "m", &m) == CLTFS_OK);
-	CHECK(store_create(dir, m) == CLTFS_OK);
-	cltfs_manifest_free(m);
-	cltfs_store *s;
-	CHECK(store_open(dir, &s) == CLTFS_OK);
+	cltfs_store *s = make_store_of(big);
 	store_writer *w, *w2;
 	CHECK(store_writer_open(s, "a", &w) == CLTFS_OK);
 	CHECK(store_writer_open(s, "b", &w2) == CLTFS_OK);

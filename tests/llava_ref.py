@@ -35,6 +35,10 @@ Usage:
     >>> out["mlp_in"].shape                                  # [n_layers, rows, d]
     >>> out["input_ids"], out["image_positions"], out["rows"]
 
+    load(..., device="cuda") puts the weights on that device; forward then
+    makes every tensor it creates there and returns activations there
+    (preprocess still returns a CPU tensor: forward moves it).
+
 What is emulated
 ----------------
 config: config.json with transformers' defaults for the fields the real file
@@ -241,8 +245,9 @@ def _with_defaults(cfg, defaults):
     return out
 
 
-def load(model_dir, dtype=torch.float32):
-    """Load config, weights (cast to dtype), tokenizer and preprocessor."""
+def load(model_dir, dtype=torch.float32, device=None):
+    """Load config, weights (cast to dtype, then moved to device if given),
+    tokenizer and preprocessor."""
     import sentencepiece as spm
     with open(os.path.join(model_dir, "config.json")) as f:
         cfg = json.load(f)
@@ -264,7 +269,10 @@ def load(model_dir, dtype=torch.float32):
     for name, t in read_checkpoint(model_dir).items():
         if name.endswith("embeddings.position_ids"):   # an old buffer, not a weight
             continue
-        weights[canonical_name(name)] = t.to(dtype)
+        t = t.to(dtype)
+        if device is not None:
+            t = t.to(device)
+        weights[canonical_name(name)] = t
 
     sp = spm.SentencePieceProcessor(model_file=os.path.join(model_dir, "tokenizer.model"))
     added = {}
@@ -285,7 +293,8 @@ def load(model_dir, dtype=torch.float32):
     with open(os.path.join(model_dir, "preprocessor_config.json")) as f:
         pre = json.load(f)
     num_patches = (vision["image_size"] // vision["patch_size"]) ** 2
-    return LlavaRef(model_dir=model_dir, dtype=dtype, config=cfg, top=top, text=text,
+    return LlavaRef(model_dir=model_dir, dtype=dtype, device=torch.device(device or "cpu"),
+                    config=cfg, top=top, text=text,
                     vision=vision, W=weights, sp=sp, added=added, bos_id=bos,
                     add_bos=add_bos, pre=pre, num_patches=num_patches,
                     image_token_index=int(top["image_token_index"]))
@@ -412,7 +421,7 @@ def clip_layer(x, W, p, vcfg):
 def image_features(model, pixel_values):
     """Projected image rows [num_patches (or +1 for "full"), d_text]."""
     W, v, dt = model.W, model.vision, model.dtype
-    px = pixel_values.to(dt)
+    px = pixel_values.to(device=W["vision.pre_layrnorm.weight"].device, dtype=dt)
     if px.dim() == 3:
         px = px[None]
     D, ps = v["hidden_size"], v["patch_size"]
@@ -447,10 +456,12 @@ def rms_norm(x, w, eps):
     return w * h.to(dt)
 
 
-def rotary(T, head_dim, theta, dtype):
-    """cos, sin [T, head_dim] as LlamaRotaryEmbedding (float32, then dtype)."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
-    pos = torch.arange(T, dtype=torch.int64).float()
+def rotary(T, head_dim, theta, dtype, device=None):
+    """cos, sin [T, head_dim] as LlamaRotaryEmbedding (float32, then dtype),
+    made on device (as HF makes them on the model's device)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=device).float()
+                                / head_dim))
+    pos = torch.arange(T, dtype=torch.int64, device=device).float()
     freqs = torch.outer(pos, inv_freq)
     emb = torch.cat((freqs, freqs), dim=-1)
     return emb.cos().to(dtype), emb.sin().to(dtype)
@@ -474,7 +485,7 @@ def llama_attention(x, W, p, tcfg, cos, sin):
         k = k[:, :, None].expand(B, KV, H // KV, T, hd).reshape(B, H, T, hd)
         v = v[:, :, None].expand(B, KV, H // KV, T, hd).reshape(B, H, T, hd)
     s = torch.matmul(q, k.transpose(2, 3)) / math.sqrt(hd)
-    future = torch.ones(T, T, dtype=torch.bool).triu(1)
+    future = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)
     s = s.masked_fill(future, torch.finfo(s.dtype).min)
     a = F.softmax(s, dim=-1, dtype=torch.float32).to(q.dtype)
     o = torch.matmul(a, v).transpose(1, 2).reshape(B, T, H * hd)
@@ -501,10 +512,11 @@ def forward(model, input_ids, pixel_values, hooks=HOOKS, logits=False):
     image_token_index), "image_positions" ([start, stop) of the image rows),
     "rows", "text_ids" (the ids given) and, if asked, "logits" [rows, vocab]."""
     W, t, dt = model.W, model.text, model.dtype
+    dev = W["text.embed_tokens.weight"].device     # everything made here goes there
     ids = [int(i) for i in (input_ids.tolist() if torch.is_tensor(input_ids) else input_ids)]
     img = model.image_token_index
     where = [i for i, x in enumerate(ids) if x == img]
-    emb = W["text.embed_tokens.weight"][torch.tensor(ids, dtype=torch.long)]
+    emb = W["text.embed_tokens.weight"][torch.tensor(ids, dtype=torch.long, device=dev)]
     if where:
         if len(where) != 1 or pixel_values is None:
             raise ValueError(f"need exactly one {img} id and an image, got {len(where)}")
@@ -516,7 +528,7 @@ def forward(model, input_ids, pixel_values, hooks=HOOKS, logits=False):
     else:
         expanded, span = list(ids), [0, 0]
     T = emb.shape[0]
-    cos, sin = rotary(T, t["head_dim"], float(t["rope_theta"]), dt)
+    cos, sin = rotary(T, t["head_dim"], float(t["rope_theta"]), dt, device=dev)
     x = emb[None]
     acts = {h: [] for h in hooks}
     for L in range(t["num_hidden_layers"]):

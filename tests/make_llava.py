@@ -15,7 +15,7 @@ safetensors: the safetensors format is written by hand below.
 Usage:
 
     make_llava.py OUT_DIR [--seed N] [--dtype float32|bfloat16|float16]
-                  [--naming old|new] [--kv-heads K] [--layers N]
+                  [--naming old|new] [--kv-heads K] [--layers N] [--width tiny|7b]
                   [--dataset DIR [--n N] [--dataset-seed N]]
     make_llava.py --dataset DIR [--n N] [--dataset-seed N]
 
@@ -127,6 +127,12 @@ with shapes, of different sizes and aspect ratios (80x60, 56x56, 100x140,
 33x70, 200x90, 61x45), JPEG (quality 95) and PNG, one RGBA PNG and one
 grayscale ("L") PNG; queries of different lengths, one with a digit.
 
+--width 7b (make_llava(..., text=TEXT_7B, vision=VISION_7B)): the same
+folder with LLaVA-1.5-7B's widths (text 4096/11008, 32 heads, vocab 32064;
+CLIP ViT-L/14 at 336 px, 24 layers) and --layers decoder layers, e.g. 2.8 GB
+of bf16 for 4 layers, generated and written a block at a time (about 20 s
+and 0.4 GB of memory); the tokenizer and added-token ids stay the tiny ones.
+
 Not emulated: the real model's sizes and trained weights, tokenizer.json,
 chat_template / processor_config.json, safetensors metadata beyond
 {"format": "pt"}.
@@ -134,6 +140,7 @@ chat_template / processor_config.json, safetensors metadata beyond
 
 import argparse
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -163,6 +170,18 @@ TEXT = dict(hidden_size=64, intermediate_size=160, num_hidden_layers=4,
 VISION = dict(hidden_size=48, intermediate_size=96, num_hidden_layers=3,
               num_attention_heads=4, image_size=56, patch_size=14,
               projection_dim=32)
+
+# LLaVA-1.5-7B's widths: vicuna-7b's decoder (llava-hf's config leaves these
+# out: LlamaConfig's defaults, vocab padded to 32064) and CLIP ViT-L/14 at
+# 336 px (576 image rows).  make_llava(..., text=TEXT_7B, vision=VISION_7B,
+# layers=N) writes a checkpoint of the real shapes with N decoder layers
+# (bench/gpu_bench.py times capture on it); the tokenizer stays the tiny one,
+# so only ids below TEXT_VOCAB ever occur.
+TEXT_7B = dict(hidden_size=4096, intermediate_size=11008, num_attention_heads=32,
+               vocab_size=32064)
+VISION_7B = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                 num_attention_heads=16, image_size=336, patch_size=14,
+                 projection_dim=768)
 
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
@@ -212,9 +231,12 @@ def corpus_lines(n_lines=4000, seed=1234):
 
 
 def train_tokenizer(out_path):
-    """Train tokenizer.model with spm_train; returns the options used."""
+    """Train tokenizer.model with spm_train, else with the sentencepiece
+    Python module's trainer (a machine with pip's sentencepiece and no
+    Debian package: the model may then differ in bytes, not in use);
+    returns the options used."""
     spm = shutil.which("spm_train")
-    if spm is None:
+    if spm is None and importlib.util.find_spec("sentencepiece") is None:
         raise RuntimeError("spm_train not found: apt-get install -y sentencepiece")
     with tempfile.TemporaryDirectory(prefix="make_llava_spm_") as tmp:
         corpus = os.path.join(tmp, "corpus.txt")
@@ -222,7 +244,12 @@ def train_tokenizer(out_path):
             f.write("\n".join(corpus_lines()) + "\n")
         # relative paths: the model records them in its trainer_spec, and a
         # temporary directory's name would make the file differ run to run
-        cmd = [spm, "--input=corpus.txt", "--model_prefix=tokenizer"] + SPM_OPTIONS
+        if spm is not None:
+            cmd = [spm]
+        else:
+            cmd = [sys.executable, "-c", "import sys, sentencepiece as s; "
+                   "s.SentencePieceTrainer.train(' '.join(sys.argv[1:]))"]
+        cmd += ["--input=corpus.txt", "--model_prefix=tokenizer"] + SPM_OPTIONS
         res = subprocess.run(cmd, cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True)
         if res.returncode != 0:
@@ -245,26 +272,55 @@ def tensor_bytes(t):
     raise ValueError(f"unsupported dtype {t.dtype}")
 
 
-def write_safetensors(path, tensors, metadata=None):
-    """Write {name: tensor} as a safetensors file; returns bytes of data."""
-    names = sorted(tensors)
-    header, blobs, off = {}, [], 0
-    for name in names:
-        t = tensors[name]
-        b = tensor_bytes(t)
-        header[name] = {"dtype": ST_DTYPE[t.dtype], "shape": list(t.shape),
-                        "data_offsets": [off, off + len(b)]}
-        blobs.append(b)
-        off += len(b)
+def safetensors_header(specs, metadata=None):
+    """(header bytes with their 8-byte length, {name: data offset}, data
+    bytes) for specs {name: (torch dtype, shape)}: names in sorted order."""
+    header, offsets, off = {}, {}, 0
+    for name in sorted(specs):
+        dt, shape = specs[name]
+        n = int(np.prod(shape, dtype=np.int64)) * torch.tensor([], dtype=dt).element_size()
+        header[name] = {"dtype": ST_DTYPE[dt], "shape": list(shape),
+                        "data_offsets": [off, off + n]}
+        offsets[name] = off
+        off += n
     header["__metadata__"] = dict(metadata or {"format": "pt"})
     hjson = json.dumps(header, separators=(",", ":")).encode("utf-8")
     hjson += b" " * (-len(hjson) % 8)
+    return struct.pack("<Q", len(hjson)) + hjson, offsets, off
+
+
+def write_safetensors(path, tensors, metadata=None):
+    """Write {name: tensor} as a safetensors file; returns bytes of data."""
+    head, offsets, total = safetensors_header(
+        {k: (t.dtype, list(t.shape)) for k, t in tensors.items()}, metadata)
     with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(hjson)))
-        f.write(hjson)
-        for b in blobs:
-            f.write(b)
-    return off
+        f.write(head)
+        for name in sorted(tensors):
+            f.write(tensor_bytes(tensors[name]))
+    return total
+
+
+class SafetensorsWriter:
+    """A safetensors file written as its tensors come, in any order and in
+    pieces: the header is fixed by the specs up front, and each piece goes
+    to its offset (the same bytes as write_safetensors, without holding
+    every tensor in memory at once)."""
+
+    def __init__(self, path, specs, metadata=None):
+        head, self.offsets, self.total = safetensors_header(specs, metadata)
+        self.base = len(head)
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.write(self.fd, head)
+
+    def write(self, name, t, byte_offset=0):
+        """t's bytes at byte_offset into the tensor name's data."""
+        b = tensor_bytes(t)
+        pos, n = self.base + self.offsets[name] + byte_offset, 0
+        while n < len(b):
+            n += os.pwrite(self.fd, b[n:], pos + n)
+
+    def close(self):
+        os.close(self.fd)
 
 # --------------------------------------------------------------- weights ---
 
@@ -316,6 +372,7 @@ def canonical_shapes(text, vision, kv_heads):
 
 
 def random_tensor(shape, kind, g):
+    """One tensor, float32: its values come from g in order."""
     x = torch.randn(shape, generator=g, dtype=torch.float32)
     if kind == "linear":     # N(0, 1/fan_in): keeps activations O(1)
         fan_in = int(np.prod(shape[1:]))
@@ -327,6 +384,28 @@ def random_tensor(shape, kind, g):
     if kind == "pos":
         return 0.5 * x
     return x                 # embeddings: N(0, 1)
+
+
+# Tensors of more elements than this are generated and written a block of
+# rows at a time (an embedding of LLaVA-7B's width is 131M elements), so
+# that memory stays small; every tensor of the tiny checkpoint is below it,
+# so those draw from the generator exactly as one randn call.
+CHUNK_ELEMS = 1 << 24
+
+
+def write_random(w, name, shape, kind, g, dtype):
+    """Generate the tensor name (random_tensor's distribution) into the
+    SafetensorsWriter w, cast to dtype, in blocks of rows if it is large."""
+    numel = int(np.prod(shape, dtype=np.int64))
+    if numel <= CHUNK_ELEMS:
+        w.write(name, random_tensor(shape, kind, g).to(dtype))
+        return
+    row = numel // shape[0]            # a row keeps fan_in: shape[1:] is whole
+    step = max(1, CHUNK_ELEMS // row)
+    size = torch.tensor([], dtype=dtype).element_size()
+    for r0 in range(0, shape[0], step):
+        rows = min(step, shape[0] - r0)
+        w.write(name, random_tensor([rows] + list(shape[1:]), kind, g).to(dtype), r0 * row * size)
 
 
 def rename(old, naming):
@@ -396,8 +475,13 @@ def tokenizer_files(out_dir):
 
 
 def make_llava(out_dir, seed=0, dtype="float32", naming="old", kv_heads=None,
-               layers=None):
-    """Write the tiny checkpoint into out_dir (created); returns facts."""
+               layers=None, text=None, vision=None):
+    """Write the tiny checkpoint into out_dir (created); returns facts.
+
+    text and vision: dicts merged over TEXT (plus vocab_size TEXT_VOCAB) and
+    VISION, e.g. TEXT_7B and VISION_7B; layers then sets num_hidden_layers of
+    the text model.  The weights are written as they are generated, so
+    memory stays well below the checkpoint's size."""
     if dtype not in TORCH_DTYPE:
         raise ValueError(f"dtype must be one of {sorted(TORCH_DTYPE)}")
     if naming not in ("old", "new"):
@@ -405,7 +489,9 @@ def make_llava(out_dir, seed=0, dtype="float32", naming="old", kv_heads=None,
     tdt = TORCH_DTYPE[dtype]
     os.makedirs(out_dir, exist_ok=True)
 
+    text_over, vision_over = text, vision
     text = dict(TEXT, vocab_size=TEXT_VOCAB)
+    text.update(text_over or {})
     if layers is not None:
         text["num_hidden_layers"] = int(layers)
     heads = text["num_attention_heads"]
@@ -413,20 +499,24 @@ def make_llava(out_dir, seed=0, dtype="float32", naming="old", kv_heads=None,
         raise ValueError("kv_heads must divide num_attention_heads")
     eff_kv = int(kv_heads) if kv_heads is not None else heads
     vision = dict(VISION)
+    vision.update(vision_over or {})
 
-    # weights: generated in float32 in a fixed order, then cast
+    # weights: generated in float32 in a fixed order, then cast, each
+    # written to its shard at the offset its (sorted) name has there
     g = torch.Generator().manual_seed(int(seed))
-    shards = ({}, {})
-    weight_map, total = {}, 0
-    for old, shape, kind in canonical_shapes(text, vision, eff_kv):
-        t = random_tensor(shape, kind, g).to(tdt)
-        name = rename(old, naming)
-        k = shard_of(old, text["num_hidden_layers"])
-        shards[k][name] = t
-        weight_map[name] = SHARDS[k]
-        total += t.numel() * t.element_size()
-    for k in (0, 1):
-        write_safetensors(os.path.join(out_dir, SHARDS[k]), shards[k])
+    tensors = [(old, rename(old, naming), shape, kind, shard_of(old, text["num_hidden_layers"]))
+               for old, shape, kind in canonical_shapes(text, vision, eff_kv)]
+    weight_map = {name: SHARDS[k] for _, name, _, _, k in tensors}
+    writers = [SafetensorsWriter(os.path.join(out_dir, SHARDS[k]),
+                                 {name: (tdt, shape) for _, name, shape, _, j in tensors if j == k})
+               for k in (0, 1)]
+    try:
+        for _, name, shape, kind, k in tensors:
+            write_random(writers[k], name, shape, kind, g, tdt)
+    finally:
+        for w in writers:
+            w.close()
+    total = sum(w.total for w in writers)
     _dump(os.path.join(out_dir, "model.safetensors.index.json"),
           {"metadata": {"total_size": total},
            "weight_map": dict(sorted(weight_map.items()))})
@@ -442,7 +532,7 @@ def make_llava(out_dir, seed=0, dtype="float32", naming="old", kv_heads=None,
         "num_hidden_layers": text["num_hidden_layers"],
         "rms_norm_eps": text["rms_norm_eps"],
         "torch_dtype": dtype,
-        "vocab_size": TEXT_VOCAB,
+        "vocab_size": text["vocab_size"],
     }
     if kv_heads is not None:
         text_cfg["num_key_value_heads"] = eff_kv
@@ -471,7 +561,7 @@ def make_llava(out_dir, seed=0, dtype="float32", naming="old", kv_heads=None,
         "vision_config": vision_cfg,
         "vision_feature_layer": -2,
         "vision_feature_select_strategy": "default",
-        "vocab_size": TEXT_VOCAB,
+        "vocab_size": text["vocab_size"],
     }
     _dump(os.path.join(out_dir, "config.json"), config)
     _dump(os.path.join(out_dir, "generation_config.json"), {
@@ -516,7 +606,7 @@ def make_llava(out_dir, seed=0, dtype="float32", naming="old", kv_heads=None,
         "pad_token_id": PAD_TOKEN_ID,
         "bos_token_id": BOS_ID, "eos_token_id": EOS_ID,
         "sp_vocab_size": SP_VOCAB,
-        "text_vocab_size": TEXT_VOCAB,
+        "text_vocab_size": text["vocab_size"],
         "spm_options": list(spm_opts),
     }
 
@@ -609,7 +699,8 @@ def tree_digest(root):
             p = os.path.join(dirpath, fn)
             h.update(os.path.relpath(p, root).encode() + b"\0")
             with open(p, "rb") as f:
-                h.update(f.read())
+                for b in iter(lambda: f.read(1 << 24), b""):
+                    h.update(b)
     return h.hexdigest()
 
 
@@ -621,6 +712,8 @@ def main(argv=None):
     ap.add_argument("--naming", default="old", choices=["old", "new"])
     ap.add_argument("--kv-heads", type=int, default=None)
     ap.add_argument("--layers", type=int, default=None)
+    ap.add_argument("--width", default="tiny", choices=["tiny", "7b"],
+                    help="7b: LLaVA-1.5-7B's widths (TEXT_7B, VISION_7B)")
     ap.add_argument("--dataset", metavar="DIR", help="also write an AMBER-style dataset")
     ap.add_argument("--n", type=int, default=6, help="dataset samples")
     ap.add_argument("--dataset-seed", type=int, default=0)
@@ -629,7 +722,8 @@ def main(argv=None):
         ap.error("give OUT_DIR and/or --dataset DIR")
     if a.out_dir:
         f = make_llava(a.out_dir, seed=a.seed, dtype=a.dtype, naming=a.naming,
-                       kv_heads=a.kv_heads, layers=a.layers)
+                       kv_heads=a.kv_heads, layers=a.layers,
+                       **(dict(text=TEXT_7B, vision=VISION_7B) if a.width == "7b" else {}))
         print(f"model: {f['out_dir']} ({f['n_tensors']} tensors, {f['total_size']} bytes, "
               f"{f['dtype']}, naming {f['naming']}, sha256 {tree_digest(a.out_dir)[:16]})")
     if a.dataset:

@@ -36,7 +36,9 @@ def test_man_page_covers_every_option():
                  "pull", "hf://", "HF_ENDPOINT", "HF_TOKEN", "HF_HOME", "HF_HUB_CACHE",
                  "HF_HUB_OFFLINE", "CLTFS_HUB_RETRIES", ".incomplete", "refs/",
                  "share_zero_targets", "hub=", "capture=", "model=", "images=", "readahead_errors",
-                 "--image-dir", "capture_ahead=", "samples.bin", "JSON Lines"):
+                 "--image-dir", "capture_ahead=", "samples.bin", "JSON Lines", "device=", "capture_batch=",
+                 "capture_idle=", "--device", "--compress-threads", "CUDA_VISIBLE_DEVICES", "TORCH_DIR",
+                 "gpu-check", "model_unloads"):
         assert word.replace("-", "\\-") in page or word in page, word
     if shutil.which("groff"):
         r = subprocess.run(["groff", "-man", "-ww", "-z", os.path.join(REPO, "man", "cltfs.1")],
@@ -48,7 +50,8 @@ def test_help_lists_every_mount_option(run_cltfs):
     out = run_cltfs("--help").stdout
     for opt in ("store=", "cache_mb=", "batch_samples=", "batch_rows=", "dtype=", "readahead=",
                 "threads=", "read_ahead_kb=", "import", "stat", "verify", "pull", "hf://",
-                "HF_TOKEN", "HF_HUB_OFFLINE"):
+                "HF_TOKEN", "HF_HUB_OFFLINE", "device=", "capture_batch=", "capture_idle=", "--device",
+                "--compress-threads"):
         assert opt in out, opt
 
 

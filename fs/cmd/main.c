@@ -172,12 +172,15 @@ static int main_init(int argc, char **argv)
 static int main_capture(int argc, char **argv)
 {
 	capture_opts o = {.cfg = {.load = {.dtype = -1}}};
+	int dev_index;
 	static const struct option lo[] = {
 		{"rows", required_argument, 0, 'r'},  {"shard", required_argument, 0, 's'},
 		{"dtype", required_argument, 0, 'd'}, {"threads", required_argument, 0, 'j'},
 		{"cpu", no_argument, 0, 'C'},         {"quiet", no_argument, 0, 'Q'},
 		{"batch", required_argument, 0, 'B'}, {"model", required_argument, 0, 'm'},
-		{"image-dir", required_argument, 0, 'i'}, {"help", no_argument, 0, 'h'},
+		{"image-dir", required_argument, 0, 'i'}, {"device", required_argument, 0, 'D'},
+		{"compress-threads", required_argument, 0, 'T'},
+		{"help", no_argument, 0, 'h'},
 		{0, 0, 0, 0},
 	};
 	int ch;
@@ -207,7 +210,16 @@ static int main_capture(int argc, char **argv)
 			if (!parse_int(optarg, 1, 1024, &o.cfg.load.threads))
 				return usage_error("--threads takes a number from 1 to 1024");
 			break;
-		case 'C': o.cfg.load.cpu = true; break;
+		case 'C': o.cfg.load.device = "cpu"; break;
+		case 'T':
+			if (!parse_int(optarg, 1, 256, &o.cfg.compress_threads))
+				return usage_error("--compress-threads takes a number from 1 to 256");
+			break;
+		case 'D':
+			if (cap_device_parse(optarg, &dev_index) < 0)
+				return usage_error("--device takes cpu, cuda or cuda:N");
+			o.cfg.load.device = optarg;
+			break;
 		case 'B':
 			if (!parse_int(optarg, 1, 64, &o.cfg.load.batch))
 				return usage_error("--batch takes a number of samples from 1 to 64");

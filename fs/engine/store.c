@@ -763,6 +763,23 @@ static cltfs_err append_frame(store_writer *w, cltfs_rec rec, const void *frame)
 	return e;
 }
 
+cltfs_err store_writer_add_with(store_writer *w, cltfs_zctx *z, uint64_t key, const void *raw, size_t len)
+{
+	const cltfs_manifest *m = w->s->m;
+	size_t bound = cltfs_frame_bound(len), clen;
+	uint8_t *frame = cltfs_zctx_buffer(z, bound);
+	if (!frame)
+		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	cltfs_err e = cltfs_frame_encode(z, w->level, cltfs_dtype_size(m->dtype), raw, len, frame, bound, &clen);
+	if (e)
+		return e;
+	cltfs_rec rec = {key, 0, (uint32_t)clen, (uint32_t)len, cltfs_crc32(0, raw, len), (uint8_t)m->dtype};
+	pthread_mutex_lock(&w->mu);
+	e = append_frame(w, rec, frame);
+	pthread_mutex_unlock(&w->mu);
+	return e;
+}
+
 cltfs_err store_writer_add(store_writer *w, uint64_t key, const void *raw, size_t len)
 {
 	const cltfs_manifest *m = w->s->m;

@@ -91,6 +91,9 @@ void store_writer_level(store_writer *w, int level);
 /* Compress and append one chunk's raw bytes (len bytes, as the manifest
  * says).  CLTFS_E_IO, _NOMEM. */
 cltfs_err store_writer_add(store_writer *w, uint64_t key, const void *raw, size_t len);
+/* store_writer_add, compressing with the caller's z outside the writer's
+ * lock: threads with a zctx each compress in parallel. */
+cltfs_err store_writer_add_with(store_writer *w, cltfs_zctx *z, uint64_t key, const void *raw, size_t len);
 /* Append a frame as it came from another store, no re-encoding (the caller
  * checked it with store_decode).  CLTFS_E_MISMATCH when the record does not
  * fit this store's manifest, _IO, _NOMEM. */

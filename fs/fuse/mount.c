@@ -22,8 +22,9 @@
 #include <unistd.h>
 
 typedef struct {
-	char *store, *dtype, *hub, *capture, *model, *images;
+	char *store, *dtype, *hub, *capture, *model, *images, *device;
 	long long cache_mb, batch_samples, batch_rows, readahead, threads, read_ahead_kb, capture_ahead;
+	long long capture_batch, capture_idle;
 	char *args[2];
 	int nargs;
 	int share_zero, foreground, debug, single, help, version;
@@ -38,7 +39,8 @@ static const struct fuse_opt cli_opts[] = {
 	OPT("cache_mb=%lld", cache_mb),     OPT("batch_samples=%lld", batch_samples),
 	OPT("batch_rows=%lld", batch_rows), OPT("readahead=%lld", readahead),
 	OPT("threads=%lld", threads),       OPT("read_ahead_kb=%lld", read_ahead_kb),
-	OPT("capture_ahead=%lld", capture_ahead),
+	OPT("capture_ahead=%lld", capture_ahead), OPT("device=%s", device),
+	OPT("capture_batch=%lld", capture_batch), OPT("capture_idle=%lld", capture_idle),
 	OPT("share_zero_targets", share_zero),
 	OPT("-f", foreground),
 	OPT("-d", debug),                   OPT("debug", debug),
@@ -46,6 +48,17 @@ static const struct fuse_opt cli_opts[] = {
 	OPT("--help", help),                OPT("-V", version),
 	OPT("--version", version),          FUSE_OPT_END,
 };
+
+/* The versions of what cltfs runs on; the capture library is loaded to
+ * say what its torch is. */
+static void print_version(void)
+{
+	char cap[1024];
+	printf("cltfs %s (libfuse %s)\n", CLTFS_VERSION, fuse_pkgversion());
+	fflush(stdout);
+	cap_build_info(cap, sizeof cap);
+	printf("capture: %s\n", cap);
+}
 
 static int cli_proc(void *data, const char *arg, int key, struct fuse_args *out)
 {
@@ -66,7 +79,7 @@ static int cli_proc(void *data, const char *arg, int key, struct fuse_args *out)
 
 static void cli_free(cli *c)
 {
-	char *s[] = {c->store, c->dtype, c->hub, c->capture, c->model, c->images, c->args[0], c->args[1]};
+	char *s[] = {c->store, c->dtype, c->hub, c->capture, c->model, c->images, c->device, c->args[0], c->args[1]};
 	for (size_t i = 0; i < sizeof s / sizeof *s; i++)
 		free(s[i]);
 }
@@ -97,7 +110,8 @@ static bool check_opts(const cli *c, cltfs_opts *o)
 	if (!in_range("cache_mb", c->cache_mb, 1, 1 << 22) || !in_range("batch_samples", c->batch_samples, 1, INT32_MAX) ||
 	    !in_range("batch_rows", c->batch_rows, 1, INT32_MAX) || !in_range("readahead", c->readahead, 0, 64) ||
 	    !in_range("threads", c->threads, 1, 1024) || !in_range("read_ahead_kb", c->read_ahead_kb, 0, 1 << 20) ||
-	    !in_range("capture_ahead", c->capture_ahead, 0, 64))
+	    !in_range("capture_ahead", c->capture_ahead, 0, 64) || !in_range("capture_batch", c->capture_batch, 1, 64) ||
+	    !in_range("capture_idle", c->capture_idle, 0, INT32_MAX))
 		return false;
 	if (c->batch_samples != UNSET && c->batch_rows != UNSET) {
 		fprintf(stderr, "cltfs: -o batch_samples and batch_rows exclude each other\n");
@@ -106,6 +120,11 @@ static bool check_opts(const cli *c, cltfs_opts *o)
 	cltfs_dtype dt;
 	if (c->dtype && !cltfs_dtype_parse(c->dtype, &dt)) {
 		fprintf(stderr, "cltfs: -o dtype=%s: expected bfloat16, float16 or float32\n", c->dtype);
+		return false;
+	}
+	int dev_index;
+	if (c->device && cap_device_parse(c->device, &dev_index) < 0) {
+		fprintf(stderr, "cltfs: -o device=%s: expected cpu, cuda or cuda:N\n", c->device);
 		return false;
 	}
 	if (c->capture && strcmp(c->capture, "auto") && strcmp(c->capture, "on") && strcmp(c->capture, "off")) {
@@ -198,8 +217,11 @@ static cltfs_err add_capture(const cli *c, sources *src)
 	bool made_by_init = kind && !strcmp(kind, "capture");
 	if (!strcmp(mode, "off") || (!strcmp(mode, "auto") && !made_by_init))
 		return CLTFS_OK;
-	capture_cfg cfg = {.load = {.dtype = -1}, .model = c->model, .images = c->images,
+	capture_cfg cfg = {.load = {.dtype = -1, .device = c->device,
+				    .batch = c->capture_batch != UNSET ? (int)c->capture_batch : 0},
+			   .model = c->model, .images = c->images,
 			   .ahead = c->capture_ahead != UNSET ? (int)c->capture_ahead : 1,
+			   .idle_s = c->capture_idle != UNSET ? (int)c->capture_idle : 600,
 			   .before = src->tiers, .nbefore = src->ntiers};
 	cltfs_err e = capture_tier_open(src->store, &cfg, &src->tiers[src->ntiers]);
 	if (!e) {
@@ -247,7 +269,8 @@ int edge_mount_main(int argc, char **argv, void (*usage)(FILE *))
 {
 	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
 	cli c = {.cache_mb = UNSET, .batch_samples = UNSET, .batch_rows = UNSET, .readahead = UNSET,
-		 .threads = UNSET, .read_ahead_kb = 1024, .capture_ahead = UNSET};
+		 .threads = UNSET, .read_ahead_kb = 1024, .capture_ahead = UNSET, .capture_batch = UNSET,
+		 .capture_idle = UNSET};
 	int rc = 1;
 	sources src = {0};
 	cltfs_fs *fs = NULL;
@@ -272,7 +295,7 @@ int edge_mount_main(int argc, char **argv, void (*usage)(FILE *))
 		if (c.help)
 			usage(stdout);
 		else
-			printf("cltfs %s (libfuse %s)\n", CLTFS_VERSION, fuse_pkgversion());
+			print_version();
 		rc = 0;
 		goto out;
 	}

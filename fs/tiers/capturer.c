@@ -12,6 +12,40 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+/* Rows of one stream of the batches being captured, shared by the jobs
+ * that compress its chunks; freed by the last. */
+typedef struct {
+	uint8_t *rows;
+	size_t bytes;
+	int refs;
+} rows_buf;
+
+/* Chunks [c0, c1) of stream (kind, layer), from rows that start at row0. */
+typedef struct job {
+	struct job *next;
+	rows_buf *b;
+	int kind, layer;
+	int64_t row0, c0, c1;
+} job;
+
+/* The threads that cut streams into chunks and compress them while the
+ * model goes on (with the next layers, and the next batches).  At most
+ * POOL_BYTES of rows wait or are being compressed (one stream more when a
+ * stream alone is larger). */
+#define POOL_BYTES ((size_t)1 << 30)
+typedef struct {
+	pthread_t *thr;
+	int n;                  /* threads running; 0: compress on the caller's thread */
+	pthread_mutex_t mu;
+	pthread_cond_t cv;      /* a job queued, a job done, stop */
+	job *head, *tail;
+	int busy;               /* jobs being compressed */
+	size_t bytes;           /* of the rows_bufs alive */
+	bool stop;
+	cltfs_err err;          /* the first failure, and its message */
+	char msg[1024];
+} pool;
+
 struct capturer {
 	cltfs_store *s;
 	const cltfs_manifest *m;
@@ -35,7 +69,168 @@ struct capturer {
 	double load_s;       /* seconds the model took to load */
 	uint64_t batches_run, rows_run;
 	double run_s;        /* seconds in forward passes and store writes */
+	uint64_t unloads;    /* times the model was freed while idle */
+	int threads;         /* compression threads, 0: pool_start's choice */
+	pool p;
 };
+
+/* The chunks of one job that the store lacks, compressed with z. */
+static cltfs_err cut_chunks(capturer *c, const job *j, cltfs_zctx *z)
+{
+	const cltfs_manifest *m = c->m;
+	cltfs_err e = CLTFS_OK;
+	cltfs_rec rec;
+	for (int64_t ch = j->c0; !e && ch < j->c1; ch++) {
+		uint64_t key = cltfs_key((unsigned)j->kind, (unsigned)j->layer, (uint32_t)ch);
+		size_t off = (size_t)(cltfs_manifest_chunk_start(m, ch) - j->row0) * c->row,
+		       len = (size_t)cltfs_manifest_chunk_rows(m, ch) * c->row;
+		if (!store_lookup(c->s, key, &rec))
+			e = z ? store_writer_add_with(c->w, z, key, j->b->rows + off, len)
+			      : store_writer_add(c->w, key, j->b->rows + off, len);
+	}
+	return e;
+}
+
+/* Drop a hold on rows; called with the pool's lock held. */
+static void buf_release(pool *p, rows_buf *b)
+{
+	if (!--b->refs) {
+		p->bytes -= b->bytes;
+		free(b->rows);
+		free(b);
+	}
+}
+
+static void *pool_main(void *arg)
+{
+	capturer *c = arg;
+	pool *p = &c->p;
+	cltfs_zctx *z = cltfs_zctx_new();
+	pthread_mutex_lock(&p->mu);
+	for (;;) {
+		while (!p->head && !p->stop)
+			pthread_cond_wait(&p->cv, &p->mu);
+		job *j = p->head;
+		if (!j) /* stopped, and nothing left */
+			break;
+		if (!(p->head = j->next))
+			p->tail = NULL;
+		p->busy++;
+		pthread_mutex_unlock(&p->mu);
+		cltfs_err e = p->err ? CLTFS_OK /* failing already: the rest is dropped */
+			      : z ? cut_chunks(c, j, z) : cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+		pthread_mutex_lock(&p->mu);
+		if (e && !p->err) {
+			p->err = e;
+			snprintf(p->msg, sizeof p->msg, "%s", cltfs_errmsg());
+		}
+		p->busy--;
+		buf_release(p, j->b);
+		free(j);
+		pthread_cond_broadcast(&p->cv);
+	}
+	pthread_mutex_unlock(&p->mu);
+	cltfs_zctx_free(z);
+	return NULL;
+}
+
+/* Threads for the pool: as many as the CPUs on a GPU (compression is what
+ * bounds a GPU capture), one on the CPU (the model has the rest).  Started
+ * on the first capture: a mount forks after capturer_new. */
+static void pool_start(capturer *c, bool gpu)
+{
+	pool *p = &c->p;
+	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+	int want = c->threads ? c->threads : !gpu ? 1 : cpus < 1 ? 1 : cpus > 64 ? 64 : (int)cpus;
+	if (p->thr || !(p->thr = calloc((size_t)want, sizeof *p->thr)))
+		return;
+	while (p->n < want && !pthread_create(&p->thr[p->n], NULL, pool_main, c))
+		p->n++;
+}
+
+/* The pool's first failure since the last call, as this thread's. */
+static cltfs_err pool_error(pool *p)
+{
+	cltfs_err e = p->err;
+	if (e)
+		cltfs_fail(e, "%s", p->msg);
+	p->err = CLTFS_OK;
+	return e;
+}
+
+/* Wait until every job is done: what was captured is in the writer. */
+static cltfs_err pool_wait(pool *p)
+{
+	if (!p->n)
+		return CLTFS_OK;
+	pthread_mutex_lock(&p->mu);
+	while (p->head || p->busy)
+		pthread_cond_wait(&p->cv, &p->mu);
+	cltfs_err e = pool_error(p);
+	pthread_mutex_unlock(&p->mu);
+	return e;
+}
+
+static void pool_stop(pool *p)
+{
+	pthread_mutex_lock(&p->mu);
+	p->stop = true;
+	pthread_cond_broadcast(&p->cv);
+	pthread_mutex_unlock(&p->mu);
+	for (int i = 0; i < p->n; i++) /* they finish the queue first */
+		pthread_join(p->thr[i], NULL);
+	free(p->thr);
+	p->thr = NULL;
+	p->n = 0;
+	p->stop = false;
+}
+
+/* One whole stream of the batches being captured (rows is taken over):
+ * its chunks in pieces for the pool, or compressed here without one. */
+static cltfs_err submit(capturer *c, int kind, int layer, uint8_t *rows)
+{
+	pool *p = &c->p;
+	rows_buf *b = malloc(sizeof *b);
+	if (!b) {
+		free(rows);
+		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	}
+	*b = (rows_buf){rows, (size_t)c->nrows * c->row, 1};
+	job one = {NULL, b, kind, layer, c->row0, c->c0, c->c1};
+	if (!p->n) {
+		cltfs_err e = cut_chunks(c, &one, NULL);
+		free(rows);
+		free(b);
+		return e;
+	}
+	/* about four pieces a thread, so that threads finishing early help */
+	int64_t n = c->c1 - c->c0, per = (n + 4 * p->n - 1) / (4 * p->n);
+	pthread_mutex_lock(&p->mu);
+	while (p->bytes && p->bytes + b->bytes > POOL_BYTES && !p->err)
+		pthread_cond_wait(&p->cv, &p->mu);
+	cltfs_err e = pool_error(p);
+	p->bytes += b->bytes;
+	for (int64_t a = c->c0; !e && a < c->c1; a += per) {
+		job *j = malloc(sizeof *j);
+		if (!j) {
+			e = cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+			break;
+		}
+		*j = one;
+		j->c0 = a;
+		j->c1 = a + per < c->c1 ? a + per : c->c1;
+		b->refs++;
+		if (p->tail)
+			p->tail->next = j;
+		else
+			p->head = j;
+		p->tail = j;
+	}
+	buf_release(p, b); /* the submitter's hold */
+	pthread_cond_broadcast(&p->cv);
+	pthread_mutex_unlock(&p->mu);
+	return e;
+}
 
 /* What a capture needs, checked before any model runs. */
 static cltfs_err check_sources(capturer *c)
@@ -52,7 +247,7 @@ static cltfs_err check_sources(capturer *c)
 	if (stat(c->image_dir, &st) < 0 || !S_ISDIR(st.st_mode))
 		return cltfs_fail(CLTFS_E_NOTFOUND, "image folder %s: %s", c->image_dir,
 				  errno && !S_ISDIR(st.st_mode) ? strerror(errno) : "not a directory");
-	return CLTFS_OK;
+	return cap_device_check(c->lo.device);
 }
 
 cltfs_err capturer_new(cltfs_store *s, const capture_cfg *cfg, const char *tag, capturer **out)
@@ -70,7 +265,10 @@ cltfs_err capturer_new(cltfs_store *s, const capture_cfg *cfg, const char *tag, 
 	}
 	c->s = s;
 	c->m = m;
+	pthread_mutex_init(&c->p.mu, NULL);
+	pthread_cond_init(&c->p.cv, NULL);
 	c->lo = cfg->load;
+	c->threads = cfg->compress_threads;
 	c->lo.dir = c->model_dir;
 	c->hook = cap_hook_parse(m->input_hook);
 	c->row = (size_t)m->d_model * cltfs_dtype_size(m->dtype);
@@ -89,6 +287,13 @@ void capturer_free(capturer *c)
 {
 	if (!c)
 		return;
+	if (c->m) { /* the queue goes into the writer, then the writer syncs */
+		pool_stop(&c->p);
+		if (pool_error(&c->p))
+			cltfs_log("%s", cltfs_errmsg());
+		pthread_mutex_destroy(&c->p.mu);
+		pthread_cond_destroy(&c->p.cv);
+	}
 	if (c->w && store_writer_close(c->w))
 		cltfs_log("%s", cltfs_errmsg());
 	for (int i = 0; c->sb && i < 2 * c->m->n_layers; i++)
@@ -115,22 +320,6 @@ bool capturer_batch_stored(capturer *c, int64_t b)
 	return true;
 }
 
-/* The chunks of batches [b0, b1) of one stream, from its buffer. */
-static cltfs_err cut_chunks(capturer *c, int kind, int layer, const uint8_t *buf)
-{
-	const cltfs_manifest *m = c->m;
-	cltfs_err e = CLTFS_OK;
-	cltfs_rec rec;
-	for (int64_t ch = c->c0; !e && ch < c->c1; ch++) {
-		uint64_t key = cltfs_key((unsigned)kind, (unsigned)layer, (uint32_t)ch);
-		size_t off = (size_t)(cltfs_manifest_chunk_start(m, ch) - c->row0) * c->row,
-		       len = (size_t)cltfs_manifest_chunk_rows(m, ch) * c->row;
-		if (!store_lookup(c->s, key, &rec))
-			e = store_writer_add(c->w, key, buf + off, len);
-	}
-	return e;
-}
-
 /* The rows of one stream for sample i of the forward pass: into the
  * stream's buffer at the sample's place; after the last sample of the
  * batches, cut into chunks and appended. */
@@ -151,10 +340,9 @@ static cltfs_err emit(void *arg, size_t i, int kind, int layer, const void *rows
 	memcpy(*sb + (size_t)c->soff[si - c->s0] * c->row, rows, (size_t)nrows * c->row);
 	if (si + 1 < c->s1)
 		return CLTFS_OK;
-	cltfs_err e = cut_chunks(c, kind, layer, *sb);
-	free(*sb);
+	uint8_t *whole = *sb;
 	*sb = NULL;
-	return e;
+	return submit(c, kind, layer, whole);
 }
 
 cltfs_err capturer_load(capturer *c)
@@ -166,9 +354,11 @@ cltfs_err capturer_load(capturer *c)
 	c->load_s = cltfs_now() - t0;
 	if (e)
 		return e;
-	/* One sample at a time on the CPU (no gain from padding there), 8 on a
-	 * GPU, unless asked. */
-	c->fwd = c->lo.batch > 0 ? c->lo.batch : strcmp(cap_model_device(c->model), "cpu") ? 8 : 1;
+	/* One sample at a time on the CPU (no gain from padding there); on a
+	 * GPU what its free memory holds of samples this long; unless asked. */
+	int64_t S = c->m->batch_samples > 0 ? c->m->batch_samples : 1;
+	c->fwd = c->lo.batch > 0 ? c->lo.batch : cap_model_batch(c->model, (c->m->max_batch_rows + S - 1) / S);
+	pool_start(c, strcmp(cap_model_device(c->model), "cpu") != 0);
 	if (c->fwd > 64)
 		c->fwd = 64;
 	const cap_config *cfg = cap_model_config(c->model);
@@ -261,14 +451,35 @@ cltfs_err capturer_run(capturer *c, int64_t b0, int64_t b1, bool durable)
 	}
 	/* Whatever chunks were added are right (a failure stops before a
 	 * stream is cut into chunks, and a chunk is whole rows the model
-	 * made): they stay pending with the earlier batches' and are kept. */
-	if (!e)
-		e = durable ? store_writer_sync(c->w) : CLTFS_OK;
+	 * made): they stay pending with the earlier batches' and are kept.
+	 * Durable: the pool's queue first, then the sync; else a failure of
+	 * the pool so far is this call's. */
+	if (!e && durable && !(e = pool_wait(&c->p)))
+		e = store_writer_sync(c->w);
+	if (!e && !durable && c->p.n) {
+		pthread_mutex_lock(&c->p.mu);
+		e = pool_error(&c->p);
+		pthread_mutex_unlock(&c->p.mu);
+	}
 	if (!e) {
 		c->batches_run += (uint64_t)(b1 - b0);
 		c->rows_run += (uint64_t)c->nrows;
 		c->run_s += cltfs_now() - t0;
 	}
+	return e;
+}
+
+cltfs_err capturer_unload(capturer *c)
+{
+	if (!c->model)
+		return CLTFS_OK;
+	pool_stop(&c->p);
+	cltfs_err e = pool_error(&c->p);
+	if (!e)
+		e = store_writer_sync(c->w);
+	cap_model_free(c->model);
+	c->model = NULL;
+	c->unloads++;
 	return e;
 }
 
@@ -298,7 +509,66 @@ typedef struct {
 	bool stop, started;
 	pthread_t thr;
 	uint64_t ahead_runs;      /* batches the thread captured */
+	int idle_s;               /* free the model after this long unused (0: never) */
+	double last_use;          /* when a capture last ran (guarded by amu) */
+	bool idler;               /* the idle thread runs */
+	bool idle_thr_joinable;   /* idle_thr was started and not joined */
+	pthread_cond_t icv;       /* wakes the idle thread: stop */
+	pthread_t idle_thr;
 } capture_tier;
+
+/* The model stays loaded while captures come; after idle_s seconds
+ * without one it is freed (a GPU's memory back to others), and the next
+ * miss loads it again. */
+static void *idle_main(void *arg)
+{
+	capture_tier *ct = arg;
+	pthread_mutex_lock(&ct->amu);
+	while (!ct->stop) {
+		double due = ct->last_use + ct->idle_s;
+		struct timespec ts;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		double wait = due - cltfs_now();
+		if (wait > 0) {
+			double at = (double)ts.tv_sec + ts.tv_nsec / 1e9 + wait;
+			ts.tv_sec = (time_t)at;
+			ts.tv_nsec = (long)((at - (double)ts.tv_sec) * 1e9);
+			pthread_cond_timedwait(&ct->icv, &ct->amu, &ts);
+			continue;
+		}
+		pthread_mutex_unlock(&ct->amu);
+		pthread_mutex_lock(&ct->mu);
+		pthread_mutex_lock(&ct->amu);
+		bool idle = cltfs_now() >= ct->last_use + ct->idle_s;
+		pthread_mutex_unlock(&ct->amu);
+		if (idle && capturer_unload(ct->c))
+			cltfs_log("freeing the idle model: %s", cltfs_errmsg());
+		else if (idle)
+			cltfs_log("capture: the model was idle for %d s: freed until the next miss", ct->idle_s);
+		pthread_mutex_unlock(&ct->mu);
+		pthread_mutex_lock(&ct->amu);
+		if (idle) /* until the next capture starts this thread again */
+			break;
+	}
+	ct->idler = false;
+	pthread_mutex_unlock(&ct->amu);
+	return NULL;
+}
+
+/* A capture ran: the idle clock starts over (and its thread, if needed). */
+static void used(capture_tier *ct)
+{
+	if (!ct->idle_s)
+		return;
+	pthread_mutex_lock(&ct->amu);
+	ct->last_use = cltfs_now();
+	if (!ct->idler && !ct->stop) {
+		if (ct->idle_thr_joinable) /* the last one ended: reap it */
+			pthread_join(ct->idle_thr, NULL);
+		ct->idle_thr_joinable = ct->idler = !pthread_create(&ct->idle_thr, NULL, idle_main, ct);
+	}
+	pthread_mutex_unlock(&ct->amu);
+}
 
 /* Another process may be capturing the same batch: its lock file makes
  * this one wait, then find the chunks in the store. */
@@ -331,6 +601,8 @@ static cltfs_err capture_one(capture_tier *ct, int64_t b, bool *ran)
 	if (fd >= 0)
 		close(fd);
 	pthread_mutex_unlock(&ct->mu);
+	if (*ran)
+		used(ct);
 	return e;
 }
 
@@ -431,8 +703,9 @@ static void tier_stats(cltfs_tier *t, char *buf, size_t n)
 	}
 	capturer *c = ct->c;
 	snprintf(buf, n, "{\"batches\": %llu, \"ahead_batches\": %llu, \"rows\": %llu, \"seconds\": %.3f, "
-		 "\"model_load_seconds\": %.3f, \"device\": \"%s\"}", (unsigned long long)c->batches_run, ahead,
-		 (unsigned long long)c->rows_run, c->run_s, c->load_s, c->model ? cap_model_device(c->model) : "not loaded");
+		 "\"model_load_seconds\": %.3f, \"device\": \"%s\", \"model_unloads\": %llu}",
+		 (unsigned long long)c->batches_run, ahead, (unsigned long long)c->rows_run, c->run_s, c->load_s,
+		 c->model ? cap_model_device(c->model) : "not loaded", (unsigned long long)c->unloads);
 	pthread_mutex_unlock(&ct->mu);
 }
 
@@ -442,13 +715,17 @@ static void tier_free(cltfs_tier *t)
 	pthread_mutex_lock(&ct->amu);
 	ct->stop = true;
 	pthread_cond_signal(&ct->acv);
+	pthread_cond_signal(&ct->icv);
 	pthread_mutex_unlock(&ct->amu);
 	if (ct->started) /* a batch being captured ahead is finished first */
 		pthread_join(ct->thr, NULL);
+	if (ct->idle_thr_joinable)
+		pthread_join(ct->idle_thr, NULL);
 	capturer_free(ct->c);
 	pthread_mutex_destroy(&ct->mu);
 	pthread_mutex_destroy(&ct->amu);
 	pthread_cond_destroy(&ct->acv);
+	pthread_cond_destroy(&ct->icv);
 	free(ct);
 }
 
@@ -464,11 +741,13 @@ cltfs_err capture_tier_open(cltfs_store *s, const capture_cfg *cfg, cltfs_tier *
 	}
 	t->base = (cltfs_tier){"capture", tier_load, NULL, tier_hint, tier_stats, tier_free};
 	t->ahead = cfg->ahead;
+	t->idle_s = cfg->idle_s;
 	t->before = cfg->before;
 	t->nbefore = cfg->nbefore;
 	pthread_mutex_init(&t->mu, NULL);
 	pthread_mutex_init(&t->amu, NULL);
 	pthread_cond_init(&t->acv, NULL);
+	pthread_cond_init(&t->icv, NULL);
 	*out = &t->base;
 	return CLTFS_OK;
 }

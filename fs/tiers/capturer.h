@@ -22,6 +22,8 @@ typedef struct {
 	const char *model;   /* the checkpoint folder; NULL: the manifest's source.path */
 	const char *images;  /* the image folder; NULL: the manifest's source.images */
 	int ahead;           /* the capture tier: batches captured past a miss, by a thread */
+	int idle_s;          /* the capture tier: free the model after this many idle seconds (0: never) */
+	int compress_threads; /* threads compressing chunks, 0: every CPU on a GPU, 1 on the CPU */
 	cltfs_tier *const *before; /* the capture tier: the tiers asked before it (a batch */
 	int nbefore;               /* they have is not captured ahead); they outlive it */
 } capture_cfg;
@@ -48,6 +50,11 @@ bool capturer_batch_stored(capturer *c, int64_t b);
  * CLTFS_E_MISMATCH (the tokenizer or the model disagrees with the
  * manifest), capture.h's and the store's errors. */
 cltfs_err capturer_run(capturer *c, int64_t b0, int64_t b1, bool durable);
+
+/* Free the model and the compression threads until the next capture
+ * (which loads it again), after making what was captured durable: the
+ * pool's or the sync's error. */
+cltfs_err capturer_unload(capturer *c);
 
 typedef struct {
 	uint64_t batches, rows;  /* captured so far */
