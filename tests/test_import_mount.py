@@ -1,6 +1,7 @@
 """End-to-end: generate reference trees, `cltfs import` them, mount the store,
 and check that every view loads exactly like the original file."""
 
+import errno
 import json
 import os
 import random
@@ -339,7 +340,7 @@ def test_reference_training_loop(stores, mount, name):
 # local store's mount has none.
 STATS_KEYS = {
     "chunks": {"memory", "store"},
-    "bytes_read": None, "reads": None, "errors": None,
+    "bytes_read": None, "reads": None, "opens": None, "errors": None,
     "cache": {"bytes", "limit", "entries"},
     "index": {"chunks", "bytes"},
     "readahead": None, "readahead_errors": None,
@@ -362,7 +363,8 @@ def check_stats(st):
 def test_cltfs_dir(stores, mount):
     imp = stores.get("s1_bf16")
     with mount(imp.store) as m:
-        assert os.stat(m.p(".cltfs/stats")).st_size == 0
+        # a new snapshot at each open, its size known (zero-message opens)
+        assert 0 < os.stat(m.p(".cltfs/stats")).st_size < 4096
         # sizes come from the manifest: stat and listing load no chunk
         for rel in imp.desc["files"]:
             assert os.stat(m.p(rel)).st_size > 0
@@ -789,3 +791,35 @@ def test_cltfs_dir_listing(stores, mount):
     with mount(imp.store) as m:
         assert {"stats", "manifest.json"} <= set(os.listdir(m.p(".cltfs")))
         assert os.path.isdir(m.p(".cltfs"))
+
+
+@pytest.mark.parametrize("handles", [False, True])
+def test_opens(stores, mount, originals, handles):
+    """Zero-message opens (the default where the kernel has them): the
+    kernel sends one OPEN per mount, none per file, keeps the page cache
+    (a second read sends no READ), and .cltfs/stats is still fresh at each
+    open.  -o handles answers every open."""
+    imp = stores.get("s1_bf16")
+    rels = imp.desc["files"]
+    with mount(imp.store, *(("handles",) if handles else ())) as m:
+        for _ in range(3):
+            for rel in rels[:-1]:
+                with open(m.p(rel), "rb") as f:
+                    assert_same(load_bytes(f.read()), originals.get(imp.tree, rel), rel)
+        before = m.stats()
+        if handles:
+            assert before["opens"] >= 3 * (len(rels) - 1), before
+            assert os.stat(m.p(".cltfs/stats")).st_size == 0  # read until EOF, like /proc
+        else:
+            assert before["opens"] == 1, before  # the first open only
+        for rel in rels[:-1]:  # once read, served from the page cache
+            read_all(m.p(rel))
+        assert m.stats()["reads"] == before["reads"]
+        # each open of stats is a new snapshot: the last file's reads show
+        assert_same(load_bytes(read_all(m.p(rels[-1]))), originals.get(imp.tree, rels[-1]), rels[-1])
+        after = m.stats()
+        assert after["reads"] > before["reads"] and after["bytes_read"] > before["bytes_read"], (before, after)
+        # a write is refused either way
+        with pytest.raises(OSError) as ei:
+            open(m.p(rels[0]), "r+b")
+        assert ei.value.errno == errno.EROFS

@@ -35,6 +35,7 @@ void cmd_usage(FILE *f)
 	      "  -o read_ahead_kb=N     the kernel's readahead for this mount (default 1024; needs root)\n"
 	      "  -o share_zero_targets  y files: one storage for all zero padding targets (smaller files;\n"
 	      "                         in-place changes to one then show in all)\n"
+	      "  -o handles             answer every open() (else the kernel opens files itself)\n"
 	      "  -o hub=hf://datasets/OWNER/NAME[@REV]\n"
 	      "                         fetch chunks the store lacks from this Hub store repo\n"
 	      "  -o capture=auto|on|off run the model on a miss (a store made by init); auto: when its\n"

@@ -32,6 +32,7 @@ typedef struct {
 
 typedef struct {
 	atomic_ullong mem_hits, store_loads, bytes_read, reads, errors, readahead, readahead_errors;
+	atomic_ullong opens; /* OPEN requests: one per mount with zero-message opens */
 	atomic_ullong tier_loads[FS_MAX_TIERS];
 	atomic_ullong lat_us_sum, lat_us_max;
 } cltfs_stats;

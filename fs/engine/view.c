@@ -48,6 +48,7 @@ struct view {
 	source *st;
 	pthread_mutex_t mu; /* guards CRC computation */
 	atomic_int refs;    /* view_get's references; view_open's view has none */
+	_Atomic uint64_t last_end; /* where the last read ended: sequential readers */
 };
 
 struct size_slot {
@@ -351,6 +352,11 @@ cltfs_err view_get(cltfs_fs *fs, int layer_idx, int64_t batch, int is_y, view **
 	view_put(old);
 	*out = v;
 	return CLTFS_OK;
+}
+
+bool view_sequential(view *v, uint64_t off, size_t n)
+{
+	return n && atomic_exchange(&v->last_end, off + n) == off;
 }
 
 void view_put(view *v)

@@ -42,6 +42,9 @@ typedef struct {
  * message names the pack or the source. */
 cltfs_err view_read(cltfs_fs *fs, view *v, uint64_t off, size_t len, view_buf *out);
 void view_buf_release(cltfs_fs *fs, view_buf *b);
+/* Note a read of n bytes at off: true when it starts where the view's
+ * last read ended (a sequential reader, whichever open file it is on). */
+bool view_sequential(view *v, uint64_t off, size_t n);
 /* Queue the chunks behind the next readahead=N chunks' worth of bytes from
  * off for the readahead threads (a sequential reader). */
 void view_readahead(cltfs_fs *fs, view *v, uint64_t off);

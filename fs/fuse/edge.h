@@ -43,8 +43,18 @@ typedef struct {
 	struct timespec mtime;    /* of every node: the mount's start */
 	uid_t uid;
 	gid_t gid;
-	pthread_mutex_t open_mu;  /* guards open_files */
+	pthread_mutex_t open_mu;  /* guards open_files and the snapshots */
 	edge_handle open_files;   /* sentinel of a circular list */
+	bool handles;             /* -o handles: answer every OPEN (no zero-message opens) */
+	bool no_open;             /* opens never reach us (set at INIT) */
+	/* .cltfs/stats without OPEN: each lookup is a new inode with the
+	 * snapshot it names (views.c) */
+	uint64_t snap_seq;
+	struct edge_snap {
+		fuse_ino_t ino;
+		char *text;
+		size_t len;
+	} snaps[64];
 } edge_ctx_t;
 
 static inline edge_ctx_t *edge_ctx(fuse_req_t req) { return fuse_req_userdata(req); }
@@ -67,8 +77,9 @@ void edge_stat_base(const edge_ctx_t *c, fuse_ino_t ino, struct stat *st);
 /* Entry number off of a directory: its name (n bytes), inode and type;
  * false past the end. */
 typedef bool (*edge_dirent)(void *arg, off_t off, char *name, size_t n, fuse_ino_t *ino, mode_t *mode);
-/* The attributes of inode ino: 0, or an errno. */
-typedef int (*edge_getattr)(void *arg, fuse_ino_t ino, struct stat *st);
+/* The attributes of inode ino: 0, or an errno; *timeout is how long the
+ * kernel may keep the entry and its attributes (EDGE_TIMEOUT when left). */
+typedef int (*edge_getattr)(void *arg, fuse_ino_t ino, struct stat *st, double *timeout);
 /* Reply to READDIR (attr NULL) or READDIRPLUS (each entry with its
  * attributes, cached by the kernel for EDGE_TIMEOUT: `ls -l`, `du` and
  * scandir + stat then need no request per file) with the entries from off

@@ -27,7 +27,7 @@ typedef struct {
 	long long capture_batch, capture_idle;
 	char *args[2];
 	int nargs;
-	int share_zero, foreground, debug, single, help, version;
+	int share_zero, foreground, debug, single, help, version, handles;
 } cli;
 
 #define OPT(t, p) {t, offsetof(cli, p), 1}
@@ -41,7 +41,7 @@ static const struct fuse_opt cli_opts[] = {
 	OPT("threads=%lld", threads),       OPT("read_ahead_kb=%lld", read_ahead_kb),
 	OPT("capture_ahead=%lld", capture_ahead), OPT("device=%s", device),
 	OPT("capture_batch=%lld", capture_batch), OPT("capture_idle=%lld", capture_idle),
-	OPT("share_zero_targets", share_zero),
+	OPT("share_zero_targets", share_zero), OPT("handles", handles),
 	OPT("-f", foreground),
 	OPT("-d", debug),                   OPT("debug", debug),
 	OPT("-s", single),                  OPT("-h", help),
@@ -325,6 +325,7 @@ int edge_mount_main(int argc, char **argv, void (*usage)(FILE *))
 		goto out_fs;
 	}
 	edge_files_init(&cx);
+	cx.handles = c.handles;
 	cx.fs = fs;
 	cx.plain = src.plain;
 	cx.uid = getuid();

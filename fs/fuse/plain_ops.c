@@ -96,7 +96,7 @@ static bool plain_dirent(void *arg, off_t off, char *name, size_t n, fuse_ino_t 
 	return true;
 }
 
-static int plain_attr(void *arg, fuse_ino_t ino, struct stat *st)
+static int plain_attr(void *arg, fuse_ino_t ino, struct stat *st, double *timeout)
 {
 	dir_ref *r = arg;
 	size_t i;

@@ -6,10 +6,16 @@
  *   2, 3, 4           .cltfs/, .cltfs/stats, .cltfs/manifest.json
  *   16 + i            layer directory i (L<n> with n = x_layers[i])
  *   FILE0 + 2*(i*B+k) + y   batch k of layer directory i; y: 0 x, 1 y
+ *   SNAP0 + n         the n-th snapshot of .cltfs/stats (zero-message opens)
  * Content never changes under a mount, so entries and attributes are
  * cached for a day and files are opened with keep_cache: a second read is
- * a page-cache read.  Work (build a view, compose bytes) is split from the
- * reply, as in libfuse's passthrough_ll.c.
+ * a page-cache read.  Where the kernel offers it, opens are zero-message:
+ * the first OPEN is answered ENOSYS and no OPEN or RELEASE comes again, a
+ * read finds its view by inode (the view cache), and .cltfs/stats, which
+ * must be fresh at each open, is a new inode at each lookup (entry timeout
+ * 0) holding the snapshot taken then.  -o handles keeps a handle per open
+ * instead.  Work (build a view, compose bytes) is split from the reply, as
+ * in libfuse's passthrough_ll.c.
  */
 #include "edge.h"
 #include "view.h"
@@ -26,6 +32,7 @@
 #define INO_MANIFEST 4
 #define INO_LAYER0 16
 #define INO_FILE0 (UINT64_C(1) << 20)
+#define INO_SNAP0 (UINT64_C(1) << 62)
 
 typedef edge_ctx_t ctx;
 
@@ -35,7 +42,6 @@ typedef struct {
 	view *v;
 	char *buf;
 	size_t len;
-	uint64_t last_end;
 } handle;
 
 /* ---- inodes ---- */
@@ -56,7 +62,7 @@ static node decode(const ctx *c, fuse_ino_t ino)
 		n.t = N_ROOT;
 	else if (ino == INO_META)
 		n.t = N_META;
-	else if (ino == INO_STATS)
+	else if (ino == INO_STATS || ino >= INO_SNAP0)
 		n.t = N_STATS;
 	else if (ino == INO_MANIFEST)
 		n.t = N_MANIFEST;
@@ -80,6 +86,59 @@ static fuse_ino_t file_ino(const ctx *c, int li, int64_t k, int y)
 	return INO_FILE0 + 2 * ((uint64_t)li * (uint64_t)fs_nbatches(c->fs) + (uint64_t)k) + (uint64_t)y;
 }
 
+/* ---- .cltfs/stats without OPEN ---- */
+
+#define NSNAP (sizeof ((ctx *)0)->snaps / sizeof *((ctx *)0)->snaps)
+
+/* A new snapshot of the stats, as a new inode (0 when out of memory). */
+static fuse_ino_t snap_take(ctx *c)
+{
+	char *text = fs_stats_json(c->fs);
+	if (!text)
+		return 0;
+	pthread_mutex_lock(&c->open_mu);
+	uint64_t n = c->snap_seq++;
+	struct edge_snap *s = &c->snaps[n % NSNAP];
+	free(s->text);
+	*s = (struct edge_snap){INO_SNAP0 + n, text, strlen(text)};
+	pthread_mutex_unlock(&c->open_mu);
+	return INO_SNAP0 + n;
+}
+
+/* Bytes [off, off+size) of snapshot ino, copied (a fresh snapshot's when
+ * 64 newer ones have pushed it out); NULL when out of memory. */
+static char *snap_slice(ctx *c, fuse_ino_t ino, size_t off, size_t size, size_t *n)
+{
+	char *out = NULL, *fresh = NULL;
+	pthread_mutex_lock(&c->open_mu);
+	struct edge_snap *s = &c->snaps[(ino - INO_SNAP0) % NSNAP];
+	bool have = ino >= INO_SNAP0 && s->ino == ino;
+	const char *text = have ? s->text : NULL;
+	size_t len = have ? s->len : 0;
+	if (!have) {
+		pthread_mutex_unlock(&c->open_mu);
+		if (!(text = fresh = fs_stats_json(c->fs)))
+			return NULL;
+		len = strlen(text);
+	}
+	size_t o = off < len ? off : len;
+	*n = size < len - o ? size : len - o;
+	if ((out = malloc(*n ? *n : 1)))
+		memcpy(out, text + o, *n);
+	if (have)
+		pthread_mutex_unlock(&c->open_mu);
+	free(fresh);
+	return out;
+}
+
+static size_t snap_size(ctx *c, fuse_ino_t ino)
+{
+	size_t n = 0;
+	char *all = snap_slice(c, ino, 0, SIZE_MAX, &n);
+	free(all);
+	return n;
+}
+
 static int do_stat(ctx *c, fuse_ino_t ino, struct stat *st)
 {
 	node n = decode(c, ino);
@@ -94,9 +153,11 @@ static int do_stat(ctx *c, fuse_ino_t ino, struct stat *st)
 		st->st_mode = S_IFDIR | 0555;
 		st->st_nlink = 2;
 		return 0;
-	case N_STATS: /* size 0: read until EOF, like /proc */
+	case N_STATS: /* with handles size 0: read until EOF, like /proc */
 		st->st_mode = S_IFREG | 0444;
 		st->st_nlink = 1;
+		if (c->no_open)
+			st->st_size = (off_t)snap_size(c, ino);
 		return 0;
 	case N_MANIFEST:
 		st->st_mode = S_IFREG | 0444;
@@ -149,12 +210,20 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 		fuse_reply_entry(req, &e);
 		return;
 	}
+	e.attr_timeout = e.entry_timeout = EDGE_TIMEOUT;
+	if (e.ino == INO_STATS && c->no_open) {
+		/* looked up again at every open: each one a new file */
+		if (!(e.ino = snap_take(c))) {
+			fuse_reply_err(req, ENOMEM);
+			return;
+		}
+		e.entry_timeout = 0;
+	}
 	int err = do_stat(c, e.ino, &e.attr);
 	if (err) {
 		fuse_reply_err(req, err);
 		return;
 	}
-	e.attr_timeout = e.entry_timeout = EDGE_TIMEOUT;
 	fuse_reply_entry(req, &e);
 }
 
@@ -165,7 +234,7 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	if (err)
 		fuse_reply_err(req, err);
 	else
-		fuse_reply_attr(req, &st, ino == INO_STATS ? 0 : EDGE_TIMEOUT);
+		fuse_reply_attr(req, &st, ino == INO_STATS ? 0 : EDGE_TIMEOUT); /* a snapshot never changes */
 }
 
 /* ---- directories ---- */
@@ -226,7 +295,12 @@ static bool view_dirent(void *arg, off_t off, char *name, size_t n, fuse_ino_t *
 	return dir_entry(r->c, r->d, r->self, off, name, n, ino, mode);
 }
 
-static int view_attr(void *arg, fuse_ino_t ino, struct stat *st) { return do_stat(((dir_ref *)arg)->c, ino, st); }
+static int view_attr(void *arg, fuse_ino_t ino, struct stat *st, double *timeout)
+{
+	if (ino == INO_STATS)
+		*timeout = 0;
+	return do_stat(((dir_ref *)arg)->c, ino, st);
+}
 
 static void readdir_any(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, bool plus)
 {
@@ -262,12 +336,17 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	ctx *c = edge_ctx(req);
 	node n = decode(c, ino);
+	atomic_fetch_add(&fs_stats(c->fs)->opens, 1);
 	if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC)) {
 		fuse_reply_err(req, EROFS);
 		return;
 	}
 	if (n.t != N_FILE && n.t != N_STATS && n.t != N_MANIFEST) {
 		fuse_reply_err(req, n.t == N_NONE ? ENOENT : EISDIR);
+		return;
+	}
+	if (c->no_open) { /* from now on the kernel opens files itself */
+		fuse_reply_err(req, ENOSYS);
 		return;
 	}
 	handle *h = calloc(1, sizeof *h);
@@ -317,43 +396,76 @@ static void note_latency(cltfs_stats *st, uint64_t us)
 		;
 }
 
+/* Reply with bytes [off, off+size) of text (len bytes), from a copy: once
+ * the kernel has the bytes (inside writev), the reader may close and
+ * RELEASE free text on another thread before fuse_reply_buf returns. */
+static void reply_slice(fuse_req_t req, const char *text, size_t len, off_t off, size_t size)
+{
+	size_t o = (size_t)off < len ? (size_t)off : len, n = size < len - o ? size : len - o;
+	char *copy = malloc(n ? n : 1);
+	if (!copy) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	memcpy(copy, text + o, n);
+	fuse_reply_buf(req, copy, n);
+	free(copy);
+}
+
+/* A read of .cltfs/ without a handle (zero-message opens). */
+static void read_meta(fuse_req_t req, ctx *c, node n, fuse_ino_t ino, size_t size, off_t off)
+{
+	if (n.t == N_MANIFEST) {
+		reply_slice(req, c->manifest_json, c->manifest_len, off, size);
+		return;
+	}
+	size_t len;
+	char *part = n.t == N_STATS ? snap_slice(c, ino, (size_t)off, size, &len) : NULL;
+	if (part)
+		fuse_reply_buf(req, part, len);
+	else
+		fuse_reply_err(req, n.t == N_STATS ? ENOMEM : EISDIR);
+	free(part);
+}
+
 static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
 {
 	ctx *c = edge_ctx(req);
 	handle *h = (handle *)(uintptr_t)fi->fh;
-	if (h->kind == 1) {
-		/* Reply from a copy: once the kernel has the bytes (inside writev),
-		 * the reader may close and RELEASE free h on another thread before
-		 * fuse_reply_buf returns. */
-		size_t o = (size_t)off < h->len ? (size_t)off : h->len, n = size < h->len - o ? size : h->len - o;
-		char *copy = malloc(n ? n : 1);
-		if (!copy) {
-			fuse_reply_err(req, ENOMEM);
-			return;
-		}
-		memcpy(copy, h->buf + o, n);
-		fuse_reply_buf(req, copy, n);
-		free(copy);
+	if (h && h->kind == 1) {
+		reply_slice(req, h->buf, h->len, off, size);
 		return;
+	}
+	view *v = h ? h->v : NULL;
+	if (!h) { /* zero-message opens: the view of this inode, from the view cache */
+		node n = decode(c, ino);
+		cltfs_err e = n.t != N_FILE ? CLTFS_OK : view_get(c->fs, n.layer_idx, n.batch, n.is_y, &v);
+		if (n.t != N_FILE)
+			read_meta(req, c, n, ino, size, off);
+		else if (e)
+			fuse_reply_err(req, edge_fail(c, e));
+		if (!v)
+			return;
 	}
 	struct timespec t0;
 	clock_gettime(CLOCK_MONOTONIC, &t0);
 	cltfs_stats *st = fs_stats(c->fs);
 	view_buf b;
-	cltfs_err e = view_read(c->fs, h->v, (uint64_t)off, size, &b);
+	cltfs_err e = view_read(c->fs, v, (uint64_t)off, size, &b);
 	if (e) {
 		fuse_reply_err(req, edge_fail(c, e));
-		return;
+	} else {
+		/* A reader that continues where it stopped is sequential: fetch ahead. */
+		if (view_sequential(v, (uint64_t)off, b.total))
+			view_readahead(c->fs, v, (uint64_t)off + b.total);
+		fuse_reply_iov(req, b.iov, (int)b.niov);
+		atomic_fetch_add(&st->reads, 1);
+		atomic_fetch_add(&st->bytes_read, b.total);
+		view_buf_release(c->fs, &b);
+		note_latency(st, usec_since(&t0));
 	}
-	/* A reader that continues where it stopped is sequential: fetch ahead. */
-	uint64_t end = (uint64_t)off + b.total, prev = __atomic_exchange_n(&h->last_end, end, __ATOMIC_RELAXED);
-	if (prev == (uint64_t)off && b.total)
-		view_readahead(c->fs, h->v, end);
-	fuse_reply_iov(req, b.iov, (int)b.niov);
-	atomic_fetch_add(&st->reads, 1);
-	atomic_fetch_add(&st->bytes_read, b.total);
-	view_buf_release(c->fs, &b);
-	note_latency(st, usec_since(&t0));
+	if (!h)
+		view_put(v);
 }
 
 static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
