@@ -8,9 +8,11 @@
  * its CRC is computed once, there.
  *
  * Readahead: a sequential reader queues the chunks of the bytes ahead of
- * it; RA_THREADS threads (RA_TIER_THREADS when a tier may fetch over the
- * network) load them into the cache.
+ * it; a thread per CPU (at least RA_TIER_THREADS when a tier may fetch over
+ * the network) loads them into the cache, so that one reader keeps every
+ * core decoding while the FUSE thread copies.
  */
+#include <unistd.h>
 #include "engine_internal.h"
 
 #include <stdarg.h>
@@ -288,11 +290,19 @@ cltfs_err fs_new(cltfs_store *s, const cltfs_opts *o, cltfs_fs **out)
 	return CLTFS_OK;
 }
 
+int fs_cpus(void)
+{
+	long n = sysconf(_SC_NPROCESSORS_ONLN);
+	return n < 2 ? 2 : n > RA_MAX_THREADS ? RA_MAX_THREADS : (int)n;
+}
+
 cltfs_err fs_start(cltfs_fs *fs)
 {
 	if (fs->o.prefault && !fs->warming && !pthread_create(&fs->warm_thr, NULL, warm_main, fs))
 		fs->warming = true;
-	int want = fs->o.readahead <= 0 ? 0 : fs->o.ntiers ? RA_TIER_THREADS : RA_THREADS;
+	int want = fs->o.readahead <= 0 ? 0 : fs_cpus();
+	if (want && fs->o.ntiers && want < RA_TIER_THREADS)
+		want = RA_TIER_THREADS;
 	while (fs->ra_n < want && !pthread_create(&fs->ra_thr[fs->ra_n], NULL, ra_main, fs))
 		fs->ra_n++;
 	if (fs->ra_n < want && !fs->ra_n)

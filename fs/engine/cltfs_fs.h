@@ -47,6 +47,9 @@ cltfs_err fs_new(cltfs_store *s, const cltfs_opts *o, cltfs_fs **out);
  * daemonized (threads do not survive fork).  CLTFS_E_NOMEM when no thread
  * could start. */
 cltfs_err fs_start(cltfs_fs *fs);
+/* The CPUs readahead uses (threads decoding), 2 to 32: the default
+ * readahead depth scales with them. */
+int fs_cpus(void);
 /* Stop the threads and free (NULL is a no-op); the tiers are the caller's. */
 void fs_free(cltfs_fs *fs);
 cltfs_store *fs_store(cltfs_fs *fs);

@@ -8,9 +8,9 @@
 
 #include <pthread.h>
 
-#define RA_QUEUE 64
-#define RA_THREADS 2      /* decoding local chunks */
-#define RA_TIER_THREADS 8 /* fetching from a tier: requests in flight */
+#define RA_QUEUE 256
+#define RA_MAX_THREADS 32 /* decoding: one per CPU, 2 at least (fs_start) */
+#define RA_TIER_THREADS 8 /* fetching from a tier: requests in flight, at least */
 
 /* One batch of the mount's batching: samples [first_sample, +nsamples),
  * the first at row row0, padded to tokens rows each; or (batch_rows) rows
@@ -50,7 +50,7 @@ struct cltfs_fs {
 	uint64_t ra_q[RA_QUEUE]; /* guarded by ra_mu */
 	size_t ra_head, ra_len;  /* guarded by ra_mu */
 	bool ra_stop;            /* guarded by ra_mu */
-	pthread_t ra_thr[RA_TIER_THREADS];
+	pthread_t ra_thr[RA_MAX_THREADS];
 	int ra_n;                /* threads started: set by fs_start only */
 	pthread_t warm_thr;
 	bool warming;

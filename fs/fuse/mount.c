@@ -106,7 +106,9 @@ static bool in_range(const char *name, long long v, long long lo, long long hi)
 
 static bool check_opts(const cli *c, cltfs_opts *o)
 {
-	*o = (cltfs_opts){.dtype = -1, .cache_mb = 256, .readahead = 4, .prefault = true};
+	/* readahead: two chunks a decoding thread (one per CPU), at least 4 */
+	int ra = 2 * fs_cpus() < 4 ? 4 : 2 * fs_cpus() > 64 ? 64 : 2 * fs_cpus();
+	*o = (cltfs_opts){.dtype = -1, .cache_mb = 256, .readahead = ra, .prefault = true};
 	if (!in_range("cache_mb", c->cache_mb, 1, 1 << 22) || !in_range("batch_samples", c->batch_samples, 1, INT32_MAX) ||
 	    !in_range("batch_rows", c->batch_rows, 1, INT32_MAX) || !in_range("readahead", c->readahead, 0, 64) ||
 	    !in_range("threads", c->threads, 1, 1024) || !in_range("read_ahead_kb", c->read_ahead_kb, 0, 1 << 20) ||

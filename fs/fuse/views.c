@@ -458,9 +458,11 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 		/* A reader that continues where it stopped is sequential: fetch ahead. */
 		if (view_sequential(v, (uint64_t)off, b.total))
 			view_readahead(c->fs, v, (uint64_t)off + b.total);
-		fuse_reply_iov(req, b.iov, (int)b.niov);
+		/* counted first: the reader may read .cltfs/stats as soon as it has
+		 * these bytes */
 		atomic_fetch_add(&st->reads, 1);
 		atomic_fetch_add(&st->bytes_read, b.total);
+		fuse_reply_iov(req, b.iov, (int)b.niov);
 		view_buf_release(c->fs, &b);
 		note_latency(st, usec_since(&t0));
 	}
