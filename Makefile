@@ -46,7 +46,7 @@ UNIT_LDFLAGS_fs_view := -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc,--wrap=st
 
 objs = $(patsubst %.c,$(1)/%.o,$(2))
 
-.PHONY: FORCE all deps check gpu-check unit unit-asan pytest pytest-asan demo bench fuzz install uninstall clean
+.PHONY: FORCE all deps check gpu-check stress unit unit-asan pytest pytest-asan demo bench fuzz install uninstall clean
 
 all: $(B)/cltfs $(B)/libcltfs-capture.so
 
@@ -159,6 +159,12 @@ fuzz: $(FUZZ_TARGETS:%=$(B)/fuzz/%)
 $(B)/fuzz/%: tests/fuzz/libfuzzer.c $(FUZZ_SRC) $(CODEC_SRC) $(CORE_SRC)
 	@mkdir -p $(dir $@)
 	$(CLANG) $(FUZZ_FLAGS) -DTARGET=cltfs_fuzz_$* $^ -o $@ $(CORE_LIBS)
+
+# The randomized tests at scale 25 (make check runs them at 1): random reads
+# of every kind, kill -9 of import and pull, random damage (README,
+# Reliability).  About 4 minutes.
+stress: $(B)/cltfs
+	CLTFS_STRESS=25 CLTFS_BIN=$(CURDIR)/$(B)/cltfs $(PYTHON) -m pytest -q -p no:cacheprovider tests/test_stress.py
 
 # On a machine with an NVIDIA GPU and a CUDA torch (PYTHON=...): build
 # against it into build-gpu/, run the GPU capture tests, time capture

@@ -1,0 +1,276 @@
+"""Randomized stress: reads of every kind against whole files, kills at
+random moments, random damage.  Seeded and counted.
+
+    CLTFS_STRESS=N   scale (default 1: a few seconds each, in make check;
+                     make stress runs 25); CLTFS_STRESS_SEED=S reproduces a
+                     run (each test prints its seed and counts).
+
+1. Random reads (fsx-style): pread at random offsets and lengths, O_DIRECT,
+   mmap, and reads after the page cache was dropped, on mounts with
+   different view options, each compared with the same file read whole on
+   a fresh mount (and, without a conversion, whole files with torch against
+   the originals).
+2. kill -9 at a random moment of import and of pull (a Hub store on
+   loopback), then verify (the store is valid), the same command again
+   (it resumes), and every view compared with the originals.
+3. Random byte flips and truncations of packs, indexes and the sample
+   table: every read is the right bytes or EIO, or the mount refuses the
+   store; never different bytes.
+"""
+import errno
+import glob
+import hashlib
+import mmap
+import os
+import random
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+
+from conftest import assert_same, describe, load_bytes
+from test_hub import STORE_URL, hf_env, make_hub  # noqa: F401 (a fixture)
+
+SCALE = max(1, int(os.environ.get("CLTFS_STRESS", "1")))
+SEED = int(os.environ.get("CLTFS_STRESS_SEED", str(int(time.time()) & 0xFFFFFF)))
+
+
+def rng(name):
+    """A generator per test, reproducible from SEED."""
+    r = random.Random("%s-%d" % (name, SEED))
+    print("stress %s: seed %d, scale %d" % (name, SEED, SCALE))
+    return r
+
+
+def read_all(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def whole_files(m, rels):
+    return {rel: read_all(m.p(rel)) for rel in rels}
+
+
+def drop_caches():
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+        return True
+    except OSError:
+        return False
+
+
+# ------------------------------------------------------------ random reads --
+
+def _pread(path, off, n, direct=False):
+    flags = os.O_RDONLY | (os.O_DIRECT if direct else 0)
+    fd = os.open(path, flags)
+    try:
+        if not direct:
+            return os.pread(fd, n, off)
+        # O_DIRECT wants aligned buffers, offsets and lengths
+        a = 4096
+        start, end = off - off % a, -(-(off + n) // a) * a
+        buf = mmap.mmap(-1, end - start)
+        try:
+            got = os.preadv(fd, [buf], start)
+            return bytes(buf[off - start:min(off - start + n, got)])
+        finally:
+            buf.close()
+    finally:
+        os.close(fd)
+
+
+def _mmap_read(path, off, n):
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size == 0:
+            return b""
+        with mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as mm:
+            return mm[off:off + n]
+
+
+OPTION_SETS = [(), ("dtype=float32",), ("batch_samples=2",), ("batch_rows=37",),
+               ("share_zero_targets",), ("handles",), ("readahead=0", "cache_mb=1")]
+
+
+@pytest.mark.parametrize("opts", OPTION_SETS, ids=lambda o: ",".join(o) or "default")
+def test_random_reads(stores, mount, originals, opts):
+    r = rng("random_reads-" + ",".join(opts))
+    imp = stores.get("s2_padded")
+    with mount(imp.store, *opts) as m:
+        rels = sorted(m.files())
+        want = whole_files(m, rels)  # the reference: whole files, fresh mount
+        if not opts or opts == ("share_zero_targets",) or opts == ("handles",):
+            for rel in rels:
+                assert_same(load_bytes(want[rel]), originals.get(imp.tree, rel), rel)
+    counts = {"pread": 0, "direct": 0, "mmap": 0, "after_drop": 0}
+    with mount(imp.store, *opts) as m:  # a second mount: cold again
+        for i in range(150 * SCALE):
+            rel = r.choice(rels)
+            data, path = want[rel], m.p(rel)
+            size = len(data)
+            off = r.randrange(size + 1) if r.random() < 0.9 else r.choice([0, size, max(0, size - 1)])
+            n = r.choice([1, 7, 4096, 65536, 1 << 20, r.randrange(1, 3 << 20)])
+            kind = r.choice(list(counts))
+            if kind == "after_drop" and not drop_caches():
+                kind = "pread"
+            if kind == "mmap":
+                got = _mmap_read(path, off, n)
+            else:
+                got = _pread(path, off, n, direct=(kind == "direct"))
+            assert got == data[off:off + n], "%s %s [%d, +%d) differs (seed %d, op %d)" % (
+                kind, rel, off, n, SEED, i)
+            counts[kind] += 1
+        st = m.stats()
+        assert st["errors"] == 0, st
+    print("stress random reads %s: %s" % (",".join(opts) or "default", counts))
+
+
+# ------------------------------------------------------------ kill -9 --
+
+def _kill_at_random(argv, r, longest, env=None):
+    """Start argv and SIGKILL it after a random part of longest seconds;
+    True if it was killed (False: it had finished first)."""
+    p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    try:
+        p.wait(timeout=r.uniform(0, longest))
+    except subprocess.TimeoutExpired:
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        return True
+    assert p.returncode == 0, "%s: %s" % (" ".join(argv), p.stderr.read().decode(errors="replace"))
+    return False
+
+
+def _compare_all(mount, store, imp, originals):
+    with mount(store) as m:
+        for rel in imp.desc["files"]:
+            assert_same(load_bytes(read_all(m.p(rel))), originals.get(imp.tree, rel), rel)
+
+
+def test_kill_import(tmp_path, trees, cltfs_bin, run_cltfs, mount, originals):
+    r = rng("kill_import")
+    tree, desc = trees.make(tmp_path / "tree", layers="0-5", n_layers=8, batches=6,
+                            samples_per_batch=1, d=256, min_tokens=100, max_tokens=300, seed=21)
+    t0 = time.monotonic()
+    once = str(tmp_path / "once")
+    res = run_cltfs("import", once, tree, "--quiet")
+    assert res.returncode == 0, describe(res)
+    full = time.monotonic() - t0
+    kills = 0
+    for k in range(3 * SCALE):
+        store = str(tmp_path / ("s%d" % k))
+        for attempt in range(r.randint(1, 3)):
+            if _kill_at_random([cltfs_bin, "import", store, tree, "--quiet"], r, full * 1.2):
+                kills += 1
+                if os.path.exists(os.path.join(store, "cltfs.json")):
+                    v = run_cltfs("verify", store)
+                    # an interrupted import is a valid store with chunks missing
+                    assert v.returncode == 0 or "missing" in v.stdout + v.stderr, describe(v)
+        res = run_cltfs("import", store, tree, "--quiet")
+        assert res.returncode == 0, "resumed import: " + describe(res)
+        v = run_cltfs("verify", store)
+        assert v.returncode == 0, describe(v)
+        _compare_all(mount, store, type("I", (), {"desc": desc, "tree": tree}), originals)
+        shutil.rmtree(store)
+    print("stress kill import: %d kills over %d stores" % (kills, 3 * SCALE))
+
+
+def test_kill_pull(tmp_path, stores, cltfs_bin, run_cltfs, mount, originals, make_hub):
+    r = rng("kill_pull")
+    imp = stores.get("big")
+    hub = make_hub()
+    hub.add_repo("me/acts", imp.store)
+    url, env = STORE_URL, hf_env(tmp_path, hub)
+    t0 = time.monotonic()
+    res = run_cltfs("pull", url, str(tmp_path / "once"), env=env)
+    assert res.returncode == 0, describe(res)
+    full = max(time.monotonic() - t0, 0.05)
+    kills = 0
+    for k in range(2 * SCALE):
+        store = str(tmp_path / ("p%d" % k))
+        for attempt in range(r.randint(1, 3)):
+            kills += _kill_at_random([cltfs_bin, "pull", url, store, "--quiet"], r, full * 1.2, env=env)
+            if os.path.exists(os.path.join(store, "cltfs.json")):
+                v = run_cltfs("verify", store)
+                assert v.returncode == 0 or "missing" in v.stdout + v.stderr, describe(v)
+        res = run_cltfs("pull", url, store, "--quiet", env=env)
+        assert res.returncode == 0, describe(res)
+        assert run_cltfs("verify", store).returncode == 0
+        _compare_all(mount, store, imp, originals)
+        shutil.rmtree(store)
+    print("stress kill pull: %d kills over %d stores" % (kills, 2 * SCALE))
+
+
+# ------------------------------------------------------------ damage --
+
+def _damage(r, store):
+    """One random flip or truncation of a pack, an index or samples.bin;
+    returns a description."""
+    files = glob.glob(os.path.join(store, "packs", "*.pack")) + \
+        glob.glob(os.path.join(store, "packs", "*.idx")) + \
+        glob.glob(os.path.join(store, "samples.bin"))
+    path = r.choice(sorted(files))
+    size = os.path.getsize(path)
+    if r.random() < 0.75 and size:
+        off = r.randrange(size)
+        with open(path, "r+b") as f:
+            f.seek(off)
+            b = f.read(1)
+            f.seek(off)
+            f.write(bytes([b[0] ^ (1 << r.randrange(8))]))
+        return "flip %s@%d" % (os.path.basename(path), off)
+    cut = r.randrange(size) if size else 0
+    os.truncate(path, cut)
+    return "truncate %s to %d of %d" % (os.path.basename(path), cut, size)
+
+
+def test_random_damage(tmp_path, stores, mount, cltfs_bin, originals):
+    r = rng("random_damage")
+    imp = stores.get("s2_padded")
+    counts = {"refused": 0, "eio": 0, "right": 0}
+    with mount(imp.store) as m:
+        want = whole_files(m, imp.desc["files"])
+    for k in range(8 * SCALE):
+        store = str(tmp_path / ("d%d" % k))
+        shutil.copytree(imp.store, store, ignore=shutil.ignore_patterns("locks"))
+        what = [_damage(r, store) for _ in range(r.randint(1, 3))]
+        mnt = tmp_path / ("m%d" % k)
+        mnt.mkdir()
+        # daemonized: a refused store exits non-zero with a message
+        p = subprocess.run([cltfs_bin, store, str(mnt), "-o", "capture=off"], capture_output=True,
+                           text=True, timeout=60)
+        if p.returncode != 0:
+            assert "cltfs: " in p.stderr, "refused without a message: %s: %s" % (what, describe(p))
+            counts["refused"] += 1
+            shutil.rmtree(store)
+            continue
+        try:
+            for rel in imp.desc["files"]:
+                try:
+                    got = read_all(str(mnt / rel))
+                except OSError as e:
+                    assert e.errno == errno.EIO, "%s: %s after %s" % (rel, e, what)
+                    counts["eio"] += 1
+                    continue
+                assert got == want[rel], "%s: different bytes after %s (seed %d)" % (rel, what, SEED)
+                counts["right"] += 1
+        finally:
+            subprocess.run(["fusermount3", "-u", str(mnt)])
+        shutil.rmtree(store)
+    print("stress damage: %s over %d stores" % (counts, 8 * SCALE))
+    assert counts["eio"] + counts["refused"] > 0
+
+
+def test_checksum_of_a_view_is_stable(stores, mount):
+    """Two mounts, the same options: the same bytes (what the reads above
+    compare against is itself deterministic)."""
+    imp = stores.get("s1_bf16")
+    digests = []
+    for _ in range(2):
+        with mount(imp.store) as m:
+            digests.append({rel: hashlib.sha256(read_all(m.p(rel))).hexdigest() for rel in m.files()})
+    assert digests[0] == digests[1]
