@@ -38,7 +38,8 @@ def test_man_page_covers_every_option():
                  "share_zero_targets", "hub=", "capture=", "model=", "images=", "readahead_errors",
                  "--image-dir", "capture_ahead=", "samples.bin", "JSON Lines", "device=", "capture_batch=",
                  "capture_idle=", "--device", "--compress-threads", "CUDA_VISIBLE_DEVICES", "TORCH_DIR",
-                 "gpu-check", "model_unloads"):
+                 "gpu-check", "model_unloads", "handles", "opens", "n_targets=", "target_offset=",
+                 "target_pad="):
         assert word.replace("-", "\\-") in page or word in page, word
     if shutil.which("groff"):
         r = subprocess.run(["groff", "-man", "-ww", "-z", os.path.join(REPO, "man", "cltfs.1")],
@@ -51,7 +52,7 @@ def test_help_lists_every_mount_option(run_cltfs):
     for opt in ("store=", "cache_mb=", "batch_samples=", "batch_rows=", "dtype=", "readahead=",
                 "threads=", "read_ahead_kb=", "import", "stat", "verify", "pull", "hf://",
                 "HF_TOKEN", "HF_HUB_OFFLINE", "device=", "capture_batch=", "capture_idle=", "--device",
-                "--compress-threads"):
+                "--compress-threads", "handles", "n_targets=", "target_offset=", "target_pad="):
         assert opt in out, opt
 
 

@@ -253,6 +253,59 @@ static size_t largest_chunk(const cltfs_fs *fs)
 	return (size_t)rows * fs->row_out;
 }
 
+/* The layers named "a-b, c" for a message: the first ones of a list. */
+static void layer_list(const int *l, int n, char *buf, size_t cap)
+{
+	size_t used = 0;
+	buf[0] = 0;
+	for (int i = 0; i < n && used + 16 < cap;) {
+		int j = i;
+		while (j + 1 < n && l[j + 1] == l[j] + 1)
+			j++;
+		used += (size_t)snprintf(buf + used, cap - used, "%s%d", used ? ", " : "", l[i]);
+		if (j > i)
+			used += (size_t)snprintf(buf + used, cap - used, "-%d", l[j]);
+		i = j + 1;
+	}
+}
+
+/* The mount's view of the manifest: the store's, with -o n_targets,
+ * target_offset and target_pad.  Every target a y view would then carry
+ * must be a stream the store keeps: else the mount is refused, naming the
+ * option and the stream. */
+static cltfs_err target_options(cltfs_fs *fs, const cltfs_manifest *sm)
+{
+	const cltfs_opts *o = &fs->o;
+	fs->vm = *sm;
+	fs->m = &fs->vm;
+	if (o->n_targets > 0)
+		fs->vm.n_targets = o->n_targets;
+	if (o->set_target_offset)
+		fs->vm.target_offset = o->target_offset;
+	if (o->set_target_pad)
+		fs->vm.padding = o->target_pad;
+	const cltfs_manifest *m = fs->m;
+	for (int i = 0; i < m->n_x_layers; i++) {
+		int L = m->x_layers[i];
+		for (int j = 0; j < cltfs_manifest_targets_of(m, L); j++) {
+			int t = cltfs_manifest_target_layer(m, L, j);
+			if (t < 0 || cltfs_manifest_has_layer(m->mlp_layers, m->n_mlp_layers, t))
+				continue;
+			char have[256], opt[96] = "";
+			layer_list(m->mlp_layers, m->n_mlp_layers, have, sizeof have);
+			if (o->n_targets > 0)
+				snprintf(opt, sizeof opt, "-o n_targets=%d", o->n_targets);
+			if (o->set_target_offset)
+				snprintf(opt + strlen(opt), sizeof opt - strlen(opt), "%s-o target_offset=%d",
+					 *opt ? ", " : "", o->target_offset);
+			return cltfs_fail(CLTFS_E_INVAL, "%s%s: L%d's target %d would be mlp@%d, a stream the store "
+					  "lacks (it keeps mlp@%s)", *opt ? opt : "the store's targets",
+					  *opt ? "" : "", L, j, t, have);
+		}
+	}
+	return CLTFS_OK;
+}
+
 cltfs_err fs_new(cltfs_store *s, const cltfs_opts *o, cltfs_fs **out)
 {
 	if (o->batch_rows && o->batch_samples)
@@ -263,8 +316,12 @@ cltfs_err fs_new(cltfs_store *s, const cltfs_opts *o, cltfs_fs **out)
 	if (!fs)
 		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
 	fs->s = s;
-	fs->m = store_manifest(s);
 	fs->o = *o;
+	cltfs_err e = target_options(fs, store_manifest(s));
+	if (e) {
+		free(fs);
+		return e;
+	}
 	fs->in_dt = fs->m->dtype;
 	fs->out_dt = o->dtype < 0 ? fs->in_dt : (cltfs_dtype)o->dtype;
 	fs->conv = fs->out_dt == fs->in_dt ? 0 : (uint64_t)(fs->out_dt + 1) << 56;
@@ -274,7 +331,7 @@ cltfs_err fs_new(cltfs_store *s, const cltfs_opts *o, cltfs_fs **out)
 	pthread_mutex_init(&fs->ra_mu, NULL);
 	pthread_cond_init(&fs->ra_cv, NULL);
 	pthread_mutex_init(&fs->vmu, NULL);
-	cltfs_err e = view_cache_new(fs);
+	e = view_cache_new(fs);
 	if (!e && pthread_key_create(&fs->tkey, free_thread))
 		e = cltfs_fail(CLTFS_E_NOMEM, "no thread key left");
 	else if (!e)

@@ -26,6 +26,12 @@ typedef struct {
 	int readahead;           /* chunks decoded ahead of a sequential reader; 0 off */
 	bool prefault;           /* fault in the cache's memory at fs_start (mounts) */
 	bool share_zero_targets; /* y views: one storage for every zero padding target */
+	/* y views; zero (as an all-zero cltfs_opts has them): the store's */
+	int n_targets;           /* targets per file */
+	bool set_target_offset;  /* target_offset: the first target's layer from L (0 or 1) */
+	int target_offset;
+	bool set_target_pad;     /* target_pad: CLTFS_PAD_ZERO or _CLIP past the last layer */
+	int target_pad;
 	cltfs_tier *tiers[FS_MAX_TIERS]; /* tried in order after the store; not owned */
 	int ntiers;
 } cltfs_opts;

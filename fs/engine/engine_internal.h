@@ -32,7 +32,8 @@ typedef struct {
 
 struct cltfs_fs {
 	cltfs_store *s;
-	const cltfs_manifest *m;
+	const cltfs_manifest *m; /* &vm: the store's, with the mount's target options */
+	cltfs_manifest vm;       /* a shallow copy: its pointers are the store's */
 	cltfs_opts o;
 	chunk_cache *cache;
 	cltfs_stats st;

@@ -22,9 +22,9 @@
 #include <unistd.h>
 
 typedef struct {
-	char *store, *dtype, *hub, *capture, *model, *images, *device;
+	char *store, *dtype, *hub, *capture, *model, *images, *device, *target_pad;
 	long long cache_mb, batch_samples, batch_rows, readahead, threads, read_ahead_kb, capture_ahead;
-	long long capture_batch, capture_idle;
+	long long capture_batch, capture_idle, n_targets, target_offset;
 	char *args[2];
 	int nargs;
 	int share_zero, foreground, debug, single, help, version, handles;
@@ -41,6 +41,8 @@ static const struct fuse_opt cli_opts[] = {
 	OPT("threads=%lld", threads),       OPT("read_ahead_kb=%lld", read_ahead_kb),
 	OPT("capture_ahead=%lld", capture_ahead), OPT("device=%s", device),
 	OPT("capture_batch=%lld", capture_batch), OPT("capture_idle=%lld", capture_idle),
+	OPT("n_targets=%lld", n_targets),         OPT("target_offset=%lld", target_offset),
+	OPT("target_pad=%s", target_pad),
 	OPT("share_zero_targets", share_zero), OPT("handles", handles),
 	OPT("-f", foreground),
 	OPT("-d", debug),                   OPT("debug", debug),
@@ -79,7 +81,8 @@ static int cli_proc(void *data, const char *arg, int key, struct fuse_args *out)
 
 static void cli_free(cli *c)
 {
-	char *s[] = {c->store, c->dtype, c->hub, c->capture, c->model, c->images, c->device, c->args[0], c->args[1]};
+	char *s[] = {c->store, c->dtype, c->hub,    c->capture,    c->model,
+		     c->images, c->device, c->target_pad, c->args[0], c->args[1]};
 	for (size_t i = 0; i < sizeof s / sizeof *s; i++)
 		free(s[i]);
 }
@@ -113,7 +116,8 @@ static bool check_opts(const cli *c, cltfs_opts *o)
 	    !in_range("batch_rows", c->batch_rows, 1, INT32_MAX) || !in_range("readahead", c->readahead, 0, 64) ||
 	    !in_range("threads", c->threads, 1, 1024) || !in_range("read_ahead_kb", c->read_ahead_kb, 0, 1 << 20) ||
 	    !in_range("capture_ahead", c->capture_ahead, 0, 64) || !in_range("capture_batch", c->capture_batch, 1, 64) ||
-	    !in_range("capture_idle", c->capture_idle, 0, INT32_MAX))
+	    !in_range("capture_idle", c->capture_idle, 0, INT32_MAX) || !in_range("n_targets", c->n_targets, 1, 4096) ||
+	    !in_range("target_offset", c->target_offset, 0, 1))
 		return false;
 	if (c->batch_samples != UNSET && c->batch_rows != UNSET) {
 		fprintf(stderr, "cltfs: -o batch_samples and batch_rows exclude each other\n");
@@ -129,6 +133,10 @@ static bool check_opts(const cli *c, cltfs_opts *o)
 		fprintf(stderr, "cltfs: -o device=%s: expected cpu, cuda or cuda:N\n", c->device);
 		return false;
 	}
+	if (c->target_pad && strcmp(c->target_pad, "zero") && strcmp(c->target_pad, "clip")) {
+		fprintf(stderr, "cltfs: -o target_pad=%s: expected zero or clip\n", c->target_pad);
+		return false;
+	}
 	if (c->capture && strcmp(c->capture, "auto") && strcmp(c->capture, "on") && strcmp(c->capture, "off")) {
 		fprintf(stderr, "cltfs: -o capture=%s: expected auto, on or off\n", c->capture);
 		return false;
@@ -142,6 +150,11 @@ static bool check_opts(const cli *c, cltfs_opts *o)
 	if (c->readahead != UNSET) /* readahead=0 turns it off */
 		o->readahead = (int)c->readahead;
 	o->share_zero_targets = c->share_zero;
+	o->n_targets = c->n_targets != UNSET ? (int)c->n_targets : 0;
+	o->set_target_offset = c->target_offset != UNSET;
+	o->target_offset = (int)(o->set_target_offset ? c->target_offset : 0);
+	o->set_target_pad = c->target_pad != NULL;
+	o->target_pad = c->target_pad && !strcmp(c->target_pad, "clip") ? CLTFS_PAD_CLIP : CLTFS_PAD_ZERO;
 	return true;
 }
 
@@ -272,7 +285,7 @@ int edge_mount_main(int argc, char **argv, void (*usage)(FILE *))
 	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
 	cli c = {.cache_mb = UNSET, .batch_samples = UNSET, .batch_rows = UNSET, .readahead = UNSET,
 		 .threads = UNSET, .read_ahead_kb = 1024, .capture_ahead = UNSET, .capture_batch = UNSET,
-		 .capture_idle = UNSET};
+		 .capture_idle = UNSET, .n_targets = UNSET, .target_offset = UNSET};
 	int rc = 1;
 	sources src = {0};
 	cltfs_fs *fs = NULL;
