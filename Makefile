@@ -99,6 +99,9 @@ $(B)/libcltfs-capture.so: $(B)/capture/model.o $(call objs,$(B)/pic,$(CAPLIB_SRC
 $(B)/zerofs: bench/zerofs.c
 	$(CC) -std=c11 -D_GNU_SOURCE $(WARN) -O2 $(shell pkg-config --cflags fuse3) $< -o $@ $(FUSE_LIBS) -lpthread
 
+$(B)/codec_decode: bench/codec_decode.c $(B)/libcltfs_codec.a
+	$(CC) $(ALL_CFLAGS) $< -o $@ $(B)/libcltfs_codec.a $(CORE_LIBS)
+
 $(B)/fill_index: bench/fill_index.c $(B)/libcltfs_core.a $(B)/libcltfs_codec.a
 	$(CC) $(ALL_CFLAGS) $< -o $@ $(B)/libcltfs_core.a $(B)/libcltfs_codec.a $(CORE_LIBS)
 
@@ -180,8 +183,9 @@ demo: deps
 	@sh tools/demo.sh
 
 bench: deps
-	$(MAKE) all $(B)/zerofs $(B)/fill_index
-	$(PYTHON) bench/bench.py --cltfs $(B)/cltfs --zerofs $(B)/zerofs
+	$(MAKE) all $(B)/zerofs $(B)/fill_index $(B)/codec_decode
+	$(PYTHON) bench/bench.py --cltfs $(B)/cltfs --zerofs $(B)/zerofs --decode-tool $(B)/codec_decode
+	$(PYTHON) bench/codec_bench.py --cltfs $(B)/cltfs --decoder $(B)/codec_decode
 	$(PYTHON) bench/hub_bench.py --cltfs $(B)/cltfs --total-mb 1100
 	$(PYTHON) bench/capture_bench.py --cltfs $(B)/cltfs
 	$(PYTHON) bench/scale.py --cltfs $(B)/cltfs --fill-index $(B)/fill_index

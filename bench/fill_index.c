@@ -31,10 +31,10 @@ static sized_frame *frame_of(sized_frame **cache, size_t *n, size_t *cap, uint32
 		if ((*cache)[i].rsize == rsize)
 			return &(*cache)[i];
 	uint8_t *zeros = calloc(rsize ? rsize : 1, 1);
-	size_t bound = cltfs_frame_bound(rsize), clen;
+	size_t bound = cltfs_frame_bound(m->codec, rsize), clen;
 	uint8_t *frame = malloc(bound);
 	if (!zeros || !frame || !cltfs_grow(cache, cap, *n + 1, sizeof **cache) ||
-	    cltfs_frame_encode(z, 1, cltfs_dtype_size(m->dtype), zeros, rsize, frame, bound, &clen)) {
+	    cltfs_frame_encode(z, m->codec, 1, cltfs_dtype_size(m->dtype), zeros, rsize, frame, bound, &clen)) {
 		free(zeros);
 		free(frame);
 		return NULL;
@@ -62,7 +62,8 @@ static int fill(cltfs_store *s, store_writer *w, const char *name, unsigned kind
 			break;
 		}
 		/* the offset is the append's; add_frame wants a plausible one */
-		cltfs_rec rec = {cltfs_key(kind, layer, c), CLTFS_FILE_HEADER, f->csize, f->rsize, f->crc, (uint8_t)m->dtype};
+		cltfs_rec rec = {cltfs_key(kind, layer, c), CLTFS_FILE_HEADER, f->csize, f->rsize, f->crc, (uint8_t)m->dtype,
+				 (uint8_t)m->codec};
 		if (store_writer_add_frame(w, &rec, f->frame) || ((c + 1) % 65536 == 0 && store_writer_sync(w)))
 			rc = fail(name);
 	}

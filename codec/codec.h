@@ -1,6 +1,6 @@
 /* codec.h: cltfs's formats as a library with no FUSE and no network in it.
  *
- * Errors, dtypes, CRC-32, chunk frames (byte shuffle + zstd), index records,
+ * Errors, dtypes, CRC-32, chunk frames (zstd, raw, exp4), index records,
  * the manifest (cltfs.json), and the .pt (torch.save zip) writer and reader.
  * The daemon, the CLI, the tests and the benchmarks link it.
  *
@@ -103,6 +103,28 @@ uint32_t cltfs_crc32_zeros(uint64_t n);
 
 /* ---- chunk frames ---------------------------------------------------- */
 
+/* How a chunk's bytes are stored in its frame.  A store's manifest names the
+ * codec its writers use; every index record names its own frame's, so frames
+ * of different codecs (another writer's, or copied from a Hub store as they
+ * are) live in one store and each is decoded as what it is.
+ *   zstd  byte-shuffled, then one zstd frame with its content size and
+ *         checksum (the format of every store before codecs were chosen)
+ *   raw   a 12-byte header (magic "CLRW", raw length, CRC-32 of the bytes),
+ *         then the bytes as they are: decoding is a copy and the check
+ *   exp4  byte-shuffled; the top byte of each value (for bf16 the sign and
+ *         exponent) as a 4-bit code into a table of the chunk's 15 most
+ *         common top bytes (code 15: the next byte of an escape list); the
+ *         lower bytes as they are; a 32-byte header (magic "CLX4", raw
+ *         length, CRC-32 of the raw bytes, escapes, the table)
+ * Numbers are what records hold: never renumber one. */
+typedef enum { CLTFS_CODEC_ZSTD = 0, CLTFS_CODEC_RAW = 1, CLTFS_CODEC_EXP4 = 2, CLTFS_NCODECS } cltfs_codec;
+/* The valid names, for messages. */
+#define CLTFS_CODEC_NAMES "zstd, raw, exp4"
+/* "zstd", "raw", "exp4"; "unknown" for anything else. */
+const char *cltfs_codec_name(cltfs_codec c);
+/* A codec by its name: false for any other string. */
+bool cltfs_codec_parse(const char *s, cltfs_codec *out);
+
 /* A context for one thread at a time: zstd contexts and scratch buffers,
  * reused from call to call (never made per call on a hot path).  NULL when
  * out of memory; free takes NULL. */
@@ -114,18 +136,28 @@ void cltfs_zctx_free(cltfs_zctx *z);
  * when out of memory. */
 void *cltfs_zctx_buffer(cltfs_zctx *z, size_t n);
 
-/* The largest frame raw_len bytes can make: a dst of this size always fits. */
-size_t cltfs_frame_bound(size_t raw_len);
-/* Byte-shuffle raw (elements of esize bytes) and compress it into one zstd
- * frame with the content size and checksum in it; *out_len is the frame's
- * size.  CLTFS_E_INVAL (dst too small, a bad level), _NOMEM. */
-cltfs_err cltfs_frame_encode(cltfs_zctx *z, int level, size_t esize, const void *raw,
+/* The largest frame of codec raw_len bytes can make (any element size): a
+ * dst of this size always fits. */
+size_t cltfs_frame_bound(cltfs_codec codec, size_t raw_len);
+/* Encode raw (elements of esize bytes, little-endian) as one frame of codec
+ * (level: zstd's, ignored by the others); *out_len is the frame's size.
+ * CLTFS_E_INVAL (dst too small, a bad level or codec), _NOMEM. */
+cltfs_err cltfs_frame_encode(cltfs_zctx *z, cltfs_codec codec, int level, size_t esize, const void *raw,
 			     size_t raw_len, void *dst, size_t cap, size_t *out_len);
-/* Decompress a frame into raw, which must be exactly raw_len bytes, and
- * unshuffle it.  CLTFS_E_CORRUPT for a frame whose declared size, checksum
- * or length disagrees, _NOMEM. */
-cltfs_err cltfs_frame_decode(cltfs_zctx *z, size_t esize, const void *frame, size_t len,
-			     void *raw, size_t raw_len);
+/* Decode a frame of codec into raw, which must be exactly raw_len bytes.
+ * When crc is not NULL it gets the CRC-32 of the raw bytes (raw and exp4
+ * frames compute it anyway: it is their check), for comparing with the
+ * index record.  CLTFS_E_CORRUPT for a frame that is not of this codec, or
+ * whose declared size, checksum, length or structure disagrees (the message
+ * says which); _NOMEM; _INVAL for an unknown codec. */
+cltfs_err cltfs_frame_decode(cltfs_zctx *z, cltfs_codec codec, size_t esize, const void *frame, size_t len,
+			     void *raw, size_t raw_len, uint32_t *crc);
+/* A raw frame is this header, then the raw bytes: a reader may read the
+ * bytes straight into place and check them with cltfs_frame_check_raw
+ * (header: the frame's first CLTFS_RAW_HEADER bytes), which is what
+ * cltfs_frame_decode does after its copy: the same errors, *crc likewise. */
+#define CLTFS_RAW_HEADER 12
+cltfs_err cltfs_frame_check_raw(const void *header, const void *raw, size_t raw_len, uint32_t *crc);
 /* The byte shuffle of len bytes of esize-byte values: byte 0 (the low byte:
  * values are little-endian) of every value, then byte 1, and so on; a tail
  * of len % esize bytes is copied as it is.  unshuffle undoes it. */
@@ -159,6 +191,7 @@ typedef struct {
 	uint32_t rsize;  /* raw bytes */
 	uint32_t crc;    /* CRC-32 of the raw, unshuffled bytes */
 	uint8_t dtype;
+	uint8_t codec;   /* cltfs_codec of the frame (0, zstd, in every record older than codecs) */
 } cltfs_rec;
 
 /* A record's 40 bytes, its own checksum included. */
@@ -235,6 +268,7 @@ typedef struct {
 	char *input_hook; /* mlp_in | resid_pre | resid_mid */
 	int target_offset, n_targets, padding;
 	int64_t chunk_rows;
+	cltfs_codec codec;     /* what this store's writers encode new frames with */
 	int64_t batch_samples; /* default grouping S */
 	char *prompt_template;
 	int n_x_layers, *x_layers;     /* ascending */
@@ -279,7 +313,9 @@ cltfs_err cltfs_manifest_finish(cltfs_manifest *m, const char *path);
 /* The manifest as version 2 JSON (what cltfs.json holds), malloc'd, NULL
  * on allocation failure. */
 char *cltfs_manifest_dump(const cltfs_manifest *m);
-/* The same dataset: equal dumps (which include the table's CRC). */
+/* The same dataset: equal dumps (which include the table's CRC), the codec
+ * aside: frames name their own codec, so stores of one dataset in different
+ * codecs hold interchangeable frames. */
 bool cltfs_manifest_same(const cltfs_manifest *a, const cltfs_manifest *b);
 /* Write samples.bin beside path (unless the table is that file already),
  * then path, each atomically: temporary file, fsync, rename, fsync dir.

@@ -9,7 +9,11 @@
  * Format version 2 keeps cltfs.json small: the samples are in samples.bin,
  * which cltfs.json names with its CRC.  Version 1 (the samples and batch
  * shapes inline, as JSON) is still read, into the same table in memory;
- * every manifest is written as version 2.
+ * every manifest is written as version 2, or 3 when it names a codec
+ * other than zstd: a cltfs older than codecs ignores fields it does not
+ * know and would read such a store's frames as zstd, failing every read;
+ * version 3 makes it refuse the store at once instead.  "codec" is absent
+ * from a zstd store's manifest, so it stays what it always was.
  *
  * Per batch nothing is kept but a sparse index: the first sample, row and
  * chunk of every SPARSE-th batch.  A batch's numbers are summed from there
@@ -524,6 +528,27 @@ static cltfs_err open_table(const cJSON *root, cltfs_manifest *m, ctx *c)
 	return CLTFS_OK;
 }
 
+/* "codec": absent is zstd (every store made before codecs); a name this
+ * cltfs does not know is refused naming the ones it does, since its frames
+ * could not be read. */
+static cltfs_err get_codec(const cJSON *root, cltfs_manifest *m, ctx *c)
+{
+	c->field = "codec";
+	const cJSON *v = get(root, "codec");
+	if (!v) {
+		m->codec = CLTFS_CODEC_ZSTD;
+		return CLTFS_OK;
+	}
+	if (!cJSON_IsString(v))
+		return ferr(c, "expected a string (one of " CLTFS_CODEC_NAMES ")");
+	if (!cltfs_codec_parse(v->valuestring, &m->codec)) {
+		char why[160];
+		snprintf(why, sizeof why, "unknown codec \"%.40s\": this cltfs reads " CLTFS_CODEC_NAMES, v->valuestring);
+		return ferr(c, why);
+	}
+	return CLTFS_OK;
+}
+
 static cltfs_err parse_root(const cJSON *root, cltfs_manifest *m, ctx *c)
 {
 	cltfs_err e;
@@ -540,8 +565,8 @@ static cltfs_err parse_root(const cJSON *root, cltfs_manifest *m, ctx *c)
 		return ferr(c, "expected \"cltfs\": this is not a cltfs manifest");
 	if ((e = get_int(root, "version", 1, 1000, -1, &v, c)))
 		return e;
-	if (v != 1 && v != 2)
-		return ferr(c, "this cltfs reads format versions 1 and 2");
+	if (v < 1 || v > 3)
+		return ferr(c, "this cltfs reads format versions 1 to 3");
 	m->version = (int)v;
 	if ((e = parse_model(root, m, c)) || (e = get_enum(root, "dtype", dtnames, 3, -1, &dt, c)))
 		return e;
@@ -558,7 +583,7 @@ static cltfs_err parse_root(const cJSON *root, cltfs_manifest *m, ctx *c)
 	if ((e = get_int(root, "n_targets", 1, MAX_LAYERS, 16, &v, c)))
 		return e;
 	m->n_targets = (int)v;
-	if ((e = get_enum(root, "padding", pads, 2, 0, &m->padding, c)) ||
+	if ((e = get_codec(root, m, c)) || (e = get_enum(root, "padding", pads, 2, 0, &m->padding, c)) ||
 	    (e = get_int(root, "chunk_rows", 1, 1 << 24, -1, &m->chunk_rows, c)) ||
 	    (e = get_int(root, "batch_samples", 1, INT32_MAX, 1, &m->batch_samples, c)) ||
 	    (e = get_str(root, "prompt_template", false, &m->prompt_template, c)) ||
@@ -590,6 +615,9 @@ static cltfs_err check_fields(const cltfs_manifest *m, const char *path)
 		return finish_fail(path, "n_layers %lld or d_model %lld out of range", m->n_layers, m->d_model);
 	if (m->n_targets < 1 || m->n_targets > MAX_LAYERS || m->chunk_rows < 1 || m->chunk_rows > (1 << 24))
 		return finish_fail(path, "n_targets %lld or chunk_rows %lld out of range", m->n_targets, m->chunk_rows);
+	if ((unsigned)m->codec >= CLTFS_NCODECS)
+		return finish_fail(path, "codec %lld is not one of %lld this cltfs knows", (long long)m->codec,
+				   CLTFS_NCODECS);
 	if (!m->table || m->batch_samples < 1 || (unsigned)m->dtype >= CLTFS_NDTYPES)
 		return finish_fail(path, "%s, batches of %lld: nothing to serve", (long long)(m->table != NULL),
 				   m->batch_samples);
@@ -727,12 +755,15 @@ static bool add_str(cJSON *o, const char *k, const char *v)
 	return v ? cJSON_AddStringToObject(o, k, v) != NULL : cJSON_AddNullToObject(o, k) != NULL;
 }
 
-static cJSON *build(const cltfs_manifest *m)
+/* The manifest as JSON; with_codec false leaves the codec out (and writes
+ * version 2), for comparing datasets. */
+static cJSON *build(const cltfs_manifest *m, bool with_codec)
 {
 	cJSON *r = cJSON_CreateObject(), *mo = cJSON_CreateObject(), *lo = cJSON_CreateObject();
 	cJSON *yk = cJSON_CreateArray();
+	bool codec = with_codec && m->codec != CLTFS_CODEC_ZSTD;
 	bool ok = r && mo && lo && yk;
-	ok = ok && cJSON_AddStringToObject(r, "format", "cltfs") && cJSON_AddNumberToObject(r, "version", 2);
+	ok = ok && cJSON_AddStringToObject(r, "format", "cltfs") && cJSON_AddNumberToObject(r, "version", codec ? 3 : 2);
 	ok = ok && add_str(mo, "id", m->model_id) && add_str(mo, "revision", m->model_revision) &&
 	     (!m->model_arch || add_str(mo, "architecture", m->model_arch)) &&
 	     cJSON_AddNumberToObject(mo, "n_layers", m->n_layers) &&
@@ -750,6 +781,7 @@ static cJSON *build(const cltfs_manifest *m)
 	     cJSON_AddNumberToObject(r, "n_targets", m->n_targets) &&
 	     cJSON_AddStringToObject(r, "padding", m->padding == CLTFS_PAD_CLIP ? "clip" : "zero") &&
 	     cJSON_AddNumberToObject(r, "chunk_rows", (double)m->chunk_rows) &&
+	     (!codec || cJSON_AddStringToObject(r, "codec", cltfs_codec_name(m->codec))) &&
 	     cJSON_AddNumberToObject(r, "batch_samples", (double)m->batch_samples) &&
 	     add_str(r, "prompt_template", m->prompt_template) &&
 	     cJSON_AddItemToObject(r, "x_layers", layer_array(m->x_layers, m->n_x_layers)) &&
@@ -781,17 +813,19 @@ static cJSON *build(const cltfs_manifest *m)
 	return r;
 }
 
-char *cltfs_manifest_dump(const cltfs_manifest *m)
+static char *dump(const cltfs_manifest *m, bool with_codec)
 {
-	cJSON *r = build(m);
+	cJSON *r = build(m, with_codec);
 	char *s = r ? cJSON_PrintUnformatted(r) : NULL;
 	cJSON_Delete(r);
 	return s;
 }
 
+char *cltfs_manifest_dump(const cltfs_manifest *m) { return dump(m, true); }
+
 bool cltfs_manifest_same(const cltfs_manifest *a, const cltfs_manifest *b)
 {
-	char *x = cltfs_manifest_dump(a), *y = cltfs_manifest_dump(b);
+	char *x = dump(a, false), *y = dump(b, false);
 	bool same = x && y && !strcmp(x, y);
 	free(x);
 	free(y);

@@ -23,35 +23,128 @@ static void test_shuffle(void)
 	CHECK(w[0] == 1 && w[3] == 4 && w[4] == 0xA0 && w[7] == 0xA3);
 }
 
+/* Activation-like values: the top byte of each takes a few values (and
+ * now and then a rare one, which exp4 escapes), the others are noise. */
+static void fill_values(unsigned char *raw, size_t n, size_t es, unsigned long long *s)
+{
+	for (size_t i = 0; i < n; i++) {
+		unsigned long long r = unit_rand(s);
+		raw[i] = (unsigned char)(i % es != es - 1 ? r : r % 97 == 0 ? r >> 8 : 0x3c + r % 4);
+	}
+}
+
+/* Encode and decode with every codec and element size; every damage is
+ * refused as CLTFS_E_CORRUPT, never decoded into wrong bytes. */
 static void test_frames(void)
 {
 	cltfs_zctx *z = cltfs_zctx_new();
 	CHECK(z != NULL);
 	unsigned long long s = 7;
-	for (int dt = 0; dt < CLTFS_NDTYPES; dt++) {
-		size_t es = cltfs_dtype_size((cltfs_dtype)dt), n = 4096 * es + es;
-		unsigned char *raw = malloc(n), *back = malloc(n), *frame = malloc(cltfs_frame_bound(n));
-		for (size_t i = 0; i < n; i++) /* activation-like: few distinct high bytes */
-			raw[i] = (unsigned char)(i % es == es - 1 ? 0x3c + unit_rand(&s) % 4 : unit_rand(&s));
-		size_t flen;
-		CHECK(cltfs_frame_encode(z, 3, es, raw, n, frame, cltfs_frame_bound(n), &flen) == CLTFS_OK);
-		CHECK(flen < n);
-		CHECK(cltfs_frame_decode(z, es, frame, flen, back, n) == CLTFS_OK);
-		CHECK(!memcmp(raw, back, n));
-		/* a wrong expected size is refused before decoding */
-		CHECK(cltfs_frame_decode(z, es, frame, flen, back, n - 1) == CLTFS_E_CORRUPT);
-		/* every truncation fails cleanly */
-		for (size_t cut = 0; cut < flen; cut += flen / 7 + 1)
-			CHECK(cltfs_frame_decode(z, es, frame, cut, back, n) == CLTFS_E_CORRUPT);
-		/* a flipped byte in the payload fails the checksum or the decoder */
-		frame[flen / 2] ^= 0x55;
-		CHECK(cltfs_frame_decode(z, es, frame, flen, back, n) == CLTFS_E_CORRUPT);
-		CHECK(strstr(cltfs_errmsg(), "zstd") != NULL || strstr(cltfs_errmsg(), "frame") != NULL);
-		free(raw);
-		free(back);
-		free(frame);
-	}
+	for (int codec = 0; codec < CLTFS_NCODECS; codec++)
+		for (int dt = 0; dt < CLTFS_NDTYPES; dt++) {
+			cltfs_codec c = (cltfs_codec)codec;
+			size_t es = cltfs_dtype_size((cltfs_dtype)dt), n = 4096 * es + es, cap = cltfs_frame_bound(c, n);
+			unsigned char *raw = malloc(n), *back = malloc(n), *frame = malloc(cap);
+			fill_values(raw, n, es, &s);
+			size_t flen;
+			uint32_t crc = 0;
+			CHECK(cltfs_frame_encode(z, c, 3, es, raw, n, frame, cap, &flen) == CLTFS_OK);
+			CHECK(c == CLTFS_CODEC_RAW ? flen == n + CLTFS_RAW_HEADER : flen < n);
+			CHECK(cltfs_frame_decode(z, c, es, frame, flen, back, n, &crc) == CLTFS_OK);
+			CHECK(!memcmp(raw, back, n) && crc == cltfs_crc32(0, raw, n));
+			/* a wrong expected size is refused before decoding */
+			CHECK(cltfs_frame_decode(z, c, es, frame, flen, back, n - 1, NULL) == CLTFS_E_CORRUPT);
+			/* every truncation, and a byte too many, fail cleanly */
+			for (size_t cut = 0; cut < flen; cut += flen / 7 + 1)
+				CHECK(cltfs_frame_decode(z, c, es, frame, cut, back, n, NULL) == CLTFS_E_CORRUPT);
+			CHECK(cltfs_frame_decode(z, c, es, frame, flen + 1, back, n, NULL) == CLTFS_E_CORRUPT);
+			/* a frame is refused as another codec's, naming what it is */
+			cltfs_codec other = (cltfs_codec)((codec + 1) % CLTFS_NCODECS);
+			CHECK(cltfs_frame_decode(z, other, es, frame, flen, back, n, NULL) == CLTFS_E_CORRUPT);
+			CHECK(strstr(cltfs_errmsg(), cltfs_codec_name(c)) != NULL);
+			/* a flipped byte anywhere: in the header, the middle, the end */
+			size_t at[] = {1, 5, 9, flen / 3, flen / 2, flen - 1};
+			for (size_t i = 0; i < sizeof at / sizeof *at; i++) {
+				frame[at[i]] ^= 0x55;
+				CHECK(cltfs_frame_decode(z, c, es, frame, flen, back, n, NULL) == CLTFS_E_CORRUPT);
+				frame[at[i]] ^= 0x55;
+			}
+			frame[flen / 2] ^= 0x55;
+			CHECK(cltfs_frame_decode(z, c, es, frame, flen, back, n, NULL) == CLTFS_E_CORRUPT);
+			CHECK(strstr(cltfs_errmsg(), "zstd") != NULL || strstr(cltfs_errmsg(), "frame") != NULL);
+			frame[flen / 2] ^= 0x55;
+			/* too small a dst is refused, not overrun */
+			CHECK(cltfs_frame_encode(z, c, 1, es, raw, n, frame, c == CLTFS_CODEC_ZSTD ? 8 : flen - 1, &flen) ==
+			      CLTFS_E_INVAL);
+			free(raw);
+			free(back);
+			free(frame);
+		}
+	CHECK(cltfs_frame_decode(z, CLTFS_NCODECS, 2, "x", 1, (char[2]){0}, 2, NULL) == CLTFS_E_INVAL);
 	cltfs_zctx_free(z);
+}
+
+/* Sizes around exp4's 32-value blocks and odd counts, empty chunks, data
+ * that escapes every value, and a raw frame read in place. */
+static void test_frame_edges(void)
+{
+	cltfs_zctx *z = cltfs_zctx_new();
+	unsigned long long s = 11;
+	static unsigned char raw[4096], back[4096], frame[8192];
+	size_t lens[] = {0, 1, 2, 3, 31, 62, 63, 64, 65, 66, 67, 130, 4095, 4096};
+	for (int codec = 0; codec < CLTFS_NCODECS; codec++)
+		for (size_t es = 1; es <= 4; es++)
+			for (size_t i = 0; i < sizeof lens / sizeof *lens; i++) {
+				cltfs_codec c = (cltfs_codec)codec;
+				size_t n = lens[i], flen;
+				uint32_t crc;
+				CHECK(cltfs_frame_bound(c, n) <= sizeof frame);
+				for (int noise = 0; noise < 2; noise++) {
+					if (noise) /* every top byte distinct from the others' table: all escapes */
+						for (size_t k = 0; k < n; k++)
+							raw[k] = (unsigned char)unit_rand(&s);
+					else
+						fill_values(raw, n, es, &s);
+					CHECK(cltfs_frame_encode(z, c, 1, es, raw, n, frame, cltfs_frame_bound(c, n), &flen) ==
+					      CLTFS_OK);
+					CHECK(flen <= cltfs_frame_bound(c, n));
+					CHECK(cltfs_frame_decode(z, c, es, frame, flen, back, n, &crc) == CLTFS_OK);
+					CHECK(!memcmp(raw, back, n) && crc == cltfs_crc32(0, raw, n));
+				}
+			}
+	/* exp4: an escape the codes do not use, or a code with no escape */
+	for (size_t k = 0; k < 64; k++) /* 15 common top bytes fill the table ... */
+		raw[k] = (unsigned char)(k % 2 ? 0x30 + k / 2 % 15 : k);
+	raw[1] = 0xee; /* ... and one rare one is escaped */
+	size_t flen;
+	CHECK(cltfs_frame_encode(z, CLTFS_CODEC_EXP4, 1, 2, raw, 64, frame, sizeof frame, &flen) == CLTFS_OK);
+	CHECK(frame[12] == 1); /* one escape */
+	frame[12] = 0;
+	CHECK(cltfs_frame_decode(z, CLTFS_CODEC_EXP4, 2, frame, flen, back, 64, NULL) == CLTFS_E_CORRUPT);
+	frame[12] = 1;
+	frame[32] = (unsigned char)((frame[32] & 0x0f) | 0x20); /* value 1's code no longer 15 */
+	CHECK(cltfs_frame_decode(z, CLTFS_CODEC_EXP4, 2, frame, flen, back, 64, NULL) == CLTFS_E_CORRUPT);
+	/* a raw frame checked in place, as the store reads it */
+	fill_values(raw, 1000, 2, &s);
+	CHECK(cltfs_frame_encode(z, CLTFS_CODEC_RAW, 1, 2, raw, 1000, frame, sizeof frame, &flen) == CLTFS_OK);
+	uint32_t crc;
+	CHECK(cltfs_frame_check_raw(frame, frame + CLTFS_RAW_HEADER, 1000, &crc) == CLTFS_OK &&
+	      crc == cltfs_crc32(0, raw, 1000));
+	frame[CLTFS_RAW_HEADER + 500] ^= 1;
+	CHECK(cltfs_frame_check_raw(frame, frame + CLTFS_RAW_HEADER, 1000, &crc) == CLTFS_E_CORRUPT);
+	CHECK(strstr(cltfs_errmsg(), "CRC-32") != NULL);
+	CHECK(cltfs_frame_check_raw(frame, frame + CLTFS_RAW_HEADER, 999, &crc) == CLTFS_E_CORRUPT);
+	cltfs_zctx_free(z);
+}
+
+static void test_codec_names(void)
+{
+	cltfs_codec c;
+	for (int i = 0; i < CLTFS_NCODECS; i++)
+		CHECK(cltfs_codec_parse(cltfs_codec_name((cltfs_codec)i), &c) && c == (cltfs_codec)i &&
+		      strstr(CLTFS_CODEC_NAMES, cltfs_codec_name((cltfs_codec)i)));
+	CHECK(!cltfs_codec_parse("lz4", &c) && !cltfs_codec_parse("", &c) && !cltfs_codec_parse("ZSTD", &c));
+	CHECK(!strcmp(cltfs_codec_name(CLTFS_CODEC_ZSTD), "zstd") && !strcmp(cltfs_codec_name(CLTFS_NCODECS), "unknown"));
 }
 
 static void test_crc(void)
@@ -66,6 +159,10 @@ static void test_crc(void)
 		uint32_t a = cltfs_crc32(0, buf, cut), b = cltfs_crc32(0, buf + cut, sizeof buf - cut);
 		CHECK(cltfs_crc32_combine(a, b, sizeof buf - cut) == whole);
 	}
+	/* every length and alignment around the vector paths' 64 and 16 bytes */
+	for (size_t off = 0; off < 16; off++)
+		for (size_t n = 0; n + off <= 600; n++)
+			CHECK(cltfs_crc32(0x12345678u, buf + off, n) == (uint32_t)crc32(0x12345678u, buf + off, (uInt)n));
 	static unsigned char zeros[100000];
 	size_t ns[] = {0, 1, 2, 3, 64, 1000, 4095, 65536, 99999};
 	for (size_t i = 0; i < sizeof ns / sizeof *ns; i++)
@@ -74,12 +171,23 @@ static void test_crc(void)
 
 static void test_records(void)
 {
-	cltfs_rec r = {cltfs_key(CLTFS_STREAM_MLP, 31, 12345), 1ull << 40, 777, 1 << 20, 0xdeadbeef, CLTFS_BF16}, back;
+	cltfs_rec r = {cltfs_key(CLTFS_STREAM_MLP, 31, 12345), 1ull << 40, 777, 1 << 20, 0xdeadbeef, CLTFS_BF16,
+		       CLTFS_CODEC_EXP4}, back;
 	uint8_t b[CLTFS_REC_SIZE];
 	cltfs_rec_encode(&r, b);
 	CHECK(cltfs_rec_decode(b, &back) == CLTFS_OK);
 	CHECK(back.key == r.key && back.offset == r.offset && back.csize == 777 && back.rsize == (1u << 20) &&
-	      back.crc == 0xdeadbeef && back.dtype == CLTFS_BF16);
+	      back.crc == 0xdeadbeef && back.dtype == CLTFS_BF16 && back.codec == CLTFS_CODEC_EXP4);
+	/* the codec is byte 33, which records before codecs left 0: zstd */
+	CHECK(b[33] == CLTFS_CODEC_EXP4);
+	r.codec = CLTFS_CODEC_ZSTD;
+	cltfs_rec_encode(&r, b);
+	CHECK(b[33] == 0 && !b[34] && !b[35] && cltfs_rec_decode(b, &back) == CLTFS_OK && back.codec == CLTFS_CODEC_ZSTD);
+	b[33] = CLTFS_NCODECS; /* a codec this cltfs does not know, in a record whose checksum holds */
+	uint32_t rc = cltfs_crc32(0, b, 36);
+	memcpy(b + 36, (uint8_t[4]){(uint8_t)rc, (uint8_t)(rc >> 8), (uint8_t)(rc >> 16), (uint8_t)(rc >> 24)}, 4);
+	CHECK(cltfs_rec_decode(b, &back) == CLTFS_E_CORRUPT && strstr(cltfs_errmsg(), "unknown codec"));
+	cltfs_rec_encode(&r, b);
 	for (int i = 0; i < CLTFS_REC_SIZE; i++) { /* every single-byte flip is caught */
 		b[i] ^= 1;
 		CHECK(cltfs_rec_decode(b, &back) == CLTFS_E_CORRUPT);
@@ -143,6 +251,8 @@ int main(void)
 {
 	RUN(test_shuffle);
 	RUN(test_frames);
+	RUN(test_frame_edges);
+	RUN(test_codec_names);
 	RUN(test_crc);
 	RUN(test_records);
 	RUN(test_convert);

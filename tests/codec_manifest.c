@@ -47,6 +47,23 @@ static void test_good(void)
 	free(a);
 	free(b);
 	cltfs_manifest_free(m2);
+	/* a codec: saved as version 3 with "codec" (older cltfs refuse it);
+	 * zstd, the default, leaves the manifest as it always was */
+	CHECK(m->codec == CLTFS_CODEC_ZSTD && !strstr((a = cltfs_manifest_dump(m)), "codec"));
+	free(a);
+	m->codec = CLTFS_CODEC_RAW;
+	CHECK(cltfs_manifest_save(m, path) == CLTFS_OK && cltfs_manifest_load(path, &m2) == CLTFS_OK);
+	a = cltfs_manifest_dump(m2);
+	CHECK(m2 && m2->codec == CLTFS_CODEC_RAW && m2->version == 3);
+	CHECK(a && strstr(a, "\"version\":3") && strstr(a, "\"codec\":\"raw\""));
+	free(a);
+	/* the same dataset whatever the codec: frames name their own */
+	m->codec = CLTFS_CODEC_ZSTD;
+	CHECK(cltfs_manifest_same(m, m2));
+	m->codec = (cltfs_codec)CLTFS_NCODECS;
+	CHECK(cltfs_manifest_finish(m, "built") == CLTFS_E_FORMAT);
+	m->codec = CLTFS_CODEC_ZSTD;
+	cltfs_manifest_free(m2);
 	cltfs_manifest_free(m);
 }
 
@@ -76,7 +93,10 @@ static void test_refused(void)
 	CHECK(cltfs_manifest_parse("[1, 2]", 6, "/s/cltfs.json", &m) == CLTFS_E_FORMAT);
 	CHECK(strstr(cltfs_errmsg(), "expected a JSON object") != NULL);
 	refuse("\"version\":1", "\"version\":\"1\"", "'version': expected an integer");
-	refuse("\"version\":1", "\"version\":3", "format versions 1 and 2");
+	refuse("\"version\":1", "\"version\":4", "format versions 1 to 3");
+	refuse("\"chunk_rows\":4", "\"chunk_rows\":4,\"codec\":\"lz4\"",
+	       "field 'codec': unknown codec \"lz4\": this cltfs reads zstd, raw, exp4");
+	refuse("\"chunk_rows\":4", "\"chunk_rows\":4,\"codec\":2", "field 'codec': expected a string");
 	refuse("\"format\":\"cltfs\"", "\"format\":\"zip\"", "not a cltfs manifest");
 	refuse("\"dtype\":\"bfloat16\"", "\"dtype\":\"int8\"", "'dtype': unknown value");
 	refuse("\"d_model\":8", "\"d_model\":0", "'d_model': 0 is out of range");

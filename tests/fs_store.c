@@ -115,6 +115,137 @@ static void test_roundtrip(void)
 	CHECK(system(cmd) == 0);
 }
 
+/* Flip one byte of the pack at off. */
+static void flip(const char *pack, uint64_t off)
+{
+	int fd = open(pack, O_RDWR);
+	uint8_t b;
+	CHECK(fd >= 0 && pread(fd, &b, 1, (off_t)off) == 1);
+	b ^= 0x10;
+	CHECK(pwrite(fd, &b, 1, (off_t)off) == 1);
+	close(fd);
+}
+
+/* Each codec as a store's own (the manifest names it): frames written in
+ * it, read back (raw: straight into place), and a flipped byte anywhere in
+ * a frame refused naming the pack, the chunk and the offset. */
+static void test_codecs(void)
+{
+	static const char *names[] = {"zstd", "raw", "exp4"};
+	char host[128] = "host";
+	gethostname(host, sizeof host - 1);
+	for (int c = 0; c < CLTFS_NCODECS; c++) {
+		char json[600], pack[256], cmd[300];
+		const char *at = strstr(manifest, "\"chunk_rows\"");
+		snprintf(json, sizeof json, "%.*s\"codec\":\"%s\",%s", (int)(at - manifest), manifest, names[c], at);
+		cltfs_store *s = make_store_of(json);
+		CHECK(store_manifest(s)->codec == (cltfs_codec)c);
+		write_chunks(s, 5);
+		store_close(s);
+		CHECK(store_open(dir, &s) == CLTFS_OK);
+		cltfs_zctx *z = cltfs_zctx_new();
+		uint8_t want[256], got[256];
+		cltfs_rec r;
+		for (int k = 0; k < 5; k++) {
+			CHECK(store_lookup(s, cltfs_key(CLTFS_STREAM_X, 0, (uint32_t)k), &r) && r.codec == c);
+			fill(want, r.rsize, (unsigned)k);
+			memset(got, 0, sizeof got);
+			CHECK(store_read_chunk(s, &r, z, got) == CLTFS_OK && !memcmp(want, got, r.rsize));
+		}
+		snprintf(pack, sizeof pack, "%s/packs/%s-unit.pack", dir, host);
+		CHECK(store_lookup(s, cltfs_key(CLTFS_STREAM_X, 0, 1), &r));
+		uint64_t where[] = {r.offset + 1, r.offset + 6, r.offset + r.csize / 2, r.offset + r.csize - 1};
+		for (size_t i = 0; i < sizeof where / sizeof *where; i++) {
+			flip(pack, where[i]);
+			char off[32];
+			snprintf(off, sizeof off, "offset %llu", (unsigned long long)r.offset);
+			CHECK(store_read_chunk(s, &r, z, got) == CLTFS_E_CORRUPT);
+			CHECK(strstr(cltfs_errmsg(), "x@0#1") && strstr(cltfs_errmsg(), pack) && strstr(cltfs_errmsg(), off));
+			flip(pack, where[i]);
+			CHECK(store_read_chunk(s, &r, z, got) == CLTFS_OK);
+		}
+		/* a pack cut short inside the frame */
+		CHECK(store_lookup(s, cltfs_key(CLTFS_STREAM_X, 0, 4), &r));
+		CHECK(truncate(pack, (off_t)(r.offset + r.csize - 3)) == 0);
+		CHECK(store_read_chunk(s, &r, z, got) == CLTFS_E_CORRUPT && strstr(cltfs_errmsg(), "x@0#4"));
+		cltfs_zctx_free(z);
+		store_close(s);
+		snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+		CHECK(system(cmd) == 0);
+	}
+}
+
+/* Writers that disagree: one store (zstd by its manifest) filled by a
+ * writer of each codec, and frames copied as they are from those into a
+ * second store, as the Hub tier copies them; every chunk reads back as what
+ * its record names, and verify's walk checks each. */
+static cltfs_err check_one(void *arg, const store_entry *e)
+{
+	uint8_t got[256];
+	CHECK(e->valid && store_check_entry(e, arg, got) == CLTFS_OK);
+	return CLTFS_OK;
+}
+
+static void test_mixed_codecs(void)
+{
+	cltfs_store *s = make_store();
+	char first[64], cmd[300];
+	store_writer *w[CLTFS_NCODECS];
+	uint8_t buf[256], got[256];
+	for (int c = 0; c < CLTFS_NCODECS; c++) {
+		char tag[16];
+		snprintf(tag, sizeof tag, "w%d", c);
+		CHECK(store_writer_open(s, tag, &w[c]) == CLTFS_OK);
+		store_writer_codec(w[c], (cltfs_codec)c);
+	}
+	for (int k = 0; k < 5; k++) { /* chunk k of each stream from writer (k + stream) % 3 */
+		size_t len = store_chunk_raw(s, (uint32_t)k);
+		fill(buf, len, (unsigned)k);
+		CHECK(store_writer_add(w[k % 3], cltfs_key(CLTFS_STREAM_X, 0, (uint32_t)k), buf, len) == CLTFS_OK);
+		CHECK(store_writer_add(w[(k + 1) % 3], cltfs_key(CLTFS_STREAM_X, 1, (uint32_t)k), buf, len) == CLTFS_OK);
+	}
+	for (int c = 0; c < CLTFS_NCODECS; c++)
+		CHECK(store_writer_close(w[c]) == CLTFS_OK);
+	store_close(s);
+	snprintf(first, sizeof first, "%s", dir);
+	CHECK(store_open(first, &s) == CLTFS_OK);
+	cltfs_store *d = make_store(); /* another dir; copies go here */
+	store_writer *cw;
+	CHECK(store_writer_open(d, "copy", &cw) == CLTFS_OK);
+	cltfs_zctx *z = cltfs_zctx_new();
+	for (int k = 0; k < 5; k++)
+		for (unsigned L = 0; L < 2; L++) {
+			cltfs_rec r;
+			const char *pname;
+			CHECK(store_locate(s, cltfs_key(CLTFS_STREAM_X, L, (uint32_t)k), &r, &pname));
+			CHECK(r.codec == (k + L) % 3);
+			fill(buf, r.rsize, (unsigned)k);
+			CHECK(store_read_chunk(s, &r, z, got) == CLTFS_OK && !memcmp(buf, got, r.rsize));
+			char path[300];
+			snprintf(path, sizeof path, "%s/packs/%s.pack", first, pname);
+			uint8_t frame[600];
+			int fd = open(path, O_RDONLY);
+			CHECK(fd >= 0 && r.csize <= sizeof frame && pread(fd, frame, r.csize, (off_t)r.offset) == r.csize);
+			close(fd);
+			CHECK(store_decode(&r, z, frame, got) == CLTFS_OK && store_writer_add_frame(cw, &r, frame) == CLTFS_OK);
+		}
+	CHECK(store_writer_close(cw) == CLTFS_OK);
+	store_close(d);
+	CHECK(store_open(dir, &d) == CLTFS_OK);
+	for (int k = 0; k < 5; k++) {
+		cltfs_rec r;
+		CHECK(store_lookup(d, cltfs_key(CLTFS_STREAM_X, 1, (uint32_t)k), &r) && r.codec == (k + 1) % 3);
+		fill(buf, r.rsize, (unsigned)k);
+		CHECK(store_read_chunk(d, &r, z, got) == CLTFS_OK && !memcmp(buf, got, r.rsize));
+	}
+	CHECK(store_foreach(s, check_one, z) == CLTFS_OK && store_foreach(d, check_one, z) == CLTFS_OK);
+	cltfs_zctx_free(z);
+	store_close(d);
+	store_close(s);
+	snprintf(cmd, sizeof cmd, "rm -rf %s %s", dir, first);
+	CHECK(system(cmd) == 0);
+}
+
 /* Abandoned chunks leave the lookup table at once, and only they: the
  * others of the same probe runs are still found. */
 static void test_abandon(void)
@@ -383,6 +514,8 @@ static void test_cache(void)
 int main(void)
 {
 	RUN(test_roundtrip);
+	RUN(test_codecs);
+	RUN(test_mixed_codecs);
 	RUN(test_abandon);
 	RUN(test_concurrent_writer);
 	RUN(test_index);

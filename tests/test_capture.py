@@ -1303,3 +1303,23 @@ def test_gpu_capture_on_miss(llava, run_cltfs, tmp_path, mount):
         assert st["device"].startswith("cuda"), st
     measured("GPU mount, max |target - ref mlp_out|", w["y"])
     verify_ok(run_cltfs, store)
+
+
+@pytest.mark.parametrize("codec", ["raw", "exp4"])
+def test_init_codec(llava, run_cltfs, tmp_path, mount, codec):
+    """init --codec: the store's manifest names it and capture (and a capture
+    on a miss) writes every frame in it; the views are what the default
+    (zstd) store serves, the reference rounded to bf16."""
+    store = str(tmp_path / "store")
+    run_init(run_cltfs, store, llava.model(), llava.dataset(), "--codec", codec, "--quiet")
+    man = json.load(open(os.path.join(store, "cltfs.json")))
+    assert man["codec"] == codec and man["version"] == 3, man
+    run_capture(run_cltfs, store, "--rows", "0:1", "--quiet")
+    ref = llava.ref()
+    n_layers = llava.facts()["text"]["num_hidden_layers"]
+    with mount(store) as m:  # the rest captured on a miss
+        w = check_views(lambda rel: torch.load(m.p(rel)), ref, n_layers, "bfloat16")
+    assert w["exact"] > 0.98, w
+    st = stat_json(run_cltfs, store)
+    assert st["chunks"] == st["chunks_needed"] and st["codec"] == codec and list(st["frames"]) == [codec], st
+    verify_ok(run_cltfs, store)

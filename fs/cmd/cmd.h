@@ -17,6 +17,7 @@ typedef struct {
 	int chunk_rows;    /* 0: about 1 MiB of raw rows */
 	int target_offset; /* 1 as the reference */
 	int level;         /* zstd level */
+	int codec;         /* a cltfs_codec, or -1: an existing store's, else zstd */
 	bool quiet;
 } import_opts;
 /* A materialized tree (L<n>/batch_<k>_{x,y}.pt) into a store, every value
@@ -29,6 +30,7 @@ typedef struct {
 	const char *template_; /* NULL: the model card's */
 	const char *input_hook;
 	int n_targets, target_offset, dtype, batch_samples;
+	int codec;             /* a cltfs_codec: what capture will write */
 	int64_t chunk_rows;    /* 0: about 1 MiB of raw rows */
 	bool clip, quiet;
 } init_opts;

@@ -375,6 +375,7 @@ static cltfs_err plan_manifest(plan *p)
 {
 	cltfs_manifest *m = p->m;
 	m->target_offset = p->o->target_offset;
+	m->codec = p->o->codec >= 0 ? (cltfs_codec)p->o->codec : CLTFS_CODEC_ZSTD;
 	m->source_kind = strdup("import");
 	char abs[PATH_MAX];
 	m->source_path = strdup(realpath(p->src, abs) ? abs : p->src);
@@ -754,8 +755,10 @@ static cltfs_err import_all(run *r)
 	return CLTFS_OK;
 }
 
-/* An existing store must hold the same plan: then a re-run resumes. */
-static cltfs_err prepare_store(const char *store, const cltfs_manifest *m)
+/* An existing store must hold the same plan: then a re-run resumes, in
+ * the store's codec (a --codec that names another is refused: the store
+ * would hold frames of two codecs while its manifest names one). */
+static cltfs_err prepare_store(const char *store, const cltfs_manifest *m, int codec)
 {
 	char path[PATH_MAX];
 	snprintf(path, sizeof path, "%s/cltfs.json", store);
@@ -766,11 +769,16 @@ static cltfs_err prepare_store(const char *store, const cltfs_manifest *m)
 	if (e)
 		return e;
 	bool same = cltfs_manifest_same(old, m);
+	cltfs_codec had = old->codec;
 	cltfs_manifest_free(old);
 	if (!same)
 		return cltfs_fail(CLTFS_E_MISMATCH,
 				  "%s: the store already holds a different dataset; import into a new directory",
 				  path);
+	if (codec >= 0 && (cltfs_codec)codec != had)
+		return cltfs_fail(CLTFS_E_MISMATCH,
+				  "%s: the store's codec is %s, not %s; resume without --codec, or import into a new "
+				  "directory", path, cltfs_codec_name(had), cltfs_codec_name((cltfs_codec)codec));
 	return CLTFS_OK;
 }
 
@@ -784,7 +792,7 @@ int cmd_import(const char *store, const char *src, const import_opts *o)
 	if (!e)
 		e = plan_manifest(&p);
 	if (!e)
-		e = prepare_store(store, p.m);
+		e = prepare_store(store, p.m, o->codec);
 	if (!e)
 		e = store_open(store, &r.s);
 	cltfs_opts fo = {.dtype = -1, .cache_mb = 1024, .readahead = 0};

@@ -120,6 +120,7 @@ static cltfs_err set_fields(const init_opts *o, const cap_config *cfg, const cha
 	m->padding = o->clip ? CLTFS_PAD_CLIP : CLTFS_PAD_ZERO;
 	m->chunk_rows = o->chunk_rows > 0 ? o->chunk_rows : cltfs_default_chunk_rows(m->d_model, m->dtype);
 	m->batch_samples = o->batch_samples;
+	m->codec = (cltfs_codec)o->codec;
 	free(m->input_hook);
 	bool ok = (m->input_hook = strdup(o->input_hook)) &&
 		  (m->model_id = strdup(o->model_id ? o->model_id : abs_model)) &&

@@ -30,13 +30,26 @@ static bool parse_pair(const char *s, char sep, int64_t *a, int64_t *b)
 	return mid && cltfs_parse_dec(s, (size_t)(mid - s), a) && cltfs_parse_dec(mid + 1, strlen(mid + 1), b);
 }
 
+/* --codec NAME: a usage error names the valid ones. */
+static bool parse_codec(const char *s, int *out)
+{
+	cltfs_codec c;
+	if (!cltfs_codec_parse(s, &c)) {
+		fprintf(stderr, "cltfs: --codec %s: unknown codec; valid: " CLTFS_CODEC_NAMES " (see cltfs --help)\n", s);
+		return false;
+	}
+	*out = (int)c;
+	return true;
+}
+
 static int main_import(int argc, char **argv)
 {
-	import_opts o = {.target_offset = 1, .level = 1};
+	import_opts o = {.target_offset = 1, .level = 1, .codec = -1};
 	static const struct option lo[] = {
 		{"chunk-rows", required_argument, 0, 'c'}, {"target-offset", required_argument, 0, 't'},
-		{"level", required_argument, 0, 'l'},      {"quiet", no_argument, 0, 'q'},
-		{"help", no_argument, 0, 'h'},             {0, 0, 0, 0},
+		{"level", required_argument, 0, 'l'},      {"codec", required_argument, 0, 'C'},
+		{"quiet", no_argument, 0, 'q'},            {"help", no_argument, 0, 'h'},
+		{0, 0, 0, 0},
 	};
 	int ch;
 	optind = 1;
@@ -53,6 +66,10 @@ static int main_import(int argc, char **argv)
 		case 'l':
 			if (!parse_int(optarg, 1, 19, &o.level))
 				return usage_error("--level takes a zstd level from 1 to 19");
+			break;
+		case 'C':
+			if (!parse_codec(optarg, &o.codec))
+				return 2;
 			break;
 		case 'q':
 			o.quiet = true;
@@ -108,7 +125,7 @@ static int main_pull(int argc, char **argv)
 static int main_init(int argc, char **argv)
 {
 	init_opts o = {.input_hook = "mlp_in", .n_targets = 16, .target_offset = 1, .dtype = CLTFS_BF16,
-		       .batch_samples = 1};
+		       .batch_samples = 1, .codec = CLTFS_CODEC_ZSTD};
 	static const struct option lo[] = {
 		{"model", required_argument, 0, 'm'},        {"dataset", required_argument, 0, 'q'},
 		{"image-dir", required_argument, 0, 'i'},    {"n-targets", required_argument, 0, 'n'},
@@ -116,8 +133,8 @@ static int main_init(int argc, char **argv)
 		{"dtype", required_argument, 0, 'd'},        {"input-hook", required_argument, 0, 'k'},
 		{"chunk-rows", required_argument, 0, 'c'},   {"batch-samples", required_argument, 0, 'b'},
 		{"template", required_argument, 0, 'T'},     {"model-id", required_argument, 0, 'M'},
-		{"quiet", no_argument, 0, 'Q'},              {"help", no_argument, 0, 'h'},
-		{0, 0, 0, 0},
+		{"codec", required_argument, 0, 'C'},        {"quiet", no_argument, 0, 'Q'},
+		{"help", no_argument, 0, 'h'},               {0, 0, 0, 0},
 	};
 	int ch, v;
 	cltfs_dtype dt;
@@ -131,6 +148,10 @@ static int main_init(int argc, char **argv)
 		case 'T': o.template_ = optarg; break;
 		case 'M': o.model_id = optarg; break;
 		case 'Q': o.quiet = true; break;
+		case 'C':
+			if (!parse_codec(optarg, &o.codec))
+				return 2;
+			break;
 		case 'n':
 			if (!parse_int(optarg, 1, 4096, &o.n_targets))
 				return usage_error("--n-targets takes a number from 1 to 4096");

@@ -1,5 +1,6 @@
-/* stat.c: `cltfs stat STORE [--json]`: rows, layers, chunks present, bytes
- * on disk and the bytes of the files a mount serves. */
+/* stat.c: `cltfs stat STORE [--json]`: rows, layers, chunks present, the
+ * codec and what each codec's frames hold, bytes on disk and the bytes of
+ * the files a mount serves. */
 #include "cmd.h"
 #include "view.h"
 
@@ -9,6 +10,7 @@
 
 typedef struct {
 	uint64_t chunks, raw, frames;
+	uint64_t n[CLTFS_NCODECS], raw_of[CLTFS_NCODECS], frames_of[CLTFS_NCODECS]; /* by codec */
 } stat_state;
 
 static cltfs_err stat_one(void *arg, const store_entry *ent)
@@ -18,8 +20,43 @@ static cltfs_err stat_one(void *arg, const store_entry *ent)
 		st->chunks++;
 		st->raw += ent->rec.rsize;
 		st->frames += ent->rec.csize;
+		st->n[ent->rec.codec]++;
+		st->raw_of[ent->rec.codec] += ent->rec.rsize;
+		st->frames_of[ent->rec.codec] += ent->rec.csize;
 	}
 	return CLTFS_OK;
+}
+
+/* {"zstd": {"frames": N, "raw_bytes": R, "frame_bytes": F}, ...} for each
+ * codec some frame is in (a store may hold several: writers that disagree,
+ * frames copied from a Hub store). */
+static bool add_codecs(cJSON *r, const stat_state *st)
+{
+	cJSON *o = cJSON_AddObjectToObject(r, "frames");
+	for (int c = 0; o && c < CLTFS_NCODECS; c++) {
+		if (!st->n[c])
+			continue;
+		cJSON *k = cJSON_AddObjectToObject(o, cltfs_codec_name((cltfs_codec)c));
+		if (!k || !cJSON_AddNumberToObject(k, "frames", (double)st->n[c]) ||
+		    !cJSON_AddNumberToObject(k, "raw_bytes", (double)st->raw_of[c]) ||
+		    !cJSON_AddNumberToObject(k, "frame_bytes", (double)st->frames_of[c]))
+			return false;
+	}
+	return o != NULL;
+}
+
+/* The frames line(s) of the text form: each codec's count and ratio. */
+static void print_codecs(const stat_state *st)
+{
+	const char *label = "frames";
+	for (int c = 0; c < CLTFS_NCODECS; c++) {
+		if (!st->n[c])
+			continue;
+		printf("%-13s %llu %s: %.1f MB raw in %.1f MB (%.3f)\n", label, (unsigned long long)st->n[c],
+		       cltfs_codec_name((cltfs_codec)c), (double)st->raw_of[c] / 1e6, (double)st->frames_of[c] / 1e6,
+		       st->raw_of[c] ? (double)st->frames_of[c] / (double)st->raw_of[c] : 0.0);
+		label = "";
+	}
 }
 
 /* The bytes of every file the mount serves by default.  Files of one batch
@@ -74,6 +111,7 @@ static int print_json(const char *dir, const cltfs_manifest *m, const stat_state
 		  cJSON_AddNumberToObject(r, "mlp_layers", m->n_mlp_layers) &&
 		  cJSON_AddNumberToObject(r, "d_model", m->d_model) &&
 		  cJSON_AddStringToObject(r, "dtype", cltfs_dtype_name(m->dtype)) &&
+		  cJSON_AddStringToObject(r, "codec", cltfs_codec_name(m->codec)) && add_codecs(r, st) &&
 		  cJSON_AddNumberToObject(r, "chunks", (double)st->chunks) &&
 		  cJSON_AddNumberToObject(r, "chunks_needed", (double)need) &&
 		  cJSON_AddNumberToObject(r, "raw_bytes", (double)st->raw) &&
@@ -110,20 +148,23 @@ int cmd_stat(const char *dir, bool json)
 	double ratio = mat ? (double)disk / (double)mat : 0;
 	if (!rc && json)
 		rc = print_json(dir, m, &st, need, disk, mat);
-	else if (!rc)
+	else if (!rc) {
 		printf("store         %s\n"
 		       "rows          %lld in %lld samples, %lld batches\n"
 		       "layers        %d x streams (L%d..L%d), %d mlp streams, d=%d, %s\n"
 		       "chunks        %llu of %llu present (%lld rows each at most)\n"
 		       "raw bytes     %.1f MB (the distinct streams, uncompressed)\n"
-		       "on disk       %.1f MB\n"
-		       "materialized  %.1f MB (the L<n>/batch_<k>_{x,y}.pt files it serves)\n"
-		       "ratio         %.4f (1/%.1f)\n",
+		       "codec         %s (new frames are written so)\n",
 		       dir, (long long)m->total_rows, (long long)m->n_samples, (long long)m->n_batches, m->n_x_layers,
 		       m->x_layers[0], m->x_layers[m->n_x_layers - 1], m->n_mlp_layers, m->d_model,
 		       cltfs_dtype_name(m->dtype), (unsigned long long)st.chunks, (unsigned long long)need,
-		       (long long)m->chunk_rows, (double)st.raw / 1e6, (double)disk / 1e6, (double)mat / 1e6, ratio,
-		       ratio > 0 ? 1 / ratio : 0);
+		       (long long)m->chunk_rows, (double)st.raw / 1e6, cltfs_codec_name(m->codec));
+		print_codecs(&st);
+		printf("on disk       %.1f MB\n"
+		       "materialized  %.1f MB (the L<n>/batch_<k>_{x,y}.pt files it serves)\n"
+		       "ratio         %.4f (1/%.1f)\n",
+		       (double)disk / 1e6, (double)mat / 1e6, ratio, ratio > 0 ? 1 / ratio : 0);
+	}
 	store_close(s);
 	return rc;
 }

@@ -23,6 +23,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -218,20 +219,23 @@ static bool known(cltfs_store *s, uint64_t key)
 
 /* key's record and pack, pending first: the pending copy, once visible,
  * stays the one answered (commit moves it to the map), so a reader's record
- * always names the frame it will read.  Called with the lock held. */
-static bool find_rec(cltfs_store *s, uint64_t key, cltfs_rec *rec, int *packno)
+ * always names the frame it will read.  *recno: the record's number in the
+ * pack's index, UINT64_MAX for a pending one.  Called with the lock held. */
+static bool find_rec_at(cltfs_store *s, uint64_t key, cltfs_rec *rec, int *packno, uint64_t *recno)
 {
 	slot *hit = find(s, key);
 	if (hit) {
 		*rec = hit->rec;
 		*packno = hit->pack;
+		*recno = UINT64_MAX;
 		return true;
 	}
 	uint64_t *ent = map_entry(s, key, false);
 	if (!ent || !*ent)
 		return false;
 	int p = (int)(*ent >> RECNO_BITS) - 1;
-	uint64_t off = CLTFS_FILE_HEADER + (*ent & ((1ULL << RECNO_BITS) - 1)) * CLTFS_REC_SIZE;
+	*recno = *ent & ((1ULL << RECNO_BITS) - 1);
+	uint64_t off = CLTFS_FILE_HEADER + *recno * CLTFS_REC_SIZE;
 	uint8_t b[CLTFS_REC_SIZE];
 	/* The file was checked when merged; one replaced since reads as a miss. */
 	if (pread(s->packs[p].idx_fd, b, sizeof b, (off_t)off) != (ssize_t)sizeof b || cltfs_rec_decode(b, rec) ||
@@ -239,6 +243,12 @@ static bool find_rec(cltfs_store *s, uint64_t key, cltfs_rec *rec, int *packno)
 		return false;
 	*packno = p;
 	return true;
+}
+
+static bool find_rec(cltfs_store *s, uint64_t key, cltfs_rec *rec, int *packno)
+{
+	uint64_t recno;
+	return find_rec_at(s, key, rec, packno, &recno);
 }
 
 static void path_of(const cltfs_store *s, const char *name, const char *ext, char *buf, size_t n)
@@ -265,7 +275,7 @@ static bool plausible(const cltfs_store *s, const cltfs_rec *r)
 {
 	const cltfs_manifest *m = s->m;
 	return cltfs_manifest_has_stream(m, cltfs_key_kind(r->key), (int)cltfs_key_layer(r->key)) &&
-	       r->dtype == m->dtype &&
+	       r->dtype == m->dtype && r->codec < CLTFS_NCODECS &&
 	       cltfs_key_chunk(r->key) < m->n_chunks &&
 	       r->rsize == store_chunk_raw(s, cltfs_key_chunk(r->key)) && r->offset >= CLTFS_FILE_HEADER;
 }
@@ -477,23 +487,87 @@ void store_rescan(cltfs_store *s)
 
 bool store_locate(cltfs_store *s, uint64_t key, cltfs_rec *rec, const char **packname)
 {
+	uint64_t recno;
+	return store_locate_at(s, key, rec, packname, &recno);
+}
+
+bool store_locate_at(cltfs_store *s, uint64_t key, cltfs_rec *rec, const char **packname, uint64_t *recno)
+{
 	if (!store_lookup(s, key, rec))
 		return false;
 	int p;
 	pthread_rwlock_rdlock(&s->lock);
-	bool hit = find_rec(s, key, rec, &p);
+	bool hit = find_rec_at(s, key, rec, &p, recno);
 	*packname = hit ? s->packs[p].name : NULL; /* names live as long as the store */
 	pthread_rwlock_unlock(&s->lock);
 	return hit;
 }
 
+bool store_record_at(cltfs_store *s, const char *packname, uint64_t recno, cltfs_rec *rec)
+{
+	bool ok = false;
+	pthread_rwlock_rdlock(&s->lock);
+	for (size_t p = 0; p < s->npacks && !ok; p++) {
+		pack *pk = &s->packs[p];
+		if (pk->name != packname)
+			continue;
+		uint64_t off = CLTFS_FILE_HEADER + recno * CLTFS_REC_SIZE;
+		uint8_t b[CLTFS_REC_SIZE];
+		/* Only what was merged: a record past it may be torn or not yet
+		 * backed by a durable frame.  And only the copy the store answers
+		 * for its chunk, so that the caller's record is the one a lookup
+		 * gives. */
+		if (recno >= (UINT64_C(1) << RECNO_BITS) || pk->idx_fd < 0 || off + sizeof b > pk->idx_consumed ||
+		    pread(pk->idx_fd, b, sizeof b, (off_t)off) != (ssize_t)sizeof b || cltfs_rec_decode(b, rec) ||
+		    !plausible(s, rec))
+			break;
+		uint64_t *ent = map_entry(s, rec->key, false);
+		ok = ent && *ent == ((uint64_t)(p + 1) << RECNO_BITS | recno) && !find(s, rec->key);
+	}
+	pthread_rwlock_unlock(&s->lock);
+	return ok;
+}
+
+/* The raw bytes' CRC (the decoder computes it) against the record's. */
+static cltfs_err check_crc(const cltfs_rec *rec, uint32_t crc)
+{
+	return crc == rec->crc ? CLTFS_OK : cltfs_fail(CLTFS_E_CORRUPT, "CRC-32 differs from the index record");
+}
+
 cltfs_err store_decode(const cltfs_rec *rec, cltfs_zctx *z, const void *frame, void *dst)
 {
-	cltfs_err e = cltfs_frame_decode(z, cltfs_dtype_size((cltfs_dtype)rec->dtype), frame, rec->csize, dst,
-					 rec->rsize);
-	if (!e && cltfs_crc32(0, dst, rec->rsize) != rec->crc)
-		e = cltfs_fail(CLTFS_E_CORRUPT, "CRC-32 differs from the index record");
-	return e;
+	uint32_t crc;
+	cltfs_err e = cltfs_frame_decode(z, (cltfs_codec)rec->codec, cltfs_dtype_size((cltfs_dtype)rec->dtype), frame,
+					 rec->csize, dst, rec->rsize, &crc);
+	return e ? e : check_crc(rec, crc);
+}
+
+/* A raw frame's bytes go from the pack straight into dst (its header into
+ * a small buffer beside them), one system call and no copy: for the raw
+ * codec a read is the page cache's copy and the CRC. */
+static cltfs_err read_raw(int fd, const cltfs_rec *rec, void *dst)
+{
+	uint8_t hdr[CLTFS_RAW_HEADER];
+	if (rec->csize != CLTFS_RAW_HEADER + (uint64_t)rec->rsize)
+		return cltfs_fail(CLTFS_E_CORRUPT, "raw frame of %u bytes cannot hold %u", rec->csize, rec->rsize);
+	struct iovec iov[2] = {{hdr, sizeof hdr}, {dst, rec->rsize}};
+	ssize_t r;
+	while ((r = preadv(fd, iov, 2, (off_t)rec->offset)) < 0 && errno == EINTR)
+		;
+	if (r < 0)
+		return cltfs_fail(CLTFS_E_IO, "%s", strerror(errno));
+	if ((size_t)r < rec->csize) { /* short: the rest one piece at a time, as read_full would */
+		cltfs_err e = (size_t)r < sizeof hdr ? read_full(fd, hdr + r, sizeof hdr - (size_t)r, rec->offset + (uint64_t)r)
+						      : CLTFS_OK;
+		size_t got = (size_t)r < sizeof hdr ? 0 : (size_t)r - sizeof hdr;
+		if (!e)
+			e = read_full(fd, (uint8_t *)dst + got, rec->rsize - got, rec->offset + sizeof hdr + got);
+		if (e)
+			return e;
+	}
+	uint32_t crc;
+	cltfs_err e = cltfs_frame_check_raw(hdr, dst, rec->rsize, &crc);
+	return e ? e : check_crc(rec, crc);
 }
 
 cltfs_err store_read_chunk(cltfs_store *s, const cltfs_rec *rec, cltfs_zctx *z, void *dst)
@@ -512,12 +586,17 @@ cltfs_err store_read_chunk(cltfs_store *s, const cltfs_rec *rec, cltfs_zctx *z, 
 	int fd = pack_fd(s, p, &name);
 	if (fd < 0)
 		return cltfs_fail(CLTFS_E_IO, "%s/packs/%s.pack: %s", s->dir, name, strerror(errno));
-	uint8_t *frame = cltfs_zctx_buffer(z, rec->csize ? rec->csize : 1);
-	if (!frame)
-		return cltfs_fail(CLTFS_E_NOMEM, "out of memory for chunk %s", k);
-	cltfs_err e = read_full(fd, frame, rec->csize, rec->offset);
-	if (!e)
-		e = store_decode(rec, z, frame, dst);
+	cltfs_err e;
+	if (rec->codec == CLTFS_CODEC_RAW) {
+		e = read_raw(fd, rec, dst);
+	} else {
+		uint8_t *frame = cltfs_zctx_buffer(z, rec->csize ? rec->csize : 1);
+		if (!frame)
+			return cltfs_fail(CLTFS_E_NOMEM, "out of memory for chunk %s", k);
+		e = read_full(fd, frame, rec->csize, rec->offset);
+		if (!e)
+			e = store_decode(rec, z, frame, dst);
+	}
 	if (e)
 		return cltfs_wrap(e, "%s/packs/%s.pack: chunk %s at offset %llu", s->dir, name, k,
 				  (unsigned long long)rec->offset);
@@ -626,6 +705,7 @@ struct store_writer {
 	char pack_path[4096], idx_path[4096];
 	int pack_fd, idx_fd;
 	int level;
+	cltfs_codec codec;
 	pthread_mutex_t mu;      /* guards what follows, to sync_mu */
 	uint64_t pack_end;
 	cltfs_zctx *z;
@@ -708,6 +788,7 @@ cltfs_err store_writer_open(cltfs_store *s, const char *tag, store_writer **out)
 	w->s = s;
 	w->pack_fd = w->idx_fd = -1;
 	w->level = 1; /* measured: decodes faster than 3, and as small on activations */
+	w->codec = s->m->codec;
 	pthread_mutex_init(&w->mu, NULL);
 	pthread_mutex_init(&w->sync_mu, NULL);
 	char host[128] = "host";
@@ -740,6 +821,8 @@ cltfs_err store_writer_open(cltfs_store *s, const char *tag, store_writer **out)
 
 void store_writer_level(store_writer *w, int level) { w->level = level; }
 
+void store_writer_codec(store_writer *w, cltfs_codec codec) { w->codec = codec; }
+
 /* Append a frame and note its record (at its new offset) as pending;
  * called with w->mu held. */
 static cltfs_err append_frame(store_writer *w, cltfs_rec rec, const void *frame)
@@ -766,14 +849,15 @@ static cltfs_err append_frame(store_writer *w, cltfs_rec rec, const void *frame)
 cltfs_err store_writer_add_with(store_writer *w, cltfs_zctx *z, uint64_t key, const void *raw, size_t len)
 {
 	const cltfs_manifest *m = w->s->m;
-	size_t bound = cltfs_frame_bound(len), clen;
+	size_t bound = cltfs_frame_bound(w->codec, len), clen;
 	uint8_t *frame = cltfs_zctx_buffer(z, bound);
 	if (!frame)
 		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
-	cltfs_err e = cltfs_frame_encode(z, w->level, cltfs_dtype_size(m->dtype), raw, len, frame, bound, &clen);
+	cltfs_err e = cltfs_frame_encode(z, w->codec, w->level, cltfs_dtype_size(m->dtype), raw, len, frame, bound, &clen);
 	if (e)
 		return e;
-	cltfs_rec rec = {key, 0, (uint32_t)clen, (uint32_t)len, cltfs_crc32(0, raw, len), (uint8_t)m->dtype};
+	cltfs_rec rec = {key, 0, (uint32_t)clen, (uint32_t)len, cltfs_crc32(0, raw, len), (uint8_t)m->dtype,
+			 (uint8_t)w->codec};
 	pthread_mutex_lock(&w->mu);
 	e = append_frame(w, rec, frame);
 	pthread_mutex_unlock(&w->mu);
@@ -785,12 +869,13 @@ cltfs_err store_writer_add(store_writer *w, uint64_t key, const void *raw, size_
 	const cltfs_manifest *m = w->s->m;
 	pthread_mutex_lock(&w->mu);
 	size_t clen;
-	cltfs_err e = cltfs_reserve(&w->frame, &w->framecap, cltfs_frame_bound(len))
-			      ? cltfs_frame_encode(w->z, w->level, cltfs_dtype_size(m->dtype), raw, len, w->frame,
-						   w->framecap, &clen)
+	cltfs_err e = cltfs_reserve(&w->frame, &w->framecap, cltfs_frame_bound(w->codec, len))
+			      ? cltfs_frame_encode(w->z, w->codec, w->level, cltfs_dtype_size(m->dtype), raw, len,
+						   w->frame, w->framecap, &clen)
 			      : cltfs_fail(CLTFS_E_NOMEM, "out of memory");
 	if (!e) {
-		cltfs_rec rec = {key, 0, (uint32_t)clen, (uint32_t)len, cltfs_crc32(0, raw, len), (uint8_t)m->dtype};
+		cltfs_rec rec = {key, 0, (uint32_t)clen, (uint32_t)len, cltfs_crc32(0, raw, len), (uint8_t)m->dtype,
+				 (uint8_t)w->codec};
 		e = append_frame(w, rec, w->frame);
 	}
 	pthread_mutex_unlock(&w->mu);

@@ -41,6 +41,16 @@ bool store_lookup(cltfs_store *s, uint64_t key, cltfs_rec *rec);
 /* store_lookup, and the name <w> of the pack that holds the frame (valid
  * as long as the store is open). */
 bool store_locate(cltfs_store *s, uint64_t key, cltfs_rec *rec, const char **pack);
+/* store_locate, and the record's number in its pack's index (UINT64_MAX
+ * for this process's records not yet synced to an index file). */
+bool store_locate_at(cltfs_store *s, uint64_t key, cltfs_rec *rec, const char **pack, uint64_t *recno);
+/* Record recno of the index of pack (a name store_locate gave): a writer
+ * appends frames and their records in the same order, so records recno,
+ * recno + 1, ... are the pack's frames as they follow each other, for a
+ * reader that fetches neighbours together.  false past what was merged,
+ * for a bad record, and for a record that is not the copy the store
+ * answers for its chunk. */
+bool store_record_at(cltfs_store *s, const char *pack, uint64_t recno, cltfs_rec *rec);
 /* Merge what other writers appended since the last scan, now. */
 void store_rescan(cltfs_store *s);
 /* Read one chunk's frame, decode it into dst (rec->rsize bytes) and check
@@ -88,8 +98,11 @@ typedef struct store_writer store_writer;
 cltfs_err store_writer_open(cltfs_store *s, const char *tag, store_writer **out);
 /* zstd level of the frames this writer adds (default 1). */
 void store_writer_level(store_writer *w, int level);
-/* Compress and append one chunk's raw bytes (len bytes, as the manifest
- * says).  CLTFS_E_IO, _NOMEM. */
+/* The codec of the frames this writer adds (default: the manifest's).
+ * Each record names its frame's codec, so a store may hold several. */
+void store_writer_codec(store_writer *w, cltfs_codec codec);
+/* Encode (the writer's codec) and append one chunk's raw bytes (len bytes,
+ * as the manifest says).  CLTFS_E_IO, _NOMEM. */
 cltfs_err store_writer_add(store_writer *w, uint64_t key, const void *raw, size_t len);
 /* store_writer_add, compressing with the caller's z outside the writer's
  * lock: threads with a zctx each compress in parallel. */

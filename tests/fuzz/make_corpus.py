@@ -79,8 +79,9 @@ def mutations(data, n):
 
 
 # ---------------------------------------------------------------- frames ---
-# Input of cltfs_fuzz_frame: (element size - 1), raw length (3 bytes LE),
-# then a zstd frame of the byte-shuffled values, as codec/frame.c writes it.
+# Input of cltfs_fuzz_frame: (element size - 1) | codec << 6, raw length (3
+# bytes LE), then a frame as codec/frame.c writes it: zstd (a zstd frame of
+# the byte-shuffled values), raw or exp4 (below, from codec/codec.h).
 # The tests have no zstd compressor in Python (python3-zstandard is not a
 # dependency), so these frames use raw and RLE blocks (RFC 8878 3.1.1.2),
 # which need none; the checked-in corpus holds compressed ones
@@ -153,6 +154,39 @@ def frame_input(esize, raw, **kw):
     return bytes([esize - 1]) + len(raw).to_bytes(3, "little") + zstd_frame(shuffle(esize, raw), **kw)
 
 
+# Byte 0's top two bits name the codec (codec/codec.h): 0 zstd, 1 raw, 2 exp4.
+CODEC_RAW, CODEC_EXP4 = 1, 2
+
+
+def raw_frame(raw):
+    """A raw frame: "CLRW", raw length, CRC-32 of the bytes, the bytes."""
+    return b"CLRW" + struct.pack("<II", len(raw), zlib.crc32(raw)) + raw
+
+
+def exp4_frame(esize, raw, n_table=15):
+    """An exp4 frame as codec/frame.c writes it: "CLX4", raw length, CRC-32,
+    escapes, a table of the most common top bytes (ties: the lower byte),
+    4-bit codes (15: the next escape), escapes, lower planes, tail."""
+    n = len(raw) // esize
+    sh = shuffle(esize, raw)
+    top = sh[(esize - 1) * n:esize * n]
+    counts = sorted(((-top.count(v), v) for v in set(top)))[:n_table]
+    table = [v for _, v in counts]
+    code = {v: k for k, v in enumerate(table)}
+    codes, esc = bytearray((n + 1) // 2), bytearray()
+    for i, v in enumerate(top):
+        c = code.get(v, 15)
+        codes[i // 2] |= c << 4 if i & 1 else c
+        if c == 15:
+            esc.append(v)
+    head = b"CLX4" + struct.pack("<III", len(raw), zlib.crc32(raw), len(esc)) + bytes(table + [0] * (16 - len(table)))
+    return head + bytes(codes) + bytes(esc) + sh[:(esize - 1) * n] + sh[esize * n:]
+
+
+def codec_input(codec, esize, raw, frame):
+    return bytes([codec << 6 | (esize - 1)]) + len(raw).to_bytes(3, "little") + frame
+
+
 bf16 = torch.randn(64, 8).to(torch.bfloat16).view(torch.int16).numpy().astype("<i2").tobytes()
 f32 = torch.randn(33, 4).numpy().astype("<f4").tobytes()
 seeds_frame = {
@@ -162,19 +196,31 @@ seeds_frame = {
     "empty": frame_input(2, b""),
     "zeros": frame_input(2, bytes(300 << 10), rle=True),
     "nosum": frame_input(2, bf16[:100], checksum=False),
+    "raw-bf16": codec_input(CODEC_RAW, 2, bf16, raw_frame(bf16)),
+    "raw-odd": codec_input(CODEC_RAW, 4, f32[:13], raw_frame(f32[:13])),
+    "raw-empty": codec_input(CODEC_RAW, 2, b"", raw_frame(b"")),
+    "raw-is-zstd": codec_input(CODEC_RAW, 2, bf16, frame_input(2, bf16)[4:]),
+    "exp4-bf16": codec_input(CODEC_EXP4, 2, bf16, exp4_frame(2, bf16)),
+    "exp4-f32": codec_input(CODEC_EXP4, 4, f32, exp4_frame(4, f32)),
+    "exp4-odd": codec_input(CODEC_EXP4, 2, bf16[:67], exp4_frame(2, bf16[:67])),
+    "exp4-bytes": codec_input(CODEC_EXP4, 1, f32[:200], exp4_frame(1, f32[:200])),
+    "exp4-escapes": codec_input(CODEC_EXP4, 2, f32[:300], exp4_frame(2, f32[:300], n_table=3)),
+    "exp4-empty": codec_input(CODEC_EXP4, 2, b"", exp4_frame(2, b"")),
+    "exp4-is-raw": codec_input(CODEC_EXP4, 2, bf16, raw_frame(bf16)),
 }
 
 # --------------------------------------------------------------- records ---
 # Input of cltfs_fuzz_record: a 16-byte file header, then 40-byte records:
-# magic "CLTR" key offset csize rsize crc dtype reserved(3) crc-of-the-36.
+# magic "CLTR" key offset csize rsize crc dtype codec reserved(2)
+# crc-of-the-36.
 
 
 def header(magic):
     return magic + struct.pack("<II", 1, 40)
 
 
-def record(key, offset, csize, rsize, crc, dtype):
-    body = struct.pack("<IQQIIIB3x", 0x52544C43, key, offset, csize, rsize, crc, dtype)
+def record(key, offset, csize, rsize, crc, dtype, codec=0):
+    body = struct.pack("<IQQIIIBB2x", 0x52544C43, key, offset, csize, rsize, crc, dtype, codec)
     return body + struct.pack("<I", zlib.crc32(body))
 
 
@@ -184,6 +230,8 @@ seeds_rec = {
     "idx": header(b"CLTFSIX1") + b"".join(recs),
     "pack": header(b"CLTFSPK1") + recs[0],
     "baddtype": header(b"CLTFSIX1") + record(1, 2, 3, 4, 5, 7),
+    "codecs": header(b"CLTFSIX1") + record(1, 16, 4108, 4096, 5, 0, 1) + record(2, 16, 3000, 4096, 5, 0, 2),
+    "badcodec": header(b"CLTFSIX1") + record(1, 2, 3, 4, 5, 0, 3),
     "v2": b"CLTFSIX1" + struct.pack("<II", 2, 40) + recs[1],
 }
 

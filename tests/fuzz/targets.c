@@ -85,32 +85,42 @@ int cltfs_fuzz_manifest(const uint8_t *data, size_t size)
 }
 
 /* The values of a frame that decoded must survive encode + decode. */
-static void frame_round_trip(cltfs_zctx *z, size_t esize, const uint8_t *raw, size_t raw_len)
+static void frame_round_trip(cltfs_zctx *z, cltfs_codec codec, size_t esize, const uint8_t *raw, size_t raw_len)
 {
-	size_t cap = cltfs_frame_bound(raw_len), n;
+	size_t cap = cltfs_frame_bound(codec, raw_len), n;
 	uint8_t *frame = malloc(cap), *back = malloc(raw_len ? raw_len : 1);
-	if (frame && back && cltfs_frame_encode(z, 1, esize, raw, raw_len, frame, cap, &n) == CLTFS_OK &&
-	    (cltfs_frame_decode(z, esize, frame, n, back, raw_len) != CLTFS_OK || memcmp(raw, back, raw_len)))
+	uint32_t crc;
+	if (frame && back && cltfs_frame_encode(z, codec, 1, esize, raw, raw_len, frame, cap, &n) == CLTFS_OK &&
+	    (n > cap || cltfs_frame_decode(z, codec, esize, frame, n, back, raw_len, &crc) != CLTFS_OK ||
+	     memcmp(raw, back, raw_len) || crc != cltfs_crc32(0, raw, raw_len)))
 		abort();
 	free(frame);
 	free(back);
 }
 
-/* Input: element size (1 + byte 0 % 8), raw length (bytes 1-3,
- * little-endian, at most FRAME_MAX_RAW), then the frame. */
+/* Input: byte 0: element size (1 + byte % 8) and codec (its top two bits:
+ * 0 zstd, 1 raw, 2 exp4, 3 zstd; inputs from before codecs keep meaning
+ * zstd frames); raw length (bytes 1-3, little-endian, at most
+ * FRAME_MAX_RAW), then the frame.  A frame that decodes must give the CRC
+ * of what it gave. */
 int cltfs_fuzz_frame(const uint8_t *data, size_t size)
 {
 	if (size < 4)
 		return 0;
 	size_t esize = 1 + data[0] % 8;
+	cltfs_codec codec = (cltfs_codec)((data[0] >> 6) % CLTFS_NCODECS);
 	size_t raw_len = (size_t)data[1] | (size_t)data[2] << 8 | (size_t)data[3] << 16;
 	if (raw_len > FRAME_MAX_RAW)
 		return 0;
 	cltfs_zctx *z = cltfs_zctx_new();
 	uint8_t *raw = malloc(raw_len ? raw_len : 1);
-	if (z && raw && cltfs_frame_decode(z, esize, data + 4, size - 4, raw, raw_len) == CLTFS_OK &&
-	    raw_len <= FRAME_ROUND_TRIP)
-		frame_round_trip(z, esize, raw, raw_len);
+	uint32_t crc;
+	if (z && raw && cltfs_frame_decode(z, codec, esize, data + 4, size - 4, raw, raw_len, &crc) == CLTFS_OK) {
+		if (crc != cltfs_crc32(0, raw, raw_len))
+			abort();
+		if (raw_len <= FRAME_ROUND_TRIP)
+			frame_round_trip(z, codec, esize, raw, raw_len);
+	}
 	free(raw);
 	cltfs_zctx_free(z);
 	return 0;
@@ -119,7 +129,7 @@ int cltfs_fuzz_frame(const uint8_t *data, size_t size)
 static bool rec_equal(const cltfs_rec *a, const cltfs_rec *b)
 {
 	return a->key == b->key && a->offset == b->offset && a->csize == b->csize && a->rsize == b->rsize &&
-	       a->crc == b->crc && a->dtype == b->dtype;
+	       a->crc == b->crc && a->dtype == b->dtype && a->codec == b->codec;
 }
 
 /* Input: as an index file, a 16-byte header then 40-byte records.  A record
