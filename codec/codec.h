@@ -310,9 +310,13 @@ cltfs_err cltfs_manifest_load(const char *path, cltfs_manifest **out);
  * over the table (called by parse; call it after building a manifest in
  * code).  CLTFS_E_FORMAT naming path and the inconsistency, _NOMEM. */
 cltfs_err cltfs_manifest_finish(cltfs_manifest *m, const char *path);
-/* The manifest as version 2 JSON (what cltfs.json holds), malloc'd, NULL
+/* The manifest as version 4 JSON, without its checksum, malloc'd, NULL
  * on allocation failure. */
 char *cltfs_manifest_dump(const cltfs_manifest *m);
+/* What cltfs.json holds: the dump with its "checksum" (the CRC-32 of
+ * these bytes, its own digits read as zeros) and a newline; malloc'd, NULL
+ * on allocation failure. */
+char *cltfs_manifest_text(const cltfs_manifest *m);
 /* The same dataset: equal dumps (which include the table's CRC), the codec
  * aside: frames name their own codec, so stores of one dataset in different
  * codecs hold interchangeable frames. */

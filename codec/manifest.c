@@ -12,8 +12,15 @@
  * every manifest is written as version 2, or 3 when it names a codec
  * other than zstd: a cltfs older than codecs ignores fields it does not
  * know and would read such a store's frames as zstd, failing every read;
- * version 3 makes it refuse the store at once instead.  "codec" is absent
- * from a zstd store's manifest, so it stays what it always was.
+ * version 3 makes it refuse the store at once instead.
+ *
+ * Version 4 (what this cltfs writes) can be trusted: the file carries a
+ * CRC-32 of its own bytes ("checksum", last, computed with its 8 digits as
+ * zeros), every key must be one cltfs knows, and the JSON must be strict:
+ * no byte-order mark, no NUL, nothing after the value, no key twice, no
+ * fraction where an integer belongs.  An edit by hand (a target count, a
+ * batch's shape) would otherwise change what the mount serves without a
+ * word.  Versions 1 to 3 are read as before, strictly too.
  *
  * Per batch nothing is kept but a sparse index: the first sample, row and
  * chunk of every SPARSE-th batch.  A batch's numbers are summed from there
@@ -452,6 +459,10 @@ static cltfs_err parse_inline_samples(const cJSON *root, cltfs_manifest *m, ctx 
 		int64_t rows;
 		char *id = NULL, *image = NULL, *text = NULL, num[32];
 		const cJSON *idv = get(it, "id");
+		if (cJSON_IsNumber(idv) && idv->valuedouble != (double)(int64_t)idv->valuedouble) {
+			e = ferr(c, "id: expected a string or an integer");
+			break;
+		}
 		if (cJSON_IsNumber(idv)) /* ids may be numbers, as in AMBER's query file */
 			snprintf(num, sizeof num, "%.0f", idv->valuedouble);
 		if (!(e = get_int(it, "rows", 1, INT32_MAX, -1, &rows, c)) &&
@@ -471,7 +482,8 @@ static cltfs_err parse_inline_samples(const cJSON *root, cltfs_manifest *m, ctx 
 	{
 		const cJSON *s = cJSON_GetArrayItem(it, 0), *t = cJSON_GetArrayItem(it, 1);
 		if (!cJSON_IsArray(it) || cJSON_GetArraySize(it) != 2 || !cJSON_IsNumber(s) || !cJSON_IsNumber(t) ||
-		    s->valuedouble < 1 || t->valuedouble < 1 || s->valuedouble > INT32_MAX || t->valuedouble > INT32_MAX) {
+		    s->valuedouble < 1 || t->valuedouble < 1 || s->valuedouble > INT32_MAX || t->valuedouble > INT32_MAX ||
+		    s->valuedouble != (double)(int64_t)s->valuedouble || t->valuedouble != (double)(int64_t)t->valuedouble) {
 			e = ferr(c, "expected [S, T] pairs of positive integers");
 			break;
 		}
@@ -549,6 +561,47 @@ static cltfs_err get_codec(const cJSON *root, cltfs_manifest *m, ctx *c)
 	return CLTFS_OK;
 }
 
+/* Every key of o is one of names (NULL-terminated), else an error naming
+ * the first that is not: a misspelled option would silently take its
+ * default. */
+static cltfs_err only_keys(const cJSON *o, const char *where, const char *const *names, ctx *c)
+{
+	if (!cJSON_IsObject(o))
+		return CLTFS_OK;
+	for (const cJSON *it = o->child; it; it = it->next) {
+		size_t i = 0;
+		while (names[i] && strcmp(names[i], it->string))
+			i++;
+		if (!names[i]) {
+			c->field = where;
+			char why[160];
+			snprintf(why, sizeof why, "unknown key \"%.60s\" (a cltfs newer than this one, or a typo)",
+				 it->string);
+			return ferr(c, why);
+		}
+	}
+	return CLTFS_OK;
+}
+
+static cltfs_err known_keys(const cJSON *root, ctx *c)
+{
+	static const char *const top[] = {"format", "version", "model", "dtype", "input_hook", "target_offset",
+					  "n_targets", "padding", "codec", "chunk_rows", "batch_samples",
+					  "prompt_template", "x_layers", "mlp_layers", "layout", "samples",
+					  "batches", "source", "checksum", NULL};
+	static const char *const model[] = {"id", "revision", "architecture", "n_layers", "d_model", NULL};
+	static const char *const layout[] = {"x_key", "shape", "y_keys", NULL};
+	static const char *const samples[] = {"file", "count", "crc32", NULL};
+	static const char *const source[] = {"kind", "path", "images", NULL};
+	cltfs_err e;
+	if ((e = only_keys(root, "(top level)", top, c)) || (e = only_keys(get(root, "model"), "model", model, c)) ||
+	    (e = only_keys(get(root, "layout"), "layout", layout, c)) ||
+	    (e = only_keys(get(root, "source"), "source", source, c)))
+		return e;
+	return cJSON_IsObject(get(root, "samples")) ? only_keys(get(root, "samples"), "samples", samples, c)
+						     : CLTFS_OK;
+}
+
 static cltfs_err parse_root(const cJSON *root, cltfs_manifest *m, ctx *c)
 {
 	cltfs_err e;
@@ -565,8 +618,8 @@ static cltfs_err parse_root(const cJSON *root, cltfs_manifest *m, ctx *c)
 		return ferr(c, "expected \"cltfs\": this is not a cltfs manifest");
 	if ((e = get_int(root, "version", 1, 1000, -1, &v, c)))
 		return e;
-	if (v < 1 || v > 3)
-		return ferr(c, "this cltfs reads format versions 1 to 3");
+	if (v < 1 || v > 4)
+		return ferr(c, "this cltfs reads format versions 1 to 4");
 	m->version = (int)v;
 	if ((e = parse_model(root, m, c)) || (e = get_enum(root, "dtype", dtnames, 3, -1, &dt, c)))
 		return e;
@@ -593,6 +646,8 @@ static cltfs_err parse_root(const cJSON *root, cltfs_manifest *m, ctx *c)
 	    (e = m->version == 1 ? parse_inline_samples(root, m, c) : open_table(root, m, c)))
 		return e;
 	const cJSON *src = get(root, "source");
+	if ((e = known_keys(root, c)))
+		return e;
 	if (cJSON_IsObject(src) &&
 	    ((e = get_str(src, "kind", false, &m->source_kind, c)) ||
 	     (e = get_str(src, "path", false, &m->source_path, c)) ||
@@ -677,6 +732,15 @@ static cltfs_err index_batches(cltfs_manifest *m, const char *path)
 				return !t->rows[i] ? finish_fail(path, "sample %lld has %lld rows", i, 0)
 						   : finish_fail(path, "batch %lld has T=%lld, shorter than one of its samples",
 								 b, T);
+		/* the largest file a batch makes: S x T rows of d values in
+		 * float32 (-o dtype=), for x and each target; sizes that do not fit
+		 * in 2^56 bytes are refused, so no size computed later wraps */
+		uint64_t bytes;
+		if (__builtin_mul_overflow((uint64_t)S, (uint64_t)T, &bytes) ||
+		    __builtin_mul_overflow(bytes, (uint64_t)m->d_model * 4u * (uint64_t)(m->n_targets + 1), &bytes) ||
+		    bytes >= (UINT64_C(1) << 56))
+			return finish_fail(path, "batch %lld: %lld samples of its length make files too large to serve",
+					   b, S);
 		s += S;
 		row += rows;
 		chunk += chunks_of(m, rows);
@@ -698,14 +762,84 @@ cltfs_err cltfs_manifest_finish(cltfs_manifest *m, const char *path)
 	return e ? e : index_batches(m, path);
 }
 
-cltfs_err cltfs_manifest_parse(const char *json, size_t len, const char *path, cltfs_manifest **out)
+/* The first key that appears twice in one object of v (cJSON keeps both,
+ * and a reader would see the first), or NULL. */
+static const char *twice(const cJSON *v)
 {
+	for (const cJSON *a = v ? v->child : NULL; a; a = a->next) {
+		for (const cJSON *b = a->next; cJSON_IsObject(v) && b; b = b->next)
+			if (!strcmp(a->string, b->string))
+				return a->string;
+		const char *d = twice(a);
+		if (d)
+			return d;
+	}
+	return NULL;
+}
+
+/* JSON as cltfs writes it and nothing looser. */
+static cltfs_err strict_parse(const char *json, size_t len, const char *path, cJSON **out)
+{
+	if (len >= 3 && !memcmp(json, "\xEF\xBB\xBF", 3))
+		return cltfs_fail(CLTFS_E_FORMAT, "%s: starts with a byte-order mark", path);
+	const char *nul = memchr(json, 0, len);
+	if (nul)
+		return cltfs_fail(CLTFS_E_FORMAT, "%s: a NUL byte at %zu", path, (size_t)(nul - json));
 	const char *end = NULL;
 	cJSON *root = cJSON_ParseWithLengthOpts(json, len, &end, false);
 	if (!root) {
 		long long at = end ? (long long)(end - json) : -1;
 		return cltfs_fail(CLTFS_E_FORMAT, "%s: not valid JSON (error near byte %lld)", path, at);
 	}
+	*out = NULL;
+	while (end < json + len && strchr(" \t\r\n", *end))
+		end++;
+	const char *dup = twice(root);
+	cltfs_err e = end < json + len ? cltfs_fail(CLTFS_E_FORMAT, "%s: bytes after the JSON value, at %zu", path,
+						    (size_t)(end - json))
+		      : dup ? cltfs_fail(CLTFS_E_FORMAT, "%s: key \"%.60s\" twice in one object", path, dup)
+			    : CLTFS_OK;
+	if (e)
+		cJSON_Delete(root);
+	else
+		*out = root;
+	return e;
+}
+
+#define SUM_KEY "\"checksum\":\""
+
+/* Version 4's "checksum": the CRC-32 of the file's bytes with its own 8
+ * hex digits read as zeros; it must stand in the file as cltfs writes it. */
+static cltfs_err check_sum(const cJSON *root, const char *json, size_t len, const char *path)
+{
+	const cJSON *v = get(root, "checksum");
+	if (!cJSON_IsString(v) || strlen(v->valuestring) != 8 || strspn(v->valuestring, "0123456789abcdef") != 8)
+		return cltfs_fail(CLTFS_E_FORMAT, "%s: field 'checksum': %s", path,
+				  v ? "expected 8 lowercase hex digits" : "missing (a version 4 manifest has one)");
+	char want[sizeof SUM_KEY + 10];
+	snprintf(want, sizeof want, SUM_KEY "%s\"", v->valuestring);
+	const char *at = memmem(json, len, want, strlen(want));
+	if (!at || memmem(at + 1, len - (size_t)(at + 1 - json), want, strlen(want)))
+		return cltfs_fail(CLTFS_E_FORMAT, "%s: the checksum is not written as cltfs writes it", path);
+	size_t digits = (size_t)(at - json) + strlen(SUM_KEY);
+	uint32_t crc = cltfs_crc32(0, json, digits);
+	crc = cltfs_crc32(crc, "00000000", 8);
+	crc = cltfs_crc32(crc, json + digits + 8, len - digits - 8);
+	char have[9];
+	snprintf(have, sizeof have, "%08x", crc);
+	if (strcmp(have, v->valuestring))
+		return cltfs_fail(CLTFS_E_CORRUPT, "%s: its checksum says %s, its bytes give %s: the manifest was changed "
+				  "after cltfs wrote it (by hand, or damaged); a changed field would change what the "
+				  "mount serves", path, v->valuestring, have);
+	return CLTFS_OK;
+}
+
+cltfs_err cltfs_manifest_parse(const char *json, size_t len, const char *path, cltfs_manifest **out)
+{
+	cJSON *root = NULL;
+	cltfs_err se = strict_parse(json, len, path, &root);
+	if (se)
+		return se;
 	cltfs_manifest *m = calloc(1, sizeof *m);
 	if (!m) {
 		cJSON_Delete(root);
@@ -714,6 +848,8 @@ cltfs_err cltfs_manifest_parse(const char *json, size_t len, const char *path, c
 	set_defaults(m);
 	ctx c = {path, "", ""};
 	cltfs_err e = parse_root(root, m, &c);
+	if (!e && (m->version >= 4 || get(root, "checksum")))
+		e = check_sum(root, json, len, path);
 	cJSON_Delete(root);
 	if (!e)
 		e = cltfs_manifest_finish(m, path);
@@ -763,7 +899,8 @@ static cJSON *build(const cltfs_manifest *m, bool with_codec)
 	cJSON *yk = cJSON_CreateArray();
 	bool codec = with_codec && m->codec != CLTFS_CODEC_ZSTD;
 	bool ok = r && mo && lo && yk;
-	ok = ok && cJSON_AddStringToObject(r, "format", "cltfs") && cJSON_AddNumberToObject(r, "version", codec ? 3 : 2);
+	ok = ok && cJSON_AddStringToObject(r, "format", "cltfs") &&
+	     cJSON_AddNumberToObject(r, "version", with_codec ? 4 : 2);
 	ok = ok && add_str(mo, "id", m->model_id) && add_str(mo, "revision", m->model_revision) &&
 	     (!m->model_arch || add_str(mo, "architecture", m->model_arch)) &&
 	     cJSON_AddNumberToObject(mo, "n_layers", m->n_layers) &&
@@ -823,6 +960,25 @@ static char *dump(const cltfs_manifest *m, bool with_codec)
 
 char *cltfs_manifest_dump(const cltfs_manifest *m) { return dump(m, true); }
 
+char *cltfs_manifest_text(const cltfs_manifest *m)
+{
+	cJSON *r = build(m, true);
+	char *s = r && cJSON_AddStringToObject(r, "checksum", "00000000") ? cJSON_PrintUnformatted(r) : NULL;
+	cJSON_Delete(r);
+	size_t len = s ? strlen(s) : 0;
+	char *text = s ? realloc(s, len + 2) : NULL;
+	if (!text) {
+		free(s);
+		return NULL;
+	}
+	memcpy(text + len, "\n", 2);
+	char *at = strstr(text, SUM_KEY "00000000\"");
+	char hex[9];
+	snprintf(hex, sizeof hex, "%08x", cltfs_crc32(0, text, len + 1));
+	memcpy(at + strlen(SUM_KEY), hex, 8);
+	return text;
+}
+
 bool cltfs_manifest_same(const cltfs_manifest *a, const cltfs_manifest *b)
 {
 	char *x = dump(a, false), *y = dump(b, false);
@@ -842,17 +998,11 @@ cltfs_err cltfs_manifest_save(const cltfs_manifest *m, const char *path)
 	cltfs_err e = CLTFS_OK;
 	if (!m->table_path || strcmp(m->table_path, tpath))
 		e = cltfs_table_save(m->table, tpath);
-	char *s = e ? NULL : cltfs_manifest_dump(m);
-	size_t len = s ? strlen(s) : 0;
-	char *text = s ? realloc(s, len + 2) : NULL;
-	if (!e && !text) {
-		free(s);
+	char *text = e ? NULL : cltfs_manifest_text(m);
+	if (!e && !text)
 		return cltfs_fail(CLTFS_E_NOMEM, "%s: out of memory writing the manifest", path);
-	}
-	if (!e) {
-		memcpy(text + len, "\n", 2);
-		e = cltfs_write_atomic(path, text, len + 1);
-	}
+	if (!e)
+		e = cltfs_write_atomic(path, text, strlen(text));
 	free(text);
 	return e;
 }

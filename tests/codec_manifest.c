@@ -16,6 +16,44 @@ static const char *good =
 	"\"mlp_layers\":[1,2,3],\"samples\":[{\"rows\":5},{\"rows\":3},{\"rows\":9}],"
 	"\"batches\":[[2,5],[1,9]]}";
 
+/* The saved file's checksum: it parses as saved; a byte changed (a field's
+ * value, as a hand edit would) is CLTFS_E_CORRUPT naming the file; trailing
+ * bytes and a NUL are refused; a version 4 file without it is refused. */
+static void test_checksum(const char *path)
+{
+	char *text;
+	size_t len;
+	CHECK(cltfs_read_file(path, &text, &len) == CLTFS_OK);
+	cltfs_manifest *m = NULL;
+	CHECK(strstr(text, "\"checksum\":\"") && text[len - 1] == '\n');
+	CHECK(cltfs_manifest_parse(text, len, path, &m) == CLTFS_OK);
+	cltfs_manifest_free(m);
+	char *nt = strstr(text, "\"n_targets\":");
+	CHECK(nt != NULL);
+	if (nt) {
+		char keep = nt[12];
+		nt[12] = nt[12] == '1' ? '2' : '1'; /* n_targets 16 -> 26 or 1x -> 1y */
+		CHECK(cltfs_manifest_parse(text, len, path, &m) == CLTFS_E_CORRUPT);
+		CHECK(strstr(cltfs_errmsg(), path) && strstr(cltfs_errmsg(), "changed after cltfs wrote it"));
+		nt[12] = keep;
+	}
+	char *more = malloc(len + 8);
+	memcpy(more, text, len);
+	memcpy(more + len, "{}", 2);
+	CHECK(cltfs_manifest_parse(more, len + 2, path, &m) == CLTFS_E_FORMAT &&
+	      strstr(cltfs_errmsg(), "bytes after the JSON value"));
+	more[len] = 0;
+	CHECK(cltfs_manifest_parse(more, len + 1, path, &m) == CLTFS_E_FORMAT && strstr(cltfs_errmsg(), "NUL"));
+	free(more);
+	char *sum = strstr(text, ",\"checksum\"");
+	if (sum) {
+		memcpy(sum, "}\n", 3);
+		CHECK(cltfs_manifest_parse(text, strlen(text), path, &m) == CLTFS_E_FORMAT &&
+		      strstr(cltfs_errmsg(), "'checksum': missing"));
+	}
+	free(text);
+}
+
 static void test_good(void)
 {
 	cltfs_manifest *m;
@@ -34,7 +72,7 @@ static void test_good(void)
 	      cltfs_manifest_chunk_of(m, 8) == 2 && cltfs_manifest_chunk_of(m, 16) == 4);
 	CHECK(cltfs_manifest_target_layer(m, 2, 0) == 3 && cltfs_manifest_target_layer(m, 2, 1) == -1);
 	CHECK(cltfs_manifest_targets_of(m, 2) == 2);
-	/* saved (version 2 and its table) and loaded again: the same text, the
+	/* saved (version 4 and its table) and loaded again: the same text, the
 	 * same dataset as the version 1 it came from */
 	char path[128];
 	snprintf(path, sizeof path, "%s/cltfs.json", dir);
@@ -42,20 +80,20 @@ static void test_good(void)
 	cltfs_manifest *m2 = NULL;
 	CHECK(cltfs_manifest_load(path, &m2) == CLTFS_OK);
 	char *a = cltfs_manifest_dump(m), *b = m2 ? cltfs_manifest_dump(m2) : NULL;
-	CHECK(a && b && !strcmp(a, b) && strstr(a, "\"version\":2") && strstr(a, "samples.bin"));
-	CHECK(m2 && m2->version == 2 && m2->total_rows == 17 && m2->n_chunks == 5 && cltfs_manifest_same(m, m2));
+	CHECK(a && b && !strcmp(a, b) && strstr(a, "\"version\":4") && strstr(a, "samples.bin"));
+	CHECK(m2 && m2->version == 4 && m2->total_rows == 17 && m2->n_chunks == 5 && cltfs_manifest_same(m, m2));
 	free(a);
 	free(b);
 	cltfs_manifest_free(m2);
-	/* a codec: saved as version 3 with "codec" (older cltfs refuse it);
-	 * zstd, the default, leaves the manifest as it always was */
+	test_checksum(path);
+	/* a codec: "codec" in the manifest; zstd, the default, is left out */
 	CHECK(m->codec == CLTFS_CODEC_ZSTD && !strstr((a = cltfs_manifest_dump(m)), "codec"));
 	free(a);
 	m->codec = CLTFS_CODEC_RAW;
 	CHECK(cltfs_manifest_save(m, path) == CLTFS_OK && cltfs_manifest_load(path, &m2) == CLTFS_OK);
 	a = cltfs_manifest_dump(m2);
-	CHECK(m2 && m2->codec == CLTFS_CODEC_RAW && m2->version == 3);
-	CHECK(a && strstr(a, "\"version\":3") && strstr(a, "\"codec\":\"raw\""));
+	CHECK(m2 && m2->codec == CLTFS_CODEC_RAW && m2->version == 4);
+	CHECK(a && strstr(a, "\"version\":4") && strstr(a, "\"codec\":\"raw\""));
 	free(a);
 	/* the same dataset whatever the codec: frames name their own */
 	m->codec = CLTFS_CODEC_ZSTD;
@@ -93,7 +131,15 @@ static void test_refused(void)
 	CHECK(cltfs_manifest_parse("[1, 2]", 6, "/s/cltfs.json", &m) == CLTFS_E_FORMAT);
 	CHECK(strstr(cltfs_errmsg(), "expected a JSON object") != NULL);
 	refuse("\"version\":1", "\"version\":\"1\"", "'version': expected an integer");
-	refuse("\"version\":1", "\"version\":4", "format versions 1 to 3");
+	refuse("\"version\":1", "\"version\":5", "format versions 1 to 4");
+	/* strict JSON, known keys only */
+	refuse("{", "\xEF\xBB\xBF{", "byte-order mark");
+	refuse("\"format\"", "\"format\":\"cltfs\",\"format\"", "key \"format\" twice in one object");
+	refuse("\"n_layers\"", "\"d_model\":8,\"n_layers\"", "key \"d_model\" twice");
+	refuse("\"chunk_rows\":4", "\"chunk_rows\":4,\"layuot\":{}", "unknown key \"layuot\"");
+	refuse("\"n_layers\"", "\"nlayers\":3,\"n_layers\"", "unknown key \"nlayers\"");
+	refuse("\"chunk_rows\":4", "\"chunk_rows\":4.5", "'chunk_rows': expected an integer");
+	refuse("\"chunk_rows\":4", "\"chunk_rows\":4,\"checksum\":\"0000000\"", "'checksum': expected 8");
 	refuse("\"chunk_rows\":4", "\"chunk_rows\":4,\"codec\":\"lz4\"",
 	       "field 'codec': unknown codec \"lz4\": this cltfs reads zstd, raw, exp4");
 	refuse("\"chunk_rows\":4", "\"chunk_rows\":4,\"codec\":2", "field 'codec': expected a string");

@@ -1313,7 +1313,7 @@ def test_init_codec(llava, run_cltfs, tmp_path, mount, codec):
     store = str(tmp_path / "store")
     run_init(run_cltfs, store, llava.model(), llava.dataset(), "--codec", codec, "--quiet")
     man = json.load(open(os.path.join(store, "cltfs.json")))
-    assert man["codec"] == codec and man["version"] == 3, man
+    assert man["codec"] == codec and man["version"] == 4, man
     run_capture(run_cltfs, store, "--rows", "0:1", "--quiet")
     ref = llava.ref()
     n_layers = llava.facts()["text"]["num_hidden_layers"]

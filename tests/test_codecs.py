@@ -54,14 +54,14 @@ def test_views_equal_tree(stores, mount, originals, codec, name, args):
 @pytest.mark.parametrize("codec", CODECS)
 def test_manifest_stat_verify(stores, run_cltfs, codec):
     """The codec is recorded in cltfs.json (zstd, the default, as before:
-    no field, version 2; another: version 3, which older cltfs refuse), and
+    no field; another: the field; version 4 either way), and
     shown by stat; verify checks every frame."""
     imp = imported(stores, "s1_bf16", codec)
     man = json.load(open(os.path.join(imp.store, "cltfs.json")))
     if codec == "zstd":
-        assert "codec" not in man and man["version"] == 2, man
+        assert "codec" not in man and man["version"] == 4, man
     else:
-        assert man["codec"] == codec and man["version"] == 3, man
+        assert man["codec"] == codec and man["version"] == 4, man
     r = run_cltfs("stat", imp.store)
     assert r.returncode == 0, describe(r)
     assert "codec         %s" % codec in r.stdout, r.stdout

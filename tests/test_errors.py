@@ -659,3 +659,133 @@ def test_mount_errors_before_daemonizing(stores, mount_fails, tmp_path):
     for (store, *opts), want_rc, want in cases:
         rc, out = mount_fails(store, *opts, args=())
         assert rc == want_rc and want in out, "%s %s: exit %d\n%s" % (store, opts, rc, out)
+
+
+# ------------------------------------------------------ manifest integrity --
+
+def _man_text(store):
+    with open(os.path.join(store, "cltfs.json"), "rb") as f:
+        return f.read()
+
+
+def _put_text(store, data):
+    with open(os.path.join(store, "cltfs.json"), "wb") as f:
+        f.write(data)
+
+
+@pytest.mark.parametrize("how", ["n_targets", "padding", "batch_samples", "layout_dropped"])
+def test_manifest_edited_by_hand(tmp_path, stores, mount_fails, run_cltfs, how):
+    """cltfs.json changed after cltfs wrote it (a field a hand edit would
+    change, leaving valid JSON) is refused by the mount, stat and verify,
+    naming the file and saying it was changed; never served differently."""
+    imp = stores.copy("s1_bf16", tmp_path / "store")
+    man = json.loads(_man_text(imp.store))
+    assert man["version"] == 4 and len(man["checksum"]) == 8
+    if how == "n_targets":
+        man["n_targets"] = 10
+    elif how == "padding":
+        man["padding"] = "clip"
+    elif how == "batch_samples":
+        man["batch_samples"] = 2
+    else:
+        del man["layout"]
+    _put_text(imp.store, json.dumps(man, separators=(",", ":")).encode() + b"\n")
+    rc, out = mount_fails(imp.store)
+    assert rc == 1 and "cltfs.json" in out and "changed after cltfs wrote it" in out, (how, rc, out)
+    for cmd in ("stat", "verify"):
+        r = run_cltfs(cmd, imp.store)
+        assert r.returncode == 1 and "changed after cltfs wrote it" in r.stderr, (cmd, describe(r))
+
+
+@pytest.mark.parametrize("how,word", [
+    ("trailing", "bytes after the JSON value"), ("bom", "byte-order mark"), ("nul", "NUL"),
+    ("duplicate", "twice in one object"), ("unknown", "unknown key \"layuot\""),
+    ("fraction", "expected an integer"), ("no_checksum", "'checksum': missing")])
+def test_manifest_strict(tmp_path, stores, mount_fails, how, word):
+    """Loose JSON and unknown keys are refused, naming the file and the
+    fault, even with a checksum that matches (a writer other than cltfs)."""
+    imp = stores.copy("s1_bf16", tmp_path / "store")
+    text = _man_text(imp.store)
+    man = json.loads(text)
+    if how == "trailing":
+        text = text + b"{}"
+    elif how == "bom":
+        text = b"\xef\xbb\xbf" + text
+    elif how == "nul":
+        text = text.replace(b"\n", b"\x00\n")
+    elif how == "duplicate":
+        text = text.replace(b'"dtype":', b'"dtype":"float32","dtype":', 1)
+    elif how in ("unknown", "fraction"):
+        if how == "unknown":
+            man["layuot"] = man.pop("layout")
+        else:
+            man["chunk_rows"] = man["chunk_rows"] + 0.5
+        sample_table.save_manifest(imp.store, man)
+        text = _man_text(imp.store)
+    else:
+        del man["checksum"]
+        text = json.dumps(man, separators=(",", ":")).encode()
+    _put_text(imp.store, text)
+    rc, out = mount_fails(imp.store)
+    assert rc == 1 and "cltfs.json" in out and word in out, (how, rc, out)
+
+
+def test_record_disagrees_with_manifest(tmp_path, stores, mount_fails, run_cltfs):
+    """A sample's row count changed in the sample table, the table and the
+    manifest re-signed (as a writer with a bug would leave them): the index
+    records no longer fit; the mount is refused naming the first record
+    that disagrees (reads would take rows from the wrong place); verify
+    exits 1."""
+    imp = stores.copy("s1_bf16", tmp_path / "store")
+    t = sample_table.read(os.path.join(imp.store, "samples.bin"))
+    samples = [dict(s) for s in t["samples"]]
+    samples[0]["rows"] -= 5
+    batches = [list(b) for b in t["batches"]] if t["batches"] else None
+    if batches:
+        batches[0][1] -= 5
+    sample_table.rewrite(imp.store, samples, batches)
+    rc, out = mount_fails(imp.store)
+    assert rc == 1 and ".idx: record " in out and "raw bytes where the manifest's rows make" in out, (rc, out)
+    assert "cltfs verify" in out, out
+    r = run_cltfs("verify", imp.store)
+    assert r.returncode == 1, describe(r)
+
+
+def test_manifest_sizes_that_would_wrap(tmp_path, stores, mount_fails):
+    """A manifest (signed) whose batch would make a file larger than 2^56
+    bytes is refused before any size is computed, not wrapped."""
+    imp = stores.copy("s1_bf16", tmp_path / "store")
+    t = sample_table.read(os.path.join(imp.store, "samples.bin"))
+    samples = [dict(s) for s in t["samples"]]
+    samples[0]["rows"] = 2 ** 31 - 1
+    batches = [list(b) for b in t["batches"]] if t["batches"] else None
+    if batches:
+        batches[0][1] = 2 ** 31 - 1
+    sample_table.rewrite(imp.store, samples, batches)
+    man = json.loads(_man_text(imp.store))
+    man["model"]["d_model"] = 2 ** 20
+    man["n_targets"] = 4096
+    man["chunk_rows"] = 1
+    sample_table.save_manifest(imp.store, man)
+    rc, out = mount_fails(imp.store)
+    assert rc == 1 and "too large to serve" in out, out
+
+
+def test_partial_store_messages(tmp_path, stores, run_cltfs):
+    """A store with chunks missing (an import cut short): verify says what
+    fills the rest for this kind of store; stat does not print the ratio of
+    a part as the store's, but estimates the whole's."""
+    imp = stores.copy("s1_bf16", tmp_path / "store")
+    full = json.loads(run_cltfs("stat", imp.store, "--json").stdout)
+    assert full["complete"] and abs(full["estimated_ratio"] - full["ratio"]) < 1e-9, full
+    idx = glob.glob(os.path.join(imp.store, "packs", "*.idx"))[0]
+    n = (os.path.getsize(idx) - 16) // 40
+    os.truncate(idx, 16 + 40 * (n // 2))  # half the records, cut at a record boundary
+    r = run_cltfs("verify", imp.store)
+    assert r.returncode == 0 and "run the same `cltfs import` again" in r.stdout, describe(r)
+    assert "filled on a read" not in r.stdout
+    r = run_cltfs("stat", imp.store)
+    assert r.returncode == 0 and "partial store" in r.stdout, describe(r)
+    part = json.loads(run_cltfs("stat", imp.store, "--json").stdout)
+    assert not part["complete"] and part["chunks"] < part["chunks_needed"], part
+    assert part["ratio"] < full["ratio"] and abs(part["estimated_ratio"] / full["ratio"] - 1) < 0.5, (part, full)

@@ -97,6 +97,20 @@ static cltfs_err served_bytes(cltfs_store *s, uint64_t *total)
 	return e;
 }
 
+/* The ratio the store would have complete, from the chunks it has: what
+ * a partial store (an interrupted import, a store filled on reads) says
+ * instead of a ratio of what it lacks.  From the frames of the chunks
+ * present (a cut-short pack may hold frames no record names). */
+static double estimate(const stat_state *st, uint64_t need, uint64_t disk, uint64_t mat)
+{
+	if (!mat || !st->chunks)
+		return 0;
+	if (st->chunks >= need)
+		return (double)disk / (double)mat;
+	double have = (double)st->chunks / (double)need;
+	return (double)st->frames / have / (double)mat;
+}
+
 static int print_json(const char *dir, const cltfs_manifest *m, const stat_state *st, uint64_t need, uint64_t disk,
 		      uint64_t mat)
 {
@@ -117,7 +131,9 @@ static int print_json(const char *dir, const cltfs_manifest *m, const stat_state
 		  cJSON_AddNumberToObject(r, "raw_bytes", (double)st->raw) &&
 		  cJSON_AddNumberToObject(r, "disk_bytes", (double)disk) &&
 		  cJSON_AddNumberToObject(r, "materialized_bytes", (double)mat) &&
-		  cJSON_AddNumberToObject(r, "ratio", ratio);
+		  cJSON_AddNumberToObject(r, "ratio", ratio) &&
+		  cJSON_AddBoolToObject(r, "complete", st->chunks >= need) &&
+		  cJSON_AddNumberToObject(r, "estimated_ratio", estimate(st, need, disk, mat));
 	char *text = ok ? cJSON_PrintUnformatted(r) : NULL;
 	cJSON_Delete(r);
 	if (!text) {
@@ -161,9 +177,15 @@ int cmd_stat(const char *dir, bool json)
 		       (long long)m->chunk_rows, (double)st.raw / 1e6, cltfs_codec_name(m->codec));
 		print_codecs(&st);
 		printf("on disk       %.1f MB\n"
-		       "materialized  %.1f MB (the L<n>/batch_<k>_{x,y}.pt files it serves)\n"
-		       "ratio         %.4f (1/%.1f)\n",
-		       (double)disk / 1e6, (double)mat / 1e6, ratio, ratio > 0 ? 1 / ratio : 0);
+		       "materialized  %.1f MB (the L<n>/batch_<k>_{x,y}.pt files it serves)\n",
+		       (double)disk / 1e6, (double)mat / 1e6);
+		double est = estimate(&st, need, disk, mat);
+		if (st.chunks >= need)
+			printf("ratio         %.4f (1/%.1f)\n", ratio, ratio > 0 ? 1 / ratio : 0);
+		else
+			printf("ratio         partial store (%.1f%% of the chunks): about %.4f (1/%.1f) when complete, "
+			       "from the chunks present\n", 100.0 * (double)st.chunks / (double)(need ? need : 1), est,
+			       est > 0 ? 1 / est : 0);
 	}
 	store_close(s);
 	return rc;

@@ -4,6 +4,7 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 typedef struct {
 	cltfs_zctx *z;
@@ -66,10 +67,14 @@ int cmd_verify(const char *dir)
 	else {
 		uint64_t present = v.ok - v.dup;
 		uint64_t need = (uint64_t)(m->n_x_layers + m->n_mlp_layers) * (uint64_t)m->n_chunks;
+		/* what fills the rest depends on where the store came from */
+		bool captured = m->source_kind && !strcmp(m->source_kind, "capture");
 		printf("%s: %llu chunks checked, %llu bad; %llu of %llu chunks present%s\n", dir,
 		       (unsigned long long)(v.ok + v.bad), (unsigned long long)v.bad, (unsigned long long)present,
 		       (unsigned long long)need,
-		       present < need ? " (the rest is filled on a read or by re-running the import)" : "");
+		       present >= need ? ""
+		       : captured  ? " (the rest: `cltfs capture`, or a read under a mount captures it)"
+				   : " (the rest: run the same `cltfs import` again, or `cltfs pull` from the Hub)");
 		rc = v.bad ? 1 : 0;
 	}
 	cltfs_zctx_free(v.z);

@@ -68,6 +68,8 @@ struct cltfs_store {
 	size_t tcap, tcount;
 	time_t last_scan;
 	uint64_t bad_records;
+	uint64_t disagreeing; /* whole records the manifest contradicts */
+	char first_bad[512];  /* the first of those: where and why, for a refused mount */
 };
 
 const cltfs_manifest *store_manifest(const cltfs_store *s) { return s->m; }
@@ -271,13 +273,32 @@ static int pack_of(cltfs_store *s, const char *name)
 }
 
 /* A record is plausible when its chunk exists and its sizes fit. */
-static bool plausible(const cltfs_store *s, const cltfs_rec *r)
+/* Why a record cannot be one of this store's chunks, or NULL when it can;
+ * buf holds the reason's details. */
+static const char *implausible(const cltfs_store *s, const cltfs_rec *r, char *buf, size_t n)
 {
 	const cltfs_manifest *m = s->m;
-	return cltfs_manifest_has_stream(m, cltfs_key_kind(r->key), (int)cltfs_key_layer(r->key)) &&
-	       r->dtype == m->dtype && r->codec < CLTFS_NCODECS &&
-	       cltfs_key_chunk(r->key) < m->n_chunks &&
-	       r->rsize == store_chunk_raw(s, cltfs_key_chunk(r->key)) && r->offset >= CLTFS_FILE_HEADER;
+	uint32_t c = cltfs_key_chunk(r->key);
+	if (!cltfs_manifest_has_stream(m, cltfs_key_kind(r->key), (int)cltfs_key_layer(r->key)))
+		return "a stream the manifest does not have";
+	if (r->dtype != m->dtype || r->codec >= CLTFS_NCODECS)
+		return "another dtype than the manifest's, or an unknown codec";
+	if (c >= m->n_chunks) {
+		snprintf(buf, n, "a chunk number past the manifest's %lld chunks", (long long)m->n_chunks);
+		return buf;
+	}
+	if (r->rsize != store_chunk_raw(s, c)) {
+		snprintf(buf, n, "%u raw bytes where the manifest's rows make %llu", r->rsize,
+			 (unsigned long long)store_chunk_raw(s, c));
+		return buf;
+	}
+	return r->offset < CLTFS_FILE_HEADER ? "an offset inside the pack's header" : NULL;
+}
+
+static bool plausible(const cltfs_store *s, const cltfs_rec *r)
+{
+	char why[128];
+	return !implausible(s, r, why, sizeof why);
 }
 
 /* Merge new records of one index file, from where we stopped last time.
@@ -307,11 +328,22 @@ static cltfs_err merge_index(cltfs_store *s, int p)
 		size_t whole = (size_t)n / CLTFS_REC_SIZE;
 		for (size_t i = 0; i < whole; i++) {
 			cltfs_rec r;
-			bool last = i + 1 == whole && (size_t)n < sizeof buf;
-			if (cltfs_rec_decode(buf + i * CLTFS_REC_SIZE, &r) || !plausible(s, &r)) {
-				if (last) /* possibly torn, possibly still being written */
-					return CLTFS_OK;
+			char detail[128];
+			bool torn = cltfs_rec_decode(buf + i * CLTFS_REC_SIZE, &r) != CLTFS_OK;
+			if (torn && i + 1 == whole && (size_t)n < sizeof buf) /* possibly still being written */
+				return CLTFS_OK;
+			const char *why = torn ? "fails its checksum" : implausible(s, &r, detail, sizeof detail);
+			if (why) {
 				s->bad_records++;
+				/* damage (a flipped byte) loses one chunk: EIO for it; a whole
+				 * record that disagrees with the manifest says one of the two
+				 * is not what was written */
+				if (!torn && !s->disagreeing++) {
+					char k[48];
+					snprintf(s->first_bad, sizeof s->first_bad, "%s: record %llu (chunk %s): %s", path,
+						 (unsigned long long)recno_of(pk->idx_consumed),
+						 cltfs_key_str(r.key, k, sizeof k), why);
+				}
 			} else if (!known(s, r.key)) { /* else another copy: either is valid */
 				cltfs_err e = map_put(s, r.key, p, recno_of(pk->idx_consumed));
 				if (e)
@@ -663,6 +695,8 @@ cltfs_err store_foreach(cltfs_store *s, store_visit fn, void *arg)
 	free(names);
 	return e;
 }
+
+const char *store_first_bad(const cltfs_store *s) { return s->disagreeing ? s->first_bad : NULL; }
 
 void store_index_usage(cltfs_store *s, uint64_t *chunks, uint64_t *bytes)
 {

@@ -81,6 +81,11 @@ cltfs_err store_check_entry(const store_entry *e, cltfs_zctx *z, void *dst);
  * bytes a chunk when a stream is filled), plus this process's unsynced
  * records. */
 void store_index_usage(cltfs_store *s, uint64_t *chunks, uint64_t *bytes);
+/* The first whole index record that disagrees with the manifest (another
+ * row count, chunk size, stream, dtype), as "IDX: record N (chunk K):
+ * why"; NULL when none does.  A mount refuses such a store (a record that
+ * fails its own checksum only loses its chunk); verify lists them all. */
+const char *store_first_bad(const cltfs_store *s);
 /* Bytes of the manifest plus every pack and index file. */
 uint64_t store_disk_bytes(cltfs_store *s);
 

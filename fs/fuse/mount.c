@@ -273,6 +273,13 @@ static cltfs_err open_sources(const cli *c, const char *source, sources *src)
 		if (!e && c->hub && !(e = hub_open(c->hub, &src->hub)) && !hub_is_store(src->hub))
 			e = cltfs_fail(CLTFS_E_INVAL, "-o hub=%s: no cltfs.json at its root: not a cltfs store", c->hub);
 	}
+	/* a record that disagrees with the manifest (another row count, chunk
+	 * size, stream) means one of them is not what was written: serving
+	 * would put rows in the wrong place */
+	const char *bad = e ? NULL : store_first_bad(src->store);
+	if (bad)
+		return cltfs_fail(CLTFS_E_CORRUPT, "%s: %s (`cltfs verify %s` lists every damaged record)",
+				  store_dir(src->store), bad, store_dir(src->store));
 	if (!e && src->hub && !(e = hub_tier_open(src->hub, src->store, &src->tiers[src->ntiers])))
 		src->ntiers++;
 	return e ? e : add_capture(c, src);
