@@ -48,8 +48,11 @@ bool cltfs_grow(void *array, size_t *cap, size_t need, size_t elem);
  * byte: for buffers sized by a chunk or a tensor.  false when out of memory. */
 bool cltfs_reserve(void *buf, size_t *cap, size_t n);
 
-/* A whole file into memory, NUL-terminated (malloc'd, length in *len);
- * CLTFS_E_NOTFOUND, _IO or _NOMEM with the path in the message. */
+/* A whole regular file into memory, NUL-terminated (malloc'd, length in
+ * *len), at most CLTFS_READ_FILE_MAX bytes; a FIFO or device is refused
+ * without blocking.  CLTFS_E_NOTFOUND, _FORMAT (not a regular file, too
+ * large), _IO or _NOMEM with the path in the message. */
+#define CLTFS_READ_FILE_MAX (256 << 20)
 cltfs_err cltfs_read_file(const char *path, char **out, size_t *len);
 /* Replace path with data durably and atomically: a temporary file,
  * fsync, rename, fsync of the directory.  No reader sees half a file. */

@@ -113,25 +113,36 @@ double cltfs_now(void)
 
 cltfs_err cltfs_read_file(const char *path, char **out, size_t *len)
 {
-	FILE *f = fopen(path, "rb");
-	if (!f)
+	/* O_NONBLOCK and fstat first: a FIFO named cltfs.json hung every
+	 * command, and a link to /dev/zero grew memory without end */
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+	if (fd < 0)
 		return cltfs_fail(errno == ENOENT ? CLTFS_E_NOTFOUND : CLTFS_E_IO, "%s: %s", path, strerror(errno));
-	char *buf = NULL;
-	size_t cap = 0, n = 0, k;
-	do {
-		if (n > ((size_t)1 << 32) || !cltfs_reserve(&buf, &cap, n + 65536 + 1)) {
-			free(buf);
-			fclose(f);
-			return cltfs_fail(CLTFS_E_NOMEM, "%s: too large", path);
-		}
-		k = fread(buf + n, 1, 65536, f);
-		n += k;
-	} while (k == 65536);
-	bool failed = ferror(f);
-	fclose(f);
-	if (failed) {
+	struct stat st;
+	cltfs_err e = fstat(fd, &st) ? cltfs_fail(CLTFS_E_IO, "%s: %s", path, strerror(errno))
+		      : !S_ISREG(st.st_mode) ? cltfs_fail(CLTFS_E_FORMAT, "%s: not a regular file", path)
+		      : st.st_size > CLTFS_READ_FILE_MAX
+			      ? cltfs_fail(CLTFS_E_FORMAT, "%s: %lld bytes, more than the %d MiB cltfs reads whole", path,
+					   (long long)st.st_size, CLTFS_READ_FILE_MAX >> 20)
+			      : CLTFS_OK;
+	size_t n = 0, cap = e ? 0 : (size_t)st.st_size + 1;
+	char *buf = e ? NULL : malloc(cap);
+	if (!e && !buf)
+		e = cltfs_fail(CLTFS_E_NOMEM, "%s: out of memory for %zu bytes", path, cap);
+	while (!e && n < cap - 1) { /* the size fstat gave: a file that grows meanwhile is cut there */
+		ssize_t k = read(fd, buf + n, cap - 1 - n);
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k < 0)
+			e = cltfs_fail(CLTFS_E_IO, "%s: %s", path, strerror(errno));
+		if (k <= 0)
+			break;
+		n += (size_t)k;
+	}
+	close(fd);
+	if (e) {
 		free(buf);
-		return cltfs_fail(CLTFS_E_IO, "%s: read error", path);
+		return e;
 	}
 	buf[n] = 0;
 	*out = buf;

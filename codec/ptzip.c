@@ -556,6 +556,40 @@ static cltfs_err find_prefix(pt_archive *ar)
 
 /* Every tensor's storage record must exist and be large enough; one storage
  * key must always name one dtype and size. */
+/* A tensor's shape and strides against its storage, before anything is
+ * allocated for it: every element it names lies in the storage, and it
+ * names no more elements than the storage holds (a stride-0 or otherwise
+ * overlapping view, such as .expand() saves, would make a copy of it
+ * larger than the file; an 11 KB file claimed 2 GB so).  The bound: a
+ * reader of a tensor never needs more memory than its file's storage. */
+static cltfs_err check_view(const pt_obj *o, const char *rel)
+{
+	const int64_t *shape = o->u.t.shape, *stride = o->u.t.stride;
+	int64_t offset = o->u.t.offset, numel = o->u.t.numel;
+	uint64_t n = 1, last = (uint64_t)offset;
+	if (offset < 0)
+		return cltfs_fail(CLTFS_E_FORMAT, "data.pkl: the tensor of %s has a negative offset", rel);
+	for (int i = 0; i < o->u.t.ndim; i++) {
+		if (shape[i] < 0 || stride[i] < 0)
+			return cltfs_fail(CLTFS_E_FORMAT, "data.pkl: the tensor of %s has a negative size or stride", rel);
+		if (!shape[i])
+			return CLTFS_OK; /* no element */
+		uint64_t reach;
+		if (__builtin_mul_overflow(n, (uint64_t)shape[i], &n) ||
+		    __builtin_mul_overflow((uint64_t)(shape[i] - 1), (uint64_t)stride[i], &reach) ||
+		    __builtin_add_overflow(last, reach, &last))
+			return cltfs_fail(CLTFS_E_FORMAT, "data.pkl: the tensor of %s has a shape too large", rel);
+	}
+	if (last >= (uint64_t)numel)
+		return cltfs_fail(CLTFS_E_FORMAT, "data.pkl: the tensor of %s reaches element %llu of a storage of %lld",
+				  rel, (unsigned long long)last, (long long)numel);
+	if (n > (uint64_t)numel)
+		return cltfs_fail(CLTFS_E_FORMAT, "data.pkl: the tensor of %s has %llu elements in a storage of %lld "
+				  "(a stride-0 or overlapping view, as .expand() makes): save it .contiguous()",
+				  rel, (unsigned long long)n, (long long)numel);
+	return CLTFS_OK;
+}
+
 static cltfs_err check_tensors(const pt_archive *ar, const pt_obj *o, int depth)
 {
 	if (depth > 64)
@@ -571,7 +605,7 @@ static cltfs_err check_tensors(const pt_archive *ar, const pt_obj *o, int depth)
 			return cltfs_fail(CLTFS_E_FORMAT,
 					  "zip: storage %s holds %llu bytes, its tensor needs %llu", rel,
 					  (unsigned long long)r->size, (unsigned long long)want);
-		return CLTFS_OK;
+		return check_view(o, rel);
 	}
 	if (o->kind == PT_LIST || o->kind == PT_TUPLE) {
 		for (size_t i = 0; i < o->u.seq.n; i++)
@@ -590,7 +624,8 @@ static cltfs_err check_tensors(const pt_archive *ar, const pt_obj *o, int depth)
 
 static cltfs_err open_map(const char *path, pt_archive *ar)
 {
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	/* O_NONBLOCK: a FIFO or a device opens at once, and fstat refuses it */
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
 	if (fd < 0)
 		return cltfs_fail(errno == ENOENT ? CLTFS_E_NOTFOUND : CLTFS_E_IO, "%s", strerror(errno));
 	struct stat st;

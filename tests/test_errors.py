@@ -789,3 +789,57 @@ def test_partial_store_messages(tmp_path, stores, run_cltfs):
     part = json.loads(run_cltfs("stat", imp.store, "--json").stdout)
     assert not part["complete"] and part["chunks"] < part["chunks_needed"], part
     assert part["ratio"] < full["ratio"] and abs(part["estimated_ratio"] / full["ratio"] - 1) < 0.5, (part, full)
+
+
+# ------------------------------------------------------- hostile input --
+
+def test_import_expanded_tensor_bounded(tmp_path, cltfs_bin):
+    """A 1 KB file whose tensor claims [4096, 4096, 32] through stride 0 (what
+    .expand() saves) is refused from its header, naming the file, without
+    allocating what it claims: the import runs under a 512 MiB address-space
+    limit."""
+    tree = tmp_path / "tree" / "L0"
+    tree.mkdir(parents=True)
+    x = torch.zeros(1, dtype=torch.bfloat16).expand(4096, 4096, 32)
+    torch.save({"x": x}, str(tree / "batch_0_x.pt"))
+    y = torch.zeros(1, 4, 8, dtype=torch.bfloat16)
+    torch.save({"y": y, "targets": [y], "n_targets": 1}, str(tree / "batch_0_y.pt"))
+    assert os.path.getsize(str(tree / "batch_0_x.pt")) < 4096
+    r = subprocess.run(["prlimit", "--as=%d" % (512 << 20), cltfs_bin, "import", str(tmp_path / "store"),
+                        str(tmp_path / "tree")], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1, describe(r)
+    assert "batch_0_x.pt" in r.stderr and "stride-0 or overlapping view" in r.stderr, describe(r)
+
+
+def test_fifos_do_not_hang(tmp_path, stores, run_cltfs, mount_fails, trees):
+    """A FIFO where a file belongs (an import source, cltfs.json, an index)
+    and cltfs.json linked to /dev/zero: refused at once, naming the file,
+    never a hang or unbounded memory."""
+    tree, desc = trees.make(tmp_path / "tree", layers="0-1", n_layers=3, batches=2, d=16, seed=3)
+    fifo = os.path.join(tree, "L0", "batch_1_x.pt")
+    os.unlink(fifo)
+    os.mkfifo(fifo)
+    r = run_cltfs("import", str(tmp_path / "s0"), tree, timeout=30)
+    assert r.returncode == 1 and "batch_1_x.pt" in r.stderr and "not a regular file" in r.stderr, describe(r)
+
+    for what in ("fifo", "zero"):
+        imp = stores.copy("s1_bf16", tmp_path / ("man-" + what))
+        man = os.path.join(imp.store, "cltfs.json")
+        os.unlink(man)
+        if what == "fifo":
+            os.mkfifo(man)
+        else:
+            os.symlink("/dev/zero", man)
+        for cmd in ("verify", "stat"):
+            r = run_cltfs(cmd, imp.store, timeout=30)
+            assert r.returncode == 1 and "cltfs.json" in r.stderr and "not a regular file" in r.stderr, \
+                (what, cmd, describe(r))
+        rc, out = mount_fails(imp.store, timeout=30)
+        assert rc == 1 and "not a regular file" in out, (what, out)
+
+    imp = stores.copy("s1_bf16", tmp_path / "idx-fifo")
+    os.mkfifo(os.path.join(imp.store, "packs", "zz-other.idx"))
+    rc, out = mount_fails(imp.store, timeout=30)
+    assert rc == 1 and "zz-other.idx" in out and "not a regular file" in out, out
+    r = run_cltfs("verify", imp.store, timeout=30)
+    assert r.returncode == 1 and "zz-other.idx" in r.stderr + r.stdout, describe(r)

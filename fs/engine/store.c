@@ -253,6 +253,21 @@ static bool find_rec(cltfs_store *s, uint64_t key, cltfs_rec *rec, int *packno)
 	return find_rec_at(s, key, rec, packno, &recno);
 }
 
+/* Open a store file for reading without blocking on a FIFO or a device
+ * (whoever can write the store's folder could put one there): -1 and
+ * errno (EINVAL for what is not a regular file). */
+static int open_regular(const char *path)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+	struct stat st;
+	if (fd >= 0 && (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))) {
+		close(fd);
+		errno = EINVAL;
+		return -1;
+	}
+	return fd;
+}
+
 static void path_of(const cltfs_store *s, const char *name, const char *ext, char *buf, size_t n)
 {
 	snprintf(buf, n, "%s/packs/%s%s", s->dir, name, ext);
@@ -308,8 +323,10 @@ static cltfs_err merge_index(cltfs_store *s, int p)
 	char path[4096];
 	path_of(s, s->packs[p].name, ".idx", path, sizeof path);
 	pack *pk = &s->packs[p];
-	if (pk->idx_fd < 0 && (pk->idx_fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
-		return errno == ENOENT ? CLTFS_OK : cltfs_fail(CLTFS_E_IO, "%s: %s", path, strerror(errno));
+	if (pk->idx_fd < 0 && (pk->idx_fd = open_regular(path)) < 0)
+		return errno == ENOENT ? CLTFS_OK
+		       : errno == EINVAL ? cltfs_fail(CLTFS_E_FORMAT, "%s: not a regular file", path)
+					 : cltfs_fail(CLTFS_E_IO, "%s: %s", path, strerror(errno));
 	uint8_t hdr[CLTFS_FILE_HEADER];
 	if (pk->idx_consumed == 0) {
 		ssize_t n = pread(pk->idx_fd, hdr, sizeof hdr, 0);
@@ -320,8 +337,15 @@ static cltfs_err merge_index(cltfs_store *s, int p)
 			return cltfs_wrap(e, "%s", path);
 		pk->idx_consumed = CLTFS_FILE_HEADER;
 	}
+	/* A writer writes each chunk once; copies come from retries and other
+	 * writers.  Four records a chunk the store can hold, and some: an index
+	 * longer than that is not an index of this store. */
+	uint64_t cap = CLTFS_FILE_HEADER + CLTFS_REC_SIZE * (4 * (uint64_t)s->n_streams * (uint64_t)s->m->n_chunks + 65536);
 	uint8_t buf[CLTFS_REC_SIZE * 256];
 	for (;;) {
+		if (pk->idx_consumed > cap)
+			return cltfs_fail(CLTFS_E_FORMAT, "%s: more records than a store of this manifest can need (%llu)",
+					  path, (unsigned long long)((cap - CLTFS_FILE_HEADER) / CLTFS_REC_SIZE));
 		ssize_t n = pread(pk->idx_fd, buf, sizeof buf, (off_t)pk->idx_consumed);
 		if (n < 0)
 			return cltfs_fail(CLTFS_E_IO, "%s: %s", path, strerror(errno));
@@ -479,7 +503,7 @@ static int pack_fd(cltfs_store *s, int p, const char **name)
 		return fd;
 	char path[4096];
 	path_of(s, *name, ".pack", path, sizeof path);
-	int nfd = open(path, O_RDONLY | O_CLOEXEC);
+	int nfd = open_regular(path);
 	if (nfd < 0)
 		return -1;
 	pthread_rwlock_wrlock(&s->lock);
@@ -637,7 +661,7 @@ cltfs_err store_read_chunk(cltfs_store *s, const cltfs_rec *rec, cltfs_zctx *z, 
 
 cltfs_err store_check_entry(const store_entry *ent, cltfs_zctx *z, void *dst)
 {
-	int fd = open(ent->pack_path, O_RDONLY | O_CLOEXEC);
+	int fd = open_regular(ent->pack_path);
 	if (fd < 0)
 		return cltfs_fail(CLTFS_E_IO, "%s: %s", ent->pack_path, strerror(errno));
 	uint8_t *frame = malloc(ent->rec.csize ? ent->rec.csize : 1);
@@ -669,7 +693,10 @@ cltfs_err store_foreach(cltfs_store *s, store_visit fn, void *arg)
 		}
 		path_of(s, names[p], ".idx", ipath, sizeof ipath);
 		path_of(s, names[p], ".pack", ppath, sizeof ppath);
-		FILE *f = fopen(ipath, "rb");
+		int ifd = open_regular(ipath);
+		FILE *f = ifd >= 0 ? fdopen(ifd, "rb") : NULL;
+		if (!f && ifd >= 0)
+			close(ifd);
 		if (!f) {
 			e = cltfs_fail(CLTFS_E_IO, "%s: %s", ipath, strerror(errno));
 			break;
@@ -954,7 +981,7 @@ static void to_map(cltfs_store *s, int p, const cltfs_rec *recs, size_t n, uint6
 	if (pk->idx_fd < 0) {
 		char path[4096];
 		path_of(s, pk->name, ".idx", path, sizeof path);
-		if ((pk->idx_fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
+		if ((pk->idx_fd = open_regular(path)) < 0)
 			return;
 	}
 	for (size_t i = 0; i < n; i++) {
