@@ -321,8 +321,9 @@ char *cltfs_manifest_dump(const cltfs_manifest *m);
  * on allocation failure. */
 char *cltfs_manifest_text(const cltfs_manifest *m);
 /* The same dataset: equal dumps (which include the table's CRC), the codec
- * aside: frames name their own codec, so stores of one dataset in different
- * codecs hold interchangeable frames. */
+ * and the source aside: frames name their own codec, so stores of one
+ * dataset in different codecs hold interchangeable frames; a tree moved or
+ * copied is the same tree. */
 bool cltfs_manifest_same(const cltfs_manifest *a, const cltfs_manifest *b);
 /* Write samples.bin beside path (unless the table is that file already),
  * then path, each atomically: temporary file, fsync, rename, fsync dir.

@@ -891,7 +891,7 @@ static bool add_str(cJSON *o, const char *k, const char *v)
 	return v ? cJSON_AddStringToObject(o, k, v) != NULL : cJSON_AddNullToObject(o, k) != NULL;
 }
 
-/* The manifest as JSON; with_codec false leaves the codec out (and writes
+/* The manifest as JSON; with_codec false leaves the codec and the source out (and writes
  * version 2), for comparing datasets. */
 static cJSON *build(const cltfs_manifest *m, bool with_codec)
 {
@@ -938,7 +938,7 @@ static cJSON *build(const cltfs_manifest *m, bool with_codec)
 	cJSON *so = ok ? cJSON_AddObjectToObject(r, "samples") : NULL;
 	ok = so && cJSON_AddStringToObject(so, "file", TABLE_NAME) &&
 	     cJSON_AddNumberToObject(so, "count", (double)m->table->n) && cJSON_AddStringToObject(so, "crc32", crc);
-	if (ok && (m->source_kind || m->source_path)) {
+	if (ok && with_codec && (m->source_kind || m->source_path)) { /* provenance, not identity */
 		cJSON *src = cJSON_AddObjectToObject(r, "source");
 		ok = src && add_str(src, "kind", m->source_kind) && add_str(src, "path", m->source_path) &&
 		     (!m->source_images || add_str(src, "images", m->source_images));

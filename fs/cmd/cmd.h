@@ -52,5 +52,12 @@ int cmd_pull(const char *url, const char *store, bool quiet);
 int cmd_stat(const char *store, bool json);
 /* Decode and check every frame against its record. */
 int cmd_verify(const char *store);
+/* verify --repair: keep every frame that verifies (its first good copy) in
+ * a new writer pair, remove every other pair (reclaiming damaged, duplicate
+ * and unreferenced frames), then fill what is missing from source: a
+ * materialized tree (import), an hf:// store repo (pull), or, when NULL,
+ * the manifest's own source (the tree it was imported from, or a capture
+ * for a store made by init); verify at the end. */
+int cmd_repair(const char *store, const char *source, bool quiet);
 
 #endif

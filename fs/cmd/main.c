@@ -259,6 +259,29 @@ static int main_capture(int argc, char **argv)
 	return cmd_capture(argv[optind], &o);
 }
 
+static int main_verify(int argc, char **argv)
+{
+	static const struct option lo[] = {
+		{"repair", no_argument, 0, 'R'}, {"quiet", no_argument, 0, 'Q'}, {"help", no_argument, 0, 'h'},
+		{0, 0, 0, 0},
+	};
+	bool repair = false, quiet = false;
+	int ch;
+	optind = 1;
+	while ((ch = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
+		switch (ch) {
+		case 'R': repair = true; break;
+		case 'Q': quiet = true; break;
+		case 'h': cmd_usage(stdout); return 0;
+		default: return 2;
+		}
+	}
+	int n = argc - optind;
+	if (n < 1 || n > (repair ? 2 : 1))
+		return usage_error(repair ? "verify --repair takes STORE [SOURCE]" : "verify takes STORE");
+	return repair ? cmd_repair(argv[optind], n == 2 ? argv[optind + 1] : NULL, quiet) : cmd_verify(argv[optind]);
+}
+
 /* As a mount helper (mount.cltfs), mount(8) passes "-n", "-v", "-s" (sloppy)
  * and "-f" (fake): drop them, they are not ours. */
 static int as_mount_helper(int argc, char **argv)
@@ -313,10 +336,7 @@ int main(int argc, char **argv)
 		return main_capture(argc - 1, argv + 1);
 	if (!strcmp(cmd, "pull"))
 		return main_pull(argc - 1, argv + 1);
-	if (!strcmp(cmd, "verify")) {
-		if (argc != 3 || argv[2][0] == '-')
-			return usage_error("verify takes STORE");
-		return cmd_verify(argv[2]);
-	}
+	if (!strcmp(cmd, "verify"))
+		return main_verify(argc - 1, argv + 1);
 	return edge_mount_main(argc, argv, cmd_usage);
 }

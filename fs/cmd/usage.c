@@ -16,6 +16,7 @@ void cmd_usage(FILE *f)
 	      "             [--quiet]\n"
 	      "       cltfs stat STORE [--json]\n"
 	      "       cltfs verify STORE\n"
+	      "       cltfs verify --repair STORE [SOURCE] [--quiet]\n"
 	      "       cltfs --help | --version\n"
 	      "\n"
 	      "Serve model activations for CLT training as L<n>/batch_<k>_{x,y}.pt files composed on\n"

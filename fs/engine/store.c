@@ -881,6 +881,7 @@ cltfs_err store_writer_open(cltfs_store *s, const char *tag, store_writer **out)
 }
 
 void store_writer_level(store_writer *w, int level) { w->level = level; }
+const char *store_writer_name(const store_writer *w) { return w->name; }
 
 void store_writer_codec(store_writer *w, cltfs_codec codec) { w->codec = codec; }
 

@@ -101,6 +101,8 @@ typedef struct store_writer store_writer;
  * CLTFS_E_FORMAT (an existing file of the pair has a bad header), _IO,
  * _NOMEM. */
 cltfs_err store_writer_open(cltfs_store *s, const char *tag, store_writer **out);
+/* The pair's name <w>: packs/<w>.pack and packs/<w>.idx. */
+const char *store_writer_name(const store_writer *w);
 /* zstd level of the frames this writer adds (default 1). */
 void store_writer_level(store_writer *w, int level);
 /* The codec of the frames this writer adds (default: the manifest's).
