@@ -10,9 +10,10 @@ random moments, random damage.  Seeded and counted.
    different view options, each compared with the same file read whole on
    a fresh mount (and, without a conversion, whole files with torch against
    the originals).
-2. kill -9 at a random moment of import and of pull (a Hub store on
-   loopback), then verify (the store is valid), the same command again
-   (it resumes), and every view compared with the originals.
+2. kill -9 at a random moment of import, of pull (a Hub store on
+   loopback) and of capture, then verify (the store is valid), the same
+   command again (it resumes), and every view compared with the originals
+   (with an uninterrupted capture's, byte for byte).
 3. Random byte flips and truncations of packs, indexes and the sample
    table: every read is the right bytes or EIO, or the mount refuses the
    store; never different bytes.
@@ -31,6 +32,7 @@ import time
 import pytest
 
 from conftest import assert_same, describe, load_bytes
+from test_capture import fp32_store, llava  # noqa: F401 (fixtures)
 from test_hub import STORE_URL, hf_env, make_hub  # noqa: F401 (a fixture)
 
 SCALE = max(1, int(os.environ.get("CLTFS_STRESS", "1")))
@@ -274,3 +276,33 @@ def test_checksum_of_a_view_is_stable(stores, mount):
         with mount(imp.store) as m:
             digests.append({rel: hashlib.sha256(read_all(m.p(rel))).hexdigest() for rel in m.files()})
     assert digests[0] == digests[1]
+
+
+def test_kill_capture(tmp_path, llava, fp32_store, cltfs_bin, run_cltfs, mount):
+    """kill -9 at a random moment of `cltfs capture`, 1 to 3 times, then
+    verify, capture again (it resumes), and every file equal to an
+    uninterrupted capture's, byte for byte."""
+    import test_capture as TC
+    r = rng("kill_capture")
+    base = fp32_store[0]
+    t0 = time.monotonic()
+    once = str(tmp_path / "once")
+    TC.run_init(run_cltfs, once, llava.model("fp32"), llava.dataset(), "--dtype", "float32", "--quiet")
+    TC.run_capture(run_cltfs, once, "--quiet")
+    full = time.monotonic() - t0
+    kills = 0
+    for k in range(2 * SCALE):
+        store = str(tmp_path / ("c%d" % k))
+        TC.run_init(run_cltfs, store, llava.model("fp32"), llava.dataset(), "--dtype", "float32", "--quiet")
+        for attempt in range(r.randint(1, 3)):
+            if _kill_at_random([cltfs_bin, "capture", store, "--quiet"], r, full):
+                kills += 1
+                v = run_cltfs("verify", store)
+                assert v.returncode == 0, describe(v)
+        res = run_cltfs("capture", store, "--quiet", timeout=TC.CAPTURE_TIMEOUT)
+        assert res.returncode == 0, describe(res)
+        with mount(store) as m, mount(base) as mb:
+            for rel in m.files():
+                assert read_all(m.p(rel)) == read_all(mb.p(rel)), rel
+        shutil.rmtree(store)
+    print("stress kill capture: %d kills over %d stores" % (kills, 2 * SCALE))
