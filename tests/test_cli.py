@@ -39,7 +39,7 @@ def test_man_page_covers_every_option():
                  "--image-dir", "capture_ahead=", "samples.bin", "JSON Lines", "device=", "capture_batch=",
                  "capture_idle=", "--device", "--compress-threads", "CUDA_VISIBLE_DEVICES", "TORCH_DIR",
                  "gpu-check", "model_unloads", "handles", "opens", "n_targets=", "target_offset=",
-                 "target_pad=", "--codec", "exp4", "--repair"):
+                 "target_pad=", "--codec", "exp4", "--repair", "sample_reduce=", "sample_dtype="):
         assert word.replace("-", "\\-") in page or word in page, word
     if shutil.which("groff"):
         r = subprocess.run(["groff", "-man", "-ww", "-z", os.path.join(REPO, "man", "cltfs.1")],
@@ -52,7 +52,8 @@ def test_help_lists_every_mount_option(run_cltfs):
     for opt in ("store=", "cache_mb=", "batch_samples=", "batch_rows=", "dtype=", "readahead=",
                 "threads=", "read_ahead_kb=", "import", "stat", "verify", "pull", "hf://",
                 "HF_TOKEN", "HF_HUB_OFFLINE", "device=", "capture_batch=", "capture_idle=", "--device",
-                "--compress-threads", "handles", "n_targets=", "target_offset=", "target_pad="):
+                "--compress-threads", "handles", "n_targets=", "target_offset=", "target_pad=",
+                "sample_reduce=", "sample_dtype="):
         assert opt in out, opt
 
 

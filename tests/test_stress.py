@@ -9,7 +9,7 @@ random moments, random damage.  Seeded and counted.
    mmap, and reads after the page cache was dropped, on mounts with
    different view options, each compared with the same file read whole on
    a fresh mount (and, without a conversion, whole files with torch against
-   the originals).
+   the originals); the per-sample files too, converted or not.
 2. kill -9 at a random moment of import, of pull (a Hub store on
    loopback) and of capture, then verify (the store is valid), the same
    command again (it resumes), and every view compared with the originals
@@ -95,7 +95,9 @@ def _mmap_read(path, off, n):
 
 
 OPTION_SETS = [(), ("dtype=float32",), ("batch_samples=2",), ("batch_rows=37",),
-               ("share_zero_targets",), ("handles",), ("readahead=0", "cache_mb=1")]
+               ("share_zero_targets",), ("handles",), ("readahead=0", "cache_mb=1"),
+               ("sample_reduce=all",), ("sample_reduce=mean", "sample_dtype=bfloat16"),
+               ("sample_reduce=all", "sample_dtype=bfloat16", "dtype=float16")]
 
 
 @pytest.mark.parametrize("opts", OPTION_SETS, ids=lambda o: ",".join(o) or "default")
@@ -103,11 +105,12 @@ def test_random_reads(stores, mount, originals, opts):
     r = rng("random_reads-" + ",".join(opts))
     imp = stores.get("s2_padded")
     with mount(imp.store, *opts) as m:
-        rels = sorted(m.files())
+        rels = sorted(m.files()) + ["samples/" + f for f in sorted(os.listdir(m.p("samples")))]
         want = whole_files(m, rels)  # the reference: whole files, fresh mount
         if not opts or opts == ("share_zero_targets",) or opts == ("handles",):
             for rel in rels:
-                assert_same(load_bytes(want[rel]), originals.get(imp.tree, rel), rel)
+                if not rel.startswith("samples/"):
+                    assert_same(load_bytes(want[rel]), originals.get(imp.tree, rel), rel)
     counts = {"pread": 0, "direct": 0, "mmap": 0, "after_drop": 0}
     with mount(imp.store, *opts) as m:  # a second mount: cold again
         for i in range(150 * SCALE):

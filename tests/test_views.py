@@ -91,3 +91,99 @@ def test_target_options_refused(stores, mount_fails):
                       ("target_pad=none", "target_pad")):
         rc, out = mount_fails(imp.store, bad)
         assert rc == 2 and word in out, (bad, out)
+
+
+# ------------------------------------------------------ per-sample files --
+
+import sample_table  # noqa: E402
+
+SAMPLE_DT = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def sample_rows(imp):
+    """[(batch, position in the batch, rows)] of every sample, in order."""
+    man = sample_table.manifest(imp.store)
+    S = man.get("batch_samples", 1)
+    out = []
+    for i, s in enumerate(man["samples"]):
+        out.append((i // S, i % S, s["rows"]))
+    return out
+
+
+@pytest.mark.parametrize("reduce", ["last", "mean", "all"])
+@pytest.mark.parametrize("dtype", [None, "bfloat16"])
+def test_sample_files(stores, mount, originals, reduce, dtype):
+    """samples/sample_NNNN.pt as the seed wrote them: {'activations': {L: t}}
+    over the x layers, keys ints in order; t the sample's last row, mean over
+    its real rows (padding excluded, float64 accumulation) or every real row,
+    in float32 unless asked; computed here from the imported tree."""
+    imp = stores.get("s2_padded")
+    opts = ["sample_reduce=" + reduce] + (["sample_dtype=" + dtype] if dtype else [])
+    want_dt = SAMPLE_DT[dtype or "float32"]
+    layers = sorted(int(d[1:]) for d in {rel.split("/")[0] for rel in imp.desc["files"]})
+    rows = sample_rows(imp)
+    with mount(imp.store, *opts) as m:
+        names = sorted(os.listdir(m.p("samples")))
+        assert names == ["sample_%04d.pt" % i for i in range(len(rows))], names
+        for i, (k, pos, n) in enumerate(rows):
+            path = m.p("samples/sample_%04d.pt" % i)
+            with zipfile.ZipFile(path) as z:
+                assert z.testzip() is None
+            got = torch.load(path, weights_only=True)
+            assert list(got) == ["activations"] and list(got["activations"]) == layers, list(got)
+            for L in layers:
+                x = originals.get(imp.tree, "L%d/batch_%d_x.pt" % (L, k))["x"][pos, :n]
+                want = x[-1] if reduce == "last" else x if reduce == "all" else x.double().mean(0)
+                t = got["activations"][L]
+                assert t.dtype == want_dt and tuple(t.shape) == tuple(want.shape), (i, L, t.dtype, t.shape)
+                if reduce == "mean":
+                    tol = 1e-6 if want_dt == torch.float32 else 1e-2
+                    assert torch.allclose(t.double(), want, rtol=tol, atol=tol), (i, L)
+                else:
+                    assert torch.equal(t, want.to(want_dt)), (i, L)
+        st = m.stats()
+        assert st["views"]["samples"]["reads"] > 0 and st["views"]["x"]["reads"] == 0, st["views"]
+
+
+def test_sample_sizes_need_no_chunk(stores, mount):
+    """ls -l of samples/ reads no chunk: sizes come from the manifest."""
+    imp = stores.get("s1_bf16")
+    for reduce in ("last", "all"):
+        with mount(imp.store, "sample_reduce=" + reduce) as m:
+            sizes = [os.stat(m.p("samples/" + f)).st_size for f in os.listdir(m.p("samples"))]
+            assert all(s > 0 for s in sizes)
+            st = m.stats()
+            assert st["chunks"]["store"] == 0 and st["reads"] == 0, st
+            if reduce == "last":
+                assert len(set(sizes)) == 1
+
+
+def test_sample_size_of_the_reference_set(tmp_path, trees, run_cltfs, mount):
+    """d=4096 and 31 layers, last row in float32, as the seed's set: about
+    16 KB a layer a sample (its 1004 samples took 496 MB)."""
+    tree, desc = trees.make(tmp_path / "tree", layers="0-30", n_layers=32, batches=2, d=4096, n_targets=1,
+                            min_tokens=2, max_tokens=4, seed=31)
+    store = str(tmp_path / "store")
+    r = run_cltfs("import", store, tree)
+    assert r.returncode == 0, r.stderr
+    with mount(store) as m:
+        size = os.stat(m.p("samples/sample_0000.pt")).st_size
+        got = torch.load(m.p("samples/sample_0001.pt"), weights_only=True)["activations"]
+    assert len(got) == 31 and got[30].shape == (4096,) and got[30].dtype == torch.float32
+    assert 31 * 16384 < size < 31 * 16384 + 16384, size
+    assert abs(size * 1004 / 1e6 - 496) < 25, size
+
+
+def test_sample_names_past_10000(tmp_path, run_cltfs, mount):
+    """More than 10,000 samples: the numbers widen to fit, all the same width."""
+    import make_scale
+    model, images, queries = make_scale.make_scale(str(tmp_path / "inputs"), 12000)
+    store = str(tmp_path / "store")
+    r = run_cltfs("init", store, "--model", model, "--dataset", queries, "--image-dir", images, "--quiet",
+                  timeout=300)
+    assert r.returncode == 0, r.stderr
+    with mount(store, "capture=off") as m:
+        names = os.listdir(m.p("samples"))
+        assert len(names) == 12000 and "sample_00000.pt" in names and "sample_11999.pt" in names
+        assert os.stat(m.p("samples/sample_11999.pt")).st_size > 0
+        assert not os.path.exists(m.p("samples/sample_0001.pt"))

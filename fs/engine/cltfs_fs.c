@@ -25,6 +25,7 @@ cltfs_stats *fs_stats(cltfs_fs *fs) { return &fs->st; }
 int fs_nlayers(const cltfs_fs *fs) { return fs->m->n_x_layers; }
 int fs_layer(const cltfs_fs *fs, int i) { return fs->m->x_layers[i]; }
 int64_t fs_nbatches(const cltfs_fs *fs) { return fs->ngroups; }
+int64_t fs_nsamples(const cltfs_fs *fs) { return fs->m->n_samples; }
 
 /* ---- per-thread state ---- */
 
@@ -88,12 +89,63 @@ static cltfs_err tier_load(cltfs_fs *fs, uint64_t key, cltfs_zctx *z, uint8_t *d
 
 /* The cache's loader: decode straight into the cache's buffer; a
  * conversion decodes into the thread's scratch first. */
+/* The mean of one sample's rows of x@L, accumulated in float64 from the
+ * chunks (in the mount's dtype), written as d float32 values. */
+static cltfs_err load_mean(cltfs_fs *fs, uint64_t key, uint8_t *buf, size_t cap, size_t *len, uint32_t *crc)
+{
+	const cltfs_manifest *m = fs->m;
+	int64_t i = cltfs_key_chunk(key), d = m->d_model, rows = cltfs_manifest_sample_rows(m, i);
+	int64_t row = cltfs_manifest_sample_row(m, i), end = row + rows;
+	unsigned layer = cltfs_key_layer(key);
+	if ((size_t)d * 4 > cap)
+		return cltfs_fail(CLTFS_E_INVAL, "a mean of %lld values does not fit a chunk buffer", (long long)d);
+	double *acc = calloc((size_t)d, sizeof *acc);
+	float *vals = malloc((size_t)d * sizeof *vals);
+	cltfs_err e = acc && vals ? CLTFS_OK : cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	size_t es = cltfs_dtype_size(fs->out_dt);
+	while (!e && row < end) {
+		int64_t c = cltfs_manifest_chunk_of(m, row), first = cltfs_manifest_chunk_start(m, c);
+		int64_t n = cltfs_manifest_chunk_rows(m, c) - (row - first);
+		if (n > end - row)
+			n = end - row;
+		chunk *ch;
+		if ((e = fs_chunk(fs, cltfs_key(CLTFS_STREAM_X, layer, (uint32_t)c), &ch)))
+			break;
+		for (int64_t r = 0; r < n; r++) {
+			cltfs_convert(CLTFS_F32, vals, fs->out_dt, ch->data + (size_t)((row - first + r) * d) * es, (size_t)d);
+			for (int64_t j = 0; j < d; j++)
+				acc[j] += vals[j];
+		}
+		fs_chunk_put(fs, ch);
+		row += n;
+	}
+	for (int64_t j = 0; !e && j < d; j++) {
+		float f = (float)(acc[j] / (double)rows);
+		memcpy(buf + 4 * j, &f, 4);
+	}
+	free(acc);
+	free(vals);
+	if (e)
+		return e;
+	*len = (size_t)d * 4;
+	*crc = cltfs_crc32(0, buf, *len);
+	return CLTFS_OK;
+}
+
+cltfs_err fs_mean(cltfs_fs *fs, uint64_t key, chunk **out)
+{
+	bool hit;
+	return cache_get(fs->cache, key, out, &hit);
+}
+
 static cltfs_err load_chunk(void *arg, uint64_t ckey, uint8_t *buf, size_t cap, size_t *len, uint32_t *crc)
 {
 	cltfs_fs *fs = arg;
 	uint64_t key = ckey & KEY_MASK;
 	cltfs_rec rec;
 	char k[48];
+	if (cltfs_key_kind(key) == KIND_MEAN)
+		return load_mean(fs, key, buf, cap, len, crc);
 	bool local = store_lookup(fs->s, key, &rec);
 	thread_ctx *t = thread_state(fs);
 	/* Sizes come from the manifest: a tier's record is known only after
@@ -328,6 +380,8 @@ cltfs_err fs_new(cltfs_store *s, const cltfs_opts *o, cltfs_fs **out)
 	fs->row_in = (size_t)fs->m->d_model * cltfs_dtype_size(fs->in_dt);
 	fs->row_out = (size_t)fs->m->d_model * cltfs_dtype_size(fs->out_dt);
 	fs->chunk_bytes = largest_chunk(fs);
+	if (fs->chunk_bytes < (size_t)fs->m->d_model * 4) /* a sample's mean, in float32 */
+		fs->chunk_bytes = (size_t)fs->m->d_model * 4;
 	pthread_mutex_init(&fs->ra_mu, NULL);
 	pthread_cond_init(&fs->ra_cv, NULL);
 	pthread_mutex_init(&fs->vmu, NULL);
@@ -446,7 +500,12 @@ char *fs_stats_json(cltfs_fs *fs)
 		if (*extra)
 			add(&t, ",\n \"%s\": %s", tr->name, extra);
 	}
-	add(&t, "}\n");
+	static const char *const kinds[3] = {"x", "y", "samples"};
+	add(&t, ",\n \"views\": {");
+	for (int i = 0; i < 3; i++)
+		add(&t, "%s\"%s\": {\"reads\": %llu, \"bytes\": %llu}", i ? ", " : "", kinds[i],
+		    (unsigned long long)fs->st.view_reads[i], (unsigned long long)fs->st.view_bytes[i]);
+	add(&t, "}}\n");
 	if (t.full) {
 		free(t.p);
 		return NULL;

@@ -18,6 +18,9 @@
 
 #define FS_MAX_TIERS 4
 
+enum { FS_SAMPLE_LAST = 0, FS_SAMPLE_MEAN = 1, FS_SAMPLE_ALL = 2 };
+enum { FS_VIEW_X = 0, FS_VIEW_Y = 1, FS_VIEW_SAMPLE = 2 };
+
 typedef struct {
 	int64_t batch_samples;   /* 0: the store's batching */
 	int64_t batch_rows;      /* 0: off; else flat token batches of B rows */
@@ -32,6 +35,10 @@ typedef struct {
 	int target_offset;
 	bool set_target_pad;     /* target_pad: CLTFS_PAD_ZERO or _CLIP past the last layer */
 	int target_pad;
+	/* samples/sample_NNNN.pt: each x layer's last row, mean or every row */
+	int sample_reduce;       /* FS_SAMPLE_LAST (default), _MEAN, _ALL */
+	bool set_sample_dtype;   /* sample_dtype: their dtype; float32 when not set */
+	int sample_dtype;
 	cltfs_tier *tiers[FS_MAX_TIERS]; /* tried in order after the store; not owned */
 	int ntiers;
 } cltfs_opts;
@@ -39,6 +46,7 @@ typedef struct {
 typedef struct {
 	atomic_ullong mem_hits, store_loads, bytes_read, reads, errors, readahead, readahead_errors;
 	atomic_ullong opens; /* OPEN requests: one per mount with zero-message opens */
+	atomic_ullong view_reads[3], view_bytes[3]; /* by kind of file: FS_VIEW_X, _Y, _SAMPLE */
 	atomic_ullong tier_loads[FS_MAX_TIERS];
 	atomic_ullong lat_us_sum, lat_us_max;
 } cltfs_stats;
@@ -68,6 +76,8 @@ int fs_nlayers(const cltfs_fs *fs);
 /* The layer number n of directory i (L<n>). */
 int fs_layer(const cltfs_fs *fs, int i);
 int64_t fs_nbatches(const cltfs_fs *fs);
+/* The store's samples: samples/sample_NNNN.pt for each. */
+int64_t fs_nsamples(const cltfs_fs *fs);
 /* Directory index of "L<n>", or -1. */
 int fs_find_layer(const cltfs_fs *fs, const char *name);
 /* "batch_<k>_x.pt" / "batch_<k>_y.pt" with k < fs_nbatches: *batch, *is_y;

@@ -62,6 +62,13 @@ struct cltfs_fs {
 	size_t nsizes;
 };
 
+/* A sample's mean over its rows of one x stream, in float32, d values, as
+ * a one-row chunk of the chunk cache (key kind 3; never in a store). */
+#define KIND_MEAN 3
+/* The mean chunk of key (KIND_MEAN, layer, sample), computed on a miss
+ * from the sample's rows.  fs_chunk_put gives it back. */
+cltfs_err fs_mean(cltfs_fs *fs, uint64_t key, chunk **out);
+
 /* Group g (g < ngroups) of the mount's batching. */
 group fs_group(const cltfs_fs *fs, int64_t g);
 

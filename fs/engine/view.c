@@ -35,12 +35,17 @@ typedef struct {
 } seg;
 
 typedef struct {
-	int kind, layer; /* kind -1: all zeros */
+	int kind, layer; /* kind -1: all zeros; KIND_MEAN: a sample's mean (segs[0].row is the sample) */
 	seg *segs;
 	size_t nseg;
 	uint64_t *seg_off; /* byte offset of each segment in the storage */
 	uint64_t nbytes;
+	/* the dtype its chunks come in, and the one it is served in: they
+	 * differ in a sample view of another dtype (converted on the way) */
+	cltfs_dtype from, to;
 } source;
+
+
 
 struct view {
 	pt_file *pf;
@@ -48,6 +53,7 @@ struct view {
 	source *st;
 	pthread_mutex_t mu; /* guards CRC computation */
 	atomic_int refs;    /* view_get's references; view_open's view has none */
+	cltfs_dtype dt;     /* what its stream chunks come in: the mount's dtype */
 	_Atomic uint64_t last_end; /* where the last read ended: sequential readers */
 };
 
@@ -145,6 +151,7 @@ static cltfs_err add_source(view *v, int kind, int layer, const seg *segs, size_
 	s->kind = kind;
 	s->layer = layer;
 	s->nbytes = nbytes;
+	s->from = s->to = v->dt;
 	if (kind >= 0) {
 		s->segs = malloc(nseg * sizeof *segs);
 		s->seg_off = malloc(nseg * sizeof *s->seg_off);
@@ -266,6 +273,7 @@ cltfs_err view_open(cltfs_fs *fs, int layer_idx, int64_t batch, int is_y, view *
 		e = cltfs_fail(CLTFS_E_NOMEM, "out of memory");
 	else {
 		pthread_mutex_init(&v->mu, NULL);
+		v->dt = fs->out_dt;
 		v->st = calloc((size_t)m->n_targets + 2, sizeof *v->st);
 		if (!v->st)
 			e = cltfs_fail(CLTFS_E_NOMEM, "out of memory");
@@ -310,6 +318,111 @@ cltfs_err view_open(cltfs_fs *fs, int layer_idx, int64_t batch, int is_y, view *
 
 uint64_t view_size(const view *v) { return pt_file_size(v->pf); }
 
+/* ---- per-sample files ---- */
+
+int view_sample_digits(const cltfs_fs *fs)
+{
+	int digits = 1;
+	for (int64_t n = fs->m->n_samples - 1; n >= 10; n /= 10)
+		digits++;
+	return digits < 4 ? 4 : digits;
+}
+
+static cltfs_dtype sample_dtype(const cltfs_fs *fs)
+{
+	return fs->o.set_sample_dtype ? (cltfs_dtype)fs->o.sample_dtype : CLTFS_F32;
+}
+
+/* {'activations': {L: t_L}}: one storage per x layer, read from the
+ * sample's rows (last, all) or its mean chunk, converted on the way when
+ * the dtype differs from the mount's. */
+static cltfs_err build_sample(cltfs_fs *fs, view *v, pt_arena *a, int64_t i, pt_obj **root)
+{
+	const cltfs_manifest *m = fs->m;
+	int64_t rows = cltfs_manifest_sample_rows(m, i), first = cltfs_manifest_sample_row(m, i);
+	cltfs_dtype dt = sample_dtype(fs);
+	int reduce = fs->o.sample_reduce;
+	int64_t shape[2] = {rows, m->d_model};
+	int ndim = reduce == FS_SAMPLE_ALL ? 2 : 1;
+	const int64_t *sh = ndim == 2 ? shape : shape + 1;
+	seg one = reduce == FS_SAMPLE_ALL ? (seg){first, rows, false}
+		  : reduce == FS_SAMPLE_LAST ? (seg){first + rows - 1, 1, false}
+					     : (seg){i, 1, false};
+	uint64_t nbytes = (uint64_t)(ndim == 2 ? rows : 1) * (uint64_t)m->d_model * cltfs_dtype_size(dt);
+	pt_obj *acts = pt_new(a, PT_DICT), *top = pt_new(a, PT_DICT);
+	if (!acts || !top)
+		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	cltfs_err e = CLTFS_OK;
+	for (int l = 0; !e && l < m->n_x_layers; l++) {
+		int kind = reduce == FS_SAMPLE_MEAN ? KIND_MEAN : CLTFS_STREAM_X;
+		if ((e = add_source(v, kind, m->x_layers[l], &one, 1, nbytes, (size_t)m->d_model * cltfs_dtype_size(dt))))
+			break;
+		source *src = &v->st[v->nst - 1];
+		src->from = reduce == FS_SAMPLE_MEAN ? CLTFS_F32 : fs->out_dt;
+		src->to = dt;
+		pt_obj *t = tensor_obj(a, v->nst - 1, dt, sh, ndim), *key = pt_int(a, m->x_layers[l]);
+		e = t && key ? pt_set(a, acts, key, t) : cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	}
+	if (!e)
+		e = pt_set(a, top, pt_str(a, "activations"), acts);
+	*root = top;
+	return e;
+}
+
+static cltfs_err view_open_sample(cltfs_fs *fs, int64_t i, view **out)
+{
+	const cltfs_manifest *m = fs->m;
+	view *v = calloc(1, sizeof *v);
+	pt_arena *a = pt_arena_new();
+	cltfs_err e = v && a ? CLTFS_OK : cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	if (!e) {
+		pthread_mutex_init(&v->mu, NULL);
+		v->dt = fs->out_dt;
+		if (!(v->st = calloc((size_t)m->n_x_layers + 1, sizeof *v->st)))
+			e = cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	}
+	pt_obj *root = NULL;
+	uint8_t *pkl = NULL;
+	size_t plen = 0;
+	if (!e)
+		e = build_sample(fs, v, a, i, &root);
+	if (!e)
+		e = pt_pickle(root, &pkl, &plen);
+	const char **keys = e ? NULL : calloc(v->nst + 1, sizeof *keys);
+	char (*keybuf)[24] = e ? NULL : calloc(v->nst + 1, sizeof *keybuf);
+	uint64_t *sizes = e ? NULL : calloc(v->nst + 1, sizeof *sizes);
+	if (!e && (!keys || !keybuf || !sizes))
+		e = cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	for (size_t k = 0; !e && k < v->nst; k++) {
+		snprintf(keybuf[k], sizeof keybuf[k], "%zu", k);
+		keys[k] = keybuf[k];
+		sizes[k] = v->st[k].nbytes;
+	}
+	char archive[64];
+	snprintf(archive, sizeof archive, "sample_%0*lld", view_sample_digits(fs), (long long)i);
+	if (!e)
+		e = pt_file_new(archive, pkl, plen, v->nst, keys, sizes, &v->pf);
+	free(keys);
+	free(keybuf);
+	free(sizes);
+	free(pkl);
+	pt_arena_free(a);
+	if (e) {
+		if (v)
+			view_close(v);
+		return e;
+	}
+	*out = v;
+	return CLTFS_OK;
+}
+
+/* The view cache's ids of samples follow every batch file's. */
+static uint64_t sample_id(const cltfs_fs *fs, int64_t i)
+{
+	return 1 + (uint64_t)fs->m->n_x_layers * (uint64_t)fs->ngroups * 2 + (uint64_t)i;
+}
+
+
 cltfs_err view_cache_new(cltfs_fs *fs)
 {
 	fs->vcache = calloc(VCACHE, sizeof *fs->vcache);
@@ -327,9 +440,10 @@ void view_cache_free(cltfs_fs *fs)
 	fs->sizes = NULL;
 }
 
-cltfs_err view_get(cltfs_fs *fs, int layer_idx, int64_t batch, int is_y, view **out)
+/* The view of id from the cache, built by open (batch file) or sample
+ * (per-sample file) on a miss. */
+static cltfs_err cached(cltfs_fs *fs, uint64_t id, int layer_idx, int64_t n, int is_y, bool sample, view **out)
 {
-	uint64_t id = 1 + ((uint64_t)layer_idx * (uint64_t)fs->ngroups + (uint64_t)batch) * 2 + (uint64_t)is_y;
 	vslot *s = &fs->vcache[id % VCACHE];
 	pthread_mutex_lock(&fs->vmu);
 	if (s->id == id) {
@@ -340,7 +454,7 @@ cltfs_err view_get(cltfs_fs *fs, int layer_idx, int64_t batch, int is_y, view **
 	}
 	pthread_mutex_unlock(&fs->vmu);
 	view *v;
-	cltfs_err e = view_open(fs, layer_idx, batch, is_y, &v);
+	cltfs_err e = sample ? view_open_sample(fs, n, &v) : view_open(fs, layer_idx, n, is_y, &v);
 	if (e)
 		return e;
 	atomic_store(&v->refs, 2); /* the caller's and the cache's */
@@ -353,6 +467,14 @@ cltfs_err view_get(cltfs_fs *fs, int layer_idx, int64_t batch, int is_y, view **
 	*out = v;
 	return CLTFS_OK;
 }
+
+cltfs_err view_get(cltfs_fs *fs, int layer_idx, int64_t batch, int is_y, view **out)
+{
+	uint64_t id = 1 + ((uint64_t)layer_idx * (uint64_t)fs->ngroups + (uint64_t)batch) * 2 + (uint64_t)is_y;
+	return cached(fs, id, layer_idx, batch, is_y, false, out);
+}
+
+cltfs_err view_get_sample(cltfs_fs *fs, int64_t i, view **out) { return cached(fs, sample_id(fs, i), 0, i, 0, true, out); }
 
 bool view_sequential(view *v, uint64_t off, size_t n)
 {
@@ -437,34 +559,106 @@ cltfs_err view_size_of(cltfs_fs *fs, int layer_idx, int64_t batch, int is_y, uin
 	return CLTFS_OK;
 }
 
-/* ---- CRCs ---- */
-
-/* The chunk holding stream byte p (as served): its first byte, its length,
- * and how many of the n bytes from p it holds. */
-static int64_t chunk_span(const cltfs_fs *fs, uint64_t p, uint64_t n, uint64_t *cs, uint64_t *len,
-			  uint64_t *take)
+cltfs_err view_sample_size(cltfs_fs *fs, int64_t i, uint64_t *size)
 {
-	const cltfs_manifest *m = fs->m;
-	int64_t c = cltfs_manifest_chunk_of(m, (int64_t)(p / fs->row_out));
-	*cs = (uint64_t)cltfs_manifest_chunk_start(m, c) * fs->row_out;
-	*len = (uint64_t)cltfs_manifest_chunk_rows(m, c) * fs->row_out;
-	*take = *cs + *len - p < n ? *cs + *len - p : n;
-	return c;
+	/* [d] files are all the same size; [T, d] ones differ by T alone */
+	int64_t T = fs->o.sample_reduce == FS_SAMPLE_ALL ? cltfs_manifest_sample_rows(fs->m, i) : 0;
+	uint64_t key[6] = {UINT64_C(1) << 62 | (uint64_t)fs->o.sample_reduce, (uint64_t)T, 0, 0, 0, 0};
+	pthread_mutex_lock(&fs->vmu);
+	struct size_slot *s = size_slot_of(fs, key);
+	bool hit = s->key[0] != 0;
+	if (hit)
+		*size = s->size;
+	pthread_mutex_unlock(&fs->vmu);
+	if (hit)
+		return CLTFS_OK;
+	view *v;
+	cltfs_err e = view_get_sample(fs, i, &v);
+	if (e)
+		return e;
+	*size = view_size(v);
+	view_put(v);
+	pthread_mutex_lock(&fs->vmu);
+	if (fs->nsizes >= SIZES / 4 * 3) {
+		memset(fs->sizes, 0, SIZES * sizeof *fs->sizes);
+		fs->nsizes = 0;
+	}
+	s = size_slot_of(fs, key);
+	if (!s->key[0]) {
+		memcpy(s->key, key, sizeof s->key);
+		s->size = *size;
+		fs->nsizes++;
+	}
+	pthread_mutex_unlock(&fs->vmu);
+	return CLTFS_OK;
 }
 
-/* CRC of stream bytes [p, p+n) (output dtype) of one stream. */
-static cltfs_err stream_crc(cltfs_fs *fs, int kind, int layer, uint64_t p, uint64_t n, uint32_t *crc)
+/* ---- CRCs ---- */
+
+/* The chunk of source s that holds stream row `row`: its key, first row
+ * and rows.  A mean source's rows are samples, a chunk each. */
+static uint64_t src_chunk(const cltfs_fs *fs, const source *s, int64_t row, int64_t *first, int64_t *rows)
 {
+	if (s->kind == KIND_MEAN) {
+		*first = row;
+		*rows = 1;
+		return cltfs_key(KIND_MEAN, (unsigned)s->layer, (uint32_t)row);
+	}
+	int64_t c = cltfs_manifest_chunk_of(fs->m, row);
+	*first = cltfs_manifest_chunk_start(fs->m, c);
+	*rows = cltfs_manifest_chunk_rows(fs->m, c);
+	return cltfs_key((unsigned)s->kind, (unsigned)s->layer, (uint32_t)c);
+}
+
+static cltfs_err src_chunk_get(cltfs_fs *fs, const source *s, uint64_t key, chunk **ch)
+{
+	return s->kind == KIND_MEAN ? fs_mean(fs, key, ch) : fs_chunk(fs, key, ch);
+}
+
+static size_t row_of(const cltfs_fs *fs, cltfs_dtype dt) { return (size_t)fs->m->d_model * cltfs_dtype_size(dt); }
+
+/* Values [e0, e1) of the stream from row `row` of source s (counted in
+ * elements from that row's first), converted from s->from to s->to into
+ * dst. */
+static cltfs_err convert_run(cltfs_fs *fs, const source *s, int64_t row, uint64_t e0, uint64_t e1, uint8_t *dst)
+{
+	const uint64_t d = (uint64_t)fs->m->d_model;
+	size_t ef = cltfs_dtype_size(s->from), et = cltfs_dtype_size(s->to);
+	for (uint64_t e = e0; e < e1;) {
+		int64_t r = row + (int64_t)(e / d), first, rows;
+		uint64_t key = src_chunk(fs, s, r, &first, &rows);
+		chunk *ch;
+		cltfs_err err = src_chunk_get(fs, s, key, &ch);
+		if (err)
+			return err;
+		uint64_t in = (uint64_t)(r - first) * d + e % d, have = (uint64_t)rows * d - in;
+		uint64_t n = have < e1 - e ? have : e1 - e;
+		if ((in + n) * ef > ch->len) {
+			fs_chunk_put(fs, ch);
+			return cltfs_fail(CLTFS_E_CORRUPT, "chunk has %zu bytes, fewer than its rows", ch->len);
+		}
+		cltfs_convert(s->to, dst + (e - e0) * et, s->from, ch->data + in * ef, (size_t)n);
+		fs_chunk_put(fs, ch);
+		e += n;
+	}
+	return CLTFS_OK;
+}
+
+/* CRC of stream bytes [p, p+n) (as served) of one stream source without
+ * conversion. */
+static cltfs_err stream_crc(cltfs_fs *fs, const source *s, uint64_t p, uint64_t n, uint32_t *crc)
+{
+	size_t rb = row_of(fs, s->from);
 	*crc = 0;
 	while (n) {
-		uint64_t cs, len, take;
-		int64_t c = chunk_span(fs, p, n, &cs, &len, &take);
-		uint64_t key = cltfs_key((unsigned)kind, (unsigned)layer, (uint32_t)c);
+		int64_t first, rows;
+		uint64_t key = src_chunk(fs, s, (int64_t)(p / rb), &first, &rows);
+		uint64_t cs = (uint64_t)first * rb, len = (uint64_t)rows * rb, take = cs + len - p < n ? cs + len - p : n;
 		uint32_t part;
 		/* a whole chunk: its CRC from an index, nothing decoded or fetched */
-		if (!(p == cs && take == len && fs_chunk_crc(fs, key, &part))) {
+		if (!(s->kind != KIND_MEAN && p == cs && take == len && fs_chunk_crc(fs, key, &part))) {
 			chunk *ch;
-			cltfs_err e = fs_chunk(fs, key, &ch);
+			cltfs_err e = src_chunk_get(fs, s, key, &ch);
 			if (e)
 				return e;
 			part = p == cs && take == ch->len ? ch->crc
@@ -478,6 +672,22 @@ static cltfs_err stream_crc(cltfs_fs *fs, int kind, int layer, uint64_t p, uint6
 	return CLTFS_OK;
 }
 
+/* CRC of a converted segment: converted a block at a time. */
+static cltfs_err conv_crc(cltfs_fs *fs, const source *s, int64_t row, uint64_t nelem, uint32_t *crc)
+{
+	size_t et = cltfs_dtype_size(s->to), block = (1u << 20) / et;
+	uint8_t *tmp = malloc(block * et);
+	cltfs_err e = tmp ? CLTFS_OK : cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	*crc = 0;
+	for (uint64_t e0 = 0; !e && e0 < nelem; e0 += block) {
+		uint64_t e1 = e0 + block < nelem ? e0 + block : nelem;
+		if (!(e = convert_run(fs, s, row, e0, e1, tmp)))
+			*crc = cltfs_crc32(*crc, tmp, (size_t)((e1 - e0) * et));
+	}
+	free(tmp);
+	return e;
+}
+
 static cltfs_err source_crc(cltfs_fs *fs, const source *s, uint32_t *crc)
 {
 	if (s->kind < 0) {
@@ -485,13 +695,17 @@ static cltfs_err source_crc(cltfs_fs *fs, const source *s, uint32_t *crc)
 		return CLTFS_OK;
 	}
 	*crc = 0;
+	size_t rb = row_of(fs, s->to);
 	for (size_t i = 0; i < s->nseg; i++) {
-		uint64_t n = (uint64_t)s->segs[i].nrows * fs->row_out;
+		uint64_t n = (uint64_t)s->segs[i].nrows * rb;
 		uint32_t part;
 		if (s->segs[i].zero)
 			part = cltfs_crc32_zeros(n);
 		else {
-			cltfs_err e = stream_crc(fs, s->kind, s->layer, (uint64_t)s->segs[i].row * fs->row_out, n, &part);
+			cltfs_err e = s->from != s->to
+					      ? conv_crc(fs, s, s->segs[i].row, (uint64_t)s->segs[i].nrows * (uint64_t)fs->m->d_model,
+							 &part)
+					      : stream_crc(fs, s, (uint64_t)s->segs[i].row * rb, n, &part);
 			if (e)
 				return e;
 		}
@@ -553,14 +767,16 @@ static cltfs_err add_zeros(view_buf *b, uint64_t n)
 	return CLTFS_OK;
 }
 
-/* Stream bytes [p, p+n) as iovecs into cached chunks. */
-static cltfs_err stream_iov(cltfs_fs *fs, int kind, int layer, uint64_t p, uint64_t n, view_buf *b)
+/* Stream bytes [p, p+n) of source s as iovecs into cached chunks. */
+static cltfs_err stream_iov(cltfs_fs *fs, const source *s, uint64_t p, uint64_t n, view_buf *b)
 {
+	size_t rb = row_of(fs, s->from);
 	while (n) {
-		uint64_t cs, len, take;
-		int64_t c = chunk_span(fs, p, n, &cs, &len, &take);
+		int64_t first, rows;
+		uint64_t key = src_chunk(fs, s, (int64_t)(p / rb), &first, &rows);
+		uint64_t cs = (uint64_t)first * rb, len = (uint64_t)rows * rb, take = cs + len - p < n ? cs + len - p : n;
 		chunk *ch;
-		cltfs_err e = fs_chunk(fs, cltfs_key((unsigned)kind, (unsigned)layer, (uint32_t)c), &ch);
+		cltfs_err e = src_chunk_get(fs, s, key, &ch);
 		if (e)
 			return e;
 		if ((e = add_ref(b, ch))) {
@@ -578,12 +794,32 @@ static cltfs_err stream_iov(cltfs_fs *fs, int kind, int layer, uint64_t p, uint6
 	return CLTFS_OK;
 }
 
-/* Walk a storage's segments over [off, off+n), calling stream_iov or
- * add_zeros, or (keys_only) queueing the chunks for readahead. */
-static cltfs_err source_iov(cltfs_fs *fs, const source *s, uint64_t off, uint64_t n, view_buf *b)
+/* Bytes [a, a+n) (as served) of a converted segment starting at stream row
+ * `row`: whole values converted into lit (at *at), the bytes asked for
+ * given from there. */
+static cltfs_err conv_iov(cltfs_fs *fs, const source *s, int64_t row, uint64_t a, uint64_t n, view_buf *b,
+			  size_t *at)
+{
+	size_t et = cltfs_dtype_size(s->to);
+	uint64_t e0 = a / et, e1 = (a + n + et - 1) / et;
+	if (!b->lit)
+		return cltfs_fail(CLTFS_E_INVAL, "no buffer for converted values");
+	uint8_t *dst = b->lit + *at;
+	cltfs_err e = convert_run(fs, s, row, e0, e1, dst);
+	if (!e)
+		e = add_iov(b, dst + (a - e0 * et), (size_t)n);
+	*at += (size_t)((e1 - e0) * et);
+	return e;
+}
+
+/* Walk a storage's segments over [off, off+n), calling stream_iov,
+ * conv_iov (converted values go into b->lit at *at) or add_zeros, or
+ * (keys_only) queueing the chunks for readahead. */
+static cltfs_err source_iov(cltfs_fs *fs, const source *s, uint64_t off, uint64_t n, view_buf *b, size_t *at)
 {
 	if (s->kind < 0)
 		return b ? add_zeros(b, n) : CLTFS_OK;
+	size_t rb = row_of(fs, s->to), rf = row_of(fs, s->from);
 	size_t lo = 0, hi = s->nseg - 1;
 	while (lo < hi) { /* the last segment starting at or before off */
 		size_t mid = (lo + hi + 1) / 2;
@@ -593,18 +829,19 @@ static cltfs_err source_iov(cltfs_fs *fs, const source *s, uint64_t off, uint64_
 			hi = mid - 1;
 	}
 	for (size_t i = lo; n && i < s->nseg; i++) {
-		uint64_t segn = (uint64_t)s->segs[i].nrows * fs->row_out;
+		uint64_t segn = (uint64_t)s->segs[i].nrows * rb;
 		uint64_t in = off - s->seg_off[i], take = segn - in < n ? segn - in : n;
 		cltfs_err e = CLTFS_OK;
 		if (s->segs[i].zero) {
 			if (b)
 				e = add_zeros(b, take);
+		} else if (b && s->from != s->to) {
+			e = conv_iov(fs, s, s->segs[i].row, in, take, b, at);
 		} else if (b) {
-			e = stream_iov(fs, s->kind, s->layer, (uint64_t)s->segs[i].row * fs->row_out + in, take, b);
-		} else { /* readahead: queue the chunks */
-			uint64_t p = (uint64_t)s->segs[i].row * fs->row_out + in;
-			int64_t c0 = cltfs_manifest_chunk_of(fs->m, (int64_t)(p / fs->row_out));
-			int64_t c1 = cltfs_manifest_chunk_of(fs->m, (int64_t)((p + take - 1) / fs->row_out));
+			e = stream_iov(fs, s, (uint64_t)s->segs[i].row * rf + in, take, b);
+		} else if (s->kind != KIND_MEAN) { /* readahead: queue the chunks */
+			int64_t r0 = s->segs[i].row + (int64_t)(in / rb), r1 = s->segs[i].row + (int64_t)((in + take - 1) / rb);
+			int64_t c0 = cltfs_manifest_chunk_of(fs->m, r0), c1 = cltfs_manifest_chunk_of(fs->m, r1);
 			for (int64_t c = c0; c <= c1; c++)
 				fs_readahead_push(fs, cltfs_key((unsigned)s->kind, (unsigned)s->layer, (uint32_t)c));
 		}
@@ -627,7 +864,9 @@ void view_buf_release(cltfs_fs *fs, view_buf *b)
 
 static void queue_range(cltfs_fs *fs, view *v, uint64_t off, uint64_t len);
 
-/* How many of the bytes [off, off+len) are literal (not tensor data). */
+/* How many of the bytes [off, off+len) are literal (not tensor data), or
+ * converted (whole values, a segment at a time: a value's slack at each
+ * end of each). */
 static size_t literal_bytes(const view *v, uint64_t off, uint64_t len)
 {
 	pt_piece pc[MAX_PIECES];
@@ -637,7 +876,11 @@ static size_t literal_bytes(const view *v, uint64_t off, uint64_t len)
 		if (!n)
 			break;
 		for (size_t i = 0; i < n; i++) {
-			lit += pc[i].storage < 0 ? (size_t)pc[i].len : 0;
+			const source *s = pc[i].storage >= 0 ? &v->st[pc[i].storage] : NULL;
+			if (!s)
+				lit += (size_t)pc[i].len;
+			else if (s->kind >= 0 && s->from != s->to)
+				lit += (size_t)pc[i].len + 16 * (s->nseg + 1);
 			pos += pc[i].len;
 		}
 	}
@@ -671,7 +914,7 @@ cltfs_err view_read(cltfs_fs *fs, view *v, uint64_t off, size_t len, view_buf *b
 			break;
 		for (size_t i = 0; !e && i < n; i++) {
 			if (pc[i].storage >= 0) {
-				e = source_iov(fs, &v->st[pc[i].storage], pc[i].off, pc[i].len, b);
+				e = source_iov(fs, &v->st[pc[i].storage], pc[i].off, pc[i].len, b, &at);
 			} else {
 				pt_file_literal(v->pf, pc[i].off, pc[i].len, b->lit + at);
 				e = add_iov(b, b->lit + at, (size_t)pc[i].len);
@@ -692,7 +935,7 @@ static void queue_range(cltfs_fs *fs, view *v, uint64_t off, uint64_t len)
 	size_t n = pt_file_map(v->pf, off, len, pc, MAX_PIECES);
 	for (size_t i = 0; i < n; i++)
 		if (pc[i].storage >= 0)
-			source_iov(fs, &v->st[pc[i].storage], pc[i].off, pc[i].len, NULL);
+			source_iov(fs, &v->st[pc[i].storage], pc[i].off, pc[i].len, NULL, NULL);
 }
 
 void view_readahead(cltfs_fs *fs, view *v, uint64_t off)
@@ -712,7 +955,8 @@ cltfs_err view_storage_pread(cltfs_fs *fs, view *v, size_t i, uint64_t off, size
 	if (i >= v->nst || off > v->st[i].nbytes || len > v->st[i].nbytes - off)
 		return cltfs_fail(CLTFS_E_INVAL, "storage %zu has no bytes [%llu, +%zu)", i, (unsigned long long)off, len);
 	view_buf b = {0};
-	cltfs_err e = source_iov(fs, &v->st[i], off, len, &b);
+	size_t lit = 0; /* a view import reads converts nothing */
+	cltfs_err e = source_iov(fs, &v->st[i], off, len, &b, &lit);
 	size_t at = 0;
 	for (size_t j = 0; !e && j < b.niov; j++) {
 		memcpy(dst + at, b.iov[j].iov_base, b.iov[j].iov_len);

@@ -23,6 +23,17 @@ void view_close(view *v);
 cltfs_err view_get(cltfs_fs *fs, int layer_idx, int64_t batch, int is_y, view **out);
 void view_put(view *v);
 uint64_t view_size(const view *v);
+
+/* samples/sample_NNNN.pt of sample i (below the manifest's n_samples), as
+ * the seed wrote them: {'activations': {L: tensor, ...}} over the x layers
+ * in order, the tensor each layer's last row [d], mean over the sample's
+ * rows [d] or every row [T, d] (-o sample_reduce), in -o sample_dtype. */
+cltfs_err view_get_sample(cltfs_fs *fs, int64_t i, view **out);
+/* Its size, from the manifest alone. */
+cltfs_err view_sample_size(cltfs_fs *fs, int64_t i, uint64_t *size);
+/* The zero-padded width of the sample numbers in the names: 4, or more
+ * past 10,000 samples. */
+int view_sample_digits(const cltfs_fs *fs);
 /* A view's file size through the view cache, for getattr and lookup:
  * reads no chunk.  CLTFS_E_NOMEM. */
 cltfs_err view_size_of(cltfs_fs *fs, int layer_idx, int64_t batch, int is_y, uint64_t *size);

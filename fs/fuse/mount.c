@@ -22,7 +22,7 @@
 #include <unistd.h>
 
 typedef struct {
-	char *store, *dtype, *hub, *capture, *model, *images, *device, *target_pad;
+	char *store, *dtype, *hub, *capture, *model, *images, *device, *target_pad, *sample_reduce, *sample_dtype;
 	long long cache_mb, batch_samples, batch_rows, readahead, threads, read_ahead_kb, capture_ahead;
 	long long capture_batch, capture_idle, n_targets, target_offset;
 	char *args[2];
@@ -42,7 +42,8 @@ static const struct fuse_opt cli_opts[] = {
 	OPT("capture_ahead=%lld", capture_ahead), OPT("device=%s", device),
 	OPT("capture_batch=%lld", capture_batch), OPT("capture_idle=%lld", capture_idle),
 	OPT("n_targets=%lld", n_targets),         OPT("target_offset=%lld", target_offset),
-	OPT("target_pad=%s", target_pad),
+	OPT("target_pad=%s", target_pad),         OPT("sample_reduce=%s", sample_reduce),
+	OPT("sample_dtype=%s", sample_dtype),
 	OPT("share_zero_targets", share_zero), OPT("handles", handles),
 	OPT("-f", foreground),
 	OPT("-d", debug),                   OPT("debug", debug),
@@ -81,8 +82,8 @@ static int cli_proc(void *data, const char *arg, int key, struct fuse_args *out)
 
 static void cli_free(cli *c)
 {
-	char *s[] = {c->store, c->dtype, c->hub,    c->capture,    c->model,
-		     c->images, c->device, c->target_pad, c->args[0], c->args[1]};
+	char *s[] = {c->store,  c->dtype,  c->hub,        c->capture,       c->model,        c->images,
+		     c->device, c->target_pad, c->sample_reduce, c->sample_dtype, c->args[0], c->args[1]};
 	for (size_t i = 0; i < sizeof s / sizeof *s; i++)
 		free(s[i]);
 }
@@ -133,6 +134,23 @@ static bool check_opts(const cli *c, cltfs_opts *o)
 		fprintf(stderr, "cltfs: -o device=%s: expected cpu, cuda or cuda:N\n", c->device);
 		return false;
 	}
+	cltfs_dtype sdt;
+	int reduce = !c->sample_reduce ? FS_SAMPLE_LAST
+		     : !strcmp(c->sample_reduce, "last") ? FS_SAMPLE_LAST
+		     : !strcmp(c->sample_reduce, "mean") ? FS_SAMPLE_MEAN
+		     : !strcmp(c->sample_reduce, "all")  ? FS_SAMPLE_ALL
+							 : -1;
+	if (reduce < 0) {
+		fprintf(stderr, "cltfs: -o sample_reduce=%s: expected last, mean or all\n", c->sample_reduce);
+		return false;
+	}
+	if (c->sample_dtype && !cltfs_dtype_parse(c->sample_dtype, &sdt)) {
+		fprintf(stderr, "cltfs: -o sample_dtype=%s: expected float32, bfloat16 or float16\n", c->sample_dtype);
+		return false;
+	}
+	o->sample_reduce = reduce;
+	o->set_sample_dtype = c->sample_dtype != NULL;
+	o->sample_dtype = c->sample_dtype ? (int)sdt : 0;
 	if (c->target_pad && strcmp(c->target_pad, "zero") && strcmp(c->target_pad, "clip")) {
 		fprintf(stderr, "cltfs: -o target_pad=%s: expected zero or clip\n", c->target_pad);
 		return false;

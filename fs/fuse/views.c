@@ -4,6 +4,8 @@
  * table:
  *   1                 the root
  *   2, 3, 4           .cltfs/, .cltfs/stats, .cltfs/manifest.json
+ *   5                 samples/
+ *   SAMPLE0 + i       samples/sample_NNNN.pt of sample i
  *   16 + i            layer directory i (L<n> with n = x_layers[i])
  *   FILE0 + 2*(i*B+k) + y   batch k of layer directory i; y: 0 x, 1 y
  *   SNAP0 + n         the n-th snapshot of .cltfs/stats (zero-message opens)
@@ -30,9 +32,11 @@
 #define INO_META 2
 #define INO_STATS 3
 #define INO_MANIFEST 4
+#define INO_SAMPLES 5
 #define INO_LAYER0 16
 #define INO_FILE0 (UINT64_C(1) << 20)
 #define INO_SNAP0 (UINT64_C(1) << 62)
+#define INO_SAMPLE0 (UINT64_C(1) << 61)
 
 typedef edge_ctx_t ctx;
 
@@ -47,7 +51,7 @@ typedef struct {
 /* ---- inodes ---- */
 
 typedef struct {
-	enum { N_ROOT, N_META, N_STATS, N_MANIFEST, N_LAYER, N_FILE, N_NONE } t;
+	enum { N_ROOT, N_META, N_STATS, N_MANIFEST, N_LAYER, N_FILE, N_SAMPLES, N_SAMPLE, N_NONE } t;
 	int layer_idx;
 	int64_t batch;
 	int is_y;
@@ -66,6 +70,12 @@ static node decode(const ctx *c, fuse_ino_t ino)
 		n.t = N_STATS;
 	else if (ino == INO_MANIFEST)
 		n.t = N_MANIFEST;
+	else if (ino == INO_SAMPLES)
+		n.t = N_SAMPLES;
+	else if (ino >= INO_SAMPLE0 && ino - INO_SAMPLE0 < (uint64_t)fs_nsamples(c->fs)) {
+		n.t = N_SAMPLE;
+		n.batch = (int64_t)(ino - INO_SAMPLE0); /* the sample */
+	}
 	else if (ino >= INO_LAYER0 && ino < INO_LAYER0 + (fuse_ino_t)nl) {
 		n.t = N_LAYER;
 		n.layer_idx = (int)(ino - INO_LAYER0);
@@ -146,9 +156,10 @@ static int do_stat(ctx *c, fuse_ino_t ino, struct stat *st)
 	switch (n.t) {
 	case N_ROOT:
 		st->st_mode = S_IFDIR | 0555;
-		st->st_nlink = 3 + (nlink_t)fs_nlayers(c->fs);
+		st->st_nlink = 4 + (nlink_t)fs_nlayers(c->fs);
 		return 0;
 	case N_META:
+	case N_SAMPLES:
 	case N_LAYER:
 		st->st_mode = S_IFDIR | 0555;
 		st->st_nlink = 2;
@@ -164,9 +175,11 @@ static int do_stat(ctx *c, fuse_ino_t ino, struct stat *st)
 		st->st_nlink = 1;
 		st->st_size = (off_t)c->manifest_len;
 		return 0;
+	case N_SAMPLE:
 	case N_FILE: {
 		uint64_t size;
-		cltfs_err e = view_size_of(c->fs, n.layer_idx, n.batch, n.is_y, &size);
+		cltfs_err e = n.t == N_SAMPLE ? view_sample_size(c->fs, n.batch, &size)
+					      : view_size_of(c->fs, n.layer_idx, n.batch, n.is_y, &size);
 		if (e)
 			return edge_fail(c, e);
 		st->st_mode = S_IFREG | 0444;
@@ -186,6 +199,8 @@ static fuse_ino_t do_lookup(ctx *c, fuse_ino_t parent, const char *name)
 	if (p.t == N_ROOT) {
 		if (!strcmp(name, ".cltfs"))
 			return INO_META;
+		if (!strcmp(name, "samples"))
+			return INO_SAMPLES;
 		int li = fs_find_layer(c->fs, name);
 		return li < 0 ? 0 : INO_LAYER0 + (fuse_ino_t)li;
 	}
@@ -196,6 +211,15 @@ static fuse_ino_t do_lookup(ctx *c, fuse_ino_t parent, const char *name)
 		int y;
 		if (fs_parse_view(c->fs, name, &k, &y))
 			return file_ino(c, p.layer_idx, k, y);
+	}
+	if (p.t == N_SAMPLES) { /* sample_<exactly the digits the listing shows>.pt */
+		size_t digits = (size_t)view_sample_digits(c->fs), len = strlen(name);
+		int64_t i = 0;
+		bool ok = len == 7 + digits + 3 && !strncmp(name, "sample_", 7) && !strcmp(name + 7 + digits, ".pt");
+		for (size_t j = 7; ok && j < 7 + digits; j++) /* zero-padded: leading zeros are the name */
+			ok = name[j] >= '0' && name[j] <= '9' && (i = i * 10 + (name[j] - '0')) < fs_nsamples(c->fs);
+		if (ok)
+			return INO_SAMPLE0 + (fuse_ino_t)i;
 	}
 	return 0;
 }
@@ -256,14 +280,14 @@ static bool dir_entry(ctx *c, node d, fuse_ino_t self, off_t off, char *name, si
 	}
 	off -= 2;
 	if (d.t == N_ROOT) {
-		if (off == 0) {
-			snprintf(name, n, ".cltfs");
-			*ino = INO_META;
+		if (off < 2) {
+			snprintf(name, n, off ? "samples" : ".cltfs");
+			*ino = off ? INO_SAMPLES : INO_META;
 			return true;
 		}
-		if (off - 1 < fs_nlayers(c->fs)) {
-			snprintf(name, n, "L%d", fs_layer(c->fs, (int)(off - 1)));
-			*ino = INO_LAYER0 + (fuse_ino_t)(off - 1);
+		if (off - 2 < fs_nlayers(c->fs)) {
+			snprintf(name, n, "L%d", fs_layer(c->fs, (int)(off - 2)));
+			*ino = INO_LAYER0 + (fuse_ino_t)(off - 2);
 			return true;
 		}
 		return false;
@@ -274,6 +298,13 @@ static bool dir_entry(ctx *c, node d, fuse_ino_t self, off_t off, char *name, si
 			return false;
 		snprintf(name, n, off == 0 ? "stats" : "manifest.json");
 		*ino = off == 0 ? INO_STATS : INO_MANIFEST;
+		return true;
+	}
+	if (d.t == N_SAMPLES) {
+		if (off >= fs_nsamples(c->fs))
+			return false;
+		snprintf(name, n, "sample_%0*lld.pt", view_sample_digits(c->fs), (long long)off);
+		*ino = INO_SAMPLE0 + (fuse_ino_t)off;
 		return true;
 	}
 	if (off / 2 >= fs_nbatches(c->fs))
@@ -306,7 +337,7 @@ static void readdir_any(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, 
 {
 	ctx *c = edge_ctx(req);
 	dir_ref r = {c, decode(c, ino), ino};
-	if (r.d.t != N_ROOT && r.d.t != N_META && r.d.t != N_LAYER)
+	if (r.d.t != N_ROOT && r.d.t != N_META && r.d.t != N_LAYER && r.d.t != N_SAMPLES)
 		fuse_reply_err(req, ENOTDIR);
 	else
 		edge_readdir(req, size, off, view_dirent, plus ? view_attr : NULL, &r);
@@ -341,7 +372,7 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		fuse_reply_err(req, EROFS);
 		return;
 	}
-	if (n.t != N_FILE && n.t != N_STATS && n.t != N_MANIFEST) {
+	if (n.t != N_FILE && n.t != N_SAMPLE && n.t != N_STATS && n.t != N_MANIFEST) {
 		fuse_reply_err(req, n.t == N_NONE ? ENOENT : EISDIR);
 		return;
 	}
@@ -355,8 +386,9 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		return;
 	}
 	cltfs_err e = CLTFS_OK;
-	if (n.t == N_FILE) {
-		e = view_get(c->fs, n.layer_idx, n.batch, n.is_y, &h->v);
+	if (n.t == N_FILE || n.t == N_SAMPLE) {
+		e = n.t == N_SAMPLE ? view_get_sample(c->fs, n.batch, &h->v)
+				    : view_get(c->fs, n.layer_idx, n.batch, n.is_y, &h->v);
 		fi->keep_cache = 1;
 	} else {
 		h->kind = 1;
@@ -437,16 +469,19 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 		return;
 	}
 	view *v = h ? h->v : NULL;
+	node n = decode(c, ino);
 	if (!h) { /* zero-message opens: the view of this inode, from the view cache */
-		node n = decode(c, ino);
-		cltfs_err e = n.t != N_FILE ? CLTFS_OK : view_get(c->fs, n.layer_idx, n.batch, n.is_y, &v);
-		if (n.t != N_FILE)
+		cltfs_err e = n.t == N_SAMPLE ? view_get_sample(c->fs, n.batch, &v)
+			      : n.t == N_FILE ? view_get(c->fs, n.layer_idx, n.batch, n.is_y, &v)
+					      : CLTFS_OK;
+		if (n.t != N_FILE && n.t != N_SAMPLE)
 			read_meta(req, c, n, ino, size, off);
 		else if (e)
 			fuse_reply_err(req, edge_fail(c, e));
 		if (!v)
 			return;
 	}
+	int kind = n.t == N_SAMPLE ? FS_VIEW_SAMPLE : n.is_y ? FS_VIEW_Y : FS_VIEW_X;
 	struct timespec t0;
 	clock_gettime(CLOCK_MONOTONIC, &t0);
 	cltfs_stats *st = fs_stats(c->fs);
@@ -462,6 +497,8 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 		 * these bytes */
 		atomic_fetch_add(&st->reads, 1);
 		atomic_fetch_add(&st->bytes_read, b.total);
+		atomic_fetch_add(&st->view_reads[kind], 1);
+		atomic_fetch_add(&st->view_bytes[kind], b.total);
 		fuse_reply_iov(req, b.iov, (int)b.niov);
 		view_buf_release(c->fs, &b);
 		note_latency(st, usec_since(&t0));
