@@ -5,7 +5,7 @@ Usage (run with /usr/bin/python3, which has torch):
 
     hub_bench.py [--cltfs build/cltfs] [--quick] [--rounds 3] [--workdir DIR]
                  [--keep] [--store DIR] [--total-mb 300] [--d 4096]
-                 [--nginx-workers 1] [--hub-nagle]
+                 [--nginx-workers 1] [--hub-nagle] [--rtt-ms 50]
 
 It builds a store (bench.py's tree generator, then `cltfs import`; or
 --store DIR), serves it as the dataset repo bench/acts from a fake Hub
@@ -22,6 +22,15 @@ of bytes from the same nginx:
      fresh mount, against curl of a 1 MiB range of a pack     (reported)
   C  `cltfs pull` of the whole store (process wall time), against one curl
      process downloading every pack                           (reported)
+  D  A's read against the same read from the local store itself (a plain
+     mount of the store, packs in page cache): what the Hub tier costs on
+     top of decoding and FUSE                                 goal >= 0.9
+  E  A's read over a link with 50 ms round trips: the fake Hub and nginx
+     each behind a delaying TCP proxy of this benchmark's own (every byte
+     held back 25 ms in each direction, and a new connection's first bytes
+     one round trip more, for its handshake; it delays, never throttles),
+     against curl of the same bytes (the frames the view needs, as range
+     requests through the Hub's redirect) over the same link  goal >= 0.8
 
 The machine is shared and noisy: the two sides of each ratio are measured
 interleaved in every round and the best of the rounds is taken on each
@@ -50,10 +59,12 @@ import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
 import time
+import zlib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -61,6 +72,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(REPO, "tests"))
 import bench                                    # noqa: E402
 import hubserver                                # noqa: E402
+import sample_table                             # noqa: E402
 from bench import BenchError, Mount, log        # noqa: E402
 from hubserver import Hub                       # noqa: E402
 
@@ -73,6 +85,8 @@ GOALS = {                       # metric -> (comparison, goal or None: reported 
     "A cold y view: cltfs wire / curl MB/s": (">=", 0.9),
     "B first byte, cold x view: cltfs / curl": ("<=", None),
     "C pull / curl of every pack, MB/s": (">=", None),
+    "D Hub store tier, cold y view / the same read from a local store": (">=", 0.9),
+    "E Hub store tier over a link with %d ms round trips / curl of the same bytes over it": (">=", 0.8),
 }
 
 
@@ -205,6 +219,149 @@ class Nginx:
         self.proc = None
 
 
+# ---------------------------------------------------------------- a link with round trips
+
+# The machine has loopback only and no netem: a link with latency is this
+# proxy, run in a process of its own (so that its event loop does not share
+# the benchmark's GIL with the fake Hub's threads).  Every byte read from one
+# side is written to the other `delay` seconds after it arrived, in order;
+# reading never stops, so a transfer's rate is the machine's and only its
+# round trips are long (it delays, never throttles).  A new connection's
+# first bytes towards the server also wait one round trip, for the TCP
+# handshake a real link would cost; TCP's slow start is not modelled.
+
+def proxy_main(target_port, delay, ready_fd):
+    import asyncio
+
+    class Line:
+        """One direction: bytes in arrival order, each released `delay` s
+        after it arrived (and not before `not_before`)."""
+
+        def __init__(self, loop, not_before=0.0):
+            self.loop, self.q, self.dst, self.armed = loop, [], None, False
+            self.not_before = not_before
+            self.head = 0
+
+        def push(self, item):
+            t = max(self.loop.time(), self.not_before) + delay
+            self.q.append((t, item))
+            self.arm()
+
+        def arm(self):
+            if not self.armed and self.head < len(self.q) and self.dst is not None:
+                self.armed = True
+                self.loop.call_at(self.q[self.head][0], self.flush)
+
+        def flush(self):
+            self.armed = False
+            now = self.loop.time()
+            while self.head < len(self.q) and self.q[self.head][0] <= now:
+                item = self.q[self.head][1]
+                self.q[self.head] = None
+                self.head += 1
+                if self.dst.is_closing():
+                    continue
+                if item is EOF:
+                    if self.dst.can_write_eof():
+                        self.dst.write_eof()
+                elif item is CLOSE:
+                    self.dst.close()
+                else:
+                    self.dst.write(item)
+            if self.head > 1024 and self.head * 2 > len(self.q):
+                del self.q[:self.head]
+                self.head = 0
+            self.arm()
+
+        def connect(self, dst):
+            self.dst = dst
+            self.arm()
+
+    EOF, CLOSE = object(), object()
+
+    class Side(asyncio.Protocol):
+        def __init__(self, out):
+            self.out = out          # the Line this side's bytes go into
+
+        def data_received(self, data):
+            self.out.push(data)
+
+        def eof_received(self):
+            self.out.push(EOF)
+            return True             # keep the other direction open
+
+        def connection_lost(self, exc):
+            self.out.push(CLOSE)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+
+        def client():
+            up = Line(loop, loop.time() + 2 * delay)     # SYN, SYN-ACK: one round trip
+            down = Line(loop)
+            side = Side(up)
+
+            def made(transport):
+                down.connect(transport)
+                transport.set_write_buffer_limits(high=1 << 30)
+
+                async def dial():
+                    try:
+                        t, _ = await loop.create_connection(lambda: Side(down), "127.0.0.1", target_port)
+                        t.set_write_buffer_limits(high=1 << 30)
+                        up.connect(t)
+                    except OSError:
+                        transport.close()
+                loop.create_task(dial())
+            side.connection_made = made
+            return side
+
+        srv = await loop.create_server(client, "127.0.0.1", 0, backlog=256)
+        os.write(ready_fd, b"%d\n" % srv.sockets[0].getsockname()[1])
+        os.close(ready_fd)
+        await asyncio.Event().wait()
+
+    import asyncio as _a
+    _a.run(main())
+
+
+class DelayProxy:
+    """proxy_main in a child process: 127.0.0.1:port -> 127.0.0.1:target."""
+
+    def __init__(self, target_port, rtt):
+        self.target, self.delay = target_port, rtt / 2.0
+        self.proc = self.port = None
+
+    def start(self):
+        r, w = os.pipe()
+        code = ("import sys; sys.path.insert(0, %r); import hub_bench; "
+                "hub_bench.proxy_main(%d, %r, %d)" % (HERE, self.target, self.delay, w))
+        self.proc = subprocess.Popen([sys.executable, "-c", code], pass_fds=(w,),
+                                     stdin=subprocess.DEVNULL)
+        os.close(w)
+        with os.fdopen(r) as f:
+            line = f.readline()
+        if not line.strip().isdigit():
+            self.stop()
+            raise BenchError("the delaying proxy did not start")
+        self.port = int(line)
+        return self
+
+    @property
+    def url(self):
+        return "http://127.0.0.1:%d" % self.port
+
+    def stop(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
 # ---------------------------------------------------------------- helpers
 
 @contextlib.contextmanager
@@ -273,6 +430,59 @@ def views(mnt):
     return out
 
 
+def read_index(store):
+    """{key: (pack path relative to the store, offset, frame bytes)}, the first
+    valid record of each chunk (what cltfs answers)."""
+    out = {}
+    for n in sorted(os.listdir(os.path.join(store, "packs"))):
+        if not n.endswith(".idx"):
+            continue
+        with open(os.path.join(store, "packs", n), "rb") as f:
+            b = f.read()
+        for at in range(16, len(b) - 39, 40):
+            r = b[at:at + 40]
+            if r[:4] != b"CLTR" or struct.unpack_from("<I", r, 36)[0] != zlib.crc32(r[:36]):
+                continue
+            key, off, csize = struct.unpack_from("<QQI", r, 4)
+            out.setdefault(key, ("packs/" + n[:-4] + ".pack", off, csize))
+    return out
+
+
+def view_ranges(store, rel):
+    """The byte ranges of the packs that hold the frames a y view needs, as
+    [(pack, first byte, end)], neighbouring frames merged: what `curl of the
+    same bytes` fetches.  From the manifest (targets, chunk_rows), the sample
+    table (rows per sample, batch shapes) and the indexes."""
+    man = sample_table.manifest(store)
+    layer, batch = int(rel.split("/")[0][1:]), int(rel.split("_")[1])
+    cr = man["chunk_rows"]
+    rows = [smp["rows"] for smp in man["samples"]]
+    sizes = [b[0] for b in man["batches"]] if man.get("batches") else \
+        [min(man["batch_samples"], len(rows) - i) for i in range(0, len(rows), man["batch_samples"])]
+    first = sample = 0
+    for b, n in enumerate(sizes):
+        nchunks = -(-sum(rows[sample:sample + n]) // cr)
+        if b == batch:
+            break
+        first += nchunks
+        sample += n
+    idx = read_index(store)
+    frames = []
+    for t in range(man["n_targets"]):
+        L = layer + man["target_offset"] + t
+        if L in man["mlp_layers"]:
+            for c in range(first, first + nchunks):
+                frames.append(idx[1 << 48 | L << 32 | c])
+    frames.sort()
+    out = []
+    for pack, off, n in frames:
+        if out and out[-1][0] == pack and out[-1][2] == off:
+            out[-1][2] = off + n
+        else:
+            out.append([pack, off, off + n])
+    return [tuple(r) for r in out]
+
+
 def layer_key(path):
     d = path.split("/")[0]
     return int(d[1:]) if d[1:].isdigit() else 1 << 30
@@ -294,21 +504,21 @@ class Bench:
         self.hub = self.nginx = None
         self.mount_logs = []        # (what, stderr) of mounts that said something
 
-    def env(self, tag):
+    def env(self, tag, endpoint=None):
         """The environment of a cltfs child: a fresh HF cache per tag."""
-        return environ(HF_ENDPOINT=self.hub.endpoint, HF_HOME=os.path.join(self.work, "hf_" + tag),
+        return environ(HF_ENDPOINT=endpoint or self.hub.endpoint, HF_HOME=os.path.join(self.work, "hf_" + tag),
                        XDG_CACHE_HOME=os.path.join(self.work, "xdg"), HF_HUB_CACHE=None,
                        HF_TOKEN=None, HF_HUB_OFFLINE=None, HF_HUB_ENABLE_HF_TRANSFER=None,
                        http_proxy=None, https_proxy=None, HTTP_PROXY=None, HTTPS_PROXY=None,
                        all_proxy=None, ALL_PROXY=None)
 
-    def mount(self, tag):
+    def mount(self, tag, endpoint=None):
         mnt = os.path.join(self.work, "mnt_" + tag)
         local = os.path.join(self.work, "local_" + tag)
         for p in (local, os.path.join(self.work, "hf_" + tag)):
             shutil.rmtree(p, ignore_errors=True)
         m = Mount("cltfs-hub", [self.a.cltfs, URL, mnt, "-f", "-o", "store=" + local], mnt)
-        with self.env(tag):
+        with self.env(tag, endpoint):
             t0 = time.perf_counter()
             m.start(timeout=60)
             m.t_mount = time.perf_counter() - t0
@@ -357,6 +567,17 @@ class Bench:
         self.hub.start()
         log("hub %s, nginx %s (%d worker(s)); repo hashed in %.1f s" % (
             self.hub.endpoint, self.nginx.url, a.nginx_workers, time.perf_counter() - t0))
+        # E: the same Hub and nginx over a link with round trips: a second fake
+        # Hub (its redirects name the CDN's proxy) and a delaying proxy in front
+        # of each
+        self.cdn_link = DelayProxy(self.nginx.port, a.rtt_ms / 1e3).start()
+        self.hub_link = Hub(token=None, lfs_threshold=1024, cdn_dir=self.cdn, cdn_url=self.cdn_link.url)
+        if self.hub_link.add_repo(REPO_ID, store) != self.commit:
+            raise BenchError("the two fake Hubs gave the store different commits")
+        self.hub_link.start()
+        self.hub_proxy = DelayProxy(int(self.hub_link.endpoint.rsplit(":", 1)[1]), a.rtt_ms / 1e3).start()
+        log("link: %d ms round trips, Hub behind %s, nginx behind %s" % (
+            a.rtt_ms, self.hub_proxy.url, self.cdn_link.url))
         self.packs = cdn_names(store, self.cdn)       # packs/<w>.pack -> sha256
         if not self.packs:
             raise BenchError("%s has no packs" % store)
@@ -367,8 +588,7 @@ class Bench:
     # ---- what nginx and the Hub saw during a measured operation
     def window(self):
         """Start a measured window: returns a token for done()."""
-        with self.hub._lock:
-            nhub = len(self.hub.log)
+        nhub = sum(len(h.log) for h in (self.hub, self.hub_link))
         return (self.nginx.mark(), nhub, time.time())
 
     def done(self, token, t_end=None):
@@ -379,8 +599,7 @@ class Bench:
         mark, nhub, t0 = token
         t_end = time.time() if t_end is None else t_end
         reqs = self.nginx.since(mark)
-        with self.hub._lock:
-            hub_n = len(self.hub.log) - nhub
+        hub_n = sum(len(h.log) for h in (self.hub, self.hub_link)) - nhub
         p = dict(reqs=reqs, wire=sum(r[0] for r in reqs), n=len(reqs),
                  conns=len({r[6] for r in reqs}), hub=hub_n,
                  odd=[r for r in reqs if r[2] not in (200, 206)])
@@ -390,17 +609,25 @@ class Bench:
         return p
 
     # ---- metric A: cold sequential read of the largest y view
+    def pick_views(self):
+        """The largest y and x views, from a mount of the store itself."""
+        m = Mount("cltfs-local", [self.a.cltfs, self.store, self.loc_mnt, "-f"], self.loc_mnt)
+        try:
+            m.start()
+            self.vsizes = views(m.mnt)
+        finally:
+            self.unmount(m, "listing the views")
+        ys = [v for v in self.vsizes if v.endswith("_y.pt")]
+        xs = [v for v in self.vsizes if v.endswith("_x.pt")]
+        if not ys or not xs:
+            raise BenchError("the mount shows no x or y views: %s" % list(self.vsizes)[:5])
+        self.yview = max(ys, key=lambda v: (self.vsizes[v], -layer_key(v), v))
+        self.xview = max(xs, key=lambda v: (self.vsizes[v], layer_key(v), v))
+        self.e_ranges = view_ranges(self.store, self.yview)
+
     def round_a(self, tag):
         m = self.mount(tag)
         try:
-            if not hasattr(self, "vsizes"):
-                self.vsizes = views(m.mnt)
-                ys = [v for v in self.vsizes if v.endswith("_y.pt")]
-                xs = [v for v in self.vsizes if v.endswith("_x.pt")]
-                if not ys or not xs:
-                    raise BenchError("the mount shows no x or y views: %s" % list(self.vsizes)[:5])
-                self.yview = max(ys, key=lambda v: (self.vsizes[v], -layer_key(v), v))
-                self.xview = max(xs, key=lambda v: (self.vsizes[v], layer_key(v), v))
             n = self.vsizes[self.yview]
             w = self.window()
             dt = bench.timed_read(os.path.join(m.mnt, self.yview), n)
@@ -484,6 +711,46 @@ class Bench:
         finally:
             self.unmount(m, "local store (B)")
 
+    # ---- metric E: A's cold read over a link with round trips, against curl
+    # of the frames the view needs over the same link
+    def round_e(self, tag):
+        m = self.mount(tag, self.hub_proxy.url)
+        try:
+            n = self.vsizes[self.yview]
+            w = self.window()
+            dt = bench.timed_read(os.path.join(m.mnt, self.yview), n)
+            p = self.done(w)
+            try:
+                with open(os.path.join(m.mnt, ".cltfs", "stats")) as f:
+                    self.stats_e = json.load(f)
+            except (OSError, ValueError) as e:
+                log("could not read .cltfs/stats: %s" % e)
+        finally:
+            self.unmount(m, "round %s (E)" % tag)
+        p.update(t=dt, view=n)
+        self.rows["E"].append(p)
+
+    def curl_e(self):
+        """One curl per range, all at once, each through the Hub's redirect
+        (-L) as cltfs goes: the slowest one's time."""
+        procs = []
+        for pack, lo, hi in self.e_ranges:
+            url = "%s/datasets/%s/resolve/%s/%s" % (self.hub_proxy.url, REPO_ID, self.commit, pack)
+            procs.append(subprocess.Popen(
+                ["curl", "-s", "-S", "--noproxy", "*", "-L", "-o", "/dev/null", "-r", "%d-%d" % (lo, hi - 1),
+                 "-w", "%{http_code} %{size_download} %{time_total}", url],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+        worst = 0.0
+        for (pack, lo, hi), pr in zip(self.e_ranges, procs):
+            out, err = pr.communicate()
+            if pr.returncode != 0:
+                raise BenchError("curl of %s over the link failed: %s" % (pack, err.decode().strip()))
+            code, size, t = out.decode().split()
+            if code != "206" or int(size) != hi - lo:
+                raise BenchError("curl -r %d-%d of %s over the link: %s, %s bytes" % (lo, hi - 1, pack, code, size))
+            worst = max(worst, float(t))
+        self.rows["E curl"].append(worst)
+
     # ---- metric C: cltfs pull of everything vs one curl of every pack
     def pull(self, tag, dst):
         with self.env(tag):
@@ -549,29 +816,33 @@ class Bench:
         self.setup()
         self.loc_mnt = os.path.join(self.work, "mnt_local")
         self.rows = {k: [] for k in ("A", "A curl", "A local", "B", "B curl", "B curl hub", "B local",
-                                     "C", "C curl")}
+                                     "C", "C curl", "E", "E curl")}
         self.t_mount = []
-        self.stats_a = None
+        self.stats_a = self.stats_e = None
+        self.pick_views()
         for rnd in range(a.rounds):
             tag = str(rnd)
             self.warm_packs()
             # the two sides of each ratio one after the other, in alternating order
-            steps = [[lambda: self.round_a(tag), self.curl_whole],
+            steps = [[lambda: self.round_a(tag), self.local_a, self.curl_whole],
+                     [lambda: self.round_e(tag + "e"), self.curl_e],
                      [lambda: self.round_b(tag + "b"), self.curl_range],
                      [lambda: self.round_c(tag + "c"), self.curl_all]]
             for pair in steps:
                 for f in (pair if rnd % 2 == 0 else pair[::-1]):
                     f()
-            self.local_a()
             self.local_b()
             R = {k: v[-1] for k, v in self.rows.items()}
             log("round %d: A cltfs %.1f MB view in %s ms (%.1f MB wire, %d requests), curl %.1f MB "
-                "in %s ms | B cltfs %s ms, curl %s ms | C pull %s ms, curl %s ms" % (
+                "in %s ms, local %s ms | E cltfs %s ms (%d requests), curl %s ms | B cltfs %s ms, curl %s ms "
+                "| C pull %s ms, curl %s ms" % (
                     rnd + 1, R["A"]["view"] / 1e6, ms(R["A"]["t"]), R["A"]["wire"] / 1e6, R["A"]["n"],
-                    self.pack_size[self.big_pack] / 1e6, ms(R["A curl"]), ms(R["B"]["t"]),
-                    ms(R["B curl"]), ms(R["C"]["t"]), ms(R["C curl"])))
+                    self.pack_size[self.big_pack] / 1e6, ms(R["A curl"]), ms(R["A local"]), ms(R["E"]["t"]),
+                    R["E"]["n"], ms(R["E curl"]), ms(R["B"]["t"]), ms(R["B curl"]), ms(R["C"]["t"]),
+                    ms(R["C curl"])))
             if not a.keep:
-                for p in ("local_" + tag, "local_%sb" % tag, "hf_" + tag, "hf_%sb" % tag, "hf_%sc" % tag):
+                for p in ("local_" + tag, "local_%sb" % tag, "hf_" + tag, "hf_%sb" % tag, "hf_%sc" % tag,
+                          "local_%se" % tag, "hf_%se" % tag):
                     shutil.rmtree(os.path.join(self.work, p), ignore_errors=True)
                 if rnd < a.rounds - 1:
                     shutil.rmtree(os.path.join(self.work, "pulled_%sc" % tag), ignore_errors=True)
@@ -593,10 +864,17 @@ class Bench:
         total_packs = sum(self.pack_size.values())
         pull_mbs = total_packs / C["t"] / 1e6
         all_mbs = total_packs / min(R["C curl"]) / 1e6
+        E = min(R["E"], key=lambda r: r["t"])
+        curl_e = min(R["E curl"])
+        e_bytes = sum(hi - lo for _, lo, hi in self.e_ranges)
+        e_name = "E Hub store tier over a link with %d ms round trips / curl of the same bytes over it" % a.rtt_ms
+        goals = {k.replace("%d", str(a.rtt_ms)): v for k, v in GOALS.items()}
         measured = {
             "A cold y view: cltfs wire / curl MB/s": wire_mbs / curl_mbs,
             "B first byte, cold x view: cltfs / curl": B["t"] / curl_b,
             "C pull / curl of every pack, MB/s": pull_mbs / all_mbs,
+            "D Hub store tier, cold y view / the same read from a local store": view_mbs / local_mbs,
+            e_name: curl_e / E["t"],
         }
         print()
         if self.tree_desc:
@@ -608,7 +886,7 @@ class Bench:
         print("cltfs Hub-tier benchmark: %s; %d pack(s), %.1f MB; %d rounds" % (
             what, len(self.packs), total_packs / 1e6, a.rounds))
         print()
-        bench.print_goals(GOALS, measured)
+        bench.print_goals(goals, measured)
         print()
         print("absolute numbers (best of %d rounds; nginx on 127.0.0.1, %d worker(s), packs in page "
               "cache):" % (a.rounds, a.nginx_workers))
@@ -635,6 +913,18 @@ class Bench:
             times([r["t"] for r in R["A"]], 1e3, "%.1f"),
             " ".join("%.1f" % (r["wire"] / 1e6) for r in R["A"]), times(R["A curl"], 1e3, "%.1f"),
             times(R["A local"], 1e3, "%.1f")))
+        print("  D  = A's cltfs read / the same read from the store itself (above): %.2f" % (view_mbs / local_mbs))
+        print("  E  %s over a link with %d ms round trips (delaying proxies in front of the Hub and nginx),"
+              " fresh mount each round" % (self.yview, a.rtt_ms))
+        print("     cltfs  %s ms, %.1f MB/s view; %s" % (ms(E["t"]), E["view"] / E["t"] / 1e6, prof(E)))
+        print("     curl   %s ms: the %.2f MB of frames the view needs, %d range(s) via the Hub's 302 (curl -L),"
+              " one process each, at once" % (ms(curl_e), e_bytes / 1e6, len(self.e_ranges)))
+        print("     rounds: cltfs %s ms (wire MB %s, requests %s); curl %s ms" % (
+            times([r["t"] for r in R["E"]], 1e3, "%.1f"),
+            " ".join("%.1f" % (r["wire"] / 1e6) for r in R["E"]), " ".join(str(r["n"]) for r in R["E"]),
+            times(R["E curl"], 1e3, "%.1f")))
+        if self.stats_e is not None:
+            print("     .cltfs/stats after a cold E read: %s" % json.dumps(self.stats_e, sort_keys=True))
         print("  B  %s: open() + pread(%d bytes at %d), fresh mount each round"
               % (self.xview, B["len"], B["off"]))
         print("     cltfs  %s ms; %s" % (ms(B["t"]), prof(B)))
@@ -657,7 +947,7 @@ class Bench:
             ms(min(self.t_mount)), times(self.t_mount, 1e3, "%.0f")))
         if self.stats_a is not None:
             print("  .cltfs/stats after a cold A read: %s" % json.dumps(self.stats_a, sort_keys=True))
-        odd = [r for k in ("A", "B", "C") for row in R[k] for r in row["odd"]]
+        odd = [r for k in ("A", "B", "C", "E") for row in R[k] for r in row["odd"]]
         if odd:
             print("  WARNING: nginx answered %d request(s) with an unexpected status, e.g. %s" % (
                 len(odd), odd[:3]))
@@ -683,6 +973,14 @@ class Bench:
                 self.hub.stop()
             except Exception as e:
                 log("stopping the hub: %s" % e)
+        for p in (getattr(self, "hub_proxy", None), getattr(self, "cdn_link", None)):
+            if p is not None:
+                p.stop()
+        if getattr(self, "hub_link", None) is not None:
+            try:
+                self.hub_link.stop()
+            except Exception as e:
+                log("stopping the link's hub: %s" % e)
         if self.nginx is not None:
             self.nginx.stop()
 
@@ -703,6 +1001,8 @@ def main():
     ap.add_argument("--n-layers", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--nginx-workers", type=int, default=1)
+    ap.add_argument("--rtt-ms", type=int, default=50,
+                    help="E: the round trip of the delaying proxies' link, in ms (default 50)")
     ap.add_argument("--hub-nagle", action="store_true",
                     help="leave Nagle on in the fake Hub, as tests/hubserver.py has it (its "
                          "answers on kept-alive connections then stall ~40 ms on delayed ACKs)")

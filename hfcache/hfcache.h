@@ -46,6 +46,9 @@ bool hf_is_url(const char *s);
 
 typedef struct {
 	atomic_ullong requests, bytes, retries, failures;
+	/* The shortest time seen from sending a request to the first byte of
+	 * its answer, in microseconds (0: none yet): the link's round trip. */
+	atomic_ullong rtt_us;
 } hf_stats;
 
 typedef struct hf_repo hf_repo;
@@ -109,5 +112,33 @@ void hf_download_release(hf_download *d);
  * CLTFS_E_NOTFOUND (no such file; offline: nothing is fetched), _IO (after
  * the retries: the message names the URL), _NOMEM. */
 cltfs_err hf_read_range(hf_repo *r, const char *path, uint64_t off, size_t len, void *dst);
+
+/* Ranges in flight: many range requests at once, driven by one thread on
+ * one libcurl multi handle, so that they share connections (HTTP/2
+ * multiplexing where the server offers it, else HTTP/1.1 keep-alive, up to
+ * a few connections per host).  Each request follows redirects, retries
+ * and resumes exactly as hf_read_range does, and gives every byte once, in
+ * order, as it arrives.  The thread starts with the first request (not at
+ * open: threads do not survive a fork). */
+typedef struct hf_ranges hf_ranges;
+typedef struct {
+	/* Bytes of the range as they arrive, in order; false stops the request
+	 * (it then ends with CLTFS_E_IO). */
+	bool (*data)(void *arg, const void *p, size_t n);
+	/* The end, once: CLTFS_OK when every byte came, else the error, whose
+	 * message (cltfs_errmsg() of the calling thread) names the file, the
+	 * URL and the cause.  Called on the ranges' thread, or on the caller's
+	 * when hf_ranges_close cancels what is still in flight. */
+	void (*done)(void *arg, cltfs_err e);
+} hf_range_cb;
+/* CLTFS_E_NOMEM, _IO (libcurl refused). */
+cltfs_err hf_ranges_open(hf_repo *r, hf_ranges **out);
+/* Ask for bytes [off, off+len) of a file of the commit (len > 0); cb's
+ * functions are called later, never from inside this call.
+ * CLTFS_E_NOTFOUND offline (nothing is fetched), _NOMEM, _IO (no thread). */
+cltfs_err hf_ranges_get(hf_ranges *q, const char *path, uint64_t off, uint64_t len, hf_range_cb cb, void *arg);
+/* Stop: requests still in flight end with CLTFS_E_IO ("cancelled").  NULL
+ * is a no-op.  Before hf_repo_close. */
+void hf_ranges_close(hf_ranges *q);
 
 #endif

@@ -1,4 +1,5 @@
-/* http.c: requests with retries, manual redirects and a per-thread handle. */
+/* http.c: requests with retries, manual redirects and a per-thread handle;
+ * a GET also as steps (http_op) for a multi handle. */
 #include "http.h"
 
 #include <ctype.h>
@@ -13,6 +14,9 @@
 #define MAX_REDIRECTS 10
 #define RETRY_AFTER_CAP 60.0 /* seconds: a longer Retry-After is an error */
 #define RETRY_BUDGET 180.0   /* seconds of waiting in all for one request */
+/* Bytes libcurl reads from a socket at once (its default is 16 KiB): a
+ * range of megabytes then costs tens of calls, not hundreds. */
+#define RECV_BUFFER (256L << 10)
 
 static pthread_key_t handle_key;
 static pthread_once_t handle_once = PTHREAD_ONCE_INIT;
@@ -150,18 +154,9 @@ static size_t on_header(char *line, size_t size, size_t nitems, void *arg)
 
 /* ---- one request ---- */
 
-typedef struct {
-	http_sink sink;
-	void *arg;
-	http_hdrs *h;
-	uint64_t want;  /* bytes the sink may still take; UINT64_MAX: any */
-	uint64_t given; /* bytes given to the sink by this request */
-	int aborted;    /* 1: more bytes than asked for, 2: the sink said stop */
-} body;
-
 static size_t on_body(char *p, size_t size, size_t nitems, void *arg)
 {
-	body *b = arg;
+	http_body *b = arg;
 	size_t n = size * nitems;
 	if (b->h->status != 200 && b->h->status != 206)
 		return n; /* an error page: the headers say what went wrong */
@@ -211,13 +206,14 @@ static const char *shown(const char *url, char *buf, size_t n)
 	return buf;
 }
 
-static CURLcode perform(const http_ctx *c, const char *url, bool head, const char *range, body *b, http_hdrs *h)
+/* Set e up for one request; *hl (the header list, which may hold the
+ * token) is the caller's to give to after(). */
+static CURLcode setup(CURL *e, const http_ctx *c, const char *url, bool head, const char *range, http_body *b,
+		      http_hdrs *h, struct curl_slist **out)
 {
-	CURL *e = thread_handle();
-	if (!e)
-		return CURLE_OUT_OF_MEMORY;
 	struct curl_slist *hl = NULL;
 	char auth[4200];
+	*out = NULL;
 	/* The token only to the Hub itself: a redirect to a CDN (another host)
 	 * must not carry it. */
 	if (c->cfg->token && same_origin(url, c->cfg->endpoint)) {
@@ -227,6 +223,7 @@ static CURLcode perform(const http_ctx *c, const char *url, bool head, const cha
 		if (!hl)
 			return CURLE_OUT_OF_MEMORY;
 	}
+	*out = hl;
 	hdrs_reset(h);
 	curl_easy_setopt(e, CURLOPT_URL, url);
 	curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
@@ -243,14 +240,49 @@ static CURLcode perform(const http_ctx *c, const char *url, bool head, const cha
 	curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, 30L);
 	curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
 	curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, NULL);
+	/* HTTP/2 where the server offers it (ALPN, over TLS), else HTTP/1.1
+	 * with keep-alive: on a multi handle, HTTP/2 carries every request in
+	 * flight on one connection. */
+	curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
 	if (head)
 		curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
+	else
+		curl_easy_setopt(e, CURLOPT_BUFFERSIZE, RECV_BUFFER);
 	if (range)
 		curl_easy_setopt(e, CURLOPT_RANGE, range);
-	CURLcode rc = curl_easy_perform(e);
+	return CURLE_OK;
+}
+
+/* After a request set up by setup(): drop the header list (it holds the
+ * token), count the request, and keep the shortest round trip seen (from
+ * sending the request to the first byte of the answer), by which a reader
+ * sizes what it keeps in flight. */
+static void after(const http_ctx *c, CURL *e, struct curl_slist **hl)
+{
 	curl_easy_setopt(e, CURLOPT_HTTPHEADER, NULL);
-	curl_slist_free_all(hl); /* holds a copy of the token */
+	curl_slist_free_all(*hl);
+	*hl = NULL;
 	atomic_fetch_add(&c->st->requests, 1);
+	curl_off_t pre = 0, first = 0;
+	if (curl_easy_getinfo(e, CURLINFO_PRETRANSFER_TIME_T, &pre) ||
+	    curl_easy_getinfo(e, CURLINFO_STARTTRANSFER_TIME_T, &first) || first <= pre)
+		return;
+	unsigned long long us = (unsigned long long)(first - pre), old = atomic_load(&c->st->rtt_us);
+	while ((!old || us < old) && !atomic_compare_exchange_weak(&c->st->rtt_us, &old, us))
+		;
+}
+
+static CURLcode perform(const http_ctx *c, const char *url, bool head, const char *range, http_body *b, http_hdrs *h)
+{
+	CURL *e = thread_handle();
+	if (!e)
+		return CURLE_OUT_OF_MEMORY;
+	struct curl_slist *hl;
+	CURLcode rc = setup(e, c, url, head, range, b, h, &hl);
+	if (rc)
+		return rc;
+	rc = curl_easy_perform(e);
+	after(c, e, &hl);
 	return rc;
 }
 
@@ -275,27 +307,41 @@ static bool transient_curl(CURLcode rc)
 	}
 }
 
-/* Wait before attempt `attempt` (1, 2, ...): Retry-After when the server
- * said so, else backoff doubling from backoff_ms.  false when the budget
- * of attempts or time is spent. */
-static bool wait_retry(const http_ctx *c, int attempt, double retry_after, double t0)
+/* The wait before retrying after attempt `attempt` (1, 2, ...) failed:
+ * Retry-After when the server said so, else backoff doubling from
+ * backoff_ms; counted as a retry.  < 0 when the budget of attempts or
+ * time is spent. */
+static double retry_wait(const http_ctx *c, int attempt, double retry_after, double t0)
 {
 	if (attempt > c->cfg->retries)
-		return false;
+		return -1;
 	double w = (double)c->cfg->backoff_ms / 1000.0 * (double)(1u << (attempt - 1 < 10 ? attempt - 1 : 10));
 	if (w > 10.0)
 		w = 10.0;
 	if (retry_after >= 0) {
 		if (retry_after > RETRY_AFTER_CAP)
-			return false;
+			return -1;
 		w = retry_after;
 	}
 	if (cltfs_now() - t0 + w > RETRY_BUDGET)
-		return false;
+		return -1;
+	atomic_fetch_add(&c->st->retries, 1);
+	return w;
+}
+
+static void sleep_for(double w)
+{
 	struct timespec ts = {(time_t)w, (long)((w - (double)(time_t)w) * 1e9)};
 	while (nanosleep(&ts, &ts))
 		;
-	atomic_fetch_add(&c->st->retries, 1);
+}
+
+static bool wait_retry(const http_ctx *c, int attempt, double retry_after, double t0)
+{
+	double w = retry_wait(c, attempt, retry_after, t0);
+	if (w < 0)
+		return false;
+	sleep_for(w);
 	return true;
 }
 
@@ -304,7 +350,7 @@ static cltfs_err head_once(const http_ctx *c, const char *url, http_hdrs *h)
 	char sh[1024];
 	double t0 = cltfs_now();
 	for (int attempt = 1;; attempt++) {
-		body b = {NULL, NULL, h, UINT64_MAX, 0, 0};
+		http_body b = {NULL, NULL, h, UINT64_MAX, 0, 0};
 		CURLcode rc = perform(c, url, true, NULL, &b, h);
 		if (rc == CURLE_OUT_OF_MEMORY)
 			return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
@@ -384,92 +430,150 @@ static char *join_url(const char *base, const char *loc)
 	return res;
 }
 
-/* One attempt: follow the redirect chain from url, the body to b.  Returns
- * the curl code; h describes the last response; *where the URL that
- * answered it (malloc'd). */
-static CURLcode chain(const http_ctx *c, const char *url, const char *range, body *b, http_hdrs *h, char **where)
+/* ---- a GET as steps ---- */
+
+void http_op_init(http_op *op, const http_ctx *c, const char *url, uint64_t off, uint64_t len, http_sink sink,
+		  void *arg, http_hdrs *h)
 {
-	char *cur = strdup(url);
-	CURLcode rc = cur ? CURLE_OK : CURLE_OUT_OF_MEMORY;
-	for (int hop = 0; cur && hop <= MAX_REDIRECTS; hop++) {
-		rc = perform(c, cur, false, range, b, h);
-		if (rc || !is_redirect(h->status) || !h->location)
-			break;
-		char *next = join_url(cur, h->location);
-		free(cur);
-		cur = next;
-		if (!cur)
-			rc = CURLE_OUT_OF_MEMORY;
-		else if (hop == MAX_REDIRECTS)
-			rc = CURLE_TOO_MANY_REDIRECTS;
+	memset(op, 0, sizeof *op);
+	*op = (http_op){.c = c, .url = url, .off = off, .len = len, .h = h, .attempt = 1, .t0 = cltfs_now()};
+	op->b = (http_body){sink, arg, h, UINT64_MAX, 0, 0};
+}
+
+cltfs_err http_op_setup(http_op *op, CURL *e)
+{
+	if (!op->cur) { /* a new attempt: from the first hop, from the first byte not given yet */
+		if (!(op->cur = strdup(op->url)))
+			return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+		op->hop = 0;
+		op->start = op->off + op->done;
+		op->ranged = op->start > 0 || op->len > 0;
+		if (op->len)
+			snprintf(op->range, sizeof op->range, "%llu-%llu", (unsigned long long)op->start,
+				 (unsigned long long)(op->off + op->len - 1));
+		else
+			snprintf(op->range, sizeof op->range, "%llu-", (unsigned long long)op->start);
+		op->b.want = op->len ? op->len - op->done : UINT64_MAX;
+		op->b.aborted = 0;
 	}
-	*where = cur;
-	return rc;
+	op->b.given = 0;
+	if (setup(e, op->c, op->cur, false, op->ranged ? op->range : NULL, &op->b, op->h, &op->hl))
+		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	return CLTFS_OK;
+}
+
+/* The end of an attempt that did not deliver everything: retry or fail. */
+static http_step attempt_failed(http_op *op, CURLcode rc, const char *sh, double *wait, cltfs_err *err)
+{
+	http_hdrs *h = op->h;
+	bool ok_status = op->ranged ? h->status == 206 : h->status == 200;
+	bool short_body = !rc && ok_status; /* the body ended early without a curl error */
+	bool again = rc ? transient_curl(rc) : short_body || transient_status(h->status);
+	if (!again) {
+		atomic_fetch_add(&op->c->st->failures, 1);
+		*err = rc ? cltfs_fail(CLTFS_E_IO, "GET %s: %s", sh, curl_easy_strerror(rc)) : http_status_error(sh, h);
+		return HTTP_OP_FAIL;
+	}
+	if ((*wait = retry_wait(op->c, op->attempt, rc ? -1 : h->retry_after, op->t0)) < 0) {
+		atomic_fetch_add(&op->c->st->failures, 1);
+		if (rc)
+			*err = cltfs_fail(CLTFS_E_IO, "GET %s: %s after %d attempts", sh, curl_easy_strerror(rc),
+					  op->attempt);
+		else if (short_body)
+			*err = cltfs_fail(CLTFS_E_IO, "GET %s: body ended after %llu of %llu bytes, %d attempts", sh,
+					  (unsigned long long)op->done, (unsigned long long)op->len, op->attempt);
+		else
+			*err = cltfs_wrap(http_status_error(sh, h), "after %d attempts", op->attempt);
+		return HTTP_OP_FAIL;
+	}
+	op->attempt++;
+	return HTTP_OP_RETRY;
+}
+
+http_step http_op_step(http_op *op, CURL *e, CURLcode rc, double *wait, cltfs_err *err)
+{
+	char sh[1024];
+	http_hdrs *h = op->h;
+	after(op->c, e, &op->hl);
+	op->done += op->b.given;
+	atomic_fetch_add(&op->c->st->bytes, op->b.given);
+	op->b.given = 0;
+	shown(op->url, sh, sizeof sh);
+	if (rc == CURLE_OUT_OF_MEMORY) {
+		*err = cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+		return HTTP_OP_FAIL;
+	}
+	if (!rc && is_redirect(h->status) && h->location) { /* the next hop of this attempt */
+		char *next = join_url(op->cur, h->location);
+		if (!next) {
+			*err = cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+			return HTTP_OP_FAIL;
+		}
+		free(op->cur);
+		op->cur = next;
+		if (op->hop++ < MAX_REDIRECTS)
+			return HTTP_OP_NEXT;
+		rc = CURLE_TOO_MANY_REDIRECTS;
+	}
+	/* A ranged request wants a 206 that starts where asked; a 200 would
+	 * be the whole file from byte 0. */
+	bool ok_status = op->ranged ? h->status == 206 : h->status == 200;
+	if (!rc && h->status == 206 && (!h->has_range || h->range_start != op->start)) {
+		*err = cltfs_fail(CLTFS_E_IO, "GET %s: the server answered another range than asked", sh);
+		return HTTP_OP_FAIL;
+	}
+	if (op->b.aborted) {
+		*err = op->b.aborted == 1 ? cltfs_fail(CLTFS_E_IO, "GET %s: more bytes than asked for", sh)
+					  : cltfs_wrap(CLTFS_E_IO, "GET %s", sh); /* the sink's message */
+		return HTTP_OP_FAIL;
+	}
+	if (!rc && ok_status && (!op->len || op->done == op->len))
+		return HTTP_OP_DONE;
+	free(op->cur); /* the next attempt starts again from the first hop */
+	op->cur = NULL;
+	return attempt_failed(op, rc, sh, wait, err);
+}
+
+char *http_op_take_url(http_op *op)
+{
+	char *u = op->cur;
+	op->cur = NULL;
+	return u;
+}
+
+void http_op_free(http_op *op)
+{
+	curl_slist_free_all(op->hl);
+	op->hl = NULL;
+	free(op->cur);
+	op->cur = NULL;
 }
 
 cltfs_err http_get(const http_ctx *c, const char *url, uint64_t off, uint64_t len, http_sink sink, void *arg,
 		   http_hdrs *h, char **final_url)
 {
-	char sh[1024], range[64];
-	shown(url, sh, sizeof sh);
-	uint64_t done = 0; /* bytes delivered over all attempts */
-	double t0 = cltfs_now();
-	for (int attempt = 1;; attempt++) {
-		uint64_t start = off + done;
-		bool ranged = start > 0 || len > 0;
-		if (len)
-			snprintf(range, sizeof range, "%llu-%llu", (unsigned long long)start,
-				 (unsigned long long)(off + len - 1));
-		else
-			snprintf(range, sizeof range, "%llu-", (unsigned long long)start);
-		body b = {sink, arg, h, len ? len - done : UINT64_MAX, 0, 0};
-		char *where = NULL;
-		CURLcode rc = chain(c, url, ranged ? range : NULL, &b, h, &where);
-		done += b.given;
-		atomic_fetch_add(&c->st->bytes, b.given);
-		if (rc == CURLE_OUT_OF_MEMORY) {
-			free(where);
-			return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	http_op op;
+	http_op_init(&op, c, url, off, len, sink, arg, h);
+	cltfs_err err = CLTFS_OK;
+	for (;;) {
+		CURL *e = thread_handle();
+		if (!e) {
+			err = cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+			break;
 		}
-		/* A ranged request wants a 206 that starts where asked; a 200 would
-		 * be the whole file from byte 0. */
-		bool ok_status = ranged ? h->status == 206 : h->status == 200;
-		if (!rc && h->status == 206 && (!h->has_range || h->range_start != start)) {
-			free(where);
-			return cltfs_fail(CLTFS_E_IO, "GET %s: the server answered another range than asked", sh);
-		}
-		if (b.aborted) {
-			free(where);
-			return b.aborted == 1 ? cltfs_fail(CLTFS_E_IO, "GET %s: more bytes than asked for", sh)
-					      : cltfs_wrap(CLTFS_E_IO, "GET %s", sh); /* the sink's message */
-		}
-		if (!rc && ok_status && (!len || done == len)) {
-			if (final_url)
-				*final_url = where;
-			else
-				free(where);
-			return CLTFS_OK;
-		}
-		free(where);
-		bool short_body = !rc && ok_status; /* the body ended early without a curl error */
-		bool again = rc ? transient_curl(rc) : short_body || transient_status(h->status);
-		if (!again) {
-			atomic_fetch_add(&c->st->failures, 1);
-			if (rc)
-				return cltfs_fail(CLTFS_E_IO, "GET %s: %s", sh, curl_easy_strerror(rc));
-			return http_status_error(sh, h);
-		}
-		if (!wait_retry(c, attempt, rc ? -1 : h->retry_after, t0)) {
-			atomic_fetch_add(&c->st->failures, 1);
-			if (rc)
-				return cltfs_fail(CLTFS_E_IO, "GET %s: %s after %d attempts", sh, curl_easy_strerror(rc),
-						  attempt);
-			if (short_body)
-				return cltfs_fail(CLTFS_E_IO, "GET %s: body ended after %llu of %llu bytes, %d attempts",
-						  sh, (unsigned long long)done, (unsigned long long)len, attempt);
-			return cltfs_wrap(http_status_error(sh, h), "after %d attempts", attempt);
-		}
+		if ((err = http_op_setup(&op, e)))
+			break;
+		double w = 0;
+		http_step st = http_op_step(&op, e, curl_easy_perform(e), &w, &err);
+		if (st == HTTP_OP_DONE && final_url)
+			*final_url = http_op_take_url(&op);
+		if (st == HTTP_OP_DONE || st == HTTP_OP_FAIL)
+			break;
+		if (st == HTTP_OP_RETRY)
+			sleep_for(w);
 	}
+	http_op_free(&op);
+	return err;
 }
 
 char *http_escape(const char *s, bool keep_slash)

@@ -2,12 +2,16 @@
  *
  * One libcurl handle per thread, kept alive between requests.  Redirects
  * are followed here, not by libcurl, so that the token goes to the
- * endpoint's host alone and the final URL can be remembered.
+ * endpoint's host alone and the final URL can be remembered.  A GET is
+ * also a state machine (http_op) for a caller that runs many at once on a
+ * multi handle (ranges.c): the same steps, retries and messages.
  */
 #ifndef CLTFS_HF_HTTP_H
 #define CLTFS_HF_HTTP_H
 
 #include "hfcache.h"
+
+#include <curl/curl.h>
 
 typedef struct {
 	long status;
@@ -46,6 +50,54 @@ cltfs_err http_head(const http_ctx *c, const char *url, http_hdrs *h);
  * asked for, is the URL that answered (after redirects), malloc'd. */
 cltfs_err http_get(const http_ctx *c, const char *url, uint64_t off, uint64_t len, http_sink sink, void *arg,
 		   http_hdrs *h, char **final_url);
+
+/* ---- a GET as steps ---- */
+
+typedef struct {
+	http_sink sink;
+	void *arg;
+	http_hdrs *h;
+	uint64_t want;  /* bytes the sink may still take; UINT64_MAX: any */
+	uint64_t given; /* bytes given to the sink since the last step */
+	int aborted;    /* 1: more bytes than asked for, 2: the sink said stop */
+} http_body;
+
+/* http_get's request: init, then for each request setup a handle, perform
+ * it (alone or on a multi handle) and step; free at the end.  The fields
+ * are the op's own. */
+typedef struct {
+	const http_ctx *c;
+	const char *url;      /* the first hop, the caller's: kept while the op runs */
+	uint64_t off, len;    /* as http_get */
+	http_hdrs *h;         /* the last response's headers */
+	uint64_t done;        /* body bytes given to the sink, over all attempts */
+	uint64_t start;       /* the first byte this attempt asked for */
+	bool ranged;
+	int attempt, hop;
+	double t0;
+	char *cur;            /* the URL asked now (malloc'd), NULL between attempts */
+	http_body b;
+	struct curl_slist *hl;
+	char range[64];
+} http_op;
+
+typedef enum {
+	HTTP_OP_DONE,  /* every byte asked for went to the sink */
+	HTTP_OP_NEXT,  /* a redirect: set up and perform again, at once */
+	HTTP_OP_RETRY, /* a transient failure: set up and perform again after *wait s */
+	HTTP_OP_FAIL,  /* *err, with its message (naming the URL, never the token) */
+} http_step;
+
+void http_op_init(http_op *op, const http_ctx *c, const char *url, uint64_t off, uint64_t len, http_sink sink,
+		  void *arg, http_hdrs *h);
+/* Set e (fresh or curl_easy_reset) up for the op's next request.
+ * CLTFS_E_NOMEM. */
+cltfs_err http_op_setup(http_op *op, CURL *e);
+/* After e performed what http_op_setup set up, with result rc: what next. */
+http_step http_op_step(http_op *op, CURL *e, CURLcode rc, double *wait, cltfs_err *err);
+/* After HTTP_OP_DONE: the URL that answered, handed over (malloc'd). */
+char *http_op_take_url(http_op *op);
+void http_op_free(http_op *op);
 
 /* The message for a failed status, from the Hub's X-Error-Code. */
 cltfs_err http_status_error(const char *what, const http_hdrs *h);

@@ -14,7 +14,7 @@
  * follow redirects.
  */
 #include "hfcache_internal.h"
-#include "http.h"
+#include "repo_internal.h"
 
 #include <cjson/cJSON.h>
 #include <ctype.h>
@@ -1052,4 +1052,32 @@ cltfs_err hf_read_range(hf_repo *r, const char *path, uint64_t off, size_t len, 
 		remember_location(r, path, final, false);
 	free(final);
 	return e ? cltfs_wrap(e, "%s", what) : CLTFS_OK;
+}
+
+/* ---- for ranges.c (repo_internal.h) ---- */
+
+const http_ctx *hf_repo_http(hf_repo *r) { return &r->http; }
+bool hf_repo_offline(const hf_repo *r) { return r->cfg.offline; }
+
+char *hf_repo_resolve_url(hf_repo *r, const char *path)
+{
+	char *esc = http_escape(path, true);
+	size_t n = esc ? strlen(r->url_base) + strlen(esc) + 1 : 0;
+	char *url = esc ? malloc(n) : NULL;
+	if (url)
+		snprintf(url, n, "%s%s", r->url_base, esc);
+	free(esc);
+	return url;
+}
+
+void hf_repo_what(const hf_repo *r, const char *path, char *buf, size_t n)
+{
+	snprintf(buf, n, "hf://%s@%.12s/%s", r->id, r->commit, path);
+}
+
+char *hf_repo_location(hf_repo *r, const char *path) { return cached_location(r, path); }
+
+void hf_repo_remember(hf_repo *r, const char *path, const char *url)
+{
+	remember_location(r, path, url, url == NULL);
 }

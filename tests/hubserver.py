@@ -25,6 +25,8 @@ Emulated, as huggingface_hub 0.24-0.36 sees the real huggingface.co:
       Authorization header" without X-Error-Code, on every Hub route.
   Injected faults (Hub.add_fault): 429 + Retry-After, 500/502/503, truncated body then
   close, TCP reset (SO_LINGER 0) before any answer, slow body.
+  A link's round trip (Hub(latency=s)): every request of either server is answered s
+  seconds after it came, as a client far away sees it (the bytes then flow at once).
 
 Not emulated: uploads/commits API, user accounts and gated-access approval (a valid
 token simply grants access; the real Hub also serves the metadata of gated repos
@@ -183,8 +185,9 @@ class Hub:
     server, method, path, range, auth, status, bytes, fault)."""
 
     def __init__(self, token="hf_test", lfs_threshold=1024, page_size=1000, cdn_dir=None,
-                 cdn_url=None, port=0, cdn_port=0):
+                 cdn_url=None, port=0, cdn_port=0, latency=0.0):
         self.token, self.lfs_threshold, self.page_size = token, lfs_threshold, page_size
+        self.latency = latency
         self.cdn_dir, self.cdn_url = cdn_dir, cdn_url
         self._ports = (port, cdn_port)
         self._lock = threading.RLock()
@@ -413,6 +416,8 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         hub, role = self.server.hub, self.server.role
         hub._begin()
+        if hub.latency:
+            time.sleep(hub.latency)
         self._status = self._sent = 0
         self._started = False
         fault = hub._take_fault(role, self.path.split("?", 1)[0])

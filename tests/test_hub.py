@@ -197,8 +197,11 @@ def test_store_repo_views_equal_reference(tmp_path, hub, stores, mount, original
         check_store_views(m, imp, originals)
         st = m.stats()
         assert st["chunks"]["hub"] > 0 and st["errors"] == 0, st
-        # the Hub's own counters: requests made, body bytes, no retries here
-        assert st["hub"]["requests"] >= st["chunks"]["hub"] and st["hub"]["bytes"] > 0, st
+        # the Hub's own counters: requests made, body bytes, no retries here;
+        # neighbouring frames come by one range request (a span), so there
+        # may be fewer requests than chunks, never fewer frames
+        assert st["hub"]["requests"] >= st["hub"]["spans"] > 0 and st["hub"]["bytes"] > 0, st
+        assert st["hub"]["frames"] >= st["chunks"]["hub"], st
         assert st["hub"]["retries"] == 0 and st["hub"]["failures"] == 0, st
         for rel in imp.desc["files"]:
             assert read_all(m.p(rel)) == local[rel], "%s differs from a local mount's" % rel
@@ -212,8 +215,8 @@ def test_store_repo_views_equal_reference(tmp_path, hub, stores, mount, original
 
 
 def test_packs_fetched_by_range_only(tmp_path, hub, stores, mount):
-    """Pack bytes only ever come by Range requests of single frames' size,
-    never the whole pack."""
+    """Pack bytes only ever come by Range requests of frames (one, or
+    neighbours together), never the whole pack."""
     imp, commit = add_store(hub, stores)
     shas = pack_sha256(imp)
     env = hf_env(tmp_path, hub)
@@ -474,6 +477,102 @@ def test_store_read_eio_when_retries_exhausted(tmp_path, hub, stores, mount, ori
         hub.clear_faults()
         assert_same(torch.load(m.p(rel)), originals.get(imp.tree, rel), rel)
         check_store_views(m, imp, originals)
+
+
+# ------------------------------------ ranges: neighbours, ahead, faults --
+
+def cdn_gets(hub, shas):
+    """The CDN's range requests for pack bytes, in the order they ended."""
+    return [e for e in hub.log if e["server"] == "cdn" and e["method"] == "GET" and is_pack_request(e, shas=shas)]
+
+
+def test_cold_y_view_few_range_requests(tmp_path, hub, stores, mount):
+    """Cold reads of y views ask for their frames in a few range requests
+    (neighbouring frames of the pack in one: the engine's readahead asks for
+    a read's chunks at once), far fewer than frames, and read the bytes a
+    mount of the store itself reads."""
+    imp, commit = add_store(hub, stores)
+    shas = pack_sha256(imp)
+    rels = sorted(r for r in imp.desc["files"] if r.startswith("L0/") and r.endswith("_y.pt"))
+    with mount(imp.store) as m:
+        local = {rel: read_all(m.p(rel)) for rel in rels}
+    hub.clear_log()
+    with mount(STORE_URL, env=hf_env(tmp_path, hub)) as m:
+        for rel in rels:
+            assert read_all(m.p(rel)) == local[rel], rel
+        st = m.stats()
+    frames = st["chunks"]["hub"]
+    gets = cdn_gets(hub, shas)
+    assert frames >= 8 and st["errors"] == 0, st
+    assert 1 <= len(gets) and 3 * len(gets) <= frames, (len(gets), frames, [e["range"] for e in gets])
+    assert st["hub"]["spans"] == len(gets) and st["hub"]["frames"] >= frames, st
+
+
+def test_link_fetches_ahead_and_keeps_it(tmp_path, make_hub, stores, mount, originals):
+    """Over a link with round trips (every answer 30 ms late), a reader's
+    first load fetches, in the same request, a window of the frames that
+    follow (one frame at a time would cost a round trip each), also for
+    -o readahead=0; at unmount every frame that came is checked and kept,
+    so a later mount offline serves every view of this (small) store."""
+    hub = make_hub(latency=0.03)
+    imp, commit = add_store(hub, stores)
+    shas = pack_sha256(imp)
+    local = str(tmp_path / "local")
+    rel = imp.desc["files"][0]
+    with mount(STORE_URL, "store=" + local, "readahead=0", env=hf_env(tmp_path, hub)) as m:
+        check_store_views(m, imp, originals, [rel])
+        st = m.stats()
+    gets = cdn_gets(hub, shas)
+    assert len(gets) == 1 and st["hub"]["frames"] > st["chunks"]["hub"], ([e["range"] for e in gets], st)
+    assert st["hub"]["rtt_us"] >= 30000, st
+    hub.stop()
+    with mount(STORE_URL, "store=" + local, env=hf_env(tmp_path, hub, HF_HUB_OFFLINE=1)) as m:
+        check_store_views(m, imp, originals)
+        st = m.stats()
+    assert st["chunks"]["hub"] == 0 and st["errors"] == 0, st
+
+
+def test_fault_mid_span_resumed(tmp_path, make_hub, stores, mount, originals):
+    """A body cut in the middle of a request of many frames is resumed from
+    the byte where it stopped (no byte asked for twice), and every view
+    reads right."""
+    hub = make_hub(latency=0.03)   # the first request holds a window of frames
+    imp, commit = add_store(hub, stores)
+    shas = pack_sha256(imp)
+    cut = 5000                     # past the first frame, inside a later one
+    hub.add_fault(r"^/blobs/", "truncate", after_bytes=cut, server="cdn")
+    with mount(STORE_URL, env=hf_env(tmp_path, hub)) as m:
+        check_store_views(m, imp, originals)
+        st = m.stats()
+    assert hub.faults_left() == 0 and st["errors"] == 0 and st["hub"]["retries"] >= 1, st
+    gets = cdn_gets(hub, shas)
+    cut_req = [e for e in gets if e["fault"] == "truncate"]
+    assert len(cut_req) == 1 and cut_req[0]["bytes"] == cut, gets
+    first, last = map(int, re.fullmatch(r"bytes=(\d+)-(\d+)", cut_req[0]["range"]).groups())
+    assert last - first + 1 > cut, cut_req
+    resumed = [e for e in gets if e["range"] == "bytes=%d-%d" % (first + cut, last)]
+    assert len(resumed) == 1 and resumed[0]["status"] == 206 and resumed[0]["bytes"] == last + 1 - first - cut, gets
+
+
+def test_fetch_error_names_url_and_chunk(tmp_path, hub, stores, mount):
+    """A range that keeps failing: EIO to the reader, and a log line that
+    names the chunk, the file of the repo and the URL."""
+    imp, commit = add_store(hub, stores)
+    env = hf_env(tmp_path, hub, CLTFS_HUB_RETRIES=1, CLTFS_HUB_BACKOFF_MS=10)
+    rel = imp.desc["files"][0]
+    with mount(STORE_URL, env=env) as m:
+        hub.add_fault(r"^/blobs/", "500", count=100, server="cdn")
+        with pytest.raises(OSError) as ei:
+            read_all(m.p(rel))
+        assert ei.value.errno == errno.EIO, ei.value
+        log = m.log()
+    lines = [ln for ln in log.splitlines() if "HTTP 500" in ln]
+    assert lines, log
+    pack = "packs/%s" % pack_names(imp)[0]
+    for ln in lines:
+        assert re.search(r"chunk (x|mlp)@\d+#\d+", ln), ln
+        assert "hf://datasets/%s@%s/%s" % (STORE_REPO, commit[:12], pack) in ln, ln
+        assert re.search(r"http://127\.0\.0\.1:\d+/\S+", ln), ln
 
 
 # ======================================================= a plain repo ==

@@ -4,11 +4,12 @@
  * the indexes come into the HF cache at open (they are small), and make a
  * read-only store over the cache's snapshot folder, whose packs are never
  * downloaded whole.  A read that the local store cannot serve asks the Hub
- * tier, which fetches just that chunk's frame by range request, checks it
- * against its record, and appends it to the local store: the next read is
- * local.  Any other repo is served file by file (plain.c).
+ * tier (hub_tier.c), which fetches that chunk's frame, with its neighbours
+ * and what a sequential reader will want next, by range requests, checks
+ * each frame against its record, and appends it to the local store: the
+ * next read is local.  Any other repo is served file by file (plain.c).
  */
-#include "hub.h"
+#include "hub_internal.h"
 
 #include <pthread.h>
 
@@ -22,18 +23,6 @@
 #include <unistd.h>
 
 
-typedef struct {
-	cltfs_tier base; /* first: the engine sees a cltfs_tier */
-	hf_repo *repo;
-	cltfs_store *remote, *local;
-	store_writer *w;    /* thread-safe: adds and syncs need no lock here */
-	pthread_mutex_t mu; /* guards what follows */
-	pthread_cond_t cv;
-	size_t unsynced;
-	bool warned, syncing, stop;
-	pthread_t syncer;
-} hub_tier;
-
 struct hub_source {
 	hf_config cfg;
 	hf_repo *repo;
@@ -42,119 +31,11 @@ struct hub_source {
 	cltfs_store *remote; /* a store repo's manifest and indexes; NULL otherwise */
 };
 
-static cltfs_err pack_path(const char *pack, char *buf, size_t n)
+cltfs_err hub_pack_path(const char *pack, char *buf, size_t n)
 {
 	if (strchr(pack, '/') || snprintf(buf, n, "packs/%s.pack", pack) >= (int)n)
 		return cltfs_fail(CLTFS_E_FORMAT, "bad pack name '%s'", pack);
 	return CLTFS_OK;
-}
-
-/* Say once why fetched frames are not kept: the reads are still served. */
-static void warn_once(hub_tier *h, const char *msg)
-{
-	pthread_mutex_lock(&h->mu);
-	bool first = !h->warned;
-	h->warned = true;
-	pthread_mutex_unlock(&h->mu);
-	if (first)
-		cltfs_log("%s", msg);
-}
-
-/* Fetched frames are readable by this process at once; the syncer makes
- * them durable (visible to other processes) about once a second, off the
- * read path: an fsync per frame would cost more than its transfer, and
- * what a crash loses is only fetched again.  The fsyncs run outside mu, so
- * a read that keeps a frame never waits on the disk. */
-static void *syncer_main(void *arg)
-{
-	hub_tier *h = arg;
-	pthread_mutex_lock(&h->mu);
-	while (!h->stop) {
-		struct timespec t;
-		clock_gettime(CLOCK_REALTIME, &t);
-		t.tv_sec += 1;
-		pthread_cond_timedwait(&h->cv, &h->mu, &t);
-		if (!h->unsynced)
-			continue;
-		h->unsynced = 0;
-		pthread_mutex_unlock(&h->mu);
-		cltfs_err e = store_writer_sync(h->w);
-		if (e)
-			warn_once(h, cltfs_errmsg());
-		pthread_mutex_lock(&h->mu);
-	}
-	pthread_mutex_unlock(&h->mu);
-	return NULL;
-}
-
-static void keep(hub_tier *h, const cltfs_rec *rec, const void *frame)
-{
-	if (store_writer_add_frame(h->w, rec, frame)) {
-		warn_once(h, cltfs_errmsg());
-		return;
-	}
-	pthread_mutex_lock(&h->mu);
-	h->unsynced++;
-	/* Started here, not at open: a mount forks into the background after
-	 * opening its tiers, and threads do not survive the fork. */
-	if (!h->syncing && !h->stop && !pthread_create(&h->syncer, NULL, syncer_main, h))
-		h->syncing = true;
-	pthread_mutex_unlock(&h->mu);
-}
-
-static cltfs_err hub_load(cltfs_tier *t, uint64_t key, cltfs_zctx *z, uint8_t *dst, size_t len, cltfs_rec *rec)
-{
-	hub_tier *h = (hub_tier *)t;
-	const char *pack;
-	char k[48], path[320];
-	cltfs_key_str(key, k, sizeof k);
-	if (!store_locate(h->remote, key, rec, &pack))
-		return cltfs_fail(CLTFS_E_NOTFOUND, "chunk %s is neither in %s nor in hf://%s", k, store_dir(h->local),
-				  hf_repo_id(h->repo));
-	if (rec->rsize != len)
-		return cltfs_fail(CLTFS_E_CORRUPT, "hf://%s: the index gives chunk %s %u bytes, not %zu",
-				  hf_repo_id(h->repo), k, rec->rsize, len);
-	cltfs_err e = pack_path(pack, path, sizeof path);
-	uint8_t *frame = e ? NULL : cltfs_zctx_buffer(z, rec->csize ? rec->csize : 1);
-	if (!e && !frame)
-		e = cltfs_fail(CLTFS_E_NOMEM, "out of memory for chunk %s", k);
-	if (!e)
-		e = hf_read_range(h->repo, path, rec->offset, rec->csize, frame);
-	if (!e && (e = store_decode(rec, z, frame, dst)))
-		e = cltfs_wrap(e, "hf://%s/%s: chunk %s at offset %llu", hf_repo_id(h->repo), path, k,
-			       (unsigned long long)rec->offset);
-	if (!e)
-		keep(h, rec, frame);
-	return e;
-}
-
-static bool hub_lookup(cltfs_tier *t, uint64_t key, cltfs_rec *rec)
-{
-	return store_lookup(((hub_tier *)t)->remote, key, rec);
-}
-
-static void hub_stats(cltfs_tier *t, char *buf, size_t n)
-{
-	hf_stats *st = hf_repo_stats(((hub_tier *)t)->repo);
-	snprintf(buf, n, "{\"requests\": %llu, \"bytes\": %llu, \"retries\": %llu, \"failures\": %llu}",
-		 (unsigned long long)st->requests, (unsigned long long)st->bytes, (unsigned long long)st->retries,
-		 (unsigned long long)st->failures);
-}
-
-static void hub_tier_close(cltfs_tier *t)
-{
-	hub_tier *h = (hub_tier *)t;
-	pthread_mutex_lock(&h->mu);
-	h->stop = true;
-	pthread_cond_signal(&h->cv);
-	pthread_mutex_unlock(&h->mu);
-	if (h->syncing)
-		pthread_join(h->syncer, NULL);
-	if (store_writer_close(h->w)) /* the last sync */
-		cltfs_log("%s", cltfs_errmsg());
-	pthread_mutex_destroy(&h->mu);
-	pthread_cond_destroy(&h->cv);
-	free(h);
 }
 
 /* Do two stores hold the same dataset? */
@@ -173,23 +54,7 @@ cltfs_err hub_tier_open(hub_source *h, cltfs_store *local, cltfs_tier **out)
 		return cltfs_fail(CLTFS_E_INVAL, "hf://%s has no cltfs.json at its root: it is not a cltfs store",
 				  hf_repo_id(h->repo));
 	cltfs_err e = same_manifest(h, local);
-	if (e)
-		return e;
-	hub_tier *t = calloc(1, sizeof *t);
-	if (!t)
-		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
-	if ((e = store_writer_open(local, "hub", &t->w))) {
-		free(t);
-		return e;
-	}
-	t->base = (cltfs_tier){"hub", hub_load, hub_lookup, NULL, hub_stats, hub_tier_close};
-	t->repo = h->repo;
-	t->remote = h->remote;
-	t->local = local;
-	pthread_mutex_init(&t->mu, NULL);
-	pthread_cond_init(&t->cv, NULL);
-	*out = &t->base;
-	return CLTFS_OK;
+	return e ? e : hub_tier_new(h->repo, h->remote, local, out);
 }
 
 /* -o store=DIR, or one per repo and commit under $XDG_CACHE_HOME/cltfs
@@ -404,7 +269,7 @@ static cltfs_err pull_span(pull *p, const span *sp, cltfs_zctx *z, uint8_t **buf
 			   size_t *rawcap)
 {
 	char path[320];
-	cltfs_err e = pack_path(p->f[sp->first].pack, path, sizeof path);
+	cltfs_err e = hub_pack_path(p->f[sp->first].pack, path, sizeof path);
 	if (e)
 		return e;
 	if (!cltfs_reserve(buf, cap, sp->len ? sp->len : 1))
