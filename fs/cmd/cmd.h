@@ -50,6 +50,9 @@ int cmd_capture(const char *store, const capture_opts *o);
 int cmd_pull(const char *url, const char *store, bool quiet);
 /* Rows, layers, chunks present, bytes on disk and served. */
 int cmd_stat(const char *store, bool json);
+/* The normalization statistics into STORE/norm_stats.json (kept when
+ * intact and of this manifest, unless force), with a progress line. */
+int cmd_stats(const char *store, bool force, bool quiet);
 /* Decode and check every frame against its record. */
 int cmd_verify(const char *store);
 /* verify --repair: keep every frame that verifies (its first good copy) in

@@ -282,6 +282,29 @@ static int main_verify(int argc, char **argv)
 	return repair ? cmd_repair(argv[optind], n == 2 ? argv[optind + 1] : NULL, quiet) : cmd_verify(argv[optind]);
 }
 
+static int main_stats(int argc, char **argv)
+{
+	static const struct option lo[] = {
+		{"force", no_argument, 0, 'F'}, {"quiet", no_argument, 0, 'Q'}, {"help", no_argument, 0, 'h'},
+		{0, 0, 0, 0},
+	};
+	bool force = false, quiet = false;
+	int ch;
+	optind = 1;
+	while ((ch = getopt_long(argc, argv, "hq", lo, NULL)) != -1) {
+		switch (ch) {
+		case 'F': force = true; break;
+		case 'Q':
+		case 'q': quiet = true; break;
+		case 'h': cmd_usage(stdout); return 0;
+		default: return 2;
+		}
+	}
+	if (argc - optind != 1)
+		return usage_error("stats takes one STORE");
+	return cmd_stats(argv[optind], force, quiet);
+}
+
 /* As a mount helper (mount.cltfs), mount(8) passes "-n", "-v", "-s" (sloppy)
  * and "-f" (fake): drop them, they are not ours. */
 static int as_mount_helper(int argc, char **argv)
@@ -336,6 +359,8 @@ int main(int argc, char **argv)
 		return main_capture(argc - 1, argv + 1);
 	if (!strcmp(cmd, "pull"))
 		return main_pull(argc - 1, argv + 1);
+	if (!strcmp(cmd, "stats"))
+		return main_stats(argc - 1, argv + 1);
 	if (!strcmp(cmd, "verify"))
 		return main_verify(argc - 1, argv + 1);
 	return edge_mount_main(argc, argv, cmd_usage);

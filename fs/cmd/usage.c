@@ -15,6 +15,7 @@ void cmd_usage(FILE *f)
 	      "             [--dtype T] [--threads N] [--compress-threads N] [--model DIR] [--image-dir DIR]\n"
 	      "             [--quiet]\n"
 	      "       cltfs stat STORE [--json]\n"
+	      "       cltfs stats STORE [--force] [--quiet]\n"
 	      "       cltfs verify STORE\n"
 	      "       cltfs verify --repair STORE [SOURCE] [--quiet]\n"
 	      "       cltfs --help | --version\n"

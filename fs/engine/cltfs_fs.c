@@ -87,8 +87,27 @@ static cltfs_err tier_load(cltfs_fs *fs, uint64_t key, cltfs_zctx *z, uint8_t *d
 	return e;
 }
 
-/* The cache's loader: decode straight into the cache's buffer; a
- * conversion decodes into the thread's scratch first. */
+cltfs_err fs_load_stored(cltfs_fs *fs, uint64_t key, cltfs_zctx *z, uint8_t *dst, cltfs_rec *rec)
+{
+	char k[48];
+	bool local = store_lookup(fs->s, key, rec);
+	/* Sizes come from the manifest: a tier's record is known only after
+	 * its load. */
+	size_t rsize = store_chunk_raw(fs->s, cltfs_key_chunk(key));
+	if (local && rec->rsize != rsize)
+		return cltfs_fail(CLTFS_E_CORRUPT, "%s: chunk %s is larger than any chunk of the store",
+				  store_dir(fs->s), cltfs_key_str(key, k, sizeof k));
+	cltfs_err e = local ? store_read_chunk(fs->s, rec, z, dst) : tier_load(fs, key, z, dst, rsize, rec);
+	if (e)
+		return e;
+	if (local)
+		atomic_fetch_add(&fs->st.store_loads, 1);
+	for (int i = 0; i < fs->o.ntiers; i++)
+		if (fs->o.tiers[i]->hint)
+			fs->o.tiers[i]->hint(fs->o.tiers[i], key);
+	return CLTFS_OK;
+}
+
 /* The mean of one sample's rows of x@L, accumulated in float64 from the
  * chunks (in the mount's dtype), written as d float32 values. */
 static cltfs_err load_mean(cltfs_fs *fs, uint64_t key, uint8_t *buf, size_t cap, size_t *len, uint32_t *crc)
@@ -138,6 +157,8 @@ cltfs_err fs_mean(cltfs_fs *fs, uint64_t key, chunk **out)
 	return cache_get(fs->cache, key, out, &hit);
 }
 
+/* The cache's loader: decode straight into the cache's buffer; a
+ * conversion decodes into the thread's scratch first. */
 static cltfs_err load_chunk(void *arg, uint64_t ckey, uint8_t *buf, size_t cap, size_t *len, uint32_t *crc)
 {
 	cltfs_fs *fs = arg;
@@ -146,26 +167,18 @@ static cltfs_err load_chunk(void *arg, uint64_t ckey, uint8_t *buf, size_t cap, 
 	char k[48];
 	if (cltfs_key_kind(key) == KIND_MEAN)
 		return load_mean(fs, key, buf, cap, len, crc);
-	bool local = store_lookup(fs->s, key, &rec);
 	thread_ctx *t = thread_state(fs);
-	/* Sizes come from the manifest: a tier's record is known only after
-	 * its load. */
 	size_t rsize = store_chunk_raw(fs->s, cltfs_key_chunk(key));
 	size_t n = rsize / cltfs_dtype_size(fs->in_dt), out = n * cltfs_dtype_size(fs->out_dt);
-	if (out > cap || (local && rec.rsize != rsize))
+	if (out > cap)
 		return cltfs_fail(CLTFS_E_CORRUPT, "%s: chunk %s is larger than any chunk of the store",
 				  store_dir(fs->s), cltfs_key_str(key, k, sizeof k));
 	uint8_t *raw = !t ? NULL : !fs->conv ? buf : cltfs_reserve(&t->raw, &t->cap, rsize) ? t->raw : NULL;
 	if (!raw)
 		return cltfs_fail(CLTFS_E_NOMEM, "out of memory loading chunk %s", cltfs_key_str(key, k, sizeof k));
-	cltfs_err e = local ? store_read_chunk(fs->s, &rec, t->z, raw) : tier_load(fs, key, t->z, raw, rsize, &rec);
+	cltfs_err e = fs_load_stored(fs, key, t->z, raw, &rec);
 	if (e)
 		return e;
-	if (local)
-		atomic_fetch_add(&fs->st.store_loads, 1);
-	for (int i = 0; i < fs->o.ntiers; i++)
-		if (fs->o.tiers[i]->hint)
-			fs->o.tiers[i]->hint(fs->o.tiers[i], key);
 	*len = out;
 	if (!fs->conv) {
 		*crc = rec.crc;
@@ -385,6 +398,7 @@ cltfs_err fs_new(cltfs_store *s, const cltfs_opts *o, cltfs_fs **out)
 	pthread_mutex_init(&fs->ra_mu, NULL);
 	pthread_cond_init(&fs->ra_cv, NULL);
 	pthread_mutex_init(&fs->vmu, NULL);
+	pthread_mutex_init(&fs->ns_mu, NULL);
 	e = view_cache_new(fs);
 	if (!e && pthread_key_create(&fs->tkey, free_thread))
 		e = cltfs_fail(CLTFS_E_NOMEM, "no thread key left");
@@ -436,6 +450,8 @@ void fs_free(cltfs_fs *fs)
 		pthread_join(fs->warm_thr, NULL);
 	view_cache_free(fs);
 	pthread_mutex_destroy(&fs->vmu);
+	pthread_mutex_destroy(&fs->ns_mu);
+	free(fs->ns_json);
 	cache_free(fs->cache);
 	if (fs->have_tkey) { /* this thread's state; the others' went with their threads */
 		free_thread(pthread_getspecific(fs->tkey));

@@ -60,6 +60,10 @@ struct cltfs_fs {
 	vslot *vcache;
 	struct size_slot *sizes; /* view sizes by shape (view.c); SIZES slots */
 	size_t nsizes;
+	pthread_mutex_t ns_mu;   /* guards ns_*: normstats_get */
+	char *ns_json;           /* .cltfs/norm_stats.json, once known */
+	size_t ns_len;
+	bool ns_tried;           /* the store's copy was looked for */
 };
 
 /* A sample's mean over its rows of one x stream, in float32, d values, as
@@ -72,6 +76,10 @@ cltfs_err fs_mean(cltfs_fs *fs, uint64_t key, chunk **out);
 /* Group g (g < ngroups) of the mount's batching. */
 group fs_group(const cltfs_fs *fs, int64_t g);
 
+/* Stream chunk key in the store's dtype, rsize bytes (store_chunk_raw)
+ * into dst: from the store, else from the tiers in order; no cache.
+ * Errors as view_read's. */
+cltfs_err fs_load_stored(cltfs_fs *fs, uint64_t key, cltfs_zctx *z, uint8_t *dst, cltfs_rec *rec);
 /* A referenced chunk of the store's stream key, in the mount's dtype:
  * from memory, the store, or the tiers in order.  fs_chunk_put gives it
  * back.  Errors as view_read's. */

@@ -5,6 +5,7 @@
  *   1                 the root
  *   2, 3, 4           .cltfs/, .cltfs/stats, .cltfs/manifest.json
  *   5                 samples/
+ *   6                 .cltfs/norm_stats.json
  *   SAMPLE0 + i       samples/sample_NNNN.pt of sample i
  *   16 + i            layer directory i (L<n> with n = x_layers[i])
  *   FILE0 + 2*(i*B+k) + y   batch k of layer directory i; y: 0 x, 1 y
@@ -20,6 +21,7 @@
  * in libfuse's passthrough_ll.c.
  */
 #include "edge.h"
+#include "normstats.h"
 #include "view.h"
 
 #include <errno.h>
@@ -33,6 +35,7 @@
 #define INO_STATS 3
 #define INO_MANIFEST 4
 #define INO_SAMPLES 5
+#define INO_NORM 6
 #define INO_LAYER0 16
 #define INO_FILE0 (UINT64_C(1) << 20)
 #define INO_SNAP0 (UINT64_C(1) << 62)
@@ -51,7 +54,7 @@ typedef struct {
 /* ---- inodes ---- */
 
 typedef struct {
-	enum { N_ROOT, N_META, N_STATS, N_MANIFEST, N_LAYER, N_FILE, N_SAMPLES, N_SAMPLE, N_NONE } t;
+	enum { N_ROOT, N_META, N_STATS, N_MANIFEST, N_NORM, N_LAYER, N_FILE, N_SAMPLES, N_SAMPLE, N_NONE } t;
 	int layer_idx;
 	int64_t batch;
 	int is_y;
@@ -70,6 +73,8 @@ static node decode(const ctx *c, fuse_ino_t ino)
 		n.t = N_STATS;
 	else if (ino == INO_MANIFEST)
 		n.t = N_MANIFEST;
+	else if (ino == INO_NORM)
+		n.t = N_NORM;
 	else if (ino == INO_SAMPLES)
 		n.t = N_SAMPLES;
 	else if (ino >= INO_SAMPLE0 && ino - INO_SAMPLE0 < (uint64_t)fs_nsamples(c->fs)) {
@@ -149,7 +154,12 @@ static size_t snap_size(ctx *c, fuse_ino_t ino)
 	return n;
 }
 
-static int do_stat(ctx *c, fuse_ino_t ino, struct stat *st)
+/* deep: compute what the size needs (.cltfs/norm_stats.json: a pass over
+ * the store).  Only a GETATTR on an open file is deep: the kernel sends one
+ * when a read goes past the size it has (0 until computed, with attributes
+ * that time out at once), so the first read computes, while `ls -l`, stat
+ * and lookups stay cheap. */
+static int do_stat(ctx *c, fuse_ino_t ino, struct stat *st, bool deep)
 {
 	node n = decode(c, ino);
 	edge_stat_base(c, ino, st);
@@ -175,6 +185,17 @@ static int do_stat(ctx *c, fuse_ino_t ino, struct stat *st)
 		st->st_nlink = 1;
 		st->st_size = (off_t)c->manifest_len;
 		return 0;
+	case N_NORM: { /* size 0 until known: then a listing's attributes time out at once */
+		const char *json;
+		size_t len;
+		cltfs_err e = normstats_get(c->fs, deep, &json, &len);
+		if (e)
+			return edge_fail(c, e);
+		st->st_mode = S_IFREG | 0444;
+		st->st_nlink = 1;
+		st->st_size = (off_t)len;
+		return 0;
+	}
 	case N_SAMPLE:
 	case N_FILE: {
 		uint64_t size;
@@ -205,7 +226,10 @@ static fuse_ino_t do_lookup(ctx *c, fuse_ino_t parent, const char *name)
 		return li < 0 ? 0 : INO_LAYER0 + (fuse_ino_t)li;
 	}
 	if (p.t == N_META)
-		return !strcmp(name, "stats") ? INO_STATS : !strcmp(name, "manifest.json") ? INO_MANIFEST : 0;
+		return !strcmp(name, "stats")		? INO_STATS
+		       : !strcmp(name, "manifest.json")	? INO_MANIFEST
+		       : !strcmp(name, "norm_stats.json") ? INO_NORM
+							  : 0;
 	if (p.t == N_LAYER) {
 		int64_t k;
 		int y;
@@ -243,22 +267,24 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 		}
 		e.entry_timeout = 0;
 	}
-	int err = do_stat(c, e.ino, &e.attr);
+	int err = do_stat(c, e.ino, &e.attr, false);
 	if (err) {
 		fuse_reply_err(req, err);
 		return;
 	}
+	if (e.ino == INO_NORM && !e.attr.st_size)
+		e.attr_timeout = 0;
 	fuse_reply_entry(req, &e);
 }
 
 static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct stat st;
-	int err = do_stat(edge_ctx(req), ino, &st);
+	int err = do_stat(edge_ctx(req), ino, &st, fi != NULL);
 	if (err)
 		fuse_reply_err(req, err);
-	else
-		fuse_reply_attr(req, &st, ino == INO_STATS ? 0 : EDGE_TIMEOUT); /* a snapshot never changes */
+	else /* a snapshot never changes; norm_stats.json may still be computed */
+		fuse_reply_attr(req, &st, ino == INO_STATS || (ino == INO_NORM && !st.st_size) ? 0 : EDGE_TIMEOUT);
 }
 
 /* ---- directories ---- */
@@ -294,10 +320,12 @@ static bool dir_entry(ctx *c, node d, fuse_ino_t self, off_t off, char *name, si
 	}
 	*mode = S_IFREG;
 	if (d.t == N_META) {
-		if (off > 1)
+		static const char *const names[] = {"stats", "manifest.json", "norm_stats.json"};
+		static const fuse_ino_t inos[] = {INO_STATS, INO_MANIFEST, INO_NORM};
+		if (off > 2)
 			return false;
-		snprintf(name, n, off == 0 ? "stats" : "manifest.json");
-		*ino = off == 0 ? INO_STATS : INO_MANIFEST;
+		snprintf(name, n, "%s", names[off]);
+		*ino = inos[off];
 		return true;
 	}
 	if (d.t == N_SAMPLES) {
@@ -328,9 +356,10 @@ static bool view_dirent(void *arg, off_t off, char *name, size_t n, fuse_ino_t *
 
 static int view_attr(void *arg, fuse_ino_t ino, struct stat *st, double *timeout)
 {
-	if (ino == INO_STATS)
+	int err = do_stat(((dir_ref *)arg)->c, ino, st, false);
+	if (ino == INO_STATS || (ino == INO_NORM && !st->st_size))
 		*timeout = 0;
-	return do_stat(((dir_ref *)arg)->c, ino, st);
+	return err;
 }
 
 static void readdir_any(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, bool plus)
@@ -372,7 +401,7 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		fuse_reply_err(req, EROFS);
 		return;
 	}
-	if (n.t != N_FILE && n.t != N_SAMPLE && n.t != N_STATS && n.t != N_MANIFEST) {
+	if (n.t != N_FILE && n.t != N_SAMPLE && n.t != N_STATS && n.t != N_MANIFEST && n.t != N_NORM) {
 		fuse_reply_err(req, n.t == N_NONE ? ENOENT : EISDIR);
 		return;
 	}
@@ -389,6 +418,14 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	if (n.t == N_FILE || n.t == N_SAMPLE) {
 		e = n.t == N_SAMPLE ? view_get_sample(c->fs, n.batch, &h->v)
 				    : view_get(c->fs, n.layer_idx, n.batch, n.is_y, &h->v);
+		fi->keep_cache = 1;
+	} else if (n.t == N_NORM) {
+		h->kind = 1;
+		const char *json;
+		if (!(e = normstats_get(c->fs, true, &json, &h->len)) && !(h->buf = malloc(h->len + 1)))
+			e = cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+		else if (!e)
+			memcpy(h->buf, json, h->len);
 		fi->keep_cache = 1;
 	} else {
 		h->kind = 1;
@@ -449,6 +486,16 @@ static void read_meta(fuse_req_t req, ctx *c, node n, fuse_ino_t ino, size_t siz
 {
 	if (n.t == N_MANIFEST) {
 		reply_slice(req, c->manifest_json, c->manifest_len, off, size);
+		return;
+	}
+	if (n.t == N_NORM) { /* the text never changes once known */
+		const char *json;
+		size_t len;
+		cltfs_err e = normstats_get(c->fs, true, &json, &len);
+		if (e)
+			fuse_reply_err(req, edge_fail(c, e));
+		else
+			reply_slice(req, json, len, off, size);
 		return;
 	}
 	size_t len;
