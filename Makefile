@@ -186,6 +186,7 @@ bench: deps
 	$(MAKE) all $(B)/zerofs $(B)/fill_index $(B)/codec_decode
 	$(PYTHON) bench/bench.py --cltfs $(B)/cltfs --zerofs $(B)/zerofs --decode-tool $(B)/codec_decode
 	$(PYTHON) bench/codec_bench.py --cltfs $(B)/cltfs --decoder $(B)/codec_decode
+	$(PYTHON) bench/shuffle_bench.py --cltfs $(B)/cltfs
 	$(PYTHON) bench/hub_bench.py --cltfs $(B)/cltfs --total-mb 1100
 	$(PYTHON) bench/capture_bench.py --cltfs $(B)/cltfs
 	$(PYTHON) bench/scale.py --cltfs $(B)/cltfs --fill-index $(B)/fill_index

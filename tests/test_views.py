@@ -2,6 +2,7 @@
 target_offset, target_pad), checked against values computed from the
 imported source tree in Python."""
 import os
+import shutil
 import zipfile
 
 import pytest
@@ -187,3 +188,49 @@ def test_sample_names_past_10000(tmp_path, run_cltfs, mount):
         assert len(names) == 12000 and "sample_00000.pt" in names and "sample_11999.pt" in names
         assert os.stat(m.p("samples/sample_11999.pt")).st_size > 0
         assert not os.path.exists(m.p("samples/sample_0001.pt"))
+
+
+def test_sample_means_kept_in_the_store(stores, mount, originals, tmp_path):
+    """Means computed by one mount are kept in STORE/means/ and served by
+    the next without reading a chunk; a damaged record is computed again,
+    never served; a mount in float16 neither keeps nor uses them."""
+    imp = stores.copy("s2_padded", tmp_path / "store")
+    shutil.rmtree(os.path.join(imp.store, "means"), ignore_errors=True)  # kept by other tests' mounts
+    rows = sample_rows(imp)
+    layers = sorted(int(d[1:]) for d in {rel.split("/")[0] for rel in imp.desc["files"]})
+
+    def read_all(m):
+        return [torch.load(m.p("samples/sample_%04d.pt" % i), weights_only=True)["activations"]
+                for i in range(len(rows))]
+
+    def check(got):
+        for i, (k, pos, n) in enumerate(rows):
+            for L in layers:
+                want = originals.get(imp.tree, "L%d/batch_%d_x.pt" % (L, k))["x"][pos, :n].double().mean(0)
+                assert torch.allclose(got[i][L].double(), want, rtol=1e-6, atol=1e-6), (i, L)
+    with mount(imp.store, "sample_reduce=mean") as m:
+        first = read_all(m)
+        assert m.stats()["chunks"]["store"] > 0
+    check(first)
+    kept = sorted(os.listdir(os.path.join(imp.store, "means")))
+    assert kept == ["L%d.bin" % L for L in layers], kept
+    with mount(imp.store, "sample_reduce=mean") as m:
+        again = read_all(m)
+        assert m.stats()["chunks"]["store"] == 0, m.stats()["chunks"]
+    assert all(torch.equal(a[L], b[L]) for a, b in zip(first, again) for L in layers)
+    # flip a byte of sample 1's record of the first layer: computed again, right
+    path = os.path.join(imp.store, "means", "L%d.bin" % layers[0])
+    with open(path, "r+b") as f:
+        f.seek(32 + 1 * (48 * 4 + 4) + 5)
+        b = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([b[0] ^ 0x40]))
+    with mount(imp.store, "sample_reduce=mean") as m:
+        check(read_all(m))
+        assert m.stats()["chunks"]["store"] > 0
+    with mount(imp.store, "sample_reduce=mean", "dtype=float16") as m:
+        got = read_all(m)
+        assert m.stats()["chunks"]["store"] > 0
+    for i, (k, pos, n) in enumerate(rows):
+        want = originals.get(imp.tree, "L%d/batch_%d_x.pt" % (layers[0], k))["x"][pos, :n].half().double().mean(0)
+        assert torch.allclose(got[i][layers[0]].double(), want, rtol=1e-5, atol=1e-5), i

@@ -21,6 +21,19 @@
 #include <string.h>
 
 cltfs_store *fs_store(cltfs_fs *fs) { return fs->s; }
+
+cltfs_err fs_manifest_tag(cltfs_fs *fs, uint32_t *tag)
+{
+	char path[4096], *text;
+	size_t len;
+	snprintf(path, sizeof path, "%s/cltfs.json", store_dir(fs->s));
+	cltfs_err e = cltfs_read_file(path, &text, &len);
+	if (e)
+		return e;
+	*tag = cltfs_crc32(0, text, len);
+	free(text);
+	return CLTFS_OK;
+}
 cltfs_stats *fs_stats(cltfs_fs *fs) { return &fs->st; }
 int fs_nlayers(const cltfs_fs *fs) { return fs->m->n_x_layers; }
 int fs_layer(const cltfs_fs *fs, int i) { return fs->m->x_layers[i]; }
@@ -118,6 +131,14 @@ static cltfs_err load_mean(cltfs_fs *fs, uint64_t key, uint8_t *buf, size_t cap,
 	unsigned layer = cltfs_key_layer(key);
 	if ((size_t)d * 4 > cap)
 		return cltfs_fail(CLTFS_E_INVAL, "a mean of %lld values does not fit a chunk buffer", (long long)d);
+	/* kept in the store when the mount's values are the stored ones
+	 * (float32 holds bfloat16 and float16 exactly) */
+	bool keep = fs->means && (fs->out_dt == fs->in_dt || fs->out_dt == CLTFS_F32);
+	if (keep && means_get(fs->means, (int)layer, i, (float *)(void *)buf)) {
+		*len = (size_t)d * 4;
+		*crc = cltfs_crc32(0, buf, *len);
+		return CLTFS_OK;
+	}
 	double *acc = calloc((size_t)d, sizeof *acc);
 	float *vals = malloc((size_t)d * sizeof *vals);
 	cltfs_err e = acc && vals ? CLTFS_OK : cltfs_fail(CLTFS_E_NOMEM, "out of memory");
@@ -146,6 +167,8 @@ static cltfs_err load_mean(cltfs_fs *fs, uint64_t key, uint8_t *buf, size_t cap,
 	free(vals);
 	if (e)
 		return e;
+	if (keep)
+		means_put(fs->means, (int)layer, i, (const float *)(const void *)buf);
 	*len = (size_t)d * 4;
 	*crc = cltfs_crc32(0, buf, *len);
 	return CLTFS_OK;
@@ -371,10 +394,24 @@ static cltfs_err target_options(cltfs_fs *fs, const cltfs_manifest *sm)
 	return CLTFS_OK;
 }
 
+/* -o shuffle_window, or by default the chunks whose every stream a y file
+ * reads (x and each target) fit a quarter of the cache: a window's chunks
+ * are then decoded once per epoch. */
+static int64_t shuffle_window(const cltfs_fs *fs)
+{
+	if (fs->o.shuffle_window >= 0)
+		return fs->o.shuffle_window;
+	uint64_t per = (uint64_t)fs->chunk_bytes * (uint64_t)(1 + fs->m->n_targets);
+	int64_t n = (int64_t)((fs->o.cache_mb << 20) / 4 / (per ? per : 1));
+	return n < 1 ? 1 : n;
+}
+
 cltfs_err fs_new(cltfs_store *s, const cltfs_opts *o, cltfs_fs **out)
 {
 	if (o->batch_rows && o->batch_samples)
 		return cltfs_fail(CLTFS_E_INVAL, "batch_rows and batch_samples exclude each other");
+	if (o->shuffle && !o->batch_rows)
+		return cltfs_fail(CLTFS_E_INVAL, "-o shuffle needs -o batch_rows=B: it serves flat token batches");
 	if (o->ntiers < 0 || o->ntiers > FS_MAX_TIERS)
 		return cltfs_fail(CLTFS_E_INVAL, "%d tiers: at most %d", o->ntiers, FS_MAX_TIERS);
 	cltfs_fs *fs = calloc(1, sizeof *fs);
@@ -407,6 +444,20 @@ cltfs_err fs_new(cltfs_store *s, const cltfs_opts *o, cltfs_fs **out)
 	count_groups(fs);
 	if (!e && !(fs->cache = cache_new(o->cache_mb << 20, fs->chunk_bytes, load_chunk, fs)))
 		e = cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	uint32_t tag;
+	if (!e && !fs_manifest_tag(fs, &tag) && !(fs->means = means_new(store_dir(s), fs->m, tag)))
+		e = cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	if (!e && o->shuffle)
+		e = shuffle_new(fs->m, o->shuffle_seed, shuffle_window(fs), &fs->shuf);
+	if (!e && fs->shuf) {
+		/* a window whose chunks the cache cannot hold decodes a chunk for a row */
+		uint64_t need = (uint64_t)shuffle_window_chunks(fs->shuf) * fs->chunk_bytes * (uint64_t)(1 + fs->m->n_targets);
+		if (need > (uint64_t)o->cache_mb << 20)
+			cltfs_log("warning: -o shuffle: a window of %lld chunks needs %llu MiB of cache for an x file and "
+				  "its y file, more than cache_mb=%zu: most reads will decode a whole chunk for a row "
+				  "(raise cache_mb or lower shuffle_window)",
+				  (long long)shuffle_window_chunks(fs->shuf), (unsigned long long)(need >> 20), o->cache_mb);
+	}
 	if (e) {
 		fs_free(fs);
 		return e;
@@ -449,6 +500,8 @@ void fs_free(cltfs_fs *fs)
 	if (fs->warming)
 		pthread_join(fs->warm_thr, NULL);
 	view_cache_free(fs);
+	shuffle_free(fs->shuf);
+	means_free(fs->means);
 	pthread_mutex_destroy(&fs->vmu);
 	pthread_mutex_destroy(&fs->ns_mu);
 	free(fs->ns_json);
@@ -521,7 +574,12 @@ char *fs_stats_json(cltfs_fs *fs)
 	for (int i = 0; i < 3; i++)
 		add(&t, "%s\"%s\": {\"reads\": %llu, \"bytes\": %llu}", i ? ", " : "", kinds[i],
 		    (unsigned long long)fs->st.view_reads[i], (unsigned long long)fs->st.view_bytes[i]);
-	add(&t, "}}\n");
+	add(&t, "}");
+	if (fs->shuf)
+		add(&t, ",\n \"shuffle\": {\"seed\": %llu, \"window_chunks\": %lld, \"windows\": %lld, \"batch_rows\": %lld}",
+		    (unsigned long long)fs->o.shuffle_seed, (long long)shuffle_window_chunks(fs->shuf),
+		    (long long)shuffle_nwindows(fs->shuf), (long long)fs->o.batch_rows);
+	add(&t, "}\n");
 	if (t.full) {
 		free(t.p);
 		return NULL;

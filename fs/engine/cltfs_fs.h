@@ -24,6 +24,9 @@ enum { FS_VIEW_X = 0, FS_VIEW_Y = 1, FS_VIEW_SAMPLE = 2 };
 typedef struct {
 	int64_t batch_samples;   /* 0: the store's batching */
 	int64_t batch_rows;      /* 0: off; else flat token batches of B rows */
+	bool shuffle;            /* batch_rows batches of a seeded permutation of the rows */
+	uint64_t shuffle_seed;
+	int64_t shuffle_window;  /* chunks per window; 0 one window; -1 what a quarter of the cache holds */
 	int dtype;               /* -1: as stored, else a cltfs_dtype to convert to */
 	size_t cache_mb;         /* memory for decoded chunks */
 	int readahead;           /* chunks decoded ahead of a sequential reader; 0 off */

@@ -4,6 +4,8 @@
 #define CLTFS_ENGINE_INTERNAL_H
 
 #include "cache.h"
+#include "means.h"
+#include "shuffle.h"
 #include "view.h"
 
 #include <pthread.h>
@@ -38,6 +40,8 @@ struct cltfs_fs {
 	chunk_cache *cache;
 	cltfs_stats st;
 	int64_t ngroups;      /* batches of the mount's batching */
+	shuffle *shuf;        /* -o shuffle: the epoch's row order, else NULL */
+	means *means;         /* samples' means kept in the store, or NULL */
 	bool stored_batches;  /* the store's own batching */
 	cltfs_dtype in_dt, out_dt;
 	uint64_t conv;        /* cache key bits for the output dtype, 0 if none */
@@ -72,6 +76,10 @@ struct cltfs_fs {
 /* The mean chunk of key (KIND_MEAN, layer, sample), computed on a miss
  * from the sample's rows.  fs_chunk_put gives it back. */
 cltfs_err fs_mean(cltfs_fs *fs, uint64_t key, chunk **out);
+
+/* The CRC-32 of the store's cltfs.json: what derived files (means,
+ * norm_stats.json) say they were computed from.  cltfs_read_file's errors. */
+cltfs_err fs_manifest_tag(cltfs_fs *fs, uint32_t *tag);
 
 /* Group g (g < ngroups) of the mount's batching. */
 group fs_group(const cltfs_fs *fs, int64_t g);

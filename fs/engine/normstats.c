@@ -263,20 +263,6 @@ static void put_stream(sbuf *b, const stream_acc *a, int64_t d)
 	put(b, "]}");
 }
 
-/* The CRC-32 of the store's cltfs.json: what the text was computed from. */
-static cltfs_err manifest_tag(cltfs_fs *fs, uint32_t *tag)
-{
-	char path[4096], *text;
-	size_t len;
-	snprintf(path, sizeof path, "%s/cltfs.json", store_dir(fs->s));
-	cltfs_err e = cltfs_read_file(path, &text, &len);
-	if (e)
-		return e;
-	*tag = cltfs_crc32(0, text, len);
-	free(text);
-	return CLTFS_OK;
-}
-
 static const stream_acc *find_stream(const pass *p, int kind, int layer)
 {
 	for (int i = 0; i < p->nst; i++)
@@ -330,7 +316,7 @@ cltfs_err normstats_compute(cltfs_fs *fs, normstats_progress cb, void *arg, char
 	pthread_mutex_init(&p.mu, NULL);
 	pthread_cond_init(&p.cv, NULL);
 	uint32_t tag = 0;
-	cltfs_err e = manifest_tag(fs, &tag);
+	cltfs_err e = fs_manifest_tag(fs, &tag);
 	if (!e)
 		e = new_streams(&p);
 	if (!e)
@@ -376,7 +362,7 @@ cltfs_err normstats_load(cltfs_fs *fs, char **json, size_t *len)
 	char path[4096];
 	normstats_path(fs, path, sizeof path);
 	uint32_t tag;
-	cltfs_err e = manifest_tag(fs, &tag);
+	cltfs_err e = fs_manifest_tag(fs, &tag);
 	if (e)
 		return e;
 	if ((e = cltfs_read_file(path, json, len)))

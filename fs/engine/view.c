@@ -39,6 +39,11 @@ typedef struct {
 	seg *segs;
 	size_t nseg;
 	uint64_t *seg_off; /* byte offset of each segment in the storage */
+	/* -o shuffle: nseg one-row segments, positions pos0.. of the epoch,
+	 * computed when needed (segs, seg_off NULL): a table would cost 32
+	 * bytes a row in every storage of every cached view */
+	bool shuffled;
+	int64_t pos0;
 	uint64_t nbytes;
 	/* the dtype its chunks come in, and the one it is served in: they
 	 * differ in a sample view of another dtype (converted on the way) */
@@ -55,6 +60,7 @@ struct view {
 	atomic_int refs;    /* view_get's references; view_open's view has none */
 	cltfs_dtype dt;     /* what its stream chunks come in: the mount's dtype */
 	_Atomic uint64_t last_end; /* where the last read ended: sequential readers */
+	int64_t pos0;       /* while building a shuffled view: its first position */
 };
 
 struct size_slot {
@@ -97,6 +103,10 @@ static cltfs_err group_segs(const cltfs_fs *fs, int64_t g, seg **out, size_t *no
 		shape[0] = gr->nrows;
 		shape[1] = m->d_model;
 		*ndim = 2;
+		if (fs->shuf) { /* one-row segments, computed as they are read */
+			*nout = (size_t)gr->nrows;
+			return CLTFS_OK;
+		}
 		return add_seg(out, nout, &cap, (seg){gr->row0, gr->nrows, false});
 	}
 	int64_t flat_rows = 0, row = gr->row0;
@@ -152,7 +162,11 @@ static cltfs_err add_source(view *v, int kind, int layer, const seg *segs, size_
 	s->layer = layer;
 	s->nbytes = nbytes;
 	s->from = s->to = v->dt;
-	if (kind >= 0) {
+	if (kind >= 0 && !segs) {
+		s->shuffled = true;
+		s->pos0 = v->pos0;
+		s->nseg = nseg;
+	} else if (kind >= 0) {
 		s->segs = malloc(nseg * sizeof *segs);
 		s->seg_off = malloc(nseg * sizeof *s->seg_off);
 		if (!s->segs || !s->seg_off) {
@@ -281,6 +295,8 @@ cltfs_err view_open(cltfs_fs *fs, int layer_idx, int64_t batch, int is_y, view *
 	pt_obj *root = NULL;
 	if (!e)
 		e = group_segs(fs, batch, &segs, &nseg, shape, &ndim);
+	if (!e)
+		v->pos0 = fs_group(fs, batch).row0;
 	if (!e)
 		e = build_obj(fs, v, a, layer, is_y, segs, nseg, shape, ndim, &root);
 	if (!e)
@@ -617,6 +633,17 @@ static cltfs_err src_chunk_get(cltfs_fs *fs, const source *s, uint64_t key, chun
 
 static size_t row_of(const cltfs_fs *fs, cltfs_dtype dt) { return (size_t)fs->m->d_model * cltfs_dtype_size(dt); }
 
+/* Segment i of a storage, and its byte offset (rb bytes a row). */
+static seg seg_at(const cltfs_fs *fs, const source *s, size_t i)
+{
+	return s->shuffled ? (seg){shuffle_row(fs->shuf, s->pos0 + (int64_t)i), 1, false} : s->segs[i];
+}
+
+static uint64_t seg_off_at(const source *s, size_t i, size_t rb)
+{
+	return s->shuffled ? (uint64_t)i * rb : s->seg_off[i];
+}
+
 /* Values [e0, e1) of the stream from row `row` of source s (counted in
  * elements from that row's first), converted from s->from to s->to into
  * dst. */
@@ -697,15 +724,15 @@ static cltfs_err source_crc(cltfs_fs *fs, const source *s, uint32_t *crc)
 	*crc = 0;
 	size_t rb = row_of(fs, s->to);
 	for (size_t i = 0; i < s->nseg; i++) {
-		uint64_t n = (uint64_t)s->segs[i].nrows * rb;
+		seg g = seg_at(fs, s, i);
+		uint64_t n = (uint64_t)g.nrows * rb;
 		uint32_t part;
-		if (s->segs[i].zero)
+		if (g.zero)
 			part = cltfs_crc32_zeros(n);
 		else {
 			cltfs_err e = s->from != s->to
-					      ? conv_crc(fs, s, s->segs[i].row, (uint64_t)s->segs[i].nrows * (uint64_t)fs->m->d_model,
-							 &part)
-					      : stream_crc(fs, s, (uint64_t)s->segs[i].row * rb, n, &part);
+					      ? conv_crc(fs, s, g.row, (uint64_t)g.nrows * (uint64_t)fs->m->d_model, &part)
+					      : stream_crc(fs, s, (uint64_t)g.row * rb, n, &part);
 			if (e)
 				return e;
 		}
@@ -812,6 +839,17 @@ static cltfs_err conv_iov(cltfs_fs *fs, const source *s, int64_t row, uint64_t a
 	return e;
 }
 
+typedef struct {
+	cltfs_fs *fs;
+	const source *s;
+} ra_stream;
+
+static void push_chunk(void *arg, int64_t c)
+{
+	ra_stream *r = arg;
+	fs_readahead_push(r->fs, cltfs_key((unsigned)r->s->kind, (unsigned)r->s->layer, (uint32_t)c));
+}
+
 /* Walk a storage's segments over [off, off+n), calling stream_iov,
  * conv_iov (converted values go into b->lit at *at) or add_zeros, or
  * (keys_only) queueing the chunks for readahead. */
@@ -821,6 +859,8 @@ static cltfs_err source_iov(cltfs_fs *fs, const source *s, uint64_t off, uint64_
 		return b ? add_zeros(b, n) : CLTFS_OK;
 	size_t rb = row_of(fs, s->to), rf = row_of(fs, s->from);
 	size_t lo = 0, hi = s->nseg - 1;
+	if (s->shuffled)
+		lo = hi = (size_t)(off / rb);
 	while (lo < hi) { /* the last segment starting at or before off */
 		size_t mid = (lo + hi + 1) / 2;
 		if (s->seg_off[mid] <= off)
@@ -828,22 +868,33 @@ static cltfs_err source_iov(cltfs_fs *fs, const source *s, uint64_t off, uint64_
 		else
 			hi = mid - 1;
 	}
+	if (!b && s->shuffled) { /* readahead: the chunks of the windows ahead, not row by row */
+		if (s->kind != KIND_MEAN) {
+			ra_stream rs = {fs, s};
+			int64_t p0 = s->pos0 + (int64_t)(off / rb), p1 = s->pos0 + (int64_t)((off + n + rb - 1) / rb);
+			shuffle_chunks(fs->shuf, p0, p1, RA_QUEUE, push_chunk, &rs);
+		}
+		return CLTFS_OK;
+	}
+	int64_t queued = -1; /* the last chunk queued */
 	for (size_t i = lo; n && i < s->nseg; i++) {
-		uint64_t segn = (uint64_t)s->segs[i].nrows * rb;
-		uint64_t in = off - s->seg_off[i], take = segn - in < n ? segn - in : n;
+		seg g = seg_at(fs, s, i);
+		uint64_t segn = (uint64_t)g.nrows * rb;
+		uint64_t in = off - seg_off_at(s, i, rb), take = segn - in < n ? segn - in : n;
 		cltfs_err e = CLTFS_OK;
-		if (s->segs[i].zero) {
+		if (g.zero) {
 			if (b)
 				e = add_zeros(b, take);
 		} else if (b && s->from != s->to) {
-			e = conv_iov(fs, s, s->segs[i].row, in, take, b, at);
+			e = conv_iov(fs, s, g.row, in, take, b, at);
 		} else if (b) {
-			e = stream_iov(fs, s, (uint64_t)s->segs[i].row * rf + in, take, b);
+			e = stream_iov(fs, s, (uint64_t)g.row * rf + in, take, b);
 		} else if (s->kind != KIND_MEAN) { /* readahead: queue the chunks */
-			int64_t r0 = s->segs[i].row + (int64_t)(in / rb), r1 = s->segs[i].row + (int64_t)((in + take - 1) / rb);
+			int64_t r0 = g.row + (int64_t)(in / rb), r1 = g.row + (int64_t)((in + take - 1) / rb);
 			int64_t c0 = cltfs_manifest_chunk_of(fs->m, r0), c1 = cltfs_manifest_chunk_of(fs->m, r1);
 			for (int64_t c = c0; c <= c1; c++)
-				fs_readahead_push(fs, cltfs_key((unsigned)s->kind, (unsigned)s->layer, (uint32_t)c));
+				if (c != queued)
+					fs_readahead_push(fs, cltfs_key((unsigned)s->kind, (unsigned)s->layer, (uint32_t)(queued = c)));
 		}
 		if (e)
 			return e;

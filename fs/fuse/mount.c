@@ -24,7 +24,7 @@
 typedef struct {
 	char *store, *dtype, *hub, *capture, *model, *images, *device, *target_pad, *sample_reduce, *sample_dtype;
 	long long cache_mb, batch_samples, batch_rows, readahead, threads, read_ahead_kb, capture_ahead;
-	long long capture_batch, capture_idle, n_targets, target_offset;
+	long long capture_batch, capture_idle, n_targets, target_offset, shuffle, shuffle_window;
 	char *args[2];
 	int nargs;
 	int share_zero, foreground, debug, single, help, version, handles;
@@ -44,6 +44,7 @@ static const struct fuse_opt cli_opts[] = {
 	OPT("n_targets=%lld", n_targets),         OPT("target_offset=%lld", target_offset),
 	OPT("target_pad=%s", target_pad),         OPT("sample_reduce=%s", sample_reduce),
 	OPT("sample_dtype=%s", sample_dtype),
+	OPT("shuffle=%lld", shuffle),             OPT("shuffle_window=%lld", shuffle_window),
 	OPT("share_zero_targets", share_zero), OPT("handles", handles),
 	OPT("-f", foreground),
 	OPT("-d", debug),                   OPT("debug", debug),
@@ -118,8 +119,18 @@ static bool check_opts(const cli *c, cltfs_opts *o)
 	    !in_range("threads", c->threads, 1, 1024) || !in_range("read_ahead_kb", c->read_ahead_kb, 0, 1 << 20) ||
 	    !in_range("capture_ahead", c->capture_ahead, 0, 64) || !in_range("capture_batch", c->capture_batch, 1, 64) ||
 	    !in_range("capture_idle", c->capture_idle, 0, INT32_MAX) || !in_range("n_targets", c->n_targets, 1, 4096) ||
-	    !in_range("target_offset", c->target_offset, 0, 1))
+	    !in_range("target_offset", c->target_offset, 0, 1) || !in_range("shuffle", c->shuffle, 0, LLONG_MAX) ||
+	    !in_range("shuffle_window", c->shuffle_window, 0, INT32_MAX))
 		return false;
+	if (c->shuffle_window != UNSET && c->shuffle == UNSET) {
+		fprintf(stderr, "cltfs: -o shuffle_window needs -o shuffle=SEED\n");
+		return false;
+	}
+	if (c->shuffle != UNSET && c->batch_rows == UNSET) {
+		fprintf(stderr, "cltfs: -o shuffle=%lld needs -o batch_rows=B: it serves flat token batches\n",
+			c->shuffle);
+		return false;
+	}
 	if (c->batch_samples != UNSET && c->batch_rows != UNSET) {
 		fprintf(stderr, "cltfs: -o batch_samples and batch_rows exclude each other\n");
 		return false;
@@ -165,6 +176,9 @@ static bool check_opts(const cli *c, cltfs_opts *o)
 		o->cache_mb = (size_t)c->cache_mb;
 	o->batch_samples = c->batch_samples != UNSET ? c->batch_samples : 0;
 	o->batch_rows = c->batch_rows != UNSET ? c->batch_rows : 0;
+	o->shuffle = c->shuffle != UNSET;
+	o->shuffle_seed = o->shuffle ? (uint64_t)c->shuffle : 0;
+	o->shuffle_window = c->shuffle_window != UNSET ? c->shuffle_window : -1;
 	if (c->readahead != UNSET) /* readahead=0 turns it off */
 		o->readahead = (int)c->readahead;
 	o->share_zero_targets = c->share_zero;
@@ -310,7 +324,8 @@ int edge_mount_main(int argc, char **argv, void (*usage)(FILE *))
 	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
 	cli c = {.cache_mb = UNSET, .batch_samples = UNSET, .batch_rows = UNSET, .readahead = UNSET,
 		 .threads = UNSET, .read_ahead_kb = 1024, .capture_ahead = UNSET, .capture_batch = UNSET,
-		 .capture_idle = UNSET, .n_targets = UNSET, .target_offset = UNSET};
+		 .capture_idle = UNSET, .n_targets = UNSET, .target_offset = UNSET, .shuffle = UNSET,
+		 .shuffle_window = UNSET};
 	int rc = 1;
 	sources src = {0};
 	cltfs_fs *fs = NULL;
