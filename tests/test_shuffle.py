@@ -69,6 +69,8 @@ def test_shuffle_is_a_permutation(stores, mount, originals, window):
     opts = ["batch_rows=%d" % B, "shuffle=42"] + (["shuffle_window=" + window] if window else [])
     with mount(imp.store, *opts) as m:
         assert sorted(os.listdir(m.p("L0"))) == sorted("batch_%d_%s.pt" % (k, s) for k in range(nb) for s in "xy")
+        sizes = [e.stat().st_size for L in layers for e in os.scandir(m.p("L%d" % L))]
+        assert all(sizes) and m.stats()["chunks"]["store"] == 0, "ls -l read a chunk"
         for L in layers:
             xs = epoch(m, L, nb)
             served = torch.cat([f["x"] for f in xs])
