@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from conftest import assert_same, describe, is_mounted, load_bytes, LoadedFiles
+from hfemu import VERSIONS, Hf, IncompleteSnapshotError, Killed, LocalEntryNotFoundError
 from hubserver import Hub, git_blob_sha1
 
 LFS_THRESHOLD = 4096       # packs are LFS (redirected to the CDN); cltfs.json and idx are not
@@ -1021,3 +1022,178 @@ def test_local_store_falls_back_to_hub(tmp_path, hub, stores, mount, mount_fails
     hub.start()  # on new ports
     rc, out = mount_fails(other, "hub=" + STORE_URL, env=hf_env(tmp_path, hub))
     assert rc == 1 and "holds another dataset" in out, out
+
+
+# ====================== one HF cache, shared with huggingface_hub 0.24-1.x ==
+# tests/hfemu.py writes and reads the cache as each version's source does.
+
+def hub_cache(tmp_path):
+    return tmp_path / "hf" / "hub"
+
+
+def spawn_mount(cltfs_bin, url, mnt, env, *opts):
+    """A daemon of our own (`cltfs URL MNT -f`), for a test that kills it:
+    the Popen once mounted."""
+    import subprocess
+    os.makedirs(mnt, exist_ok=True)
+    cmd = [cltfs_bin, url, str(mnt), "-f"] + (["-o", ",".join(opts)] if opts else [])
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.monotonic() + 60
+    while not is_mounted(str(mnt)):
+        assert p.poll() is None and time.monotonic() < deadline, "mount failed: %s" % cmd
+        time.sleep(0.01)
+    return p
+
+
+def kill_mount(p, mnt):
+    """kill -9 of the daemon, then the dead mount detached."""
+    from conftest import unmount
+    p.kill()
+    p.wait()
+    unmount(str(mnt))
+
+
+@pytest.mark.parametrize("ver", VERSIONS)
+@pytest.mark.parametrize("ver", VERSIONS)
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_hf_offline_snapshot_of_cltfs_cache(tmp_path, hub, plain_dir, mount):
+    """A cache that cltfs filled has what huggingface_hub 1.x reads
+    offline: trees/<commit>.json (format_version 1, every file with its
+    size and blob id, LFS files with their sha256 and size) and
+    hub/CACHEDIR.TAG; so every version's offline snapshot_download, of the
+    commit and of the branch, returns the snapshot, and 1.x still tells a
+    partial snapshot from a complete one."""
+    src, files = plain_dir
+    commit = hub.add_repo(PLAIN_REPO, src)
+    with mount(PLAIN_URL, env=hf_env(tmp_path, hub)) as m:
+        some = sorted(files)[:2]
+        for rel in some:
+            assert read_all(m.p(rel)) == files[rel]
+    folder = repo_folder(tmp_path, PLAIN_REPO)
+    with open(folder / "trees" / (commit + ".json")) as f:
+        tree = json.load(f)
+    assert tree["format_version"] == 1 and sorted(tree["files"]) == sorted(files), tree
+    for rel, data in files.items():
+        ent = tree["files"][rel]
+        assert ent["size"] == len(data) and ent["blob_id"] == git_blob_sha1(data), (rel, ent)
+        if len(data) >= LFS_THRESHOLD:
+            assert ent["lfs_sha256"] == hashlib.sha256(data).hexdigest() and ent["lfs_size"] == len(data), ent
+        else:
+            assert "lfs_sha256" not in ent and "lfs_size" not in ent, ent
+    with open(hub_cache(tmp_path) / "CACHEDIR.TAG") as f:
+        assert f.read().startswith("Signature: 8a477f597d28d172789f06886806bc55\n")
+    hub.stop()
+    new = Hf("1.28", hub_cache(tmp_path), hub.endpoint, offline=True)
+    with pytest.raises(LocalEntryNotFoundError):   # the files cltfs did not read
+        new.snapshot_download(PLAIN_REPO, revision=commit)
+    with pytest.raises(IncompleteSnapshotError):
+        new.snapshot_download(PLAIN_REPO, revision="main")
+    hub.start()
+    with mount(PLAIN_URL, env=hf_env(tmp_path, hub)) as m:
+        for rel in files:
+            assert read_all(m.p(rel)) == files[rel]
+    hub.stop()
+    for ver in VERSIONS:
+        hf = Hf(ver, hub_cache(tmp_path), hub.endpoint, offline=True)
+        for rev in (commit, "main"):
+            snap = hf.snapshot_download(PLAIN_REPO, revision=rev)
+            assert snap == str(folder / "snapshots" / commit), (ver, rev, snap)
+            for rel, data in files.items():
+                assert read_all(os.path.join(snap, rel)) == data, (ver, rev, rel)
+
+
+def test_hf_offline_snapshot_of_store_metadata(tmp_path, hub, stores, mount, originals):
+    """After a mount of a store repo, huggingface_hub 1.x's offline
+    snapshot_download of the commit's metadata (manifest, sample table,
+    indexes) is served from the cache cltfs filled."""
+    imp, commit = add_store(hub, stores)
+    with mount(STORE_URL, env=hf_env(tmp_path, hub)) as m:
+        check_store_views(m, imp, originals, imp.desc["files"][:1])
+    hub.stop()
+    hf = Hf("1.28", hub_cache(tmp_path), hub.endpoint, offline=True)
+    snap = hf.snapshot_download(STORE_REPO, revision=commit,
+                                allow_patterns=["cltfs.json", "samples.bin", "packs/*.idx"])
+    for rel in ["cltfs.json", "samples.bin"] + ["packs/" + p[:-5] + ".idx" for p in pack_names(imp)]:
+        assert read_all(os.path.join(snap, rel)) == read_all(os.path.join(imp.store, rel)), rel
+
+
+@pytest.mark.parametrize("left", ["1.28", "both"])
+def test_resume_partial_of_new_hf(tmp_path, hub, plain_dir, mount, left):
+    """huggingface_hub >= 1.18 killed mid-download leaves
+    blobs/<etag>.<uuid>.incomplete (and never resumes it): cltfs resumes
+    from it, or from the longer of it and an older <etag>.incomplete, and
+    leaves no partial behind."""
+    src, files = plain_dir
+    commit = hub.add_repo(PLAIN_REPO, src)
+    rel = "big/sample_0005.pt"
+    data = files[rel]
+    sha = hashlib.sha256(data).hexdigest()
+    blobs = repo_folder(tmp_path, PLAIN_REPO) / "blobs"
+    half = len(data) // 2
+    with pytest.raises(Killed):
+        Hf("1.28", hub_cache(tmp_path), hub.endpoint).hf_hub_download(PLAIN_REPO, rel, kill_after=half)
+    parts = glob.glob(str(blobs / (sha + ".*.incomplete")))
+    assert len(parts) == 1 and os.path.getsize(parts[0]) == half, parts
+    if left == "both":
+        (blobs / (sha + ".incomplete")).write_bytes(data[:1000])
+    hub.clear_log()
+    with mount(PLAIN_URL, env=hf_env(tmp_path, hub)) as m:
+        assert read_all(m.p(rel)) == data
+    gets = [e for e in cdn_requests(hub, data) if e["method"] == "GET"]
+    assert gets and all(e["range"] and e["range"].startswith("bytes=%d-" % half) for e in gets), gets
+    assert sum(e["bytes"] for e in gets) == len(data) - half
+    check_hf_cache(repo_folder(tmp_path, PLAIN_REPO), commit, {rel: data}, want_blobs=[sha])
+
+
+@pytest.mark.parametrize("rel", ["big/sample_0005.pt", "sample_0001.pt"])
+def test_resumed_bytes_checked(tmp_path, hub, plain_dir, mount, rel):
+    """A partial download whose bytes are not the file's (its blob's sha256,
+    or git sha1 for a small file, says so once complete) is downloaded again
+    from the start: the reader gets the right bytes, the cache the right
+    blob."""
+    src, files = plain_dir
+    commit = hub.add_repo(PLAIN_REPO, src)
+    data = files[rel]
+    etag = etag_of(data)
+    blobs = repo_folder(tmp_path, PLAIN_REPO) / "blobs"
+    blobs.mkdir(parents=True)
+    (blobs / (etag + ".incomplete")).write_bytes(bytes(len(data) // 2))
+    with mount(PLAIN_URL, env=hf_env(tmp_path, hub)) as m:
+        assert read_all(m.p(rel)) == data
+        assert "downloading it again from the start" in m.log()
+    check_hf_cache(repo_folder(tmp_path, PLAIN_REPO), commit, {rel: data}, want_blobs=[etag])
+
+
+def test_killed_cltfs_partial_removed(tmp_path, hub, plain_dir, cltfs_bin, mount):
+    """cltfs killed mid-download leaves blobs/<etag>.incomplete, which
+    huggingface_hub >= 1.18 never looks at: it downloads the blob itself.
+    The next cltfs start removes the partial, under the blob's lock."""
+    src, files = plain_dir
+    commit = hub.add_repo(PLAIN_REPO, src)
+    rel = "big/sample_0005.pt"
+    data = files[rel]
+    sha = hashlib.sha256(data).hexdigest()
+    part = repo_folder(tmp_path, PLAIN_REPO) / "blobs" / (sha + ".incomplete")
+    # the first body is cut after 300000 bytes, and the retry waits 30 s
+    hub.add_fault(r"^/blobs/", "truncate", count=100, after_bytes=300000, server="cdn")
+    env = hf_env(tmp_path, hub, CLTFS_HUB_BACKOFF_MS=30000)
+    mnt = tmp_path / "killed"
+    p = spawn_mount(cltfs_bin, PLAIN_URL, mnt, env)
+    try:
+        fd = os.open(str(mnt / rel), os.O_RDONLY)   # starts the download
+        deadline = time.monotonic() + 30
+        while not (part.exists() and part.stat().st_size == 300000):
+            assert time.monotonic() < deadline, "no partial download"
+            time.sleep(0.02)
+    finally:
+        kill_mount(p, mnt)
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+    hub.clear_faults()
+    Hf("1.28", hub_cache(tmp_path), hub.endpoint).hf_hub_download(PLAIN_REPO, rel)
+    assert part.exists(), "huggingface_hub 1.28 does not remove it"
+    with mount(PLAIN_URL, env=hf_env(tmp_path, hub)) as m:
+        assert read_all(m.p(rel)) == data
+    check_hf_cache(repo_folder(tmp_path, PLAIN_REPO), commit, {rel: data}, want_blobs=[sha])

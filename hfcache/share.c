@@ -1,0 +1,268 @@
+/* share.c: what every huggingface_hub from 0.24 to 1.x expects to find in
+ * a cache that cltfs also writes, beyond blobs, snapshots and refs.
+ *
+ * - CACHEDIR.TAG at the hub cache's root (1.x writes it before a download):
+ *   backup tools skip the cache.
+ * - trees/<commit>.json in the repo folder (>= 1.22): the commit's listing.
+ *   Its snapshot_download of a commit reads the listing from there and,
+ *   offline, fails without it; with it, it checks that every listed file
+ *   is in the snapshot.  So cltfs writes the Hub's listing there, in its
+ *   format, and reads its sizes back when offline.
+ * - Partial downloads.  Up to 1.17 a download goes to
+ *   blobs/<etag>.incomplete and is resumed from there; from 1.18 to
+ *   blobs/<etag>.<8 hex>.incomplete, never resumed, removed when the
+ *   download fails but left behind when the process is killed, and the
+ *   older name is never looked at again.  Under the blob's lock (the same
+ *   flock huggingface_hub takes) no one is writing any of them, so cltfs
+ *   resumes from the longest and removes the others, and once the blob is
+ *   there every partial of it is garbage.  Bytes from an earlier download
+ *   are trusted only once the whole blob hashes to its etag.
+ */
+#include "repo_internal.h"
+
+#include <cjson/cJSON.h>
+#include <ctype.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <openssl/evp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define TREE_FORMAT_VERSION 1
+
+static const char CACHEDIR_TAG[] = "Signature: 8a477f597d28d172789f06886806bc55\n"
+				   "# This file is a cache directory tag created by huggingface_hub.\n"
+				   "# For information about cache directory tags, see:\n"
+				   "#\thttps://bford.info/cachedir/\n";
+
+void hf_cache_tag(const char *hub_cache)
+{
+	char path[PATH_MAX];
+	struct stat st;
+	snprintf(path, sizeof path, "%s/CACHEDIR.TAG", hub_cache);
+	if (stat(path, &st) == 0 || cltfs_mkdirs(hub_cache, strlen(hub_cache)))
+		return;
+	/* As huggingface_hub: best effort, a cache without the tag still works. */
+	if (cltfs_write_atomic(path, CACHEDIR_TAG, sizeof CACHEDIR_TAG - 1))
+		cltfs_log("%s", cltfs_errmsg());
+}
+
+static bool hex_of(const char *s, size_t n)
+{
+	size_t i = 0;
+	for (; s && s[i]; i++)
+		if (!isxdigit((unsigned char)s[i]) || isupper((unsigned char)s[i]))
+			return false;
+	return s && i == n;
+}
+
+/* ---- trees/<commit>.json ---- */
+
+static void tree_path(hf_repo *r, char *buf, size_t n)
+{
+	snprintf(buf, n, "%s/trees/%s.json", hf_repo_folder(r), hf_repo_commit(r));
+}
+
+/* One file as huggingface_hub's TreeCacheEntry.to_json writes it. */
+static bool tree_file(cJSON *files, const hf_entry *e)
+{
+	cJSON *f = cJSON_AddObjectToObject(files, e->path);
+	bool ok = f && cJSON_AddNumberToObject(f, "size", (double)e->size) &&
+		  cJSON_AddStringToObject(f, "blob_id", e->blob_id);
+	if (ok && e->lfs_sha256)
+		ok = cJSON_AddStringToObject(f, "lfs_sha256", e->lfs_sha256) &&
+		     cJSON_AddNumberToObject(f, "lfs_size", (double)e->size);
+	if (ok && e->xet_hash)
+		ok = cJSON_AddStringToObject(f, "xet_hash", e->xet_hash);
+	return ok;
+}
+
+cltfs_err hf_tree_write(hf_repo *r, const hf_entry *e, size_t n)
+{
+	char path[PATH_MAX];
+	struct stat st;
+	tree_path(r, path, sizeof path);
+	if (stat(path, &st) == 0) /* a commit's listing never changes */
+		return CLTFS_OK;
+	/* huggingface_hub refuses the whole file for one bad xet hash, and
+	 * needs a blob id for every file: then write nothing. */
+	for (size_t i = 0; i < n; i++)
+		if (!e[i].dir && (!e[i].blob_id || (e[i].xet_hash && !hex_of(e[i].xet_hash, 64))))
+			return CLTFS_OK;
+	cJSON *root = cJSON_CreateObject(), *files = NULL;
+	bool ok = root && cJSON_AddNumberToObject(root, "format_version", TREE_FORMAT_VERSION) &&
+		  (files = cJSON_AddObjectToObject(root, "files"));
+	for (size_t i = 0; ok && i < n; i++) /* sorted by path, as it writes them */
+		ok = e[i].dir || tree_file(files, &e[i]);
+	char *text = ok ? cJSON_Print(root) : NULL;
+	cJSON_Delete(root);
+	if (!text)
+		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	cltfs_err err = cltfs_mkdirs(path, (size_t)(strrchr(path, '/') - path));
+	if (!err)
+		err = cltfs_write_atomic(path, text, strlen(text));
+	free(text);
+	return err;
+}
+
+static int by_path(const void *key, const void *ent) { return strcmp(key, ((const hf_entry *)ent)->path); }
+
+void hf_tree_sizes(hf_repo *r, hf_entry *e, size_t n)
+{
+	char path[PATH_MAX], *text;
+	size_t len;
+	tree_path(r, path, sizeof path);
+	if (cltfs_read_file(path, &text, &len))
+		return; /* none (huggingface_hub < 1.22 and cltfs offline write none) */
+	cJSON *root = cJSON_ParseWithLength(text, len);
+	free(text);
+	const cJSON *ver = cJSON_GetObjectItemCaseSensitive(root, "format_version"), *f;
+	const cJSON *files = cJSON_GetObjectItemCaseSensitive(root, "files");
+	if (cJSON_IsNumber(ver) && ver->valuedouble == TREE_FORMAT_VERSION)
+		cJSON_ArrayForEach(f, files) {
+			const cJSON *sz = cJSON_GetObjectItemCaseSensitive(f, "size");
+			hf_entry *hit = f->string ? bsearch(f->string, e, n, sizeof *e, by_path) : NULL;
+			if (hit && !hit->dir && cJSON_IsNumber(sz) && sz->valuedouble >= 0 && sz->valuedouble <= 9e15)
+				hit->size = (uint64_t)sz->valuedouble;
+		}
+	cJSON_Delete(root);
+}
+
+/* ---- partial downloads ---- */
+
+/* Is name a partial download of etag: <etag>.incomplete (huggingface_hub
+ * up to 1.17, and cltfs) or <etag>.<tag>.incomplete (from 1.18)? */
+static bool partial_of(const char *name, const char *etag)
+{
+	size_t n = strlen(etag), len = strlen(name);
+	static const char suffix[] = ".incomplete";
+	size_t sl = sizeof suffix - 1;
+	if (strncmp(name, etag, n) || name[n] != '.' || len < n + sl || strcmp(name + len - sl, suffix))
+		return false;
+	return len == n + sl || (len > n + 1 + sl && !memchr(name + n + 1, '.', len - n - 1 - sl));
+}
+
+cltfs_err hf_partials_tidy(const char *blobs, const char *etag, uint64_t size, bool keep)
+{
+	char part[PATH_MAX], best[PATH_MAX] = "", p[PATH_MAX];
+	snprintf(part, sizeof part, "%s/%s.incomplete", blobs, etag);
+	DIR *d = opendir(blobs);
+	if (!d)
+		return errno == ENOENT ? CLTFS_OK : cltfs_fail(CLTFS_E_IO, "%s: %s", blobs, strerror(errno));
+	uint64_t best_size = 0;
+	struct dirent *de;
+	cltfs_err e = CLTFS_OK;
+	/* The longest partial that can be a prefix of the blob is kept. */
+	while (keep && (de = readdir(d))) {
+		struct stat st;
+		snprintf(p, sizeof p, "%s/%s", blobs, de->d_name);
+		if (partial_of(de->d_name, etag) && stat(p, &st) == 0 && S_ISREG(st.st_mode) &&
+		    (uint64_t)st.st_size <= size && (!*best || (uint64_t)st.st_size > best_size)) {
+			snprintf(best, sizeof best, "%s", p);
+			best_size = (uint64_t)st.st_size;
+		}
+	}
+	if (*best && strcmp(best, part) && rename(best, part) < 0)
+		e = cltfs_fail(CLTFS_E_IO, "%s: %s", best, strerror(errno));
+	rewinddir(d);
+	while (!e && (de = readdir(d))) {
+		snprintf(p, sizeof p, "%s/%s", blobs, de->d_name);
+		if (partial_of(de->d_name, etag) && !(*best && !strcmp(p, part)) && unlink(p) < 0 && errno != ENOENT)
+			e = cltfs_fail(CLTFS_E_IO, "%s: %s", p, strerror(errno));
+	}
+	closedir(d);
+	return e;
+}
+
+/* The etag of a partial's name: what precedes its first dot. */
+static bool partial_etag(const char *name, char *etag, size_t n)
+{
+	const char *dot = strchr(name, '.');
+	size_t len = dot ? (size_t)(dot - name) : 0;
+	if (!len || len >= n)
+		return false;
+	snprintf(etag, n, "%.*s", (int)len, name);
+	return partial_of(name, etag);
+}
+
+void hf_partials_sweep(hf_repo *r)
+{
+	char blobs[PATH_MAX], etag[256], blob[PATH_MAX], lock[PATH_MAX];
+	snprintf(blobs, sizeof blobs, "%s/blobs", hf_repo_folder(r));
+	DIR *d = opendir(blobs);
+	struct dirent *de;
+	while (d && (de = readdir(d))) {
+		struct stat st;
+		if (!partial_etag(de->d_name, etag, sizeof etag))
+			continue;
+		snprintf(blob, sizeof blob, "%s/%s", blobs, etag);
+		snprintf(lock, sizeof lock, "%s/%s.lock", hf_repo_lockdir(r), etag);
+		if (stat(blob, &st) < 0)
+			continue; /* a download to resume later */
+		int lfd = open(lock, O_RDWR | O_CLOEXEC);
+		/* Someone holds the lock: it may be writing one; next time. */
+		if (lfd >= 0 && flock(lfd, LOCK_EX | LOCK_NB) == 0 && hf_partials_tidy(blobs, etag, 0, false))
+			cltfs_log("%s", cltfs_errmsg());
+		if (lfd >= 0)
+			close(lfd);
+	}
+	if (d)
+		closedir(d);
+}
+
+/* ---- checking a blob against its name ---- */
+
+static cltfs_err digest_file(int fd, const EVP_MD *md, const void *head, size_t hlen, char *hex, size_t hexn)
+{
+	EVP_MD_CTX *c = EVP_MD_CTX_new();
+	uint8_t *buf = malloc(1u << 20);
+	unsigned char out[EVP_MAX_MD_SIZE];
+	unsigned olen = 0;
+	cltfs_err e = c && buf ? CLTFS_OK : cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	if (!e && (!EVP_DigestInit_ex(c, md, NULL) || (hlen && !EVP_DigestUpdate(c, head, hlen))))
+		e = cltfs_fail(CLTFS_E_NOMEM, "cannot start a digest");
+	for (off_t at = 0; !e;) {
+		ssize_t k = pread(fd, buf, 1u << 20, at);
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k < 0)
+			e = cltfs_fail(CLTFS_E_IO, "%s", strerror(errno));
+		else if (k == 0)
+			break;
+		else if (!EVP_DigestUpdate(c, buf, (size_t)k))
+			e = cltfs_fail(CLTFS_E_NOMEM, "digest failed");
+		at += k > 0 ? k : 0;
+	}
+	if (!e && !EVP_DigestFinal_ex(c, out, &olen))
+		e = cltfs_fail(CLTFS_E_NOMEM, "digest failed");
+	for (unsigned i = 0; !e && i < olen && 2 * i + 2 < hexn; i++)
+		snprintf(hex + 2 * i, 3, "%02x", out[i]);
+	EVP_MD_CTX_free(c);
+	free(buf);
+	return e;
+}
+
+cltfs_err hf_blob_check(int fd, const char *path, const char *etag, uint64_t size)
+{
+	char head[64], hex[2 * EVP_MAX_MD_SIZE + 1] = "";
+	cltfs_err e;
+	if (hex_of(etag, 64)) /* an LFS file: the sha256 of its bytes */
+		e = digest_file(fd, EVP_sha256(), NULL, 0, hex, sizeof hex);
+	else if (hex_of(etag, 40)) /* a git blob: sha1 of "blob <size>\0" and its bytes */
+		e = digest_file(fd, EVP_sha1(), head,
+				(size_t)snprintf(head, sizeof head, "blob %llu", (unsigned long long)size) + 1, hex,
+				sizeof hex);
+	else
+		return CLTFS_OK; /* a name that is no hash (another server's ETag): nothing to check */
+	if (e)
+		return cltfs_wrap(e, "%s", path);
+	return strcmp(hex, etag) ? cltfs_fail(CLTFS_E_CORRUPT, "%s: its bytes hash to %s, not to its etag %s", path,
+					      hex, etag)
+				 : CLTFS_OK;
+}
