@@ -1054,8 +1054,92 @@ def kill_mount(p, mnt):
 
 
 @pytest.mark.parametrize("ver", VERSIONS)
+def test_hf_snapshot_packs_served_offline(tmp_path, hub, stores, mount, originals, ver):
+    """A store repo that huggingface_hub's snapshot_download put in the
+    cache: a mount with HF_HUB_OFFLINE=1 and the Hub down reads every frame
+    from the pack blobs (checked as fetched frames are) and serves every
+    view; nothing is copied into the local store."""
+    imp, commit = add_store(hub, stores)
+    snap = Hf(ver, hub_cache(tmp_path), hub.endpoint).snapshot_download(STORE_REPO)
+    assert sorted(os.listdir(os.path.join(snap, "packs"))) == sorted(os.listdir(os.path.join(imp.store, "packs")))
+    hub.stop()
+    local = tmp_path / "local"
+    with mount(STORE_URL, "store=%s" % local, env=hf_env(tmp_path, hub, HF_HUB_OFFLINE=1)) as m:
+        check_store_views(m, imp, originals)
+        st = m.stats()
+    assert st["errors"] == 0 and st["hub"]["requests"] == 0, st
+    assert st["hub"]["blob_frames"] == st["chunks"]["hub"] > 0, st
+    assert all(os.path.getsize(p) <= 16 for p in glob.glob(str(local / "packs" / "*.pack"))), \
+        "frames of the blobs were copied into the local store"
+
+
 @pytest.mark.parametrize("ver", VERSIONS)
+def test_hf_snapshot_packs_not_fetched_again(tmp_path, hub, stores, mount, originals, ver):
+    """Online too: a pack whose blob is whole in the cache is never asked
+    of the Hub or the CDN."""
+    imp, commit = add_store(hub, stores)
+    Hf(ver, hub_cache(tmp_path), hub.endpoint).snapshot_download(STORE_REPO, revision=commit)
+    hub.clear_log()
+    with mount(STORE_URL, env=hf_env(tmp_path, hub)) as m:
+        check_store_views(m, imp, originals)
+        st = m.stats()
+    pack_reqs = [e for e in hub.log if is_pack_request(e, shas=pack_sha256(imp))]
+    assert not pack_reqs, pack_reqs[:3]
+    assert st["hub"]["blob_frames"] == st["chunks"]["hub"] > 0 and st["errors"] == 0, st
+
+
 @pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_hf_blob_damaged(tmp_path, hub, stores, mount, originals, damage):
+    """A pack blob with a flipped byte: the frames it spoils are fetched from
+    the Hub (and the mount says why), the others read from the blob.  A blob
+    of another size than the listing's is not used at all."""
+    imp, commit = add_store(hub, stores)
+    Hf("1.28", hub_cache(tmp_path), hub.endpoint).snapshot_download(STORE_REPO)
+    blobs = {s: repo_folder(tmp_path, STORE_REPO) / "blobs" / s for s in pack_sha256(imp)}
+    big = max(blobs.values(), key=os.path.getsize)
+    size = os.path.getsize(big)
+    with open(big, "r+b") as f:
+        if damage == "flip":
+            f.seek(size // 2)
+            b = f.read(1)
+            f.seek(size // 2)
+            f.write(bytes([b[0] ^ 0x40]))
+        else:
+            f.truncate(size - 1)
+    hub.clear_log()
+    with mount(STORE_URL, env=hf_env(tmp_path, hub)) as m:
+        check_store_views(m, imp, originals)
+        st = m.stats()
+        log = m.log()
+    assert st["errors"] == 0, st
+    sha = os.path.basename(big)
+    fetched = [e for e in hub.log if e["server"] == "cdn" and e["path"].startswith("/blobs/" + sha)]
+    assert fetched, "no frame of the damaged blob was fetched"
+    if damage == "flip":
+        assert "zstd" in log and "fetching it from " + STORE_URL + " instead" in log, log
+        assert 0 < st["hub"]["blob_frames"] < st["chunks"]["hub"], st
+    else:
+        others = [e for e in hub.log if e["server"] == "cdn" and not e["path"].startswith("/blobs/" + sha)]
+        assert not others, others[:3]
+        assert st["hub"]["frames"] > 0 and st["hub"]["blob_frames"] < st["chunks"]["hub"], st
+
+
+def test_pull_offline_from_hf_snapshot(tmp_path, hub, stores, run_cltfs, mount, originals):
+    """`cltfs pull` with HF_HUB_OFFLINE=1 copies the frames of the pack
+    blobs huggingface_hub downloaded, each checked, into a store that
+    verifies."""
+    imp, commit = add_store(hub, stores)
+    Hf("0.36", hub_cache(tmp_path), hub.endpoint).snapshot_download(STORE_REPO)
+    hub.stop()
+    store = str(tmp_path / "pulled")
+    res = run_cltfs("pull", STORE_URL, store, "--quiet", env=hf_env(tmp_path, hub, HF_HUB_OFFLINE=1))
+    assert res.returncode == 0, describe(res)
+    v = run_cltfs("verify", store)
+    assert v.returncode == 0, describe(v)
+    with mount(store) as m:
+        check_store_views(m, imp, originals)
+
+
 def test_hf_offline_snapshot_of_cltfs_cache(tmp_path, hub, plain_dir, mount):
     """A cache that cltfs filled has what huggingface_hub 1.x reads
     offline: trees/<commit>.json (format_version 1, every file with its
