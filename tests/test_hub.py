@@ -106,6 +106,17 @@ def check_store_views(m, imp, originals, rels=None):
         assert_same(torch.load(m.p(rel)), originals.get(imp.tree, rel), rel)
 
 
+def pull_serves(run_cltfs, mount, store, env, imp, originals):
+    """`cltfs pull` of the store repo into store succeeds, the store
+    verifies, and a mount of it alone serves every view."""
+    r = run_cltfs("pull", STORE_URL, store, "--quiet", env=env)
+    assert r.returncode == 0, describe(r)
+    r = run_cltfs("verify", store)
+    assert r.returncode == 0, describe(r)
+    with mount(store) as m:
+        check_store_views(m, imp, originals)
+
+
 @pytest.fixture(scope="session")
 def plain_dir(tmp_path_factory):
     """A repo of torch.save'd samples: some under LFS_THRESHOLD, some over,
@@ -175,6 +186,19 @@ def resolve_requests(hub, repo, rel):
 def cdn_requests(hub, data):
     sha = hashlib.sha256(data).hexdigest()
     return [e for e in hub.log if e["server"] == "cdn" and e["path"].startswith("/blobs/" + sha)]
+
+
+def assert_resumed(hub, data, half):
+    """The CDN sent data's bytes from half on, each once: with a Range from
+    half, or from the start with a plain GET, as huggingface_hub sends."""
+    gets = [e for e in cdn_requests(hub, data) if e["method"] == "GET"]
+    assert gets, hub.log
+    for e in gets:
+        if half:
+            assert e["range"] and e["range"].startswith("bytes=%d-" % half), e
+        else:
+            assert e["range"] is None, e
+    assert sum(e["bytes"] for e in gets) == len(data) - half
 
 
 def assert_no_token(text, where="output"):
@@ -418,12 +442,7 @@ def test_pull_failure_then_retry(tmp_path, hub, stores, run_cltfs, mount, origin
     assert r.returncode != 0, describe(r)
     assert "500" in r.stderr, describe(r)
     hub.clear_faults()
-    r = run_cltfs("pull", STORE_URL, store, "--quiet", env=env)
-    assert r.returncode == 0, describe(r)
-    r = run_cltfs("verify", store)
-    assert r.returncode == 0, describe(r)
-    with mount(store) as m:
-        check_store_views(m, imp, originals)
+    pull_serves(run_cltfs, mount, store, env, imp, originals)
 
 
 def test_pull_plain_repo_fails(tmp_path, hub, plain_dir, run_cltfs):
@@ -776,14 +795,7 @@ def test_plain_resumes_incomplete_blob(tmp_path, hub, plain_dir, mount, partial)
         (blobs / (sha + ".incomplete")).write_bytes(b"\xff" * (len(data) + 10))
     with mount(PLAIN_URL, env=hf_env(tmp_path, hub)) as m:
         assert read_all(m.p(rel)) == data
-    gets = [e for e in cdn_requests(hub, data) if e["method"] == "GET"]
-    assert gets, hub.log
-    for e in gets:
-        if half:
-            assert e["range"] and e["range"].startswith("bytes=%d-" % half), e
-        else:  # from the start: a plain GET, as huggingface_hub sends
-            assert e["range"] is None, e
-    assert sum(e["bytes"] for e in gets) == len(data) - half
+    assert_resumed(hub, data, half)
     check_hf_cache(repo_folder(tmp_path, PLAIN_REPO), commit, {rel: data}, want_blobs=[sha])
 
 
@@ -1131,13 +1143,7 @@ def test_pull_offline_from_hf_snapshot(tmp_path, hub, stores, run_cltfs, mount, 
     imp, commit = add_store(hub, stores)
     Hf("0.36", hub_cache(tmp_path), hub.endpoint).snapshot_download(STORE_REPO)
     hub.stop()
-    store = str(tmp_path / "pulled")
-    res = run_cltfs("pull", STORE_URL, store, "--quiet", env=hf_env(tmp_path, hub, HF_HUB_OFFLINE=1))
-    assert res.returncode == 0, describe(res)
-    v = run_cltfs("verify", store)
-    assert v.returncode == 0, describe(v)
-    with mount(store) as m:
-        check_store_views(m, imp, originals)
+    pull_serves(run_cltfs, mount, str(tmp_path / "pulled"), hf_env(tmp_path, hub, HF_HUB_OFFLINE=1), imp, originals)
 
 
 def test_hf_offline_snapshot_of_cltfs_cache(tmp_path, hub, plain_dir, mount):
@@ -1223,9 +1229,7 @@ def test_resume_partial_of_new_hf(tmp_path, hub, plain_dir, mount, left):
     hub.clear_log()
     with mount(PLAIN_URL, env=hf_env(tmp_path, hub)) as m:
         assert read_all(m.p(rel)) == data
-    gets = [e for e in cdn_requests(hub, data) if e["method"] == "GET"]
-    assert gets and all(e["range"] and e["range"].startswith("bytes=%d-" % half) for e in gets), gets
-    assert sum(e["bytes"] for e in gets) == len(data) - half
+    assert_resumed(hub, data, half)
     check_hf_cache(repo_folder(tmp_path, PLAIN_REPO), commit, {rel: data}, want_blobs=[sha])
 
 
