@@ -53,11 +53,13 @@ void hf_cache_tag(const char *hub_cache)
 		cltfs_log("%s", cltfs_errmsg());
 }
 
-static bool hex_of(const char *s, size_t n)
+/* n hex digits, lowercase unless upper (the Hub's hashes are lowercase;
+ * huggingface_hub accepts a xet hash in either case). */
+static bool hex_of(const char *s, size_t n, bool upper)
 {
 	size_t i = 0;
 	for (; s && s[i]; i++)
-		if (!isxdigit((unsigned char)s[i]) || isupper((unsigned char)s[i]))
+		if (!isxdigit((unsigned char)s[i]) || (!upper && isupper((unsigned char)s[i])))
 			return false;
 	return s && i == n;
 }
@@ -93,7 +95,7 @@ cltfs_err hf_tree_write(hf_repo *r, const hf_entry *e, size_t n)
 	/* huggingface_hub refuses the whole file for one bad xet hash, and
 	 * needs a blob id for every file: then write nothing. */
 	for (size_t i = 0; i < n; i++)
-		if (!e[i].dir && (!e[i].blob_id || (e[i].xet_hash && !hex_of(e[i].xet_hash, 64))))
+		if (!e[i].dir && (!e[i].blob_id || (e[i].xet_hash && !hex_of(e[i].xet_hash, 64, true))))
 			return CLTFS_OK;
 	cJSON *root = cJSON_CreateObject(), *files = NULL;
 	bool ok = root && cJSON_AddNumberToObject(root, "format_version", TREE_FORMAT_VERSION) &&
@@ -252,9 +254,9 @@ cltfs_err hf_blob_check(int fd, const char *path, const char *etag, uint64_t siz
 {
 	char head[64], hex[2 * EVP_MAX_MD_SIZE + 1] = "";
 	cltfs_err e;
-	if (hex_of(etag, 64)) /* an LFS file: the sha256 of its bytes */
+	if (hex_of(etag, 64, false)) /* an LFS file: the sha256 of its bytes */
 		e = digest_file(fd, EVP_sha256(), NULL, 0, hex, sizeof hex);
-	else if (hex_of(etag, 40)) /* a git blob: sha1 of "blob <size>\0" and its bytes */
+	else if (hex_of(etag, 40, false)) /* a git blob: sha1 of "blob <size>\0" and its bytes */
 		e = digest_file(fd, EVP_sha1(), head,
 				(size_t)snprintf(head, sizeof head, "blob %llu", (unsigned long long)size) + 1, hex,
 				sizeof hex);

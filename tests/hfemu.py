@@ -84,7 +84,7 @@ def _flock(path):
 
 
 def _xet_ok(h):
-    return h is None or bool(re.fullmatch(r"[0-9a-f]{64}", h))
+    return h is None or bool(re.fullmatch(r"[0-9a-fA-F]{64}", h))   # utils/_xet.is_valid_xet_hash
 
 
 class Hf:
@@ -209,6 +209,8 @@ class Hf:
                                 f.flush()
                                 raise Killed(part)
                             f.write(b)
+                if f.tell() != size:    # http_get's "Consistency check failed"
+                    raise OSError("%s: %d bytes of %d arrived" % (url, f.tell(), size))
             os.replace(part, blob)
         except Killed:
             raise
