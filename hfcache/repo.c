@@ -625,6 +625,7 @@ struct hf_download {
 	uint64_t have;  /* bytes [0, have) are in fd, for readers */
 	uint64_t written; /* bytes [0, written) are in fd: the download's thread's */
 	bool hold;      /* bytes of an earlier download in fd: readers wait for the check */
+	hf_digest *dig; /* of the bytes written, to check against the etag (NULL: no check) */
 	bool done;
 	cltfs_err err;
 	char msg[1024];
@@ -702,6 +703,8 @@ static bool file_sink(void *arg, const void *p, size_t n)
 		n -= (size_t)w;
 		at += (uint64_t)w;
 	}
+	if (hf_digest_add(d->dig, p, (size_t)(at - d->written)))
+		return false;
 	d->written = at;
 	if (!d->hold)
 		publish(d, -1, at, false);
@@ -744,15 +747,29 @@ static cltfs_err download_rest(hf_download *d, uint64_t from, uint64_t size)
 	return e;
 }
 
-/* The partial download (open as d->fd, have bytes there) completed and
- * checked against its etag.  Bytes an earlier download left (from cltfs,
- * or from any huggingface_hub) are held from readers until the whole blob
- * checks out; when it does not, it is downloaded again from the start. */
+/* Complete the partial download (open as d->fd, from bytes there) and
+ * check it against its etag, hashing the bytes as they are written. */
+static cltfs_err download_checked(hf_download *d, const char *part, const char *etag, uint64_t from,
+				  uint64_t size)
+{
+	cltfs_err e = hf_digest_new(etag, size, &d->dig);
+	if (!e)
+		e = hf_digest_add_fd(d->dig, d->fd, from, part);
+	if (!e && from < size)
+		e = download_rest(d, from, size);
+	if (!e)
+		e = hf_digest_check(d->dig, part);
+	hf_digest_free(d->dig);
+	d->dig = NULL;
+	return e;
+}
+
+/* Bytes an earlier download left (from cltfs, or from any huggingface_hub)
+ * are held from readers until the whole blob checks out; when it does not,
+ * it is downloaded again from the start. */
 static cltfs_err complete_partial(hf_download *d, const char *part, const char *etag, uint64_t have, uint64_t size)
 {
-	cltfs_err e = have < size ? download_rest(d, have, size) : CLTFS_OK;
-	if (!e)
-		e = hf_blob_check(d->fd, part, etag, size);
+	cltfs_err e = download_checked(d, part, etag, have, size);
 	if (e != CLTFS_E_CORRUPT || !d->hold)
 		return e;
 	cltfs_log("%s: downloading it again from the start", cltfs_errmsg());
@@ -760,8 +777,7 @@ static cltfs_err complete_partial(hf_download *d, const char *part, const char *
 		return cltfs_fail(CLTFS_E_IO, "%s: %s", part, strerror(errno));
 	d->hold = false;
 	publish(d, -1, 0, false);
-	e = size ? download_rest(d, 0, size) : CLTFS_OK;
-	return e ? e : hf_blob_check(d->fd, part, etag, size);
+	return download_checked(d, part, etag, 0, size);
 }
 
 /* Take the blob's lock into *lfd, waiting for whoever holds it (a Python

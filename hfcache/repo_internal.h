@@ -41,9 +41,22 @@ cltfs_err hf_partials_tidy(const char *blobs, const char *etag, uint64_t size, b
 /* Remove the partial downloads of blobs that are there whole, each under
  * its lock (skipped while someone holds it).  Failures are logged. */
 void hf_partials_sweep(hf_repo *r);
-/* Do the size bytes of fd (at path, for messages) hash to etag: sha256 for
- * a 64-hex etag (LFS), the git blob sha1 for a 40-hex one; any other etag
- * is not checked.  CLTFS_E_CORRUPT when they do not, _IO, _NOMEM. */
+/* A blob's digest, to check it against its etag: sha256 for a 64-hex etag
+ * (LFS), the git blob sha1 for a 40-hex one (the blob's size goes into
+ * it); *out NULL for any other etag, which is not checked (the functions
+ * below take NULL as "nothing to check").  CLTFS_E_NOMEM. */
+typedef struct hf_digest hf_digest;
+cltfs_err hf_digest_new(const char *etag, uint64_t size, hf_digest **out);
+/* The next bytes of the blob.  CLTFS_E_NOMEM (the digest failed). */
+cltfs_err hf_digest_add(hf_digest *g, const void *p, size_t n);
+/* Bytes [0, n) of fd (at path, for messages): what an earlier download
+ * left.  CLTFS_E_IO, _NOMEM. */
+cltfs_err hf_digest_add_fd(hf_digest *g, int fd, uint64_t n, const char *path);
+/* Once every byte was added: CLTFS_E_CORRUPT (naming path) when they do not
+ * hash to the etag.  The digest is spent. */
+cltfs_err hf_digest_check(hf_digest *g, const char *path);
+void hf_digest_free(hf_digest *g);
+/* The size bytes of fd against etag, as above, at once. */
 cltfs_err hf_blob_check(int fd, const char *path, const char *etag, uint64_t size);
 
 #endif

@@ -220,51 +220,94 @@ void hf_partials_sweep(hf_repo *r)
 
 /* ---- checking a blob against its name ---- */
 
-static cltfs_err digest_file(int fd, const EVP_MD *md, const void *head, size_t hlen, char *hex, size_t hexn)
+/* Hashed as the bytes are written, so that a blob of gigabytes is not read
+ * again after its download to be checked. */
+struct hf_digest {
+	EVP_MD_CTX *c;
+	char etag[65];
+};
+
+cltfs_err hf_digest_new(const char *etag, uint64_t size, hf_digest **out)
 {
-	EVP_MD_CTX *c = EVP_MD_CTX_new();
-	uint8_t *buf = malloc(1u << 20);
-	unsigned char out[EVP_MAX_MD_SIZE];
-	unsigned olen = 0;
-	cltfs_err e = c && buf ? CLTFS_OK : cltfs_fail(CLTFS_E_NOMEM, "out of memory");
-	if (!e && (!EVP_DigestInit_ex(c, md, NULL) || (hlen && !EVP_DigestUpdate(c, head, hlen))))
-		e = cltfs_fail(CLTFS_E_NOMEM, "cannot start a digest");
-	for (off_t at = 0; !e;) {
-		ssize_t k = pread(fd, buf, 1u << 20, at);
+	char head[64];
+	size_t hlen = 0;
+	const EVP_MD *md = NULL;
+	*out = NULL;
+	if (hex_of(etag, 64, false)) { /* an LFS file: the sha256 of its bytes */
+		md = EVP_sha256();
+	} else if (hex_of(etag, 40, false)) { /* a git blob: sha1 of "blob <size>\0" and its bytes */
+		md = EVP_sha1();
+		hlen = (size_t)snprintf(head, sizeof head, "blob %llu", (unsigned long long)size) + 1;
+	}
+	if (!md)
+		return CLTFS_OK; /* a name that is no hash (another server's ETag): nothing to check */
+	hf_digest *g = calloc(1, sizeof *g);
+	if (!g || !(g->c = EVP_MD_CTX_new()) || !EVP_DigestInit_ex(g->c, md, NULL) ||
+	    (hlen && !EVP_DigestUpdate(g->c, head, hlen))) {
+		hf_digest_free(g);
+		return cltfs_fail(CLTFS_E_NOMEM, "cannot start a digest");
+	}
+	snprintf(g->etag, sizeof g->etag, "%s", etag);
+	*out = g;
+	return CLTFS_OK;
+}
+
+cltfs_err hf_digest_add(hf_digest *g, const void *p, size_t n)
+{
+	return !g || EVP_DigestUpdate(g->c, p, n) ? CLTFS_OK : cltfs_fail(CLTFS_E_NOMEM, "digest failed");
+}
+
+cltfs_err hf_digest_add_fd(hf_digest *g, int fd, uint64_t n, const char *path)
+{
+	uint8_t *buf = g && n ? malloc(1u << 20) : NULL;
+	cltfs_err e = !g || !n || buf ? CLTFS_OK : cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	for (uint64_t at = 0; !e && g && at < n;) {
+		size_t want = n - at < (1u << 20) ? (size_t)(n - at) : (1u << 20);
+		ssize_t k = pread(fd, buf, want, (off_t)at);
 		if (k < 0 && errno == EINTR)
 			continue;
-		if (k < 0)
-			e = cltfs_fail(CLTFS_E_IO, "%s", strerror(errno));
-		else if (k == 0)
-			break;
-		else if (!EVP_DigestUpdate(c, buf, (size_t)k))
-			e = cltfs_fail(CLTFS_E_NOMEM, "digest failed");
-		at += k > 0 ? k : 0;
+		if (k <= 0)
+			e = cltfs_fail(CLTFS_E_IO, "%s: %s", path, k < 0 ? strerror(errno) : "shorter than it was");
+		else
+			e = hf_digest_add(g, buf, (size_t)k);
+		at += k > 0 ? (uint64_t)k : 0;
 	}
-	if (!e && !EVP_DigestFinal_ex(c, out, &olen))
-		e = cltfs_fail(CLTFS_E_NOMEM, "digest failed");
-	for (unsigned i = 0; !e && i < olen && 2 * i + 2 < hexn; i++)
-		snprintf(hex + 2 * i, 3, "%02x", out[i]);
-	EVP_MD_CTX_free(c);
 	free(buf);
 	return e;
 }
 
+cltfs_err hf_digest_check(hf_digest *g, const char *path)
+{
+	unsigned char out[EVP_MAX_MD_SIZE];
+	unsigned olen = 0;
+	char hex[2 * EVP_MAX_MD_SIZE + 1] = "";
+	if (!g)
+		return CLTFS_OK;
+	if (!EVP_DigestFinal_ex(g->c, out, &olen))
+		return cltfs_fail(CLTFS_E_NOMEM, "digest failed");
+	for (unsigned i = 0; i < olen; i++)
+		snprintf(hex + 2 * i, 3, "%02x", out[i]);
+	return strcmp(hex, g->etag) ? cltfs_fail(CLTFS_E_CORRUPT, "%s: its bytes hash to %s, not to its etag %s", path,
+						 hex, g->etag)
+				    : CLTFS_OK;
+}
+
+void hf_digest_free(hf_digest *g)
+{
+	if (!g)
+		return;
+	EVP_MD_CTX_free(g->c);
+	free(g);
+}
+
 cltfs_err hf_blob_check(int fd, const char *path, const char *etag, uint64_t size)
 {
-	char head[64], hex[2 * EVP_MAX_MD_SIZE + 1] = "";
-	cltfs_err e;
-	if (hex_of(etag, 64, false)) /* an LFS file: the sha256 of its bytes */
-		e = digest_file(fd, EVP_sha256(), NULL, 0, hex, sizeof hex);
-	else if (hex_of(etag, 40, false)) /* a git blob: sha1 of "blob <size>\0" and its bytes */
-		e = digest_file(fd, EVP_sha1(), head,
-				(size_t)snprintf(head, sizeof head, "blob %llu", (unsigned long long)size) + 1, hex,
-				sizeof hex);
-	else
-		return CLTFS_OK; /* a name that is no hash (another server's ETag): nothing to check */
-	if (e)
-		return cltfs_wrap(e, "%s", path);
-	return strcmp(hex, etag) ? cltfs_fail(CLTFS_E_CORRUPT, "%s: its bytes hash to %s, not to its etag %s", path,
-					      hex, etag)
-				 : CLTFS_OK;
+	hf_digest *g;
+	cltfs_err e = hf_digest_new(etag, size, &g);
+	if (!e)
+		e = hf_digest_add_fd(g, fd, size, path);
+	if (!e)
+		e = hf_digest_check(g, path);
+	hf_digest_free(g);
+	return e;
 }
