@@ -1100,6 +1100,23 @@ def test_hf_snapshot_packs_not_fetched_again(tmp_path, hub, stores, mount, origi
     assert st["hub"]["blob_frames"] == st["chunks"]["hub"] > 0 and st["errors"] == 0, st
 
 
+def test_hf_snapshot_during_mount(tmp_path, hub, stores, mount, originals):
+    """A snapshot_download that completes while a mount runs: the views read
+    after it come from the pack blobs, without a request for a pack."""
+    imp, commit = add_store(hub, stores)
+    rels = imp.desc["files"]
+    shas = pack_sha256(imp)
+    with mount(STORE_URL, "readahead=0", env=hf_env(tmp_path, hub)) as m:
+        check_store_views(m, imp, originals, rels[:1])
+        assert [e for e in hub.log if is_pack_request(e, shas=shas)]
+        Hf("1.28", hub_cache(tmp_path), hub.endpoint).snapshot_download(STORE_REPO)
+        hub.clear_log()
+        check_store_views(m, imp, originals, rels[1:])
+        st = m.stats()
+    assert not [e for e in hub.log if is_pack_request(e, shas=shas)]
+    assert st["hub"]["blob_frames"] > 0 and st["errors"] == 0, st
+
+
 @pytest.mark.parametrize("damage", ["flip", "truncate"])
 def test_hf_blob_damaged(tmp_path, hub, stores, mount, originals, damage):
     """A pack blob with a flipped byte: the frames it spoils are fetched from
