@@ -11,7 +11,7 @@ CLANG   ?= clang
 B       := build
 VERSION := 0.1.0
 
-CORE_PKGS := libzstd libcjson zlib libcurl libjpeg libpng
+CORE_PKGS := libzstd libcjson zlib libcurl libcrypto libjpeg libpng
 PKG_CFLAGS := $(shell pkg-config --cflags fuse3 $(CORE_PKGS) 2>/dev/null)
 CORE_LIBS  := $(shell pkg-config --libs $(CORE_PKGS) 2>/dev/null) -ldl -lpthread -lm
 FUSE_LIBS  := $(shell pkg-config --libs fuse3 2>/dev/null)

@@ -73,11 +73,18 @@ typedef struct {
 	char *path;
 	uint64_t size;
 	bool dir;
+	/* What the Hub's listing says of a file, for trees/<commit>.json (NULL
+	 * when it says nothing): its git blob sha1 ("oid"), its LFS sha256
+	 * ("lfs.oid") and its xet hash ("xetHash"). */
+	char *blob_id, *lfs_sha256, *xet_hash;
 } hf_entry;
 /* Every file and directory of the commit, sorted by path: the Hub's tree
- * listing (all pages), or offline, what the cache's snapshot holds.
- * hf_repo_open's errors; CLTFS_E_FORMAT for a path that would escape the
- * snapshot folder. */
+ * listing (all pages), or offline, what the cache's snapshot holds (with
+ * the sizes of trees/<commit>.json where it has them).  Online, the
+ * listing is also written where huggingface_hub >= 1.22 keeps it,
+ * trees/<commit>.json, so that its offline snapshot_download of the
+ * commit works on a cache that cltfs filled.  hf_repo_open's errors;
+ * CLTFS_E_FORMAT for a path that would escape the snapshot folder. */
 cltfs_err hf_list(hf_repo *r, hf_entry **out, size_t *n);
 void hf_entries_free(hf_entry *e, size_t n);
 

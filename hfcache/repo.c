@@ -411,6 +411,7 @@ cltfs_err hf_repo_open(const hf_config *cfg, const char *url, hf_repo **out)
 		hf_repo_close(r);
 		return e;
 	}
+	hf_partials_sweep(r);
 	*out = r;
 	return CLTFS_OK;
 }
@@ -446,12 +447,21 @@ static cltfs_err add_entry(hf_entries *l, const char *path, uint64_t size, bool 
 {
 	if (!cltfs_grow(&l->e, &l->cap, l->n + 1, sizeof *l->e))
 		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	l->e[l->n] = (hf_entry){.size = size, .dir = dir};
 	if (!(l->e[l->n].path = strdup(path)))
 		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
-	l->e[l->n].size = size;
-	l->e[l->n].dir = dir;
 	l->n++;
 	return CLTFS_OK;
+}
+
+/* A string field of a listing entry onto the last entry of l (absent or
+ * not a string: NULL). */
+static cltfs_err entry_str(hf_entries *l, char **dst, const cJSON *v)
+{
+	if (!cJSON_IsString(v))
+		return CLTFS_OK;
+	*dst = strdup(v->valuestring);
+	return *dst ? CLTFS_OK : cltfs_fail(CLTFS_E_NOMEM, "out of memory");
 }
 
 /* A path from the Hub must stay inside the snapshot. */
@@ -484,6 +494,15 @@ static cltfs_err tree_entries(const cJSON *arr, hf_entries *l, const char *what)
 		if (sz < 0 || sz > 9e15)
 			return cltfs_fail(CLTFS_E_FORMAT, "%s: bad size for '%s'", what, path->valuestring);
 		cltfs_err e = add_entry(l, path->valuestring, dir ? 0 : (uint64_t)sz, dir);
+		if (e)
+			return e;
+		hf_entry *ent = &l->e[l->n - 1];
+		if (!dir)
+			e = entry_str(l, &ent->blob_id, cJSON_GetObjectItemCaseSensitive(it, "oid"));
+		if (!e && !dir)
+			e = entry_str(l, &ent->lfs_sha256, cJSON_GetObjectItemCaseSensitive(lfs, "oid"));
+		if (!e && !dir)
+			e = entry_str(l, &ent->xet_hash, cJSON_GetObjectItemCaseSensitive(it, "xetHash"));
 		if (e)
 			return e;
 	}
@@ -570,6 +589,14 @@ cltfs_err hf_list(hf_repo *r, hf_entry **out, size_t *n)
 		return e;
 	}
 	qsort(l.e, l.n, sizeof *l.e, by_path);
+	if (r->cfg.offline) {
+		hf_tree_sizes(r, l.e, l.n);
+	} else {
+		hf_cache_tag(r->cfg.hub_cache);
+		/* Best effort, as huggingface_hub writes it: the listing served. */
+		if (hf_tree_write(r, l.e, l.n))
+			cltfs_log("%s", cltfs_errmsg());
+	}
 	*out = l.e;
 	*n = l.n;
 	return CLTFS_OK;
@@ -577,8 +604,12 @@ cltfs_err hf_list(hf_repo *r, hf_entry **out, size_t *n)
 
 void hf_entries_free(hf_entry *e, size_t n)
 {
-	for (size_t i = 0; i < n; i++)
+	for (size_t i = 0; i < n; i++) {
 		free(e[i].path);
+		free(e[i].blob_id);
+		free(e[i].lfs_sha256);
+		free(e[i].xet_hash);
+	}
 	free(e);
 }
 
@@ -591,7 +622,10 @@ struct hf_download {
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
 	int fd;         /* the bytes so far (the .incomplete, then the blob); -1 before */
-	uint64_t have;  /* bytes [0, have) are in fd */
+	uint64_t have;  /* bytes [0, have) are in fd, for readers */
+	uint64_t written; /* bytes [0, written) are in fd: the download's thread's */
+	bool hold;      /* bytes of an earlier download in fd: readers wait for the check */
+	hf_digest *dig; /* of the bytes written, to check against the etag (NULL: no check) */
 	bool done;
 	cltfs_err err;
 	char msg[1024];
@@ -656,7 +690,7 @@ static bool file_sink(void *arg, const void *p, size_t n)
 		cltfs_fail(CLTFS_E_IO, "download cancelled");
 		return false;
 	}
-	uint64_t at = d->have;
+	uint64_t at = d->written;
 	while (n) {
 		ssize_t w = pwrite(d->fd, b, n, (off_t)at);
 		if (w < 0 && errno == EINTR)
@@ -669,7 +703,11 @@ static bool file_sink(void *arg, const void *p, size_t n)
 		n -= (size_t)w;
 		at += (uint64_t)w;
 	}
-	publish(d, -1, at, false);
+	if (hf_digest_add(d->dig, p, (size_t)(at - d->written)))
+		return false;
+	d->written = at;
+	if (!d->hold)
+		publish(d, -1, at, false);
 	return true;
 }
 
@@ -687,13 +725,87 @@ static cltfs_err open_existing(hf_download *d, const char *path)
 	return CLTFS_OK;
 }
 
-/* Download into blobs/<etag>.incomplete (resuming what is there), under
- * the blob's lock, then rename and link. */
+/* Bytes [from, size) of the file into the partial download d->fd. */
+static cltfs_err download_rest(hf_download *d, uint64_t from, uint64_t size)
+{
+	hf_repo *r = d->r;
+	char url[8192];
+	char *esc = http_escape(d->path, true);
+	if (!esc)
+		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	snprintf(url, sizeof url, "%s%s", r->url_base, esc);
+	free(esc);
+	d->written = from;
+	/* From the start, a plain GET as huggingface_hub sends; a resume asks
+	 * for exactly the rest. */
+	http_hdrs h = {0};
+	cltfs_err e = http_get(&r->http, url, from, from ? size - from : 0, file_sink, d, &h, NULL);
+	http_hdrs_free(&h);
+	if (!e && d->written != size)
+		e = cltfs_fail(CLTFS_E_IO, "%s: %llu bytes arrived, the Hub announced %llu", url,
+			       (unsigned long long)d->written, (unsigned long long)size);
+	return e;
+}
+
+/* Complete the partial download (open as d->fd, from bytes there) and
+ * check it against its etag, hashing the bytes as they are written. */
+static cltfs_err download_checked(hf_download *d, const char *part, const char *etag, uint64_t from,
+				  uint64_t size)
+{
+	cltfs_err e = hf_digest_new(etag, size, &d->dig);
+	if (!e)
+		e = hf_digest_add_fd(d->dig, d->fd, from, part);
+	if (!e && from < size)
+		e = download_rest(d, from, size);
+	if (!e)
+		e = hf_digest_check(d->dig, part);
+	hf_digest_free(d->dig);
+	d->dig = NULL;
+	return e;
+}
+
+/* Bytes an earlier download left (from cltfs, or from any huggingface_hub)
+ * are held from readers until the whole blob checks out; when it does not,
+ * it is downloaded again from the start. */
+static cltfs_err complete_partial(hf_download *d, const char *part, const char *etag, uint64_t have, uint64_t size)
+{
+	cltfs_err e = download_checked(d, part, etag, have, size);
+	if (e != CLTFS_E_CORRUPT || !d->hold)
+		return e;
+	cltfs_log("%s: downloading it again from the start", cltfs_errmsg());
+	if (ftruncate(d->fd, 0) < 0)
+		return cltfs_fail(CLTFS_E_IO, "%s: %s", part, strerror(errno));
+	d->hold = false;
+	publish(d, -1, 0, false);
+	return download_checked(d, part, etag, 0, size);
+}
+
+/* Take the blob's lock into *lfd, waiting for whoever holds it (a Python
+ * script, another mount) rather than download the same bytes twice.
+ * CLTFS_E_IO (cancelled meanwhile, or no lock file). */
+static cltfs_err lock_blob(hf_download *d, const char *lock, int *lfd)
+{
+	if ((*lfd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0644)) < 0)
+		return cltfs_fail(CLTFS_E_IO, "%s: %s", lock, strerror(errno));
+	while (flock(*lfd, LOCK_EX | LOCK_NB) < 0) {
+		if (atomic_load(&d->cancel)) {
+			close(*lfd);
+			return cltfs_fail(CLTFS_E_IO, "download cancelled");
+		}
+		usleep(50000);
+	}
+	return CLTFS_OK;
+}
+
+/* Download into blobs/<etag>.incomplete (resuming the longest partial
+ * download of it there), under the blob's lock, check it, then rename and
+ * link. */
 static cltfs_err fetch_blob(hf_download *d, const char *etag, uint64_t size)
 {
 	hf_repo *r = d->r;
-	char blob[PATH_MAX], part[PATH_MAX], lock[PATH_MAX], url[8192];
-	snprintf(blob, sizeof blob, "%s/blobs/%s", r->folder, etag);
+	char blob[PATH_MAX], part[PATH_MAX], lock[PATH_MAX], blobs[PATH_MAX];
+	snprintf(blobs, sizeof blobs, "%s/blobs", r->folder);
+	snprintf(blob, sizeof blob, "%s/%s", blobs, etag);
 	snprintf(part, sizeof part, "%s.incomplete", blob);
 	snprintf(lock, sizeof lock, "%s/%s.lock", r->lockdir, etag);
 	cltfs_err e = mkparent(blob);
@@ -701,57 +813,32 @@ static cltfs_err fetch_blob(hf_download *d, const char *etag, uint64_t size)
 		e = mkparent(lock);
 	if (e)
 		return e;
-	int lfd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-	if (lfd < 0)
-		return cltfs_fail(CLTFS_E_IO, "%s: %s", lock, strerror(errno));
-	/* Another process (a Python script, another mount) may be downloading
-	 * the same blob: wait for it rather than download twice. */
-	while (flock(lfd, LOCK_EX | LOCK_NB) < 0) {
-		if (atomic_load(&d->cancel)) {
-			close(lfd);
-			return cltfs_fail(CLTFS_E_IO, "download cancelled");
-		}
-		usleep(50000);
-	}
+	hf_cache_tag(r->cfg.hub_cache);
+	int lfd;
+	if ((e = lock_blob(d, lock, &lfd)))
+		return e;
 	struct stat st;
-	if (stat(blob, &st) == 0) {
+	if (stat(blob, &st) == 0) { /* there whole: its partials are garbage */
+		if (hf_partials_tidy(blobs, etag, size, false))
+			cltfs_log("%s", cltfs_errmsg()); /* the blob is served all the same */
 		e = link_snapshot(d, etag);
 		close(lfd);
 		return e ? e : open_existing(d, d->snap);
 	}
-	int fd = open(part, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-	if (fd < 0 || fstat(fd, &st) < 0) {
+	int fd = -1;
+	if (!(e = hf_partials_tidy(blobs, etag, size, true)) &&
+	    ((fd = open(part, O_RDWR | O_CREAT | O_CLOEXEC, 0644)) < 0 || fstat(fd, &st) < 0))
 		e = cltfs_fail(CLTFS_E_IO, "%s: %s", part, strerror(errno));
+	if (e)
 		goto out;
-	}
-	uint64_t have = (uint64_t)st.st_size;
-	if (have > size) { /* not a prefix of this blob */
-		if (ftruncate(fd, 0) < 0) {
-			e = cltfs_fail(CLTFS_E_IO, "%s: %s", part, strerror(errno));
-			goto out;
-		}
-		have = 0;
-	}
-	publish(d, fd, have, false);
+	uint64_t have = (uint64_t)st.st_size; /* at most size: tidy removed longer ones */
+	d->hold = have > 0;
+	publish(d, fd, d->hold ? 0 : have, false);
 	fd = -1; /* d owns it now */
-	if (have < size) {
-		char *esc = http_escape(d->path, true);
-		if (!esc) {
-			e = cltfs_fail(CLTFS_E_NOMEM, "out of memory");
-			goto out;
-		}
-		snprintf(url, sizeof url, "%s%s", r->url_base, esc);
-		free(esc);
-		/* From the start, a plain GET as huggingface_hub sends; a resume
-		 * asks for exactly the rest. */
-		http_hdrs h = {0};
-		e = http_get(&r->http, url, have, have ? size - have : 0, file_sink, d, &h, NULL);
-		http_hdrs_free(&h);
-		if (!e && d->have != size)
-			e = cltfs_fail(CLTFS_E_IO, "%s: %llu bytes arrived, the Hub announced %llu", url,
-				       (unsigned long long)d->have, (unsigned long long)size);
-		if (e)
-			goto out;
+	if ((e = complete_partial(d, part, etag, have, size))) {
+		if (e == CLTFS_E_CORRUPT) /* wrong bytes: nothing to resume */
+			unlink(part);
+		goto out;
 	}
 	if (rename(part, blob) < 0) {
 		e = cltfs_fail(CLTFS_E_IO, "%s: %s", blob, strerror(errno));
@@ -1057,6 +1144,7 @@ cltfs_err hf_read_range(hf_repo *r, const char *path, uint64_t off, size_t len, 
 /* ---- for ranges.c (repo_internal.h) ---- */
 
 const http_ctx *hf_repo_http(hf_repo *r) { return &r->http; }
+const char *hf_repo_lockdir(const hf_repo *r) { return r->lockdir; }
 bool hf_repo_offline(const hf_repo *r) { return r->cfg.offline; }
 
 char *hf_repo_resolve_url(hf_repo *r, const char *path)

@@ -1,10 +1,13 @@
 /* The Hub client's configuration (huggingface_hub's environment variables
- * and their precedence), hf:// URL parsing, and offline revisions from
- * refs/: everything that needs no server.  The rest runs against a real
+ * and their precedence), hf:// URL parsing, offline revisions from refs/,
+ * the listing's fields, and the partial downloads and blob checks of
+ * share.c: everything that needs no server.  The rest runs against a real
  * HTTP server in tests/test_hub.py. */
-#include "hfcache.h"
+#include "hfcache_internal.h"
+#include "repo_internal.h"
 #include "unit.h"
 
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -149,6 +152,75 @@ static void test_urls(void)
 	hf_config_free(&c);
 }
 
+/* What trees/<commit>.json needs of the Hub's listing. */
+static void test_tree_fields(void)
+{
+	const char *page = "[{\"type\": \"file\", \"oid\": \"aa\", \"size\": 5, \"path\": \"a.txt\"},"
+			   " {\"type\": \"file\", \"oid\": \"bb\", \"size\": 9000, \"path\": \"b.bin\","
+			   "  \"lfs\": {\"oid\": \"cc\", \"size\": 9000, \"pointerSize\": 134}, \"xetHash\": \"dd\"},"
+			   " {\"type\": \"directory\", \"oid\": \"ee\", \"size\": 0, \"path\": \"d\"}]";
+	hf_entries l = {0};
+	CHECK(hf_parse_tree_page(page, strlen(page), "t", &l) == CLTFS_OK && l.n == 3);
+	CHECK(!strcmp(l.e[0].blob_id, "aa") && !l.e[0].lfs_sha256 && !l.e[0].xet_hash);
+	CHECK(!strcmp(l.e[1].blob_id, "bb") && !strcmp(l.e[1].lfs_sha256, "cc") && !strcmp(l.e[1].xet_hash, "dd"));
+	CHECK(l.e[1].size == 9000 && l.e[2].dir && !l.e[2].blob_id);
+	hf_entries_free(l.e, l.n);
+}
+
+static void make_partial(const char *dir, const char *name, size_t n)
+{
+	char path[512];
+	snprintf(path, sizeof path, "%s/%s", dir, name);
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	CHECK(fd >= 0 && ftruncate(fd, (off_t)n) == 0);
+	close(fd);
+}
+
+static off_t size_of(const char *dir, const char *name)
+{
+	char path[512];
+	struct stat st;
+	snprintf(path, sizeof path, "%s/%s", dir, name);
+	return stat(path, &st) == 0 ? st.st_size : -1;
+}
+
+/* The partials of both namings: the longest that fits kept as
+ * <etag>.incomplete, the others removed; other blobs' left alone. */
+static void test_partials(void)
+{
+	char blobs[256];
+	snprintf(blobs, sizeof blobs, "%s/blobs", home);
+	CHECK(mkdir(blobs, 0755) == 0);
+	make_partial(blobs, "e1.incomplete", 100);
+	make_partial(blobs, "e1.0a1b2c3d.incomplete", 200);
+	make_partial(blobs, "e1.99999999.incomplete", 5000); /* longer than the blob: not a prefix */
+	make_partial(blobs, "e1", 7);                        /* not a partial */
+	make_partial(blobs, "e1x.incomplete", 300);          /* another blob's */
+	make_partial(blobs, "e2.ffffffff.incomplete", 300);
+	CHECK(hf_partials_tidy(blobs, "e1", 1000, true) == CLTFS_OK);
+	CHECK(size_of(blobs, "e1.incomplete") == 200 && size_of(blobs, "e1.0a1b2c3d.incomplete") < 0);
+	CHECK(size_of(blobs, "e1.99999999.incomplete") < 0 && size_of(blobs, "e1") == 7);
+	CHECK(size_of(blobs, "e1x.incomplete") == 300 && size_of(blobs, "e2.ffffffff.incomplete") == 300);
+	CHECK(hf_partials_tidy(blobs, "e1", 1000, false) == CLTFS_OK);
+	CHECK(size_of(blobs, "e1.incomplete") < 0 && size_of(blobs, "e1") == 7);
+}
+
+/* A blob against its name: sha256, git blob sha1, anything else unchecked. */
+static void test_blob_check(void)
+{
+	char path[256];
+	snprintf(path, sizeof path, "%s/blob", home);
+	int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0644);
+	CHECK(fd >= 0 && write(fd, "hello\n", 6) == 6);
+	/* sha256sum, and git hash-object, of "hello\n" */
+	CHECK(hf_blob_check(fd, path, "5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03", 6) == CLTFS_OK);
+	CHECK(hf_blob_check(fd, path, "ce013625030ba8dba906f756967f9e9ca394464a", 6) == CLTFS_OK);
+	CHECK(hf_blob_check(fd, path, "0000000000000000000000000000000000000000", 6) == CLTFS_E_CORRUPT);
+	CHECK(strstr(cltfs_errmsg(), path) && strstr(cltfs_errmsg(), "ce013625030ba8dba906f756967f9e9ca394464a"));
+	CHECK(hf_blob_check(fd, path, "\"an-opaque-etag\"", 6) == CLTFS_OK);
+	close(fd);
+}
+
 int main(void)
 {
 	snprintf(home, sizeof home, "/tmp/cltfs-hf-XXXXXX");
@@ -157,6 +229,9 @@ int main(void)
 	RUN(test_defaults);
 	RUN(test_precedence);
 	RUN(test_urls);
+	RUN(test_tree_fields);
+	RUN(test_partials);
+	RUN(test_blob_check);
 	char cmd[128];
 	snprintf(cmd, sizeof cmd, "rm -rf %s", home);
 	if (system(cmd))

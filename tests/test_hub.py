@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from conftest import assert_same, describe, is_mounted, load_bytes, LoadedFiles
+from hfemu import VERSIONS, Hf, IncompleteSnapshotError, Killed, LocalEntryNotFoundError
 from hubserver import Hub, git_blob_sha1
 
 LFS_THRESHOLD = 4096       # packs are LFS (redirected to the CDN); cltfs.json and idx are not
@@ -105,6 +106,17 @@ def check_store_views(m, imp, originals, rels=None):
         assert_same(torch.load(m.p(rel)), originals.get(imp.tree, rel), rel)
 
 
+def pull_serves(run_cltfs, mount, store, env, imp, originals):
+    """`cltfs pull` of the store repo into store succeeds, the store
+    verifies, and a mount of it alone serves every view."""
+    r = run_cltfs("pull", STORE_URL, store, "--quiet", env=env)
+    assert r.returncode == 0, describe(r)
+    r = run_cltfs("verify", store)
+    assert r.returncode == 0, describe(r)
+    with mount(store) as m:
+        check_store_views(m, imp, originals)
+
+
 @pytest.fixture(scope="session")
 def plain_dir(tmp_path_factory):
     """A repo of torch.save'd samples: some under LFS_THRESHOLD, some over,
@@ -174,6 +186,19 @@ def resolve_requests(hub, repo, rel):
 def cdn_requests(hub, data):
     sha = hashlib.sha256(data).hexdigest()
     return [e for e in hub.log if e["server"] == "cdn" and e["path"].startswith("/blobs/" + sha)]
+
+
+def assert_resumed(hub, data, half):
+    """The CDN sent data's bytes from half on, each once: with a Range from
+    half, or from the start with a plain GET, as huggingface_hub sends."""
+    gets = [e for e in cdn_requests(hub, data) if e["method"] == "GET"]
+    assert gets, hub.log
+    for e in gets:
+        if half:
+            assert e["range"] and e["range"].startswith("bytes=%d-" % half), e
+        else:
+            assert e["range"] is None, e
+    assert sum(e["bytes"] for e in gets) == len(data) - half
 
 
 def assert_no_token(text, where="output"):
@@ -417,12 +442,7 @@ def test_pull_failure_then_retry(tmp_path, hub, stores, run_cltfs, mount, origin
     assert r.returncode != 0, describe(r)
     assert "500" in r.stderr, describe(r)
     hub.clear_faults()
-    r = run_cltfs("pull", STORE_URL, store, "--quiet", env=env)
-    assert r.returncode == 0, describe(r)
-    r = run_cltfs("verify", store)
-    assert r.returncode == 0, describe(r)
-    with mount(store) as m:
-        check_store_views(m, imp, originals)
+    pull_serves(run_cltfs, mount, store, env, imp, originals)
 
 
 def test_pull_plain_repo_fails(tmp_path, hub, plain_dir, run_cltfs):
@@ -775,14 +795,7 @@ def test_plain_resumes_incomplete_blob(tmp_path, hub, plain_dir, mount, partial)
         (blobs / (sha + ".incomplete")).write_bytes(b"\xff" * (len(data) + 10))
     with mount(PLAIN_URL, env=hf_env(tmp_path, hub)) as m:
         assert read_all(m.p(rel)) == data
-    gets = [e for e in cdn_requests(hub, data) if e["method"] == "GET"]
-    assert gets, hub.log
-    for e in gets:
-        if half:
-            assert e["range"] and e["range"].startswith("bytes=%d-" % half), e
-        else:  # from the start: a plain GET, as huggingface_hub sends
-            assert e["range"] is None, e
-    assert sum(e["bytes"] for e in gets) == len(data) - half
+    assert_resumed(hub, data, half)
     check_hf_cache(repo_folder(tmp_path, PLAIN_REPO), commit, {rel: data}, want_blobs=[sha])
 
 
@@ -1021,3 +1034,271 @@ def test_local_store_falls_back_to_hub(tmp_path, hub, stores, mount, mount_fails
     hub.start()  # on new ports
     rc, out = mount_fails(other, "hub=" + STORE_URL, env=hf_env(tmp_path, hub))
     assert rc == 1 and "holds another dataset" in out, out
+
+
+# ====================== one HF cache, shared with huggingface_hub 0.24-1.x ==
+# tests/hfemu.py writes and reads the cache as each version's source does.
+
+def hub_cache(tmp_path):
+    return tmp_path / "hf" / "hub"
+
+
+def spawn_mount(cltfs_bin, url, mnt, env, *opts):
+    """A daemon of our own (`cltfs URL MNT -f`), for a test that kills it:
+    the Popen once mounted."""
+    import subprocess
+    os.makedirs(mnt, exist_ok=True)
+    cmd = [cltfs_bin, url, str(mnt), "-f"] + (["-o", ",".join(opts)] if opts else [])
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.monotonic() + 60
+    while not is_mounted(str(mnt)):
+        assert p.poll() is None and time.monotonic() < deadline, "mount failed: %s" % cmd
+        time.sleep(0.01)
+    return p
+
+
+def kill_mount(p, mnt):
+    """kill -9 of the daemon, then the dead mount detached."""
+    from conftest import unmount
+    p.kill()
+    p.wait()
+    unmount(str(mnt))
+
+
+@pytest.mark.parametrize("ver", VERSIONS)
+def test_hf_snapshot_packs_served_offline(tmp_path, hub, stores, mount, originals, ver):
+    """A store repo that huggingface_hub's snapshot_download put in the
+    cache: a mount with HF_HUB_OFFLINE=1 and the Hub down reads every frame
+    from the pack blobs (checked as fetched frames are) and serves every
+    view; nothing is copied into the local store."""
+    imp, commit = add_store(hub, stores)
+    snap = Hf(ver, hub_cache(tmp_path), hub.endpoint).snapshot_download(STORE_REPO)
+    assert sorted(os.listdir(os.path.join(snap, "packs"))) == sorted(os.listdir(os.path.join(imp.store, "packs")))
+    hub.stop()
+    local = tmp_path / "local"
+    with mount(STORE_URL, "store=%s" % local, env=hf_env(tmp_path, hub, HF_HUB_OFFLINE=1)) as m:
+        check_store_views(m, imp, originals)
+        st = m.stats()
+    assert st["errors"] == 0 and st["hub"]["requests"] == 0, st
+    assert st["hub"]["blob_frames"] == st["chunks"]["hub"] > 0, st
+    assert all(os.path.getsize(p) <= 16 for p in glob.glob(str(local / "packs" / "*.pack"))), \
+        "frames of the blobs were copied into the local store"
+
+
+@pytest.mark.parametrize("ver", VERSIONS)
+def test_hf_snapshot_packs_not_fetched_again(tmp_path, hub, stores, mount, originals, ver):
+    """Online too: a pack whose blob is whole in the cache is never asked
+    of the Hub or the CDN."""
+    imp, commit = add_store(hub, stores)
+    Hf(ver, hub_cache(tmp_path), hub.endpoint).snapshot_download(STORE_REPO, revision=commit)
+    hub.clear_log()
+    with mount(STORE_URL, env=hf_env(tmp_path, hub)) as m:
+        check_store_views(m, imp, originals)
+        st = m.stats()
+    pack_reqs = [e for e in hub.log if is_pack_request(e, shas=pack_sha256(imp))]
+    assert not pack_reqs, pack_reqs[:3]
+    assert st["hub"]["blob_frames"] == st["chunks"]["hub"] > 0 and st["errors"] == 0, st
+
+
+def test_hf_snapshot_during_mount(tmp_path, hub, stores, mount, originals):
+    """A snapshot_download that completes while a mount runs: the views read
+    after it come from the pack blobs, without a request for a pack."""
+    imp, commit = add_store(hub, stores)
+    rels = imp.desc["files"]
+    shas = pack_sha256(imp)
+    with mount(STORE_URL, "readahead=0", env=hf_env(tmp_path, hub)) as m:
+        check_store_views(m, imp, originals, rels[:1])
+        assert [e for e in hub.log if is_pack_request(e, shas=shas)]
+        Hf("1.28", hub_cache(tmp_path), hub.endpoint).snapshot_download(STORE_REPO)
+        hub.clear_log()
+        check_store_views(m, imp, originals, rels[1:])
+        st = m.stats()
+    assert not [e for e in hub.log if is_pack_request(e, shas=shas)]
+    assert st["hub"]["blob_frames"] > 0 and st["errors"] == 0, st
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_hf_blob_damaged(tmp_path, hub, stores, mount, originals, damage):
+    """A pack blob with a flipped byte: the frames it spoils are fetched from
+    the Hub (and the mount says why), the others read from the blob.  A blob
+    of another size than the listing's is not used at all."""
+    imp, commit = add_store(hub, stores)
+    Hf("1.28", hub_cache(tmp_path), hub.endpoint).snapshot_download(STORE_REPO)
+    blobs = {s: repo_folder(tmp_path, STORE_REPO) / "blobs" / s for s in pack_sha256(imp)}
+    big = max(blobs.values(), key=os.path.getsize)
+    size = os.path.getsize(big)
+    with open(big, "r+b") as f:
+        if damage == "flip":
+            f.seek(size // 2)
+            b = f.read(1)
+            f.seek(size // 2)
+            f.write(bytes([b[0] ^ 0x40]))
+        else:
+            f.truncate(size - 1)
+    hub.clear_log()
+    with mount(STORE_URL, env=hf_env(tmp_path, hub)) as m:
+        check_store_views(m, imp, originals)
+        st = m.stats()
+        log = m.log()
+    assert st["errors"] == 0, st
+    sha = os.path.basename(big)
+    fetched = [e for e in hub.log if e["server"] == "cdn" and e["path"].startswith("/blobs/" + sha)]
+    assert fetched, "no frame of the damaged blob was fetched"
+    if damage == "flip":
+        assert "zstd" in log and "fetching it from " + STORE_URL + " instead" in log, log
+        assert 0 < st["hub"]["blob_frames"] < st["chunks"]["hub"], st
+    else:
+        others = [e for e in hub.log if e["server"] == "cdn" and not e["path"].startswith("/blobs/" + sha)]
+        assert not others, others[:3]
+        assert st["hub"]["frames"] > 0 and st["hub"]["blob_frames"] < st["chunks"]["hub"], st
+
+
+def test_pull_offline_from_hf_snapshot(tmp_path, hub, stores, run_cltfs, mount, originals):
+    """`cltfs pull` with HF_HUB_OFFLINE=1 copies the frames of the pack
+    blobs huggingface_hub downloaded, each checked, into a store that
+    verifies."""
+    imp, commit = add_store(hub, stores)
+    Hf("0.36", hub_cache(tmp_path), hub.endpoint).snapshot_download(STORE_REPO)
+    hub.stop()
+    pull_serves(run_cltfs, mount, str(tmp_path / "pulled"), hf_env(tmp_path, hub, HF_HUB_OFFLINE=1), imp, originals)
+
+
+def test_hf_offline_snapshot_of_cltfs_cache(tmp_path, hub, plain_dir, mount):
+    """A cache that cltfs filled has what huggingface_hub 1.x reads
+    offline: trees/<commit>.json (format_version 1, every file with its
+    size and blob id, LFS files with their sha256 and size) and
+    hub/CACHEDIR.TAG; so every version's offline snapshot_download, of the
+    commit and of the branch, returns the snapshot, and 1.x still tells a
+    partial snapshot from a complete one."""
+    src, files = plain_dir
+    commit = hub.add_repo(PLAIN_REPO, src)
+    with mount(PLAIN_URL, env=hf_env(tmp_path, hub)) as m:
+        some = sorted(files)[:2]
+        for rel in some:
+            assert read_all(m.p(rel)) == files[rel]
+    folder = repo_folder(tmp_path, PLAIN_REPO)
+    with open(folder / "trees" / (commit + ".json")) as f:
+        tree = json.load(f)
+    assert tree["format_version"] == 1 and sorted(tree["files"]) == sorted(files), tree
+    for rel, data in files.items():
+        ent = tree["files"][rel]
+        assert ent["size"] == len(data) and ent["blob_id"] == git_blob_sha1(data), (rel, ent)
+        if len(data) >= LFS_THRESHOLD:
+            assert ent["lfs_sha256"] == hashlib.sha256(data).hexdigest() and ent["lfs_size"] == len(data), ent
+        else:
+            assert "lfs_sha256" not in ent and "lfs_size" not in ent, ent
+    with open(hub_cache(tmp_path) / "CACHEDIR.TAG") as f:
+        assert f.read().startswith("Signature: 8a477f597d28d172789f06886806bc55\n")
+    hub.stop()
+    new = Hf("1.28", hub_cache(tmp_path), hub.endpoint, offline=True)
+    with pytest.raises(LocalEntryNotFoundError):   # the files cltfs did not read
+        new.snapshot_download(PLAIN_REPO, revision=commit)
+    with pytest.raises(IncompleteSnapshotError):
+        new.snapshot_download(PLAIN_REPO, revision="main")
+    hub.start()
+    with mount(PLAIN_URL, env=hf_env(tmp_path, hub)) as m:
+        for rel in files:
+            assert read_all(m.p(rel)) == files[rel]
+    hub.stop()
+    for ver in VERSIONS:
+        hf = Hf(ver, hub_cache(tmp_path), hub.endpoint, offline=True)
+        for rev in (commit, "main"):
+            snap = hf.snapshot_download(PLAIN_REPO, revision=rev)
+            assert snap == str(folder / "snapshots" / commit), (ver, rev, snap)
+            for rel, data in files.items():
+                assert read_all(os.path.join(snap, rel)) == data, (ver, rev, rel)
+
+
+def test_hf_offline_snapshot_of_store_metadata(tmp_path, hub, stores, mount, originals):
+    """After a mount of a store repo, huggingface_hub 1.x's offline
+    snapshot_download of the commit's metadata (manifest, sample table,
+    indexes) is served from the cache cltfs filled."""
+    imp, commit = add_store(hub, stores)
+    with mount(STORE_URL, env=hf_env(tmp_path, hub)) as m:
+        check_store_views(m, imp, originals, imp.desc["files"][:1])
+    hub.stop()
+    hf = Hf("1.28", hub_cache(tmp_path), hub.endpoint, offline=True)
+    snap = hf.snapshot_download(STORE_REPO, revision=commit,
+                                allow_patterns=["cltfs.json", "samples.bin", "packs/*.idx"])
+    for rel in ["cltfs.json", "samples.bin"] + ["packs/" + p[:-5] + ".idx" for p in pack_names(imp)]:
+        assert read_all(os.path.join(snap, rel)) == read_all(os.path.join(imp.store, rel)), rel
+
+
+@pytest.mark.parametrize("left", ["1.28", "both"])
+def test_resume_partial_of_new_hf(tmp_path, hub, plain_dir, mount, left):
+    """huggingface_hub >= 1.18 killed mid-download leaves
+    blobs/<etag>.<uuid>.incomplete (and never resumes it): cltfs resumes
+    from it, or from the longer of it and an older <etag>.incomplete, and
+    leaves no partial behind."""
+    src, files = plain_dir
+    commit = hub.add_repo(PLAIN_REPO, src)
+    rel = "big/sample_0005.pt"
+    data = files[rel]
+    sha = hashlib.sha256(data).hexdigest()
+    blobs = repo_folder(tmp_path, PLAIN_REPO) / "blobs"
+    half = len(data) // 2
+    with pytest.raises(Killed):
+        Hf("1.28", hub_cache(tmp_path), hub.endpoint).hf_hub_download(PLAIN_REPO, rel, kill_after=half)
+    parts = glob.glob(str(blobs / (sha + ".*.incomplete")))
+    assert len(parts) == 1 and os.path.getsize(parts[0]) == half, parts
+    if left == "both":
+        (blobs / (sha + ".incomplete")).write_bytes(data[:1000])
+    hub.clear_log()
+    with mount(PLAIN_URL, env=hf_env(tmp_path, hub)) as m:
+        assert read_all(m.p(rel)) == data
+    assert_resumed(hub, data, half)
+    check_hf_cache(repo_folder(tmp_path, PLAIN_REPO), commit, {rel: data}, want_blobs=[sha])
+
+
+@pytest.mark.parametrize("rel", ["big/sample_0005.pt", "sample_0001.pt"])
+def test_resumed_bytes_checked(tmp_path, hub, plain_dir, mount, rel):
+    """A partial download whose bytes are not the file's (its blob's sha256,
+    or git sha1 for a small file, says so once complete) is downloaded again
+    from the start: the reader gets the right bytes, the cache the right
+    blob."""
+    src, files = plain_dir
+    commit = hub.add_repo(PLAIN_REPO, src)
+    data = files[rel]
+    etag = etag_of(data)
+    blobs = repo_folder(tmp_path, PLAIN_REPO) / "blobs"
+    blobs.mkdir(parents=True)
+    (blobs / (etag + ".incomplete")).write_bytes(bytes(len(data) // 2))
+    with mount(PLAIN_URL, env=hf_env(tmp_path, hub)) as m:
+        assert read_all(m.p(rel)) == data
+        assert "downloading it again from the start" in m.log()
+    check_hf_cache(repo_folder(tmp_path, PLAIN_REPO), commit, {rel: data}, want_blobs=[etag])
+
+
+def test_killed_cltfs_partial_removed(tmp_path, hub, plain_dir, cltfs_bin, mount):
+    """cltfs killed mid-download leaves blobs/<etag>.incomplete, which
+    huggingface_hub >= 1.18 never looks at: it downloads the blob itself.
+    The next cltfs start removes the partial, under the blob's lock."""
+    src, files = plain_dir
+    commit = hub.add_repo(PLAIN_REPO, src)
+    rel = "big/sample_0005.pt"
+    data = files[rel]
+    sha = hashlib.sha256(data).hexdigest()
+    part = repo_folder(tmp_path, PLAIN_REPO) / "blobs" / (sha + ".incomplete")
+    # the first body is cut after 300000 bytes, and the retry waits 30 s
+    hub.add_fault(r"^/blobs/", "truncate", count=100, after_bytes=300000, server="cdn")
+    env = hf_env(tmp_path, hub, CLTFS_HUB_BACKOFF_MS=30000)
+    mnt = tmp_path / "killed"
+    p = spawn_mount(cltfs_bin, PLAIN_URL, mnt, env)
+    try:
+        fd = os.open(str(mnt / rel), os.O_RDONLY)   # starts the download
+        deadline = time.monotonic() + 30
+        while not (part.exists() and part.stat().st_size == 300000):
+            assert time.monotonic() < deadline, "no partial download"
+            time.sleep(0.02)
+    finally:
+        kill_mount(p, mnt)
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+    hub.clear_faults()
+    Hf("1.28", hub_cache(tmp_path), hub.endpoint).hf_hub_download(PLAIN_REPO, rel)
+    assert part.exists(), "huggingface_hub 1.28 does not remove it"
+    with mount(PLAIN_URL, env=hf_env(tmp_path, hub)) as m:
+        assert read_all(m.p(rel)) == data
+    check_hf_cache(repo_folder(tmp_path, PLAIN_REPO), commit, {rel: data}, want_blobs=[sha])

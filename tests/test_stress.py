@@ -11,9 +11,12 @@ random moments, random damage.  Seeded and counted.
    a fresh mount (and, without a conversion, whole files with torch against
    the originals); the per-sample files too, converted or not.
 2. kill -9 at a random moment of import, of pull (a Hub store on
-   loopback) and of capture, then verify (the store is valid), the same
-   command again (it resumes), and every view compared with the originals
-   (with an uninterrupted capture's, byte for byte).
+   loopback), of a mount filling its local store from the Hub while
+   readers go through its views, and of capture, then verify (the store
+   is valid), the same command or mount again (it resumes), and every
+   view compared with the originals (with an uninterrupted capture's,
+   byte for byte).  And of an HF cache filled by turns by cltfs and by
+   huggingface_hub (tests/hfemu.py): every file right, no partial left.
 3. Random byte flips and truncations of packs, indexes and the sample
    table: every read is the right bytes or EIO, or the mount refuses the
    store; never different bytes.
@@ -21,6 +24,7 @@ random moments, random damage.  Seeded and counted.
 import errno
 import glob
 import hashlib
+import json
 import mmap
 import os
 import random
@@ -33,7 +37,7 @@ import pytest
 
 from conftest import assert_same, describe, load_bytes
 from test_capture import fp32_store, llava  # noqa: F401 (fixtures)
-from test_hub import STORE_URL, hf_env, make_hub  # noqa: F401 (a fixture)
+from test_hub import STORE_URL, etag_of, hf_env, kill_mount, make_hub, spawn_mount  # noqa: F401 (a fixture)
 
 SCALE = max(1, int(os.environ.get("CLTFS_STRESS", "1")))
 SEED = int(os.environ.get("CLTFS_STRESS_SEED", str(int(time.time()) & 0xFFFFFF)))
@@ -208,6 +212,128 @@ def test_kill_pull(tmp_path, stores, cltfs_bin, run_cltfs, mount, originals, mak
         _compare_all(mount, store, imp, originals)
         shutil.rmtree(store)
     print("stress kill pull: %d kills over %d stores" % (kills, 2 * SCALE))
+
+
+PACE = 0.12   # seconds a reader of a Hub fill waits between files: a fill of seconds, synced in its middle
+
+
+def _read_quietly(paths):
+    """Read every path whole, PACE apart, ignoring errors (the mount is
+    killed under the reader)."""
+    for p in paths:
+        try:
+            read_all(p)
+        except OSError:
+            pass
+        time.sleep(PACE)
+
+
+def _readers(r, mnt, rels):
+    """Two readers going through every view in their own random orders."""
+    import threading
+    ts = [threading.Thread(target=_read_quietly, args=([os.path.join(mnt, rel) for rel in r.sample(rels, len(rels))],))
+          for _ in range(2)]
+    for t in ts:
+        t.start()
+    return ts
+
+
+def test_kill_hub_fill(tmp_path, stores, cltfs_bin, run_cltfs, mount, originals, make_hub):
+    """kill -9 of a mount at a random moment of its fill from a Hub store
+    repo (two readers going through every view in random orders; frames
+    fetched in spans, appended and made durable about once a second by the
+    tier's background thread), 1 to 3 times a local store; after each,
+    verify.  Then a mount again serves every view equal to the originals
+    and completes the store, which verifies, and alone serves every view."""
+    r = rng("kill_hub_fill")
+    imp = stores.get("big", "--chunk-rows", "16")   # many chunks: many frames, many spans
+    hub = make_hub(latency=0.01)
+    hub.add_repo("me/acts", imp.store)
+    env = hf_env(tmp_path, hub)
+    rels = imp.desc["files"]
+    t0 = time.monotonic()
+    with mount(STORE_URL, "store=" + str(tmp_path / "once"), env=env) as m:
+        for t in _readers(r, m.path, rels):
+            t.join()
+    full = time.monotonic() - t0
+    kills = partial = 0
+    for k in range(2 * SCALE):
+        store = str(tmp_path / ("h%d" % k))
+        for attempt in range(r.randint(1, 3)):
+            mnt = tmp_path / ("m%d_%d" % (k, attempt))
+            p = spawn_mount(cltfs_bin, STORE_URL, mnt, env, "store=" + store)
+            readers = _readers(r, str(mnt), rels)
+            time.sleep(r.uniform(0, full * 1.2))
+            kill_mount(p, mnt)
+            kills += 1
+            for t in readers:
+                t.join()
+            v = run_cltfs("verify", store)
+            assert v.returncode == 0 or "missing" in v.stdout + v.stderr, describe(v)
+            st = run_cltfs("stat", store, "--json")
+            assert st.returncode == 0, describe(st)
+            st = json.loads(st.stdout)
+            partial += 0 < st["chunks"] < st["chunks_needed"]
+        with mount(STORE_URL, "store=" + store, env=env) as m:
+            for rel in rels:
+                assert_same(load_bytes(read_all(m.p(rel))), originals.get(imp.tree, rel), rel)
+        v = run_cltfs("verify", store)
+        assert v.returncode == 0, describe(v)
+        _compare_all(mount, store, imp, originals)   # the store alone
+        shutil.rmtree(store)
+    print("stress kill hub fill: %d kills over %d stores (a fill: %.1f s), %d leaving the store part filled"
+          % (kills, 2 * SCALE, full, partial))
+
+
+def test_kill_plain_fill_shared_cache(tmp_path, cltfs_bin, mount, make_hub):
+    """One HF cache filled by turns by cltfs and by huggingface_hub (1.28's
+    and 0.36's downloads, tests/hfemu.py), each killed at a random moment,
+    1 to 4 times a cache; then a mount reads every file right, and the
+    cache holds exactly one blob a file, each hashing to its name, and no
+    partial download of either naming."""
+    from hfemu import Hf, Killed
+    r = rng("kill_plain_fill")
+    g = random.Random(SEED)
+    files = {"a.bin": g.randbytes(3 << 20), "sub/b.bin": g.randbytes(1 << 20), "small.txt": g.randbytes(3000)}
+    hub = make_hub()
+    commit = hub.add_repo("me/plain", files)
+    url = "hf://datasets/me/plain"
+    kills = {"cltfs": 0, "hf": 0}
+    for k in range(2 * SCALE):
+        base = tmp_path / ("c%d" % k)
+        env = hf_env(base, hub, CLTFS_HUB_BACKOFF_MS=150, CLTFS_HUB_RETRIES=20)
+        for attempt in range(r.randint(1, 4)):
+            if r.random() < 0.5:
+                # cltfs's bodies are cut short a few times: a download takes
+                # several resumed requests, with backoffs between them
+                hub.add_fault(r"^/blobs/", "truncate", count=6, after_bytes=400000, server="cdn")
+                mnt = base / ("m%d" % attempt)
+                p = spawn_mount(cltfs_bin, url, mnt, env)
+                readers = _readers(r, str(mnt), sorted(files))
+                time.sleep(r.uniform(0, 1.5))
+                kill_mount(p, mnt)
+                for t in readers:
+                    t.join()
+                hub.clear_faults()
+                kills["cltfs"] += 1
+            else:
+                rel = r.choice(sorted(files))
+                hf = Hf(r.choice(["0.36", "1.28"]), base / "hf" / "hub", hub.endpoint)
+                try:
+                    hf.hf_hub_download("me/plain", rel, kill_after=r.randint(0, len(files[rel])))
+                except Killed:
+                    kills["hf"] += 1
+
+        with mount(url, env=env) as m:
+            for rel, data in files.items():
+                assert read_all(m.p(rel)) == data, rel
+        folder = base / "hf" / "hub" / "datasets--me--plain"
+        blobs = sorted(os.listdir(folder / "blobs"))
+        assert blobs == sorted(etag_of(d) for d in files.values()), blobs
+        for rel in files:
+            assert read_all(folder / "snapshots" / commit / rel) == files[rel], rel
+    print("stress kill plain fill: %d kills of cltfs, %d of huggingface_hub, over %d caches"
+          % (kills["cltfs"], kills["hf"], 2 * SCALE))
 
 
 # ------------------------------------------------------------ damage --

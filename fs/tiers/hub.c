@@ -14,6 +14,7 @@
 #include <pthread.h>
 
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,6 +39,22 @@ cltfs_err hub_pack_path(const char *pack, char *buf, size_t n)
 	return CLTFS_OK;
 }
 
+static int by_path(const void *key, const void *ent) { return strcmp(key, ((const hf_entry *)ent)->path); }
+
+/* huggingface_hub links a snapshot path only once its blob is complete;
+ * the size makes sure that the blob is this commit's pack (the frames
+ * read from it are checked all the same). */
+bool hub_pack_blob(hf_repo *repo, const hf_entry *e, size_t n, const char *pack, char *buf, size_t len)
+{
+	char rel[320];
+	struct stat st;
+	const hf_entry *hit = hub_pack_path(pack, rel, sizeof rel) ? NULL : bsearch(rel, e, n, sizeof *e, by_path);
+	if (!hit || hit->dir)
+		return false;
+	snprintf(buf, len, "%s/snapshots/%s/%s", hf_repo_folder(repo), hf_repo_commit(repo), rel);
+	return stat(buf, &st) == 0 && S_ISREG(st.st_mode) && (uint64_t)st.st_size == hit->size;
+}
+
 /* Do two stores hold the same dataset? */
 static cltfs_err same_manifest(const hub_source *h, const cltfs_store *local)
 {
@@ -54,7 +71,7 @@ cltfs_err hub_tier_open(hub_source *h, cltfs_store *local, cltfs_tier **out)
 		return cltfs_fail(CLTFS_E_INVAL, "hf://%s has no cltfs.json at its root: it is not a cltfs store",
 				  hf_repo_id(h->repo));
 	cltfs_err e = same_manifest(h, local);
-	return e ? e : hub_tier_new(h->repo, h->remote, local, out);
+	return e ? e : hub_tier_new(h->repo, h->entries, h->nentries, h->remote, local, out);
 }
 
 /* -o store=DIR, or one per repo and commit under $XDG_CACHE_HOME/cltfs
@@ -264,28 +281,71 @@ static void pull_progress(pull *p, bool end)
 	fflush(stderr);
 }
 
-/* Fetch, check and keep one span's frames. */
+/* A span's bytes: from the pack's blob when the HF cache holds it whole
+ * (*blob: no network, and offline too), else by a range request. */
+static cltfs_err span_bytes(pull *p, const char *path, const span *sp, uint8_t *buf, bool *blob)
+{
+	char file[PATH_MAX];
+	hub_source *h = p->h;
+	*blob = hub_pack_blob(h->repo, h->entries, h->nentries, p->f[sp->first].pack, file, sizeof file);
+	if (!*blob)
+		return hf_read_range(h->repo, path, sp->off, sp->len, buf);
+	int fd = open(file, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return cltfs_fail(CLTFS_E_IO, "%s: %s", file, strerror(errno));
+	cltfs_err e = CLTFS_OK;
+	for (uint64_t got = 0; !e && got < sp->len;) {
+		ssize_t k = pread(fd, buf + got, sp->len - got, (off_t)(sp->off + got));
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k <= 0)
+			e = cltfs_fail(CLTFS_E_CORRUPT, "%s: %s", file, k < 0 ? strerror(errno) : "ends before its frames");
+		got += k > 0 ? (uint64_t)k : 0;
+	}
+	close(fd);
+	return e;
+}
+
+/* Check every frame of a span's bytes against its record. */
+static cltfs_err check_span(pull *p, const span *sp, const uint8_t *buf, cltfs_zctx *z, uint8_t **raw,
+			    size_t *rawcap, const char *where)
+{
+	for (size_t i = 0; i < sp->n; i++) {
+		const cltfs_rec *r = &p->f[sp->first + i].rec;
+		char k[48];
+		if (!cltfs_reserve(raw, rawcap, r->rsize ? r->rsize : 1))
+			return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+		cltfs_err e = store_decode(r, z, buf + (r->offset - sp->off), *raw);
+		if (e)
+			return cltfs_wrap(e, "%s: chunk %s at offset %llu", where, cltfs_key_str(r->key, k, sizeof k),
+					  (unsigned long long)r->offset);
+	}
+	return CLTFS_OK;
+}
+
+/* Fetch, check and keep one span's frames.  A span read from a blob that
+ * fails its check comes from the Hub instead. */
 static cltfs_err pull_span(pull *p, const span *sp, cltfs_zctx *z, uint8_t **buf, size_t *cap, uint8_t **raw,
 			   size_t *rawcap)
 {
-	char path[320];
+	char path[320], where[512];
 	cltfs_err e = hub_pack_path(p->f[sp->first].pack, path, sizeof path);
 	if (e)
 		return e;
 	if (!cltfs_reserve(buf, cap, sp->len ? sp->len : 1))
 		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
-	if ((e = hf_read_range(p->h->repo, path, sp->off, sp->len, *buf)))
-		return e;
-	for (size_t i = 0; i < sp->n; i++) {
+	bool blob;
+	snprintf(where, sizeof where, "hf://%s/%s", hf_repo_id(p->h->repo), path);
+	if (!(e = span_bytes(p, path, sp, *buf, &blob)))
+		e = check_span(p, sp, *buf, z, raw, rawcap, blob ? "the HF cache's blob" : where);
+	if (e && blob && e != CLTFS_E_NOMEM) {
+		cltfs_log("%s of %s: fetching it from the Hub instead", cltfs_errmsg(), where);
+		if (!(e = hf_read_range(p->h->repo, path, sp->off, sp->len, *buf)))
+			e = check_span(p, sp, *buf, z, raw, rawcap, where);
+	}
+	for (size_t i = 0; !e && i < sp->n; i++) {
 		const cltfs_rec *r = &p->f[sp->first + i].rec;
-		const uint8_t *frame = *buf + (r->offset - sp->off);
-		char k[48];
-		if (!cltfs_reserve(raw, rawcap, r->rsize ? r->rsize : 1))
-			return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
-		if ((e = store_decode(r, z, frame, *raw)))
-			return cltfs_wrap(e, "hf://%s/%s: chunk %s at offset %llu", hf_repo_id(p->h->repo), path,
-					  cltfs_key_str(r->key, k, sizeof k), (unsigned long long)r->offset);
-		if ((e = store_writer_add_frame(p->w, r, frame)))
+		if ((e = store_writer_add_frame(p->w, r, *buf + (r->offset - sp->off))))
 			return e;
 		pthread_mutex_lock(&p->mu);
 		p->done += r->csize;
@@ -296,10 +356,8 @@ static cltfs_err pull_span(pull *p, const span *sp, cltfs_zctx *z, uint8_t **buf
 		pthread_mutex_unlock(&p->mu);
 		if (sync) /* a killed pull keeps what arrived */
 			e = store_writer_sync(p->w);
-		if (e)
-			return e;
 	}
-	return CLTFS_OK;
+	return e;
 }
 
 static void *pull_main(void *arg)

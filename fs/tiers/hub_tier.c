@@ -32,6 +32,10 @@
  *   Where a round trip costs more than decoding AHEAD_MIN, a new reader's
  *   first load brings a whole window with it: it waits the round trip
  *   anyway, and what follows it in the pack comes in the same wait.
+ * - Blobs.  A pack that the HF cache holds whole (huggingface_hub's
+ *   snapshot_download of the store repo put it there) is read there, not
+ *   fetched: its frames are checked as fetched ones are, not copied into
+ *   the local store (the blob is the local copy), and served offline too.
  * - Nothing fetched is lost.  Frames fetched ahead wait in their span's
  *   buffer for a load; those nobody asks for within KEEP_AFTER seconds, and
  *   all at close, are checked and kept by the background thread, which also
@@ -39,7 +43,9 @@
  */
 #include "hub_internal.h"
 
+#include <limits.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -61,6 +67,7 @@
 #define KEEP_AFTER 2.0        /* seconds a fetched frame waits for a load */
 #define POOL_MAX 16           /* span buffers kept for reuse */
 #define BG_NICE 10
+#define NBLOBS 64             /* packs remembered as whole in the HF cache */
 
 /* A frame in the table: its bytes coming or there (F_WAIT); checked and
  * used by a load, to be appended by the background thread (F_TOKEEP);
@@ -114,6 +121,11 @@ typedef struct {
 struct hub_tier {
 	cltfs_tier base; /* first: the engine sees a cltfs_tier */
 	hf_repo *repo;
+	const hf_entry *entries; /* the repo's listing, sorted by path */
+	size_t nentries;
+	const char *whole[NBLOBS]; /* packs whose blob is whole in the HF cache (guarded by mu) */
+	int nwhole;
+	atomic_ullong n_blob;      /* frames read from those blobs */
 	cltfs_store *remote, *local;
 	store_writer *w; /* thread-safe: adds and syncs need no lock here */
 	hf_ranges *q;
@@ -655,6 +667,45 @@ static cltfs_err fetch(hub_tier *t, int c, const char *pack, uint64_t recno, con
 	return e;
 }
 
+/* ---- blobs in the HF cache ---- */
+
+/* Is pack's blob whole in the HF cache?  A blob, once whole, stays so (the
+ * remote store keeps it open); one that is not may come at any moment (a
+ * snapshot_download running beside the mount): a stat a miss, no more. */
+static bool blob_whole(hub_tier *t, const char *pack)
+{
+	char path[PATH_MAX];
+	bool known = false;
+	pthread_mutex_lock(&t->mu);
+	for (int i = 0; i < t->nwhole && !known; i++)
+		known = t->whole[i] == pack;
+	pthread_mutex_unlock(&t->mu);
+	if (known || !hub_pack_blob(t->repo, t->entries, t->nentries, pack, path, sizeof path))
+		return known;
+	pthread_mutex_lock(&t->mu);
+	for (int i = 0; i < t->nwhole && !known; i++)
+		known = t->whole[i] == pack;
+	if (!known && t->nwhole < NBLOBS)
+		t->whole[t->nwhole++] = pack;
+	pthread_mutex_unlock(&t->mu);
+	return true;
+}
+
+/* A chunk from its pack's blob in the HF cache: true when it was there and
+ * passed its checks.  A frame that fails them is logged and fetched from
+ * the Hub instead, as any other; the blob is never trusted unchecked. */
+static bool from_blob(hub_tier *t, const char *pack, const cltfs_rec *rec, cltfs_zctx *z, uint8_t *dst)
+{
+	if (!blob_whole(t, pack))
+		return false;
+	if (store_read_chunk(t->remote, rec, z, dst)) {
+		cltfs_log("%s: fetching it from hf://%s instead", cltfs_errmsg(), hf_repo_id(t->repo));
+		return false;
+	}
+	atomic_fetch_add(&t->n_blob, 1);
+	return true;
+}
+
 static cltfs_err hub_load(cltfs_tier *tt, uint64_t key, cltfs_zctx *z, uint8_t *dst, size_t len, cltfs_rec *rec)
 {
 	hub_tier *t = (hub_tier *)tt;
@@ -668,6 +719,8 @@ static cltfs_err hub_load(cltfs_tier *tt, uint64_t key, cltfs_zctx *z, uint8_t *
 	if (rec->rsize != len)
 		return cltfs_fail(CLTFS_E_CORRUPT, "hf://%s: the index gives chunk %s %u bytes, not %zu",
 				  hf_repo_id(t->repo), k, rec->rsize, len);
+	if (from_blob(t, pack, rec, z, dst))
+		return CLTFS_OK;
 	pthread_mutex_lock(&t->mu);
 	frame *f = find_frame(t, key);
 	bool fetched = f != NULL;
@@ -751,11 +804,12 @@ static void hub_stats(cltfs_tier *tt, char *buf, size_t n)
 	pthread_mutex_lock(&t->mu);
 	snprintf(buf, n,
 		 "{\"requests\": %llu, \"bytes\": %llu, \"retries\": %llu, \"failures\": %llu, \"spans\": %llu, "
-		 "\"frames\": %llu, \"ahead_read\": %llu, \"kept_unread\": %llu, \"rtt_us\": %llu}",
+		 "\"frames\": %llu, \"ahead_read\": %llu, \"kept_unread\": %llu, \"rtt_us\": %llu, "
+		 "\"blob_frames\": %llu}",
 		 (unsigned long long)st->requests, (unsigned long long)st->bytes, (unsigned long long)st->retries,
 		 (unsigned long long)st->failures, (unsigned long long)t->n_spans, (unsigned long long)t->n_frames,
 		 (unsigned long long)t->n_ahead_read, (unsigned long long)t->n_kept_unread,
-		 (unsigned long long)st->rtt_us);
+		 (unsigned long long)st->rtt_us, (unsigned long long)atomic_load(&t->n_blob));
 	pthread_mutex_unlock(&t->mu);
 }
 
@@ -806,7 +860,8 @@ static uint64_t budget_from_env(void)
 	return (uint64_t)mb << 20;
 }
 
-cltfs_err hub_tier_new(hf_repo *repo, cltfs_store *remote, cltfs_store *local, cltfs_tier **out)
+cltfs_err hub_tier_new(hf_repo *repo, const hf_entry *entries, size_t n, cltfs_store *remote, cltfs_store *local,
+		       cltfs_tier **out)
 {
 	hub_tier *t = calloc(1, sizeof *t);
 	if (!t)
@@ -820,6 +875,8 @@ cltfs_err hub_tier_new(hf_repo *repo, cltfs_store *remote, cltfs_store *local, c
 	}
 	t->base = (cltfs_tier){"hub", hub_load, hub_lookup, NULL, hub_stats, hub_tier_close};
 	t->repo = repo;
+	t->entries = entries;
+	t->nentries = n;
 	t->remote = remote;
 	t->local = local;
 	t->budget = budget_from_env();
