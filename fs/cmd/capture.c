@@ -114,7 +114,7 @@ int cmd_capture(const char *store, const capture_opts *o)
 
 /* ---- a Slurm array task ---- */
 
-/* SLURM_ARRAY_TASK_<name> as a number: *set false when unset; def when
+/* SLURM_ARRAY_TASK_<name> as a number (at most INT32_MAX); def when it is
  * unset and def >= 0, else an error naming the variable. */
 static cltfs_err slurm_var(const char *name, int64_t def, int64_t *v)
 {
@@ -172,17 +172,28 @@ cltfs_err cmd_slurm_shard(int *shard, int *shards, char *said, size_t n)
 
 /* What a writer's pair name says: shard i of n, or n 0 for a writer of no
  * shard (a whole capture, a mount).  <host>-capture-<i>of<n>[-<pid>]; the
- * host may hold dashes, so the last "-capture-" counts. */
-static void shard_of_pack(const char *name, int *i, int *n)
+ * host may hold dashes, so the last "-capture-" counts.  A count past
+ * max_n is no shard (a name no capture wrote must not make --status print
+ * a line for each of 2^31 shards). */
+static void shard_of_pack(const char *name, int64_t max_n, int *i, int *n)
 {
 	*i = *n = 0;
 	const char *p = NULL;
 	for (const char *q = name; (q = strstr(q, "-capture-")); q++)
 		p = q;
-	int a, b, len = 0;
-	if (p && sscanf(p, "-capture-%dof%d%n", &a, &b, &len) == 2 && (p[len] == '\0' || p[len] == '-') && a >= 1 &&
-	    a <= b)
-		*i = a, *n = b;
+	if (!p)
+		return;
+	p += strlen("-capture-");
+	const char *of = strstr(p, "of");
+	if (!of)
+		return;
+	const char *end = of + 2 + strcspn(of + 2, "-");
+	int64_t a, b;
+	if (cltfs_parse_dec(p, (size_t)(of - p), &a) && cltfs_parse_dec(of + 2, (size_t)(end - of - 2), &b) && a >= 1 &&
+	    a <= b && b <= max_n) {
+		*i = (int)a;
+		*n = (int)b;
+	}
 }
 
 typedef struct {
@@ -191,33 +202,43 @@ typedef struct {
 	int64_t records; /* index records: chunks, durable */
 } status_pack;
 
-/* Every index file under packs/, by name. */
-static cltfs_err list_packs(const char *dir, status_pack **out, size_t *n)
+/* One more slot at the end of *v (n used of *cap). */
+static status_pack *grow(status_pack **v, size_t n, size_t *cap)
+{
+	if (n == *cap) {
+		size_t c = *cap ? 2 * *cap : 16;
+		status_pack *nv = realloc(*v, c * sizeof *nv);
+		if (!nv)
+			return NULL;
+		*v = nv;
+		*cap = c;
+	}
+	return &(*v)[n];
+}
+
+/* Every index file under packs/: its name, shard and durable records. */
+static cltfs_err list_packs(const char *dir, int64_t max_n, status_pack **out, size_t *n)
 {
 	char path[4096];
 	snprintf(path, sizeof path, "%s/packs", dir);
 	DIR *d = opendir(path);
 	if (!d)
 		return cltfs_fail(CLTFS_E_IO, "%s: %s", path, strerror(errno));
-	status_pack *v = NULL;
+	status_pack *v = NULL, *p;
 	size_t cap = 0;
 	*n = 0;
 	cltfs_err e = CLTFS_OK;
 	for (struct dirent *de; !e && (de = readdir(d));) {
 		size_t len = strlen(de->d_name);
-		if (len < 5 || len - 4 >= sizeof v->name || strcmp(de->d_name + len - 4, ".idx"))
+		if (len < 5 || len - 4 >= sizeof p->name || strcmp(de->d_name + len - 4, ".idx"))
 			continue;
-		if (*n == cap) {
-			status_pack *nv = realloc(v, (cap = cap ? 2 * cap : 16) * sizeof *v);
-			if (!nv) {
-				e = cltfs_fail(CLTFS_E_NOMEM, "out of memory");
-				break;
-			}
-			v = nv;
+		if (!(p = grow(&v, *n, &cap))) {
+			e = cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+			break;
 		}
-		status_pack *p = &v[(*n)++];
+		(*n)++;
 		snprintf(p->name, sizeof p->name, "%.*s", (int)(len - 4), de->d_name);
-		shard_of_pack(p->name, &p->shard, &p->shards);
+		shard_of_pack(p->name, max_n, &p->shard, &p->shards);
 		struct stat st;
 		snprintf(path, sizeof path, "%s/packs/%s", dir, de->d_name);
 		p->records = stat(path, &st) || st.st_size < CLTFS_FILE_HEADER ? 0
@@ -303,9 +324,13 @@ static cltfs_err status(cltfs_store *s)
 	status_pack *p = NULL;
 	size_t np = 0;
 	bool *done = calloc((size_t)m->n_batches + 1, sizeof *done);
-	cltfs_err e = done ? list_packs(store_dir(s), &p, &np) : cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	/* an array of more tasks than batches is possible (its last shards
+	 * are empty), one of thousands more is not */
+	int64_t max_n = m->n_batches + 4096;
+	cltfs_err e = done ? list_packs(store_dir(s), max_n, &p, &np) : cltfs_fail(CLTFS_E_NOMEM, "out of memory");
 	if (!e) {
-		qsort(p, np, sizeof *p, pack_order);
+		if (np)
+			qsort(p, np, sizeof *p, pack_order);
 		for (int64_t b = 0; b < m->n_batches; b++)
 			done[b] = capture_batch_stored(s, b);
 		print_status(m, done, p, np);
