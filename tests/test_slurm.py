@@ -367,8 +367,8 @@ class Cluster:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-@pytest.fixture
-def cluster(request):
+@pytest.fixture(scope="module")
+def cluster(request, cltfs_bin):
     bins = {b: shutil.which(b) or shutil.which(b, path="/usr/sbin:/sbin:/usr/bin") for b in SLURM_BINS}
     missing = [b for b, p in bins.items() if not p]
     if missing:
@@ -376,7 +376,36 @@ def cluster(request):
     c = Cluster(bins)
     request.addfinalizer(c.stop)
     c.start()
+    # the script finds cltfs on PATH, as on a cluster; sbatch passes the
+    # submitter's environment on (--export=ALL)
+    c.env["PATH"] = os.path.dirname(cltfs_bin) + ":" + c.env.get("PATH", "")
+    c.env["CLTFS_CAPTURE_ARGS"] = "--threads 1"
     return c
+
+
+def submit(cluster, tasks, logs, store, *opts):
+    """sbatch --array=0-(tasks-1) of the shipped script; the job id."""
+    os.makedirs(logs, exist_ok=True)
+    r = cluster.run("sbatch", "--parsable", "--array=0-%d" % (tasks - 1), "--output=%s/%%A_%%a.log" % logs,
+                    "--chdir", logs, *opts, SBATCH_SCRIPT, store)
+    return int(r.stdout.strip().split(";")[0])
+
+
+def test_capture_array_without_gres(small_store, run_cltfs, cluster, tmp_path):
+    """A cluster whose GPUs are not a gres (or a CPU run): --gres=none on
+    sbatch's command line overrides the script's #SBATCH --gres=gpu:1."""
+    store = fresh(small_store, tmp_path)
+    job = submit(cluster, 3, str(tmp_path / "logs"), store, "--gres=none")
+    t0 = time.monotonic()
+    _wait_tasks(cluster, job, lambda s: len(s) == 3 and all(v == "COMPLETED" for v in s.values()),
+                "every task completed", t0)
+    st = status(run_cltfs, store)
+    assert st["all"] == (6, 6, 6, 6, 100.0), st
+    host = socket.gethostname()
+    assert [st[(i, 3)][5] for i in (1, 2, 3)] == [["%s-capture-%dof3" % (host, i)] for i in (1, 2, 3)], st
+    verify_ok(run_cltfs, store)
+    shown = cluster.run("scontrol", "show", "job", str(job), "-o").stdout
+    assert not re.search(r"gres[:/]gpu", shown), shown
 
 
 def _views(m):
@@ -401,15 +430,10 @@ def test_capture_array_requeued(llava, cltfs_bin, run_cltfs, cluster, tmp_path, 
     shutil.copytree(store, clean)
     n_batches = ARRAY_SAMPLES // ARRAY_BATCH
     logs = str(tmp_path / "logs")
-    os.makedirs(logs)
-    # the script finds cltfs on PATH, as on a cluster; sbatch passes this
-    # environment on (--export=ALL)
-    cluster.env["PATH"] = os.path.dirname(cltfs_bin) + ":" + cluster.env.get("PATH", "")
-    cluster.env["CLTFS_CAPTURE_ARGS"] = "--threads 1"
     t0 = time.monotonic()
-    job = int(cluster.run("sbatch", "--parsable", "--array=0-%d" % (ARRAY_TASKS - 1),
-                          "--output=%s/%%A_%%a.log" % logs, "--chdir", str(tmp_path),
-                          SBATCH_SCRIPT, store).stdout.strip().split(";")[0])
+    job = submit(cluster, ARRAY_TASKS, logs, store)
+    shown = cluster.run("scontrol", "show", "job", str(job), "-o").stdout
+    assert re.search(r"gres[:/]gpu[:=]1", shown), "the array did not ask for a GPU a task: " + shown
     # watch the array as a user would, and catch a task mid-way
     victim, seen = None, None
     while victim is None and time.monotonic() - t0 < ARRAY_TIMEOUT:
