@@ -188,8 +188,11 @@ def test_status_of_store_kinds(small_store, run_cltfs, tmp_path):
     for bad, code in ((str(tmp_path / "nothing"), 1), (str(tmp_path), 1)):
         r = run_cltfs("capture", "--status", bad)
         assert r.returncode == code and r.stderr.startswith("cltfs: ") and bad in r.stderr, describe(r)
-    r = run_cltfs("capture", "--status")
-    assert r.returncode == 2, describe(r)
+    for args in ((), ("--shard", "1/2", store), ("--rows", "0:1", store), (store, store)):
+        r = run_cltfs("capture", "--status", *args)
+        assert r.returncode == 2 and "--status" in r.stderr, describe(r)
+    r = run_cltfs("--help")
+    assert "cltfs capture --status STORE" in r.stdout and "SLURM_ARRAY_TASK_ID" in r.stdout, describe(r)
 
 
 def test_status_beside_a_writer(small_store, run_cltfs, tmp_path):

@@ -286,6 +286,8 @@ static int main_capture(int argc, char **argv)
 		return usage_error("--rows and --shard exclude each other");
 	if (argc - optind != 1)
 		return usage_error(status ? "capture --status takes one STORE" : "capture takes one STORE");
+	if (status && (o.shards || o.row1))
+		return usage_error("capture --status shows every shard: it takes no --shard or --rows");
 	if (status)
 		return cmd_capture_status(argv[optind]);
 	int rc = capture_shard_from_env(&o);
