@@ -153,8 +153,9 @@ cltfs_err cmd_slurm_shard(int *shard, int *shards, char *said, size_t n)
 				  (long long)count);
 	if (step < 1)
 		return cltfs_fail(CLTFS_E_INVAL, "SLURM_ARRAY_TASK_STEP=%lld: a step is at least 1", (long long)step);
-	/* --array=A-B[:S]: task ID is shard (ID - A) / S; a list with holes
-	 * (--array=1,5,9) has no such numbering and lands outside */
+	/* --array=A-B[:S]: task ID is shard (ID - A) / S.  A list with holes
+	 * (--array=0,1,7: Slurm says MIN 0, STEP 1, COUNT 3) has no such
+	 * numbering: its last task lands outside, and fails saying so */
 	int64_t k = id - min;
 	if (k < 0 || k % step || k / step >= count)
 		return cltfs_fail(CLTFS_E_INVAL, "SLURM_ARRAY_TASK_ID=%lld is outside the array "
