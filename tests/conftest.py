@@ -15,7 +15,8 @@
   that outlives its deadline so that a hung read cannot hang the suite.
 - mount_fails(store, *opts): run a mount that must fail; returns (rc, output).
 
-Without CLTFS_TEST_DEVICE every process runs with no GPU visible.
+Without CLTFS_TEST_DEVICE every process runs with no GPU visible.  No
+process sees the SLURM_ARRAY_* variables of a suite run as an array task.
 
 A session finalizer unmounts any cltfs mount left under the session's
 temporary directory and reports it as an error.
@@ -45,6 +46,11 @@ if str(TESTS) not in sys.path:
 # sets CLTFS_TEST_DEVICE=cuda and runs the GPU tests on purpose.
 if not os.environ.get("CLTFS_TEST_DEVICE"):
     os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
+# `cltfs capture` in a Slurm array task captures only its shard: a suite
+# run as one (CI on a cluster) must not make every test's capture a shard.
+for _k in [k for k in os.environ if k.startswith("SLURM_ARRAY_")]:
+    del os.environ[_k]
 
 import gen_tree  # noqa: E402
 

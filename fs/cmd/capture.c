@@ -1,9 +1,27 @@
 /* capture.c: `cltfs capture STORE [--rows A:B | --shard I/N]`: run the model
- * on the batches of a store made by init that lack chunks. */
+ * on the batches of a store made by init that lack chunks; the shard of a
+ * Slurm array task; `capture --status`.
+ *
+ * Shard i of N (1-based) is batches [n*(i-1)/N, n*i/N) and writes the pair
+ * <host>-capture-<i>of<N>, so the status of an array is read from the
+ * store alone: the pack names say how it was split, the index says which
+ * batches are whole. */
 #include "cmd.h"
 
+#include <dirent.h>
+#include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
+
+/* The batches of shard i of n. */
+static void shard_range(const cltfs_manifest *m, int i, int n, int64_t *b0, int64_t *b1)
+{
+	*b0 = m->n_batches * (i - 1) / n;
+	*b1 = m->n_batches * i / n;
+}
 
 /* The batches of --shard i/N, or of --rows a:b, or all. */
 static cltfs_err batch_range(const cltfs_manifest *m, const capture_opts *o, int64_t *b0, int64_t *b1)
@@ -11,8 +29,7 @@ static cltfs_err batch_range(const cltfs_manifest *m, const capture_opts *o, int
 	*b0 = 0;
 	*b1 = m->n_batches;
 	if (o->shards > 0) {
-		*b0 = m->n_batches * (o->shard - 1) / o->shards;
-		*b1 = m->n_batches * o->shard / o->shards;
+		shard_range(m, o->shard, o->shards, b0, b1);
 	} else if (o->row1 > o->row0) {
 		if (o->row0 >= m->total_rows)
 			return cltfs_fail(CLTFS_E_INVAL, "--rows %lld:%lld: the store has %lld rows", (long long)o->row0,
@@ -88,6 +105,248 @@ int cmd_capture(const char *store, const capture_opts *o)
 	cltfs_err e = store_open(store, &s);
 	if (!e) {
 		e = run(s, o);
+		store_close(s);
+	}
+	if (e)
+		fprintf(stderr, "cltfs: %s\n", cltfs_errmsg());
+	return e ? 1 : 0;
+}
+
+/* ---- a Slurm array task ---- */
+
+/* SLURM_ARRAY_TASK_<name> as a number (at most INT32_MAX); def when it is
+ * unset and def >= 0, else an error naming the variable. */
+static cltfs_err slurm_var(const char *name, int64_t def, int64_t *v)
+{
+	char var[64];
+	snprintf(var, sizeof var, "SLURM_ARRAY_TASK_%s", name);
+	const char *s = getenv(var);
+	if (!s && def >= 0) {
+		*v = def;
+		return CLTFS_OK;
+	}
+	if (!s)
+		return cltfs_fail(CLTFS_E_INVAL, "SLURM_ARRAY_TASK_ID is set but %s is not: not a Slurm array task? "
+				  "give --shard I/N", var);
+	if (!cltfs_parse_dec(s, strlen(s), v) || *v > INT32_MAX)
+		return cltfs_fail(CLTFS_E_INVAL, "%s=%s: not a task number of a Slurm array", var, s);
+	return CLTFS_OK;
+}
+
+cltfs_err cmd_slurm_shard(int *shard, int *shards, char *said, size_t n)
+{
+	*shards = 0;
+	if (!getenv("SLURM_ARRAY_TASK_ID"))
+		return CLTFS_OK;
+	int64_t id, count, min, step;
+	cltfs_err e = slurm_var("ID", -1, &id);
+	if (!e)
+		e = slurm_var("COUNT", -1, &count);
+	if (!e)
+		e = slurm_var("MIN", 0, &min);
+	if (!e)
+		e = slurm_var("STEP", 1, &step);
+	if (e)
+		return e;
+	if (count < 1)
+		return cltfs_fail(CLTFS_E_INVAL, "SLURM_ARRAY_TASK_COUNT=%lld: an array has at least one task",
+				  (long long)count);
+	if (step < 1)
+		return cltfs_fail(CLTFS_E_INVAL, "SLURM_ARRAY_TASK_STEP=%lld: a step is at least 1", (long long)step);
+	/* --array=A-B[:S]: task ID is shard (ID - A) / S.  A list with holes
+	 * (--array=0,1,7: Slurm says MIN 0, STEP 1, COUNT 3) has no such
+	 * numbering: its last task lands outside, and fails saying so */
+	int64_t k = id - min;
+	if (k < 0 || k % step || k / step >= count)
+		return cltfs_fail(CLTFS_E_INVAL, "SLURM_ARRAY_TASK_ID=%lld is outside the array "
+				  "(SLURM_ARRAY_TASK_MIN=%lld, SLURM_ARRAY_TASK_STEP=%lld, SLURM_ARRAY_TASK_COUNT=%lld): "
+				  "submit a range such as --array=0-%lld, or give --shard I/N", (long long)id,
+				  (long long)min, (long long)step, (long long)count, (long long)count - 1);
+	*shard = (int)(k / step) + 1;
+	*shards = (int)count;
+	snprintf(said, n, "shard %d/%d from SLURM_ARRAY_TASK_ID=%lld (SLURM_ARRAY_TASK_MIN=%lld, "
+		 "SLURM_ARRAY_TASK_COUNT=%lld)", *shard, *shards, (long long)id, (long long)min, (long long)count);
+	return CLTFS_OK;
+}
+
+/* ---- capture --status ---- */
+
+/* What a writer's pair name says: shard i of n, or n 0 for a writer of no
+ * shard (a whole capture, a mount).  <host>-capture-<i>of<n>[-<pid>]; the
+ * host may hold dashes, so the last "-capture-" counts.  A count past
+ * max_n is no shard (a name no capture wrote must not make --status print
+ * a line for each of 2^31 shards). */
+static void shard_of_pack(const char *name, int64_t max_n, int *i, int *n)
+{
+	*i = *n = 0;
+	const char *p = NULL;
+	for (const char *q = name; (q = strstr(q, "-capture-")); q++)
+		p = q;
+	if (!p)
+		return;
+	p += strlen("-capture-");
+	const char *of = strstr(p, "of");
+	if (!of)
+		return;
+	const char *end = of + 2 + strcspn(of + 2, "-");
+	int64_t a, b;
+	if (cltfs_parse_dec(p, (size_t)(of - p), &a) && cltfs_parse_dec(of + 2, (size_t)(end - of - 2), &b) && a >= 1 &&
+	    a <= b && b <= max_n) {
+		*i = (int)a;
+		*n = (int)b;
+	}
+}
+
+typedef struct {
+	char name[256];
+	int shard, shards;
+	int64_t records; /* index records: chunks, durable */
+} status_pack;
+
+/* One more slot at the end of *v (n used of *cap). */
+static status_pack *grow(status_pack **v, size_t n, size_t *cap)
+{
+	if (n == *cap) {
+		size_t c = *cap ? 2 * *cap : 16;
+		status_pack *nv = realloc(*v, c * sizeof *nv);
+		if (!nv)
+			return NULL;
+		*v = nv;
+		*cap = c;
+	}
+	return &(*v)[n];
+}
+
+/* Every index file under packs/: its name, shard and durable records. */
+static cltfs_err list_packs(const char *dir, int64_t max_n, status_pack **out, size_t *n)
+{
+	char path[4096];
+	snprintf(path, sizeof path, "%s/packs", dir);
+	DIR *d = opendir(path);
+	if (!d)
+		return cltfs_fail(CLTFS_E_IO, "%s: %s", path, strerror(errno));
+	status_pack *v = NULL, *p;
+	size_t cap = 0;
+	*n = 0;
+	cltfs_err e = CLTFS_OK;
+	for (struct dirent *de; !e && (de = readdir(d));) {
+		size_t len = strlen(de->d_name);
+		if (len < 5 || len - 4 >= sizeof p->name || strcmp(de->d_name + len - 4, ".idx"))
+			continue;
+		if (!(p = grow(&v, *n, &cap))) {
+			e = cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+			break;
+		}
+		(*n)++;
+		snprintf(p->name, sizeof p->name, "%.*s", (int)(len - 4), de->d_name);
+		shard_of_pack(p->name, max_n, &p->shard, &p->shards);
+		struct stat st;
+		snprintf(path, sizeof path, "%s/packs/%s", dir, de->d_name);
+		p->records = stat(path, &st) || st.st_size < CLTFS_FILE_HEADER ? 0
+			     : (st.st_size - CLTFS_FILE_HEADER) / CLTFS_REC_SIZE;
+	}
+	closedir(d);
+	if (e) {
+		free(v);
+		return e;
+	}
+	*out = v;
+	return CLTFS_OK;
+}
+
+static int pack_order(const void *a, const void *b)
+{
+	const status_pack *p = a, *q = b;
+	if (p->shards != q->shards)
+		return p->shards < q->shards ? -1 : 1;
+	if (p->shard != q->shard)
+		return p->shard < q->shard ? -1 : 1;
+	return strcmp(p->name, q->name);
+}
+
+/* Batches [b0, b1) that are whole, and their samples, of all of them. */
+static void count_done(const cltfs_manifest *m, const bool *done, int64_t b0, int64_t b1, int64_t c[4])
+{
+	c[0] = c[1] = c[2] = c[3] = 0;
+	for (int64_t b = b0; b < b1; b++) {
+		int64_t s = cltfs_manifest_batch(m, b).samples;
+		c[0] += done[b];
+		c[2] += done[b] ? s : 0;
+		c[3] += s;
+	}
+	c[1] = b1 - b0;
+}
+
+static void print_progress(const char *what, const int64_t c[4])
+{
+	printf("%s: %lld/%lld batches, %lld/%lld samples, %.1f%%", what, (long long)c[0], (long long)c[1],
+	       (long long)c[2], (long long)c[3], c[3] ? 100.0 * (double)c[2] / (double)c[3] : 100.0);
+}
+
+/* One line a shard of each way the store was split (the shards of i of n
+ * for every n a pack name shows), then the writers of no shard, then all. */
+static void print_status(const cltfs_manifest *m, const bool *done, const status_pack *p, size_t np)
+{
+	int64_t c[4];
+	char what[64];
+	size_t k = 0;
+	for (; k < np && !p[k].shards; k++)
+		;
+	for (size_t j = k; j < np; j++) {
+		if (j > k && p[j].shards == p[j - 1].shards)
+			continue;
+		int n = p[j].shards;
+		size_t at = j;
+		for (int i = 1; i <= n; i++) {
+			int64_t b0, b1;
+			shard_range(m, i, n, &b0, &b1);
+			count_done(m, done, b0, b1, c);
+			snprintf(what, sizeof what, "shard %d/%d", i, n);
+			print_progress(what, c);
+			const char *sep = "  (";
+			for (; at < np && p[at].shards == n && p[at].shard == i; at++, sep = ", ")
+				printf("%s%s: %lld chunks", sep, p[at].name, (long long)p[at].records);
+			printf("%s\n", strcmp(sep, "  (") ? ")" : "  (no pack yet)");
+		}
+	}
+	for (size_t j = 0; j < k; j++)
+		printf("other writer %s: %lld chunks\n", p[j].name, (long long)p[j].records);
+	count_done(m, done, 0, m->n_batches, c);
+	print_progress("all", c);
+	printf("\n");
+}
+
+static cltfs_err status(cltfs_store *s)
+{
+	const cltfs_manifest *m = store_manifest(s);
+	if (!m->source_kind || strcmp(m->source_kind, "capture"))
+		return cltfs_fail(CLTFS_E_INVAL, "%s: not a store made by `cltfs init` (nothing is captured into it)",
+				  store_dir(s));
+	status_pack *p = NULL;
+	size_t np = 0;
+	bool *done = calloc((size_t)m->n_batches + 1, sizeof *done);
+	/* an array of more tasks than batches is possible (its last shards
+	 * are empty), one of thousands more is not */
+	int64_t max_n = m->n_batches + 4096;
+	cltfs_err e = done ? list_packs(store_dir(s), max_n, &p, &np) : cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	if (!e) {
+		if (np)
+			qsort(p, np, sizeof *p, pack_order);
+		for (int64_t b = 0; b < m->n_batches; b++)
+			done[b] = capture_batch_stored(s, b);
+		print_status(m, done, p, np);
+	}
+	free(p);
+	free(done);
+	return e;
+}
+
+int cmd_capture_status(const char *store)
+{
+	cltfs_store *s;
+	cltfs_err e = store_open(store, &s);
+	if (!e) {
+		e = status(s);
 		store_close(s);
 	}
 	if (e)

@@ -45,6 +45,17 @@ typedef struct {
 } capture_opts;
 /* Run the model on the store's batches that lack chunks. */
 int cmd_capture(const char *store, const capture_opts *o);
+/* The shard of a Slurm array task (1-based *shard of *shards): task
+ * SLURM_ARRAY_TASK_ID of an array of SLURM_ARRAY_TASK_COUNT from
+ * SLURM_ARRAY_TASK_MIN by SLURM_ARRAY_TASK_STEP (default 0 and 1) is shard
+ * (ID - MIN) / STEP + 1; said (n bytes) says so.  *shards 0 when
+ * SLURM_ARRAY_TASK_ID is unset; CLTFS_E_INVAL naming the variable for a
+ * value that is not a number or falls outside the array. */
+cltfs_err cmd_slurm_shard(int *shard, int *shards, char *said, size_t n);
+/* capture --status: each shard's batches and samples stored of its own,
+ * the other writers, and all, from the index files alone (no writer is
+ * opened, so a running capture is not disturbed). */
+int cmd_capture_status(const char *store);
 
 /* Every chunk of a Hub store repo that STORE lacks. */
 int cmd_pull(const char *url, const char *store, bool quiet);

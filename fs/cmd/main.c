@@ -190,6 +190,33 @@ static int main_init(int argc, char **argv)
 	return cmd_init(argv[optind], &o);
 }
 
+/* Without --shard or --rows, a Slurm array task captures its own shard
+ * (cmd_slurm_shard), and says so first: the job's log shows which.  An
+ * explicit --shard or --rows wins.  0, or 2 for a bad variable. */
+static int capture_shard_from_env(capture_opts *o)
+{
+	int shard, shards;
+	char said[256];
+	const char *id = getenv("SLURM_ARRAY_TASK_ID");
+	if (id && (o->shards || o->row1)) {
+		if (!o->quiet)
+			fprintf(stderr, "cltfs: capture: %s given, SLURM_ARRAY_TASK_ID=%s ignored\n",
+				o->shards ? "--shard" : "--rows", id);
+		return 0;
+	}
+	if (cmd_slurm_shard(&shard, &shards, said, sizeof said)) {
+		fprintf(stderr, "cltfs: capture: %s\n", cltfs_errmsg());
+		return 2;
+	}
+	if (shards) {
+		o->shard = shard;
+		o->shards = shards;
+		if (!o->quiet)
+			fprintf(stderr, "cltfs: capture: %s\n", said);
+	}
+	return 0;
+}
+
 static int main_capture(int argc, char **argv)
 {
 	capture_opts o = {.cfg = {.load = {.dtype = -1}}};
@@ -201,12 +228,14 @@ static int main_capture(int argc, char **argv)
 		{"batch", required_argument, 0, 'B'}, {"model", required_argument, 0, 'm'},
 		{"image-dir", required_argument, 0, 'i'}, {"device", required_argument, 0, 'D'},
 		{"compress-threads", required_argument, 0, 'T'},
+		{"status", no_argument, 0, 'S'},
 		{"help", no_argument, 0, 'h'},
 		{0, 0, 0, 0},
 	};
 	int ch;
 	int64_t a, b;
 	cltfs_dtype dt;
+	bool status = false;
 	optind = 1;
 	while ((ch = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
 		switch (ch) {
@@ -248,6 +277,7 @@ static int main_capture(int argc, char **argv)
 		case 'm': o.cfg.model = optarg; break;
 		case 'i': o.cfg.images = optarg; break;
 		case 'Q': o.quiet = true; break;
+		case 'S': status = true; break;
 		case 'h': cmd_usage(stdout); return 0;
 		default: return 2;
 		}
@@ -255,8 +285,13 @@ static int main_capture(int argc, char **argv)
 	if (o.shards && o.row1)
 		return usage_error("--rows and --shard exclude each other");
 	if (argc - optind != 1)
-		return usage_error("capture takes one STORE");
-	return cmd_capture(argv[optind], &o);
+		return usage_error(status ? "capture --status takes one STORE" : "capture takes one STORE");
+	if (status && (o.shards || o.row1))
+		return usage_error("capture --status shows every shard: it takes no --shard or --rows");
+	if (status)
+		return cmd_capture_status(argv[optind]);
+	int rc = capture_shard_from_env(&o);
+	return rc ? rc : cmd_capture(argv[optind], &o);
 }
 
 static int main_verify(int argc, char **argv)

@@ -307,17 +307,22 @@ void capturer_free(capturer *c)
 	free(c);
 }
 
-bool capturer_batch_stored(capturer *c, int64_t b)
+bool capture_batch_stored(cltfs_store *s, int64_t b)
 {
-	cltfs_batch bt = cltfs_manifest_batch(c->m, b);
+	const cltfs_manifest *m = store_manifest(s);
+	cltfs_batch bt = cltfs_manifest_batch(m, b);
 	cltfs_rec rec;
 	for (int kind = 0; kind < 2; kind++)
-		for (int L = 0; L < c->m->n_layers; L++)
-			for (int64_t k = 0; cltfs_manifest_has_stream(c->m, (unsigned)kind, L) && k < bt.chunks; k++)
-				if (!store_lookup(c->s, cltfs_key((unsigned)kind, (unsigned)L, (uint32_t)(bt.first_chunk + k)),
-						  &rec))
+		for (int L = 0; L < m->n_layers; L++)
+			for (int64_t k = 0; cltfs_manifest_has_stream(m, (unsigned)kind, L) && k < bt.chunks; k++)
+				if (!store_lookup(s, cltfs_key((unsigned)kind, (unsigned)L, (uint32_t)(bt.first_chunk + k)), &rec))
 					return false;
 	return true;
+}
+
+bool capturer_batch_stored(capturer *c, int64_t b)
+{
+	return capture_batch_stored(c->s, b);
 }
 
 /* The rows of one stream for sample i of the forward pass: into the

@@ -44,6 +44,9 @@ void capturer_free(capturer *c);
 cltfs_err capturer_load(capturer *c);
 /* Is every chunk of batch b's streams in the store? */
 bool capturer_batch_stored(capturer *c, int64_t b);
+/* The same for any store (no capturer, no writer): what `capture
+ * --status` counts. */
+bool capture_batch_stored(cltfs_store *s, int64_t b);
 /* Capture batches [b0, b1), as many samples per forward pass as the
  * model takes; durable: sync the writer after (else at the next sync).
  * A failure leaves every chunk that was added whole and right.
