@@ -544,7 +544,9 @@ def test_link_fetches_ahead_and_keeps_it(tmp_path, make_hub, stores, mount, orig
         st = m.stats()
     gets = cdn_gets(hub, shas)
     assert len(gets) == 1 and st["hub"]["frames"] > st["chunks"]["hub"], ([e["range"] for e in gets], st)
-    assert st["hub"]["rtt_us"] >= 30000, st
+    # the link's 30 ms, as libcurl times it (from the request's send to the
+    # first byte: a loaded machine has measured 27 ms), not loopback's 0.1
+    assert st["hub"]["rtt_us"] >= 20000, st
     hub.stop()
     with mount(STORE_URL, "store=" + local, env=hf_env(tmp_path, hub, HF_HUB_OFFLINE=1)) as m:
         check_store_views(m, imp, originals)
