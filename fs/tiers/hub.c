@@ -44,26 +44,28 @@ static cltfs_err same_manifest(const hub_source *h, const cltfs_store *local)
 	if (cltfs_manifest_same(store_manifest(local), store_manifest(h->remote)))
 		return CLTFS_OK;
 	return cltfs_fail(CLTFS_E_MISMATCH,
-			  "%s holds another dataset than hf://%s@%.12s (their manifests differ): use another local store",
-			  store_dir(local), hf_repo_id(h->repo), hf_repo_commit(h->repo));
+			  "%s holds another dataset than %s (their manifests differ): use another local store",
+			  store_dir(local), hf_repo_name(h->repo));
 }
 
 cltfs_err hub_tier_open(hub_source *h, cltfs_store *local, cltfs_tier **out)
 {
 	if (!h->remote)
-		return cltfs_fail(CLTFS_E_INVAL, "hf://%s has no cltfs.json at its root: it is not a cltfs store",
-				  hf_repo_id(h->repo));
+		return cltfs_fail(CLTFS_E_INVAL, "%s has no cltfs.json at its root: it is not a cltfs store",
+				  hf_repo_name(h->repo));
 	cltfs_err e = same_manifest(h, local);
 	return e ? e : hub_tier_new(h->repo, h->remote, local, out);
 }
 
 /* -o store=DIR, or one per repo and commit under $XDG_CACHE_HOME/cltfs
- * (~/.cache/cltfs). */
+ * (~/.cache/cltfs); for S3, one per prefix. */
 static void default_local(const hub_source *h, char *buf, size_t n)
 {
 	const char *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
 	const char *folder = strrchr(hf_repo_folder(h->repo), '/') + 1;
-	if (xdg && *xdg)
+	if (hf_repo_is_s3(h->repo)) /* beside its fetched metadata */
+		snprintf(buf, n, "%s/store", hf_repo_folder(h->repo));
+	else if (xdg && *xdg)
 		snprintf(buf, n, "%s/cltfs/hub/%s/%s", xdg, folder, hf_repo_commit(h->repo));
 	else
 		snprintf(buf, n, "%s/.cache/cltfs/hub/%s/%s", home ? home : "", folder, hf_repo_commit(h->repo));
@@ -72,8 +74,8 @@ static void default_local(const hub_source *h, char *buf, size_t n)
 cltfs_err hub_local_store(hub_source *h, const char *dir, cltfs_store **out)
 {
 	if (!h->remote)
-		return cltfs_fail(CLTFS_E_INVAL, "hf://%s has no cltfs.json at its root: it is not a cltfs store",
-				  hf_repo_id(h->repo));
+		return cltfs_fail(CLTFS_E_INVAL, "%s has no cltfs.json at its root: it is not a cltfs store",
+				  hf_repo_name(h->repo));
 	char buf[PATH_MAX];
 	if (!dir) {
 		default_local(h, buf, sizeof buf);
@@ -121,7 +123,7 @@ static cltfs_err open_remote(hub_source *h, const char *manifest)
 	snprintf(dir, sizeof dir, "%s", manifest);
 	*strrchr(dir, '/') = 0;
 	cltfs_err e = store_open(dir, &h->remote);
-	return e ? cltfs_wrap(e, "hf://%s", hf_repo_id(h->repo)) : CLTFS_OK;
+	return e ? cltfs_wrap(e, "%s", hf_repo_name(h->repo)) : CLTFS_OK;
 }
 
 cltfs_err hub_open(const char *url, hub_source **out)
@@ -283,7 +285,7 @@ static cltfs_err pull_span(pull *p, const span *sp, cltfs_zctx *z, uint8_t **buf
 		if (!cltfs_reserve(raw, rawcap, r->rsize ? r->rsize : 1))
 			return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
 		if ((e = store_decode(r, z, frame, *raw)))
-			return cltfs_wrap(e, "hf://%s/%s: chunk %s at offset %llu", hf_repo_id(p->h->repo), path,
+			return cltfs_wrap(e, "%s/%s: chunk %s at offset %llu", hf_repo_name(p->h->repo), path,
 					  cltfs_key_str(r->key, k, sizeof k), (unsigned long long)r->offset);
 		if ((e = store_writer_add_frame(p->w, r, frame)))
 			return e;
@@ -331,8 +333,8 @@ static void *pull_main(void *arg)
 cltfs_err hub_pull(hub_source *h, cltfs_store *local, bool quiet)
 {
 	pull p = {.h = h, .local = local, .tty = !quiet && isatty(2), .t0 = cltfs_now()};
-	cltfs_err e = !h->remote ? cltfs_fail(CLTFS_E_INVAL, "hf://%s has no cltfs.json at its root: it is not a "
-					      "cltfs store", hf_repo_id(h->repo))
+	cltfs_err e = !h->remote ? cltfs_fail(CLTFS_E_INVAL, "%s has no cltfs.json at its root: it is not a "
+					      "cltfs store", hf_repo_name(h->repo))
 				 : same_manifest(h, local);
 	if (e)
 		return e;
@@ -358,8 +360,8 @@ cltfs_err hub_pull(hub_source *h, cltfs_store *local, bool quiet)
 		e = se;
 	pull_progress(&p, true);
 	if (!e && !quiet)
-		fprintf(stderr, "pull: %zu chunks (%.1f MB) from hf://%s@%.12s into %s\n", p.nf, (double)p.total / 1e6,
-			hf_repo_id(h->repo), hf_repo_commit(h->repo), store_dir(local));
+		fprintf(stderr, "pull: %zu chunks (%.1f MB) from %s into %s\n", p.nf, (double)p.total / 1e6,
+			hf_repo_name(h->repo), store_dir(local));
 	free(p.f);
 	free(p.sp);
 	pthread_mutex_destroy(&p.mu);
