@@ -123,6 +123,13 @@ void hf_download_release(hf_download *d);
  * the retries: the message names the URL), _NOMEM. */
 cltfs_err hf_read_range(hf_repo *r, const char *path, uint64_t off, size_t len, void *dst);
 
+/* Upload the first size bytes of the file at local to path under an S3
+ * prefix (hf_repo_is_s3): one PUT, or a multipart upload resumed from its
+ * journal after a kill (s3.h).  *done (may be NULL) counts the bytes sent.
+ * CLTFS_E_UNSUPPORTED for a Hub repo; the errors of the requests
+ * (CLTFS_E_INVAL: credentials refused, _IO, ...) and of the file. */
+cltfs_err hf_upload(hf_repo *r, const char *path, const char *local, uint64_t size, atomic_ullong *done);
+
 /* Ranges in flight: many range requests at once, driven by one thread on
  * one libcurl multi handle, so that they share connections (HTTP/2
  * multiplexing where the server offers it, else HTTP/1.1 keep-alive, up to

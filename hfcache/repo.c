@@ -1106,6 +1106,16 @@ cltfs_err hf_read_range(hf_repo *r, const char *path, uint64_t off, size_t len, 
 	return e ? cltfs_wrap(e, "%s", what) : CLTFS_OK;
 }
 
+cltfs_err hf_upload(hf_repo *r, const char *path, const char *local, uint64_t size, atomic_ullong *done)
+{
+	if (!r->s3)
+		return cltfs_fail(CLTFS_E_UNSUPPORTED, "%s: cltfs pushes to S3 only", r->label);
+	if (r->cfg.offline)
+		return cltfs_fail(CLTFS_E_INVAL, "%s: offline (HF_HUB_OFFLINE or CLTFS_OFFLINE): nothing is uploaded",
+				  r->label);
+	return s3_upload(r->s3, &r->http, path, local, size, done);
+}
+
 /* ---- for ranges.c (repo_internal.h) ---- */
 
 const http_ctx *hf_repo_http(hf_repo *r) { return &r->http; }

@@ -57,11 +57,12 @@ cltfs_err s3_list(const s3_target *t, const http_ctx *c, hf_entries *l);
  * renamed).  The errors of http_get; CLTFS_E_IO for the file. */
 cltfs_err s3_get_file(const s3_target *t, const http_ctx *c, const char *path, const char *dst);
 
-/* Bytes a part of a multipart upload holds (the last one fewer). */
+/* Bytes a part of a multipart upload holds (the last one fewer), unless
+ * CLTFS_S3_PART_MB says otherwise. */
 #define S3_PART_SIZE (16u << 20)
 
 /* Upload size bytes of the file at local to path under the prefix: one
- * PUT when small, else a multipart upload, PARTS_IN_FLIGHT parts at a time,
+ * PUT when one part holds it, else a multipart upload, parts in parallel,
  * with a journal (under s3_cache) of its upload id and its finished parts:
  * an upload killed midway goes on from the parts it finished.  done (may
  * be NULL) is added the bytes as they are sent.  http_send's errors,

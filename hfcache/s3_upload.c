@@ -30,7 +30,7 @@ typedef struct {
 	const char *path;
 	char *url; /* the object's */
 	int fd;    /* the local file */
-	uint64_t size;
+	uint64_t size, psize; /* psize: bytes of a part (the last one fewer) */
 	uint32_t nparts;
 	char id[1024];     /* the upload id, percent-encoded for a query */
 	char (*etag)[128]; /* per part, "" until it is done */
@@ -97,7 +97,7 @@ static bool journal_resume(upload *u)
 	unsigned long long size = 0, psize = 0;
 	bool ok = fgets(line, sizeof line, f) &&
 		  sscanf(line, JOURNAL_MAGIC " %llu %llu %1023s", &size, &psize, id) == 3 && size == u->size &&
-		  psize == S3_PART_SIZE;
+		  psize == u->psize;
 	while (ok && fgets(line, sizeof line, f)) {
 		unsigned part;
 		char etag[128];
@@ -138,7 +138,7 @@ static cltfs_err begin(upload *u)
 	free(esc);
 	char line[1200];
 	snprintf(line, sizeof line, JOURNAL_MAGIC " %llu %llu %s\n", (unsigned long long)u->size,
-		 (unsigned long long)S3_PART_SIZE, u->id);
+		 (unsigned long long)u->psize, u->id);
 	if (ftruncate(u->jfd, 0) < 0)
 		return cltfs_fail(CLTFS_E_IO, "%s: %s", u->jpath, strerror(errno));
 	return journal_append(u, line);
@@ -147,7 +147,7 @@ static cltfs_err begin(upload *u)
 /* UploadPart of part i (from 0), its ETag into the journal. */
 static cltfs_err put_part(upload *u, uint32_t i, uint8_t *buf)
 {
-	uint64_t off = (uint64_t)i * S3_PART_SIZE, len = u->size - off < S3_PART_SIZE ? u->size - off : S3_PART_SIZE;
+	uint64_t off = (uint64_t)i * u->psize, len = u->size - off < u->psize ? u->size - off : u->psize;
 	cltfs_err e = read_at(u->fd, u->path, buf, (size_t)len, off);
 	if (e)
 		return e;
@@ -176,7 +176,7 @@ static cltfs_err put_part(upload *u, uint32_t i, uint8_t *buf)
 static void *part_main(void *arg)
 {
 	upload *u = arg;
-	uint8_t *buf = malloc(S3_PART_SIZE);
+	uint8_t *buf = malloc(u->psize);
 	cltfs_err e = buf ? CLTFS_OK : cltfs_fail(CLTFS_E_NOMEM, "out of memory");
 	for (;;) {
 		pthread_mutex_lock(&u->mu);
@@ -256,7 +256,7 @@ static cltfs_err multipart(upload *u)
 			e = begin(u);
 		for (uint32_t i = 0; !e && u->done && i < u->nparts; i++)
 			if (*u->etag[i])
-				atomic_fetch_add(u->done, i + 1 < u->nparts ? S3_PART_SIZE : u->size - (uint64_t)i * S3_PART_SIZE);
+				atomic_fetch_add(u->done, i + 1 < u->nparts ? u->psize : u->size - (uint64_t)i * u->psize);
 		if (!e)
 			e = put_parts(u);
 		bool gone = false;
@@ -287,12 +287,21 @@ static cltfs_err put_whole(upload *u)
 	return e;
 }
 
+/* CLTFS_S3_PART_MB (5..5120: S3's bounds), else S3_PART_SIZE. */
+static uint64_t part_size(void)
+{
+	const char *v = getenv("CLTFS_S3_PART_MB");
+	char *end;
+	long mb = v && *v ? strtol(v, &end, 10) : 0;
+	return v && *v && !*end && mb >= 5 && mb <= 5120 ? (uint64_t)mb << 20 : S3_PART_SIZE;
+}
+
 cltfs_err s3_upload(const s3_target *t, const http_ctx *c, const char *path, const char *local, uint64_t size,
 		    atomic_ullong *done)
 {
-	upload u = {.t = t, .c = c, .path = path, .size = size, .done = done, .jfd = -1};
-	u.nparts = (uint32_t)((size + S3_PART_SIZE - 1) / S3_PART_SIZE);
-	if (size > (uint64_t)S3_PART_SIZE * 10000)
+	upload u = {.t = t, .c = c, .path = path, .size = size, .psize = part_size(), .done = done, .jfd = -1};
+	u.nparts = (uint32_t)((size + u.psize - 1) / u.psize);
+	if (size > u.psize * 10000)
 		return cltfs_fail(CLTFS_E_UNSUPPORTED, "%s: %llu bytes need more than S3's 10000 parts", local,
 				  (unsigned long long)size);
 	if ((u.fd = open(local, O_RDONLY | O_CLOEXEC)) < 0)

@@ -255,3 +255,84 @@ def test_persistent_failure_is_eio_with_a_log_line(tmp_path, s3, stores, mount):
         time.sleep(0.2)
         log = m.log()
     assert "SlowDown" in log and BUCKET in log and ".pack" in log, log
+
+
+# ------------------------------------------------------------------ push --
+
+def bucket_files(s3, prefix):
+    c = s3.client()
+    out = {}
+    for page in c.get_paginator("list_objects_v2").paginate(Bucket=s3.bucket, Prefix=prefix + "/"):
+        for o in page.get("Contents", []):
+            out[o["Key"][len(prefix) + 1:]] = c.get_object(Bucket=s3.bucket, Key=o["Key"])["Body"].read()
+    return out
+
+
+def writes(s3):
+    return [e for e in s3.log if e["method"] in ("PUT", "POST") and e["status"] == 200]
+
+
+def test_push_then_boto3_reads_it_back(tmp_path, s3, big_store, cltfs_bin, mount):
+    """cltfs push uploads every file of the store (the pack as a multipart
+    upload), boto3 reads back the same bytes, the manifest is the last write,
+    and a second push uploads nothing; the pushed store mounts."""
+    store, desc = big_store
+    env = env_of(tmp_path, s3, CLTFS_S3_PART_MB=5)
+    r = run(cltfs_bin, "push", store, URL, env=env)
+    assert r.returncode == 0, describe(r)
+    assert bucket_files(s3, PREFIX) == store_files(store)
+    w = writes(s3)
+    assert w[-1]["key"] == PREFIX + "/cltfs.json" and w[-1]["method"] == "PUT", w[-3:]
+    assert len([e for e in w if e["key"] == PREFIX + "/cltfs.json"]) == 1
+    parts = [e for e in w if "partNumber=" in e["query"]]
+    pack = max(len(v) for k, v in store_files(store).items() if k.endswith(".pack"))
+    assert len(parts) == (pack + (5 << 20) - 1) // (5 << 20), len(parts)
+    # every pack's last write before any index's first
+    first_idx = min(i for i, e in enumerate(w) if e["key"].endswith(".idx"))
+    assert all(i < first_idx for i, e in enumerate(w) if e["key"].endswith(".pack")), w
+    s3.clear_log()
+    r = run(cltfs_bin, "push", store, URL, env=env)
+    assert r.returncode == 0 and not writes(s3), (describe(r), writes(s3))
+    with mount(URL, env=env) as m, mount(store) as ml:
+        for rel in desc["files"][:6]:
+            assert read_all(m.p(rel)) == read_all(ml.p(rel)), rel
+
+
+def test_push_refuses_another_store(tmp_path, s3, stores, big_store, cltfs_bin):
+    """A prefix that holds another store is not written over."""
+    imp = stores.get("s1_bf16")
+    s3.upload_dir(imp.store, PREFIX)
+    s3.clear_log()
+    r = run(cltfs_bin, "push", big_store[0], URL, env=env_of(tmp_path, s3))
+    assert r.returncode == 1 and "another store" in r.stderr, describe(r)
+    assert not writes(s3)
+
+
+def test_killed_push_resumes(tmp_path, s3, big_store, cltfs_bin):
+    """kill -9 in the middle of a pack's multipart upload: no manifest is
+    there yet (a reader sees no store); a second push goes on from the
+    parts that were done (it sends only the others) and completes."""
+    store, desc = big_store
+    env = env_of(tmp_path, s3, CLTFS_S3_PART_MB=5)
+    s3.fault(lambda e: "partNumber=" in e["query"] and not e["query"].startswith("partNumber=1&"),
+             "delay:2", 100)
+    p = subprocess.Popen([cltfs_bin, "push", store, URL], env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT)
+    t0 = time.monotonic()
+    while not [e for e in writes(s3) if e["query"].startswith("partNumber=1&")]:
+        assert p.poll() is None and time.monotonic() - t0 < 60, p.stdout.read()
+        time.sleep(0.05)
+    time.sleep(0.2)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    s3.faults.clear()
+    time.sleep(2.5)  # the delayed parts that were in flight end
+    done = {e["query"].split("&")[0] for e in writes(s3) if "partNumber=" in e["query"]}
+    assert "cltfs.json" not in [k for k in bucket_files(s3, PREFIX)], "manifest before the packs"
+    s3.clear_log()
+    r = run(cltfs_bin, "push", store, URL, env=env)
+    assert r.returncode == 0, describe(r)
+    again = {e["query"].split("&")[0] for e in writes(s3) if "partNumber=" in e["query"]}
+    assert "partNumber=1" in done and "partNumber=1" not in again, (done, again)
+    assert bucket_files(s3, PREFIX) == store_files(store)
+    assert writes(s3)[-1]["key"] == PREFIX + "/cltfs.json"

@@ -46,8 +46,10 @@ typedef struct {
 /* Run the model on the store's batches that lack chunks. */
 int cmd_capture(const char *store, const capture_opts *o);
 
-/* Every chunk of a Hub store repo that STORE lacks. */
+/* Every chunk of a Hub store repo (or an S3 store) that STORE lacks. */
 int cmd_pull(const char *url, const char *store, bool quiet);
+/* What an S3 prefix lacks of STORE, the manifest last (push.h). */
+int cmd_push(const char *store, const char *url, bool quiet);
 /* Rows, layers, chunks present, bytes on disk and served. */
 int cmd_stat(const char *store, bool json);
 /* Decode and check every frame against its record. */

@@ -122,6 +122,25 @@ static int main_pull(int argc, char **argv)
 	return n == 2 ? cmd_pull(arg[0], arg[1], quiet) : usage_error("pull takes SOURCE STORE");
 }
 
+static int main_push(int argc, char **argv)
+{
+	bool quiet = false;
+	const char *arg[2];
+	int n = 0;
+	for (int i = 1; i < argc; i++) {
+		if (!strcmp(argv[i], "--quiet") || !strcmp(argv[i], "-q"))
+			quiet = true;
+		else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+			cmd_usage(stdout);
+			return 0;
+		} else if (argv[i][0] == '-' || n == 2)
+			return usage_error("push takes STORE s3://BUCKET/PREFIX [--quiet]");
+		else
+			arg[n++] = argv[i];
+	}
+	return n == 2 ? cmd_push(arg[0], arg[1], quiet) : usage_error("push takes STORE s3://BUCKET/PREFIX");
+}
+
 static int main_init(int argc, char **argv)
 {
 	init_opts o = {.input_hook = "mlp_in", .n_targets = 16, .target_offset = 1, .dtype = CLTFS_BF16,
@@ -336,6 +355,8 @@ int main(int argc, char **argv)
 		return main_capture(argc - 1, argv + 1);
 	if (!strcmp(cmd, "pull"))
 		return main_pull(argc - 1, argv + 1);
+	if (!strcmp(cmd, "push"))
+		return main_push(argc - 1, argv + 1);
 	if (!strcmp(cmd, "verify"))
 		return main_verify(argc - 1, argv + 1);
 	return edge_mount_main(argc, argv, cmd_usage);
