@@ -175,8 +175,16 @@ stress: $(B)/cltfs
 gpu-check:
 	@sh tools/gpu_check.sh
 
+# s3rver, the S3 server of the S3 tests and benchmark (tests/s3server.py):
+# from npm into build/node, once.
+S3RVER := $(B)/node/node_modules/s3rver/package.json
+$(S3RVER):
+	@command -v npm >/dev/null || { echo "cltfs: npm is missing (make deps as root installs it)" >&2; exit 1; }
+	npm install --no-audit --no-fund --prefix $(B)/node s3rver@3.7.1 >/dev/null
+
 deps:
 	@sh tools/deps.sh
+	@$(MAKE) -s $(S3RVER)
 
 demo: deps
 	$(MAKE) all
@@ -187,6 +195,7 @@ bench: deps
 	$(PYTHON) bench/bench.py --cltfs $(B)/cltfs --zerofs $(B)/zerofs --decode-tool $(B)/codec_decode
 	$(PYTHON) bench/codec_bench.py --cltfs $(B)/cltfs --decoder $(B)/codec_decode
 	$(PYTHON) bench/hub_bench.py --cltfs $(B)/cltfs --total-mb 1100
+	$(PYTHON) bench/s3_bench.py --cltfs $(B)/cltfs
 	$(PYTHON) bench/capture_bench.py --cltfs $(B)/cltfs
 	$(PYTHON) bench/scale.py --cltfs $(B)/cltfs --fill-index $(B)/fill_index
 
