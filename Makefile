@@ -179,7 +179,7 @@ gpu-check:
 # from npm into build/node, once.
 S3RVER := $(B)/node/node_modules/s3rver/package.json
 $(S3RVER):
-	@command -v npm >/dev/null || { echo "cltfs: npm is missing (make deps as root installs it)" >&2; exit 1; }
+	@command -v npm >/dev/null || { echo "cltfs: npm (Node.js) is needed for the S3 tests: apt-get install npm, or Node.js from nodejs.org" >&2; exit 1; }
 	npm install --no-audit --no-fund --prefix $(B)/node s3rver@3.7.1 >/dev/null
 
 deps:
