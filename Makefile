@@ -40,7 +40,7 @@ CORE_SRC  := $(wildcard fs/engine/*.c fs/tiers/*.c hfcache/*.c) \
 BIN_SRC   := $(wildcard fs/cmd/*.c fs/fuse/*.c)
 # What libcltfs-capture.so carries of its own (hidden, position-independent).
 CAPLIB_SRC := codec/common.c codec/log.c capture/config.c capture/image.c capture/safetensors.c
-UNIT_TESTS := codec_frame codec_pt codec_manifest fs_store fs_view hf_config capture_image
+UNIT_TESTS := codec_frame codec_pt codec_manifest fs_store fs_view hf_config s3_config capture_image
 # fs_view fails allocations in turn through the linker's --wrap.
 UNIT_LDFLAGS_fs_view := -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc,--wrap=strdup
 
