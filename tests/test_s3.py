@@ -336,3 +336,19 @@ def test_killed_push_resumes(tmp_path, s3, big_store, cltfs_bin):
     assert "partNumber=1" in done and "partNumber=1" not in again, (done, again)
     assert bucket_files(s3, PREFIX) == store_files(store)
     assert writes(s3)[-1]["key"] == PREFIX + "/cltfs.json"
+
+
+def test_virtual_hosted_addressing(tmp_path, make_s3, stores, mount):
+    """-o s3_addressing=virtual: requests go to BUCKET.s3.localhost (the
+    bucket in the host name, signed with that host) and serve the same
+    views."""
+    s3 = make_s3()
+    imp = stores.get("s1_bf16")
+    s3.upload_dir(imp.store, PREFIX)
+    s3.clear_log()
+    env = env_of(tmp_path, s3, AWS_ENDPOINT_URL="http://s3.localhost:%d" % s3.port)
+    with mount(imp.store) as ml, mount(URL, "s3_addressing=virtual", env=env) as m:
+        for rel in imp.desc["files"][:4]:
+            assert read_all(m.p(rel)) == read_all(ml.p(rel)), rel
+    assert s3.log and all(e["host"] == "%s.s3.localhost:%d" % (BUCKET, s3.port) for e in s3.log), s3.log[:2]
+    assert all(e["status"] in (200, 206) for e in s3.log), [e for e in s3.log if e["status"] not in (200, 206)]
