@@ -1073,8 +1073,8 @@ cltfs_err hf_read_range(hf_repo *r, const char *path, uint64_t off, size_t len, 
 	char what[1024];
 	hf_repo_what(r, path, what, sizeof what);
 	if (r->cfg.offline)
-		return cltfs_fail(CLTFS_E_NOTFOUND, "%s: offline (HF_HUB_OFFLINE or CLTFS_OFFLINE) and and bytes %llu..%llu are not cached", what,
-				  (unsigned long long)off, (unsigned long long)(off + len));
+		return cltfs_fail(CLTFS_E_NOTFOUND, "%s: offline (HF_HUB_OFFLINE or CLTFS_OFFLINE) and bytes %llu..%llu are "
+				  "not cached", what, (unsigned long long)off, (unsigned long long)(off + len));
 	if (!len)
 		return CLTFS_OK;
 	http_hdrs h = {0};
