@@ -352,3 +352,35 @@ def test_virtual_hosted_addressing(tmp_path, make_s3, stores, mount):
             assert read_all(m.p(rel)) == read_all(ml.p(rel)), rel
     assert s3.log and all(e["host"] == "%s.s3.localhost:%d" % (BUCKET, s3.port) for e in s3.log), s3.log[:2]
     assert all(e["status"] in (200, 206) for e in s3.log), [e for e in s3.log if e["status"] not in (200, 206)]
+
+
+def test_push_retries_faults_and_refuses_bad_credentials(tmp_path, s3, big_store, cltfs_bin):
+    """500, 503 SlowDown and resets on CreateMultipartUpload, parts, the
+    completion and the manifest's PUT are retried: the push completes with
+    the same bytes.  A wrong secret fails it at once (exit 1) naming the
+    bucket and the credentials' source, and nothing is written."""
+    store, desc = big_store
+    env = env_of(tmp_path, s3, CLTFS_S3_PART_MB=5)
+    bad = env_of(tmp_path, s3, AWS_SECRET_ACCESS_KEY="not/the/secret")
+    r = run(cltfs_bin, "push", store, URL, env=bad)
+    assert r.returncode == 1 and "SignatureDoesNotMatch" in r.stderr and BUCKET in r.stderr, describe(r)
+    assert "not/the/secret" not in r.stderr and not writes(s3)
+    s3.fault(lambda e: e["query"] == "uploads=", "500", 1)
+    s3.fault(lambda e: "partNumber=2&" in e["query"], "503", 2)
+    s3.fault(lambda e: "partNumber=3&" in e["query"], "reset", 1)
+    s3.fault(lambda e: e["method"] == "POST" and e["query"].startswith("uploadId="), "503", 1)
+    s3.fault(lambda e: e["key"].endswith("cltfs.json") and e["method"] == "PUT", "reset", 1)
+    r = run(cltfs_bin, "push", store, URL, env=env)
+    assert r.returncode == 0, describe(r)
+    assert len([e for e in s3.log if e["fault"]]) == 6
+    assert bucket_files(s3, PREFIX) == store_files(store)
+
+
+def test_s3_prefix_without_a_store_is_refused(tmp_path, s3, mount_fails, cltfs_bin):
+    """A prefix with no cltfs.json is not a store: the mount and pull say so."""
+    s3.client().put_object(Bucket=s3.bucket, Key=PREFIX + "/notes.txt", Body=b"hello")
+    env = env_of(tmp_path, s3)
+    rc, out = mount_fails(URL, env=env)
+    assert rc != 0 and "no cltfs.json" in out, out
+    r = run(cltfs_bin, "pull", URL, tmp_path / "p", env=env)
+    assert r.returncode == 1 and "not a cltfs store" in r.stderr, describe(r)
