@@ -687,6 +687,16 @@ static CURLcode send_once(const http_ctx *c, const char *method, const char *url
 		return rc;
 	curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
 	if (strcmp(method, "GET") && strcmp(method, "DELETE")) {
+		/* Bytes, not the form libcurl would otherwise say a body is (S3
+		 * keeps an object's Content-Type). */
+		struct curl_slist *l = curl_slist_append(hl, "Content-Type: application/octet-stream");
+		if (!l) {
+			curl_easy_setopt(e, CURLOPT_HTTPHEADER, NULL);
+			curl_slist_free_all(hl); /* it may hold the token */
+			return CURLE_OUT_OF_MEMORY;
+		}
+		hl = l;
+		curl_easy_setopt(e, CURLOPT_HTTPHEADER, hl);
 		curl_easy_setopt(e, CURLOPT_POSTFIELDS, body ? body : "");
 		curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);
 	}

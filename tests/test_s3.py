@@ -281,6 +281,8 @@ def test_push_then_boto3_reads_it_back(tmp_path, s3, big_store, cltfs_bin, mount
     r = run(cltfs_bin, "push", store, URL, env=env)
     assert r.returncode == 0, describe(r)
     assert bucket_files(s3, PREFIX) == store_files(store)
+    head = s3.client().head_object(Bucket=s3.bucket, Key=PREFIX + "/cltfs.json")
+    assert head["ContentType"] == "application/octet-stream", head
     w = writes(s3)
     assert w[-1]["key"] == PREFIX + "/cltfs.json" and w[-1]["method"] == "PUT", w[-3:]
     assert len([e for e in w if e["key"] == PREFIX + "/cltfs.json"]) == 1
