@@ -4,7 +4,7 @@ same S3 server.
 
 Usage (run with /usr/bin/python3, which has torch and boto3):
 
-    s3_bench.py [--cltfs build/cltfs] [--rounds 3] [--batches 8] [--keep]
+    s3_bench.py [--cltfs build/cltfs] [--rounds 3] [--batches 24] [--keep]
 
 It builds a store (tests/gen_tree.py, then `cltfs import`), starts s3rver
 (tests/s3server.py: build/node, `make deps` installs it) on 127.0.0.1 and
@@ -111,7 +111,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--cltfs", default=str(HERE.parent / "build" / "cltfs"))
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--batches", type=int, default=8)
+    ap.add_argument("--batches", type=int, default=24)
     ap.add_argument("--keep", action="store_true")
     a = ap.parse_args()
     if not have_s3rver():
@@ -121,7 +121,7 @@ def main():
     s3 = None
     try:
         desc = gen_tree.make_tree(work + "/tree", layers="0-3", n_layers=6, batches=a.batches,
-                                  samples_per_batch=4, d=1024, n_targets=4, min_tokens=150,
+                                  samples_per_batch=4, d=1024, n_targets=2, min_tokens=150,
                                   max_tokens=250, seed=5)
         store = work + "/store"
         subprocess.run([a.cltfs, "import", store, work + "/tree", "--quiet"], check=True)

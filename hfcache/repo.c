@@ -600,7 +600,8 @@ cltfs_err hf_list(hf_repo *r, hf_entry **out, size_t *n)
 		hf_entries_free(l.e, l.n);
 		return e;
 	}
-	qsort(l.e, l.n, sizeof *l.e, by_path);
+	if (l.n) /* an empty prefix or repo: no array at all */
+		qsort(l.e, l.n, sizeof *l.e, by_path);
 	*out = l.e;
 	*n = l.n;
 	return CLTFS_OK;

@@ -42,19 +42,29 @@ static int by_path(const void *key, const void *ent) { return strcmp(key, ((cons
 /* Is rel at the prefix already, with size bytes? */
 static bool remote_has(const push *p, const char *rel, uint64_t size)
 {
-	const hf_entry *e = bsearch(rel, p->remote, p->nremote, sizeof *p->remote, by_path);
+	const hf_entry *e = p->nremote ? bsearch(rel, p->remote, p->nremote, sizeof *p->remote, by_path) : NULL;
 	return e && e->size == size;
 }
 
-/* Queue rel (its size now) unless the prefix has it. */
-static cltfs_err queue(push *p, const char *rel)
+static cltfs_err size_of(const push *p, const char *rel, uint64_t *size)
 {
 	char path[PATH_MAX];
 	struct stat st;
 	snprintf(path, sizeof path, "%s/%s", p->dir, rel);
 	if (stat(path, &st) < 0)
 		return cltfs_fail(CLTFS_E_IO, "%s: %s", path, strerror(errno));
-	if (remote_has(p, rel, (uint64_t)st.st_size)) {
+	*size = (uint64_t)st.st_size;
+	return CLTFS_OK;
+}
+
+/* Queue size bytes of rel (UINT64_MAX: its size now) unless the prefix
+ * has them. */
+static cltfs_err queue(push *p, const char *rel, uint64_t size)
+{
+	cltfs_err e = size == UINT64_MAX ? size_of(p, rel, &size) : CLTFS_OK;
+	if (e)
+		return e;
+	if (remote_has(p, rel, size)) {
 		p->skipped++;
 		return CLTFS_OK;
 	}
@@ -63,8 +73,8 @@ static cltfs_err queue(push *p, const char *rel)
 		free(dup);
 		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
 	}
-	p->f[p->n++] = (upfile){dup, (uint64_t)st.st_size};
-	p->total += (uint64_t)st.st_size;
+	p->f[p->n++] = (upfile){dup, size};
+	p->total += size;
 	return CLTFS_OK;
 }
 
@@ -105,36 +115,37 @@ static cltfs_err plan(push *p)
 {
 	char **w = NULL, rel[PATH_MAX];
 	size_t nw = 0;
+	uint64_t *idx = NULL;
 	cltfs_err e = writers(p->dir, &w, &nw);
-	for (size_t i = 0; !e && i < nw; i++) { /* sizes: indexes before packs */
+	if (!e && nw && !(idx = calloc(nw, sizeof *idx)))
+		e = cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	for (size_t i = 0; !e && i < nw; i++) { /* the indexes' sizes before the packs' */
 		snprintf(rel, sizeof rel, "packs/%s.idx", w[i]);
-		e = queue(p, rel);
+		e = size_of(p, rel, &idx[i]);
 	}
-	size_t nidx = p->n;
 	for (size_t i = 0; !e && i < nw; i++) {
 		snprintf(rel, sizeof rel, "packs/%s.pack", w[i]);
-		e = queue(p, rel);
+		e = queue(p, rel, UINT64_MAX);
 	}
-	/* the packs before the indexes in the upload order */
-	for (size_t i = 0; !e && i < nidx; i++) {
-		upfile t = p->f[0];
-		memmove(p->f, p->f + 1, (p->n - 1) * sizeof *p->f);
-		p->f[p->n - 1] = t;
+	for (size_t i = 0; !e && i < nw; i++) {
+		snprintf(rel, sizeof rel, "packs/%s.idx", w[i]);
+		e = queue(p, rel, idx[i]);
 	}
 	if (!e)
-		e = queue(p, "samples.bin");
+		e = queue(p, "samples.bin", UINT64_MAX);
 	if (!e)
-		e = queue(p, "cltfs.json");
+		e = queue(p, "cltfs.json", UINT64_MAX);
 	for (size_t i = 0; i < nw; i++)
 		free(w[i]);
 	free(w);
+	free(idx);
 	return e;
 }
 
 /* A prefix that holds a store already must hold this one. */
 static cltfs_err same_store(push *p)
 {
-	if (!bsearch("cltfs.json", p->remote, p->nremote, sizeof *p->remote, by_path))
+	if (!p->nremote || !bsearch("cltfs.json", p->remote, p->nremote, sizeof *p->remote, by_path))
 		return CLTFS_OK;
 	char *theirs = NULL, mine[PATH_MAX];
 	snprintf(mine, sizeof mine, "%s/cltfs.json", p->dir);
