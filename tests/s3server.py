@@ -119,6 +119,7 @@ class S3:
         self.node = None
         self.httpd = None
         self.verify = True
+        self.list_page = None  # keys per listing page s3rver is asked for (S3: 1000)
 
     # ------------------------------------------------------------ control --
 
@@ -131,7 +132,9 @@ class S3:
             ".run().then(() => console.log('ready'));"
             % (self.s3rver_port, self.tmp + "/data", self.service_endpoint, self.bucket))
         env = dict(os.environ, NODE_PATH=str(NODE_MODULES))
-        self.node = subprocess.Popen(["node", "-e", script], stdout=subprocess.PIPE,
+        # s3rver makes continuation tokens with DES, which OpenSSL 3 keeps
+        # in its legacy provider: without it every truncated listing is a 500
+        self.node = subprocess.Popen(["node", "--openssl-legacy-provider", "-e", script], stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, env=env, text=True)
         line = self.node.stdout.readline()
         if "ready" not in line:
@@ -290,9 +293,14 @@ class ProxyHandler(http.server.BaseHTTPRequestHandler):
         if vhost.endswith(".s3." + self.s3.service_endpoint):
             path = "/" + e["bucket"] + path
         hdrs["Host"] = "127.0.0.1:%d" % self.s3.s3rver_port
+        query = u.query
+        if self.s3.list_page and "list-type=2" in query and "max-keys" not in query:
+            # short pages (after the signature was checked): pagination
+            # without a thousand keys
+            query += "&max-keys=%d" % self.s3.list_page
         c = self._upstream()
         try:
-            c.request(self.command, path + ("?" + u.query if u.query else ""), body=body, headers=hdrs)
+            c.request(self.command, path + ("?" + query if query else ""), body=body, headers=hdrs)
             r = c.getresponse()
             data = r.read()
         except (OSError, http.client.HTTPException):

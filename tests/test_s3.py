@@ -386,3 +386,21 @@ def test_s3_prefix_without_a_store_is_refused(tmp_path, s3, mount_fails, cltfs_b
     assert rc != 0 and "no cltfs.json" in out, out
     r = run(cltfs_bin, "pull", URL, tmp_path / "p", env=env)
     assert r.returncode == 1 and "not a cltfs store" in r.stderr, describe(r)
+
+
+def test_listing_pages(tmp_path, s3, stores, mount):
+    """A prefix listed in several pages (the server gives 2 keys a page
+    here, where S3 gives 1000): every page is asked for with its
+    continuation token, and the mount serves every view."""
+    imp = stores.get("s1_bf16")
+    s3.upload_dir(imp.store, PREFIX)
+    s3.list_page = 2
+    s3.clear_log()
+    env = env_of(tmp_path, s3)
+    with mount(imp.store) as ml, mount(URL, env=env) as m:
+        for rel in imp.desc["files"]:
+            assert read_all(m.p(rel)) == read_all(ml.p(rel)), rel
+    lists = [e for e in s3.log if "list-type=2" in e["query"]]
+    n = len(store_files(imp.store))
+    assert len(lists) == (n + 1) // 2, (n, lists)
+    assert all("continuation-token=" in e["query"] for e in lists[1:]), lists
