@@ -154,7 +154,7 @@ check: deps
 
 # libFuzzer binaries (clang): build/fuzz/<target>; run one with
 # build/fuzz/<target> NEW_DIR tests/fuzz/corpus (see tests/fuzz/README).
-FUZZ_TARGETS := frame record manifest pt pickle tokenizer safetensors hub_json table queries
+FUZZ_TARGETS := frame record manifest pt pickle tokenizer safetensors hub_json table queries s3_list
 FUZZ_FLAGS := -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 $(WARN) -Wno-unknown-warning-option -g -O1 \
 	-fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined $(PKG_CFLAGS) $(INCS) -Itests/fuzz \
 	-DCLTFS_VERSION='"$(VERSION)"'

@@ -385,26 +385,31 @@ static bool safe_rel(const char *p)
 }
 
 /* One <Contents> of a listing into l. */
-static cltfs_err add_object(const s3_target *t, const char *p, const char *end, hf_entries *l)
+static cltfs_err add_object(const char *prefix, const char *what, const char *p, const char *end, hf_entries *l)
 {
 	bool nomem = false;
 	char *key = xml_text(p, end, "Key", &nomem), *size = xml_text(p, end, "Size", &nomem);
-	size_t pn = strlen(t->prefix);
+	size_t pn = strlen(prefix);
 	cltfs_err e = nomem ? cltfs_fail(CLTFS_E_NOMEM, "out of memory") : CLTFS_OK;
-	if (!e && (!key || !size))
-		e = cltfs_fail(CLTFS_E_FORMAT, "%s: a listed object without Key or Size", t->name);
-	const char *rel = key && pn ? key + pn + 1 : key;
-	if (!e && pn && (strncmp(key, t->prefix, pn) || key[pn] != '/'))
-		e = cltfs_fail(CLTFS_E_FORMAT, "%s: listed '%s', which is not under the prefix", t->name, key);
-	if (!e && rel[strlen(rel) - 1] != '/' && !safe_rel(rel))
-		e = cltfs_fail(CLTFS_E_FORMAT, "%s: object '%s' has a path cltfs will not use", t->name, key);
-	if (!e && rel[strlen(rel) - 1] != '/') { /* "folder/" markers are no files */
+	if (!e && (!key || !size || !*key))
+		e = cltfs_fail(CLTFS_E_FORMAT, "%s: a listed object without Key or Size", what);
+	if (!e && pn && (strncmp(key, prefix, pn) || key[pn] != '/'))
+		e = cltfs_fail(CLTFS_E_FORMAT, "%s: listed '%s', which is not under the prefix", what, key);
+	const char *rel = !e && pn ? key + pn + 1 : key;
+	bool folder = !e && (!*rel || rel[strlen(rel) - 1] == '/'); /* "folder/" markers are no files */
+	char *endp = NULL;
+	unsigned long long n = !e ? strtoull(size, &endp, 10) : 0;
+	if (!e && (!isdigit((unsigned char)*size) || *endp || n > 9000000000000000ULL))
+		e = cltfs_fail(CLTFS_E_FORMAT, "%s: object '%s' has size '%s'", what, key, size);
+	if (!e && !folder && !safe_rel(rel))
+		e = cltfs_fail(CLTFS_E_FORMAT, "%s: object '%s' has a path cltfs will not use", what, key);
+	if (!e && !folder) {
 		char *dup = strdup(rel);
 		if (!dup || !cltfs_grow(&l->e, &l->cap, l->n + 1, sizeof *l->e)) {
 			free(dup);
 			e = cltfs_fail(CLTFS_E_NOMEM, "out of memory");
 		} else {
-			l->e[l->n++] = (hf_entry){dup, strtoull(size, NULL, 10), false};
+			l->e[l->n++] = (hf_entry){dup, n, false};
 		}
 	}
 	free(key);
@@ -412,28 +417,31 @@ static cltfs_err add_object(const s3_target *t, const char *p, const char *end, 
 	return e;
 }
 
-/* One page of ListObjectsV2: its objects into l, *token the next page's
- * (NULL at the last). */
-static cltfs_err list_page(const s3_target *t, const char *body, hf_entries *l, char **token)
+cltfs_err s3_parse_listing(const char *prefix, const char *what, const char *body, hf_entries *l, char **token)
 {
+	*token = NULL;
 	if (!strstr(body, "<ListBucketResult"))
-		return cltfs_fail(CLTFS_E_FORMAT, "%s: the answer to a listing is not one", t->name);
-	const char *p = body;
+		return cltfs_fail(CLTFS_E_FORMAT, "%s: the answer to a listing is not one", what);
+	const char *p = body, *end = body + strlen(body);
 	cltfs_err e = CLTFS_OK;
 	while (!e && (p = strstr(p, "<Contents>"))) {
-		const char *end = strstr(p, "</Contents>");
-		if (!end)
-			return cltfs_fail(CLTFS_E_FORMAT, "%s: a listing cut short", t->name);
-		e = add_object(t, p, end, l);
-		p = end;
+		const char *stop = strstr(p, "</Contents>");
+		if (!stop)
+			return cltfs_fail(CLTFS_E_FORMAT, "%s: a listing cut short", what);
+		e = add_object(prefix, what, p, stop, l);
+		p = stop;
 	}
 	bool nomem = false;
-	char *trunc = xml_text(body, body + strlen(body), "IsTruncated", &nomem);
-	*token = trunc && !strcmp(trunc, "true") ? xml_text(body, body + strlen(body), "NextContinuationToken", &nomem)
-						 : NULL;
-	if (!e && trunc && !strcmp(trunc, "true") && !*token)
+	char *trunc = e ? NULL : xml_text(body, end, "IsTruncated", &nomem);
+	bool more = trunc && !strcmp(trunc, "true");
+	*token = more ? xml_text(body, end, "NextContinuationToken", &nomem) : NULL;
+	if (!e && (nomem || (more && (!*token || !**token))))
 		e = cltfs_fail(nomem ? CLTFS_E_NOMEM : CLTFS_E_FORMAT, "%s: a truncated listing without its next token",
-			       t->name);
+			       what);
+	if (e) {
+		free(*token);
+		*token = NULL;
+	}
 	free(trunc);
 	return e;
 }
@@ -468,7 +476,7 @@ cltfs_err s3_list(const s3_target *t, const http_ctx *c, hf_entries *l)
 		http_hdrs_free(&h);
 		free(url);
 		if (!e)
-			e = list_page(t, body, l, &token);
+			e = s3_parse_listing(t->prefix, t->name, body, l, &token);
 		free(body);
 		if (e)
 			e = cltfs_wrap(e, "listing %s", t->name);

@@ -53,6 +53,16 @@ const char *s3_cache(const s3_target *t);
  * folder it is kept in. */
 cltfs_err s3_list(const s3_target *t, const http_ctx *c, hf_entries *l);
 
+/* One page of a ListObjectsV2 answer (NUL-terminated XML) of the keys
+ * under prefix (no '/' at its ends; "" for a whole bucket): each object's
+ * path relative to prefix appended to l ("folder/" markers skipped), *token
+ * the next page's continuation token (malloc'd) or NULL at the last page.
+ * No I/O, for s3_list and the fuzzers; what names the prefix in messages.
+ * CLTFS_E_FORMAT (not a listing, an object without Key or Size, a key not
+ * under the prefix or whose path would leave the folder it is kept in, a
+ * truncated page without a token), _NOMEM; entries appended stay in l. */
+cltfs_err s3_parse_listing(const char *prefix, const char *what, const char *xml, hf_entries *l, char **token);
+
 /* The object at path, whole, into the file dst (written aside, then
  * renamed).  The errors of http_get; CLTFS_E_IO for the file. */
 cltfs_err s3_get_file(const s3_target *t, const http_ctx *c, const char *path, const char *dst);
