@@ -404,3 +404,28 @@ def test_listing_pages(tmp_path, s3, stores, mount):
     n = len(store_files(imp.store))
     assert len(lists) == (n + 1) // 2, (n, lists)
     assert all("continuation-token=" in e["query"] for e in lists[1:]), lists
+
+
+def test_local_store_backed_by_s3(tmp_path, s3, stores, mount):
+    """-o hub=s3://...: a local store (here an empty one with the same
+    manifest) fetches what it lacks from S3 and keeps it: a later mount of
+    the store alone serves those views."""
+    imp = stores.get("s1_bf16")
+    s3.upload_dir(imp.store, PREFIX)
+    env = env_of(tmp_path, s3)
+    local = tmp_path / "local"
+    s3.clear_log()
+    with mount(URL, "store=%s" % local, env=env):
+        pass  # creates the local store from the S3 manifest, fetches nothing
+    assert not [e for e in s3.log if is_pack(e)]
+    rels = imp.desc["files"][:3]
+    with mount(imp.store) as ml:
+        want = {rel: read_all(ml.p(rel)) for rel in rels}
+    with mount(local, "hub=" + URL, env=env) as m:
+        for rel in rels:
+            assert read_all(m.p(rel)) == want[rel], rel
+        assert m.stats()["chunks"]["hub"] > 0
+    s3.stop()
+    with mount(local, env=env) as m:
+        for rel in rels:
+            assert read_all(m.p(rel)) == want[rel], rel
