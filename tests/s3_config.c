@@ -21,16 +21,6 @@ static void clear_env(void)
 	setenv("HOME", home, 1);
 }
 
-static void write_file(const char *path, const char *text)
-{
-	FILE *f = fopen(path, "w");
-	CHECK(f != NULL);
-	if (f) {
-		fputs(text, f);
-		fclose(f);
-	}
-}
-
 /* s3_open(url)'s base URL is want (NULL: it fails with err). */
 static void check_base(const char *url, const char *want, cltfs_err err)
 {
@@ -95,10 +85,10 @@ static void test_credentials(void)
 	char creds[128], conf[128];
 	snprintf(creds, sizeof creds, "%s/credentials", home);
 	snprintf(conf, sizeof conf, "%s/config", home);
-	write_file(creds, "[default]\naws_access_key_id = AKIADEFAULT\naws_secret_access_key = dsecret\n"
+	unit_write_file(creds, "[default]\naws_access_key_id = AKIADEFAULT\naws_secret_access_key = dsecret\n"
 			  "# a comment\n[work]\n  aws_access_key_id=AKIAWORK \naws_secret_access_key = w/secret+1\n"
 			  "aws_session_token = tok==\n");
-	write_file(conf, "[default]\nregion = us-west-2\n[profile work]\nregion = ap-south-1\n"
+	unit_write_file(conf, "[default]\nregion = us-west-2\n[profile work]\nregion = ap-south-1\n"
 			 "endpoint_url = http://10.0.0.1:9000\n");
 	setenv("AWS_SHARED_CREDENTIALS_FILE", creds, 1);
 	setenv("AWS_CONFIG_FILE", conf, 1);
