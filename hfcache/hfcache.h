@@ -75,7 +75,7 @@ const char *hf_repo_folder(const hf_repo *r);
 const char *hf_repo_name(const hf_repo *r);
 /* An S3 prefix (s3://BUCKET/PREFIX, hfcache/s3.h), not a Hub repo: the
  * same requests, files and ranges, no HF cache layout (its files are
- * fetched whole into hf_repo_folder/snapshots/latest at each open). */
+ * fetched whole into hf_repo_folder/snapshots/latest when they changed). */
 bool hf_repo_is_s3(const hf_repo *r);
 hf_stats *hf_repo_stats(hf_repo *r);
 

@@ -391,7 +391,7 @@ static cltfs_err resolve_offline(hf_repo *r, const char *what)
 
 /* An S3 prefix as a repo: its objects at s3_base, its files fetched
  * whole into <s3 cache>/snapshots/latest (S3 has no commits: each online
- * open lists and fetches again), offline also with CLTFS_OFFLINE. */
+ * open lists, and fetches what changed), offline also with CLTFS_OFFLINE. */
 static cltfs_err open_s3(hf_repo *r, const char *url)
 {
 	cltfs_err e = s3_open(url, &r->s3);
@@ -897,7 +897,7 @@ static void download_free(hf_download *d)
 	free(d);
 }
 
-/* An S3 object into the snapshot folder, again at each open (online). */
+/* An S3 object into the snapshot folder, when it changed (online). */
 static cltfs_err s3_fetch(hf_repo *r, const char *path, char **local)
 {
 	char snap[PATH_MAX];

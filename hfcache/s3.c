@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 struct s3_target {
@@ -27,6 +28,8 @@ struct s3_target {
 	char *base;            /* bucket_url + prefix + '/' (when there is one) */
 	char *cache;
 	http_aws aws;
+	hf_entries listed; /* the last listing, and its ETags */
+	s3_etags tags;
 };
 
 bool s3_is_url(const char *s) { return !strncmp(s, "s3://", 5); }
@@ -315,6 +318,8 @@ void s3_close(s3_target *t)
 	free(t->bucket_url);
 	free(t->base);
 	free(t->cache);
+	hf_entries_free(t->listed.e, t->listed.n);
+	free(t->tags.e);
 	free(t);
 }
 
@@ -385,10 +390,12 @@ static bool safe_rel(const char *p)
 }
 
 /* One <Contents> of a listing into l. */
-static cltfs_err add_object(const char *prefix, const char *what, const char *p, const char *end, hf_entries *l)
+static cltfs_err add_object(const char *prefix, const char *what, const char *p, const char *end, hf_entries *l,
+			    s3_etags *tags)
 {
 	bool nomem = false;
 	char *key = xml_text(p, end, "Key", &nomem), *size = xml_text(p, end, "Size", &nomem);
+	char *etag = xml_text(p, end, "ETag", &nomem);
 	size_t pn = strlen(prefix);
 	cltfs_err e = nomem ? cltfs_fail(CLTFS_E_NOMEM, "out of memory") : CLTFS_OK;
 	if (!e && (!key || !size || !*key))
@@ -405,19 +412,26 @@ static cltfs_err add_object(const char *prefix, const char *what, const char *p,
 		e = cltfs_fail(CLTFS_E_FORMAT, "%s: object '%s' has a path cltfs will not use", what, key);
 	if (!e && !folder) {
 		char *dup = strdup(rel);
-		if (!dup || !cltfs_grow(&l->e, &l->cap, l->n + 1, sizeof *l->e)) {
+		if (!dup || !cltfs_grow(&l->e, &l->cap, l->n + 1, sizeof *l->e) ||
+		    !cltfs_grow(&tags->e, &tags->cap, tags->n + 1, sizeof *tags->e)) {
 			free(dup);
 			e = cltfs_fail(CLTFS_E_NOMEM, "out of memory");
 		} else {
 			l->e[l->n++] = (hf_entry){dup, n, false};
+			tags->e[tags->n] = (s3_etag){""};
+			if (etag && strlen(etag) < sizeof tags->e[0].etag && !strchr(etag, '\n'))
+				snprintf(tags->e[tags->n].etag, sizeof tags->e[0].etag, "%s", etag);
+			tags->n++;
 		}
 	}
 	free(key);
 	free(size);
+	free(etag);
 	return e;
 }
 
-cltfs_err s3_parse_listing(const char *prefix, const char *what, const char *body, hf_entries *l, char **token)
+cltfs_err s3_parse_listing(const char *prefix, const char *what, const char *body, hf_entries *l, s3_etags *tags,
+			   char **token)
 {
 	*token = NULL;
 	if (!strstr(body, "<ListBucketResult"))
@@ -428,7 +442,7 @@ cltfs_err s3_parse_listing(const char *prefix, const char *what, const char *bod
 		const char *stop = strstr(p, "</Contents>");
 		if (!stop)
 			return cltfs_fail(CLTFS_E_FORMAT, "%s: a listing cut short", what);
-		e = add_object(prefix, what, p, stop, l);
+		e = add_object(prefix, what, p, stop, l, tags);
 		p = stop;
 	}
 	bool nomem = false;
@@ -446,8 +460,25 @@ cltfs_err s3_parse_listing(const char *prefix, const char *what, const char *bod
 	return e;
 }
 
-cltfs_err s3_list(const s3_target *t, const http_ctx *c, hf_entries *l)
+/* The last listing's entries, copied to l. */
+static cltfs_err copy_listed(const s3_target *t, hf_entries *l)
 {
+	for (size_t i = 0; i < t->listed.n; i++) {
+		char *dup = strdup(t->listed.e[i].path);
+		if (!dup || !cltfs_grow(&l->e, &l->cap, l->n + 1, sizeof *l->e)) {
+			free(dup);
+			return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+		}
+		l->e[l->n++] = (hf_entry){dup, t->listed.e[i].size, false};
+	}
+	return CLTFS_OK;
+}
+
+cltfs_err s3_list(s3_target *t, const http_ctx *c, hf_entries *l)
+{
+	hf_entries_free(t->listed.e, t->listed.n);
+	t->listed = (hf_entries){0};
+	t->tags.n = 0;
 	char *pfx = NULL, *token = NULL;
 	if (*t->prefix) {
 		char buf[2048];
@@ -476,14 +507,14 @@ cltfs_err s3_list(const s3_target *t, const http_ctx *c, hf_entries *l)
 		http_hdrs_free(&h);
 		free(url);
 		if (!e)
-			e = s3_parse_listing(t->prefix, t->name, body, l, &token);
+			e = s3_parse_listing(t->prefix, t->name, body, &t->listed, &t->tags, &token);
 		free(body);
 		if (e)
 			e = cltfs_wrap(e, "listing %s", t->name);
 	} while (!e && token);
 	free(token);
 	free(pfx);
-	return e;
+	return e ? e : copy_listed(t, l);
 }
 
 /* ---- whole files ---- */
@@ -509,8 +540,45 @@ static bool write_sink(void *arg, const void *p, size_t n)
 	return true;
 }
 
+/* Where the ETag of the copy of path that s3_get_file made is kept. */
+static void etag_path(const s3_target *t, const char *path, char *buf, size_t n)
+{
+	snprintf(buf, n, "%s/etags/%s", t->cache, path);
+}
+
+/* Is dst the object the last listing names: its size, and the ETag
+ * recorded when it was fetched? */
+static bool unchanged(const s3_target *t, const char *path, const char *dst)
+{
+	size_t i = 0;
+	while (i < t->listed.n && strcmp(t->listed.e[i].path, path))
+		i++;
+	struct stat st;
+	if (i == t->listed.n || !*t->tags.e[i].etag || stat(dst, &st) < 0 || (uint64_t)st.st_size != t->listed.e[i].size)
+		return false;
+	char p[PATH_MAX], have[sizeof t->tags.e[0].etag + 1];
+	etag_path(t, path, p, sizeof p);
+	FILE *f = fopen(p, "re");
+	bool same = f && fgets(have, sizeof have, f) && !strcmp(have, t->tags.e[i].etag);
+	if (f)
+		fclose(f);
+	return same;
+}
+
+/* Remember the ETag of what was fetched (a failure costs a fetch later). */
+static void record_etag(const s3_target *t, const char *path, const char *etag)
+{
+	char p[PATH_MAX];
+	etag_path(t, path, p, sizeof p);
+	const char *slash = strrchr(p, '/');
+	if (*etag && !cltfs_mkdirs(p, (size_t)(slash - p)))
+		cltfs_write_atomic(p, etag, strlen(etag));
+}
+
 cltfs_err s3_get_file(const s3_target *t, const http_ctx *c, const char *path, const char *dst)
 {
+	if (unchanged(t, path, dst))
+		return CLTFS_OK;
 	char tmp[PATH_MAX + 32];
 	snprintf(tmp, sizeof tmp, "%s.%d.tmp", dst, (int)getpid());
 	const char *slash = strrchr(dst, '/');
@@ -527,6 +595,8 @@ cltfs_err s3_get_file(const s3_target *t, const http_ctx *c, const char *path, c
 		snprintf(url, n, "%s%s", t->base, esc);
 	http_hdrs h = {0};
 	e = url ? http_get(c, url, 0, 0, write_sink, &f, &h, NULL) : cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	char etag[sizeof h.etag];
+	snprintf(etag, sizeof etag, "%s", e ? "" : h.etag);
 	http_hdrs_free(&h);
 	free(esc);
 	free(url);
@@ -537,5 +607,7 @@ cltfs_err s3_get_file(const s3_target *t, const http_ctx *c, const char *path, c
 		e = cltfs_fail(CLTFS_E_IO, "%s: %s", dst, strerror(errno));
 	if (e)
 		unlink(tmp);
+	else
+		record_etag(t, path, etag);
 	return e ? cltfs_wrap(e, "%s/%s", t->name, path) : CLTFS_OK;
 }

@@ -48,23 +48,36 @@ const char *s3_base(const s3_target *t);
 const char *s3_cache(const s3_target *t);
 
 /* The objects under the prefix (ListObjectsV2, every page), their paths
- * relative to it, appended to l.  The errors of http_get; CLTFS_E_FORMAT
+ * relative to it, appended to l; the target remembers their sizes and
+ * ETags for s3_get_file.  The errors of http_get; CLTFS_E_FORMAT
  * for an answer that is not a listing or a key that would leave the
  * folder it is kept in. */
-cltfs_err s3_list(const s3_target *t, const http_ctx *c, hf_entries *l);
+cltfs_err s3_list(s3_target *t, const http_ctx *c, hf_entries *l);
 
 /* One page of a ListObjectsV2 answer (NUL-terminated XML) of the keys
  * under prefix (no '/' at its ends; "" for a whole bucket): each object's
  * path relative to prefix appended to l ("folder/" markers skipped), *token
- * the next page's continuation token (malloc'd) or NULL at the last page.
+ * its ETag to tags (one per entry), *token the next page's continuation
+ * token (malloc'd) or NULL at the last page.
  * No I/O, for s3_list and the fuzzers; what names the prefix in messages.
  * CLTFS_E_FORMAT (not a listing, an object without Key or Size, a key not
  * under the prefix or whose path would leave the folder it is kept in, a
  * truncated page without a token), _NOMEM; entries appended stay in l. */
-cltfs_err s3_parse_listing(const char *prefix, const char *what, const char *xml, hf_entries *l, char **token);
+typedef struct {
+	char etag[96]; /* as S3 gives it, quotes and all; "" when it gave none */
+} s3_etag;
+typedef struct {
+	s3_etag *e;
+	size_t n, cap;
+} s3_etags;
+cltfs_err s3_parse_listing(const char *prefix, const char *what, const char *xml, hf_entries *l, s3_etags *tags,
+			   char **token);
 
 /* The object at path, whole, into the file dst (written aside, then
- * renamed).  The errors of http_get; CLTFS_E_IO for the file. */
+ * renamed), unless dst is what the last s3_list says the object is: its
+ * size, and the ETag that this function recorded when it fetched dst (in
+ * s3_cache/etags/).  Metadata grows with a store (samples.bin, indexes):
+ * a mount fetches again only what changed.  The errors of http_get; CLTFS_E_IO for the file. */
 cltfs_err s3_get_file(const s3_target *t, const http_ctx *c, const char *path, const char *dst);
 
 /* Bytes a part of a multipart upload holds (the last one fewer), unless

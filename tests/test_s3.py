@@ -429,3 +429,32 @@ def test_local_store_backed_by_s3(tmp_path, s3, stores, mount):
     with mount(local, env=env) as m:
         for rel in rels:
             assert read_all(m.p(rel)) == want[rel], rel
+
+
+def test_metadata_fetched_again_only_when_changed(tmp_path, s3, stores, mount):
+    """A second mount lists the prefix and fetches none of the manifest, the
+    sample table or the indexes again (their sizes and ETags are those of
+    its copies); an index replaced by other bytes of the same size is
+    fetched again."""
+    imp = stores.get("s1_bf16")
+    s3.upload_dir(imp.store, PREFIX)
+    env = env_of(tmp_path, s3)
+    meta = lambda: [e for e in s3.log if e["method"] == "GET" and not is_pack(e) and "list-type" not in e["query"]]
+    s3.clear_log()
+    with mount(URL, env=env):
+        pass
+    assert len(meta()) == len(store_files(imp.store)) - len([k for k in store_files(imp.store) if k.endswith(".pack")])
+    s3.clear_log()
+    with mount(URL, env=env):
+        pass
+    assert not meta(), meta()
+    idx = sorted(k for k in store_files(imp.store) if k.endswith(".idx"))[0]
+    data = bytearray(read_all(os.path.join(imp.store, idx)))
+    data[-1] ^= 1  # the last record's checksum fails: that chunk is lost, the rest serves
+    s3.client().put_object(Bucket=s3.bucket, Key=PREFIX + "/" + idx, Body=bytes(data))
+    s3.clear_log()
+    with mount(URL, env=env):
+        pass
+    assert [e["key"] for e in meta()] == [PREFIX + "/" + idx], meta()
+    cached = glob.glob(str(tmp_path / "xdg" / "cltfs" / "s3" / "*" / BUCKET / PREFIX / "snapshots" / "latest" / idx))
+    assert cached and read_all(cached[0]) == bytes(data)

@@ -246,14 +246,16 @@ int cltfs_fuzz_s3_list(const uint8_t *data, size_t size)
 	memcpy(xml, data + 1, size - 1);
 	xml[size - 1] = 0;
 	hf_entries l = {0};
+	s3_etags tags = {0};
 	char *token = NULL;
-	if (s3_parse_listing(data[0] % 2 ? "" : "runs/acts", "fuzz", xml, &l, &token) == CLTFS_OK)
+	if (s3_parse_listing(data[0] % 2 ? "" : "runs/acts", "fuzz", xml, &l, &tags, &token) == CLTFS_OK)
 		for (size_t i = 0; i < l.n; i++)
-			if (escapes(l.e[i].path) || l.e[i].dir)
+			if (escapes(l.e[i].path) || l.e[i].dir || strchr(tags.e[i].etag, '\n'))
 				abort();
-	if (token && !*token)
+	if ((token && !*token) || tags.n != l.n)
 		abort();
 	free(token);
+	free(tags.e);
 	hf_entries_free(l.e, l.n);
 	free(xml);
 	return 0;
