@@ -87,17 +87,21 @@ static cltfs_err journal_append(upload *u, const char *line)
 }
 
 /* The parts an earlier run finished, when its journal is of this upload
- * (the same size and part size): true with u->id and u->etag set. */
-static bool journal_resume(upload *u)
+ * (the same size and part size): true with u->id and u->etag set.  False
+ * with stale set to the id of an upload of another size (the file grew
+ * since), "" when there is none. */
+static bool journal_resume(upload *u, char stale[1024])
 {
 	FILE *f = fopen(u->jpath, "re");
+	*stale = 0;
 	if (!f)
 		return false;
 	char line[2048], id[1024];
 	unsigned long long size = 0, psize = 0;
-	bool ok = fgets(line, sizeof line, f) &&
-		  sscanf(line, JOURNAL_MAGIC " %llu %llu %1023s", &size, &psize, id) == 3 && size == u->size &&
-		  psize == u->psize;
+	bool parsed = fgets(line, sizeof line, f) && sscanf(line, JOURNAL_MAGIC " %llu %llu %1023s", &size, &psize, id) == 3;
+	bool ok = parsed && size == u->size && psize == u->psize;
+	if (parsed && !ok)
+		snprintf(stale, 1024, "%s", id);
 	while (ok && fgets(line, sizeof line, f)) {
 		unsigned part;
 		char etag[128];
@@ -239,6 +243,18 @@ static cltfs_err complete(upload *u, bool *gone)
 	return e;
 }
 
+/* AbortMultipartUpload of an upload that will not be completed, so that
+ * its parts stop taking space.  Best effort: a server that refuses (some
+ * S3-compatible ones do not abort) keeps them until its own cleanup. */
+static void abort_stale(upload *u, const char *id)
+{
+	char url[8192];
+	snprintf(url, sizeof url, "%s?uploadId=%s", u->url, id);
+	http_hdrs h = {0};
+	http_send(u->c, "DELETE", url, NULL, 0, NULL, &h);
+	http_hdrs_free(&h);
+}
+
 /* One multipart upload, from its journal when there is one. */
 static cltfs_err multipart(upload *u)
 {
@@ -249,7 +265,10 @@ static cltfs_err multipart(upload *u)
 		return e;
 	for (int round = 0;; round++) {
 		memset(u->etag, 0, sizeof u->etag[0] * u->nparts);
-		bool resumed = journal_resume(u);
+		char stale[1024];
+		bool resumed = journal_resume(u, stale);
+		if (*stale)
+			abort_stale(u, stale);
 		if ((u->jfd = open(u->jpath, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644)) < 0)
 			return cltfs_fail(CLTFS_E_IO, "%s: %s", u->jpath, strerror(errno));
 		if (!resumed)

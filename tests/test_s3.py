@@ -316,19 +316,7 @@ def test_killed_push_resumes(tmp_path, s3, big_store, cltfs_bin):
     parts that were done (it sends only the others) and completes."""
     store, desc = big_store
     env = env_of(tmp_path, s3, CLTFS_S3_PART_MB=5)
-    s3.fault(lambda e: "partNumber=" in e["query"] and not e["query"].startswith("partNumber=1&"),
-             "delay:2", 100)
-    p = subprocess.Popen([cltfs_bin, "push", store, URL], env=env, stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT)
-    t0 = time.monotonic()
-    while not [e for e in writes(s3) if e["query"].startswith("partNumber=1&")]:
-        assert p.poll() is None and time.monotonic() - t0 < 60, p.stdout.read()
-        time.sleep(0.05)
-    time.sleep(0.2)
-    p.send_signal(signal.SIGKILL)
-    p.wait()
-    s3.faults.clear()
-    time.sleep(2.5)  # the delayed parts that were in flight end
+    kill_push_mid_pack(s3, cltfs_bin, store, env)
     done = {e["query"].split("&")[0] for e in writes(s3) if "partNumber=" in e["query"]}
     assert "cltfs.json" not in [k for k in bucket_files(s3, PREFIX)], "manifest before the packs"
     s3.clear_log()
@@ -336,6 +324,7 @@ def test_killed_push_resumes(tmp_path, s3, big_store, cltfs_bin):
     assert r.returncode == 0, describe(r)
     again = {e["query"].split("&")[0] for e in writes(s3) if "partNumber=" in e["query"]}
     assert "partNumber=1" in done and "partNumber=1" not in again, (done, again)
+    assert not [e for e in s3.log if e["query"] == "uploads="], "a new upload instead of the same one"
     assert bucket_files(s3, PREFIX) == store_files(store)
     assert writes(s3)[-1]["key"] == PREFIX + "/cltfs.json"
 
@@ -458,3 +447,42 @@ def test_metadata_fetched_again_only_when_changed(tmp_path, s3, stores, mount):
     assert [e["key"] for e in meta()] == [PREFIX + "/" + idx], meta()
     cached = glob.glob(str(tmp_path / "xdg" / "cltfs" / "s3" / "*" / BUCKET / PREFIX / "snapshots" / "latest" / idx))
     assert cached and read_all(cached[0]) == bytes(data)
+
+
+def kill_push_mid_pack(s3, cltfs_bin, store, env):
+    """Start a push whose parts after the first are slow, kill -9 it once
+    part 1 is done; the upload id it was using."""
+    s3.fault(lambda e: "partNumber=" in e["query"] and not e["query"].startswith("partNumber=1&"),
+             "delay:2", 100)
+    p = subprocess.Popen([cltfs_bin, "push", store, URL], env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT)
+    t0 = time.monotonic()
+    while not [e for e in writes(s3) if e["query"].startswith("partNumber=1&")]:
+        assert p.poll() is None and time.monotonic() - t0 < 60, p.stdout.read()
+        time.sleep(0.05)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    s3.faults.clear()
+    time.sleep(2.5)
+    part1 = [e for e in writes(s3) if e["query"].startswith("partNumber=1&")][0]
+    return part1["query"].split("uploadId=")[1]
+
+
+def test_push_after_the_pack_grew(tmp_path, s3, big_store, cltfs_bin):
+    """A push killed mid-pack, then the pack grows: the next push aborts the
+    old multipart upload (its parts would be of another file) and uploads
+    the pack as it is now."""
+    store = str(tmp_path / "store")
+    import shutil
+    shutil.copytree(big_store[0], store)
+    env = env_of(tmp_path, s3, CLTFS_S3_PART_MB=5)
+    old = kill_push_mid_pack(s3, cltfs_bin, store, env)
+    pack = glob.glob(store + "/packs/*.pack")[0]
+    with open(pack, "ab") as f:
+        f.write(b"\0" * 4096)  # bytes no record names: what an appending writer leaves before its sync
+    s3.clear_log()
+    r = run(cltfs_bin, "push", store, URL, env=env)
+    assert r.returncode == 0, describe(r)
+    aborts = [e for e in s3.log if e["method"] == "DELETE"]
+    assert [e["query"] for e in aborts] == ["uploadId=" + old], aborts
+    assert bucket_files(s3, PREFIX) == store_files(store)
