@@ -73,7 +73,6 @@ def is_pack(e):
 
 
 def check_views(m, imp, originals, rels=None):
-    from conftest import Originals  # noqa: F401  (the fixture's type)
     for rel in rels if rels is not None else imp.desc["files"]:
         assert_same(torch.load(m.p(rel)), originals.get(imp.tree, rel), rel)
 
