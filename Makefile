@@ -40,7 +40,7 @@ CORE_SRC  := $(wildcard fs/engine/*.c fs/tiers/*.c hfcache/*.c) \
 BIN_SRC   := $(wildcard fs/cmd/*.c fs/fuse/*.c)
 # What libcltfs-capture.so carries of its own (hidden, position-independent).
 CAPLIB_SRC := codec/common.c codec/log.c capture/config.c capture/image.c capture/safetensors.c
-UNIT_TESTS := codec_frame codec_pt codec_manifest fs_store fs_view hf_config capture_image
+UNIT_TESTS := codec_frame codec_pt codec_manifest fs_store fs_view hf_config s3_config capture_image
 # fs_view fails allocations in turn through the linker's --wrap.
 UNIT_LDFLAGS_fs_view := -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc,--wrap=strdup
 
@@ -154,7 +154,7 @@ check: deps
 
 # libFuzzer binaries (clang): build/fuzz/<target>; run one with
 # build/fuzz/<target> NEW_DIR tests/fuzz/corpus (see tests/fuzz/README).
-FUZZ_TARGETS := frame record manifest pt pickle tokenizer safetensors hub_json table queries
+FUZZ_TARGETS := frame record manifest pt pickle tokenizer safetensors hub_json table queries s3_list
 FUZZ_FLAGS := -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 $(WARN) -Wno-unknown-warning-option -g -O1 \
 	-fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined $(PKG_CFLAGS) $(INCS) -Itests/fuzz \
 	-DCLTFS_VERSION='"$(VERSION)"'
@@ -175,8 +175,16 @@ stress: $(B)/cltfs
 gpu-check:
 	@sh tools/gpu_check.sh
 
+# s3rver, the S3 server of the S3 tests and benchmark (tests/s3server.py):
+# from npm into build/node, once.
+S3RVER := $(B)/node/node_modules/s3rver/package.json
+$(S3RVER):
+	@command -v npm >/dev/null || { echo "cltfs: npm (Node.js) is needed for the S3 tests: apt-get install npm, or Node.js from nodejs.org" >&2; exit 1; }
+	npm install --no-audit --no-fund --prefix $(B)/node s3rver@3.7.1 >/dev/null
+
 deps:
 	@sh tools/deps.sh
+	@$(MAKE) -s $(S3RVER)
 
 demo: deps
 	$(MAKE) all
@@ -188,6 +196,7 @@ bench: deps
 	$(PYTHON) bench/codec_bench.py --cltfs $(B)/cltfs --decoder $(B)/codec_decode
 	$(PYTHON) bench/shuffle_bench.py --cltfs $(B)/cltfs
 	$(PYTHON) bench/hub_bench.py --cltfs $(B)/cltfs --total-mb 1100
+	$(PYTHON) bench/s3_bench.py --cltfs $(B)/cltfs
 	$(PYTHON) bench/capture_bench.py --cltfs $(B)/cltfs
 	$(PYTHON) bench/scale.py --cltfs $(B)/cltfs --fill-index $(B)/fill_index
 

@@ -43,6 +43,9 @@ void hf_config_free(hf_config *c);
  * "hf://models/owner/name[@rev]" or "hf://owner/name[@rev]" (a model, as
  * huggingface_hub's HfFileSystem reads it)? */
 bool hf_is_url(const char *s);
+/* hf_is_url, or an S3 prefix "s3://BUCKET[/PREFIX]": what hf_repo_open
+ * opens. */
+bool hf_is_remote_url(const char *s);
 
 typedef struct {
 	atomic_ullong requests, bytes, retries, failures;
@@ -67,6 +70,13 @@ const char *hf_repo_commit(const hf_repo *r);
 const char *hf_repo_id(const hf_repo *r);
 /* The repo's folder in the cache: <hub_cache>/datasets--owner--name */
 const char *hf_repo_folder(const hf_repo *r);
+/* How messages name it: "hf://datasets/owner/name@<commit, 12 digits>",
+ * or "s3://bucket/prefix". */
+const char *hf_repo_name(const hf_repo *r);
+/* An S3 prefix (s3://BUCKET/PREFIX, hfcache/s3.h), not a Hub repo: the
+ * same requests, files and ranges, no HF cache layout (its files are
+ * fetched whole into hf_repo_folder/snapshots/latest when they changed). */
+bool hf_repo_is_s3(const hf_repo *r);
 hf_stats *hf_repo_stats(hf_repo *r);
 
 typedef struct {
@@ -119,6 +129,13 @@ void hf_download_release(hf_download *d);
  * CLTFS_E_NOTFOUND (no such file; offline: nothing is fetched), _IO (after
  * the retries: the message names the URL), _NOMEM. */
 cltfs_err hf_read_range(hf_repo *r, const char *path, uint64_t off, size_t len, void *dst);
+
+/* Upload the first size bytes of the file at local to path under an S3
+ * prefix (hf_repo_is_s3): one PUT, or a multipart upload resumed from its
+ * journal after a kill (s3.h).  *done (may be NULL) counts the bytes sent.
+ * CLTFS_E_UNSUPPORTED for a Hub repo; the errors of the requests
+ * (CLTFS_E_INVAL: credentials refused, _IO, ...) and of the file. */
+cltfs_err hf_upload(hf_repo *r, const char *path, const char *local, uint64_t size, atomic_ullong *done);
 
 /* Ranges in flight: many range requests at once, driven by one thread on
  * one libcurl multi handle, so that they share connections (HTTP/2

@@ -158,8 +158,18 @@ static size_t on_body(char *p, size_t size, size_t nitems, void *arg)
 {
 	http_body *b = arg;
 	size_t n = size * nitems;
-	if (b->h->status != 200 && b->h->status != 206)
-		return n; /* an error page: the headers say what went wrong */
+	http_hdrs *h = b->h;
+	if (h->status < 200 || h->status > 299 || (b->sink && h->status != 200 && h->status != 206)) {
+		/* An error page: the headers say what went wrong, or (S3) its
+		 * XML, whose start is kept for the message. */
+		size_t k = n < sizeof h->errbody - 1 - h->errlen ? n : sizeof h->errbody - 1 - h->errlen;
+		memcpy(h->errbody + h->errlen, p, k);
+		h->errlen += k;
+		h->errbody[h->errlen] = 0;
+		return n;
+	}
+	if (!b->sink)
+		return n;
 	if (n > b->want) {
 		b->aborted = 1; /* more than asked for: never pass on extra bytes */
 		return 0;
@@ -206,23 +216,55 @@ static const char *shown(const char *url, char *buf, size_t n)
 	return buf;
 }
 
+/* The token only to the Hub itself: a redirect to a CDN (another host)
+ * must not carry it.  False when out of memory. */
+static bool bearer_auth(const http_ctx *c, const char *url, struct curl_slist **hl)
+{
+	if (!c->cfg->token || !same_origin(url, c->cfg->endpoint))
+		return false;
+	char auth[4200];
+	snprintf(auth, sizeof auth, "Authorization: Bearer %s", c->cfg->token);
+	*hl = curl_slist_append(*hl, auth);
+	memset(auth, 0, sizeof auth);
+	return !*hl;
+}
+
+/* S3: libcurl's own SigV4 signs the request (its x-amz-* headers too).
+ * The payload hash is UNSIGNED-PAYLOAD, which S3 accepts for every
+ * request: a body need not be read twice.  False when out of memory. */
+static bool aws_auth(CURL *e, const http_aws *a, struct curl_slist **hl)
+{
+	if (!a->userpwd)
+		return false; /* anonymous: a public bucket */
+	if (!(*hl = curl_slist_append(*hl, "x-amz-content-sha256: UNSIGNED-PAYLOAD")))
+		return true;
+	if (a->token) {
+		size_t n = strlen(a->token) + 32;
+		char *v = malloc(n);
+		if (!v)
+			return true;
+		snprintf(v, n, "x-amz-security-token: %s", a->token);
+		struct curl_slist *l = curl_slist_append(*hl, v);
+		memset(v, 0, n);
+		free(v);
+		if (!l)
+			return true;
+		*hl = l;
+	}
+	curl_easy_setopt(e, CURLOPT_AWS_SIGV4, a->sigv4);
+	curl_easy_setopt(e, CURLOPT_USERPWD, a->userpwd);
+	return false;
+}
+
 /* Set e up for one request; *hl (the header list, which may hold the
  * token) is the caller's to give to after(). */
 static CURLcode setup(CURL *e, const http_ctx *c, const char *url, bool head, const char *range, http_body *b,
 		      http_hdrs *h, struct curl_slist **out)
 {
 	struct curl_slist *hl = NULL;
-	char auth[4200];
 	*out = NULL;
-	/* The token only to the Hub itself: a redirect to a CDN (another host)
-	 * must not carry it. */
-	if (c->cfg->token && same_origin(url, c->cfg->endpoint)) {
-		snprintf(auth, sizeof auth, "Authorization: Bearer %s", c->cfg->token);
-		hl = curl_slist_append(hl, auth);
-		memset(auth, 0, sizeof auth);
-		if (!hl)
-			return CURLE_OUT_OF_MEMORY;
-	}
+	if (c->aws ? aws_auth(e, c->aws, &hl) : bearer_auth(c, url, &hl))
+		return CURLE_OUT_OF_MEMORY;
 	*out = hl;
 	hdrs_reset(h);
 	curl_easy_setopt(e, CURLOPT_URL, url);
@@ -345,6 +387,8 @@ static bool wait_retry(const http_ctx *c, int attempt, double retry_after, doubl
 	return true;
 }
 
+static cltfs_err status_error(const http_ctx *c, const char *what, const http_hdrs *h);
+
 static cltfs_err head_once(const http_ctx *c, const char *url, http_hdrs *h)
 {
 	char sh[1024];
@@ -363,7 +407,7 @@ static cltfs_err head_once(const http_ctx *c, const char *url, http_hdrs *h)
 			atomic_fetch_add(&c->st->failures, 1);
 			return rc ? cltfs_fail(CLTFS_E_IO, "HEAD %s: %s after %d attempts", shown(url, sh, sizeof sh),
 					       curl_easy_strerror(rc), attempt)
-				  : http_status_error(shown(url, sh, sizeof sh), h);
+				  : status_error(c, shown(url, sh, sizeof sh), h);
 		}
 	}
 }
@@ -413,6 +457,40 @@ cltfs_err http_status_error(const char *what, const http_hdrs *h)
 		return cltfs_fail(CLTFS_E_NOTFOUND, "%s: HTTP 404 not found", what);
 	return cltfs_fail(CLTFS_E_IO, "%s: HTTP %ld%s%s%s%s", what, h->status, *code ? " " : "", code,
 			  *h->error_msg ? ": " : "", h->error_msg);
+}
+
+/* The text of <tag>...</tag> in an S3 error body, into out ("" if none). */
+static void xml_field(const char *body, const char *tag, char *out, size_t n)
+{
+	char open[64], close[64];
+	snprintf(open, sizeof open, "<%s>", tag);
+	snprintf(close, sizeof close, "</%s>", tag);
+	const char *a = strstr(body, open), *b = a ? strstr(a, close) : NULL;
+	*out = 0;
+	if (a && b)
+		copy_value(out, n, a + strlen(open), (size_t)(b - a - strlen(open)));
+}
+
+/* S3's answer to a failed request: its XML names the cause.  A refusal
+ * of the credentials says which ones were used (never the secret). */
+static cltfs_err s3_status_error(const http_ctx *c, const char *what, const http_hdrs *h)
+{
+	char code[64], msg[256];
+	xml_field(h->errbody, "Code", code, sizeof code);
+	xml_field(h->errbody, "Message", msg, sizeof msg);
+	if (h->status == 401 || h->status == 403)
+		return cltfs_fail(CLTFS_E_INVAL, "%s: HTTP %ld %s%s%s: access refused; credentials: %s", what, h->status,
+				  *code ? code : "Forbidden", *msg ? ": " : "", msg, c->aws->source);
+	if (h->status == 404)
+		return cltfs_fail(CLTFS_E_NOTFOUND, "%s: HTTP 404 %s%s%s", what, *code ? code : "not found",
+				  *msg ? ": " : "", msg);
+	return cltfs_fail(CLTFS_E_IO, "%s: HTTP %ld%s%s%s%s", what, h->status, *code ? " " : "", code, *msg ? ": " : "",
+			  msg);
+}
+
+static cltfs_err status_error(const http_ctx *c, const char *what, const http_hdrs *h)
+{
+	return c->aws ? s3_status_error(c, what, h) : http_status_error(what, h);
 }
 
 static bool is_redirect(long s) { return s == 301 || s == 302 || s == 303 || s == 307 || s == 308; }
@@ -471,7 +549,8 @@ static http_step attempt_failed(http_op *op, CURLcode rc, const char *sh, double
 	bool again = rc ? transient_curl(rc) : short_body || transient_status(h->status);
 	if (!again) {
 		atomic_fetch_add(&op->c->st->failures, 1);
-		*err = rc ? cltfs_fail(CLTFS_E_IO, "GET %s: %s", sh, curl_easy_strerror(rc)) : http_status_error(sh, h);
+		*err = rc ? cltfs_fail(CLTFS_E_IO, "GET %s: %s", sh, curl_easy_strerror(rc))
+			  : status_error(op->c, sh, h);
 		return HTTP_OP_FAIL;
 	}
 	if ((*wait = retry_wait(op->c, op->attempt, rc ? -1 : h->retry_after, op->t0)) < 0) {
@@ -483,7 +562,7 @@ static http_step attempt_failed(http_op *op, CURLcode rc, const char *sh, double
 			*err = cltfs_fail(CLTFS_E_IO, "GET %s: body ended after %llu of %llu bytes, %d attempts", sh,
 					  (unsigned long long)op->done, (unsigned long long)op->len, op->attempt);
 		else
-			*err = cltfs_wrap(http_status_error(sh, h), "after %d attempts", op->attempt);
+			*err = cltfs_wrap(status_error(op->c, sh, h), "after %d attempts", op->attempt);
 		return HTTP_OP_FAIL;
 	}
 	op->attempt++;
@@ -574,6 +653,89 @@ cltfs_err http_get(const http_ctx *c, const char *url, uint64_t off, uint64_t le
 	}
 	http_op_free(&op);
 	return err;
+}
+
+/* An answer's body in memory, for http_send. */
+typedef struct {
+	char *p;
+	size_t n, cap;
+} answer;
+
+static bool answer_sink(void *arg, const void *p, size_t n)
+{
+	answer *a = arg;
+	if (a->n + n > (64u << 20) || !cltfs_reserve(&a->p, &a->cap, a->n + n + 1)) {
+		cltfs_fail(CLTFS_E_NOMEM, "out of memory for an answer of %zu bytes", a->n + n);
+		return false;
+	}
+	memcpy(a->p + a->n, p, n);
+	a->n += n;
+	a->p[a->n] = 0;
+	return true;
+}
+
+/* One attempt of http_send: its curl result. */
+static CURLcode send_once(const http_ctx *c, const char *method, const char *url, const void *body, size_t len,
+			  http_body *b, http_hdrs *h)
+{
+	CURL *e = thread_handle();
+	if (!e)
+		return CURLE_OUT_OF_MEMORY;
+	struct curl_slist *hl;
+	CURLcode rc = setup(e, c, url, false, NULL, b, h, &hl);
+	if (rc)
+		return rc;
+	curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
+	if (strcmp(method, "GET") && strcmp(method, "DELETE")) {
+		/* Bytes, not the form libcurl would otherwise say a body is (S3
+		 * keeps an object's Content-Type). */
+		struct curl_slist *l = curl_slist_append(hl, "Content-Type: application/octet-stream");
+		if (!l) {
+			curl_easy_setopt(e, CURLOPT_HTTPHEADER, NULL);
+			curl_slist_free_all(hl); /* it may hold the token */
+			return CURLE_OUT_OF_MEMORY;
+		}
+		hl = l;
+		curl_easy_setopt(e, CURLOPT_HTTPHEADER, hl);
+		curl_easy_setopt(e, CURLOPT_POSTFIELDS, body ? body : "");
+		curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);
+	}
+	rc = curl_easy_perform(e);
+	after(c, e, &hl);
+	return rc;
+}
+
+cltfs_err http_send(const http_ctx *c, const char *method, const char *url, const void *body, size_t len,
+		    char **out, http_hdrs *h)
+{
+	char sh[1024];
+	shown(url, sh, sizeof sh);
+	double t0 = cltfs_now();
+	for (int attempt = 1;; attempt++) {
+		answer a = {0};
+		http_body b = {out ? answer_sink : NULL, &a, h, UINT64_MAX, 0, 0};
+		CURLcode rc = send_once(c, method, url, body, len, &b, h);
+		atomic_fetch_add(&c->st->bytes, len);
+		if (rc == CURLE_OUT_OF_MEMORY || b.aborted) {
+			free(a.p);
+			return cltfs_fail(CLTFS_E_NOMEM, "%s %s: out of memory", method, sh);
+		}
+		bool ok = !rc && h->status >= 200 && h->status <= 299;
+		bool again = rc ? transient_curl(rc) : !ok && transient_status(h->status);
+		if (ok && out)
+			*out = a.p ? a.p : strdup("");
+		else
+			free(a.p);
+		if (ok)
+			return out && !*out ? cltfs_fail(CLTFS_E_NOMEM, "out of memory") : CLTFS_OK;
+		if (again && wait_retry(c, attempt, rc ? -1 : h->retry_after, t0))
+			continue;
+		atomic_fetch_add(&c->st->failures, 1);
+		if (rc)
+			return cltfs_fail(CLTFS_E_IO, "%s %s: %s after %d attempts", method, sh, curl_easy_strerror(rc),
+					  attempt);
+		return cltfs_wrap(status_error(c, sh, h), "%s, after %d attempts", method, attempt);
+	}
 }
 
 char *http_escape(const char *s, bool keep_slash)

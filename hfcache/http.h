@@ -21,6 +21,8 @@ typedef struct {
 	double retry_after; /* seconds, < 0 when absent */
 	char *location;     /* malloc'd, of the last response */
 	char *link_next;    /* malloc'd: the rel="next" URL of a Link header */
+	char errbody[1024]; /* the start of an error answer's body (S3 says why there) */
+	size_t errlen;
 } http_hdrs;
 
 void http_hdrs_free(http_hdrs *h);
@@ -28,9 +30,20 @@ void http_hdrs_free(http_hdrs *h);
 /* Body bytes as they arrive; false aborts the transfer. */
 typedef bool (*http_sink)(void *arg, const void *p, size_t n);
 
+/* AWS Signature Version 4 (S3): libcurl signs every request
+ * (CURLOPT_AWS_SIGV4); the payload is not hashed (UNSIGNED-PAYLOAD, as
+ * S3 allows), so a body can be streamed.  No credentials: unsigned. */
+typedef struct {
+	char sigv4[96];     /* "aws:amz:<region>:s3" */
+	char *userpwd;      /* "<key id>:<secret>", or NULL: never in a message */
+	char *token;        /* AWS_SESSION_TOKEN (x-amz-security-token), or NULL */
+	char source[512];   /* where the credentials came from, for messages */
+} http_aws;
+
 typedef struct {
 	const hf_config *cfg;
 	hf_stats *st;
+	const http_aws *aws; /* NULL: the Hub (a bearer token) */
 } http_ctx;
 
 /* Once per process, before threads. */
@@ -50,6 +63,15 @@ cltfs_err http_head(const http_ctx *c, const char *url, http_hdrs *h);
  * asked for, is the URL that answered (after redirects), malloc'd. */
 cltfs_err http_get(const http_ctx *c, const char *url, uint64_t off, uint64_t len, http_sink sink, void *arg,
 		   http_hdrs *h, char **final_url);
+
+/* A request of any method with a body from memory (len bytes; body may be
+ * NULL when len is 0), retried as http_get is (the body sent again whole,
+ * the answer taken again), no redirects.  *out (when out is not NULL):
+ * the answer's body, NUL-terminated, malloc'd.  A final status other than
+ * 2xx is an error as http_get's; h holds the last answer's headers (the
+ * ETag of an uploaded part). */
+cltfs_err http_send(const http_ctx *c, const char *method, const char *url, const void *body, size_t len,
+		    char **out, http_hdrs *h);
 
 /* ---- a GET as steps ---- */
 

@@ -284,8 +284,8 @@ cltfs_err hf_ranges_get(hf_ranges *q, const char *path, uint64_t off, uint64_t l
 	char what[1024];
 	hf_repo_what(q->r, path, what, sizeof what);
 	if (hf_repo_offline(q->r))
-		return cltfs_fail(CLTFS_E_NOTFOUND, "%s: HF_HUB_OFFLINE is set and bytes %llu..%llu are not cached", what,
-				  (unsigned long long)off, (unsigned long long)(off + len));
+		return cltfs_fail(CLTFS_E_NOTFOUND, "%s: offline (HF_HUB_OFFLINE or CLTFS_OFFLINE) and bytes %llu..%llu "
+				  "are not cached", what, (unsigned long long)off, (unsigned long long)(off + len));
 	xfer *x = calloc(1, sizeof *x);
 	if (!x || !(x->path = strdup(path)) || !(x->hub_url = hf_repo_resolve_url(q->r, path)) ||
 	    !(x->e = curl_easy_init())) {

@@ -15,6 +15,7 @@
  */
 #include "hfcache_internal.h"
 #include "repo_internal.h"
+#include "s3.h"
 
 #include <cjson/cJSON.h>
 #include <ctype.h>
@@ -47,6 +48,8 @@ struct hf_repo {
 	char *folder;   /* <hub_cache>/datasets--owner--name */
 	char *lockdir;  /* <hub_cache>/.locks/datasets--owner--name */
 	char *url_base; /* <endpoint>/datasets/owner/name/resolve/<commit>/ */
+	char *label;    /* hf://<id>@<commit, 12 digits>, or s3://bucket/prefix */
+	s3_target *s3;  /* an S3 prefix, not a Hub repo (s3.h); else NULL */
 	pthread_mutex_t mu; /* guards loc */
 	struct {
 		char *path, *url;
@@ -205,6 +208,7 @@ static bool is_commit(const char *s)
 /* ---- the repo ---- */
 
 bool hf_is_url(const char *s) { return !strncmp(s, "hf://", 5); }
+bool hf_is_remote_url(const char *s) { return hf_is_url(s) || s3_is_url(s); }
 
 static char *percent_decode(const char *s, size_t n)
 {
@@ -385,6 +389,24 @@ static cltfs_err resolve_offline(hf_repo *r, const char *what)
 	return CLTFS_OK;
 }
 
+/* An S3 prefix as a repo: its objects at s3_base, its files fetched
+ * whole into <s3 cache>/snapshots/latest (S3 has no commits: each online
+ * open lists, and fetches what changed), offline also with CLTFS_OFFLINE. */
+static cltfs_err open_s3(hf_repo *r, const char *url)
+{
+	cltfs_err e = s3_open(url, &r->s3);
+	if (e)
+		return e;
+	r->http.aws = s3_aws(r->s3);
+	r->cfg.offline |= truthy(getenv("CLTFS_OFFLINE"));
+	snprintf(r->commit, sizeof r->commit, "latest");
+	r->id = strdup(s3_name(r->s3));
+	r->label = strdup(s3_name(r->s3));
+	r->folder = strdup(s3_cache(r->s3));
+	r->url_base = strdup(s3_base(r->s3));
+	return r->id && r->label && r->folder && r->url_base ? CLTFS_OK : cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+}
+
 cltfs_err hf_repo_open(const hf_config *cfg, const char *url, hf_repo **out)
 {
 	hf_repo *r = calloc(1, sizeof *r);
@@ -396,15 +418,20 @@ cltfs_err hf_repo_open(const hf_config *cfg, const char *url, hf_repo **out)
 		free(r);
 		return e;
 	}
-	r->http = (http_ctx){&r->cfg, &r->st};
-	if (!(e = parse_url(r, url)))
+	r->http = (http_ctx){&r->cfg, &r->st, NULL};
+	if (s3_is_url(url))
+		e = open_s3(r, url);
+	else if (!(e = parse_url(r, url)))
 		e = make_paths(r);
-	if (!e)
+	if (!e && !r->s3)
 		e = r->cfg.offline ? resolve_offline(r, url) : resolve_online(r, url);
 	char base[4096];
-	if (!e) {
+	if (!e && !r->s3) {
 		snprintf(base, sizeof base, "%s/%s%s/resolve/%s/", r->cfg.endpoint, url_prefix(r), r->name, r->commit);
 		if (!(r->url_base = strdup(base)))
+			e = cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+		snprintf(base, sizeof base, "hf://%s@%.12s", r->id, r->commit);
+		if (!e && !(r->label = strdup(base)))
 			e = cltfs_fail(CLTFS_E_NOMEM, "out of memory");
 	}
 	if (e) {
@@ -432,6 +459,8 @@ void hf_repo_close(hf_repo *r)
 	free(r->folder);
 	free(r->lockdir);
 	free(r->url_base);
+	free(r->label);
+	s3_close(r->s3);
 	pthread_mutex_destroy(&r->mu);
 	free(r);
 }
@@ -439,6 +468,8 @@ void hf_repo_close(hf_repo *r)
 const char *hf_repo_commit(const hf_repo *r) { return r->commit; }
 const char *hf_repo_id(const hf_repo *r) { return r->id; }
 const char *hf_repo_folder(const hf_repo *r) { return r->folder; }
+const char *hf_repo_name(const hf_repo *r) { return r->label; }
+bool hf_repo_is_s3(const hf_repo *r) { return r->s3 != NULL; }
 hf_stats *hf_repo_stats(hf_repo *r) { return &r->st; }
 
 /* ---- listing ---- */
@@ -583,13 +614,16 @@ cltfs_err hf_list(hf_repo *r, hf_entry **out, size_t *n)
 	hf_entries l = {0};
 	char snap[PATH_MAX];
 	snprintf(snap, sizeof snap, "%s/snapshots/%s", r->folder, r->commit);
-	cltfs_err e = r->cfg.offline ? walk(snap, "", &l, 0) : list_online(r, &l);
+	cltfs_err e = r->cfg.offline ? walk(snap, "", &l, 0) : r->s3 ? s3_list(r->s3, &r->http, &l) : list_online(r, &l);
 	if (e) {
 		hf_entries_free(l.e, l.n);
 		return e;
 	}
-	qsort(l.e, l.n, sizeof *l.e, by_path);
-	if (r->cfg.offline) {
+	if (l.n) /* an empty prefix or repo: no array at all */
+		qsort(l.e, l.n, sizeof *l.e, by_path);
+	if (r->s3) {
+		/* a bucket is not huggingface_hub's: no cache tag, no tree file */
+	} else if (r->cfg.offline) {
 		hf_tree_sizes(r, l.e, l.n);
 	} else {
 		hf_cache_tag(r->cfg.hub_cache);
@@ -952,8 +986,27 @@ static void download_free(hf_download *d)
 	free(d);
 }
 
+/* An S3 object into the snapshot folder, when it changed (online). */
+static cltfs_err s3_fetch(hf_repo *r, const char *path, char **local)
+{
+	char snap[PATH_MAX];
+	if (snprintf(snap, sizeof snap, "%s/snapshots/%s/%s", r->folder, r->commit, path) >= (int)sizeof snap)
+		return cltfs_fail(CLTFS_E_INVAL, "%s/%s: path too long", r->label, path);
+	struct stat st;
+	cltfs_err e = CLTFS_OK;
+	if (r->cfg.offline && stat(snap, &st) < 0)
+		e = cltfs_fail(CLTFS_E_NOTFOUND, "%s/%s: offline, and not in %s", r->label, path, r->folder);
+	else if (!r->cfg.offline)
+		e = s3_get_file(r->s3, &r->http, path, snap);
+	if (!e && !(*local = strdup(snap)))
+		e = cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	return e;
+}
+
 cltfs_err hf_fetch(hf_repo *r, const char *path, char **local)
 {
+	if (r->s3)
+		return s3_fetch(r, path, local);
 	hf_download *d;
 	cltfs_err e = download_new(r, path, &d);
 	if (e)
@@ -967,6 +1020,8 @@ cltfs_err hf_fetch(hf_repo *r, const char *path, char **local)
 
 cltfs_err hf_download_start(hf_repo *r, const char *path, hf_download **out)
 {
+	if (r->s3)
+		return cltfs_fail(CLTFS_E_UNSUPPORTED, "%s: only a cltfs store is served from S3", r->label);
 	hf_download *d;
 	cltfs_err e = download_new(r, path, &d);
 	if (e)
@@ -1106,10 +1161,10 @@ static void remember_location(hf_repo *r, const char *path, const char *url, boo
 cltfs_err hf_read_range(hf_repo *r, const char *path, uint64_t off, size_t len, void *dst)
 {
 	char what[1024];
-	snprintf(what, sizeof what, "hf://%s@%.12s/%s", r->id, r->commit, path);
+	hf_repo_what(r, path, what, sizeof what);
 	if (r->cfg.offline)
-		return cltfs_fail(CLTFS_E_NOTFOUND, "%s: HF_HUB_OFFLINE is set and bytes %llu..%llu are not cached", what,
-				  (unsigned long long)off, (unsigned long long)(off + len));
+		return cltfs_fail(CLTFS_E_NOTFOUND, "%s: offline (HF_HUB_OFFLINE or CLTFS_OFFLINE) and bytes %llu..%llu are "
+				  "not cached", what, (unsigned long long)off, (unsigned long long)(off + len));
 	if (!len)
 		return CLTFS_OK;
 	http_hdrs h = {0};
@@ -1141,6 +1196,16 @@ cltfs_err hf_read_range(hf_repo *r, const char *path, uint64_t off, size_t len, 
 	return e ? cltfs_wrap(e, "%s", what) : CLTFS_OK;
 }
 
+cltfs_err hf_upload(hf_repo *r, const char *path, const char *local, uint64_t size, atomic_ullong *done)
+{
+	if (!r->s3)
+		return cltfs_fail(CLTFS_E_UNSUPPORTED, "%s: cltfs pushes to S3 only", r->label);
+	if (r->cfg.offline)
+		return cltfs_fail(CLTFS_E_INVAL, "%s: offline (HF_HUB_OFFLINE or CLTFS_OFFLINE): nothing is uploaded",
+				  r->label);
+	return s3_upload(r->s3, &r->http, path, local, size, done);
+}
+
 /* ---- for ranges.c (repo_internal.h) ---- */
 
 const http_ctx *hf_repo_http(hf_repo *r) { return &r->http; }
@@ -1160,7 +1225,7 @@ char *hf_repo_resolve_url(hf_repo *r, const char *path)
 
 void hf_repo_what(const hf_repo *r, const char *path, char *buf, size_t n)
 {
-	snprintf(buf, n, "hf://%s@%.12s/%s", r->id, r->commit, path);
+	snprintf(buf, n, "%s/%s", r->label, path);
 }
 
 char *hf_repo_location(hf_repo *r, const char *path) { return cached_location(r, path); }

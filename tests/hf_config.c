@@ -23,16 +23,6 @@ static void clear_env(void)
 	setenv("HOME", home, 1);
 }
 
-static void write_file(const char *path, const char *text)
-{
-	FILE *f = fopen(path, "w");
-	CHECK(f != NULL);
-	if (f) {
-		fputs(text, f);
-		fclose(f);
-	}
-}
-
 static void test_defaults(void)
 {
 	clear_env();
@@ -58,7 +48,7 @@ static void test_precedence(void)
 	char path[256];
 	setenv("HF_HOME", home, 1);
 	snprintf(path, sizeof path, "%s/token", home);
-	write_file(path, "  hf_from_file\n");
+	unit_write_file(path, "  hf_from_file\n");
 	setenv("HF_ENDPOINT", "http://127.0.0.1:9/", 1);
 	setenv("HF_HUB_OFFLINE", "yes", 1);
 	setenv("CLTFS_HUB_RETRIES", "2", 1);
@@ -112,7 +102,7 @@ static void test_urls(void)
 	snprintf(path, sizeof path, "%s/hub/datasets--me--acts/refs", home);
 	mkdir(path, 0755);
 	snprintf(path, sizeof path, "%s/hub/datasets--me--acts/refs/main", home);
-	write_file(path, commit);
+	unit_write_file(path, commit);
 	CHECK(hf_repo_open(&c, "hf://datasets/me/acts", &r) == CLTFS_OK);
 	if (r) {
 		CHECK(!strcmp(hf_repo_commit(r), commit));
@@ -133,7 +123,7 @@ static void test_urls(void)
 	snprintf(path, sizeof path, "%s/hub/models--me--llava/refs", home);
 	mkdir(path, 0755);
 	snprintf(path, sizeof path, "%s/hub/models--me--llava/refs/main", home);
-	write_file(path, commit);
+	unit_write_file(path, commit);
 	const char *model_urls[] = {"hf://me/llava", "hf://models/me/llava"};
 	for (int i = 0; i < 2; i++) {
 		CHECK(hf_repo_open(&c, model_urls[i], &r) == CLTFS_OK);
@@ -146,7 +136,7 @@ static void test_urls(void)
 	}
 	/* a garbage ref is an error that names the file */
 	snprintf(path, sizeof path, "%s/hub/datasets--me--acts/refs/main", home);
-	write_file(path, "not a commit");
+	unit_write_file(path, "not a commit");
 	CHECK(hf_repo_open(&c, "hf://datasets/me/acts", &r) == CLTFS_E_FORMAT);
 	CHECK(strstr(cltfs_errmsg(), "refs/main") != NULL);
 	hf_config_free(&c);

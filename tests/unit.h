@@ -32,6 +32,17 @@ static inline int unit_done(const char *prog)
 	return unit_fail ? 1 : 0;
 }
 
+/* A file holding text (a failure to write it is a failed check). */
+static inline void unit_write_file(const char *path, const char *text)
+{
+	FILE *f = fopen(path, "w");
+	CHECK(f != NULL);
+	if (f) {
+		fputs(text, f);
+		fclose(f);
+	}
+}
+
 /* Deterministic pseudo-random bytes (xorshift). */
 static inline unsigned long long unit_rand(unsigned long long *s)
 {

@@ -57,8 +57,10 @@ cltfs_err cmd_slurm_shard(int *shard, int *shards, char *said, size_t n);
  * opened, so a running capture is not disturbed). */
 int cmd_capture_status(const char *store);
 
-/* Every chunk of a Hub store repo that STORE lacks. */
+/* Every chunk of a Hub store repo (or an S3 store) that STORE lacks. */
 int cmd_pull(const char *url, const char *store, bool quiet);
+/* What an S3 prefix lacks of STORE, the manifest last (push.h). */
+int cmd_push(const char *store, const char *url, bool quiet);
 /* Rows, layers, chunks present, bytes on disk and served. */
 int cmd_stat(const char *store, bool json);
 /* The normalization statistics into STORE/norm_stats.json (kept when

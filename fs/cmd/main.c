@@ -103,23 +103,40 @@ static int main_stat(int argc, char **argv)
 	return store ? cmd_stat(store, json) : usage_error("stat takes STORE");
 }
 
-static int main_pull(int argc, char **argv)
+/* SOURCE DEST [--quiet], for pull and push: 0 with arg[] set, -1 after
+ * --help, else the usage error's status. */
+static int two_args(int argc, char **argv, const char *what, const char *arg[2], bool *quiet)
 {
-	bool quiet = false;
-	const char *arg[2];
 	int n = 0;
+	*quiet = false;
 	for (int i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "--quiet") || !strcmp(argv[i], "-q"))
-			quiet = true;
+			*quiet = true;
 		else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
 			cmd_usage(stdout);
-			return 0;
+			return -1;
 		} else if (argv[i][0] == '-' || n == 2)
-			return usage_error("pull takes SOURCE STORE [--quiet]");
+			return usage_error(what);
 		else
 			arg[n++] = argv[i];
 	}
-	return n == 2 ? cmd_pull(arg[0], arg[1], quiet) : usage_error("pull takes SOURCE STORE");
+	return n == 2 ? 0 : usage_error(what);
+}
+
+static int main_pull(int argc, char **argv)
+{
+	const char *arg[2];
+	bool quiet;
+	int rc = two_args(argc, argv, "pull takes SOURCE STORE [--quiet]", arg, &quiet);
+	return rc ? (rc < 0 ? 0 : rc) : cmd_pull(arg[0], arg[1], quiet);
+}
+
+static int main_push(int argc, char **argv)
+{
+	const char *arg[2];
+	bool quiet;
+	int rc = two_args(argc, argv, "push takes STORE s3://BUCKET/PREFIX [--quiet]", arg, &quiet);
+	return rc ? (rc < 0 ? 0 : rc) : cmd_push(arg[0], arg[1], quiet);
 }
 
 static int main_init(int argc, char **argv)
@@ -396,6 +413,8 @@ int main(int argc, char **argv)
 		return main_pull(argc - 1, argv + 1);
 	if (!strcmp(cmd, "stats"))
 		return main_stats(argc - 1, argv + 1);
+	if (!strcmp(cmd, "push"))
+		return main_push(argc - 1, argv + 1);
 	if (!strcmp(cmd, "verify"))
 		return main_verify(argc - 1, argv + 1);
 	return edge_mount_main(argc, argv, cmd_usage);

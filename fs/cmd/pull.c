@@ -1,5 +1,6 @@
-/* pull.c: `cltfs pull hf://datasets/OWNER/NAME[@REV] STORE`: every chunk of
- * a Hub store repo that STORE lacks (STORE is created when missing). */
+/* pull.c: `cltfs pull hf://datasets/OWNER/NAME[@REV] STORE` (or
+ * s3://BUCKET/PREFIX): every chunk of a Hub store repo (an S3 store) that
+ * STORE lacks (STORE is created when missing). */
 #include "cmd.h"
 #include "hub.h"
 
@@ -7,8 +8,9 @@
 
 int cmd_pull(const char *url, const char *store, bool quiet)
 {
-	if (!hf_is_url(url)) {
-		fprintf(stderr, "cltfs: pull: '%s' is not an hf://datasets/OWNER/NAME[@REV] source\n", url);
+	if (!hf_is_remote_url(url)) {
+		fprintf(stderr, "cltfs: pull: '%s' is not an hf://datasets/OWNER/NAME[@REV] or s3://BUCKET/PREFIX source\n",
+			url);
 		return 2;
 	}
 	hub_source *h = NULL;

@@ -334,7 +334,7 @@ int cmd_repair(const char *dir, const char *source, bool quiet)
 	if (e) {
 		fprintf(stderr, "cltfs: %s\n", cltfs_errmsg());
 		rc = 1;
-	} else if (missing && source && hf_is_url(source)) {
+	} else if (missing && source && hf_is_remote_url(source)) {
 		rc = cmd_pull(source, dir, quiet);
 	} else if (missing && (source || (kind && !strcmp(kind, "import") && path))) {
 		import_opts io = {.target_offset = offset, .level = 1, .codec = -1, .quiet = quiet};
@@ -344,7 +344,8 @@ int cmd_repair(const char *dir, const char *source, bool quiet)
 		rc = cmd_capture(dir, &co);
 	} else if (missing) {
 		fprintf(stderr, "cltfs: %s: %llu chunks missing and no source to fill them from: give SOURCE "
-			"(a materialized tree, or hf://datasets/OWNER/NAME)\n", dir, (unsigned long long)missing);
+			"(a materialized tree, hf://datasets/OWNER/NAME or s3://BUCKET/PREFIX)\n",
+			dir, (unsigned long long)missing);
 		rc = 1;
 	}
 	free(kind);

@@ -23,6 +23,7 @@
 
 typedef struct {
 	char *store, *dtype, *hub, *capture, *model, *images, *device, *target_pad, *sample_reduce, *sample_dtype;
+	char *s3_addressing;
 	long long cache_mb, batch_samples, batch_rows, readahead, threads, read_ahead_kb, capture_ahead;
 	long long capture_batch, capture_idle, n_targets, target_offset, shuffle, shuffle_window;
 	char *args[2];
@@ -43,7 +44,7 @@ static const struct fuse_opt cli_opts[] = {
 	OPT("capture_batch=%lld", capture_batch), OPT("capture_idle=%lld", capture_idle),
 	OPT("n_targets=%lld", n_targets),         OPT("target_offset=%lld", target_offset),
 	OPT("target_pad=%s", target_pad),         OPT("sample_reduce=%s", sample_reduce),
-	OPT("sample_dtype=%s", sample_dtype),
+	OPT("sample_dtype=%s", sample_dtype),     OPT("s3_addressing=%s", s3_addressing),
 	OPT("shuffle=%lld", shuffle),             OPT("shuffle_window=%lld", shuffle_window),
 	OPT("share_zero_targets", share_zero), OPT("handles", handles),
 	OPT("-f", foreground),
@@ -84,7 +85,8 @@ static int cli_proc(void *data, const char *arg, int key, struct fuse_args *out)
 static void cli_free(cli *c)
 {
 	char *s[] = {c->store,  c->dtype,  c->hub,        c->capture,       c->model,        c->images,
-		     c->device, c->target_pad, c->sample_reduce, c->sample_dtype, c->args[0], c->args[1]};
+		     c->device, c->target_pad, c->sample_reduce, c->sample_dtype, c->args[0], c->args[1],
+		     c->s3_addressing};
 	for (size_t i = 0; i < sizeof s / sizeof *s; i++)
 		free(s[i]);
 }
@@ -288,11 +290,17 @@ static cltfs_err add_capture(const cli *c, sources *src)
 static cltfs_err open_sources(const cli *c, const char *source, sources *src)
 {
 	cltfs_err e;
-	if (hf_is_url(source)) {
+	/* s3.h reads it where the AWS CLI's settings are read. */
+	if (c->s3_addressing && setenv("CLTFS_S3_ADDRESSING", c->s3_addressing, 1))
+		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	if (hf_is_remote_url(source)) {
 		if (c->hub)
 			return cltfs_fail(CLTFS_E_INVAL, "-o hub= backs a local store; the source is %s already", source);
 		if ((e = hub_open(source, &src->hub)))
 			return e;
+		if (!hub_is_store(src->hub) && hf_repo_is_s3(hub_repo(src->hub)))
+			return cltfs_fail(CLTFS_E_INVAL, "%s has no cltfs.json: only a cltfs store is served from S3",
+					  source);
 		if (!hub_is_store(src->hub)) {
 			size_t n;
 			const hf_entry *ent = hub_entries(src->hub, &n);
@@ -302,6 +310,9 @@ static cltfs_err open_sources(const cli *c, const char *source, sources *src)
 		e = hub_local_store(src->hub, c->nargs == 2 ? c->store : NULL, &src->store);
 	} else {
 		e = store_open(source, &src->store);
+		if (!e && c->hub && !hf_is_remote_url(c->hub))
+			e = cltfs_fail(CLTFS_E_INVAL, "-o hub=%s: expected hf://datasets/OWNER/NAME or s3://BUCKET/PREFIX",
+				       c->hub);
 		if (!e && c->hub && !(e = hub_open(c->hub, &src->hub)) && !hub_is_store(src->hub))
 			e = cltfs_fail(CLTFS_E_INVAL, "-o hub=%s: no cltfs.json at its root: not a cltfs store", c->hub);
 	}

@@ -48,6 +48,8 @@ bool hub_pack_blob(hf_repo *repo, const hf_entry *e, size_t n, const char *pack,
 {
 	char rel[320];
 	struct stat st;
+	if (hf_repo_is_s3(repo)) /* a bucket has no HF cache blobs */
+		return false;
 	const hf_entry *hit = hub_pack_path(pack, rel, sizeof rel) ? NULL : bsearch(rel, e, n, sizeof *e, by_path);
 	if (!hit || hit->dir)
 		return false;
@@ -61,26 +63,28 @@ static cltfs_err same_manifest(const hub_source *h, const cltfs_store *local)
 	if (cltfs_manifest_same(store_manifest(local), store_manifest(h->remote)))
 		return CLTFS_OK;
 	return cltfs_fail(CLTFS_E_MISMATCH,
-			  "%s holds another dataset than hf://%s@%.12s (their manifests differ): use another local store",
-			  store_dir(local), hf_repo_id(h->repo), hf_repo_commit(h->repo));
+			  "%s holds another dataset than %s (their manifests differ): use another local store",
+			  store_dir(local), hf_repo_name(h->repo));
 }
 
 cltfs_err hub_tier_open(hub_source *h, cltfs_store *local, cltfs_tier **out)
 {
 	if (!h->remote)
-		return cltfs_fail(CLTFS_E_INVAL, "hf://%s has no cltfs.json at its root: it is not a cltfs store",
-				  hf_repo_id(h->repo));
+		return cltfs_fail(CLTFS_E_INVAL, "%s has no cltfs.json at its root: it is not a cltfs store",
+				  hf_repo_name(h->repo));
 	cltfs_err e = same_manifest(h, local);
 	return e ? e : hub_tier_new(h->repo, h->entries, h->nentries, h->remote, local, out);
 }
 
 /* -o store=DIR, or one per repo and commit under $XDG_CACHE_HOME/cltfs
- * (~/.cache/cltfs). */
+ * (~/.cache/cltfs); for S3, one per prefix. */
 static void default_local(const hub_source *h, char *buf, size_t n)
 {
 	const char *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
 	const char *folder = strrchr(hf_repo_folder(h->repo), '/') + 1;
-	if (xdg && *xdg)
+	if (hf_repo_is_s3(h->repo)) /* beside its fetched metadata */
+		snprintf(buf, n, "%s/store", hf_repo_folder(h->repo));
+	else if (xdg && *xdg)
 		snprintf(buf, n, "%s/cltfs/hub/%s/%s", xdg, folder, hf_repo_commit(h->repo));
 	else
 		snprintf(buf, n, "%s/.cache/cltfs/hub/%s/%s", home ? home : "", folder, hf_repo_commit(h->repo));
@@ -89,8 +93,8 @@ static void default_local(const hub_source *h, char *buf, size_t n)
 cltfs_err hub_local_store(hub_source *h, const char *dir, cltfs_store **out)
 {
 	if (!h->remote)
-		return cltfs_fail(CLTFS_E_INVAL, "hf://%s has no cltfs.json at its root: it is not a cltfs store",
-				  hf_repo_id(h->repo));
+		return cltfs_fail(CLTFS_E_INVAL, "%s has no cltfs.json at its root: it is not a cltfs store",
+				  hf_repo_name(h->repo));
 	char buf[PATH_MAX];
 	if (!dir) {
 		default_local(h, buf, sizeof buf);
@@ -138,7 +142,7 @@ static cltfs_err open_remote(hub_source *h, const char *manifest)
 	snprintf(dir, sizeof dir, "%s", manifest);
 	*strrchr(dir, '/') = 0;
 	cltfs_err e = store_open(dir, &h->remote);
-	return e ? cltfs_wrap(e, "hf://%s", hf_repo_id(h->repo)) : CLTFS_OK;
+	return e ? cltfs_wrap(e, "%s", hf_repo_name(h->repo)) : CLTFS_OK;
 }
 
 cltfs_err hub_open(const char *url, hub_source **out)
@@ -335,11 +339,11 @@ static cltfs_err pull_span(pull *p, const span *sp, cltfs_zctx *z, uint8_t **buf
 	if (!cltfs_reserve(buf, cap, sp->len ? sp->len : 1))
 		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
 	bool blob;
-	snprintf(where, sizeof where, "hf://%s/%s", hf_repo_id(p->h->repo), path);
+	snprintf(where, sizeof where, "%s/%s", hf_repo_name(p->h->repo), path);
 	if (!(e = span_bytes(p, path, sp, *buf, &blob)))
 		e = check_span(p, sp, *buf, z, raw, rawcap, blob ? "the HF cache's blob" : where);
 	if (e && blob && e != CLTFS_E_NOMEM) {
-		cltfs_log("%s of %s: fetching it from the Hub instead", cltfs_errmsg(), where);
+		cltfs_log("%s of %s: fetching it from %s instead", cltfs_errmsg(), where, hf_repo_name(p->h->repo));
 		if (!(e = hf_read_range(p->h->repo, path, sp->off, sp->len, *buf)))
 			e = check_span(p, sp, *buf, z, raw, rawcap, where);
 	}
@@ -389,8 +393,8 @@ static void *pull_main(void *arg)
 cltfs_err hub_pull(hub_source *h, cltfs_store *local, bool quiet)
 {
 	pull p = {.h = h, .local = local, .tty = !quiet && isatty(2), .t0 = cltfs_now()};
-	cltfs_err e = !h->remote ? cltfs_fail(CLTFS_E_INVAL, "hf://%s has no cltfs.json at its root: it is not a "
-					      "cltfs store", hf_repo_id(h->repo))
+	cltfs_err e = !h->remote ? cltfs_fail(CLTFS_E_INVAL, "%s has no cltfs.json at its root: it is not a "
+					      "cltfs store", hf_repo_name(h->repo))
 				 : same_manifest(h, local);
 	if (e)
 		return e;
@@ -416,8 +420,8 @@ cltfs_err hub_pull(hub_source *h, cltfs_store *local, bool quiet)
 		e = se;
 	pull_progress(&p, true);
 	if (!e && !quiet)
-		fprintf(stderr, "pull: %zu chunks (%.1f MB) from hf://%s@%.12s into %s\n", p.nf, (double)p.total / 1e6,
-			hf_repo_id(h->repo), hf_repo_commit(h->repo), store_dir(local));
+		fprintf(stderr, "pull: %zu chunks (%.1f MB) from %s into %s\n", p.nf, (double)p.total / 1e6,
+			hf_repo_name(h->repo), store_dir(local));
 	free(p.f);
 	free(p.sp);
 	pthread_mutex_destroy(&p.mu);

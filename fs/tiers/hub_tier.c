@@ -326,7 +326,7 @@ static void keep_unread(hub_tier *t, cltfs_zctx *z, uint8_t **buf, size_t *cap, 
 				      : cltfs_fail(CLTFS_E_NOMEM, "out of memory");
 		bool ok = !e && keep(t, &pick->rec, bytes);
 		if (e)
-			cltfs_log("hf://%s/%s: chunk %s at offset %llu, fetched ahead, not kept: %s", hf_repo_id(t->repo),
+			cltfs_log("%s/%s: chunk %s at offset %llu, fetched ahead, not kept: %s", hf_repo_name(t->repo),
 				  sp->path, cltfs_key_str(pick->rec.key, k, sizeof k),
 				  (unsigned long long)pick->rec.offset, cltfs_errmsg());
 		pthread_mutex_lock(&t->mu);
@@ -510,8 +510,8 @@ static cltfs_err plan(hub_tier *t, const char *pack, uint64_t recno, const cltfs
 		}
 		free(sp);
 		free(recs);
-		return cltfs_fail(CLTFS_E_NOMEM, "out of memory for %llu bytes of hf://%s", (unsigned long long)len,
-				  hf_repo_id(t->repo));
+		return cltfs_fail(CLTFS_E_NOMEM, "out of memory for %llu bytes of %s", (unsigned long long)len,
+				  hf_repo_name(t->repo));
 	}
 	*sp = (span){.t = t, .off = off, .len = len, .buf = sp->buf, .cap = cap, .f = sp->f, .n = n, .left = n,
 		     .refs = 1, .ahead = ahead};
@@ -699,7 +699,7 @@ static bool from_blob(hub_tier *t, const char *pack, const cltfs_rec *rec, cltfs
 	if (!blob_whole(t, pack))
 		return false;
 	if (store_read_chunk(t->remote, rec, z, dst)) {
-		cltfs_log("%s: fetching it from hf://%s instead", cltfs_errmsg(), hf_repo_id(t->repo));
+		cltfs_log("%s: fetching it from %s instead", cltfs_errmsg(), hf_repo_name(t->repo));
 		return false;
 	}
 	atomic_fetch_add(&t->n_blob, 1);
@@ -714,11 +714,11 @@ static cltfs_err hub_load(cltfs_tier *tt, uint64_t key, cltfs_zctx *z, uint8_t *
 	char k[48];
 	cltfs_key_str(key, k, sizeof k);
 	if (!store_locate_at(t->remote, key, rec, &pack, &recno))
-		return cltfs_fail(CLTFS_E_NOTFOUND, "chunk %s is neither in %s nor in hf://%s", k, store_dir(t->local),
-				  hf_repo_id(t->repo));
+		return cltfs_fail(CLTFS_E_NOTFOUND, "chunk %s is neither in %s nor in %s", k, store_dir(t->local),
+				  hf_repo_name(t->repo));
 	if (rec->rsize != len)
-		return cltfs_fail(CLTFS_E_CORRUPT, "hf://%s: the index gives chunk %s %u bytes, not %zu",
-				  hf_repo_id(t->repo), k, rec->rsize, len);
+		return cltfs_fail(CLTFS_E_CORRUPT, "%s: the index gives chunk %s %u bytes, not %zu",
+				  hf_repo_name(t->repo), k, rec->rsize, len);
 	if (from_blob(t, pack, rec, z, dst))
 		return CLTFS_OK;
 	pthread_mutex_lock(&t->mu);
@@ -767,7 +767,7 @@ static cltfs_err hub_load(cltfs_tier *tt, uint64_t key, cltfs_zctx *z, uint8_t *
 	const uint8_t *bytes = sp->buf + (f->rec.offset - sp->off);
 	*rec = f->rec;
 	if ((e = store_decode(rec, z, bytes, dst)))
-		e = cltfs_wrap(e, "hf://%s/%s: chunk %s at offset %llu", hf_repo_id(t->repo), sp->path, k,
+		e = cltfs_wrap(e, "%s/%s: chunk %s at offset %llu", hf_repo_name(t->repo), sp->path, k,
 			       (unsigned long long)rec->offset);
 	pthread_mutex_lock(&t->mu);
 	if (!e && mine && start_bg(t)) { /* appended by the background thread, with this load's reference */

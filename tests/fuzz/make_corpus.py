@@ -324,6 +324,35 @@ seeds_hub = {
     "empty": b"\1[]",
 }
 
+# ------------------------------------------------------------------ s3 ---
+# Input of cltfs_fuzz_s3_list: byte 0 even for the prefix "runs/acts", odd
+# for a whole bucket; then a page of ListObjectsV2 as S3 answers it.
+
+
+def s3_page(keys, truncated=False, token="1knjJftEk+8Qqp6uG+uX2nPQ76wq=="):
+    objs = "".join("<Contents><Key>%s</Key><LastModified>2024-01-01T00:00:00.000Z</LastModified>"
+                   "<ETag>&quot;0123&quot;</ETag><Size>%d</Size><StorageClass>STANDARD</StorageClass>"
+                   "</Contents>" % (k, n) for k, n in keys)
+    more = "<NextContinuationToken>%s</NextContinuationToken>" % token if truncated else ""
+    return ('<?xml version="1.0" encoding="UTF-8"?>\n<ListBucketResult xmlns="http://s3.amazonaws.com/doc/'
+            '2006-03-01/"><Name>b</Name><Prefix>runs/acts/</Prefix><KeyCount>%d</KeyCount><MaxKeys>1000'
+            '</MaxKeys><IsTruncated>%s</IsTruncated>%s%s</ListBucketResult>'
+            % (len(keys), "true" if truncated else "false", more, objs)).encode()
+
+
+store_keys = [("runs/acts/cltfs.json", 312), ("runs/acts/packs/w.idx", 56), ("runs/acts/packs/w.pack", 1 << 33),
+              ("runs/acts/samples.bin", 128)]
+seeds_s3 = {
+    "page": b"\0" + s3_page(store_keys),
+    "more": b"\0" + s3_page(store_keys[:2], truncated=True),
+    "notoken": b"\0" + s3_page(store_keys[:2], truncated=True, token=""),
+    "bucket": b"\1" + s3_page([("cltfs.json", 1), ("a/b&amp;c", 2), ("dir/", 0)]),
+    "escape": b"\0" + s3_page([("runs/acts/../../x", 1)]),
+    "outside": b"\0" + s3_page([("other/x", 1)]),
+    "size": b"\0" + s3_page([("runs/acts/x", 1)]).replace(b"<Size>1<", b"<Size>-1<"),
+    "cut": b"\0" + s3_page(store_keys)[:-40],
+}
+
 # sample tables (samples.bin), written by tests/sample_table.py from the
 # format's description
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
@@ -356,7 +385,7 @@ seeds_q = {
 for prefix, seeds, n in (("pt", seeds_pt, 400), ("pkl", seeds_pkl, 400), ("json", seeds_json, 400),
                          ("frame", seeds_frame, 150), ("rec", seeds_rec, 150), ("tok", seeds_tok, 300),
                          ("st", seeds_st, 150), ("hub", seeds_hub, 150), ("tab", seeds_tab, 200),
-                         ("q", seeds_q, 200)):
+                         ("q", seeds_q, 200), ("s3", seeds_s3, 150)):
     for name, data in seeds.items():
         for i, m in enumerate(mutations(data, n)):
             put(f"{prefix}-{name}-{i:04d}", m)

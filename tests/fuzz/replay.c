@@ -19,7 +19,7 @@ static const struct {
 	{"frame-", cltfs_fuzz_frame},       {"rec-", cltfs_fuzz_record},  {"json-", cltfs_fuzz_manifest},
 	{"pt-", cltfs_fuzz_pt},             {"pkl-", cltfs_fuzz_pickle},  {"tok-", cltfs_fuzz_tokenizer},
 	{"st-", cltfs_fuzz_safetensors},    {"hub-", cltfs_fuzz_hub_json}, {"tab-", cltfs_fuzz_table},
-	{"q-", cltfs_fuzz_queries},
+	{"q-", cltfs_fuzz_queries},         {"s3-", cltfs_fuzz_s3_list},
 };
 
 static int (*target_of(const char *name))(const uint8_t *, size_t)

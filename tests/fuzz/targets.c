@@ -9,6 +9,7 @@
 #include "capture.h"
 #include "codec.h"
 #include "hfcache_internal.h"
+#include "s3.h"
 #include "safetensors.h"
 #include "targets.h"
 
@@ -229,6 +230,34 @@ int cltfs_fuzz_hub_json(const uint8_t *data, size_t size)
 			if (escapes(l.e[i].path) || (l.e[i].dir && l.e[i].size))
 				abort();
 	hf_entries_free(l.e, l.n);
+	return 0;
+}
+
+/* Input: byte 0 picks the prefix (even: "runs/acts", odd: the whole
+ * bucket), the rest is a page of an S3 ListObjectsV2 answer.  Every path
+ * kept stays inside the folder it would be written to. */
+int cltfs_fuzz_s3_list(const uint8_t *data, size_t size)
+{
+	if (!size)
+		return 0;
+	char *xml = malloc(size);
+	if (!xml)
+		return 0;
+	memcpy(xml, data + 1, size - 1);
+	xml[size - 1] = 0;
+	hf_entries l = {0};
+	s3_etags tags = {0};
+	char *token = NULL;
+	if (s3_parse_listing(data[0] % 2 ? "" : "runs/acts", "fuzz", xml, &l, &tags, &token) == CLTFS_OK)
+		for (size_t i = 0; i < l.n; i++)
+			if (escapes(l.e[i].path) || l.e[i].dir || strchr(tags.e[i].etag, '\n'))
+				abort();
+	if ((token && !*token) || tags.n != l.n)
+		abort();
+	free(token);
+	free(tags.e);
+	hf_entries_free(l.e, l.n);
+	free(xml);
 	return 0;
 }
 

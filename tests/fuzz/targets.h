@@ -19,5 +19,6 @@ int cltfs_fuzz_safetensors(const uint8_t *data, size_t size); /* st- */
 int cltfs_fuzz_hub_json(const uint8_t *data, size_t size);    /* hub- */
 int cltfs_fuzz_table(const uint8_t *data, size_t size);       /* tab- */
 int cltfs_fuzz_queries(const uint8_t *data, size_t size);     /* q- */
+int cltfs_fuzz_s3_list(const uint8_t *data, size_t size);     /* s3- */
 
 #endif

@@ -1,0 +1,209 @@
+#!/usr/bin/python3
+"""Benchmark cltfs's S3 store tier and push against curl and boto3 on the
+same S3 server.
+
+Usage (run with /usr/bin/python3, which has torch and boto3):
+
+    s3_bench.py [--cltfs build/cltfs] [--rounds 3] [--batches 24] [--keep]
+
+It builds a store (tests/gen_tree.py, then `cltfs import`), starts s3rver
+(tests/s3server.py: build/node, `make deps` installs it) on 127.0.0.1 and
+talks to it directly (s3rver's own credentials; no checking proxy, which
+would be the bottleneck), and measures side by side, interleaved in each
+round, the best round taken on each side:
+
+  S1 cold sequential read of every x view through an S3 mount (a fresh
+     local store each round): pack bytes received over the read time,
+     against curl downloading the largest pack whole (signed with
+     --aws-sigv4, the same server)                             goal >= 0.9
+  S2 `cltfs pull` of the whole store (process wall time), against curl
+     downloading every pack                                    (reported)
+  S3 `cltfs push` of the store to a fresh prefix (process wall time),
+     against boto3's upload_file of the same files (its default multipart
+     transfer: 8 MiB parts, 10 threads)                        goal >= 1.0
+
+Goals missed are reported, not asserted: exit 0 unless something failed to
+run or a view read from S3 differs from the local store's (1).
+"""
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+
+import gen_tree  # noqa: E402
+from s3server import S3, have_s3rver  # noqa: E402
+
+KEY = SECRET = "S3RVER"  # s3rver's own account: it checks signatures made with it
+
+
+def mb_s(nbytes, secs):
+    return nbytes / 1e6 / secs if secs > 0 else float("inf")
+
+
+def files_of(store):
+    out = []
+    for root, _, files in os.walk(store):
+        for f in files:
+            p = os.path.join(root, f)
+            out.append((os.path.relpath(p, store), p, os.path.getsize(p)))
+    return sorted(out)
+
+
+def wait_mount(mnt, proc, timeout=30):
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        with open("/proc/self/mounts") as f:
+            if any(line.split()[1] == mnt for line in f):
+                return
+        if proc.poll() is not None:
+            raise RuntimeError("cltfs exited: %s" % proc.stdout.read())
+        time.sleep(0.02)
+    raise RuntimeError("mount not up")
+
+
+class Mounted:
+    def __init__(self, cltfs, source, mnt, env, opts=()):
+        os.makedirs(mnt, exist_ok=True)
+        cmd = [cltfs, source, mnt, "-f"] + (["-o", ",".join(opts)] if opts else [])
+        self.mnt, self.proc = mnt, subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
+                                                    stderr=subprocess.STDOUT, text=True)
+        wait_mount(mnt, self.proc)
+
+    def stats(self):
+        import json
+        with open(os.path.join(self.mnt, ".cltfs/stats"), "rb") as f:
+            return json.loads(f.read())
+
+    def close(self):
+        subprocess.run(["fusermount3", "-u", self.mnt], check=False)
+        self.proc.wait(timeout=30)
+
+
+def read_views(mnt, rels):
+    n = 0
+    for rel in rels:
+        with open(os.path.join(mnt, rel), "rb", buffering=0) as f:
+            while True:
+                b = f.read(1 << 20)
+                if not b:
+                    break
+                n += len(b)
+    return n
+
+
+def curl_get(s3, url, out="/dev/null"):
+    t0 = time.monotonic()
+    subprocess.run(["curl", "-sS", "-f", "-o", out, "--aws-sigv4", "aws:amz:%s:s3" % s3.region,
+                    "-u", "%s:%s" % (KEY, SECRET), "-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD", url],
+                   check=True)
+    return time.monotonic() - t0
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cltfs", default=str(HERE.parent / "build" / "cltfs"))
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--batches", type=int, default=24)
+    ap.add_argument("--keep", action="store_true")
+    a = ap.parse_args()
+    if not have_s3rver():
+        print("s3_bench: s3rver is not installed (make deps)", file=sys.stderr)
+        return 1
+    work = tempfile.mkdtemp(prefix="s3bench-")
+    s3 = None
+    try:
+        desc = gen_tree.make_tree(work + "/tree", layers="0-3", n_layers=6, batches=a.batches,
+                                  samples_per_batch=4, d=1024, n_targets=2, min_tokens=150,
+                                  max_tokens=250, seed=5)
+        store = work + "/store"
+        subprocess.run([a.cltfs, "import", store, work + "/tree", "--quiet"], check=True)
+        shutil.rmtree(work + "/tree")
+        files = files_of(store)
+        packs = [f for f in files if f[0].endswith(".pack")]
+        pack_bytes = sum(f[2] for f in packs)
+        total = sum(f[2] for f in files)
+        print("s3_bench: store of %.1f MB (%d packs), s3rver on loopback, %d rounds" %
+              (total / 1e6, len(packs), a.rounds))
+        s3 = S3(key_id=KEY, secret=SECRET).start()
+        boto = s3.client(endpoint=s3.direct)
+        from boto3.s3.transfer import TransferConfig
+        for rel, p, _ in files:
+            boto.upload_file(p, s3.bucket, "src/" + rel)
+        base = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        xviews = [r for r in desc["files"] if r.endswith("_x.pt")]
+        best = {}
+
+        def keep(name, v):
+            best[name] = max(best.get(name, 0.0), v)
+        for rnd in range(a.rounds):
+            env = dict(base, AWS_ACCESS_KEY_ID=KEY, AWS_SECRET_ACCESS_KEY=SECRET, AWS_REGION=s3.region,
+                       AWS_ENDPOINT_URL=s3.direct, XDG_CACHE_HOME="%s/xdg%d" % (work, rnd))
+            big = max(packs, key=lambda f: f[2])
+            # S1: cold x views through the mount, vs curl of the largest pack
+            t = curl_get(s3, "%s/%s/src/%s" % (s3.direct, s3.bucket, big[0]))
+            keep("curl pack MB/s", mb_s(big[2], t))
+            m = Mounted(a.cltfs, "s3://%s/src" % s3.bucket, "%s/mnt%d" % (work, rnd), env)
+            try:
+                t0 = time.monotonic()
+                read_views(m.mnt, xviews)
+                dt = time.monotonic() - t0
+                wire = m.stats()["hub"]["bytes"]
+                keep("S1 mount MB/s", mb_s(wire, dt))
+                if rnd == 0:
+                    local = Mounted(a.cltfs, store, "%s/local" % work, env)
+                    try:
+                        for rel in xviews[:4] + [r for r in desc["files"] if r.endswith("_y.pt")][:4]:
+                            with open(os.path.join(m.mnt, rel), "rb") as f1, \
+                                    open(os.path.join(local.mnt, rel), "rb") as f2:
+                                if f1.read() != f2.read():
+                                    print("s3_bench: %s differs from the local store's" % rel)
+                                    return 1
+                    finally:
+                        local.close()
+            finally:
+                m.close()
+            # S2: pull vs curl of every pack
+            t0 = time.monotonic()
+            subprocess.run([a.cltfs, "pull", "s3://%s/src" % s3.bucket, "%s/pulled%d" % (work, rnd), "--quiet"],
+                           env=env, check=True)
+            keep("S2 pull MB/s", mb_s(pack_bytes, time.monotonic() - t0))
+            t = sum(curl_get(s3, "%s/%s/src/%s" % (s3.direct, s3.bucket, f[0])) for f in packs)
+            keep("curl packs MB/s", mb_s(pack_bytes, t))
+            # S3: push vs boto3 upload_file
+            t0 = time.monotonic()
+            subprocess.run([a.cltfs, "push", store, "s3://%s/push%d" % (s3.bucket, rnd), "--quiet"],
+                           env=env, check=True)
+            keep("S3 push MB/s", mb_s(total, time.monotonic() - t0))
+            t0 = time.monotonic()
+            cfg = TransferConfig()
+            for rel, p, _ in files:
+                boto.upload_file(p, s3.bucket, "boto%d/%s" % (rnd, rel), Config=cfg)
+            keep("boto3 MB/s", mb_s(total, time.monotonic() - t0))
+        rows = [("S1 cold x views through an S3 mount (wire) / curl of a pack", best["S1 mount MB/s"],
+                 best["curl pack MB/s"], 0.9),
+                ("S2 cltfs pull / curl of every pack", best["S2 pull MB/s"], best["curl packs MB/s"], None),
+                ("S3 cltfs push / boto3 upload_file", best["S3 push MB/s"], best["boto3 MB/s"], 1.0)]
+        for name, x, y, goal in rows:
+            r = x / y
+            mark = "" if goal is None else ("  goal >= %.1f %s" % (goal, "met" if r >= goal else "MISSED"))
+            print("  %-62s %7.1f / %7.1f MB/s = %.2fx%s" % (name, x, y, r, mark))
+        return 0
+    finally:
+        if s3:
+            s3.stop()
+        if a.keep:
+            print("s3_bench: kept", work)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

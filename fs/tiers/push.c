@@ -1,0 +1,217 @@
+/* push.c: a local store copied to an S3 prefix (push.h).
+ *
+ * The order is what makes a half-done push safe to read: readers find a
+ * store by its cltfs.json and its frames through the indexes, so packs go
+ * first, then indexes, then the sample table, then the manifest.  Sizes
+ * are taken in the same spirit: every index's before any pack's (a writer
+ * appends a frame before its record), so the bytes uploaded of a pack hold
+ * every frame that the uploaded index names, even while a writer appends.
+ */
+#include "push.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+typedef struct {
+	char *path; /* relative to the store */
+	uint64_t size;
+} upfile;
+
+typedef struct {
+	const char *dir;
+	hf_repo *r;
+	hf_entry *remote; /* sorted by path */
+	size_t nremote;
+	upfile *f;
+	size_t n, cap;
+	uint64_t total;
+	atomic_ullong done;
+	size_t skipped;
+	bool tty;
+	double t0;
+} push;
+
+static int by_path(const void *key, const void *ent) { return strcmp(key, ((const hf_entry *)ent)->path); }
+
+/* Is rel at the prefix already, with size bytes? */
+static bool remote_has(const push *p, const char *rel, uint64_t size)
+{
+	const hf_entry *e = p->nremote ? bsearch(rel, p->remote, p->nremote, sizeof *p->remote, by_path) : NULL;
+	return e && e->size == size;
+}
+
+static cltfs_err size_of(const push *p, const char *rel, uint64_t *size)
+{
+	char path[PATH_MAX];
+	struct stat st;
+	snprintf(path, sizeof path, "%s/%s", p->dir, rel);
+	if (stat(path, &st) < 0)
+		return cltfs_fail(CLTFS_E_IO, "%s: %s", path, strerror(errno));
+	*size = (uint64_t)st.st_size;
+	return CLTFS_OK;
+}
+
+/* Queue size bytes of rel (UINT64_MAX: its size now) unless the prefix
+ * has them. */
+static cltfs_err queue(push *p, const char *rel, uint64_t size)
+{
+	cltfs_err e = size == UINT64_MAX ? size_of(p, rel, &size) : CLTFS_OK;
+	if (e)
+		return e;
+	if (remote_has(p, rel, size)) {
+		p->skipped++;
+		return CLTFS_OK;
+	}
+	char *dup = strdup(rel);
+	if (!dup || !cltfs_grow(&p->f, &p->cap, p->n + 1, sizeof *p->f)) {
+		free(dup);
+		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	}
+	p->f[p->n++] = (upfile){dup, size};
+	p->total += size;
+	return CLTFS_OK;
+}
+
+static int by_name(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+/* The writers' names (packs/<w>.idx), sorted. */
+static cltfs_err writers(const char *dir, char ***out, size_t *n)
+{
+	char path[PATH_MAX];
+	snprintf(path, sizeof path, "%s/packs", dir);
+	DIR *d = opendir(path);
+	if (!d)
+		return cltfs_fail(CLTFS_E_IO, "%s: %s", path, strerror(errno));
+	size_t cap = 0;
+	cltfs_err e = CLTFS_OK;
+	*out = NULL;
+	*n = 0;
+	for (struct dirent *de; !e && (de = readdir(d));) {
+		size_t len = strlen(de->d_name);
+		if (len <= 4 || strcmp(de->d_name + len - 4, ".idx"))
+			continue;
+		char *w = strndup(de->d_name, len - 4);
+		if (!w || !cltfs_grow(out, &cap, *n + 1, sizeof **out)) {
+			free(w);
+			e = cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+		} else {
+			(*out)[(*n)++] = w;
+		}
+	}
+	closedir(d);
+	if (!e)
+		qsort(*out, *n, sizeof **out, by_name);
+	return e;
+}
+
+/* What to upload, in order: packs, indexes, the sample table, the manifest. */
+static cltfs_err plan(push *p)
+{
+	char **w = NULL, rel[PATH_MAX];
+	size_t nw = 0;
+	uint64_t *idx = NULL;
+	cltfs_err e = writers(p->dir, &w, &nw);
+	if (!e && nw && !(idx = calloc(nw, sizeof *idx)))
+		e = cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	for (size_t i = 0; !e && i < nw; i++) { /* the indexes' sizes before the packs' */
+		snprintf(rel, sizeof rel, "packs/%s.idx", w[i]);
+		e = size_of(p, rel, &idx[i]);
+	}
+	for (size_t i = 0; !e && i < nw; i++) {
+		snprintf(rel, sizeof rel, "packs/%s.pack", w[i]);
+		e = queue(p, rel, UINT64_MAX);
+	}
+	for (size_t i = 0; !e && i < nw; i++) {
+		snprintf(rel, sizeof rel, "packs/%s.idx", w[i]);
+		e = queue(p, rel, idx[i]);
+	}
+	if (!e)
+		e = queue(p, "samples.bin", UINT64_MAX);
+	if (!e)
+		e = queue(p, "cltfs.json", UINT64_MAX);
+	for (size_t i = 0; i < nw; i++)
+		free(w[i]);
+	free(w);
+	free(idx);
+	return e;
+}
+
+/* A prefix that holds a store already must hold this one. */
+static cltfs_err same_store(push *p)
+{
+	if (!p->nremote || !bsearch("cltfs.json", p->remote, p->nremote, sizeof *p->remote, by_path))
+		return CLTFS_OK;
+	char *theirs = NULL, mine[PATH_MAX];
+	snprintf(mine, sizeof mine, "%s/cltfs.json", p->dir);
+	char *a = NULL, *b = NULL;
+	size_t na = 0, nb = 0;
+	cltfs_err e = hf_fetch(p->r, "cltfs.json", &theirs);
+	if (!e)
+		e = cltfs_read_file(theirs, &a, &na);
+	if (!e)
+		e = cltfs_read_file(mine, &b, &nb);
+	if (!e && (na != nb || memcmp(a, b, na)))
+		e = cltfs_fail(CLTFS_E_MISMATCH, "%s holds another store than %s (their cltfs.json differ): push to "
+				  "another prefix", hf_repo_name(p->r), p->dir);
+	free(theirs);
+	free(a);
+	free(b);
+	return e;
+}
+
+static void progress(push *p, bool end)
+{
+	if (!p->tty)
+		return;
+	double dt = cltfs_now() - p->t0, done = (double)atomic_load(&p->done);
+	fprintf(stderr, "\rpush: %.1f of %.1f MB, %.1f MB/s%s", done / 1e6, (double)p->total / 1e6,
+		dt > 0 ? done / 1e6 / dt : 0.0, end ? "\n" : "   ");
+	fflush(stderr);
+}
+
+static cltfs_err upload_all(push *p)
+{
+	char path[PATH_MAX];
+	cltfs_err e = CLTFS_OK;
+	for (size_t i = 0; !e && i < p->n; i++) {
+		snprintf(path, sizeof path, "%s/%s", p->dir, p->f[i].path);
+		e = hf_upload(p->r, p->f[i].path, path, p->f[i].size, &p->done);
+		progress(p, false);
+	}
+	return e;
+}
+
+cltfs_err push_store(const char *dir, const char *url, bool quiet)
+{
+	push p = {.dir = dir, .tty = !quiet && isatty(2), .t0 = cltfs_now()};
+	hf_config cfg;
+	cltfs_store *s = NULL;
+	if (!hf_is_remote_url(url) || hf_is_url(url))
+		return cltfs_fail(CLTFS_E_INVAL, "'%s': cltfs pushes to s3://BUCKET/PREFIX only", url);
+	cltfs_err e = store_open(dir, &s); /* a store, whole and readable, or nothing is pushed */
+	store_close(s);
+	if (e)
+		return e;
+	if ((e = hf_config_from_env(&cfg)))
+		return e;
+	if (!(e = hf_repo_open(&cfg, url, &p.r)) && !(e = hf_list(p.r, &p.remote, &p.nremote)) &&
+	    !(e = same_store(&p)) && !(e = plan(&p)))
+		e = upload_all(&p);
+	progress(&p, true);
+	if (!e && !quiet)
+		fprintf(stderr, "push: %zu files (%.1f MB) to %s, %zu already there\n", p.n, (double)p.total / 1e6,
+			hf_repo_name(p.r), p.skipped);
+	for (size_t i = 0; i < p.n; i++)
+		free(p.f[i].path);
+	free(p.f);
+	hf_entries_free(p.remote, p.nremote);
+	hf_repo_close(p.r);
+	hf_config_free(&cfg);
+	return e;
+}
