@@ -417,7 +417,7 @@ static cltfs_err add_object(const char *prefix, const char *what, const char *p,
 			free(dup);
 			e = cltfs_fail(CLTFS_E_NOMEM, "out of memory");
 		} else {
-			l->e[l->n++] = (hf_entry){dup, n, false};
+			l->e[l->n++] = (hf_entry){.path = dup, .size = n};
 			tags->e[tags->n] = (s3_etag){""};
 			if (etag && strlen(etag) < sizeof tags->e[0].etag && !strchr(etag, '\n'))
 				snprintf(tags->e[tags->n].etag, sizeof tags->e[0].etag, "%s", etag);
@@ -469,7 +469,7 @@ static cltfs_err copy_listed(const s3_target *t, hf_entries *l)
 			free(dup);
 			return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
 		}
-		l->e[l->n++] = (hf_entry){dup, t->listed.e[i].size, false};
+		l->e[l->n++] = (hf_entry){.path = dup, .size = t->listed.e[i].size};
 	}
 	return CLTFS_OK;
 }
