@@ -41,6 +41,9 @@ typedef struct {
 	capture_cfg cfg;
 	int shard, shards;  /* --shard i/N (1-based); 0: off */
 	int64_t row0, row1; /* --rows a:b; equal: all */
+	const char *push;   /* --push s3://BUCKET/PREFIX; NULL: off */
+	int push_every;     /* seconds between seals of the writer pair */
+	int64_t push_min;   /* bytes a pair holds at least before it is sealed (but the last) */
 	bool quiet;
 } capture_opts;
 /* Run the model on the store's batches that lack chunks. */

@@ -1,6 +1,7 @@
 /* main.c: the command line: a subcommand (cmd.h), or a mount (edge.h). */
 #include "cmd.h"
 #include "edge.h"
+#include "hfcache.h"
 
 #include <getopt.h>
 #include <stdio.h>
@@ -236,7 +237,8 @@ static int capture_shard_from_env(capture_opts *o)
 
 static int main_capture(int argc, char **argv)
 {
-	capture_opts o = {.cfg = {.load = {.dtype = -1}}};
+	capture_opts o = {.cfg = {.load = {.dtype = -1}}, .push_every = 300, .push_min = 64 << 20};
+	bool push_knobs = false;
 	int dev_index;
 	static const struct option lo[] = {
 		{"rows", required_argument, 0, 'r'},  {"shard", required_argument, 0, 's'},
@@ -246,6 +248,8 @@ static int main_capture(int argc, char **argv)
 		{"image-dir", required_argument, 0, 'i'}, {"device", required_argument, 0, 'D'},
 		{"compress-threads", required_argument, 0, 'T'},
 		{"status", no_argument, 0, 'S'},
+		{"push", required_argument, 0, 'P'}, {"push-every", required_argument, 0, 'E'},
+		{"push-min-mb", required_argument, 0, 'M'},
 		{"help", no_argument, 0, 'h'},
 		{0, 0, 0, 0},
 	};
@@ -295,6 +299,24 @@ static int main_capture(int argc, char **argv)
 		case 'i': o.cfg.images = optarg; break;
 		case 'Q': o.quiet = true; break;
 		case 'S': status = true; break;
+		case 'P':
+			if (!hf_is_remote_url(optarg) || hf_is_url(optarg))
+				return usage_error("--push takes s3://BUCKET/PREFIX");
+			o.push = optarg;
+			break;
+		case 'E':
+			push_knobs = true;
+			if (!parse_int(optarg, 0, 7 * 86400, &o.push_every))
+				return usage_error("--push-every takes seconds from 0 to 604800");
+			break;
+		case 'M': {
+			int mb;
+			push_knobs = true;
+			if (!parse_int(optarg, 0, 1 << 20, &mb))
+				return usage_error("--push-min-mb takes megabytes from 0 to 1048576");
+			o.push_min = (int64_t)mb << 20;
+			break;
+		}
 		case 'h': cmd_usage(stdout); return 0;
 		default: return 2;
 		}
@@ -303,8 +325,10 @@ static int main_capture(int argc, char **argv)
 		return usage_error("--rows and --shard exclude each other");
 	if (argc - optind != 1)
 		return usage_error(status ? "capture --status takes one STORE" : "capture takes one STORE");
-	if (status && (o.shards || o.row1))
-		return usage_error("capture --status shows every shard: it takes no --shard or --rows");
+	if (status && (o.shards || o.row1 || o.push))
+		return usage_error("capture --status shows every shard: it takes no --shard, --rows or --push");
+	if (push_knobs && !o.push)
+		return usage_error("--push-every and --push-min-mb go with --push s3://BUCKET/PREFIX");
 	if (status)
 		return cmd_capture_status(argv[optind]);
 	int rc = capture_shard_from_env(&o);

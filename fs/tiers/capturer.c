@@ -474,6 +474,21 @@ cltfs_err capturer_run(capturer *c, int64_t b0, int64_t b1, bool durable)
 	return e;
 }
 
+cltfs_err capturer_rotate(capturer *c, const char *tag)
+{
+	cltfs_err e = pool_wait(&c->p);
+	store_writer *w = c->w;
+	if (!e) {
+		c->w = NULL; /* closed even when its sync fails: its records stay unwritten, batches are captured again */
+		e = store_writer_close(w);
+	}
+	if (!e && tag)
+		e = store_writer_open(c->s, tag, &c->w);
+	return e;
+}
+
+const char *capturer_writer(const capturer *c) { return c->w ? store_writer_name(c->w) : ""; }
+
 cltfs_err capturer_unload(capturer *c)
 {
 	if (!c->model)

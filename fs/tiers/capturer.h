@@ -54,6 +54,15 @@ bool capture_batch_stored(cltfs_store *s, int64_t b);
  * manifest), capture.h's and the store's errors. */
 cltfs_err capturer_run(capturer *c, int64_t b0, int64_t b1, bool durable);
 
+/* Seal the writer's pair (what was captured made durable, the pair
+ * closed: it is never appended to again) and go on in the new pair tag,
+ * so that the sealed one can be uploaded once, whole; tag NULL: no new
+ * pair (the end: nothing is captured more).  The pool's, the
+ * sync's and store_writer_open's errors (then nothing is captured more). */
+cltfs_err capturer_rotate(capturer *c, const char *tag);
+/* The current pair's name <w> (packs/<w>.pack and .idx). */
+const char *capturer_writer(const capturer *c);
+
 /* Free the model and the compression threads until the next capture
  * (which loads it again), after making what was captured durable: the
  * pool's or the sync's error. */

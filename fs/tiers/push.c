@@ -12,6 +12,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,6 +34,7 @@ typedef struct {
 	uint64_t total;
 	atomic_ullong done;
 	size_t skipped;
+	const push_opts *o;
 	bool tty;
 	double t0;
 } push;
@@ -80,8 +82,8 @@ static cltfs_err queue(push *p, const char *rel, uint64_t size)
 
 static int by_name(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
-/* The writers' names (packs/<w>.idx), sorted. */
-static cltfs_err writers(const char *dir, char ***out, size_t *n)
+/* The writers' names (packs/<w>.idx) that o picks, sorted. */
+static cltfs_err writers(const char *dir, const push_opts *o, char ***out, size_t *n)
 {
 	char path[PATH_MAX];
 	snprintf(path, sizeof path, "%s/packs", dir);
@@ -97,6 +99,10 @@ static cltfs_err writers(const char *dir, char ***out, size_t *n)
 		if (len <= 4 || strcmp(de->d_name + len - 4, ".idx"))
 			continue;
 		char *w = strndup(de->d_name, len - 4);
+		if (w && o->pick && !o->pick(w, o->pick_arg)) {
+			free(w);
+			continue;
+		}
 		if (!w || !cltfs_grow(out, &cap, *n + 1, sizeof **out)) {
 			free(w);
 			e = cltfs_fail(CLTFS_E_NOMEM, "out of memory");
@@ -110,13 +116,40 @@ static cltfs_err writers(const char *dir, char ***out, size_t *n)
 	return e;
 }
 
+/* Does the prefix hold rel (any size)? */
+static bool remote_lists(const push *p, const char *rel)
+{
+	return p->nremote && bsearch(rel, p->remote, p->nremote, sizeof *p->remote, by_path);
+}
+
+/* Does the prefix hold a pack, or is one about to go there? */
+static bool any_pack(const push *p)
+{
+	for (size_t i = 0; i < p->nremote; i++)
+		if (!strncmp(p->remote[i].path, "packs/", 6) && strstr(p->remote[i].path, ".pack"))
+			return true;
+	for (size_t i = 0; i < p->n; i++)
+		if (strstr(p->f[i].path, ".pack"))
+			return true;
+	return false;
+}
+
+/* The sample table, then the manifest (o->meta_once: once, after a pack). */
+static cltfs_err plan_meta(push *p)
+{
+	if (p->o->meta_once && (remote_lists(p, "cltfs.json") || !any_pack(p)))
+		return CLTFS_OK;
+	cltfs_err e = queue(p, "samples.bin", UINT64_MAX);
+	return e ? e : queue(p, "cltfs.json", UINT64_MAX);
+}
+
 /* What to upload, in order: packs, indexes, the sample table, the manifest. */
 static cltfs_err plan(push *p)
 {
 	char **w = NULL, rel[PATH_MAX];
 	size_t nw = 0;
 	uint64_t *idx = NULL;
-	cltfs_err e = writers(p->dir, &w, &nw);
+	cltfs_err e = writers(p->dir, p->o, &w, &nw);
 	if (!e && nw && !(idx = calloc(nw, sizeof *idx)))
 		e = cltfs_fail(CLTFS_E_NOMEM, "out of memory");
 	for (size_t i = 0; !e && i < nw; i++) { /* the indexes' sizes before the packs' */
@@ -132,9 +165,7 @@ static cltfs_err plan(push *p)
 		e = queue(p, rel, idx[i]);
 	}
 	if (!e)
-		e = queue(p, "samples.bin", UINT64_MAX);
-	if (!e)
-		e = queue(p, "cltfs.json", UINT64_MAX);
+		e = plan_meta(p);
 	for (size_t i = 0; i < nw; i++)
 		free(w[i]);
 	free(w);
@@ -145,7 +176,7 @@ static cltfs_err plan(push *p)
 /* A prefix that holds a store already must hold this one. */
 static cltfs_err same_store(push *p)
 {
-	if (!p->nremote || !bsearch("cltfs.json", p->remote, p->nremote, sizeof *p->remote, by_path))
+	if (!remote_lists(p, "cltfs.json"))
 		return CLTFS_OK;
 	char *theirs = NULL, mine[PATH_MAX];
 	snprintf(mine, sizeof mine, "%s/cltfs.json", p->dir);
@@ -187,24 +218,23 @@ static cltfs_err upload_all(push *p)
 	return e;
 }
 
-cltfs_err push_store(const char *dir, const char *url, bool quiet)
+cltfs_err push_some(const char *dir, const char *url, push_opts *o)
 {
-	push p = {.dir = dir, .tty = !quiet && isatty(2), .t0 = cltfs_now()};
+	push p = {.dir = dir, .o = o, .tty = !o->quiet && isatty(2), .t0 = cltfs_now()};
 	hf_config cfg;
-	cltfs_store *s = NULL;
 	if (!hf_is_remote_url(url) || hf_is_url(url))
 		return cltfs_fail(CLTFS_E_INVAL, "'%s': cltfs pushes to s3://BUCKET/PREFIX only", url);
-	cltfs_err e = store_open(dir, &s); /* a store, whole and readable, or nothing is pushed */
-	store_close(s);
+	cltfs_err e = hf_config_from_env(&cfg);
 	if (e)
-		return e;
-	if ((e = hf_config_from_env(&cfg)))
 		return e;
 	if (!(e = hf_repo_open(&cfg, url, &p.r)) && !(e = hf_list(p.r, &p.remote, &p.nremote)) &&
 	    !(e = same_store(&p)) && !(e = plan(&p)))
 		e = upload_all(&p);
-	progress(&p, true);
-	if (!e && !quiet)
+	if (p.tty)
+		progress(&p, true);
+	o->files = p.n;
+	o->bytes = p.total;
+	if (!e && !o->quiet)
 		fprintf(stderr, "push: %zu files (%.1f MB) to %s, %zu already there\n", p.n, (double)p.total / 1e6,
 			hf_repo_name(p.r), p.skipped);
 	for (size_t i = 0; i < p.n; i++)
@@ -213,5 +243,112 @@ cltfs_err push_store(const char *dir, const char *url, bool quiet)
 	hf_entries_free(p.remote, p.nremote);
 	hf_repo_close(p.r);
 	hf_config_free(&cfg);
+	return e;
+}
+
+cltfs_err push_store(const char *dir, const char *url, bool quiet)
+{
+	if (!hf_is_remote_url(url) || hf_is_url(url))
+		return cltfs_fail(CLTFS_E_INVAL, "'%s': cltfs pushes to s3://BUCKET/PREFIX only", url);
+	cltfs_store *s = NULL;
+	cltfs_err e = store_open(dir, &s); /* a store, whole and readable, or nothing is pushed */
+	store_close(s);
+	if (e)
+		return e;
+	push_opts o = {.quiet = quiet};
+	return push_some(dir, url, &o);
+}
+
+/* ---- pushing in the background ---- */
+
+struct push_bg {
+	char *dir, *url;
+	push_opts o;
+	pthread_t thr;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;  /* a kick, stop */
+	bool kicked, stop;
+	bool behind;        /* kicked and not pushed since, or the last push failed */
+};
+
+static void *bg_main(void *arg)
+{
+	push_bg *b = arg;
+	pthread_mutex_lock(&b->mu);
+	for (;;) {
+		while (!b->kicked && !b->stop)
+			pthread_cond_wait(&b->cv, &b->mu);
+		if (b->stop)
+			break;
+		b->kicked = false;
+		pthread_mutex_unlock(&b->mu);
+		push_opts o = b->o;
+		cltfs_err e = push_some(b->dir, b->url, &o);
+		if (e) /* the next kick, or the last push, tries again */
+			cltfs_log("push to %s failed, retried later: %s", b->url, cltfs_errmsg());
+		pthread_mutex_lock(&b->mu);
+		b->behind = e || b->kicked;
+	}
+	pthread_mutex_unlock(&b->mu);
+	return NULL;
+}
+
+static void bg_free(push_bg *b)
+{
+	pthread_mutex_destroy(&b->mu);
+	pthread_cond_destroy(&b->cv);
+	free(b->dir);
+	free(b->url);
+	free(b);
+}
+
+cltfs_err push_bg_start(const char *dir, const char *url, const push_opts *o, push_bg **out)
+{
+	push_bg *b = calloc(1, sizeof *b);
+	if (!b || !(b->dir = strdup(dir)) || !(b->url = strdup(url))) {
+		if (b)
+			free(b->dir);
+		free(b);
+		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	}
+	b->o = *o;
+	b->o.quiet = true; /* a capture's progress line owns the terminal */
+	pthread_mutex_init(&b->mu, NULL);
+	pthread_cond_init(&b->cv, NULL);
+	if (pthread_create(&b->thr, NULL, bg_main, b)) {
+		bg_free(b);
+		return cltfs_fail(CLTFS_E_IO, "cannot start a thread to push to %s", url);
+	}
+	*out = b;
+	return CLTFS_OK;
+}
+
+void push_bg_kick(push_bg *b)
+{
+	pthread_mutex_lock(&b->mu);
+	b->kicked = b->behind = true;
+	pthread_cond_signal(&b->cv);
+	pthread_mutex_unlock(&b->mu);
+}
+
+bool push_bg_behind(push_bg *b)
+{
+	pthread_mutex_lock(&b->mu);
+	bool behind = b->behind;
+	pthread_mutex_unlock(&b->mu);
+	return behind;
+}
+
+cltfs_err push_bg_finish(push_bg *b, push_opts *last)
+{
+	pthread_mutex_lock(&b->mu);
+	b->stop = true;
+	pthread_cond_signal(&b->cv);
+	pthread_mutex_unlock(&b->mu);
+	pthread_join(b->thr, NULL);
+	*last = b->o;
+	last->quiet = true;
+	cltfs_err e = push_some(b->dir, b->url, last);
+	bg_free(b);
 	return e;
 }

@@ -21,4 +21,41 @@
  * hf_upload. */
 cltfs_err push_store(const char *dir, const char *url, bool quiet);
 
+/* Which writer pairs (packs/<w>.{pack,idx}) a push takes: a capture
+ * pushes only the pairs of its own shard that it will not append to. */
+typedef bool (*push_pick_fn)(const char *writer, void *arg);
+
+typedef struct {
+	push_pick_fn pick;   /* NULL: every pair */
+	void *pick_arg;
+	/* The sample table and the manifest only while the prefix has no
+	 * manifest, and only once it holds a pack: a capture filling a prefix
+	 * makes it a store after its first packs, and never uploads the
+	 * manifest again. */
+	bool meta_once;
+	bool quiet;          /* no progress line, no summary line */
+	size_t files;        /* out: files uploaded */
+	uint64_t bytes;      /* out: their bytes */
+} push_opts;
+
+/* push_store without opening the store first (the caller has it open),
+ * as o says.  push_store's errors. */
+cltfs_err push_some(const char *dir, const char *url, push_opts *o);
+
+/* push_some on a thread of its own, each time it is kicked, so that the
+ * caller (a capture) goes on while files upload.  A push that fails is
+ * logged and left for the next kick: nothing local is lost, the next
+ * push finds what the prefix lacks. */
+typedef struct push_bg push_bg;
+/* o is copied (its pick_arg must outlive the pusher).  CLTFS_E_NOMEM,
+ * _IO (no thread). */
+cltfs_err push_bg_start(const char *dir, const char *url, const push_opts *o, push_bg **out);
+/* Push soon (a push running now is followed by another). */
+void push_bg_kick(push_bg *b);
+/* Did the last push fail (or none ran yet after a kick)? */
+bool push_bg_behind(push_bg *b);
+/* Wait for the thread's push, stop it, push once more on the caller's
+ * thread and free: that last push's error (its counts in *last). */
+cltfs_err push_bg_finish(push_bg *b, push_opts *last);
+
 #endif
