@@ -24,7 +24,9 @@ import time
 import pytest
 
 from conftest import describe
+from s3server import BUCKET, have_s3rver
 from test_capture import llava, run_init, run_capture, stat_json, verify_ok  # noqa: F401 (llava: a fixture)
+from test_s3 import env_of as s3_env, make_s3, writes as s3_writes  # noqa: F401 (make_s3: a fixture)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SBATCH_SCRIPT = os.path.join(REPO, "tools", "slurm", "capture.sbatch")
@@ -409,6 +411,43 @@ def test_capture_array_without_gres(small_store, run_cltfs, cluster, tmp_path):
     verify_ok(run_cltfs, store)
     shown = cluster.run("scontrol", "show", "job", str(job), "-o").stdout
     assert not re.search(r"gres[:/]gpu", shown), shown
+
+
+def test_capture_array_pushes_to_s3(small_store, run_cltfs, cluster, tmp_path, make_s3, mount):
+    """CLTFS_CAPTURE_ARGS="--push s3://..." makes every task of the array
+    push its shard's pairs as it goes and at its end: the prefix then holds
+    each shard's pairs, <host>-capture-<I>of<N>-<seq>, the manifest after
+    the first pack, and the store pulled from it verifies and serves every
+    view as the local store does."""
+    if not have_s3rver():
+        pytest.skip("s3rver not installed (make deps installs it)")
+    s3 = make_s3()
+    url = "s3://%s/array" % BUCKET
+    store = fresh(small_store, tmp_path)
+    saved = dict(cluster.env)
+    cluster.env.update({k: v for k, v in s3_env(tmp_path, s3).items() if k.startswith(("AWS_", "CLTFS_HUB"))})
+    cluster.env["CLTFS_CAPTURE_ARGS"] = "--threads 1 --push %s --push-every 0 --push-min-mb 0" % url
+    try:
+        job = submit(cluster, 3, str(tmp_path / "logs"), store, "--gres=none")
+        _wait_tasks(cluster, job, lambda s: len(s) == 3 and all(v == "COMPLETED" for v in s.values()),
+                    "every task completed", time.monotonic())
+    finally:
+        cluster.env.clear()
+        cluster.env.update(saved)
+    assert status(run_cltfs, store)["all"] == (6, 6, 6, 6, 100.0)
+    keys = [e["key"] for e in s3_writes(s3)]
+    pairs = {k for k in keys if k.endswith(".idx")}
+    host = socket.gethostname()
+    for i in (1, 2, 3):
+        assert any(re.search(r"/packs/%s-capture-%dof3-\d+\.idx$" % (host, i), k) for k in pairs), keys
+    assert min(i for i, k in enumerate(keys) if k.endswith(".pack")) < keys.index("array/cltfs.json"), keys
+    env = s3_env(tmp_path, s3)
+    pulled = str(tmp_path / "pulled")
+    r = run_cltfs("pull", url, pulled, env=env, timeout=120)
+    assert r.returncode == 0, describe(r)
+    verify_ok(run_cltfs, pulled)
+    with mount(pulled) as m, mount(store) as ml:
+        assert _views(m) == _views(ml)
 
 
 def _views(m):
