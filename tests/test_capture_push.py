@@ -7,6 +7,7 @@ every signature, logs every request in order and injects faults).
 (about once a second) seal its writer pair and push it: a test sees many
 pairs without a run of minutes."""
 
+import errno
 import os
 import re
 import signal
@@ -71,7 +72,8 @@ def readable_batches(m, n_layers, n_batches):
     for k in range(n_batches):
         try:
             got = read_views_bytes(m, [r for r in view_rels(n_layers, n_batches) if "batch_%d_" % k in r])
-        except OSError:
+        except OSError as e:
+            assert e.errno == errno.EIO, (k, e)
             continue
         ok.append((k, got))
     return ok
