@@ -269,7 +269,7 @@ static cltfs_err push_end(pushing *p, capturer *c, const capture_opts *o)
 		return cltfs_wrap(pe, "the last push to %s failed (the captured batches are in %s: run this "
 				  "capture again, or `cltfs push`, to upload them)", p->url, p->dir);
 	if (!o->quiet)
-		fprintf(stderr, "capture: pushed to %s: %zu files (%.1f MB) in this last push\n", p->url, last.files,
+		fprintf(stderr, "capture: pushed to %s: %zu files (%.1f MB)\n", p->url, last.files,
 			(double)last.bytes / 1e6);
 	return e;
 }

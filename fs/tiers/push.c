@@ -269,6 +269,8 @@ struct push_bg {
 	pthread_cond_t cv;  /* a kick, stop */
 	bool kicked, stop;
 	bool behind;        /* kicked and not pushed since, or the last push failed */
+	size_t files;       /* uploaded by the thread */
+	uint64_t bytes;
 };
 
 static void *bg_main(void *arg)
@@ -288,6 +290,10 @@ static void *bg_main(void *arg)
 			cltfs_log("push to %s failed, retried later: %s", b->url, cltfs_errmsg());
 		pthread_mutex_lock(&b->mu);
 		b->behind = e || b->kicked;
+		if (!e) { /* a failed push's files are counted by the push that sends them */
+			b->files += o.files;
+			b->bytes += o.bytes;
+		}
 	}
 	pthread_mutex_unlock(&b->mu);
 	return NULL;
@@ -349,6 +355,8 @@ cltfs_err push_bg_finish(push_bg *b, push_opts *last)
 	*last = b->o;
 	last->quiet = true;
 	cltfs_err e = push_some(b->dir, b->url, last);
+	last->files += b->files;
+	last->bytes += b->bytes;
 	bg_free(b);
 	return e;
 }

@@ -55,7 +55,8 @@ void push_bg_kick(push_bg *b);
 /* Did the last push fail (or none ran yet after a kick)? */
 bool push_bg_behind(push_bg *b);
 /* Wait for the thread's push, stop it, push once more on the caller's
- * thread and free: that last push's error (its counts in *last). */
+ * thread and free: that last push's error; *last counts the files and
+ * bytes of every push that completed, this one too. */
 cltfs_err push_bg_finish(push_bg *b, push_opts *last);
 
 #endif
