@@ -18,7 +18,7 @@ import pytest
 
 from conftest import describe
 from s3server import BUCKET, have_s3rver
-from test_capture import (CAPTURE_TIMEOUT, KILL_SAMPLES, llava, read_views_bytes, run_capture,  # noqa: F401
+from test_capture import (CAPTURE_TIMEOUT, llava, read_views_bytes, run_capture,  # noqa: F401
                           run_init, stat_json, verify_ok, view_rels)
 from test_s3 import bucket_files, env_of, make_s3, s3, writes  # noqa: F401
 
@@ -27,6 +27,9 @@ pytestmark = pytest.mark.skipif(not have_s3rver(), reason="s3rver not installed 
 PREFIX = "capture/acts"
 URL = "s3://%s/%s" % (BUCKET, PREFIX)
 FAST = ("--push", URL, "--push-every", "0", "--push-min-mb", "0")
+# samples the tiny model takes ~4 s to capture on one core here: the first
+# push (after the first durable second) comes well before the end
+PUSH_SAMPLES = 400
 
 
 def init_store(llava, run_cltfs, path, n):
@@ -96,7 +99,7 @@ def test_push_while_capturing_then_resume(llava, clean, s3, run_cltfs, cltfs_bin
     holds the whole store (pulled, it verifies; every view equals the
     one-process capture's), each pack was uploaded once, and capture
     --status reads the rotated pair names as the shard's."""
-    n = KILL_SAMPLES
+    n = PUSH_SAMPLES
     store = init_store(llava, run_cltfs, tmp_path / "store", n)
     env = env_of(tmp_path, s3)
     p = subprocess.Popen([cltfs_bin, "capture", store, "--shard", "1/1", "--threads", "1"] + list(FAST),
@@ -172,7 +175,7 @@ def test_failed_pushes_do_not_stop_the_capture(llava, clean, s3, run_cltfs, tmp_
     runs: the capture logs it, goes on, and the next push sends that pair
     with the later ones; it ends with exit 0 and the whole store at the
     prefix."""
-    n = KILL_SAMPLES
+    n = PUSH_SAMPLES
     store = init_store(llava, run_cltfs, tmp_path / "store", n)
     env = env_of(tmp_path, s3, CLTFS_HUB_RETRIES=0)
     s3.fault(lambda e: e["method"] == "PUT" and e["key"].endswith(".pack"), "500", 1)
