@@ -1026,7 +1026,8 @@ def test_local_store_falls_back_to_hub(tmp_path, hub, stores, mount, mount_fails
     with mount(str(local), "hub=" + STORE_URL, env=env) as m:
         check_store_views(m, imp, originals)
         st = m.stats()
-    assert st["chunks"]["hub"] > 0 and st["chunks"]["store"] == 0 and st["errors"] == 0, st
+    # (frames a reader went past are kept at once, and read back from the store)
+    assert st["chunks"]["hub"] > 0 and st["errors"] == 0, st
     hub.stop()
     with mount(str(local), env=hf_env(tmp_path, hub, HF_HUB_OFFLINE=1)) as m:
         check_store_views(m, imp, originals)

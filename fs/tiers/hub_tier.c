@@ -65,6 +65,7 @@
 #define SKIP_MAX 16           /* records a reader's loads may run ahead of its cursor (threads race) */
 #define NBUCKETS 1024
 #define KEEP_AFTER 2.0        /* seconds a fetched frame waits for a load */
+#define PASSED_BY (4u << 20)  /* bytes a reader goes past a frame before it stops waiting for a load */
 #define POOL_MAX 16           /* span buffers kept for reuse */
 #define BG_NICE 10
 #define NBLOBS 64             /* packs remembered as whole in the HF cache */
@@ -92,6 +93,7 @@ typedef struct frame {
 struct span {
 	span *prev, *next; /* the tier's live spans, oldest first */
 	hub_tier *t;
+	const char *pack;  /* the remote store's name of its pack (cursors compare it) */
 	char path[320];
 	uint64_t off, len;
 	uint64_t got;      /* bytes arrived: written by the ranges' thread only */
@@ -298,10 +300,24 @@ static void keep_checked(hub_tier *t)
 	}
 }
 
-/* Check and keep frames that arrived and that no load took: those older
- * than KEEP_AFTER (the reader went elsewhere: their memory is the budget's
- * that other readers wait for), or all at once (at close).  Called with mu
- * held; drops it meanwhile. */
+/* Has a reader of f's pack gone past it?  A reader that takes some
+ * streams of a pack (x alone, say) leaves the frames between its own
+ * unread: waiting KEEP_AFTER for a load that will not come, their memory
+ * would fill the budget and stop all fetching ahead.  Not just past: the
+ * engine's threads load a reader's chunks a little out of order, and a
+ * frame kept under a load's feet is fetched again.  Called with mu held. */
+static bool passed(const hub_tier *t, const frame *f)
+{
+	for (int i = 0; i < NCURSORS; i++)
+		if (t->cur[i].pack == f->sp->pack && t->cur[i].demand >= f->rec.offset + f->rec.csize + PASSED_BY)
+			return true;
+	return false;
+}
+
+/* Check and keep frames that arrived and that no load took: those a reader
+ * went past, those older than KEEP_AFTER (the reader went elsewhere: their
+ * memory is the budget's that other readers wait for), or all at once (at
+ * close).  Called with mu held; drops it meanwhile. */
 static void keep_unread(hub_tier *t, cltfs_zctx *z, uint8_t **buf, size_t *cap, bool all)
 {
 	for (;;) {
@@ -310,7 +326,8 @@ static void keep_unread(hub_tier *t, cltfs_zctx *z, uint8_t **buf, size_t *cap, 
 		for (span *sp = t->live; sp && !pick; sp = sp->next)
 			for (size_t i = 0; i < sp->arrivals && !pick; i++) {
 				frame *f = &sp->f[i];
-				if (f->hashed && f->state == F_WAIT && (all || now - f->arrived >= KEEP_AFTER))
+				if (f->hashed && f->state == F_WAIT &&
+				    (all || now - f->arrived >= KEEP_AFTER || passed(t, f)))
 					pick = f;
 			}
 		if (!pick)
@@ -513,8 +530,8 @@ static cltfs_err plan(hub_tier *t, const char *pack, uint64_t recno, const cltfs
 		return cltfs_fail(CLTFS_E_NOMEM, "out of memory for %llu bytes of %s", (unsigned long long)len,
 				  hf_repo_name(t->repo));
 	}
-	*sp = (span){.t = t, .off = off, .len = len, .buf = sp->buf, .cap = cap, .f = sp->f, .n = n, .left = n,
-		     .refs = 1, .ahead = ahead};
+	*sp = (span){.t = t, .pack = pack, .off = off, .len = len, .buf = sp->buf, .cap = cap, .f = sp->f, .n = n,
+		     .left = n, .refs = 1, .ahead = ahead};
 	memcpy(sp->path, path, sizeof path);
 	for (size_t i = 0; i < n; i++) {
 		frame *f = &sp->f[i];
