@@ -111,7 +111,7 @@ static cltfs_err writers(const char *dir, const push_opts *o, char ***out, size_
 		}
 	}
 	closedir(d);
-	if (!e)
+	if (!e && *n) /* none picked: no array at all */
 		qsort(*out, *n, sizeof **out, by_name);
 	return e;
 }
