@@ -157,3 +157,25 @@ def test_repair_killed_resumes(tmp_path, stores, cltfs_bin, run_cltfs, mount, or
     assert r.returncode == 0, describe(r)
     all_equal(mount, imp.store, imp, originals)
     print("repair killed %d times" % kills)
+
+
+def test_repair_beside_a_pair_of_its_own_name(tmp_path, stores, run_cltfs, mount, originals):
+    """A repair killed within the same second leaves a pair named as the
+    next repair's would be: the next one must not append its copies to that
+    pair and then remove it as unclean (it used to: it then verified a store
+    with every copied chunk gone, exited 0, and mounts gave EIO)."""
+    import socket
+    imp = stores.copy("s2_padded", tmp_path / "store")
+    pk = os.path.join(imp.store, "packs")
+    src = packs(imp.store)[-1][:-5]
+    with open(src + ".pack", "ab") as f:  # bytes no record names: unclean, its chunks are copied
+        f.write(b"\0" * 100)
+    host, now = socket.gethostname(), int(time.time())
+    for t in range(now, now + 30):  # what killed repairs left: unclean pairs of the names
+        for ext in (".pack", ".idx"):
+            shutil.copyfile(src + ext, os.path.join(pk, "%s-repair-%d%s" % (host, t, ext)))
+    r = run_cltfs("verify", "--repair", imp.store, timeout=300)
+    assert r.returncode == 0, describe(r)
+    v = run_cltfs("verify", imp.store)
+    assert v.returncode == 0 and "chunks present (" not in v.stdout, describe(v)
+    all_equal(mount, imp.store, imp, originals)

@@ -56,7 +56,8 @@ static cltfs_err verify_one(void *arg, const store_entry *ent)
 	return CLTFS_OK;
 }
 
-int cmd_verify(const char *dir)
+/* verify; whole: a chunk missing is an error too (after a repair). */
+static int verify_store(const char *dir, bool whole)
 {
 	cltfs_store *s;
 	if (store_open(dir, &s)) {
@@ -84,6 +85,11 @@ int cmd_verify(const char *dir)
 		       : captured  ? " (the rest: `cltfs capture`, or a read under a mount captures it)"
 				   : " (the rest: run the same `cltfs import` again, or `cltfs pull` from the Hub)");
 		rc = v.bad ? 1 : 0;
+		if (whole && present < need) {
+			fprintf(stderr, "cltfs: %s: %llu chunks still missing after the repair\n", dir,
+				(unsigned long long)(need - present));
+			rc = 1;
+		}
 	}
 	cltfs_zctx_free(v.z);
 	free(v.buf);
@@ -91,6 +97,8 @@ int cmd_verify(const char *dir)
 	store_close(s);
 	return rc;
 }
+
+int cmd_verify(const char *dir) { return verify_store(dir, false); }
 
 /* ---- verify --repair ----
  *
@@ -266,6 +274,26 @@ static cltfs_err remove_unclean(repair_state *r, const char *keep)
 	return e;
 }
 
+/* A writer tag no pair in the store has.  A writer appends to a pair of
+ * its name, and a repair killed within the same second left one: pass 1
+ * may judge it unclean, and removing it would take this repair's copies
+ * with it (the store then verified with chunks missing). */
+static void fresh_tag(const char *dir, char *tag, size_t n)
+{
+	char host[128] = "host", path[4096];
+	gethostname(host, sizeof host - 1);
+	long t = (long)time(NULL);
+	for (int k = 0;; k++) {
+		snprintf(tag, n, k ? "repair-%ld-%d" : "repair-%ld", t, k);
+		snprintf(path, sizeof path, "%s/packs/%s-%s.pack", dir, host, tag);
+		if (access(path, F_OK)) {
+			snprintf(path, sizeof path, "%s/packs/%s-%s.idx", dir, host, tag);
+			if (access(path, F_OK))
+				return;
+		}
+	}
+}
+
 static cltfs_err compact(const char *dir, bool quiet, uint64_t *missing, char **kind, char **path, int *offset)
 {
 	cltfs_store *s;
@@ -274,7 +302,7 @@ static cltfs_err compact(const char *dir, bool quiet, uint64_t *missing, char **
 		return e;
 	const cltfs_manifest *m = store_manifest(s);
 	repair_state r = {.v = {.z = cltfs_zctx_new(), .m = m}, .quiet = quiet, .dir = dir, .s = s, .pass = 1};
-	snprintf(r.tag, sizeof r.tag, "repair-%ld", (long)time(NULL));
+	fresh_tag(dir, r.tag, sizeof r.tag);
 	size_t slots = (size_t)(m->n_layers + 1) * 2 * (size_t)m->n_chunks, bytes = slots / 8 + 1;
 	r.v.seen = calloc(bytes, 1);
 	*kind = m->source_kind ? strdup(m->source_kind) : NULL;
@@ -350,5 +378,5 @@ int cmd_repair(const char *dir, const char *source, bool quiet)
 	}
 	free(kind);
 	free(path);
-	return rc ? rc : cmd_verify(dir);
+	return rc ? rc : verify_store(dir, true);
 }
