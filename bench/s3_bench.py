@@ -156,20 +156,27 @@ def main():
 
         def keep(name, v):
             best[name] = max(best.get(name, 0.0), v)
-        for rnd in range(a.rounds):
+
+        def cold_read(endpoint, tag, curl_key, mount_key):
+            """curl of the largest pack, then the x views through a fresh
+            mount, both via endpoint; the mount, still up, is returned."""
             env = dict(base, AWS_ACCESS_KEY_ID=KEY, AWS_SECRET_ACCESS_KEY=SECRET, AWS_REGION=s3.region,
-                       AWS_ENDPOINT_URL=s3.direct, XDG_CACHE_HOME="%s/xdg%d" % (work, rnd))
+                       AWS_ENDPOINT_URL=endpoint, XDG_CACHE_HOME="%s/xdg-%s" % (work, tag))
             big = max(packs, key=lambda f: f[2])
-            # S1: cold x views through the mount, vs curl of the largest pack
-            t = curl_get(s3, "%s/%s/src/%s" % (s3.direct, s3.bucket, big[0]))
-            keep("curl pack MB/s", mb_s(big[2], t))
-            m = Mounted(a.cltfs, "s3://%s/src" % s3.bucket, "%s/mnt%d" % (work, rnd), env)
+            keep(curl_key, mb_s(big[2], curl_get(s3, "%s/%s/src/%s" % (endpoint, s3.bucket, big[0]))))
+            m = Mounted(a.cltfs, "s3://%s/src" % s3.bucket, "%s/mnt-%s" % (work, tag), env)
             try:
                 t0 = time.monotonic()
                 read_views(m.mnt, xviews)
-                dt = time.monotonic() - t0
-                wire = m.stats()["hub"]["bytes"]
-                keep("S1 mount MB/s", mb_s(wire, dt))
+                keep(mount_key, mb_s(m.stats()["hub"]["bytes"], time.monotonic() - t0))
+            except BaseException:
+                m.close()
+                raise
+            return env, m
+        for rnd in range(a.rounds):
+            # S1: cold x views through the mount, vs curl of the largest pack
+            env, m = cold_read(s3.direct, str(rnd), "curl pack MB/s", "S1 mount MB/s")
+            try:
                 if rnd == 0:
                     local = Mounted(a.cltfs, store, "%s/local" % work, env)
                     try:
@@ -205,19 +212,7 @@ def main():
         link = DelayProxy(int(s3.direct.rsplit(":", 1)[1]), a.rtt_ms / 1e3).start()
         try:
             for rnd in range(a.rounds):
-                env = dict(base, AWS_ACCESS_KEY_ID=KEY, AWS_SECRET_ACCESS_KEY=SECRET, AWS_REGION=s3.region,
-                           AWS_ENDPOINT_URL=link.url, XDG_CACHE_HOME="%s/xdg-link%d" % (work, rnd))
-                big = max(packs, key=lambda f: f[2])
-                t = curl_get(s3, "%s/%s/src/%s" % (link.url, s3.bucket, big[0]))
-                keep("curl link MB/s", mb_s(big[2], t))
-                m = Mounted(a.cltfs, "s3://%s/src" % s3.bucket, "%s/mnt-link%d" % (work, rnd), env)
-                try:
-                    t0 = time.monotonic()
-                    read_views(m.mnt, xviews)
-                    dt = time.monotonic() - t0
-                    keep("S4 link MB/s", mb_s(m.stats()["hub"]["bytes"], dt))
-                finally:
-                    m.close()
+                cold_read(link.url, "link%d" % rnd, "curl link MB/s", "S4 link MB/s")[1].close()
         finally:
             link.stop()
         rows = [("S1 cold x views through an S3 mount (wire) / curl of a pack", best["S1 mount MB/s"],
