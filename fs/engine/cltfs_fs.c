@@ -24,6 +24,10 @@ cltfs_store *fs_store(cltfs_fs *fs) { return fs->s; }
 
 cltfs_err fs_manifest_tag(cltfs_fs *fs, uint32_t *tag)
 {
+	if (fs->have_tag) { /* read once, by fs_new: the manifest never changes under it */
+		*tag = fs->tag;
+		return CLTFS_OK;
+	}
 	char path[4096], *text;
 	size_t len;
 	snprintf(path, sizeof path, "%s/cltfs.json", store_dir(fs->s));
@@ -32,6 +36,8 @@ cltfs_err fs_manifest_tag(cltfs_fs *fs, uint32_t *tag)
 		return e;
 	*tag = cltfs_crc32(0, text, len);
 	free(text);
+	fs->tag = *tag;
+	fs->have_tag = true;
 	return CLTFS_OK;
 }
 cltfs_stats *fs_stats(cltfs_fs *fs) { return &fs->st; }

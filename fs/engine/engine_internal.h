@@ -42,6 +42,8 @@ struct cltfs_fs {
 	int64_t ngroups;      /* batches of the mount's batching */
 	shuffle *shuf;        /* -o shuffle: the epoch's row order, else NULL */
 	means *means;         /* samples' means kept in the store, or NULL */
+	uint32_t tag;         /* fs_manifest_tag's, once read (set by fs_new, before any thread) */
+	bool have_tag;
 	bool stored_batches;  /* the store's own batching */
 	cltfs_dtype in_dt, out_dt;
 	uint64_t conv;        /* cache key bits for the output dtype, 0 if none */
@@ -78,7 +80,8 @@ struct cltfs_fs {
 cltfs_err fs_mean(cltfs_fs *fs, uint64_t key, chunk **out);
 
 /* The CRC-32 of the store's cltfs.json: what derived files (means,
- * norm_stats.json) say they were computed from.  cltfs_read_file's errors. */
+ * norm_stats.json) say they were computed from; read by fs_new, again only
+ * if that failed (then cltfs_read_file's errors). */
 cltfs_err fs_manifest_tag(cltfs_fs *fs, uint32_t *tag);
 
 /* Group g (g < ngroups) of the mount's batching. */

@@ -270,28 +270,61 @@ static cltfs_err build_obj(cltfs_fs *fs, view *v, pt_arena *a, int layer, int is
 	return CLTFS_OK;
 }
 
+/* A view with room for nst storages, none built yet (view_close frees it). */
+static cltfs_err view_new(cltfs_fs *fs, size_t nst, view **out)
+{
+	view *v = calloc(1, sizeof *v);
+	if (!v)
+		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	pthread_mutex_init(&v->mu, NULL);
+	v->dt = fs->out_dt;
+	if (!(v->st = calloc(nst, sizeof *v->st))) {
+		view_close(v);
+		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	}
+	*out = v;
+	return CLTFS_OK;
+}
+
+/* The zip of a view: root pickled, its storages data/0, data/1, ... sized
+ * as built, under archive/. */
+static cltfs_err view_layout(view *v, const char *archive, pt_obj *root)
+{
+	uint8_t *pkl = NULL;
+	size_t plen = 0;
+	cltfs_err e = pt_pickle(root, &pkl, &plen);
+	const char **keys = e ? NULL : calloc(v->nst + 1, sizeof *keys);
+	char (*keybuf)[24] = e ? NULL : calloc(v->nst + 1, sizeof *keybuf);
+	uint64_t *sizes = e ? NULL : calloc(v->nst + 1, sizeof *sizes);
+	if (!e && (!keys || !keybuf || !sizes))
+		e = cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	for (size_t i = 0; !e && i < v->nst; i++) {
+		snprintf(keybuf[i], sizeof keybuf[i], "%zu", i);
+		keys[i] = keybuf[i];
+		sizes[i] = v->st[i].nbytes;
+	}
+	if (!e)
+		e = pt_file_new(archive, pkl, plen, v->nst, keys, sizes, &v->pf);
+	free(keys);
+	free(keybuf);
+	free(sizes);
+	free(pkl);
+	return e;
+}
+
 cltfs_err view_open(cltfs_fs *fs, int layer_idx, int64_t batch, int is_y, view **out)
 {
 	const cltfs_manifest *m = fs->m;
 	int layer = m->x_layers[layer_idx];
-	view *v = calloc(1, sizeof *v);
+	view *v = NULL;
 	pt_arena *a = pt_arena_new();
 	seg *segs = NULL;
 	size_t nseg = 0;
 	int64_t shape[PT_MAX_DIM];
 	int ndim = 0;
-	uint8_t *pkl = NULL;
-	size_t plen = 0;
-	cltfs_err e = CLTFS_OK;
-	if (!v || !a)
-		e = cltfs_fail(CLTFS_E_NOMEM, "out of memory");
-	else {
-		pthread_mutex_init(&v->mu, NULL);
-		v->dt = fs->out_dt;
-		v->st = calloc((size_t)m->n_targets + 2, sizeof *v->st);
-		if (!v->st)
-			e = cltfs_fail(CLTFS_E_NOMEM, "out of memory");
-	}
+	char archive[64];
+	snprintf(archive, sizeof archive, "batch_%lld_%c", (long long)batch, is_y ? 'y' : 'x');
+	cltfs_err e = a ? view_new(fs, (size_t)m->n_targets + 2, &v) : cltfs_fail(CLTFS_E_NOMEM, "out of memory");
 	pt_obj *root = NULL;
 	if (!e)
 		e = group_segs(fs, batch, &segs, &nseg, shape, &ndim);
@@ -300,32 +333,11 @@ cltfs_err view_open(cltfs_fs *fs, int layer_idx, int64_t batch, int is_y, view *
 	if (!e)
 		e = build_obj(fs, v, a, layer, is_y, segs, nseg, shape, ndim, &root);
 	if (!e)
-		e = pt_pickle(root, &pkl, &plen);
-	if (!e) {
-		char archive[64];
-		const char **keys = calloc(v->nst + 1, sizeof *keys);
-		char (*keybuf)[24] = calloc(v->nst + 1, sizeof *keybuf);
-		uint64_t *sizes = calloc(v->nst + 1, sizeof *sizes);
-		snprintf(archive, sizeof archive, "batch_%lld_%c", (long long)batch, is_y ? 'y' : 'x');
-		if (!keys || !keybuf || !sizes)
-			e = cltfs_fail(CLTFS_E_NOMEM, "out of memory");
-		for (size_t i = 0; !e && i < v->nst; i++) {
-			snprintf(keybuf[i], sizeof keybuf[i], "%zu", i);
-			keys[i] = keybuf[i];
-			sizes[i] = v->st[i].nbytes;
-		}
-		if (!e)
-			e = pt_file_new(archive, pkl, plen, v->nst, keys, sizes, &v->pf);
-		free(keys);
-		free(keybuf);
-		free(sizes);
-	}
-	free(pkl);
+		e = view_layout(v, archive, root);
 	free(segs);
 	pt_arena_free(a);
 	if (e) {
-		if (v)
-			view_close(v);
+		view_close(v);
 		return e;
 	}
 	*out = v;
@@ -387,45 +399,19 @@ static cltfs_err build_sample(cltfs_fs *fs, view *v, pt_arena *a, int64_t i, pt_
 
 static cltfs_err view_open_sample(cltfs_fs *fs, int64_t i, view **out)
 {
-	const cltfs_manifest *m = fs->m;
-	view *v = calloc(1, sizeof *v);
+	view *v = NULL;
 	pt_arena *a = pt_arena_new();
-	cltfs_err e = v && a ? CLTFS_OK : cltfs_fail(CLTFS_E_NOMEM, "out of memory");
-	if (!e) {
-		pthread_mutex_init(&v->mu, NULL);
-		v->dt = fs->out_dt;
-		if (!(v->st = calloc((size_t)m->n_x_layers + 1, sizeof *v->st)))
-			e = cltfs_fail(CLTFS_E_NOMEM, "out of memory");
-	}
+	char archive[64];
+	snprintf(archive, sizeof archive, "sample_%0*lld", view_sample_digits(fs), (long long)i);
+	cltfs_err e = a ? view_new(fs, (size_t)fs->m->n_x_layers + 1, &v) : cltfs_fail(CLTFS_E_NOMEM, "out of memory");
 	pt_obj *root = NULL;
-	uint8_t *pkl = NULL;
-	size_t plen = 0;
 	if (!e)
 		e = build_sample(fs, v, a, i, &root);
 	if (!e)
-		e = pt_pickle(root, &pkl, &plen);
-	const char **keys = e ? NULL : calloc(v->nst + 1, sizeof *keys);
-	char (*keybuf)[24] = e ? NULL : calloc(v->nst + 1, sizeof *keybuf);
-	uint64_t *sizes = e ? NULL : calloc(v->nst + 1, sizeof *sizes);
-	if (!e && (!keys || !keybuf || !sizes))
-		e = cltfs_fail(CLTFS_E_NOMEM, "out of memory");
-	for (size_t k = 0; !e && k < v->nst; k++) {
-		snprintf(keybuf[k], sizeof keybuf[k], "%zu", k);
-		keys[k] = keybuf[k];
-		sizes[k] = v->st[k].nbytes;
-	}
-	char archive[64];
-	snprintf(archive, sizeof archive, "sample_%0*lld", view_sample_digits(fs), (long long)i);
-	if (!e)
-		e = pt_file_new(archive, pkl, plen, v->nst, keys, sizes, &v->pf);
-	free(keys);
-	free(keybuf);
-	free(sizes);
-	free(pkl);
+		e = view_layout(v, archive, root);
 	pt_arena_free(a);
 	if (e) {
-		if (v)
-			view_close(v);
+		view_close(v);
 		return e;
 	}
 	*out = v;
@@ -542,37 +528,55 @@ static struct size_slot *size_slot_of(cltfs_fs *fs, const uint64_t key[6])
 	return &fs->sizes[i];
 }
 
-cltfs_err view_size_of(cltfs_fs *fs, int layer_idx, int64_t batch, int is_y, uint64_t *size)
+/* The memo's size of key; false when it has none. */
+static bool size_memo_get(cltfs_fs *fs, const uint64_t key[6], uint64_t *size)
 {
-	uint64_t key[6];
-	size_key(fs, layer_idx, batch, is_y, key);
 	pthread_mutex_lock(&fs->vmu);
 	struct size_slot *s = size_slot_of(fs, key);
 	bool hit = s->key[0] != 0;
 	if (hit)
 		*size = s->size;
 	pthread_mutex_unlock(&fs->vmu);
-	if (hit)
-		return CLTFS_OK;
-	view *v;
-	cltfs_err e = view_get(fs, layer_idx, batch, is_y, &v);
-	if (e)
-		return e;
-	*size = view_size(v);
-	view_put(v);
+	return hit;
+}
+
+/* Note the size of key, emptying the memo first when it is 3/4 full. */
+static void size_memo_put(cltfs_fs *fs, const uint64_t key[6], uint64_t size)
+{
 	pthread_mutex_lock(&fs->vmu);
 	if (fs->nsizes >= SIZES / 4 * 3) {
 		memset(fs->sizes, 0, SIZES * sizeof *fs->sizes);
 		fs->nsizes = 0;
 	}
-	s = size_slot_of(fs, key);
+	struct size_slot *s = size_slot_of(fs, key);
 	if (!s->key[0]) {
 		memcpy(s->key, key, sizeof s->key);
-		s->size = *size;
+		s->size = size;
 		fs->nsizes++;
 	}
 	pthread_mutex_unlock(&fs->vmu);
-	return CLTFS_OK;
+}
+
+/* The size of a view got on a memo miss, noted under key; the view put back. */
+static uint64_t size_noted(cltfs_fs *fs, const uint64_t key[6], view *v)
+{
+	uint64_t size = view_size(v);
+	view_put(v);
+	size_memo_put(fs, key, size);
+	return size;
+}
+
+cltfs_err view_size_of(cltfs_fs *fs, int layer_idx, int64_t batch, int is_y, uint64_t *size)
+{
+	uint64_t key[6];
+	size_key(fs, layer_idx, batch, is_y, key);
+	if (size_memo_get(fs, key, size))
+		return CLTFS_OK;
+	view *v;
+	cltfs_err e = view_get(fs, layer_idx, batch, is_y, &v);
+	if (!e)
+		*size = size_noted(fs, key, v);
+	return e;
 }
 
 cltfs_err view_sample_size(cltfs_fs *fs, int64_t i, uint64_t *size)
@@ -580,33 +584,13 @@ cltfs_err view_sample_size(cltfs_fs *fs, int64_t i, uint64_t *size)
 	/* [d] files are all the same size; [T, d] ones differ by T alone */
 	int64_t T = fs->o.sample_reduce == FS_SAMPLE_ALL ? cltfs_manifest_sample_rows(fs->m, i) : 0;
 	uint64_t key[6] = {UINT64_C(1) << 62 | (uint64_t)fs->o.sample_reduce, (uint64_t)T, 0, 0, 0, 0};
-	pthread_mutex_lock(&fs->vmu);
-	struct size_slot *s = size_slot_of(fs, key);
-	bool hit = s->key[0] != 0;
-	if (hit)
-		*size = s->size;
-	pthread_mutex_unlock(&fs->vmu);
-	if (hit)
+	if (size_memo_get(fs, key, size))
 		return CLTFS_OK;
 	view *v;
 	cltfs_err e = view_get_sample(fs, i, &v);
-	if (e)
-		return e;
-	*size = view_size(v);
-	view_put(v);
-	pthread_mutex_lock(&fs->vmu);
-	if (fs->nsizes >= SIZES / 4 * 3) {
-		memset(fs->sizes, 0, SIZES * sizeof *fs->sizes);
-		fs->nsizes = 0;
-	}
-	s = size_slot_of(fs, key);
-	if (!s->key[0]) {
-		memcpy(s->key, key, sizeof s->key);
-		s->size = *size;
-		fs->nsizes++;
-	}
-	pthread_mutex_unlock(&fs->vmu);
-	return CLTFS_OK;
+	if (!e)
+		*size = size_noted(fs, key, v);
+	return e;
 }
 
 /* ---- CRCs ---- */
