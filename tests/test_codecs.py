@@ -5,7 +5,6 @@ EIO, never wrong bytes; a bad --codec is a usage error naming the valid
 codecs; a manifest naming a codec this cltfs does not know is refused
 naming the file."""
 
-import errno
 import glob
 import json
 import os
@@ -14,7 +13,8 @@ import zipfile
 import pytest
 import torch
 
-from conftest import assert_same, describe, load_bytes
+from conftest import assert_same, describe
+from test_errors import assert_eio_or_right
 
 CODECS = ("zstd", "raw", "exp4")
 VALID = "zstd, raw, exp4"
@@ -112,17 +112,7 @@ def test_flipped_byte(tmp_path, stores, run_cltfs, mount, originals, codec, wher
         f.seek(off)
         f.write(bytes([b[0] ^ 0x08]))
     with mount(str(store)) as m:
-        eio = ok = 0
-        for rel in src.desc["files"]:
-            try:
-                data = read_all(m.p(rel))
-            except OSError as e:
-                assert e.errno == errno.EIO, "%s: %s" % (rel, e)
-                eio += 1
-                continue
-            assert_same(load_bytes(data), originals.get(src.tree, rel), rel)
-            ok += 1
-        assert eio and ok, (eio, ok)
+        assert assert_eio_or_right(m, src, originals), "every file EIO"
         log = m.log()
     line = [ln for ln in log.splitlines() if os.path.basename(pack) in ln]
     assert line and "at offset" in line[0] and ("x@" in line[0] or "mlp@" in line[0]), log
