@@ -230,6 +230,26 @@ class Mount:
                 log("cleanup of %s failed: %s" % (m.mnt, e))
 
 
+def unwind_on_signals():
+    """SIGTERM and SIGHUP raise KeyboardInterrupt, so that they unwind
+    through the callers' finally blocks, which unmount."""
+    def on_signal(signum, frame):
+        raise KeyboardInterrupt("signal %d" % signum)
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
+
+
+def workdir_of(a, prefix, parent="/var/tmp"):
+    """--workdir (made if missing), else a new temporary folder in parent:
+    (the folder, the temporary one or None)."""
+    if a.workdir:
+        workdir = os.path.abspath(a.workdir)
+        os.makedirs(workdir, exist_ok=True)
+        return workdir, None
+    tmp = tempfile.mkdtemp(prefix=prefix, dir=parent)
+    return tmp, tmp
+
+
 def drop_caches():
     """Drop the page cache if we may; False when not root."""
     if os.geteuid() != 0:
@@ -610,18 +630,8 @@ def main():
     if a.batches < 1 or a.workers < 0:
         ap.error("--batches must be >= 1 and --workers >= 0")
 
-    # SIGTERM/SIGHUP unwind through the finally below, which unmounts.
-    def on_signal(signum, frame):
-        raise KeyboardInterrupt("signal %d" % signum)
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGHUP, on_signal)
-
-    tmp = None
-    if a.workdir:
-        workdir = os.path.abspath(a.workdir)
-        os.makedirs(workdir, exist_ok=True)
-    else:
-        workdir = tmp = tempfile.mkdtemp(prefix="cltfs-bench-", dir="/var/tmp")
+    unwind_on_signals()
+    workdir, tmp = workdir_of(a, "cltfs-bench-")
     t0 = time.monotonic()
     try:
         return run(a, workdir)

@@ -41,10 +41,8 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -161,17 +159,8 @@ def main():
         print("codec_bench: %s: not an executable (run make first)" % a.cltfs, file=sys.stderr)
         return 1
 
-    def on_signal(signum, frame):
-        raise KeyboardInterrupt("signal %d" % signum)
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGHUP, on_signal)
-
-    tmp = None
-    if a.workdir:
-        workdir = os.path.abspath(a.workdir)
-        os.makedirs(workdir, exist_ok=True)
-    else:
-        workdir = tmp = tempfile.mkdtemp(prefix="cltfs-codec-bench-", dir="/var/tmp")
+    bench.unwind_on_signals()
+    workdir, tmp = bench.workdir_of(a, "cltfs-codec-bench-")
     stores = {c: os.path.join(workdir, "store-" + c) for c in codecs}
     try:
         return run(a, workdir, codecs, stores)

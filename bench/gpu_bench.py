@@ -55,7 +55,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -72,6 +71,7 @@ import torch  # noqa: E402
 import llava_ref  # noqa: E402
 import make_llava  # noqa: E402
 import sample_table  # noqa: E402
+import bench as bench_mod  # noqa: E402  (gpu_bench has a function named bench)
 from bench import BenchError, Mount  # noqa: E402
 
 T0 = time.monotonic()
@@ -536,10 +536,7 @@ def main():
 
     # SIGTERM/SIGHUP (an outer timeout) unwind through the finally below,
     # which unmounts and removes the work folder.
-    def on_signal(signum, frame):
-        raise KeyboardInterrupt("signal %d" % signum)
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGHUP, on_signal)
+    bench_mod.unwind_on_signals()
 
     budget = Budget(a.budget_s)
     work = tempfile.mkdtemp(prefix="cltfs-gpubench-")

@@ -57,12 +57,10 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import socket
 import struct
 import subprocess
 import sys
-import tempfile
 import time
 import zlib
 
@@ -1021,17 +1019,9 @@ def main():
             print("hub_bench: needs nginx (%s), curl and fusermount3" % NGINX, file=sys.stderr)
             return 1
 
-    def on_signal(signum, frame):
-        raise KeyboardInterrupt("signal %d" % signum)
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGHUP, on_signal)
-
+    bench.unwind_on_signals()
     t0 = time.perf_counter()
-    if a.workdir:
-        workdir = os.path.abspath(a.workdir)
-        os.makedirs(workdir, exist_ok=True)
-    else:
-        workdir = tempfile.mkdtemp(prefix="cltfs-hubbench-", dir="/tmp")
+    workdir = bench.workdir_of(a, "cltfs-hubbench-", "/tmp")[0]
     b = Bench(a, workdir)
     try:
         return b.run()

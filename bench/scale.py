@@ -28,7 +28,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -37,7 +36,8 @@ sys.path.insert(0, os.path.join(REPO, "tests"))
 sys.path.insert(0, HERE)
 
 import make_scale  # noqa: E402
-from bench import Mount, drop_caches, fmt_ratio, log, print_goals  # noqa: E402
+import bench  # noqa: E402
+from bench import Mount, drop_caches, log, print_goals  # noqa: E402
 
 MiB = 1 << 20
 CACHE_MB = 16
@@ -263,11 +263,7 @@ def main():
     sys.stdout.reconfigure(line_buffering=True)
     a.cltfs = os.path.abspath(a.cltfs)
     a.fill_index = a.fill_index and os.path.abspath(a.fill_index)
-    tmp = None
-    workdir = os.path.abspath(a.workdir) if a.workdir else None
-    if not workdir:
-        workdir = tmp = tempfile.mkdtemp(prefix="cltfs-scale-", dir="/var/tmp")
-    os.makedirs(workdir, exist_ok=True)
+    workdir, tmp = bench.workdir_of(a, "cltfs-scale-")
     try:
         return run(a, workdir)
     except (RuntimeError, OSError, subprocess.SubprocessError) as e:
