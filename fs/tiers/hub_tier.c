@@ -28,7 +28,8 @@
  *   window's cap is that of a reader as fast as local decoding (READER_RATE)
  *   with the shortest round trip seen (hf_stats.rtt_us), at least
  *   AHEAD_FLOOR, at most the memory the tier may hold in spans
- *   (CLTFS_HUB_AHEAD_MB, default 24): 4 MiB on loopback, 24 MiB past 24 ms.
+ *   (CLTFS_HUB_AHEAD_MB, default 128, shared by all readers): 4 MiB on
+ *   loopback, 50 MiB at 50 ms.
  *   Where a round trip costs more than decoding AHEAD_MIN, a new reader's
  *   first load brings a whole window with it: it waits the round trip
  *   anyway, and what follows it in the pack comes in the same wait.
@@ -60,7 +61,13 @@
 #define AHEAD_FLOOR (4u << 20)
 #define READER_RATE 1e9       /* bytes/s: about what one core decodes */
 #define AHEAD_SPANS 6         /* spans fetched ahead in flight: leaves connections for loads */
-#define AHEAD_MB_DEFAULT 24
+/* Default of CLTFS_HUB_AHEAD_MB.  A CLT step reads several layers at once:
+ * several readers, each wanting a round trip's worth in flight, beside the
+ * frames that arrived and wait for a load.  24 MB split among the 4
+ * readers of s3_bench's batch-major read over 50 ms round trips gave 0.36
+ * of curl; 64 MB 0.6, 128 MB 0.7 (CPU-bound beyond: the proxy, the server
+ * and cltfs on 2 cores).  Memory held only while readers wait on a link. */
+#define AHEAD_MB_DEFAULT 128
 #define NCURSORS 8
 #define SKIP_MAX 16           /* records a reader's loads may run ahead of its cursor (threads race) */
 #define NBUCKETS 1024
