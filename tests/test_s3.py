@@ -145,6 +145,25 @@ def test_lazy_reads_fetch_only_what_is_read(tmp_path, s3, big_store, mount):
         assert not [e for e in s3.log if is_pack(e)], "a second read went to S3"
 
 
+def test_sequential_reader_fetches_in_large_ranges(tmp_path, s3, big_store, mount):
+    """A reader going through the store asks S3 for 8 MiB ranges at least
+    (AWS's advice; a GET costs the server more than its round trip shows),
+    from its first read on, even on loopback: a handful of GETs for ~16 MB,
+    not one per frame or per MiB."""
+    store, desc = big_store
+    s3.upload_dir(store, PREFIX)
+    packs = sum(len(v) for k, v in store_files(store).items() if k.endswith(".pack"))
+    assert packs > (12 << 20), packs
+    with mount(URL, env=env_of(tmp_path, s3)) as m:
+        s3.clear_log()
+        for rel in desc["files"]:
+            read_all(m.p(rel))
+        gets = [e for e in s3.log if is_pack(e)]
+    fetched = sum(e["bytes"] for e in gets)
+    assert fetched >= packs * 0.9, (fetched, packs)
+    assert len(gets) <= packs // (6 << 20) + 2, [e["bytes"] for e in gets]
+
+
 def test_pull_then_offline_mount(tmp_path, s3, stores, mount, cltfs_bin):
     """cltfs pull copies every chunk; the pulled store then equals the
     source's content (verify passes), and a second pull fetches nothing."""

@@ -59,6 +59,12 @@
 #define GAP_MAX (64u << 10)   /* bytes of other frames read through, rather than a request more */
 #define AHEAD_MIN (1u << 20)  /* a reader's first window */
 #define AHEAD_FLOOR (4u << 20)
+/* S3: a GET costs the server far more than its round trip shows (AWS
+ * advises 8-16 MB byte ranges; s3rver spends ~2 ms of CPU on each, so 1 MiB
+ * ranges halve even curl: 261 vs 487 MB/s, bench probe), so a sequential
+ * reader's spans are 8 MiB at least, in a window of two. */
+#define S3_SPAN_MIN (8u << 20)
+#define S3_FLOOR (2 * S3_SPAN_MIN)
 #define READER_RATE 1e9       /* bytes/s: about what one core decodes */
 #define AHEAD_SPANS 6         /* spans fetched ahead in flight: leaves connections for loads */
 /* Default of CLTFS_HUB_AHEAD_MB.  A CLT step reads several layers at once:
@@ -139,6 +145,8 @@ struct hub_tier {
 	store_writer *w; /* thread-safe: adds and syncs need no lock here */
 	hf_ranges *q;
 	uint64_t budget; /* bytes of spans held at most (fetching ahead stops there) */
+	uint64_t floor;    /* a window's cap at least: AHEAD_FLOOR, S3_FLOOR */
+	uint64_t span_min; /* bytes a reader's top-up waits for: 0 (a quarter window), S3_SPAN_MIN */
 	pthread_mutex_t mu; /* guards what follows, and the spans' and frames' fields */
 	pthread_cond_t cv;  /* wakes the background thread */
 	pthread_cond_t fcv; /* a frame arrived, or a span ended */
@@ -570,11 +578,11 @@ static cltfs_err plan(hub_tier *t, const char *pack, uint64_t recno, const cltfs
 static double rtt_of(hub_tier *t) { return (double)atomic_load(&hf_repo_stats(t->repo)->rtt_us) / 1e6; }
 
 /* The window's cap: the bandwidth-delay product of a reader as fast as
- * local decoding, within [AHEAD_FLOOR, the budget]. */
+ * local decoding, within [the floor, the budget]. */
 static uint64_t ahead_cap(hub_tier *t)
 {
 	double cap = READER_RATE * rtt_of(t);
-	cap = cap < AHEAD_FLOOR ? AHEAD_FLOOR : cap;
+	cap = cap < (double)t->floor ? (double)t->floor : cap;
 	return cap > (double)t->budget ? t->budget : (uint64_t)cap;
 }
 
@@ -582,9 +590,13 @@ static uint64_t ahead_cap(hub_tier *t)
  * reading AHEAD_MIN locally (a real link, not loopback), a reader's first
  * load waits that round trip anyway, and the frames that follow come in
  * the same wait for little more than their transfer (the link would idle
- * meanwhile): a whole window is fetched with it.  Else only what loads ask,
- * until they show a reader going on. */
-static uint64_t first_window(hub_tier *t) { return READER_RATE * rtt_of(t) >= AHEAD_MIN ? ahead_cap(t) : 0; }
+ * meanwhile): a whole window is fetched with it.  So too on S3, where a
+ * request costs more than its round trip shows (S3_SPAN_MIN).  Else only
+ * what loads ask, until they show a reader going on. */
+static uint64_t first_window(hub_tier *t)
+{
+	return t->span_min || READER_RATE * rtt_of(t) >= AHEAD_MIN ? ahead_cap(t) : 0;
+}
 
 /* The cursor of the reader a load of record recno belongs to (a new one
  * when none has it), its window grown when the load shows the reader going
@@ -632,9 +644,11 @@ static void top_up(hub_tier *t, int ci)
 {
 	cursor *c = &t->cur[ci];
 	uint64_t until = c->demand + c->window;
-	/* Not for every frame a load takes, but once a quarter window is
-	 * missing: spans of a quarter window at least, fewer requests. */
-	if (c->end + c->window / 4 > until)
+	/* Not for every frame a load takes, but once a quarter window (or
+	 * span_min of it) is missing: spans that large at least, fewer
+	 * requests. */
+	uint64_t batch = c->window / 4 > t->span_min ? c->window / 4 : t->span_min;
+	if (c->end + (batch < c->window ? batch : c->window) > until)
 		return;
 	while (c->window && c->end < until && c->recno != UINT64_MAX && t->alive < t->budget &&
 	       t->ahead_in_flight < AHEAD_SPANS) {
@@ -904,6 +918,9 @@ cltfs_err hub_tier_new(hf_repo *repo, const hf_entry *entries, size_t n, cltfs_s
 	t->remote = remote;
 	t->local = local;
 	t->budget = budget_from_env();
+	bool s3 = hf_repo_is_s3(repo);
+	t->floor = s3 ? S3_FLOOR : AHEAD_FLOOR;
+	t->span_min = s3 ? S3_SPAN_MIN : 0;
 	t->synced = cltfs_now();
 	pthread_mutex_init(&t->mu, NULL);
 	pthread_cond_init(&t->cv, NULL);
