@@ -82,6 +82,7 @@
 #define POOL_MAX 16           /* span buffers kept for reuse */
 #define BG_NICE 10
 #define NBLOBS 64             /* packs remembered as whole in the HF cache */
+#define KEEP_BATCH 64         /* frames the background thread takes per scan of the spans */
 
 /* A frame in the table: its bytes coming or there (F_WAIT); checked and
  * used by a load, to be appended by the background thread (F_TOKEEP);
@@ -291,30 +292,6 @@ static bool start_bg(hub_tier *t)
 	return t->running;
 }
 
-/* Frames that loads checked and used, appended (F_TOKEEP).  Called with mu
- * held; drops it meanwhile. */
-static void keep_checked(hub_tier *t)
-{
-	while (t->tokeep) {
-		frame *pick = NULL;
-		for (span *sp = t->live; sp && !pick; sp = sp->next)
-			for (size_t i = 0; i < sp->arrivals && !pick; i++)
-				if (sp->f[i].hashed && sp->f[i].state == F_TOKEEP)
-					pick = &sp->f[i];
-		if (!pick)
-			return;
-		span *sp = pick->sp;
-		pick->state = F_TAKEN;
-		t->tokeep--;
-		pthread_mutex_unlock(&t->mu);
-		bool ok = keep(t, &pick->rec, sp->buf + (pick->rec.offset - sp->off));
-		pthread_mutex_lock(&t->mu);
-		t->unsynced += ok;
-		sp->refs--; /* the load's */
-		frame_gone(t, pick);
-	}
-}
-
 /* Has a reader of f's pack gone past it?  A reader that takes some
  * streams of a pack (x alone, say) leaves the frames between its own
  * unread: waiting KEEP_AFTER for a load that will not come, their memory
@@ -329,43 +306,93 @@ static bool passed(const hub_tier *t, const frame *f)
 	return false;
 }
 
+/* Up to KEEP_BATCH frames of the live spans, oldest first, in state (F_TOKEEP:
+ * checked and used by a load; F_WAIT: arrived and that no load took, and
+ * that a reader went past, that waited KEEP_AFTER, or all of them at
+ * close), each taken (F_TAKEN) with a reference on its span (the load's,
+ * or one taken here) so that its bytes outlive the unlocked work.  A batch
+ * per scan: a scan per frame was quadratic in what the budget holds.
+ * Called with mu held. */
+static size_t take_frames(hub_tier *t, int state, bool all, frame **out)
+{
+	size_t n = 0;
+	double now = cltfs_now();
+	for (span *sp = t->live; sp && n < KEEP_BATCH; sp = sp->next)
+		for (size_t i = 0; i < sp->arrivals && n < KEEP_BATCH; i++) {
+			frame *f = &sp->f[i];
+			if (!f->hashed || f->state != state ||
+			    (state == F_WAIT && !all && now - f->arrived < KEEP_AFTER && !passed(t, f)))
+				continue;
+			f->state = F_TAKEN;
+			if (state == F_TOKEEP)
+				t->tokeep--;
+			else
+				sp->refs++;
+			out[n++] = f;
+		}
+	return n;
+}
+
+/* The frames take_frames gave, done with.  Called with mu held. */
+static void release_frames(hub_tier *t, frame **f, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		f[i]->sp->refs--;
+		frame_gone(t, f[i]);
+	}
+}
+
+static const uint8_t *frame_bytes(const frame *f) { return f->sp->buf + (f->rec.offset - f->sp->off); }
+
+/* Frames that loads checked and used, appended (F_TOKEEP).  Called with mu
+ * held; drops it meanwhile. */
+static void keep_checked(hub_tier *t)
+{
+	frame *picks[KEEP_BATCH];
+	size_t n;
+	while (t->tokeep && (n = take_frames(t, F_TOKEEP, false, picks))) {
+		pthread_mutex_unlock(&t->mu);
+		size_t kept = 0;
+		for (size_t i = 0; i < n; i++)
+			kept += keep(t, &picks[i]->rec, frame_bytes(picks[i]));
+		pthread_mutex_lock(&t->mu);
+		t->unsynced += kept;
+		release_frames(t, picks, n);
+	}
+}
+
+/* Check a frame nobody read (decode it into *buf) and keep it: true when
+ * kept.  Called without mu. */
+static bool check_and_keep(hub_tier *t, const frame *f, cltfs_zctx *z, uint8_t **buf, size_t *cap)
+{
+	char k[48];
+	cltfs_err e = cltfs_reserve(buf, cap, f->rec.rsize ? f->rec.rsize : 1)
+			      ? store_decode(&f->rec, z, frame_bytes(f), *buf)
+			      : cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	if (e)
+		cltfs_log("%s/%s: chunk %s at offset %llu, fetched ahead, not kept: %s", hf_repo_name(t->repo),
+			  f->sp->path, cltfs_key_str(f->rec.key, k, sizeof k), (unsigned long long)f->rec.offset,
+			  cltfs_errmsg());
+	return !e && keep(t, &f->rec, frame_bytes(f));
+}
+
 /* Check and keep frames that arrived and that no load took: those a reader
  * went past, those older than KEEP_AFTER (the reader went elsewhere: their
  * memory is the budget's that other readers wait for), or all at once (at
  * close).  Called with mu held; drops it meanwhile. */
 static void keep_unread(hub_tier *t, cltfs_zctx *z, uint8_t **buf, size_t *cap, bool all)
 {
-	for (;;) {
-		frame *pick = NULL;
-		double now = cltfs_now();
-		for (span *sp = t->live; sp && !pick; sp = sp->next)
-			for (size_t i = 0; i < sp->arrivals && !pick; i++) {
-				frame *f = &sp->f[i];
-				if (f->hashed && f->state == F_WAIT &&
-				    (all || now - f->arrived >= KEEP_AFTER || passed(t, f)))
-					pick = f;
-			}
-		if (!pick)
-			return;
-		span *sp = pick->sp;
-		pick->state = F_TAKEN;
-		sp->refs++;
+	frame *picks[KEEP_BATCH];
+	size_t n;
+	while ((n = take_frames(t, F_WAIT, all, picks))) {
 		pthread_mutex_unlock(&t->mu);
-		const uint8_t *bytes = sp->buf + (pick->rec.offset - sp->off);
-		char k[48];
-		cltfs_err e = cltfs_reserve(buf, cap, pick->rec.rsize ? pick->rec.rsize : 1)
-				      ? store_decode(&pick->rec, z, bytes, *buf)
-				      : cltfs_fail(CLTFS_E_NOMEM, "out of memory");
-		bool ok = !e && keep(t, &pick->rec, bytes);
-		if (e)
-			cltfs_log("%s/%s: chunk %s at offset %llu, fetched ahead, not kept: %s", hf_repo_name(t->repo),
-				  sp->path, cltfs_key_str(pick->rec.key, k, sizeof k),
-				  (unsigned long long)pick->rec.offset, cltfs_errmsg());
+		size_t kept = 0;
+		for (size_t i = 0; i < n; i++)
+			kept += check_and_keep(t, picks[i], z, buf, cap);
 		pthread_mutex_lock(&t->mu);
-		t->n_kept_unread += ok;
-		t->unsynced += ok;
-		sp->refs--;
-		frame_gone(t, pick);
+		t->n_kept_unread += kept;
+		t->unsynced += kept;
+		release_frames(t, picks, n);
 	}
 }
 
