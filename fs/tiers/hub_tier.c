@@ -21,15 +21,16 @@
  *   already fetched, or the next while an earlier load still waits: the
  *   engine's readahead at work) doubles the cursor's window, and the frames
  *   up to a window past the last one asked for are requested at once, in
- *   several spans that travel in parallel.  On loopback a reader that asks
- *   one frame at a time (-o readahead=0) is fetched one frame at a time.
+ *   several spans that travel in parallel.  On a Hub on loopback a reader
+ *   that asks one frame at a time (-o readahead=0) is fetched one frame at
+ *   a time; on S3 every reader starts with a window (S3_SPAN_MIN).
  * - How far ahead.  To never wait on the link, a reader needs in flight
  *   what it reads in a round trip: the bandwidth-delay product.  The
  *   window's cap is that of a reader as fast as local decoding (READER_RATE)
  *   with the shortest round trip seen (hf_stats.rtt_us), at least
- *   AHEAD_FLOOR, at most the memory the tier may hold in spans
- *   (CLTFS_HUB_AHEAD_MB, default 128, shared by all readers): 4 MiB on
- *   loopback, 50 MiB at 50 ms.
+ *   AHEAD_FLOOR (S3_FLOOR on S3), at most the memory the tier may hold in
+ *   spans (CLTFS_HUB_AHEAD_MB, default 128, shared by all readers): 4 MiB
+ *   on loopback, 50 MiB at 50 ms.
  *   Where a round trip costs more than decoding AHEAD_MIN, a new reader's
  *   first load brings a whole window with it: it waits the round trip
  *   anyway, and what follows it in the pack comes in the same wait.
