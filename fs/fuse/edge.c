@@ -73,6 +73,23 @@ void edge_file_released(edge_ctx_t *c, edge_handle *h)
 	pthread_mutex_unlock(&c->open_mu);
 }
 
+void edge_reply_open(fuse_req_t req, struct fuse_file_info *fi, edge_handle *h)
+{
+	fi->fh = (uint64_t)(uintptr_t)h;
+	if (fuse_reply_open(req, fi) == -ENOENT) {
+		edge_file_released(edge_ctx(req), h);
+		h->free(h);
+	}
+}
+
+void edge_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	edge_handle *h = (edge_handle *)(uintptr_t)fi->fh; /* the handle's first member */
+	edge_file_released(edge_ctx(req), h);
+	h->free(h);
+	fuse_reply_err(req, 0);
+}
+
 void edge_files_free(edge_ctx_t *c)
 {
 	for (size_t i = 0; i < sizeof c->snaps / sizeof *c->snaps; i++)

@@ -65,6 +65,11 @@ void edge_files_init(edge_ctx_t *c);
 void edge_file_opened(edge_ctx_t *c, edge_handle *h, void (*free_fn)(edge_handle *));
 void edge_file_released(edge_ctx_t *c, edge_handle *h);
 void edge_files_free(edge_ctx_t *c);
+/* Answer an OPEN with h (on the list already) as fi->fh; h is freed when
+ * the opener was interrupted (no RELEASE will come). */
+void edge_reply_open(fuse_req_t req, struct fuse_file_info *fi, edge_handle *h);
+/* RELEASE of a file opened by edge_reply_open: off the list, freed. */
+void edge_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
 
 /* The one map from cltfs errors to errno. */
 int edge_errno(cltfs_err e);

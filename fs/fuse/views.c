@@ -443,11 +443,7 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		return;
 	}
 	edge_file_opened(c, &h->link, free_handle);
-	fi->fh = (uint64_t)(uintptr_t)h;
-	if (fuse_reply_open(req, fi) == -ENOENT) { /* the opener was interrupted: no RELEASE will come */
-		edge_file_released(c, &h->link);
-		free_handle(&h->link);
-	}
+	edge_reply_open(req, fi, &h->link);
 }
 
 static uint64_t usec_since(const struct timespec *t0)
@@ -554,14 +550,6 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 		view_put(v);
 }
 
-static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
-{
-	handle *h = (handle *)(uintptr_t)fi->fh;
-	edge_file_released(edge_ctx(req), &h->link);
-	free_handle(&h->link);
-	fuse_reply_err(req, 0);
-}
-
 const struct fuse_lowlevel_ops edge_views_ops = {
 	.lookup = op_lookup,
 	.getattr = op_getattr,
@@ -569,6 +557,6 @@ const struct fuse_lowlevel_ops edge_views_ops = {
 	.readdirplus = op_readdirplus,
 	.open = op_open,
 	.read = op_read,
-	.release = op_release,
+	.release = edge_release,
 	EDGE_READONLY_OPS,
 };
