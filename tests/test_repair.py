@@ -132,6 +132,32 @@ def test_repair_needs_a_source(tmp_path, stores, run_cltfs):
     assert man["source"]["path"] == imp.tree
 
 
+@pytest.mark.parametrize("idx_bytes", [0, 7])
+def test_pair_of_a_writer_killed_at_its_start(tmp_path, stores, run_cltfs, mount, originals, idx_bytes):
+    """A writer killed between creating its index and writing the header
+    leaves an index shorter than a header (and maybe a pack of a few
+    bytes): it holds no records. verify, --repair and mounts take it as
+    that, as a writer reopening it does (repair used to fail here, 'bad
+    index header', and every repair after it: a killed repair's re-import
+    leaves such a pair)."""
+    imp = stores.copy("s2_padded", tmp_path / "store")
+    base = os.path.join(imp.store, "packs", "vm-killed")
+    with open(base + ".idx", "wb") as f:
+        f.write(b"CLTFSIX1"[:idx_bytes])
+    with open(base + ".pack", "wb") as f:
+        f.write(b"CLTF")
+    r = run_cltfs("verify", imp.store)
+    assert r.returncode == 0, describe(r)
+    all_equal(mount, imp.store, imp, originals)
+    r = run_cltfs("verify", "--repair", imp.store, timeout=300)
+    assert r.returncode == 0, describe(r)
+    all_equal(mount, imp.store, imp, originals)
+    with open(base + ".idx", "wb") as f:  # a header of another kind is still an error
+        f.write(b"NOTANIDX" * 4)
+    r = run_cltfs("verify", imp.store)
+    assert r.returncode == 1 and "vm-killed.idx" in r.stderr, describe(r)
+
+
 def test_repair_killed_resumes(tmp_path, stores, cltfs_bin, run_cltfs, mount, originals):
     """kill -9 at random moments of --repair: the store still verifies (or
     shows only what repair would fix) and --repair again completes."""

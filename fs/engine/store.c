@@ -702,8 +702,12 @@ cltfs_err store_foreach(cltfs_store *s, store_visit fn, void *arg)
 			break;
 		}
 		uint8_t hdr[CLTFS_FILE_HEADER], rec[CLTFS_REC_SIZE];
-		if (fread(hdr, 1, sizeof hdr, f) != sizeof hdr ||
-		    cltfs_file_header_check(CLTFS_IDX_MAGIC, hdr)) {
+		size_t got = fread(hdr, 1, sizeof hdr, f);
+		if (got < sizeof hdr && !ferror(f)) { /* no records: a writer killed or creating it now, as merge_index */
+			fclose(f);
+			continue;
+		}
+		if (got < sizeof hdr || cltfs_file_header_check(CLTFS_IDX_MAGIC, hdr)) {
 			e = cltfs_fail(CLTFS_E_CORRUPT, "%s: bad index header", ipath);
 			fclose(f);
 			break;
