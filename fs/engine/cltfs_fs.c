@@ -522,27 +522,35 @@ void fs_free(cltfs_fs *fs)
 	free(fs);
 }
 
-/* ---- .cltfs/stats ---- */
+/* ---- text ---- */
 
-/* Appends to a buffer, failing (once) when it is full. */
-typedef struct {
-	char *p;
-	size_t n, used;
-	bool full;
-} text;
-
-static void add(text *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void add(text *t, const char *fmt, ...)
+void sbuf_put(sbuf *b, const char *fmt, ...)
 {
-	va_list ap;
-	va_start(ap, fmt);
-	int k = t->full ? 0 : vsnprintf(t->p + t->used, t->n - t->used, fmt, ap);
-	va_end(ap);
-	if (k < 0 || (size_t)k >= t->n - t->used)
-		t->full = true;
-	else
-		t->used += (size_t)k;
+	for (int tries = 0; !b->oom && tries < 2; tries++) {
+		va_list ap;
+		va_start(ap, fmt);
+		int k = vsnprintf(b->p ? b->p + b->n : NULL, b->p ? b->cap - b->n : 0, fmt, ap);
+		va_end(ap);
+		if (k < 0) {
+			b->oom = true;
+			return;
+		}
+		if (b->p && (size_t)k < b->cap - b->n) {
+			b->n += (size_t)k;
+			return;
+		}
+		size_t want = b->n + (size_t)k + 1 > 2 * b->cap ? b->n + (size_t)k + 1 : 2 * b->cap;
+		char *q = realloc(b->p, want);
+		if (!q)
+			b->oom = true;
+		else {
+			b->p = q;
+			b->cap = want;
+		}
+	}
 }
+
+/* ---- .cltfs/stats ---- */
 
 char *fs_stats_json(cltfs_fs *fs)
 {
@@ -551,14 +559,12 @@ char *fs_stats_json(cltfs_fs *fs)
 	cache_usage(fs->cache, &bytes, &entries, &limit);
 	store_index_usage(fs->s, &ichunks, &ibytes);
 	unsigned long long reads = fs->st.reads;
-	text t = {malloc(4096), 4096, 0, false};
-	if (!t.p)
-		return NULL;
-	add(&t, "{\"chunks\": {\"memory\": %llu, \"store\": %llu", (unsigned long long)fs->st.mem_hits,
+	sbuf t = {0};
+	sbuf_put(&t, "{\"chunks\": {\"memory\": %llu, \"store\": %llu", (unsigned long long)fs->st.mem_hits,
 	    (unsigned long long)fs->st.store_loads);
 	for (int i = 0; i < fs->o.ntiers; i++)
-		add(&t, ", \"%s\": %llu", fs->o.tiers[i]->name, (unsigned long long)fs->st.tier_loads[i]);
-	add(&t, "},\n \"bytes_read\": %llu, \"reads\": %llu, \"opens\": %llu, \"errors\": %llu,\n"
+		sbuf_put(&t, ", \"%s\": %llu", fs->o.tiers[i]->name, (unsigned long long)fs->st.tier_loads[i]);
+	sbuf_put(&t, "},\n \"bytes_read\": %llu, \"reads\": %llu, \"opens\": %llu, \"errors\": %llu,\n"
 		" \"cache\": {\"bytes\": %zu, \"limit\": %zu, \"entries\": %zu},\n"
 		" \"index\": {\"chunks\": %llu, \"bytes\": %llu},\n"
 		" \"readahead\": %llu, \"readahead_errors\": %llu, \"latency_us\": {\"mean\": %llu, \"max\": %llu}",
@@ -573,20 +579,20 @@ char *fs_stats_json(cltfs_fs *fs)
 		if (tr->stats) /* the tier's own counters: requests, retries, batches */
 			tr->stats(tr, extra, sizeof extra);
 		if (*extra)
-			add(&t, ",\n \"%s\": %s", tr->name, extra);
+			sbuf_put(&t, ",\n \"%s\": %s", tr->name, extra);
 	}
 	static const char *const kinds[3] = {"x", "y", "samples"};
-	add(&t, ",\n \"views\": {");
+	sbuf_put(&t, ",\n \"views\": {");
 	for (int i = 0; i < 3; i++)
-		add(&t, "%s\"%s\": {\"reads\": %llu, \"bytes\": %llu}", i ? ", " : "", kinds[i],
+		sbuf_put(&t, "%s\"%s\": {\"reads\": %llu, \"bytes\": %llu}", i ? ", " : "", kinds[i],
 		    (unsigned long long)fs->st.view_reads[i], (unsigned long long)fs->st.view_bytes[i]);
-	add(&t, "}");
+	sbuf_put(&t, "}");
 	if (fs->shuf)
-		add(&t, ",\n \"shuffle\": {\"seed\": %llu, \"window_chunks\": %lld, \"windows\": %lld, \"batch_rows\": %lld}",
+		sbuf_put(&t, ",\n \"shuffle\": {\"seed\": %llu, \"window_chunks\": %lld, \"windows\": %lld, \"batch_rows\": %lld}",
 		    (unsigned long long)fs->o.shuffle_seed, (long long)shuffle_window_chunks(fs->shuf),
 		    (long long)shuffle_nwindows(fs->shuf), (long long)fs->o.batch_rows);
-	add(&t, "}\n");
-	if (t.full) {
+	sbuf_put(&t, "}\n");
+	if (t.oom) {
 		free(t.p);
 		return NULL;
 	}

@@ -32,6 +32,16 @@ typedef struct {
 	view *v;
 } vslot;
 
+/* Text built from printf pieces, growing as it goes: .cltfs/stats and
+ * norm_stats.json.  oom: a piece could not be added (p then holds what
+ * came before; free it). */
+typedef struct {
+	char *p;
+	size_t n, cap;
+	bool oom;
+} sbuf;
+void sbuf_put(sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
 struct cltfs_fs {
 	cltfs_store *s;
 	const cltfs_manifest *m; /* &vm: the store's, with the mount's target options */

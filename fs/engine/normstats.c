@@ -14,7 +14,6 @@
 #include "engine_internal.h"
 
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -193,47 +192,14 @@ static cltfs_err run_pass(pass *p, normstats_progress cb, void *arg)
 
 /* ---- the text ---- */
 
-typedef struct {
-	char *p;
-	size_t n, cap;
-	bool oom;
-} sbuf;
-
-static void put(sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void put(sbuf *b, const char *fmt, ...)
-{
-	for (int tries = 0; !b->oom && tries < 2; tries++) {
-		va_list ap;
-		va_start(ap, fmt);
-		int k = vsnprintf(b->p ? b->p + b->n : NULL, b->p ? b->cap - b->n : 0, fmt, ap);
-		va_end(ap);
-		if (k < 0) {
-			b->oom = true;
-			return;
-		}
-		if (b->p && (size_t)k < b->cap - b->n) {
-			b->n += (size_t)k;
-			return;
-		}
-		size_t want = b->n + (size_t)k + 1 > 2 * b->cap ? b->n + (size_t)k + 1 : 2 * b->cap;
-		char *q = realloc(b->p, want);
-		if (!q)
-			b->oom = true;
-		else {
-			b->p = q;
-			b->cap = want;
-		}
-	}
-}
-
 /* A number JSON can carry: non-finite values (a stream with inf in it)
  * become null. */
 static void put_num(sbuf *b, double v)
 {
 	if (isfinite(v))
-		put(b, "%.17g", v);
+		sbuf_put(b, "%.17g", v);
 	else
-		put(b, "null");
+		sbuf_put(b, "null");
 }
 
 static void put_stream(sbuf *b, const stream_acc *a, int64_t d)
@@ -246,21 +212,21 @@ static void put_stream(sbuf *b, const stream_acc *a, int64_t d)
 	 * the spread of their means */
 	for (int64_t j = 0; j < d; j++)
 		all_m2 += a->m2[j] + (double)a->n * (a->mean[j] - all_mean) * (a->mean[j] - all_mean);
-	put(b, "{\"count\": %lld, \"mean\": ", (long long)a->n);
+	sbuf_put(b, "{\"count\": %lld, \"mean\": ", (long long)a->n);
 	put_num(b, all_mean);
-	put(b, ", \"std\": ");
+	sbuf_put(b, ", \"std\": ");
 	put_num(b, sqrt(all_m2 / ((double)a->n * (double)d)));
-	put(b, ",\n    \"mean_per_dim\": [");
+	sbuf_put(b, ",\n    \"mean_per_dim\": [");
 	for (int64_t j = 0; j < d; j++) {
-		put(b, j ? ", " : "");
+		sbuf_put(b, j ? ", " : "");
 		put_num(b, a->mean[j]);
 	}
-	put(b, "],\n    \"std_per_dim\": [");
+	sbuf_put(b, "],\n    \"std_per_dim\": [");
 	for (int64_t j = 0; j < d; j++) {
-		put(b, j ? ", " : "");
+		sbuf_put(b, j ? ", " : "");
 		put_num(b, sqrt(a->m2[j] / (double)a->n));
 	}
-	put(b, "]}");
+	sbuf_put(b, "]}");
 }
 
 static const stream_acc *find_stream(const pass *p, int kind, int layer)
@@ -277,7 +243,7 @@ static cltfs_err render(cltfs_fs *fs, const pass *p, uint32_t tag, char **json, 
 {
 	const cltfs_manifest *m = fs->m;
 	sbuf b = {0};
-	put(&b, "{\"format\": \"" FORMAT "\", \"manifest_crc32\": \"%08x\",\n"
+	sbuf_put(&b, "{\"format\": \"" FORMAT "\", \"manifest_crc32\": \"%08x\",\n"
 		" \"dtype\": \"%s\", \"d_model\": %d, \"rows\": %lld, \"std\": \"population (ddof=0)\",\n"
 		" \"layers\": {",
 	    tag, cltfs_dtype_name(m->dtype), m->d_model, (long long)m->total_rows);
@@ -286,21 +252,21 @@ static cltfs_err render(cltfs_fs *fs, const pass *p, uint32_t tag, char **json, 
 		const stream_acc *x = find_stream(p, CLTFS_STREAM_X, L), *y = find_stream(p, CLTFS_STREAM_MLP, L);
 		if (!x && !y)
 			continue;
-		put(&b, "%s\n  \"%d\": {", first ? "" : ",", L);
+		sbuf_put(&b, "%s\n  \"%d\": {", first ? "" : ",", L);
 		first = 0;
 		if (x) {
-			put(&b, "\"x\": ");
+			sbuf_put(&b, "\"x\": ");
 			put_stream(&b, x, m->d_model);
 		}
 		if (y) {
-			put(&b, "%s\"mlp\": ", x ? ",\n   " : "");
+			sbuf_put(&b, "%s\"mlp\": ", x ? ",\n   " : "");
 			put_stream(&b, y, m->d_model);
 		}
-		put(&b, "}");
+		sbuf_put(&b, "}");
 	}
-	put(&b, "},\n ");
+	sbuf_put(&b, "},\n ");
 	size_t signed_len = b.n;
-	put(&b, "\"crc32\": \"%08x\"}\n", b.p ? cltfs_crc32(0, b.p, signed_len) : 0);
+	sbuf_put(&b, "\"crc32\": \"%08x\"}\n", b.p ? cltfs_crc32(0, b.p, signed_len) : 0);
 	if (b.oom) {
 		free(b.p);
 		return cltfs_fail(CLTFS_E_NOMEM, "out of memory for the statistics' text");
