@@ -85,19 +85,6 @@ typedef struct {
 	int64_t records; /* index records: chunks, durable */
 } status_pack;
 
-/* One more slot at the end of *v (n used of *cap). */
-static status_pack *grow(status_pack **v, size_t n, size_t *cap)
-{
-	if (n == *cap) {
-		size_t c = *cap ? 2 * *cap : 16;
-		status_pack *nv = realloc(*v, c * sizeof *nv);
-		if (!nv)
-			return NULL;
-		*v = nv;
-		*cap = c;
-	}
-	return &(*v)[n];
-}
 
 /* Every index file under packs/: its name, shard and durable records. */
 static cltfs_err list_packs(const char *dir, int64_t max_n, status_pack **out, size_t *n)
@@ -115,11 +102,11 @@ static cltfs_err list_packs(const char *dir, int64_t max_n, status_pack **out, s
 		size_t len = strlen(de->d_name);
 		if (len < 5 || len - 4 >= sizeof p->name || strcmp(de->d_name + len - 4, ".idx"))
 			continue;
-		if (!(p = grow(&v, *n, &cap))) {
+		if (!cltfs_grow(&v, &cap, *n + 1, sizeof *v)) {
 			e = cltfs_fail(CLTFS_E_NOMEM, "out of memory");
 			break;
 		}
-		(*n)++;
+		p = &v[(*n)++];
 		snprintf(p->name, sizeof p->name, "%.*s", (int)(len - 4), de->d_name);
 		shard_of_pack(p->name, max_n, &p->shard, &p->shards);
 		struct stat st;
