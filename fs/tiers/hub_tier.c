@@ -147,8 +147,7 @@ struct hub_tier {
 	store_writer *w; /* thread-safe: adds and syncs need no lock here */
 	hf_ranges *q;
 	uint64_t budget; /* bytes of spans held at most (fetching ahead stops there) */
-	uint64_t floor;    /* a window's cap at least: AHEAD_FLOOR, S3_FLOOR */
-	uint64_t span_min; /* bytes a reader's top-up waits for: 0 (a quarter window), S3_SPAN_MIN */
+	bool s3;         /* an S3 prefix: windows of S3_FLOOR, spans of S3_SPAN_MIN at least */
 	pthread_mutex_t mu; /* guards what follows, and the spans' and frames' fields */
 	pthread_cond_t cv;  /* wakes the background thread */
 	pthread_cond_t fcv; /* a frame arrived, or a span ended */
@@ -606,11 +605,12 @@ static cltfs_err plan(hub_tier *t, const char *pack, uint64_t recno, const cltfs
 static double rtt_of(hub_tier *t) { return (double)atomic_load(&hf_repo_stats(t->repo)->rtt_us) / 1e6; }
 
 /* The window's cap: the bandwidth-delay product of a reader as fast as
- * local decoding, within [the floor, the budget]. */
+ * local decoding, within [AHEAD_FLOOR or S3_FLOOR, the budget]. */
 static uint64_t ahead_cap(hub_tier *t)
 {
 	double cap = READER_RATE * rtt_of(t);
-	cap = cap < (double)t->floor ? (double)t->floor : cap;
+	double floor = t->s3 ? S3_FLOOR : AHEAD_FLOOR;
+	cap = cap < floor ? floor : cap;
 	return cap > (double)t->budget ? t->budget : (uint64_t)cap;
 }
 
@@ -623,7 +623,7 @@ static uint64_t ahead_cap(hub_tier *t)
  * what loads ask, until they show a reader going on. */
 static uint64_t first_window(hub_tier *t)
 {
-	return t->span_min || READER_RATE * rtt_of(t) >= AHEAD_MIN ? ahead_cap(t) : 0;
+	return t->s3 || READER_RATE * rtt_of(t) >= AHEAD_MIN ? ahead_cap(t) : 0;
 }
 
 /* The cursor of the reader a load of record recno belongs to (a new one
@@ -673,9 +673,9 @@ static void top_up(hub_tier *t, int ci)
 	cursor *c = &t->cur[ci];
 	uint64_t until = c->demand + c->window;
 	/* Not for every frame a load takes, but once a quarter window (or
-	 * span_min of it) is missing: spans that large at least, fewer
+	 * S3_SPAN_MIN of it on S3) is missing: spans that large at least, fewer
 	 * requests. */
-	uint64_t batch = c->window / 4 > t->span_min ? c->window / 4 : t->span_min;
+	uint64_t least = t->s3 ? S3_SPAN_MIN : 0, batch = c->window / 4 > least ? c->window / 4 : least;
 	if (c->end + (batch < c->window ? batch : c->window) > until)
 		return;
 	while (c->window && c->end < until && c->recno != UINT64_MAX && t->alive < t->budget &&
@@ -762,7 +762,7 @@ static bool blob_whole(hub_tier *t, const char *pack)
  * the Hub instead, as any other; the blob is never trusted unchecked. */
 static bool from_blob(hub_tier *t, const char *pack, const cltfs_rec *rec, cltfs_zctx *z, uint8_t *dst)
 {
-	if (!blob_whole(t, pack))
+	if (t->s3 || !blob_whole(t, pack)) /* a bucket has no HF cache: no lock taken on its loads */
 		return false;
 	if (store_read_chunk(t->remote, rec, z, dst)) {
 		cltfs_log("%s: fetching it from %s instead", cltfs_errmsg(), hf_repo_name(t->repo));
@@ -946,9 +946,7 @@ cltfs_err hub_tier_new(hf_repo *repo, const hf_entry *entries, size_t n, cltfs_s
 	t->remote = remote;
 	t->local = local;
 	t->budget = budget_from_env();
-	bool s3 = hf_repo_is_s3(repo);
-	t->floor = s3 ? S3_FLOOR : AHEAD_FLOOR;
-	t->span_min = s3 ? S3_SPAN_MIN : 0;
+	t->s3 = hf_repo_is_s3(repo);
 	t->synced = cltfs_now();
 	pthread_mutex_init(&t->mu, NULL);
 	pthread_cond_init(&t->cv, NULL);
