@@ -277,14 +277,22 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	fuse_reply_entry(req, &e);
 }
 
+/* How long the kernel may keep ino's attributes: .cltfs/stats changes at
+ * every read (a snapshot never does); norm_stats.json may still be
+ * computed (size 0 until then). */
+static double attr_timeout(fuse_ino_t ino, const struct stat *st)
+{
+	return ino == INO_STATS || (ino == INO_NORM && !st->st_size) ? 0 : EDGE_TIMEOUT;
+}
+
 static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct stat st;
 	int err = do_stat(edge_ctx(req), ino, &st, fi != NULL);
 	if (err)
 		fuse_reply_err(req, err);
-	else /* a snapshot never changes; norm_stats.json may still be computed */
-		fuse_reply_attr(req, &st, ino == INO_STATS || (ino == INO_NORM && !st.st_size) ? 0 : EDGE_TIMEOUT);
+	else
+		fuse_reply_attr(req, &st, attr_timeout(ino, &st));
 }
 
 /* ---- directories ---- */
@@ -357,8 +365,8 @@ static bool view_dirent(void *arg, off_t off, char *name, size_t n, fuse_ino_t *
 static int view_attr(void *arg, fuse_ino_t ino, struct stat *st, double *timeout)
 {
 	int err = do_stat(((dir_ref *)arg)->c, ino, st, false);
-	if (ino == INO_STATS || (ino == INO_NORM && !st->st_size))
-		*timeout = 0;
+	if (!err)
+		*timeout = attr_timeout(ino, st);
 	return err;
 }
 
