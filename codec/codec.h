@@ -47,6 +47,9 @@ bool cltfs_grow(void *array, size_t *cap, size_t need, size_t elem);
 /* Make the reusable byte buffer *buf (*cap bytes) at least n bytes, to the
  * byte: for buffers sized by a chunk or a tensor.  false when out of memory. */
 bool cltfs_reserve(void *buf, size_t *cap, size_t n);
+/* n bytes of fd at off, across short reads and EINTR: 0, an errno, or -1
+ * when the file ends first.  The caller says which file and what it means. */
+int cltfs_pread_full(int fd, void *buf, size_t n, uint64_t off);
 
 /* A whole regular file into memory, NUL-terminated (malloc'd, length in
  * *len), at most CLTFS_READ_FILE_MAX bytes; a FIFO or device is refused

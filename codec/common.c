@@ -10,6 +10,7 @@
 #include <strings.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 #include <fcntl.h>
 #include <unistd.h>
 #include <zlib.h>
@@ -157,6 +158,19 @@ const char *cltfs_errname(cltfs_err e)
 		"invalid argument", "not found", "mismatch", "unsupported",
 	};
 	return (unsigned)e < sizeof names / sizeof *names ? names[e] : "unknown error";
+}
+
+int cltfs_pread_full(int fd, void *buf, size_t n, uint64_t off)
+{
+	for (size_t done = 0; done < n;) {
+		ssize_t k = pread(fd, (char *)buf + done, n - done, (off_t)(off + done));
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k <= 0)
+			return k < 0 ? errno : -1;
+		done += (size_t)k;
+	}
+	return 0;
 }
 
 bool cltfs_grow(void *array, size_t *cap, size_t need, size_t elem)

@@ -56,15 +56,8 @@ static char *object_url(const s3_target *t, const char *path)
 
 static cltfs_err read_at(int fd, const char *local, void *buf, size_t len, uint64_t off)
 {
-	for (size_t done = 0; done < len;) {
-		ssize_t k = pread(fd, (char *)buf + done, len - done, (off_t)(off + done));
-		if (k < 0 && errno == EINTR)
-			continue;
-		if (k <= 0)
-			return cltfs_fail(CLTFS_E_IO, "%s: %s", local, k < 0 ? strerror(errno) : "shorter than it was");
-		done += (size_t)k;
-	}
-	return CLTFS_OK;
+	int r = cltfs_pread_full(fd, buf, len, off);
+	return r ? cltfs_fail(CLTFS_E_IO, "%s: %s", local, r > 0 ? strerror(r) : "shorter than it was") : CLTFS_OK;
 }
 
 /* ---- the journal ---- */

@@ -518,20 +518,10 @@ static int pack_fd(cltfs_store *s, int p, const char **name)
 
 static cltfs_err read_full(int fd, void *buf, size_t n, uint64_t off)
 {
-	uint8_t *b = buf;
-	while (n) {
-		ssize_t r = pread(fd, b, n, (off_t)off);
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r < 0)
-			return cltfs_fail(CLTFS_E_IO, "%s", strerror(errno));
-		if (r == 0)
-			return cltfs_fail(CLTFS_E_CORRUPT, "pack ends before the frame does");
-		b += r;
-		n -= (size_t)r;
-		off += (uint64_t)r;
-	}
-	return CLTFS_OK;
+	int r = cltfs_pread_full(fd, buf, n, off);
+	return !r ? CLTFS_OK
+	       : r > 0 ? cltfs_fail(CLTFS_E_IO, "%s", strerror(r))
+		       : cltfs_fail(CLTFS_E_CORRUPT, "pack ends before the frame does");
 }
 
 void store_rescan(cltfs_store *s)

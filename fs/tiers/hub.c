@@ -297,17 +297,9 @@ static cltfs_err span_bytes(pull *p, const char *path, const span *sp, uint8_t *
 	int fd = open(file, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return cltfs_fail(CLTFS_E_IO, "%s: %s", file, strerror(errno));
-	cltfs_err e = CLTFS_OK;
-	for (uint64_t got = 0; !e && got < sp->len;) {
-		ssize_t k = pread(fd, buf + got, sp->len - got, (off_t)(sp->off + got));
-		if (k < 0 && errno == EINTR)
-			continue;
-		if (k <= 0)
-			e = cltfs_fail(CLTFS_E_CORRUPT, "%s: %s", file, k < 0 ? strerror(errno) : "ends before its frames");
-		got += k > 0 ? (uint64_t)k : 0;
-	}
+	int r = cltfs_pread_full(fd, buf, sp->len, sp->off);
 	close(fd);
-	return e;
+	return r ? cltfs_fail(CLTFS_E_CORRUPT, "%s: %s", file, r > 0 ? strerror(r) : "ends before its frames") : CLTFS_OK;
 }
 
 /* Check every frame of a span's bytes against its record. */
