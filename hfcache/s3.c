@@ -28,8 +28,7 @@ struct s3_target {
 	char *base;            /* bucket_url + prefix + '/' (when there is one) */
 	char *cache;
 	http_aws aws;
-	hf_entries listed; /* the last listing, and its ETags */
-	s3_etags tags;
+	s3_objects listed; /* the last listing, sorted by path */
 };
 
 bool s3_is_url(const char *s) { return !strncmp(s, "s3://", 5); }
@@ -318,8 +317,7 @@ void s3_close(s3_target *t)
 	free(t->bucket_url);
 	free(t->base);
 	free(t->cache);
-	hf_entries_free(t->listed.e, t->listed.n);
-	free(t->tags.e);
+	s3_objects_free(&t->listed);
 	free(t);
 }
 
@@ -389,9 +387,16 @@ static bool safe_rel(const char *p)
 	return true;
 }
 
+void s3_objects_free(s3_objects *l)
+{
+	for (size_t i = 0; i < l->n; i++)
+		free(l->e[i].path);
+	free(l->e);
+	*l = (s3_objects){0};
+}
+
 /* One <Contents> of a listing into l. */
-static cltfs_err add_object(const char *prefix, const char *what, const char *p, const char *end, hf_entries *l,
-			    s3_etags *tags)
+static cltfs_err add_object(const char *prefix, const char *what, const char *p, const char *end, s3_objects *l)
 {
 	bool nomem = false;
 	char *key = xml_text(p, end, "Key", &nomem), *size = xml_text(p, end, "Size", &nomem);
@@ -412,16 +417,14 @@ static cltfs_err add_object(const char *prefix, const char *what, const char *p,
 		e = cltfs_fail(CLTFS_E_FORMAT, "%s: object '%s' has a path cltfs will not use", what, key);
 	if (!e && !folder) {
 		char *dup = strdup(rel);
-		if (!dup || !cltfs_grow(&l->e, &l->cap, l->n + 1, sizeof *l->e) ||
-		    !cltfs_grow(&tags->e, &tags->cap, tags->n + 1, sizeof *tags->e)) {
+		if (!dup || !cltfs_grow(&l->e, &l->cap, l->n + 1, sizeof *l->e)) {
 			free(dup);
 			e = cltfs_fail(CLTFS_E_NOMEM, "out of memory");
 		} else {
-			l->e[l->n++] = (hf_entry){.path = dup, .size = n};
-			tags->e[tags->n] = (s3_etag){""};
-			if (etag && strlen(etag) < sizeof tags->e[0].etag && !strchr(etag, '\n'))
-				snprintf(tags->e[tags->n].etag, sizeof tags->e[0].etag, "%s", etag);
-			tags->n++;
+			s3_object *o = &l->e[l->n++];
+			*o = (s3_object){.path = dup, .size = n};
+			if (etag && strlen(etag) < sizeof o->etag && !strchr(etag, '\n'))
+				snprintf(o->etag, sizeof o->etag, "%s", etag);
 		}
 	}
 	free(key);
@@ -430,8 +433,7 @@ static cltfs_err add_object(const char *prefix, const char *what, const char *p,
 	return e;
 }
 
-cltfs_err s3_parse_listing(const char *prefix, const char *what, const char *body, hf_entries *l, s3_etags *tags,
-			   char **token)
+cltfs_err s3_parse_listing(const char *prefix, const char *what, const char *body, s3_objects *l, char **token)
 {
 	*token = NULL;
 	if (!strstr(body, "<ListBucketResult"))
@@ -442,7 +444,7 @@ cltfs_err s3_parse_listing(const char *prefix, const char *what, const char *bod
 		const char *stop = strstr(p, "</Contents>");
 		if (!stop)
 			return cltfs_fail(CLTFS_E_FORMAT, "%s: a listing cut short", what);
-		e = add_object(prefix, what, p, stop, l, tags);
+		e = add_object(prefix, what, p, stop, l);
 		p = stop;
 	}
 	bool nomem = false;
@@ -458,6 +460,11 @@ cltfs_err s3_parse_listing(const char *prefix, const char *what, const char *bod
 	}
 	free(trunc);
 	return e;
+}
+
+static int by_path(const void *a, const void *b)
+{
+	return strcmp(((const s3_object *)a)->path, ((const s3_object *)b)->path);
 }
 
 /* The last listing's entries, copied to l. */
@@ -476,9 +483,7 @@ static cltfs_err copy_listed(const s3_target *t, hf_entries *l)
 
 cltfs_err s3_list(s3_target *t, const http_ctx *c, hf_entries *l)
 {
-	hf_entries_free(t->listed.e, t->listed.n);
-	t->listed = (hf_entries){0};
-	t->tags.n = 0;
+	s3_objects_free(&t->listed);
 	char *pfx = NULL, *token = NULL;
 	if (*t->prefix) {
 		char buf[2048];
@@ -507,13 +512,17 @@ cltfs_err s3_list(s3_target *t, const http_ctx *c, hf_entries *l)
 		http_hdrs_free(&h);
 		free(url);
 		if (!e)
-			e = s3_parse_listing(t->prefix, t->name, body, &t->listed, &t->tags, &token);
+			e = s3_parse_listing(t->prefix, t->name, body, &t->listed, &token);
 		free(body);
 		if (e)
 			e = cltfs_wrap(e, "listing %s", t->name);
 	} while (!e && token);
 	free(token);
 	free(pfx);
+	/* sorted, so that each file a mount fetches finds its ETag by bisection
+	 * (S3 lists in key order, but a compatible server need not) */
+	if (!e && t->listed.n)
+		qsort(t->listed.e, t->listed.n, sizeof *t->listed.e, by_path);
 	return e ? e : copy_listed(t, l);
 }
 
@@ -550,16 +559,15 @@ static void etag_path(const s3_target *t, const char *path, char *buf, size_t n)
  * recorded when it was fetched? */
 static bool unchanged(const s3_target *t, const char *path, const char *dst)
 {
-	size_t i = 0;
-	while (i < t->listed.n && strcmp(t->listed.e[i].path, path))
-		i++;
+	const s3_object key = {.path = (char *)path};
+	const s3_object *o = t->listed.n ? bsearch(&key, t->listed.e, t->listed.n, sizeof key, by_path) : NULL;
 	struct stat st;
-	if (i == t->listed.n || !*t->tags.e[i].etag || stat(dst, &st) < 0 || (uint64_t)st.st_size != t->listed.e[i].size)
+	if (!o || !*o->etag || stat(dst, &st) < 0 || (uint64_t)st.st_size != o->size)
 		return false;
-	char p[PATH_MAX], have[sizeof t->tags.e[0].etag + 1];
+	char p[PATH_MAX], have[sizeof o->etag + 1];
 	etag_path(t, path, p, sizeof p);
 	FILE *f = fopen(p, "re");
-	bool same = f && fgets(have, sizeof have, f) && !strcmp(have, t->tags.e[i].etag);
+	bool same = f && fgets(have, sizeof have, f) && !strcmp(have, o->etag);
 	if (f)
 		fclose(f);
 	return same;

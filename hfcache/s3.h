@@ -54,24 +54,28 @@ const char *s3_cache(const s3_target *t);
  * folder it is kept in. */
 cltfs_err s3_list(s3_target *t, const http_ctx *c, hf_entries *l);
 
+/* One object of a listing: its path relative to the prefix, size and
+ * ETag (as S3 gives it, quotes and all; "" when it gave none). */
+typedef struct {
+	char *path;
+	uint64_t size;
+	char etag[96];
+} s3_object;
+typedef struct {
+	s3_object *e;
+	size_t n, cap;
+} s3_objects;
+void s3_objects_free(s3_objects *l);
+
 /* One page of a ListObjectsV2 answer (NUL-terminated XML) of the keys
- * under prefix (no '/' at its ends; "" for a whole bucket): each object's
- * path relative to prefix appended to l ("folder/" markers skipped), *token
- * its ETag to tags (one per entry), *token the next page's continuation
- * token (malloc'd) or NULL at the last page.
+ * under prefix (no '/' at its ends; "" for a whole bucket): each object
+ * appended to l ("folder/" markers skipped), *token the next page's
+ * continuation token (malloc'd) or NULL at the last page.
  * No I/O, for s3_list and the fuzzers; what names the prefix in messages.
  * CLTFS_E_FORMAT (not a listing, an object without Key or Size, a key not
  * under the prefix or whose path would leave the folder it is kept in, a
  * truncated page without a token), _NOMEM; entries appended stay in l. */
-typedef struct {
-	char etag[96]; /* as S3 gives it, quotes and all; "" when it gave none */
-} s3_etag;
-typedef struct {
-	s3_etag *e;
-	size_t n, cap;
-} s3_etags;
-cltfs_err s3_parse_listing(const char *prefix, const char *what, const char *xml, hf_entries *l, s3_etags *tags,
-			   char **token);
+cltfs_err s3_parse_listing(const char *prefix, const char *what, const char *xml, s3_objects *l, char **token);
 
 /* The object at path, whole, into the file dst (written aside, then
  * renamed), unless dst is what the last s3_list says the object is: its
