@@ -45,9 +45,10 @@ typedef edge_ctx_t ctx;
 
 typedef struct {
 	edge_handle link; /* first: the list of open files */
-	int kind;         /* 0 view, 1 snapshot (stats, manifest) */
+	int kind;         /* 0 view, 1 text (stats, manifest, norm_stats) */
 	view *v;
-	char *buf;
+	const char *text; /* kind 1: own, or the mount's (never changes) */
+	char *own;        /* kind 1: a stats snapshot, freed with the handle */
 	size_t len;
 } handle;
 
@@ -396,7 +397,7 @@ static void free_handle(edge_handle *link)
 {
 	handle *h = (handle *)link;
 	view_put(h->v);
-	free(h->buf);
+	free(h->own);
 	free(h);
 }
 
@@ -428,22 +429,22 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 				    : view_get(c->fs, n.layer_idx, n.batch, n.is_y, &h->v);
 		fi->keep_cache = 1;
 	} else if (n.t == N_NORM) {
-		h->kind = 1;
-		const char *json;
-		if (!(e = normstats_get(c->fs, true, &json, &h->len)) && !(h->buf = malloc(h->len + 1)))
-			e = cltfs_fail(CLTFS_E_NOMEM, "out of memory");
-		else if (!e)
-			memcpy(h->buf, json, h->len);
+		h->kind = 1; /* kept by the mount until it ends: not copied */
+		e = normstats_get(c->fs, true, &h->text, &h->len);
 		fi->keep_cache = 1;
-	} else {
+	} else if (n.t == N_MANIFEST) {
 		h->kind = 1;
-		h->buf = n.t == N_STATS ? fs_stats_json(c->fs) : strdup(c->manifest_json);
-		if (!h->buf)
+		h->text = c->manifest_json ? c->manifest_json : "";
+		h->len = c->manifest_json ? c->manifest_len : 0;
+		fi->keep_cache = 1;
+	} else { /* N_STATS */
+		h->kind = 1;
+		h->text = h->own = fs_stats_json(c->fs);
+		if (!h->own)
 			e = cltfs_fail(CLTFS_E_NOMEM, "out of memory");
 		else
-			h->len = strlen(h->buf);
-		fi->direct_io = n.t == N_STATS; /* a fresh snapshot at each open */
-		fi->keep_cache = n.t == N_MANIFEST;
+			h->len = strlen(h->own);
+		fi->direct_io = 1; /* a fresh snapshot at each open */
 	}
 	if (e) {
 		free(h);
@@ -516,7 +517,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 	ctx *c = edge_ctx(req);
 	handle *h = (handle *)(uintptr_t)fi->fh;
 	if (h && h->kind == 1) {
-		reply_slice(req, h->buf, h->len, off, size);
+		reply_slice(req, h->text, h->len, off, size);
 		return;
 	}
 	view *v = h ? h->v : NULL;
