@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import re
+import threading
 import time
 
 import pytest
@@ -595,6 +596,38 @@ def test_fetch_error_names_url_and_chunk(tmp_path, hub, stores, mount):
         assert re.search(r"chunk (x|mlp)@\d+#\d+", ln), ln
         assert "hf://datasets/%s@%s/%s" % (STORE_REPO, commit[:12], pack) in ln, ln
         assert re.search(r"http://127\.0\.0\.1:\d+/\S+", ln), ln
+
+
+def test_norm_stats_listing_during_pass(tmp_path, hub, stores, mount):
+    """A first read of .cltfs/norm_stats.json starts a pass over every chunk,
+    which over a link can take minutes (here a range answers after 3 s).
+    An `ls -l .cltfs` meanwhile waits for it: were it answered size 0, the
+    kernel would keep that size over the reader's newer one and the reader
+    would get an empty file.  Both get the whole text."""
+    imp, commit = add_store(hub, stores)
+    env = hf_env(tmp_path, hub)
+    with mount(STORE_URL, env=env) as m:
+        hub.add_fault(r"^/blobs/", "slow", delay=3, server="cdn")
+        got = {}
+
+        def first_read():
+            try:
+                got["text"] = read_all(m.p(".cltfs/norm_stats.json"))
+            except OSError as e:
+                got["error"] = e
+        reader = threading.Thread(target=first_read)
+        reader.start()
+        deadline = time.monotonic() + 30
+        while hub.faults_left() and time.monotonic() < deadline and reader.is_alive():
+            time.sleep(0.02)
+        assert hub.faults_left() == 0, "the pass never fetched a range"
+        sizes = {e.name: e.stat().st_size for e in os.scandir(m.p(".cltfs"))}
+        reader.join(120)
+        assert "error" not in got, got
+        stats = json.loads(got["text"])
+        assert stats["format"] == "cltfs-norm-stats/1" and stats["layers"], stats.keys()
+        assert sizes["norm_stats.json"] == len(got["text"]), sizes
+        assert os.stat(m.p(".cltfs/norm_stats.json")).st_size == len(got["text"])
 
 
 # ======================================================= a plain repo ==

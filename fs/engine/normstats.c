@@ -357,6 +357,10 @@ static void log_progress(void *arg, uint64_t done, uint64_t total)
 		  (unsigned long long)total, total ? 100.0 * (double)done / (double)total : 100.0);
 }
 
+/* ns_mu is held through a pass on purpose: a stat that answered size 0
+ * meanwhile would make the kernel drop the size of the computing reader's
+ * GETATTR (its attributes are newer), and that reader would read an empty
+ * file (test_norm_stats_listing_during_pass). */
 cltfs_err normstats_get(cltfs_fs *fs, bool compute, const char **json, size_t *len)
 {
 	pthread_mutex_lock(&fs->ns_mu);
