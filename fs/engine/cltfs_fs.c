@@ -284,12 +284,15 @@ void fs_readahead_push(cltfs_fs *fs, uint64_t key)
 	for (size_t i = 0; i < fs->ra_len; i++)
 		if (fs->ra_q[(fs->ra_head + i) % RA_QUEUE] == key)
 			queued = true;
-	if (!queued && fs->ra_len < RA_QUEUE) {
+	bool added = !queued && fs->ra_len < RA_QUEUE;
+	if (added) {
 		fs->ra_q[(fs->ra_head + fs->ra_len) % RA_QUEUE] = key;
 		fs->ra_len++;
 		pthread_cond_signal(&fs->ra_cv);
 	}
 	pthread_mutex_unlock(&fs->ra_mu);
+	if (added)
+		store_prefetch(fs->s, key);
 }
 
 /* ---- the filesystem ---- */

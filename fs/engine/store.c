@@ -649,6 +649,19 @@ cltfs_err store_read_chunk(cltfs_store *s, const cltfs_rec *rec, cltfs_zctx *z, 
 	return CLTFS_OK;
 }
 
+void store_prefetch(cltfs_store *s, uint64_t key)
+{
+	cltfs_rec rec;
+	int p;
+	pthread_rwlock_rdlock(&s->lock);
+	bool have = find_rec(s, key, &rec, &p);
+	pthread_rwlock_unlock(&s->lock);
+	const char *name;
+	int fd = have ? pack_fd(s, p, &name) : -1;
+	if (fd >= 0)
+		(void)posix_fadvise(fd, (off_t)rec.offset, (off_t)rec.csize, POSIX_FADV_WILLNEED);
+}
+
 cltfs_err store_check_entry(const store_entry *ent, cltfs_zctx *z, void *dst)
 {
 	int fd = open_regular(ent->pack_path);

@@ -57,6 +57,10 @@ void store_rescan(cltfs_store *s);
  * its CRC.  CLTFS_E_NOTFOUND (no such chunk), _CORRUPT (checksum, CRC or a
  * short pack: the message names pack, chunk and offset), _IO, _NOMEM. */
 cltfs_err store_read_chunk(cltfs_store *s, const cltfs_rec *rec, cltfs_zctx *z, void *dst);
+/* Start reading key's frame from disk into the page cache, not waiting
+ * (readahead: the disk works while earlier chunks decode).  Nothing when
+ * the store has no such chunk. */
+void store_prefetch(cltfs_store *s, uint64_t key);
 /* Decode a frame read from anywhere into dst and check it against its
  * record: CLTFS_E_CORRUPT when it does not match. */
 cltfs_err store_decode(const cltfs_rec *rec, cltfs_zctx *z, const void *frame, void *dst);
