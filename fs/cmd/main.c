@@ -1,7 +1,7 @@
 /* main.c: the command line: a subcommand (cmd.h), or a mount (edge.h). */
 #include "cmd.h"
 #include "edge.h"
-#include "hfcache.h"
+#include "push.h"
 
 #include <getopt.h>
 #include <stdio.h>
@@ -300,7 +300,7 @@ static int main_capture(int argc, char **argv)
 		case 'Q': o.quiet = true; break;
 		case 'S': status = true; break;
 		case 'P':
-			if (!hf_is_remote_url(optarg) || hf_is_url(optarg))
+			if (!push_url_ok(optarg))
 				return usage_error("--push takes s3://BUCKET/PREFIX");
 			o.push = optarg;
 			break;

@@ -7,7 +7,7 @@
 
 int cmd_push(const char *store, const char *url, bool quiet)
 {
-	if (!hf_is_remote_url(url) || hf_is_url(url)) {
+	if (!push_url_ok(url)) {
 		fprintf(stderr, "cltfs: push: '%s' is not an s3://BUCKET/PREFIX destination\n", url);
 		return 2;
 	}

@@ -42,9 +42,15 @@ typedef struct {
 static int by_path(const void *key, const void *ent) { return strcmp(key, ((const hf_entry *)ent)->path); }
 
 /* Is rel at the prefix already, with size bytes? */
+/* rel as the remote listing has it, or NULL. */
+static const hf_entry *remote_entry(const push *p, const char *rel)
+{
+	return p->nremote ? bsearch(rel, p->remote, p->nremote, sizeof *p->remote, by_path) : NULL;
+}
+
 static bool remote_has(const push *p, const char *rel, uint64_t size)
 {
-	const hf_entry *e = p->nremote ? bsearch(rel, p->remote, p->nremote, sizeof *p->remote, by_path) : NULL;
+	const hf_entry *e = remote_entry(p, rel);
 	return e && e->size == size;
 }
 
@@ -117,11 +123,6 @@ static cltfs_err writers(const char *dir, const push_opts *o, char ***out, size_
 }
 
 /* Does the prefix hold rel (any size)? */
-static bool remote_lists(const push *p, const char *rel)
-{
-	return p->nremote && bsearch(rel, p->remote, p->nremote, sizeof *p->remote, by_path);
-}
-
 /* Does the prefix hold a pack, or is one about to go there? */
 static bool any_pack(const push *p)
 {
@@ -137,7 +138,7 @@ static bool any_pack(const push *p)
 /* The sample table, then the manifest (o->meta_once: once, after a pack). */
 static cltfs_err plan_meta(push *p)
 {
-	if (p->o->meta_once && (remote_lists(p, "cltfs.json") || !any_pack(p)))
+	if (p->o->meta_once && (remote_entry(p, "cltfs.json") || !any_pack(p)))
 		return CLTFS_OK;
 	cltfs_err e = queue(p, "samples.bin", UINT64_MAX);
 	return e ? e : queue(p, "cltfs.json", UINT64_MAX);
@@ -176,7 +177,7 @@ static cltfs_err plan(push *p)
 /* A prefix that holds a store already must hold this one. */
 static cltfs_err same_store(push *p)
 {
-	if (!remote_lists(p, "cltfs.json"))
+	if (!remote_entry(p, "cltfs.json"))
 		return CLTFS_OK;
 	char *theirs = NULL, mine[PATH_MAX];
 	snprintf(mine, sizeof mine, "%s/cltfs.json", p->dir);
@@ -218,11 +219,13 @@ static cltfs_err upload_all(push *p)
 	return e;
 }
 
+bool push_url_ok(const char *url) { return hf_is_remote_url(url) && !hf_is_url(url); }
+
 cltfs_err push_some(const char *dir, const char *url, push_opts *o)
 {
 	push p = {.dir = dir, .o = o, .tty = !o->quiet && isatty(2), .t0 = cltfs_now()};
 	hf_config cfg;
-	if (!hf_is_remote_url(url) || hf_is_url(url))
+	if (!push_url_ok(url))
 		return cltfs_fail(CLTFS_E_INVAL, "'%s': cltfs pushes to s3://BUCKET/PREFIX only", url);
 	cltfs_err e = hf_config_from_env(&cfg);
 	if (e)
@@ -248,7 +251,7 @@ cltfs_err push_some(const char *dir, const char *url, push_opts *o)
 
 cltfs_err push_store(const char *dir, const char *url, bool quiet)
 {
-	if (!hf_is_remote_url(url) || hf_is_url(url))
+	if (!push_url_ok(url)) /* before the store is opened: the cheaper error first */
 		return cltfs_fail(CLTFS_E_INVAL, "'%s': cltfs pushes to s3://BUCKET/PREFIX only", url);
 	cltfs_store *s = NULL;
 	cltfs_err e = store_open(dir, &s); /* a store, whole and readable, or nothing is pushed */

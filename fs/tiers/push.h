@@ -21,6 +21,9 @@
  * hf_upload. */
 cltfs_err push_store(const char *dir, const char *url, bool quiet);
 
+/* Is url a destination push takes: s3://BUCKET/PREFIX (not the Hub). */
+bool push_url_ok(const char *url);
+
 /* Which writer pairs (packs/<w>.{pack,idx}) a push takes: a capture
  * pushes only the pairs of its own shard that it will not append to. */
 typedef bool (*push_pick_fn)(const char *writer, void *arg);
