@@ -278,19 +278,13 @@ static cltfs_err remove_unclean(repair_state *r, const char *keep)
  * its name, and a repair killed within the same second left one: pass 1
  * may judge it unclean, and removing it would take this repair's copies
  * with it (the store then verified with chunks missing). */
-static void fresh_tag(const char *dir, char *tag, size_t n)
+static void fresh_tag(const cltfs_store *s, char *tag, size_t n)
 {
-	char host[128] = "host", path[4096];
-	gethostname(host, sizeof host - 1);
 	long t = (long)time(NULL);
 	for (int k = 0;; k++) {
 		snprintf(tag, n, k ? "repair-%ld-%d" : "repair-%ld", t, k);
-		snprintf(path, sizeof path, "%s/packs/%s-%s.pack", dir, host, tag);
-		if (access(path, F_OK)) {
-			snprintf(path, sizeof path, "%s/packs/%s-%s.idx", dir, host, tag);
-			if (access(path, F_OK))
-				return;
-		}
+		if (!store_has_writer(s, tag))
+			return;
 	}
 }
 
@@ -302,7 +296,7 @@ static cltfs_err compact(const char *dir, bool quiet, uint64_t *missing, char **
 		return e;
 	const cltfs_manifest *m = store_manifest(s);
 	repair_state r = {.v = {.z = cltfs_zctx_new(), .m = m}, .quiet = quiet, .dir = dir, .s = s, .pass = 1};
-	fresh_tag(dir, r.tag, sizeof r.tag);
+	fresh_tag(s, r.tag, sizeof r.tag);
 	size_t slots = (size_t)(m->n_layers + 1) * 2 * (size_t)m->n_chunks, bytes = slots / 8 + 1;
 	r.v.seen = calloc(bytes, 1);
 	*kind = m->source_kind ? strdup(m->source_kind) : NULL;

@@ -846,6 +846,28 @@ static cltfs_err trim_index(store_writer *w, const char *path)
 	return CLTFS_OK;
 }
 
+/* The writer name of tag: <host>-<tag>, and -<pid> unless pid is 0. */
+static void writer_name(const char *tag, long pid, char *buf, size_t n)
+{
+	char host[128] = "host";
+	gethostname(host, sizeof host - 1);
+	if (pid)
+		snprintf(buf, n, "%s-%s-%ld", host, tag, pid);
+	else
+		snprintf(buf, n, "%s-%s", host, tag);
+}
+
+bool store_has_writer(const cltfs_store *s, const char *tag)
+{
+	char name[256], path[4096];
+	writer_name(tag, 0, name, sizeof name);
+	path_of(s, name, ".pack", path, sizeof path);
+	if (!access(path, F_OK))
+		return true;
+	path_of(s, name, ".idx", path, sizeof path);
+	return !access(path, F_OK);
+}
+
 cltfs_err store_writer_open(cltfs_store *s, const char *tag, store_writer **out)
 {
 	store_writer *w = calloc(1, sizeof *w);
@@ -859,18 +881,13 @@ cltfs_err store_writer_open(cltfs_store *s, const char *tag, store_writer **out)
 	w->codec = s->m->codec;
 	pthread_mutex_init(&w->mu, NULL);
 	pthread_mutex_init(&w->sync_mu, NULL);
-	char host[128] = "host";
-	gethostname(host, sizeof host - 1);
 	cltfs_err e = CLTFS_E_IO;
 	/* host-tag, or host-tag-pid when another process holds that writer */
 	for (int attempt = 0; attempt < 2 && e; attempt++) {
 		if (w->pack_fd >= 0)
 			close(w->pack_fd);
 		w->pack_fd = -1;
-		if (attempt == 0)
-			snprintf(w->name, sizeof w->name, "%s-%s", host, tag);
-		else
-			snprintf(w->name, sizeof w->name, "%s-%s-%ld", host, tag, (long)getpid());
+		writer_name(tag, attempt ? (long)getpid() : 0, w->name, sizeof w->name);
 		path_of(s, w->name, ".pack", w->pack_path, sizeof w->pack_path);
 		e = open_part(w->pack_path, CLTFS_PACK_MAGIC, true, &w->pack_fd, &w->pack_end);
 	}

@@ -105,6 +105,9 @@ typedef struct store_writer store_writer;
  * CLTFS_E_FORMAT (an existing file of the pair has a bad header), _IO,
  * _NOMEM. */
 cltfs_err store_writer_open(cltfs_store *s, const char *tag, store_writer **out);
+/* Is there a pair (either file) that store_writer_open(s, tag) would
+ * first append to? */
+bool store_has_writer(const cltfs_store *s, const char *tag);
 /* The pair's name <w>: packs/<w>.pack and packs/<w>.idx. */
 const char *store_writer_name(const store_writer *w);
 /* zstd level of the frames this writer adds (default 1). */
