@@ -82,7 +82,6 @@
 #define PASSED_BY (4u << 20)  /* bytes a reader goes past a frame before it stops waiting for a load */
 #define POOL_MAX 16           /* span buffers kept for reuse */
 #define BG_NICE 10
-#define NBLOBS 64             /* packs remembered as whole in the HF cache */
 #define KEEP_BATCH 64         /* frames the background thread takes per scan of the spans */
 
 /* A frame in the table: its bytes coming or there (F_WAIT); checked and
@@ -140,8 +139,8 @@ struct hub_tier {
 	hf_repo *repo;
 	const hf_entry *entries; /* the repo's listing, sorted by path */
 	size_t nentries;
-	const char *whole[NBLOBS]; /* packs whose blob is whole in the HF cache (guarded by mu) */
-	int nwhole;
+	const char **whole;        /* packs whose blob is whole in the HF cache (guarded by mu) */
+	size_t nwhole, capwhole;
 	atomic_ullong n_blob;      /* frames read from those blobs */
 	cltfs_store *remote, *local;
 	store_writer *w; /* thread-safe: adds and syncs need no lock here */
@@ -743,15 +742,16 @@ static bool blob_whole(hub_tier *t, const char *pack)
 	char path[PATH_MAX];
 	bool known = false;
 	pthread_mutex_lock(&t->mu);
-	for (int i = 0; i < t->nwhole && !known; i++)
+	for (size_t i = 0; i < t->nwhole && !known; i++)
 		known = t->whole[i] == pack;
 	pthread_mutex_unlock(&t->mu);
 	if (known || !hub_pack_blob(t->repo, t->entries, t->nentries, pack, path, sizeof path))
 		return known;
 	pthread_mutex_lock(&t->mu);
-	for (int i = 0; i < t->nwhole && !known; i++)
+	for (size_t i = 0; i < t->nwhole && !known; i++)
 		known = t->whole[i] == pack;
-	if (!known && t->nwhole < NBLOBS)
+	/* out of memory: only stat it again next time */
+	if (!known && cltfs_grow(&t->whole, &t->capwhole, t->nwhole + 1, sizeof *t->whole))
 		t->whole[t->nwhole++] = pack;
 	pthread_mutex_unlock(&t->mu);
 	return true;
@@ -910,6 +910,7 @@ static void hub_tier_close(cltfs_tier *tt)
 	pthread_mutex_destroy(&t->mu);
 	pthread_cond_destroy(&t->cv);
 	pthread_cond_destroy(&t->fcv);
+	free(t->whole);
 	free(t);
 }
 
