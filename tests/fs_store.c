@@ -509,6 +509,27 @@ static void test_cache(void)
 	CHECK(held->data[0] == 1 && held->data[999] == 1); /* still valid while referenced */
 	cache_put(cache, held);
 	cache_free(cache);
+
+	/* the prefault: up to its budget on an idle cache (whole 32 MiB
+	 * regions), and not past the first load (its zeroing would compete
+	 * with the reader) */
+	enum { MB = 1 << 20 };
+	atomic_bool stop = false;
+	cache = cache_new(64 * MB, MB, slow_loader, NULL);
+	cache_reserve(cache, 40 * MB, &stop);
+	CHECK(cache_buffers(cache) == 32 * MB);
+	cache_free(cache);
+	cache = cache_new(64 * MB, MB, slow_loader, NULL);
+	CHECK(cache_get(cache, 1, &ch, &hit) == CLTFS_OK);
+	cache_put(cache, ch);
+	cache_reserve(cache, 40 * MB, &stop);
+	CHECK(cache_buffers(cache) == MB);
+	cache_free(cache);
+	cache = cache_new(64 * MB, MB, slow_loader, NULL);
+	atomic_store(&stop, true);
+	cache_reserve(cache, 40 * MB, &stop);
+	CHECK(cache_buffers(cache) == 0);
+	cache_free(cache);
 }
 
 int main(void)

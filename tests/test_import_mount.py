@@ -383,6 +383,9 @@ def test_cltfs_dir(stores, mount):
         assert st["errors"] == 0
         assert 0 <= st["cache"]["bytes"] <= st["cache"]["limit"]
         assert st["cache"]["limit"] in (256 << 20, 256 * 10 ** 6), st["cache"]
+        # chunk buffers: what was read needed some, and the prefault that
+        # ran before the first read stopped there (never past cache_mb)
+        assert 0 < st["cache"]["buffers"] <= st["cache"]["limit"], st["cache"]
         man = json.loads(read_all(m.p(".cltfs/manifest.json")))
         with open(os.path.join(imp.store, "cltfs.json")) as f:
             assert man == json.load(f)

@@ -52,6 +52,8 @@ struct chunk_cache {
 	size_t limit, buf_size;
 	pthread_mutex_t pool_mu; /* guards the fields below */
 	void *free_bufs;         /* a list through each buffer's first word */
+	atomic_bool loading;     /* a chunk was loaded: cache_reserve yields */
+	size_t made;             /* bytes of buffers carved, in use or free */
 	uint8_t *carve, *carve_end;
 	region *regions;
 };
@@ -85,6 +87,7 @@ static uint8_t *buf_carve(chunk_cache *c)
 	}
 	uint8_t *b = c->carve;
 	c->carve += c->buf_size;
+	c->made += c->buf_size;
 	return b;
 }
 
@@ -106,7 +109,8 @@ void cache_reserve(chunk_cache *c, size_t bytes, const atomic_bool *stop)
 	long page = sysconf(_SC_PAGESIZE);
 	/* Lowest priority: this must never slow a reader down. */
 	setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 19);
-	for (size_t n = 0; n + c->buf_size <= bytes && !atomic_load(stop); n += c->buf_size) {
+	for (size_t n = 0; n + c->buf_size <= bytes && !atomic_load(stop) && !atomic_load(&c->loading);
+	     n += c->buf_size) {
 		pthread_mutex_lock(&c->pool_mu);
 		bool in_region = c->carve + c->buf_size <= c->carve_end;
 		bool region_fits = n + REGION <= bytes + c->buf_size;
@@ -262,6 +266,9 @@ cltfs_err cache_get(chunk_cache *c, uint64_t key, chunk **out, bool *hit)
 	s->entries++;
 	pthread_mutex_unlock(&s->mu);
 
+	/* Once readers arrive the prefault stops: its page zeroing competed
+	 * with their reads for the cores (and the mm) at a mount's start. */
+	atomic_store_explicit(&c->loading, true, memory_order_relaxed);
 	ch->data = buf_get(c);
 	cltfs_err e = ch->data ? c->load(c->arg, key, ch->data, c->buf_size, &ch->len, &ch->crc)
 			       : cltfs_fail(CLTFS_E_NOMEM, "out of memory for a chunk");
@@ -317,6 +324,14 @@ bool cache_has(chunk_cache *c, uint64_t key)
 	bool has = lookup(s, key) != NULL;
 	pthread_mutex_unlock(&s->mu);
 	return has;
+}
+
+size_t cache_buffers(chunk_cache *c)
+{
+	pthread_mutex_lock(&c->pool_mu);
+	size_t n = c->made;
+	pthread_mutex_unlock(&c->pool_mu);
+	return n;
 }
 
 void cache_usage(chunk_cache *c, size_t *bytes, size_t *entries, size_t *limit)

@@ -36,7 +36,9 @@ chunk_cache *cache_new(size_t limit_bytes, size_t buf_size, chunk_loader load, v
 /* Free the cache and every buffer: no chunk may still be referenced. */
 void cache_free(chunk_cache *c);
 /* Fault in up to bytes of buffers now, at the lowest priority, until
- * *stop: a cold read then does not pay for fresh pages. */
+ * *stop or the first chunk load: a read that comes after a mount's idle
+ * start does not pay for fresh pages, and one that comes at once does not
+ * compete with the zeroing (its own faults cost less than the contention). */
 void cache_reserve(chunk_cache *c, size_t bytes, const atomic_bool *stop);
 /* A referenced chunk (cache_put gives it back).  *hit says whether it was
  * in memory already.  On a miss the caller loads it while other callers
@@ -48,5 +50,8 @@ void cache_put(chunk_cache *c, chunk *ch);
 /* Is key in memory or being loaded?  (For readahead: a hint, not a promise.) */
 bool cache_has(chunk_cache *c, uint64_t key);
 void cache_usage(chunk_cache *c, size_t *bytes, size_t *entries, size_t *limit);
+/* Bytes of chunk buffers made so far, in use or kept for reuse: the
+ * memory the cache holds (it never returns a buffer before cache_free). */
+size_t cache_buffers(chunk_cache *c);
 
 #endif

@@ -568,11 +568,11 @@ char *fs_stats_json(cltfs_fs *fs)
 	for (int i = 0; i < fs->o.ntiers; i++)
 		sbuf_put(&t, ", \"%s\": %llu", fs->o.tiers[i]->name, (unsigned long long)fs->st.tier_loads[i]);
 	sbuf_put(&t, "},\n \"bytes_read\": %llu, \"reads\": %llu, \"opens\": %llu, \"errors\": %llu,\n"
-		" \"cache\": {\"bytes\": %zu, \"limit\": %zu, \"entries\": %zu},\n"
+		" \"cache\": {\"bytes\": %zu, \"limit\": %zu, \"entries\": %zu, \"buffers\": %zu},\n"
 		" \"index\": {\"chunks\": %llu, \"bytes\": %llu},\n"
 		" \"readahead\": %llu, \"readahead_errors\": %llu, \"latency_us\": {\"mean\": %llu, \"max\": %llu}",
 	    (unsigned long long)fs->st.bytes_read, reads, (unsigned long long)fs->st.opens,
-	    (unsigned long long)fs->st.errors, bytes, limit, entries,
+	    (unsigned long long)fs->st.errors, bytes, limit, entries, cache_buffers(fs->cache),
 	    (unsigned long long)ichunks, (unsigned long long)ibytes,
 	    (unsigned long long)fs->st.readahead, (unsigned long long)fs->st.readahead_errors,
 	    reads ? (unsigned long long)fs->st.lat_us_sum / reads : 0ULL, (unsigned long long)fs->st.lat_us_max);
