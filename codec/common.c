@@ -10,7 +10,6 @@
 #include <strings.h>
 #include <sys/stat.h>
 #include <time.h>
-#include <unistd.h>
 #include <fcntl.h>
 #include <unistd.h>
 #include <zlib.h>

@@ -434,8 +434,8 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		fi->keep_cache = 1;
 	} else if (n.t == N_MANIFEST) {
 		h->kind = 1;
-		h->text = c->manifest_json ? c->manifest_json : "";
-		h->len = c->manifest_json ? c->manifest_len : 0;
+		h->text = c->manifest_json; /* read at mount: a views mount has a store */
+		h->len = c->manifest_len;
 		fi->keep_cache = 1;
 	} else { /* N_STATS */
 		h->kind = 1;
