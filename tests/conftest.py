@@ -568,3 +568,39 @@ class LoadedFiles:
     def __getitem__(self, i):
         import torch
         return self.rels[i], torch.load(os.path.join(self.root, self.rels[i]))
+
+
+class SmallFs:
+    """A tmpfs of a chosen size under the test's tmp_path: a filesystem the
+    test can fill (ENOSPC) and then give room (resize).  Mounting one needs
+    root: without it the test is skipped, saying so."""
+
+    def __init__(self, base):
+        self.path = str(base / "smallfs")
+        self.mounted = False
+
+    def mount(self, size):
+        os.makedirs(self.path, exist_ok=True)
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=%d" % size, "tmpfs", self.path],
+                           capture_output=True, text=True)
+        if r.returncode:
+            pytest.skip("cannot mount a tmpfs to fill (needs root): " + r.stderr.strip())
+        self.mounted = True
+        return self.path
+
+    def resize(self, size):
+        subprocess.run(["mount", "-o", "remount,size=%d" % size, self.path], check=True)
+
+    def unmount(self):
+        if self.mounted:
+            subprocess.run(["umount", "-l", self.path], capture_output=True)
+            self.mounted = False
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    fs = SmallFs(tmp_path)
+    try:
+        yield fs
+    finally:
+        fs.unmount()

@@ -567,6 +567,38 @@ def test_interrupted_import(tmp_path, trees, cltfs_bin, run_cltfs, mount, origin
             assert_same(torch.load(m.p(rel)), originals.get(tree, rel), rel)
 
 
+def _pack_bytes(store):
+    return sum(os.path.getsize(p) for p in glob.glob(os.path.join(store, "packs", "*.pack")))
+
+
+def test_import_out_of_space(tmp_path, trees, run_cltfs, mount, originals, small_fs):
+    """An import that fills its filesystem stops with exit 1 naming the file
+    and the cause; the store it leaves verifies; once there is room, the
+    same import completes, and the frames written but never recorded before
+    the failure are not left in the pack (it is the size a clean import
+    makes: they would hold the space a retry needs)."""
+    tree, desc = trees.make(tmp_path / "tree", layers="0-5", n_layers=8, d=256,
+                            total_mb=40, seed=37, max_tokens=128)
+    clean = str(tmp_path / "clean")
+    r = run_cltfs("import", clean, tree, "--quiet", timeout=300)
+    assert r.returncode == 0, describe(r)
+    need = _pack_bytes(clean)
+    store = os.path.join(small_fs.mount(max(need // 2, 1 << 20)), "store")
+    r = run_cltfs("import", store, tree, "--quiet", timeout=300)
+    assert r.returncode == 1, describe(r)
+    assert "No space left on device" in r.stderr and store in r.stderr, describe(r)
+    v = run_cltfs("verify", store)
+    assert v.returncode == 0 and "present" in v.stdout, describe(v)
+    small_fs.resize(4 * need)
+    r = run_cltfs("import", store, tree, "--quiet", timeout=300)
+    assert r.returncode == 0, "import once there is room: " + describe(r)
+    assert _pack_bytes(store) == need, "pack bytes %d, a clean import's %d" % (_pack_bytes(store), need)
+    assert run_cltfs("verify", store).returncode == 0
+    with mount(store) as m:
+        for rel in desc["files"]:
+            assert_same(torch.load(m.p(rel)), originals.get(tree, rel), rel)
+
+
 def test_import_other_tree_into_store(tmp_path, trees, stores, run_cltfs, mount, originals):
     """Importing a different tree into an existing store is refused, and the
     store still serves the first tree."""

@@ -9,7 +9,8 @@
  * one chunk map at open (the map below) and rescan on a miss: a record is only ever
  * appended after its frame is durable, so a record seen is a frame readable.
  * A torn last record (a crash mid-append) is ignored, and cut off by the
- * next writer that opens that index.
+ * next writer that opens that index; so are frames that were never
+ * recorded (a crash or ENOSPC before the sync).
  */
 #include "store.h"
 
@@ -846,6 +847,47 @@ static cltfs_err trim_index(store_writer *w, const char *path)
 	return CLTFS_OK;
 }
 
+/* Cut the pack back to the end of its last indexed frame.  Frames past it
+ * were appended by a writer that never recorded them (killed, or out of
+ * disk space before its sync): nothing refers to them, and left there they
+ * would stay dead forever (a retry after ENOSPC could not use the space
+ * they hold).  The end is the largest of every record's, not the last
+ * record's: records follow their frames' order, but a wrong guess here
+ * would cut frames that are referenced.  One read of this pair's index,
+ * as every mount of the store makes.  Called with the pack locked. */
+static cltfs_err trim_pack(store_writer *w)
+{
+	enum { BLOCK = 1024 * CLTFS_REC_SIZE };
+	uint8_t *b = malloc(BLOCK);
+	if (!b)
+		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	uint64_t end = CLTFS_FILE_HEADER;
+	for (uint64_t off = CLTFS_FILE_HEADER; off < w->idx_end;) {
+		size_t want = w->idx_end - off < BLOCK ? (size_t)(w->idx_end - off) : BLOCK;
+		ssize_t got = pread(w->idx_fd, b, want, (off_t)off);
+		if (got < 0 && errno == EINTR)
+			continue;
+		if (got < (ssize_t)CLTFS_REC_SIZE) {
+			free(b);
+			return cltfs_fail(CLTFS_E_IO, "%s: %s", w->idx_path, got < 0 ? strerror(errno) : "short read");
+		}
+		size_t whole = (size_t)got / CLTFS_REC_SIZE * CLTFS_REC_SIZE;
+		for (size_t i = 0; i < whole; i += CLTFS_REC_SIZE) {
+			cltfs_rec r;
+			if (!cltfs_rec_decode(b + i, &r) && r.offset + r.csize > end)
+				end = r.offset + r.csize;
+		}
+		off += whole;
+	}
+	free(b);
+	if (end >= w->pack_end)
+		return CLTFS_OK; /* nothing past it (or a pack shorter than its index: verify says so) */
+	if (ftruncate(w->pack_fd, (off_t)end) < 0)
+		return cltfs_fail(CLTFS_E_IO, "%s: cannot cut unrecorded tail: %s", w->pack_path, strerror(errno));
+	w->pack_end = end;
+	return CLTFS_OK;
+}
+
 /* The writer name of tag: <host>-<tag>, and -<pid> unless pid is 0. */
 static void writer_name(const char *tag, long pid, char *buf, size_t n)
 {
@@ -896,6 +938,8 @@ cltfs_err store_writer_open(cltfs_store *s, const char *tag, store_writer **out)
 		e = open_part(w->idx_path, CLTFS_IDX_MAGIC, false, &w->idx_fd, &w->idx_end);
 	if (!e)
 		e = trim_index(w, w->idx_path);
+	if (!e)
+		e = trim_pack(w);
 	if (e) {
 		store_writer_close(w);
 		return e;
