@@ -432,6 +432,38 @@ def test_pull_completes_partial_store(tmp_path, hub, stores, run_cltfs, mount, o
         check_store_views(m, imp, originals)
 
 
+def test_fill_on_a_full_disk(tmp_path, hub, stores, run_cltfs, mount, originals, small_fs):
+    """A Hub mount whose local store cannot grow (its filesystem is full)
+    still serves every view right, from what it fetches; it logs the cause
+    once and counts the frames it could not keep.  The store it leaves
+    verifies, and a pull once there is room completes it, with no dead
+    bytes left by the frames appended but never recorded."""
+    imp, commit = add_store(hub, stores)
+    need = sum(pack_sha256(imp).values())
+    store = os.path.join(small_fs.mount(max(need // 3 // 4096 * 4096, 64 << 10)), "store")
+    env = hf_env(tmp_path, hub)
+    with mount(STORE_URL, "store=" + store, env=env) as m:
+        check_store_views(m, imp, originals)
+        st = m.stats()
+        assert st["errors"] == 0 and st["hub"]["not_kept"] > 0, st
+        log = m.log()
+    assert log.count("No space left on device") == 1 and "not kept in the local store" in log, log
+    v = run_cltfs("verify", store)
+    assert v.returncode == 0 and "present" in v.stdout, describe(v)
+    small_fs.resize(4 * need + (1 << 20))
+    r = run_cltfs("pull", STORE_URL, store, "--quiet", env=env)
+    assert r.returncode == 0, describe(r)
+    clean = str(tmp_path / "clean")
+    assert run_cltfs("pull", STORE_URL, clean, "--quiet", env=env).returncode == 0
+    pack_bytes = [sum(os.path.getsize(p) for p in glob.glob(os.path.join(d, "packs", "*.pack")))
+                  for d in (store, clean)]
+    assert pack_bytes[0] == pack_bytes[1], "dead bytes left in the packs: %s" % pack_bytes
+    assert run_cltfs("verify", store).returncode == 0
+    hub.stop()
+    with mount(store) as m:
+        check_store_views(m, imp, originals)
+
+
 def test_pull_failure_then_retry(tmp_path, hub, stores, run_cltfs, mount, originals):
     """A pull the Hub keeps failing exits non-zero with a message; the next
     one completes the store."""

@@ -142,6 +142,7 @@ struct hub_tier {
 	const char **whole;        /* packs whose blob is whole in the HF cache (guarded by mu) */
 	size_t nwhole, capwhole;
 	atomic_ullong n_blob;      /* frames read from those blobs */
+	atomic_ullong n_not_kept;  /* frames served but not appended (a full disk, say) */
 	cltfs_store *remote, *local;
 	store_writer *w; /* thread-safe: adds and syncs need no lock here */
 	hf_ranges *q;
@@ -263,7 +264,7 @@ static void warn_once(hub_tier *t, const char *msg)
 	t->warned = true;
 	pthread_mutex_unlock(&t->mu);
 	if (first)
-		cltfs_log("%s", msg);
+		cltfs_log("%s (reads are still served; what they fetch is not kept in the local store)", msg);
 }
 
 static void *bg_main(void *arg);
@@ -277,6 +278,7 @@ static bool keep(hub_tier *t, const cltfs_rec *rec, const void *bytes)
 {
 	if (!store_writer_add_frame(t->w, rec, bytes))
 		return true;
+	atomic_fetch_add(&t->n_not_kept, 1);
 	warn_once(t, cltfs_errmsg());
 	return false;
 }
@@ -871,11 +873,11 @@ static void hub_stats(cltfs_tier *tt, char *buf, size_t n)
 	snprintf(buf, n,
 		 "{\"requests\": %llu, \"bytes\": %llu, \"retries\": %llu, \"failures\": %llu, \"spans\": %llu, "
 		 "\"frames\": %llu, \"ahead_read\": %llu, \"kept_unread\": %llu, \"rtt_us\": %llu, "
-		 "\"blob_frames\": %llu}",
+		 "\"blob_frames\": %llu, \"not_kept\": %llu}",
 		 (unsigned long long)st->requests, (unsigned long long)st->bytes, (unsigned long long)st->retries,
 		 (unsigned long long)st->failures, (unsigned long long)t->n_spans, (unsigned long long)t->n_frames,
 		 (unsigned long long)t->n_ahead_read, (unsigned long long)t->n_kept_unread,
-		 (unsigned long long)st->rtt_us, (unsigned long long)atomic_load(&t->n_blob));
+		 (unsigned long long)st->rtt_us, (unsigned long long)atomic_load(&t->n_blob), (unsigned long long)atomic_load(&t->n_not_kept));
 	pthread_mutex_unlock(&t->mu);
 }
 
