@@ -46,7 +46,7 @@ UNIT_LDFLAGS_fs_view := -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc,--wrap=st
 
 objs = $(patsubst %.c,$(1)/%.o,$(2))
 
-.PHONY: FORCE all deps check gpu-check stress unit unit-asan pytest pytest-asan demo bench fuzz install uninstall clean
+.PHONY: FORCE all deps torch2-root check gpu-check stress unit unit-asan pytest pytest-asan demo bench fuzz install uninstall clean
 
 all: $(B)/cltfs $(B)/libcltfs-capture.so
 
@@ -144,7 +144,7 @@ pytest-asan: $(B)/asan/cltfs
 	CLTFS_BIN=$(CURDIR)/$(B)/asan/cltfs ASAN_OPTIONS=detect_leaks=1 \
 		$(PYTHON) -m pytest -q -p no:cacheprovider tests/
 
-check: deps
+check: deps torch2-root
 	$(MAKE) all
 	$(MAKE) unit
 	$(MAKE) unit-asan
@@ -185,6 +185,11 @@ $(S3RVER):
 deps:
 	@sh tools/deps.sh
 	@$(MAKE) -s $(S3RVER)
+
+# A Debian 13 root with torch 2.6 for tests/test_torch2.py (the host's torch
+# is 1.13; users train with 2.x): debootstrap, once, about 1.3 GB.
+torch2-root:
+	@sh tools/torch2_root.sh $(B)/torch2-root
 
 demo: deps
 	$(MAKE) all
