@@ -46,7 +46,7 @@ UNIT_LDFLAGS_fs_view := -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc,--wrap=st
 
 objs = $(patsubst %.c,$(1)/%.o,$(2))
 
-.PHONY: FORCE all deps torch2-root check gpu-check stress unit unit-asan pytest pytest-asan demo bench fuzz install uninstall clean
+.PHONY: FORCE all deps torch2-root torch2-check check gpu-check stress unit unit-asan pytest pytest-asan demo bench fuzz install uninstall clean
 
 all: $(B)/cltfs $(B)/libcltfs-capture.so
 
@@ -151,6 +151,7 @@ check: deps torch2-root
 	$(MAKE) fuzz
 	$(MAKE) pytest-asan
 	$(MAKE) pytest
+	$(MAKE) torch2-check
 
 # libFuzzer binaries (clang): build/fuzz/<target>; run one with
 # build/fuzz/<target> NEW_DIR tests/fuzz/corpus (see tests/fuzz/README).
@@ -186,10 +187,15 @@ deps:
 	@sh tools/deps.sh
 	@$(MAKE) -s $(S3RVER)
 
-# A Debian 13 root with torch 2.6 for tests/test_torch2.py (the host's torch
-# is 1.13; users train with 2.x): debootstrap, once, about 1.3 GB.
+# A Debian 13 root with torch 2.6 for tests/test_torch2.py and torch2-check
+# (the host's torch is 1.13; users train with 2.x): debootstrap, once, 2 GB.
 torch2-root:
 	@sh tools/torch2_root.sh $(B)/torch2-root
+
+# cltfs built in that root (gcc 14, libtorch 2.6) and tests/test_capture.py
+# run there (about 2 minutes).
+torch2-check: torch2-root
+	@sh tools/torch2_check.sh $(B)/torch2-root
 
 demo: deps
 	$(MAKE) all
@@ -221,4 +227,5 @@ uninstall:
 clean:
 	rm -rf $(B)
 
--include $(shell find $(B) -name '*.d' 2>/dev/null)
+# (not into the torch 2 root or node's modules: not ours, and large)
+-include $(shell find $(B) \( -path $(B)/torch2-root -o -path $(B)/node \) -prune -o -name '*.d' -type f -print 2>/dev/null)
