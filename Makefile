@@ -192,8 +192,8 @@ deps:
 torch2-root:
 	@sh tools/torch2_root.sh $(B)/torch2-root
 
-# cltfs built in that root (gcc 14, libtorch 2.6) and tests/test_capture.py
-# run there (about 2 minutes).
+# cltfs built in that root (gcc 14, libtorch 2.6, libfuse 3.17) and the
+# capture, mount, view and error tests run there (about 2 minutes).
 torch2-check: torch2-root
 	@sh tools/torch2_check.sh $(B)/torch2-root
 

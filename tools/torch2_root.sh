@@ -18,7 +18,7 @@ root=${1:-build/torch2-root}
 base=python3-torch,python3-numpy
 pkgs="python3-pytest python3-pil python3-sentencepiece sentencepiece fuse3 build-essential pkg-config
 libfuse3-dev libzstd-dev libcjson-dev zlib1g-dev libcurl4-openssl-dev libssl-dev libtorch-dev
-libsentencepiece-dev libjpeg62-turbo-dev libpng-dev"
+libsentencepiece-dev libjpeg62-turbo-dev libpng-dev time"
 want=$(echo $base $pkgs)
 [ "$(cat "$root/.cltfs-ready" 2>/dev/null)" = "$want" ] && exit 0
 if [ "$(id -u)" != 0 ]; then
