@@ -104,6 +104,31 @@ static void test_roundtrip(void)
 		fill(want, r.rsize, (unsigned)c);
 		CHECK(store_read_chunk(s, &r, z, got) == CLTFS_OK && !memcmp(want, got, r.rsize));
 	}
+	/* frames another process recorded after this one merged the index
+	 * are kept: the cut goes by the index as it is now */
+	cltfs_store *s2;
+	store_writer *w2;
+	CHECK(store_open(dir, &s2) == CLTFS_OK && store_writer_open(s2, "unit", &w2) == CLTFS_OK);
+	for (uint32_t c = 0; c < 3; c++) {
+		uint8_t buf[256];
+		size_t len = store_chunk_raw(s2, c);
+		fill(buf, len, 100 + c);
+		CHECK(store_writer_add(w2, cltfs_key(CLTFS_STREAM_X, 1, c), buf, len) == CLTFS_OK);
+	}
+	CHECK(store_writer_close(w2) == CLTFS_OK);
+	store_close(s2);
+	CHECK(stat(pack, &sp) == 0 && sp.st_size > st.st_size);
+	fd = open(pack, O_WRONLY | O_APPEND);
+	CHECK(fd >= 0 && write(fd, "more unrecorded bytes", 21) == 21);
+	close(fd);
+	write_chunks(s, 0);
+	CHECK(stat(pack, &st) == 0 && st.st_size == sp.st_size);
+	for (uint32_t c = 0; c < 3; c++) {
+		uint8_t want[256], got[256];
+		CHECK(store_lookup(s, cltfs_key(CLTFS_STREAM_X, 1, c), &r));
+		fill(want, r.rsize, 100 + c);
+		CHECK(store_read_chunk(s, &r, z, got) == CLTFS_OK && !memcmp(want, got, r.rsize));
+	}
 	/* a flipped byte in a frame is an error naming the pack and chunk */
 	CHECK(store_lookup(s, cltfs_key(CLTFS_STREAM_X, 0, 1), &r));
 	fd = open(pack, O_RDWR);

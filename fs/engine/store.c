@@ -33,6 +33,7 @@ typedef struct {
 	int pack_fd;    /* -1 until first needed */
 	int idx_fd;     /* -1 until the index is first merged; records are read back through it */
 	uint64_t idx_consumed; /* bytes of the index merged so far */
+	uint64_t frames_end;   /* the furthest end of a frame that a merged record names */
 } pack;
 
 /* A record not yet in an index file: this process's writers' unsynced adds. */
@@ -284,7 +285,7 @@ static int pack_of(cltfs_store *s, const char *name)
 	char *dup = strdup(name);
 	if (!dup)
 		return -1;
-	s->packs[s->npacks] = (pack){dup, -1, -1, 0};
+	s->packs[s->npacks] = (pack){dup, -1, -1, 0, 0};
 	return (int)s->npacks++;
 }
 
@@ -357,6 +358,8 @@ static cltfs_err merge_index(cltfs_store *s, int p)
 			bool torn = cltfs_rec_decode(buf + i * CLTFS_REC_SIZE, &r) != CLTFS_OK;
 			if (torn && i + 1 == whole && (size_t)n < sizeof buf) /* possibly still being written */
 				return CLTFS_OK;
+			if (!torn && r.offset + r.csize > pk->frames_end) /* plausible or not: its bytes stay */
+				pk->frames_end = r.offset + r.csize;
 			const char *why = torn ? "fails its checksum" : implausible(s, &r, detail, sizeof detail);
 			if (why) {
 				s->bad_records++;
@@ -851,35 +854,23 @@ static cltfs_err trim_index(store_writer *w, const char *path)
  * were appended by a writer that never recorded them (killed, or out of
  * disk space before its sync): nothing refers to them, and left there they
  * would stay dead forever (a retry after ENOSPC could not use the space
- * they hold).  The end is the largest of every record's, not the last
- * record's: records follow their frames' order, but a wrong guess here
- * would cut frames that are referenced.  One read of this pair's index,
- * as every mount of the store makes.  Called with the pack locked. */
+ * they hold).  The end is the furthest any record of the pair names (not
+ * the last record's, though records follow their frames: a wrong guess
+ * would cut referenced frames), as merged at open and from the records
+ * written since (merge_index reads only those).  Called with the pack
+ * locked: no other writer can add to it now. */
 static cltfs_err trim_pack(store_writer *w)
 {
-	enum { BLOCK = 1024 * CLTFS_REC_SIZE };
-	uint8_t *b = malloc(BLOCK);
-	if (!b)
-		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
-	uint64_t end = CLTFS_FILE_HEADER;
-	for (uint64_t off = CLTFS_FILE_HEADER; off < w->idx_end;) {
-		size_t want = w->idx_end - off < BLOCK ? (size_t)(w->idx_end - off) : BLOCK;
-		ssize_t got = pread(w->idx_fd, b, want, (off_t)off);
-		if (got < 0 && errno == EINTR)
-			continue;
-		if (got < (ssize_t)CLTFS_REC_SIZE) {
-			free(b);
-			return cltfs_fail(CLTFS_E_IO, "%s: %s", w->idx_path, got < 0 ? strerror(errno) : "short read");
-		}
-		size_t whole = (size_t)got / CLTFS_REC_SIZE * CLTFS_REC_SIZE;
-		for (size_t i = 0; i < whole; i += CLTFS_REC_SIZE) {
-			cltfs_rec r;
-			if (!cltfs_rec_decode(b + i, &r) && r.offset + r.csize > end)
-				end = r.offset + r.csize;
-		}
-		off += whole;
-	}
-	free(b);
+	cltfs_store *s = w->s;
+	pthread_rwlock_wrlock(&s->lock);
+	int p = pack_of(s, w->name);
+	cltfs_err e = p < 0 ? cltfs_fail(CLTFS_E_NOMEM, "out of memory") : merge_index(s, p);
+	uint64_t end = p < 0 ? 0 : s->packs[p].frames_end;
+	pthread_rwlock_unlock(&s->lock);
+	if (e)
+		return e;
+	if (end < CLTFS_FILE_HEADER)
+		end = CLTFS_FILE_HEADER;
 	if (end >= w->pack_end)
 		return CLTFS_OK; /* nothing past it (or a pack shorter than its index: verify says so) */
 	if (ftruncate(w->pack_fd, (off_t)end) < 0)
@@ -1045,6 +1036,9 @@ static void to_map(cltfs_store *s, int p, const cltfs_rec *recs, size_t n, uint6
 	/* records of this pair written before this writer opened it come first */
 	if (pk->idx_consumed < CLTFS_FILE_HEADER + first * CLTFS_REC_SIZE && merge_index(s, p))
 		return;
+	for (size_t i = 0; i < n; i++)
+		if (recs[i].offset + recs[i].csize > pk->frames_end)
+			pk->frames_end = recs[i].offset + recs[i].csize;
 	if (pk->idx_consumed < end)
 		pk->idx_consumed = end;
 	if (pk->idx_fd < 0) {
