@@ -54,6 +54,30 @@ static void write_chunks(cltfs_store *s, int n)
 	CHECK(store_writer_close(w) == CLTFS_OK);
 }
 
+/* Chunks 0..n-1 of x@layer read back as fill(seed0 + c) made them. */
+static void check_chunks(cltfs_store *s, cltfs_zctx *z, int layer, uint32_t n, unsigned seed0)
+{
+	for (uint32_t c = 0; c < n; c++) {
+		cltfs_rec r;
+		uint8_t want[256], got[256];
+		CHECK(store_lookup(s, cltfs_key(CLTFS_STREAM_X, (uint32_t)layer, c), &r));
+		fill(want, r.rsize, seed0 + c);
+		CHECK(store_read_chunk(s, &r, z, got) == CLTFS_OK && !memcmp(want, got, r.rsize));
+	}
+}
+
+/* Bytes nobody recorded appended to pack, then a writer opened on s:
+ * the pack is back at its recorded size. */
+static void cut_on_open(cltfs_store *s, const char *pack, off_t recorded)
+{
+	int fd = open(pack, O_WRONLY | O_APPEND);
+	CHECK(fd >= 0 && write(fd, "unrecorded frame bytes", 22) == 22);
+	close(fd);
+	write_chunks(s, 0);
+	struct stat st;
+	CHECK(stat(pack, &st) == 0 && st.st_size == recorded);
+}
+
 static void test_roundtrip(void)
 {
 	cltfs_store *s = make_store();
@@ -63,13 +87,7 @@ static void test_roundtrip(void)
 	store_close(s);
 	CHECK(store_open(dir, &s) == CLTFS_OK);
 	cltfs_zctx *z = cltfs_zctx_new();
-	for (int c = 0; c < 5; c++) {
-		cltfs_rec r;
-		uint8_t want[256], got[256];
-		CHECK(store_lookup(s, cltfs_key(CLTFS_STREAM_X, 0, (uint32_t)c), &r));
-		fill(want, r.rsize, (unsigned)c);
-		CHECK(store_read_chunk(s, &r, z, got) == CLTFS_OK && !memcmp(want, got, r.rsize));
-	}
+	check_chunks(s, z, 0, 5, 0);
 	cltfs_rec r;
 	CHECK(!store_lookup(s, cltfs_key(CLTFS_STREAM_MLP, 1, 0), &r));
 	/* a torn record at the end of the index is ignored, then cut off */
@@ -93,17 +111,8 @@ static void test_roundtrip(void)
 	snprintf(pack, sizeof pack, "%s/packs/%s-unit.pack", dir, host);
 	struct stat sp;
 	CHECK(stat(pack, &sp) == 0);
-	fd = open(pack, O_WRONLY | O_APPEND);
-	CHECK(fd >= 0 && write(fd, "unrecorded frame bytes", 22) == 22);
-	close(fd);
-	write_chunks(s, 0);
-	CHECK(stat(pack, &st) == 0 && st.st_size == sp.st_size);
-	for (int c = 0; c < 5; c++) {
-		uint8_t want[256], got[256];
-		CHECK(store_lookup(s, cltfs_key(CLTFS_STREAM_X, 0, (uint32_t)c), &r));
-		fill(want, r.rsize, (unsigned)c);
-		CHECK(store_read_chunk(s, &r, z, got) == CLTFS_OK && !memcmp(want, got, r.rsize));
-	}
+	cut_on_open(s, pack, sp.st_size);
+	check_chunks(s, z, 0, 5, 0);
 	/* frames another process recorded after this one merged the index
 	 * are kept: the cut goes by the index as it is now */
 	cltfs_store *s2;
@@ -117,18 +126,10 @@ static void test_roundtrip(void)
 	}
 	CHECK(store_writer_close(w2) == CLTFS_OK);
 	store_close(s2);
-	CHECK(stat(pack, &sp) == 0 && sp.st_size > st.st_size);
-	fd = open(pack, O_WRONLY | O_APPEND);
-	CHECK(fd >= 0 && write(fd, "more unrecorded bytes", 21) == 21);
-	close(fd);
-	write_chunks(s, 0);
-	CHECK(stat(pack, &st) == 0 && st.st_size == sp.st_size);
-	for (uint32_t c = 0; c < 3; c++) {
-		uint8_t want[256], got[256];
-		CHECK(store_lookup(s, cltfs_key(CLTFS_STREAM_X, 1, c), &r));
-		fill(want, r.rsize, 100 + c);
-		CHECK(store_read_chunk(s, &r, z, got) == CLTFS_OK && !memcmp(want, got, r.rsize));
-	}
+	off_t before = sp.st_size;
+	CHECK(stat(pack, &sp) == 0 && sp.st_size > before);
+	cut_on_open(s, pack, sp.st_size);
+	check_chunks(s, z, 1, 3, 100);
 	/* a flipped byte in a frame is an error naming the pack and chunk */
 	CHECK(store_lookup(s, cltfs_key(CLTFS_STREAM_X, 0, 1), &r));
 	fd = open(pack, O_RDWR);
