@@ -24,6 +24,7 @@ temporary directory and reports it as an error.
 
 import atexit
 import contextlib
+import glob
 import io
 import json
 import os
@@ -568,6 +569,12 @@ class LoadedFiles:
     def __getitem__(self, i):
         import torch
         return self.rels[i], torch.load(os.path.join(self.root, self.rels[i]))
+
+
+def pack_bytes(store):
+    """Bytes of every pack of a store: a clean run's, or more when a writer
+    left frames it never recorded."""
+    return sum(os.path.getsize(p) for p in glob.glob(os.path.join(str(store), "packs", "*.pack")))
 
 
 class SmallFs:

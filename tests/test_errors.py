@@ -15,7 +15,7 @@ import zipfile
 import pytest
 import torch
 
-from conftest import assert_same, describe, load_bytes
+from conftest import assert_same, describe, load_bytes, pack_bytes
 import sample_table
 
 
@@ -567,10 +567,6 @@ def test_interrupted_import(tmp_path, trees, cltfs_bin, run_cltfs, mount, origin
             assert_same(torch.load(m.p(rel)), originals.get(tree, rel), rel)
 
 
-def _pack_bytes(store):
-    return sum(os.path.getsize(p) for p in glob.glob(os.path.join(store, "packs", "*.pack")))
-
-
 def test_import_out_of_space(tmp_path, trees, run_cltfs, mount, originals, small_fs):
     """An import that fills its filesystem stops with exit 1 naming the file
     and the cause; the store it leaves verifies; once there is room, the
@@ -582,7 +578,7 @@ def test_import_out_of_space(tmp_path, trees, run_cltfs, mount, originals, small
     clean = str(tmp_path / "clean")
     r = run_cltfs("import", clean, tree, "--quiet", timeout=300)
     assert r.returncode == 0, describe(r)
-    need = _pack_bytes(clean)
+    need = pack_bytes(clean)
     store = os.path.join(small_fs.mount(max(need // 2, 1 << 20)), "store")
     r = run_cltfs("import", store, tree, "--quiet", timeout=300)
     assert r.returncode == 1, describe(r)
@@ -592,7 +588,7 @@ def test_import_out_of_space(tmp_path, trees, run_cltfs, mount, originals, small
     small_fs.resize(4 * need)
     r = run_cltfs("import", store, tree, "--quiet", timeout=300)
     assert r.returncode == 0, "import once there is room: " + describe(r)
-    assert _pack_bytes(store) == need, "pack bytes %d, a clean import's %d" % (_pack_bytes(store), need)
+    assert pack_bytes(store) == need, "pack bytes %d, a clean import's %d" % (pack_bytes(store), need)
     assert run_cltfs("verify", store).returncode == 0
     with mount(store) as m:
         for rel in desc["files"]:

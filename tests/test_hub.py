@@ -16,7 +16,7 @@ import time
 import pytest
 import torch
 
-from conftest import assert_same, describe, is_mounted, load_bytes, LoadedFiles
+from conftest import assert_same, describe, is_mounted, load_bytes, LoadedFiles, pack_bytes
 from hfemu import VERSIONS, Hf, IncompleteSnapshotError, Killed, LocalEntryNotFoundError
 from hubserver import Hub, git_blob_sha1
 
@@ -455,9 +455,8 @@ def test_fill_on_a_full_disk(tmp_path, hub, stores, run_cltfs, mount, originals,
     assert r.returncode == 0, describe(r)
     clean = str(tmp_path / "clean")
     assert run_cltfs("pull", STORE_URL, clean, "--quiet", env=env).returncode == 0
-    pack_bytes = [sum(os.path.getsize(p) for p in glob.glob(os.path.join(d, "packs", "*.pack")))
-                  for d in (store, clean)]
-    assert pack_bytes[0] == pack_bytes[1], "dead bytes left in the packs: %s" % pack_bytes
+    assert pack_bytes(store) == pack_bytes(clean), "dead bytes left in the packs: %d, clean %d" % (
+        pack_bytes(store), pack_bytes(clean))
     assert run_cltfs("verify", store).returncode == 0
     hub.stop()
     with mount(store) as m:

@@ -35,7 +35,7 @@ import time
 
 import pytest
 
-from conftest import assert_same, describe, load_bytes
+from conftest import assert_same, describe, load_bytes, pack_bytes
 from test_capture import fp32_store, llava  # noqa: F401 (fixtures)
 from test_hub import STORE_URL, etag_of, hf_env, kill_mount, make_hub, spawn_mount  # noqa: F401 (a fixture)
 
@@ -154,10 +154,6 @@ def _kill_at_random(argv, r, longest, env=None):
     return False
 
 
-def _pack_bytes(store):
-    return sum(os.path.getsize(p) for p in glob.glob(os.path.join(store, "packs", "*.pack")))
-
-
 def _compare_all(mount, store, imp, originals):
     with mount(store) as m:
         for rel in imp.desc["files"]:
@@ -188,7 +184,7 @@ def test_kill_import(tmp_path, trees, cltfs_bin, run_cltfs, mount, originals):
         v = run_cltfs("verify", store)
         assert v.returncode == 0, describe(v)
         # frames a killed run wrote but never recorded are cut off by the next
-        assert _pack_bytes(store) == _pack_bytes(once), "dead bytes left in the packs"
+        assert pack_bytes(store) == pack_bytes(once), "dead bytes left in the packs"
         _compare_all(mount, store, type("I", (), {"desc": desc, "tree": tree}), originals)
         shutil.rmtree(store)
     print("stress kill import: %d kills over %d stores" % (kills, 3 * SCALE))
@@ -215,7 +211,7 @@ def test_kill_pull(tmp_path, stores, cltfs_bin, run_cltfs, mount, originals, mak
         res = run_cltfs("pull", url, store, "--quiet", env=env)
         assert res.returncode == 0, describe(res)
         assert run_cltfs("verify", store).returncode == 0
-        assert _pack_bytes(store) == _pack_bytes(str(tmp_path / "once")), "dead bytes left in the packs"
+        assert pack_bytes(store) == pack_bytes(tmp_path / "once"), "dead bytes left in the packs"
         _compare_all(mount, store, imp, originals)
         shutil.rmtree(store)
     print("stress kill pull: %d kills over %d stores" % (kills, 2 * SCALE))
