@@ -4,7 +4,7 @@
  *   checkpoint - config.json (LlavaConfig; fields the real one leaves out
  *                take transformers' LlamaConfig / CLIPVisionConfig
  *                defaults), safetensors shards (header parsed with cJSON,
- *                data mmapped), either tensor naming
+ *                data read with pread), either tensor naming
  *   tokenizer  - tokenizer.model (SentencePiece) plus the added tokens of
  *                tokenizer_config.json / added_tokens.json, BOS first, each
  *                text segment between added tokens encoded on its own (what

@@ -29,7 +29,6 @@
 #include <cjson/cJSON.h>
 #include <dlfcn.h>
 #include <fcntl.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <torch/torch.h>
 #include <unistd.h>
@@ -43,23 +42,31 @@
 
 using torch::Tensor;
 
-// ---- safetensors: header checked by safetensors.c, data mmapped ----
+// ---- safetensors: header checked by safetensors.c, data read ----
+//
+// Read with pread, not mapped: on a mapping, a page its filesystem cannot
+// read in (an NFS or Lustre I/O error, a shard cut short while loading, a
+// lazily fetched mount that fails) is a SIGBUS that kills the process, the
+// mount daemon too when it captures on a miss.  A read returns the error,
+// which names the shard and tensor.  Each tensor is read once into its own
+// CPU tensor: the one capture keeps when it computes there in that dtype,
+// else a staging copy freed once converted or on the GPU.
 
 struct st_tensor {
-	const uint8_t *data;
+	uint64_t offset;
 	size_t bytes;
 	torch::ScalarType dtype;
 	std::vector<int64_t> shape;
 	std::string file;
+	int fd;
 };
 
 struct st_file {
-	void *map = MAP_FAILED;
-	size_t len = 0;
+	int fd = -1;
 	~st_file()
 	{
-		if (map != MAP_FAILED)
-			munmap(map, len);
+		if (fd >= 0)
+			close(fd);
 	}
 };
 
@@ -68,35 +75,56 @@ static torch::ScalarType st_scalar(cltfs_dtype t)
 	return t == CLTFS_F32 ? torch::kFloat : t == CLTFS_BF16 ? torch::kBFloat16 : torch::kHalf;
 }
 
-// Map one shard and add its tensors; safetensors.c checks the header, and
+// The header of an open shard: its first 8 + header-length bytes, enough
+// for cap_st_parse, which checks the length against the file's size.
+static cltfs_err st_header(int fd, const std::string &path, size_t len, cap_st_header **h)
+{
+	uint8_t n8[8] = {0};
+	if (len < 8)
+		return cap_st_parse(n8, len, path.c_str(), h); /* says: too short */
+	int r = cltfs_pread_full(fd, n8, 8, 0);
+	if (r)
+		return cltfs_fail(CLTFS_E_IO, "%s: %s", path.c_str(), r > 0 ? strerror(r) : "the file ends early");
+	uint64_t hlen = 0;
+	for (int i = 7; i >= 0; i--)
+		hlen = hlen << 8 | n8[i];
+	if (hlen > len - 8 || hlen > CAP_ST_MAX_HEADER)
+		return cap_st_parse(n8, len, path.c_str(), h); /* says: past the file */
+	std::vector<uint8_t> head;
+	try {
+		head.resize(8 + hlen);
+	} catch (const std::bad_alloc &) {
+		return cltfs_fail(CLTFS_E_NOMEM, "%s: out of memory", path.c_str());
+	}
+	if ((r = cltfs_pread_full(fd, head.data(), head.size(), 0)))
+		return cltfs_fail(CLTFS_E_IO, "%s: %s", path.c_str(), r > 0 ? strerror(r) : "the file ends early");
+	return cap_st_parse(head.data(), len, path.c_str(), h);
+}
+
+// Open one shard and add its tensors; safetensors.c checks the header, and
 // its messages name the file and tensor.
 static cltfs_err st_load(const std::string &path, std::vector<std::unique_ptr<st_file>> &files,
 			 std::map<std::string, st_tensor> &out)
 {
-	int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
+	auto f = std::make_unique<st_file>();
+	f->fd = open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+	if (f->fd < 0)
 		return cltfs_fail(errno == ENOENT ? CLTFS_E_NOTFOUND : CLTFS_E_IO, "%s: %s", path.c_str(),
 				  strerror(errno));
 	struct stat st;
-	auto f = std::make_unique<st_file>();
-	if (fstat(fd, &st) == 0 && st.st_size >= 8) {
-		f->len = (size_t)st.st_size;
-		f->map = mmap(NULL, f->len, PROT_READ, MAP_PRIVATE, fd, 0);
-	}
-	close(fd);
-	if (f->map == MAP_FAILED)
-		return cltfs_fail(CLTFS_E_FORMAT, "%s: not a safetensors file (too short or unreadable)", path.c_str());
-	const uint8_t *base = (const uint8_t *)f->map;
+	if (fstat(f->fd, &st) || !S_ISREG(st.st_mode))
+		return cltfs_fail(CLTFS_E_FORMAT, "%s: not a regular file", path.c_str());
 	cap_st_header *h;
-	cltfs_err e = cap_st_parse(base, f->len, path.c_str(), &h);
+	cltfs_err e = st_header(f->fd, path, (size_t)st.st_size, &h);
 	for (size_t i = 0; !e && i < h->n; i++) {
 		const cap_st_tensor &s = h->t[i];
 		st_tensor t;
-		t.data = base + s.offset;
+		t.offset = s.offset;
 		t.bytes = (size_t)s.bytes;
 		t.dtype = st_scalar(s.dtype);
 		t.shape.assign(s.shape, s.shape + s.ndim);
 		t.file = path;
+		t.fd = f->fd;
 		out[s.name] = std::move(t);
 	}
 	if (!e)
@@ -172,17 +200,6 @@ struct cap_model {
 	Tensor inv_freq;
 };
 
-// A 7B checkpoint is 14 GB mapped: once a tensor is on the GPU its pages
-// are dropped from this process (they stay in the page cache for the next
-// load), so host memory does not grow with the model.
-static void release_pages(const uint8_t *p, size_t n)
-{
-	uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE), a = ((uintptr_t)p + page - 1) & ~(page - 1),
-		  b = ((uintptr_t)p + n) & ~(page - 1);
-	if (b > a)
-		madvise((void *)a, b - a, MADV_DONTNEED);
-}
-
 struct loader {
 	std::map<std::string, st_tensor> &t;
 	cap_model *m;
@@ -213,13 +230,16 @@ struct loader {
 				       s.file.c_str(), it->first.c_str(), got.c_str(), want.c_str());
 			return Tensor();
 		}
-		// from_blob on the read-only map: .to() copies (another dtype or
-		// device); a same-dtype CPU tensor is cloned so it is aligned and ours.
-		Tensor raw = torch::from_blob((void *)s.data, s.shape, torch::TensorOptions().dtype(s.dtype));
-		Tensor out = raw.to(m->dev, m->dt);
-		if (m->dev.is_cuda()) // copied (synchronously): its pages leave our RSS, not the page cache
-			release_pages(s.data, s.bytes);
-		return out.data_ptr() == raw.data_ptr() ? out.clone() : out;
+		// .to() returns raw itself when it is already what capture computes
+		// in, else a converted or GPU copy (raw is freed on return).
+		Tensor raw = torch::empty(s.shape, torch::TensorOptions().dtype(s.dtype));
+		int r = cltfs_pread_full(s.fd, raw.data_ptr(), s.bytes, s.offset);
+		if (r) {
+			e = cltfs_fail(CLTFS_E_IO, "%s: reading tensor %s: %s", s.file.c_str(), it->first.c_str(),
+				       r > 0 ? strerror(r) : "the file ends early");
+			return Tensor();
+		}
+		return raw.to(m->dev, m->dt);
 	}
 	Tensor lm(const std::string &n, std::vector<int64_t> shape)
 	{
@@ -391,7 +411,7 @@ extern "C" cltfs_err capimpl_model_load(const cap_load_opts *o, cap_model **out)
 	} catch (const std::exception &x) {
 		return cltfs_fail(CLTFS_E_IO, "%s: loading the model: %s", o->dir, x.what());
 	}
-	m->files.clear(); // every tensor is a copy now: the maps can go
+	m->files.clear(); // every tensor is read: the shards can close
 	*out = m.release();
 	return CLTFS_OK;
 }

@@ -32,8 +32,9 @@ typedef struct {
 	cap_st_tensor *t; /* in the header's order, __metadata__ left out */
 } cap_st_header;
 
-/* Parse and check the header of the file_len bytes at file (path names the
- * file in messages, with the tensor where one is at fault): every tensor
+/* Parse and check the header of a file of file_len bytes; file holds its
+ * first bytes, 8 + the header length at least (the data is not read; path
+ * names the file in messages, with the tensor where one is at fault): every tensor
  * lies inside the file and holds exactly its shape's values.  *out is
  * malloc'd, freed with cap_st_free.  CLTFS_E_FORMAT (too short, a header
  * length past the file, a header that is no JSON object, a shape or data

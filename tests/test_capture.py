@@ -9,6 +9,7 @@ the reference (run pytest with -s to see them)."""
 
 import errno
 import glob
+import hashlib
 import json
 import os
 import re
@@ -819,6 +820,40 @@ def test_truncated_shard(llava, run_cltfs, tmp_path, cut):
     assert r.returncode == 1, describe(r)
     assert "model-00002-of-00002.safetensors" in r.stderr, describe(r)
     assert stat_json(run_cltfs, store)["chunks"] == 0
+
+
+def test_shard_on_failing_filesystem(llava, run_cltfs, tmp_path, mount, make_hub):
+    """Shards are read, not mapped: on a mapping, a page the filesystem
+    cannot read in is a SIGBUS that kills capture (and a mount capturing on
+    a miss).  The checkpoint here sits on a cltfs mount of a plain Hub repo
+    whose download of one shard keeps failing, so its reads fail with EIO:
+    capture exits 1 naming the shard, a mount that captures on a miss
+    answers EIO and lives on; with the download working again capture
+    completes."""
+    from test_hub import hf_env
+    model = llava.model()
+    hub = make_hub()
+    hub.add_repo("me/llava", model)
+    shard = "model-00002-of-00002.safetensors"
+    with open(os.path.join(model, shard), "rb") as f:
+        sha = hashlib.sha256(f.read()).hexdigest()
+    hub.add_fault("^/blobs/" + sha, "truncate", count=1000, after_bytes=4096, server="cdn")
+    env = hf_env(tmp_path, hub, CLTFS_HUB_RETRIES=1, CLTFS_HUB_BACKOFF_MS=10)
+    store = str(tmp_path / "store")
+    with mount("hf://datasets/me/llava", env=env) as m:
+        run_init(run_cltfs, store, m.path, llava.dataset(), "--dtype", "float32", "--quiet")
+        r = run_capture(run_cltfs, store, "--quiet", check=False)
+        assert r.returncode == 1, "capture from a failing shard: " + describe(r)
+        assert shard in r.stderr and "reading tensor" in r.stderr, describe(r)
+        assert stat_json(run_cltfs, store)["chunks"] == 0
+        with mount(store) as s:  # captures on a miss, in the daemon
+            with pytest.raises(OSError) as ei:
+                read_all(s.p("L0", "batch_0_x.pt"))
+            assert ei.value.errno == errno.EIO, ei.value
+            assert s.stats()["errors"] >= 1  # the daemon lives on
+        hub.clear_faults()
+        run_capture(run_cltfs, store, "--quiet")
+    verify_ok(run_cltfs, store)
 
 
 def _edit_header(path, edit):
