@@ -502,6 +502,8 @@ cltfs_err pt_open_mem(const void *buf, size_t len, const char *name, pt_archive 
 cltfs_err pt_check_crcs(const pt_archive *ar, const char *name);
 void pt_close(pt_archive *ar);
 const pt_obj *pt_root(const pt_archive *ar);
+/* The archive's bytes (the mapping pt_open made, or pt_open_mem's buffer). */
+const uint8_t *pt_bytes(const pt_archive *ar, size_t *len);
 /* The tensor's values, contiguous, into dst (numel * dtype size bytes).
  * CLTFS_E_FORMAT when its storage does not hold them. */
 cltfs_err pt_tensor_read(const pt_archive *ar, const pt_obj *t, void *dst);

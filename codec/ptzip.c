@@ -418,6 +418,12 @@ void pt_close(pt_archive *ar)
 
 const pt_obj *pt_root(const pt_archive *ar) { return ar->root; }
 
+const uint8_t *pt_bytes(const pt_archive *ar, size_t *len)
+{
+	*len = ar->len;
+	return ar->map;
+}
+
 static cltfs_err zbad(const char *why) { return cltfs_fail(CLTFS_E_FORMAT, "zip: %s", why); }
 
 static cltfs_err find_end(pt_archive *ar, uint64_t *cd_off, uint64_t *cd_size, uint64_t *count)

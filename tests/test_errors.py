@@ -875,3 +875,42 @@ def test_fifos_do_not_hang(tmp_path, stores, run_cltfs, mount_fails, trees):
     assert rc == 1 and "zz-other.idx" in out and "not a regular file" in out, out
     r = run_cltfs("verify", imp.store, timeout=30)
     assert r.returncode == 1 and "zz-other.idx" in r.stderr + r.stdout, describe(r)
+
+
+def test_import_from_failing_filesystem(tmp_path, stores, trees, run_cltfs, mount, originals):
+    """Import reads its sources through a mapping, where a page the source's
+    filesystem cannot read (an NFS or Lustre I/O error, a file cut short
+    while read) is a SIGBUS, not an error return.  The source here is a
+    mount of a store with a damaged pack, whose reads of the damaged chunks
+    fail with EIO: import exits 1 naming that file, never dies of the
+    signal; the store it leaves verifies, and an import from the good tree
+    completes it."""
+    imp = stores.copy("s1_bf16", tmp_path / "damaged")
+    pack = sorted(glob.glob(os.path.join(imp.store, "packs", "*.pack")), key=os.path.getsize)[-1]
+    with open(pack, "r+b") as f:
+        f.seek(os.path.getsize(pack) // 2)
+        b = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([b[0] ^ 0x5A]))
+    store = str(tmp_path / "store")
+    with mount(imp.store) as m:
+        eio = []
+        for rel in imp.desc["files"]:
+            try:
+                read_all(m.p(rel))
+            except OSError as e:
+                assert e.errno == errno.EIO, "%s: %s" % (rel, e)
+                eio.append(m.p(rel))
+        assert eio, "the flipped byte damaged no file"
+        r = run_cltfs("import", store, m.path, "--quiet", timeout=300)
+    assert r.returncode == 1, "import from a failing source: " + describe(r)
+    named = [p for p in eio if p in r.stderr]
+    assert named and "I/O error" in r.stderr, describe(r)
+    assert "run the import again" in r.stderr, describe(r)
+    v = run_cltfs("verify", store)
+    assert v.returncode == 0, describe(v)
+    r = run_cltfs("import", store, imp.tree, "--quiet", timeout=300)
+    assert r.returncode == 0, "import from the good tree: " + describe(r)
+    with mount(store) as m:
+        for rel in imp.desc["files"]:
+            assert_same(torch.load(m.p(rel)), originals.get(imp.tree, rel), rel)

@@ -25,6 +25,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -182,11 +183,68 @@ static void shape_str(const pt_obj *t, char *buf, size_t n)
 		snprintf(buf + at, n - at, "]");
 }
 
-static cltfs_err open_pt(const char *path, pt_archive **ar)
+/* A source file is read through a mapping (pt_open).  A page that cannot
+ * be read in (an I/O error on NFS or Lustre, a file cut short while we read
+ * it) raises SIGBUS, not an error return.  The handler names the file and
+ * exits 1, leaving the store as a kill would: every batch made durable so
+ * far is kept and a re-run goes on from there (test_kill_import).  Import
+ * opens one source at a time; while pt_open maps and parses it, its range
+ * is not known yet (base NULL), and nothing else is read then. */
+static struct {
+	const char *volatile path;
+	const uint8_t *volatile base;
+	volatile size_t len;
+} src_now;
+static volatile sig_atomic_t mid_line; /* a progress line waits for its end */
+
+static void say(const char *s)
 {
+	size_t n = strlen(s);
+	while (n) {
+		ssize_t w = write(2, s, n);
+		if (w <= 0)
+			return;
+		s += w;
+		n -= (size_t)w;
+	}
+}
+
+static void on_sigbus(int sig, siginfo_t *si, void *ctx)
+{
+	(void)ctx;
+	const uint8_t *a = si->si_addr, *b = src_now.base;
+	const char *path = src_now.path;
+	if (path && (!b || (a >= b && a < b + src_now.len))) {
+		say(mid_line ? "\ncltfs: " : "cltfs: ");
+		say(path);
+		say(": reading it failed (an I/O error, or the file was cut short while being imported); the batches "
+		    "imported before it are kept: run the import again\n");
+		_exit(1);
+	}
+	signal(sig, SIG_DFL); /* not a source's page: fault again, unhandled */
+}
+
+static void close_src(pt_archive *ar)
+{
+	src_now.path = NULL;
+	pt_close(ar);
+}
+
+/* Open a source file; check_crcs reads every byte against its record's CRC. */
+static cltfs_err open_src(const char *path, pt_archive **ar, bool check_crcs)
+{
+	src_now.base = NULL;
+	src_now.path = path;
 	cltfs_err e = pt_open(path, ar);
-	if (!e && (e = pt_check_crcs(*ar, path))) {
-		pt_close(*ar);
+	if (e) {
+		src_now.path = NULL;
+		return e;
+	}
+	size_t len;
+	src_now.base = pt_bytes(*ar, &len);
+	src_now.len = len;
+	if (check_crcs && (e = pt_check_crcs(*ar, path))) {
+		close_src(*ar);
 		*ar = NULL;
 	}
 	return e;
@@ -221,7 +279,7 @@ static cltfs_err plan_batches(plan *p)
 		char path[PATH_MAX];
 		file_path(p, p->layers[0], k, 'x', path, sizeof path);
 		pt_archive *ar;
-		cltfs_err e = k ? pt_open(path, &ar) : open_pt(path, &ar);
+		cltfs_err e = open_src(path, &ar, k == 0);
 		if (e)
 			return e;
 		const char *key;
@@ -238,7 +296,7 @@ static cltfs_err plan_batches(plan *p)
 			e = cltfs_fail(CLTFS_E_MISMATCH, "%s: x is %s %s under key '%s'; batch 0 set %s under key '%s'",
 				       path, cltfs_dtype_name(t->u.t.dtype), sh, key, cltfs_dtype_name(p->m->dtype),
 				       p->m->x_key);
-		pt_close(ar);
+		close_src(ar);
 		if (e)
 			return e;
 	}
@@ -290,7 +348,7 @@ static cltfs_err plan_targets(plan *p)
 		char path[PATH_MAX];
 		file_path(p, L, 0, 'y', path, sizeof path);
 		pt_archive *ar;
-		if ((e = open_pt(path, &ar)))
+		if ((e = open_src(path, &ar, true)))
 			break;
 		const pt_obj *y, *tg;
 		int64_t nt;
@@ -323,7 +381,7 @@ static cltfs_err plan_targets(plan *p)
 				clip_layers = L + p->o->target_offset + n;
 			}
 		}
-		pt_close(ar);
+		close_src(ar);
 	}
 	if (e)
 		return e;
@@ -640,7 +698,7 @@ static cltfs_err import_x(run *r, int li, int64_t k)
 	char path[PATH_MAX];
 	file_path(p, p->layers[li], k, 'x', path, sizeof path);
 	pt_archive *ar;
-	cltfs_err e = open_pt(path, &ar);
+	cltfs_err e = open_src(path, &ar, true);
 	if (e)
 		return e;
 	const char *key;
@@ -657,7 +715,7 @@ static cltfs_err import_x(run *r, int li, int64_t k)
 		e = put_stream(r, CLTFS_STREAM_X, p->layers[li], k, data, p->layers[li], 0);
 	if (!e)
 		e = verify_file(r, path, ar, li, k, 0);
-	pt_close(ar);
+	close_src(ar);
 	return e;
 }
 
@@ -669,7 +727,7 @@ static cltfs_err import_y(run *r, int li, int64_t k)
 	char path[PATH_MAX];
 	file_path(p, L, k, 'y', path, sizeof path);
 	pt_archive *ar;
-	cltfs_err e = open_pt(path, &ar);
+	cltfs_err e = open_src(path, &ar, true);
 	if (e)
 		return e;
 	const pt_obj *y, *tg;
@@ -701,7 +759,7 @@ static cltfs_err import_y(run *r, int li, int64_t k)
 	}
 	if (!e) /* y must equal targets[0]: the view serves one tensor for both */
 		e = verify_file(r, path, ar, li, k, 1);
-	pt_close(ar);
+	close_src(ar);
 	return e;
 }
 
@@ -714,6 +772,7 @@ static void progress(run *r, int64_t k, bool tty, bool done)
 		(long long)r->p->nbatches, (unsigned long long)r->files,
 		dt > 0 ? (double)r->bytes_done / 1e6 / dt : 0.0, done ? "\n" : "   ");
 	fflush(stderr);
+	mid_line = !done;
 }
 
 static uint64_t file_size(const char *path)
@@ -785,6 +844,9 @@ static cltfs_err prepare_store(const char *store, const cltfs_manifest *m, int c
 int cmd_import(const char *store, const char *src, const import_opts *o)
 {
 	plan p = {.src = src, .o = o, .t0 = cltfs_now()};
+	struct sigaction sa = {.sa_sigaction = on_sigbus, .sa_flags = SA_SIGINFO};
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGBUS, &sa, NULL);
 	run r = {.p = &p};
 	cltfs_err e = (p.m = cltfs_manifest_new()) ? CLTFS_OK : cltfs_fail(CLTFS_E_NOMEM, "out of memory");
 	if (!e)
@@ -824,6 +886,6 @@ int cmd_import(const char *store, const char *src, const import_opts *o)
 	free(r.piece);
 	free(r.own);
 	if (e)
-		fprintf(stderr, "cltfs: %s\n", cltfs_errmsg());
+		fprintf(stderr, "%scltfs: %s\n", mid_line ? "\n" : "", cltfs_errmsg());
 	return e ? 1 : 0;
 }
