@@ -60,6 +60,8 @@ cltfs_err cltfs_read_file(const char *path, char **out, size_t *len);
 /* Replace path with data durably and atomically: a temporary file,
  * fsync, rename, fsync of the directory.  No reader sees half a file. */
 cltfs_err cltfs_write_atomic(const char *path, const void *data, size_t len);
+/* The same with the first len bytes of the file src (read with pread). */
+cltfs_err cltfs_write_atomic_from(const char *path, int src, uint64_t len);
 /* mkdir -p of the first len bytes of path (strlen(path): all of it). */
 cltfs_err cltfs_mkdirs(const char *path, size_t len);
 /* Seconds on the monotonic clock, for rates and progress. */
@@ -216,28 +218,36 @@ enum { CLTFS_PAD_ZERO = 0, CLTFS_PAD_CLIP = 1 };
 enum { CLTFS_SHAPE_STD = 0, CLTFS_SHAPE_S1TD = 1, CLTFS_SHAPE_FLAT = 2 };
 
 /* The sample table, samples.bin (samples.c): every sample's rows, an
- * imported tree's batch shapes, a captured store's sample strings; mapped
- * read-only, every section checked against its CRC at open. */
+ * imported tree's batch shapes, a captured store's sample strings; every
+ * section checked against its CRC at open.  Rows and shapes are read into
+ * memory; the strings stay in the file and are read when asked for.  No
+ * part is mapped: a page that the file's filesystem (NFS, Lustre, a FUSE
+ * mount) fails to read in is a SIGBUS through a mapping, an error here. */
 typedef struct {
-	const uint8_t *map;      /* the file's bytes (a memfd for a table built in memory) */
-	size_t map_len;
+	int fd;                  /* the file (a memfd for a table built in memory) */
+	char *path;              /* its name, for messages */
+	uint64_t len;            /* its size */
 	uint64_t n;              /* samples */
 	uint64_t nb;             /* explicit batches (an imported tree's shapes), or 0 */
-	const uint32_t *rows;    /* n: rows of each sample */
-	const uint32_t *batches; /* nb pairs (S, T), or NULL */
-	const uint64_t *offsets; /* n + 1: each sample's strings in blob, or NULL */
-	const char *blob;
-	uint64_t blob_len;
+	uint32_t *rows;          /* n: rows of each sample */
+	uint32_t *batches;       /* nb pairs (S, T), or NULL */
+	bool strings;            /* has each sample's id, image and text */
+	uint64_t offsets_at;     /* where the n + 1 string offsets lie in the file */
+	uint64_t blob_at, blob_len; /* where the strings lie */
 	uint32_t crc;            /* the header's CRC-32: cltfs.json records it */
 } cltfs_table;
-/* Map and check path: CLTFS_E_NOTFOUND, _IO, _CORRUPT (a bad header, a
- * truncated file, a section that fails its CRC: the message says which),
- * _UNSUPPORTED (another version), _FORMAT (not a regular file), _NOMEM. */
+/* Read and check path: CLTFS_E_NOTFOUND, _IO (naming the file and the
+ * failed read), _CORRUPT (a bad header, a truncated file, a section that
+ * fails its CRC: the message says which), _UNSUPPORTED (another version),
+ * _FORMAT (not a regular file), _NOMEM. */
 cltfs_err cltfs_table_open(const char *path, cltfs_table **out);
 void cltfs_table_close(cltfs_table *t);
-/* Sample i's id, image and text (NUL-terminated, in the map); false when
- * the table has none or they are malformed. */
-bool cltfs_table_strings(const cltfs_table *t, uint64_t i, const char **id, const char **image, const char **text);
+/* Sample i's id, image and text, read from the file into *buf (malloc'd,
+ * NUL-terminated strings the three point into; the caller frees it):
+ * CLTFS_E_NOTFOUND (the table has no strings), _CORRUPT (malformed), _IO,
+ * _NOMEM, each message naming the file and the sample. */
+cltfs_err cltfs_table_strings(const cltfs_table *t, uint64_t i, char **buf, const char **id, const char **image,
+			      const char **text);
 /* Write t's bytes to path atomically: CLTFS_E_IO. */
 cltfs_err cltfs_table_save(const cltfs_table *t, const char *path);
 /* A table from len bytes in memory (copied; name is for messages): what a
@@ -346,9 +356,9 @@ cltfs_batch cltfs_manifest_batch(const cltfs_manifest *m, int64_t b);
 /* Rows of sample i, and its first row in the row stream. */
 int64_t cltfs_manifest_sample_rows(const cltfs_manifest *m, int64_t i);
 int64_t cltfs_manifest_sample_row(const cltfs_manifest *m, int64_t i);
-/* Sample i's id, image and text; false when the store has none. */
-bool cltfs_manifest_sample_text(const cltfs_manifest *m, int64_t i, const char **id, const char **image,
-				const char **text);
+/* Sample i's id, image and text: cltfs_table_strings. */
+cltfs_err cltfs_manifest_sample_text(const cltfs_manifest *m, int64_t i, char **buf, const char **id,
+				     const char **image, const char **text);
 /* The chunk containing row (row < total_rows). */
 int64_t cltfs_manifest_chunk_of(const cltfs_manifest *m, int64_t row);
 /* The first row of chunk c (c <= n_chunks: n_chunks gives total_rows), its

@@ -62,27 +62,51 @@ cltfs_err cltfs_mkdirs(const char *path, size_t len)
 	}
 }
 
-cltfs_err cltfs_write_atomic(const char *path, const void *data, size_t len)
+/* All of data to fd: 0 or an errno. */
+static int write_all(int fd, const void *data, size_t len)
+{
+	for (size_t done = 0; done < len;) {
+		ssize_t w = write(fd, (const char *)data + done, len - done);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0)
+			return w < 0 ? errno : EIO;
+		done += (size_t)w;
+	}
+	return 0;
+}
+
+/* len bytes of src from its start to fd: 0, an errno of either side, or -1
+ * when src ends first (its message is the caller's to say). */
+static int copy_fd(int fd, int src, uint64_t len)
+{
+	char buf[1 << 16];
+	for (uint64_t done = 0; done < len;) {
+		size_t k = len - done < sizeof buf ? (size_t)(len - done) : sizeof buf;
+		int r = cltfs_pread_full(src, buf, k, done);
+		if (r || (r = write_all(fd, buf, k)))
+			return r;
+		done += k;
+	}
+	return 0;
+}
+
+/* Replace path, by way of a temporary file beside it, with len bytes of
+ * data or, when data is NULL, the first len bytes of the file src. */
+static cltfs_err write_atomic(const char *path, const void *data, int src, uint64_t len)
 {
 	char tmp[4096];
 	snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
 	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
 	if (fd < 0)
 		return cltfs_fail(CLTFS_E_IO, "%s: %s", tmp, strerror(errno));
-	size_t done = 0;
-	while (done < len) {
-		ssize_t w = write(fd, (const char *)data + done, len - done);
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w <= 0)
-			break;
-		done += (size_t)w;
-	}
-	if (done < len || fsync(fd) < 0) {
-		int err = errno ? errno : EIO;
+	int r = data || !len ? write_all(fd, data, (size_t)len) : copy_fd(fd, src, len);
+	if (!r && fsync(fd) < 0)
+		r = errno;
+	if (r) {
 		close(fd);
 		unlink(tmp);
-		return cltfs_fail(CLTFS_E_IO, "%s: %s", tmp, strerror(err));
+		return cltfs_fail(CLTFS_E_IO, "%s: %s", tmp, r < 0 ? "its source ended early" : strerror(r));
 	}
 	close(fd);
 	if (rename(tmp, path) < 0) {
@@ -102,6 +126,16 @@ cltfs_err cltfs_write_atomic(const char *path, const void *data, size_t len)
 		close(dfd);
 	}
 	return CLTFS_OK;
+}
+
+cltfs_err cltfs_write_atomic(const char *path, const void *data, size_t len)
+{
+	return write_atomic(path, data, -1, len);
+}
+
+cltfs_err cltfs_write_atomic_from(const char *path, int src, uint64_t len)
+{
+	return write_atomic(path, NULL, src, len);
 }
 
 double cltfs_now(void)

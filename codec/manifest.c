@@ -145,10 +145,10 @@ int cltfs_manifest_targets_of(const cltfs_manifest *m, int layer)
 
 int64_t cltfs_manifest_sample_rows(const cltfs_manifest *m, int64_t i) { return m->table->rows[i]; }
 
-bool cltfs_manifest_sample_text(const cltfs_manifest *m, int64_t i, const char **id, const char **image,
-				const char **text)
+cltfs_err cltfs_manifest_sample_text(const cltfs_manifest *m, int64_t i, char **buf, const char **id,
+				     const char **image, const char **text)
 {
-	return cltfs_table_strings(m->table, (uint64_t)i, id, image, text);
+	return cltfs_table_strings(m->table, (uint64_t)i, buf, id, image, text);
 }
 
 /* Batch b's samples (S), rows and longest sample (T), b's first sample

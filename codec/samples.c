@@ -3,8 +3,13 @@
  * cltfs.json stays small and fixed (the model, layers, dtype, options); what
  * grows with the dataset, every sample's rows and (for a captured store)
  * its id, image and text, and an imported tree's batch shapes, is a binary
- * table beside it, read with mmap: a mount at 10^6 samples reads 4 MB of
- * rows, not a 100 MB JSON document.  Little-endian, sections 8-byte aligned:
+ * table beside it: a mount at 10^6 samples reads 4 MB of rows, not a 100 MB
+ * JSON document.  It is read with pread, never mapped: the store may sit on
+ * NFS or Lustre, where a page the server fails to deliver is a SIGBUS
+ * through a mapping (the daemon gone, every reader's mount with it) and an
+ * error through a read.  Rows and shapes live in memory (4 and 8 bytes a
+ * sample); the strings, which only capture asks for, stay in the file.
+ * Little-endian, sections 8-byte aligned:
  *
  *   header   128 bytes: "CLTFSSM1", version 1, flags, counts, the CRC-32 of
  *            each section, and the header's own CRC-32 (the last 4 bytes)
@@ -28,7 +33,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
+#include <sys/mman.h> /* memfd_create */
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -67,8 +72,11 @@ void cltfs_table_close(cltfs_table *t)
 {
 	if (!t)
 		return;
-	if (t->map)
-		munmap((void *)t->map, t->map_len);
+	if (t->fd >= 0)
+		close(t->fd);
+	free(t->rows);
+	free(t->batches);
+	free(t->path);
 	free(t);
 }
 
@@ -77,73 +85,112 @@ static cltfs_err bad(const char *path, const char *why)
 	return cltfs_fail(CLTFS_E_CORRUPT, "%s: %s: the sample table is damaged", path, why);
 }
 
-/* Point the table's sections into the map and check every CRC. */
-static cltfs_err attach(cltfs_table *t, const uint8_t *m, size_t len, const char *path)
+static cltfs_err read_error(const char *path, int r, uint64_t off)
 {
-	if (len < HEADER || memcmp(m, MAGIC, 8))
-		return len < HEADER ? bad(path, "shorter than its header") : bad(path, "not a cltfs sample table");
-	if (get32(m + 124) != cltfs_crc32(0, m, 124))
+	return cltfs_fail(r < 0 ? CLTFS_E_CORRUPT : CLTFS_E_IO, "%s: reading the sample table at byte %llu: %s", path,
+			  (unsigned long long)off, r < 0 ? "the file ends early (cut short while read?)" : strerror(r));
+}
+
+/* len bytes of the file at off, into `into` (NULL: only checksummed), and
+ * their CRC-32, which must be want; what names the section in messages. */
+static cltfs_err read_section(const cltfs_table *t, const char *path, uint64_t off, uint64_t len, void *into,
+			      uint32_t want, const char *what)
+{
+	enum { STEP = 1 << 20 };
+	uint8_t *stage = into || !len ? NULL : malloc(len < STEP ? (size_t)len : STEP);
+	if (!into && len && !stage)
+		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	uint32_t crc = 0;
+	cltfs_err e = CLTFS_OK;
+	for (uint64_t done = 0; !e && done < len;) {
+		size_t k = len - done < STEP ? (size_t)(len - done) : STEP;
+		uint8_t *p = into ? (uint8_t *)into + done : stage;
+		int r = cltfs_pread_full(t->fd, p, k, off + done);
+		if (r)
+			e = read_error(path, r, off + done);
+		crc = cltfs_crc32(crc, p, k);
+		done += k;
+	}
+	free(stage);
+	if (!e && crc != want) {
+		char why[64];
+		snprintf(why, sizeof why, "its %s fail their checksum", what);
+		e = bad(path, why);
+	}
+	return e;
+}
+
+/* Check t's header (the file's first bytes) and read its sections. */
+static cltfs_err load(cltfs_table *t, const char *path)
+{
+	uint8_t h[HEADER];
+	int r = t->len < HEADER ? 0 : cltfs_pread_full(t->fd, h, HEADER, 0);
+	if (t->len < HEADER || r < 0)
+		return bad(path, "shorter than its header");
+	if (r)
+		return read_error(path, r, 0);
+	if (memcmp(h, MAGIC, 8))
+		return bad(path, "not a cltfs sample table");
+	if (get32(h + 124) != cltfs_crc32(0, h, 124))
 		return bad(path, "its header fails its checksum");
-	if (get32(m + 8) != 1)
+	if (get32(h + 8) != 1)
 		return cltfs_fail(CLTFS_E_UNSUPPORTED, "%s: sample table version %u (this cltfs reads 1)", path,
-				  get32(m + 8));
-	uint32_t flags = get32(m + 12);
-	uint64_t n = get64(m + 16), nb = get64(m + 24), blob_len = get64(m + 32);
+				  get32(h + 8));
+	uint32_t flags = get32(h + 12);
+	uint64_t n = get64(h + 16), nb = get64(h + 24), blob_len = get64(h + 32);
 	if (flags & ~(F_BATCHES | F_STRINGS) || !n || n > MAX_SAMPLES || nb > n || (!(flags & F_BATCHES)) != !nb ||
-	    blob_len > len)
+	    blob_len > t->len)
 		return bad(path, "its header holds impossible counts");
 	layout l = layout_of(n, nb, flags & F_STRINGS, blob_len);
-	if (l.end != len)
-		return bad(path, len < l.end ? "truncated" : "longer than its header says");
-	const uint32_t want[4] = {get32(m + 40), get32(m + 44), get32(m + 48), get32(m + 52)};
-	const uint64_t from[4] = {l.rows, l.batches, l.offsets, l.blob}, to[4] = {l.batches, l.offsets, l.blob, l.end};
-	static const char *const what[4] = {"rows", "batch shapes", "string offsets", "strings"};
-	for (int i = 0; i < 4; i++)
-		if (cltfs_crc32(0, m + from[i], to[i] - from[i]) != want[i]) {
-			char why[64];
-			snprintf(why, sizeof why, "its %s fail their checksum", what[i]);
-			return bad(path, why);
-		}
+	if (l.end != t->len)
+		return bad(path, t->len < l.end ? "truncated" : "longer than its header says");
+	/* the rows section with its padding, so that its CRC covers both */
+	if (!(t->rows = malloc(l.batches - l.rows)) || (nb && !(t->batches = malloc(8 * nb))))
+		return cltfs_fail(CLTFS_E_NOMEM, "%s: out of memory for %llu samples", path, (unsigned long long)n);
+	cltfs_err e = read_section(t, path, l.rows, l.batches - l.rows, t->rows, get32(h + 40), "rows");
+	if (!e)
+		e = read_section(t, path, l.batches, 8 * nb, t->batches, get32(h + 44), "batch shapes");
+	if (!e)
+		e = read_section(t, path, l.offsets, l.blob - l.offsets, NULL, get32(h + 48), "string offsets");
+	if (!e)
+		e = read_section(t, path, l.blob, blob_len, NULL, get32(h + 52), "strings");
+	if (e)
+		return e;
 	t->n = n;
 	t->nb = nb;
-	t->rows = (const uint32_t *)(m + l.rows);
-	t->batches = nb ? (const uint32_t *)(m + l.batches) : NULL;
-	t->offsets = flags & F_STRINGS ? (const uint64_t *)(m + l.offsets) : NULL;
-	t->blob = (const char *)(m + l.blob);
+	t->strings = flags & F_STRINGS;
+	t->offsets_at = l.offsets;
+	t->blob_at = l.blob;
 	t->blob_len = blob_len;
-	t->crc = get32(m + 124);
-	if (t->offsets && (t->offsets[0] || t->offsets[n] != blob_len))
-		return bad(path, "its string offsets do not cover the strings");
+	t->crc = get32(h + 124);
+	uint8_t ends[8];
+	if (t->strings && ((r = cltfs_pread_full(t->fd, ends, 8, l.offsets)) || get64(ends) ||
+			   (r = cltfs_pread_full(t->fd, ends, 8, l.offsets + 8 * n)) || get64(ends) != blob_len))
+		return r ? read_error(path, r, l.offsets) : bad(path, "its string offsets do not cover the strings");
 	return CLTFS_OK;
 }
 
-/* Map the regular file fd (closed here) and check it as a table. */
+/* Read and check the regular file fd (kept by the table, closed on error). */
 static cltfs_err open_fd(int fd, const char *path, cltfs_table **out)
 {
 	struct stat st;
 	cltfs_err e = fstat(fd, &st) ? cltfs_fail(CLTFS_E_IO, "%s: %s", path, strerror(errno))
 		      : !S_ISREG(st.st_mode) ? cltfs_fail(CLTFS_E_FORMAT, "%s: not a regular file", path)
-		      : st.st_size < HEADER ? bad(path, "shorter than its header")
 		      : (uint64_t)st.st_size > MAX_TABLE ? cltfs_fail(CLTFS_E_FORMAT, "%s: larger than %llu GiB", path,
 								       (unsigned long long)(MAX_TABLE >> 30))
 					      : CLTFS_OK;
 	cltfs_table *t = e ? NULL : calloc(1, sizeof *t);
 	if (!e && !t)
 		e = cltfs_fail(CLTFS_E_NOMEM, "out of memory");
-	void *m = e ? MAP_FAILED : mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
-	if (!e && m == MAP_FAILED)
-		e = cltfs_fail(CLTFS_E_IO, "%s: mmap: %s", path, strerror(errno));
-	close(fd);
-	if (!e) {
-		t->map = m;
-		t->map_len = (size_t)st.st_size;
-		e = attach(t, m, (size_t)st.st_size, path);
-		/* The check read every page: let them go from this process's
-		 * memory (they stay in the page cache), so that a daemon keeps
-		 * only what it reads again, the rows mostly. */
-		madvise(m, (size_t)st.st_size, MADV_DONTNEED);
-	}
 	if (e) {
+		close(fd);
+		return e;
+	}
+	t->fd = fd;
+	t->len = (uint64_t)st.st_size;
+	if (!(t->path = strdup(path)))
+		e = cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	if (e || (e = load(t, path))) {
 		cltfs_table_close(t);
 		return e;
 	}
@@ -160,28 +207,53 @@ cltfs_err cltfs_table_open(const char *path, cltfs_table **out)
 	return open_fd(fd, path, out);
 }
 
-bool cltfs_table_strings(const cltfs_table *t, uint64_t i, const char **id, const char **image, const char **text)
+/* The longest id + image + text a sample may have: a bound on what one
+ * damaged offset could make us allocate. */
+#define MAX_SAMPLE_STRINGS ((uint64_t)64 << 20)
+
+/* Why sample i's strings cannot be had: a read's result r (an errno, or -1
+ * for a file that ends early), or 0 for strings that do not parse. */
+static cltfs_err strings_fail(const cltfs_table *t, uint64_t i, int r)
 {
-	if (!t->offsets || i >= t->n)
-		return false;
-	uint64_t a = t->offsets[i], b = t->offsets[i + 1];
-	if (a > b || b > t->blob_len)
-		return false;
-	const char *s = t->blob + a, *end = t->blob + b;
-	const char *p[3];
-	for (int k = 0; k < 3; k++) { /* three NUL-terminated strings, no more */
-		const char *z = memchr(s, 0, (size_t)(end - s));
-		if (!z)
-			return false;
-		p[k] = s;
-		s = z + 1;
+	return cltfs_fail(r > 0 ? CLTFS_E_IO : CLTFS_E_CORRUPT, "%s: sample %llu: %s", t->path, (unsigned long long)i,
+			  r > 0 ? strerror(r) : r < 0 ? "the file ends early" : "its strings are damaged");
+}
+
+cltfs_err cltfs_table_strings(const cltfs_table *t, uint64_t i, char **buf, const char **id, const char **image,
+			      const char **text)
+{
+	*buf = NULL;
+	if (!t->strings || i >= t->n)
+		return cltfs_fail(CLTFS_E_NOTFOUND, "%s: no text for sample %llu", t->path, (unsigned long long)i);
+	uint8_t o[16];
+	int r = cltfs_pread_full(t->fd, o, sizeof o, t->offsets_at + 8 * i);
+	uint64_t a = get64(o), b = get64(o + 8);
+	if (r || a > b || b > t->blob_len || b - a > MAX_SAMPLE_STRINGS)
+		return strings_fail(t, i, r);
+	char *s = malloc(b - a + 1);
+	if (!s)
+		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	if ((r = cltfs_pread_full(t->fd, s, b - a, t->blob_at + a))) {
+		free(s);
+		return strings_fail(t, i, r);
 	}
-	if (s != end)
-		return false;
-	*id = p[0];
-	*image = p[1];
-	*text = p[2];
-	return true;
+	const char *p = s, *end = s + (b - a), *q[3];
+	for (int k = 0; k < 3; k++) { /* three NUL-terminated strings, no more */
+		const char *z = memchr(p, 0, (size_t)(end - p));
+		if (!z)
+			break;
+		q[k] = p;
+		p = z + 1;
+		if (k == 2 && p == end) {
+			*buf = s;
+			*id = q[0];
+			*image = q[1];
+			*text = q[2];
+			return CLTFS_OK;
+		}
+	}
+	free(s);
+	return strings_fail(t, i, 0);
 }
 
 /* ---- writing ---- */
@@ -335,7 +407,7 @@ static bool write_close(cltfs_table_writer *w, FILE *f)
 	return ok;
 }
 
-/* The table in an anonymous file (memfd), mapped as a file would be. */
+/* The table in an anonymous file (memfd), read as a file would be. */
 static cltfs_err finish_in_memory(cltfs_table_writer *w, cltfs_table **out)
 {
 	int fd = memfd_create("cltfs-samples", MFD_CLOEXEC), fd2 = fd >= 0 ? dup(fd) : -1;
@@ -383,7 +455,7 @@ cltfs_err cltfs_table_writer_finish(cltfs_table_writer *w, const char *path, clt
 
 cltfs_err cltfs_table_save(const cltfs_table *t, const char *path)
 {
-	return cltfs_write_atomic(path, t->map, t->map_len);
+	return cltfs_write_atomic_from(path, t->fd, t->len);
 }
 
 cltfs_err cltfs_table_from_bytes(const void *buf, size_t len, const char *name, cltfs_table **out)

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from conftest import assert_same, describe, load_bytes, pack_bytes
+from test_hub import make_hub  # noqa: F401 (a fixture)
 import sample_table
 
 
@@ -875,6 +876,43 @@ def test_fifos_do_not_hang(tmp_path, stores, run_cltfs, mount_fails, trees):
     assert rc == 1 and "zz-other.idx" in out and "not a regular file" in out, out
     r = run_cltfs("verify", imp.store, timeout=30)
     assert r.returncode == 1 and "zz-other.idx" in r.stderr + r.stdout, describe(r)
+
+
+def test_store_on_failing_filesystem(tmp_path, stores, run_cltfs, mount, mount_fails, make_hub, originals):
+    """The sample table is read, never mapped: a store on NFS or Lustre
+    whose server fails a read would otherwise SIGBUS whatever maps
+    samples.bin (a mount's daemon, and every reader of it, with it).  The
+    store here sits on a cltfs mount of a plain Hub repo whose download of
+    samples.bin keeps failing, so reads of it fail with EIO: stat, verify
+    and a mount exit 1 naming the file and the I/O error; with the download
+    working again the same store mounts and serves every file as written."""
+    from test_hub import hf_env
+    imp = stores.get("s1_bf16")
+    files = {}
+    for d, _, names in os.walk(imp.store):
+        for name in names:
+            path = os.path.join(d, name)
+            with open(path, "rb") as f:
+                files["store/" + os.path.relpath(path, imp.store)] = f.read()
+    hub = make_hub()
+    hub.add_repo("me/shelf", files)
+    hub.add_fault(r"/store/samples\.bin$", "500", count=1000)
+    env = hf_env(tmp_path, hub, CLTFS_HUB_RETRIES=1, CLTFS_HUB_BACKOFF_MS=10)
+    with mount("hf://datasets/me/shelf", env=env) as m:
+        store = m.p("store")
+        table = os.path.join(store, "samples.bin")
+        assert os.path.getsize(table) == len(files["store/samples.bin"])  # it lists, it does not read
+        for cmd in ("stat", "verify"):
+            r = run_cltfs(cmd, store, timeout=60)
+            assert r.returncode == 1, "%s of a store whose table cannot be read: %s" % (cmd, describe(r))
+            assert table in r.stderr and "Input/output error" in r.stderr, describe(r)
+        rc, out = mount_fails(store)
+        assert rc == 1 and table in out and "Input/output error" in out, (rc, out)
+        hub.clear_faults()
+        with mount(store) as s:
+            for rel in imp.desc["files"]:
+                assert_same(torch.load(s.p(rel)), originals.get(imp.tree, rel), rel)
+        assert run_cltfs("verify", store, timeout=60).returncode == 0
 
 
 def test_import_from_failing_filesystem(tmp_path, stores, trees, run_cltfs, mount, originals):

@@ -376,18 +376,20 @@ cltfs_err capturer_load(capturer *c)
 	return CLTFS_OK;
 }
 
-/* The model's input for sample si: its rows must be what init counted. */
-static cltfs_err prepare(capturer *c, int64_t si, cap_sample *s, char *img, size_t imgn)
+/* The model's input for sample si: its rows must be what init counted.
+ * *strings holds the sample's id (its first string), image and text, which
+ * s points into; the caller frees it after the forward pass. */
+static cltfs_err prepare(capturer *c, int64_t si, cap_sample *s, char *img, size_t imgn, char **strings)
 {
 	const char *id, *image, *text;
-	if (!cltfs_manifest_sample_text(c->m, si, &id, &image, &text))
-		return cltfs_fail(CLTFS_E_CORRUPT, "%s: sample %lld has no text in the sample table",
-				  store_dir(c->s), (long long)si);
+	cltfs_err e = cltfs_manifest_sample_text(c->m, si, strings, &id, &image, &text);
+	if (e)
+		return e;
 	int64_t want = cltfs_manifest_sample_rows(c->m, si);
 	char *prompt = cap_prompt(c->m->prompt_template, text);
 	int32_t *ids = NULL;
 	size_t n = 0;
-	cltfs_err e = prompt ? cap_tokenize(c->tok, prompt, &ids, &n) : cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	e = prompt ? cap_tokenize(c->tok, prompt, &ids, &n) : cltfs_fail(CLTFS_E_NOMEM, "out of memory");
 	free(prompt);
 	if (!e && cap_rows(&c->cfg, ids, n) != want)
 		e = cltfs_fail(CLTFS_E_MISMATCH, "sample %s: the tokenizer gives %lld rows, the manifest %lld: the "
@@ -402,19 +404,20 @@ static cltfs_err prepare(capturer *c, int64_t si, cap_sample *s, char *img, size
 static cltfs_err run_samples(capturer *c, int64_t first, int n)
 {
 	cap_sample s[64] = {{0}};
+	char *strings[64] = {0};
 	char (*img)[PATH_MAX] = malloc((size_t)n * sizeof *img);
 	cltfs_err e = img ? CLTFS_OK : cltfs_fail(CLTFS_E_NOMEM, "out of memory");
 	for (int k = 0; !e && k < n; k++)
-		e = prepare(c, first + k, &s[k], img[k], sizeof img[k]);
+		e = prepare(c, first + k, &s[k], img[k], sizeof img[k], &strings[k]);
 	c->first = first;
 	if (!e)
 		e = cap_forward(c->model, s, (size_t)n, c->hook, c->m->dtype, emit, c);
-	const char *id, *image, *text;
-	if (e && n == 1 && cltfs_manifest_sample_text(c->m, first, &id, &image, &text) &&
-	    !strstr(cltfs_errmsg(), "sample "))
-		e = cltfs_wrap(e, "sample %s", id);
-	for (int k = 0; k < n; k++)
+	if (e && n == 1 && strings[0] && !strstr(cltfs_errmsg(), "sample "))
+		e = cltfs_wrap(e, "sample %s", strings[0]); /* the id is the first string */
+	for (int k = 0; k < n; k++) {
 		free((void *)s[k].ids);
+		free(strings[k]);
+	}
 	free(img);
 	return e;
 }

@@ -269,8 +269,11 @@ int cltfs_fuzz_table(const uint8_t *data, size_t size)
 	uint64_t rows = 0;
 	for (uint64_t i = 0; i < t->n; i++) {
 		const char *id, *image, *text;
-		if (cltfs_table_strings(t, i, &id, &image, &text) && strlen(id) + strlen(image) + strlen(text) > size)
+		char *buf;
+		if (!cltfs_table_strings(t, i, &buf, &id, &image, &text) &&
+		    strlen(id) + strlen(image) + strlen(text) > size)
 			abort(); /* strings inside the table */
+		free(buf);
 		rows += t->rows[i];
 	}
 	cltfs_manifest *m = cltfs_manifest_new();
