@@ -126,13 +126,23 @@ $(B)/asan/fuzz_replay: tests/fuzz/replay.c $(FUZZ_SRC) $(ASAN_CORE)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) $(SAN) -Itests/fuzz tests/fuzz/replay.c $(FUZZ_SRC) $(ASAN_CORE) -o $@ $(CORE_LIBS)
 
+# Leaks end a sanitized run.  LeakSanitizer's record of dynamic TLS (its
+# __tls_get_addr interceptor) is off: with libtorch loaded it now and then
+# takes a garbage range for a TLS block, scans it and dies instead of
+# checking ("Tracer caught signal 11": 3 of 8 runs of a mount capturing on
+# a miss, 0 of 12 without it; google/sanitizers#1322).  Dynamic TLS then
+# goes unscanned; no allocation of ours is held only there (thread-locals
+# live in the executable's static TLS, still scanned), and every ASan run
+# of make check reports no leak with it off.
+ASAN_ENV = ASAN_OPTIONS=detect_leaks=1:intercept_tls_get_addr=0
+
 unit: $(UNIT_TESTS:%=$(B)/tests/%)
 	@set -e; for t in $^; do $$t; done
 
 unit-asan: $(UNIT_TESTS:%=$(B)/asan/tests/%) $(B)/asan/fuzz_replay
-	@set -e; for t in $(UNIT_TESTS:%=$(B)/asan/tests/%); do ASAN_OPTIONS=detect_leaks=1 $$t; done
+	@set -e; for t in $(UNIT_TESTS:%=$(B)/asan/tests/%); do $(ASAN_ENV) $$t; done
 	$(PYTHON) tests/fuzz/make_corpus.py $(B)/fuzz-corpus
-	ASAN_OPTIONS=detect_leaks=1 $(B)/asan/fuzz_replay $(B)/fuzz-corpus tests/fuzz/corpus
+	$(ASAN_ENV) $(B)/asan/fuzz_replay $(B)/fuzz-corpus tests/fuzz/corpus
 
 pytest: $(B)/cltfs
 	CLTFS_BIN=$(CURDIR)/$(B)/cltfs $(PYTHON) -m pytest -q -p no:cacheprovider tests/
@@ -141,7 +151,7 @@ pytest: $(B)/cltfs
 # ASan/UBSan: a leak or an error makes the daemon exit non-zero, which
 # fails the test (about 50 s).
 pytest-asan: $(B)/asan/cltfs
-	CLTFS_BIN=$(CURDIR)/$(B)/asan/cltfs ASAN_OPTIONS=detect_leaks=1 \
+	CLTFS_BIN=$(CURDIR)/$(B)/asan/cltfs $(ASAN_ENV) \
 		$(PYTHON) -m pytest -q -p no:cacheprovider tests/
 
 check: deps torch2-root
