@@ -50,6 +50,9 @@ bool cltfs_reserve(void *buf, size_t *cap, size_t n);
 /* n bytes of fd at off, across short reads and EINTR: 0, an errno, or -1
  * when the file ends first.  The caller says which file and what it means. */
 int cltfs_pread_full(int fd, void *buf, size_t n, uint64_t off);
+/* n bytes to fd at off, across short writes and EINTR: 0 or an errno (EIO
+ * for a write that makes no progress). */
+int cltfs_pwrite_full(int fd, const void *buf, size_t n, uint64_t off);
 
 /* A whole regular file into memory, NUL-terminated (malloc'd, length in
  * *len), at most CLTFS_READ_FILE_MAX bytes; a FIFO or device is refused

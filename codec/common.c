@@ -62,20 +62,6 @@ cltfs_err cltfs_mkdirs(const char *path, size_t len)
 	}
 }
 
-/* All of data to fd: 0 or an errno. */
-static int write_all(int fd, const void *data, size_t len)
-{
-	for (size_t done = 0; done < len;) {
-		ssize_t w = write(fd, (const char *)data + done, len - done);
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w <= 0)
-			return w < 0 ? errno : EIO;
-		done += (size_t)w;
-	}
-	return 0;
-}
-
 /* len bytes of src from its start to fd: 0, an errno of either side, or -1
  * when src ends first (its message is the caller's to say). */
 static int copy_fd(int fd, int src, uint64_t len)
@@ -84,7 +70,7 @@ static int copy_fd(int fd, int src, uint64_t len)
 	for (uint64_t done = 0; done < len;) {
 		size_t k = len - done < sizeof buf ? (size_t)(len - done) : sizeof buf;
 		int r = cltfs_pread_full(src, buf, k, done);
-		if (r || (r = write_all(fd, buf, k)))
+		if (r || (r = cltfs_pwrite_full(fd, buf, k, done)))
 			return r;
 		done += k;
 	}
@@ -100,7 +86,7 @@ static cltfs_err write_atomic(const char *path, const void *data, int src, uint6
 	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
 	if (fd < 0)
 		return cltfs_fail(CLTFS_E_IO, "%s: %s", tmp, strerror(errno));
-	int r = data || !len ? write_all(fd, data, (size_t)len) : copy_fd(fd, src, len);
+	int r = data || !len ? cltfs_pwrite_full(fd, data, (size_t)len, 0) : copy_fd(fd, src, len);
 	if (!r && fsync(fd) < 0)
 		r = errno;
 	if (r) {
@@ -201,6 +187,19 @@ int cltfs_pread_full(int fd, void *buf, size_t n, uint64_t off)
 			continue;
 		if (k <= 0)
 			return k < 0 ? errno : -1;
+		done += (size_t)k;
+	}
+	return 0;
+}
+
+int cltfs_pwrite_full(int fd, const void *buf, size_t n, uint64_t off)
+{
+	for (size_t done = 0; done < n;) {
+		ssize_t k = pwrite(fd, (const char *)buf + done, n - done, (off_t)(off + done));
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k <= 0)
+			return k < 0 ? errno : EIO; /* 0 bytes written with room asked: never progress */
 		done += (size_t)k;
 	}
 	return 0;

@@ -461,18 +461,11 @@ cltfs_err cltfs_table_save(const cltfs_table *t, const char *path)
 cltfs_err cltfs_table_from_bytes(const void *buf, size_t len, const char *name, cltfs_table **out)
 {
 	int fd = memfd_create("cltfs-samples", MFD_CLOEXEC);
-	size_t done = 0;
-	while (fd >= 0 && done < len) {
-		ssize_t w = write(fd, (const char *)buf + done, len - done);
-		if (w <= 0 && errno != EINTR)
-			break;
-		done += w > 0 ? (size_t)w : 0;
-	}
-	if (fd < 0 || done < len) {
-		cltfs_err e = cltfs_fail(CLTFS_E_NOMEM, "%s: a table in memory: %s", name, strerror(errno ? errno : EIO));
+	int r = fd < 0 ? errno : cltfs_pwrite_full(fd, buf, len, 0);
+	if (r) {
 		if (fd >= 0)
 			close(fd);
-		return e;
+		return cltfs_fail(CLTFS_E_NOMEM, "%s: a table in memory: %s", name, strerror(r));
 	}
 	return open_fd(fd, name, out);
 }

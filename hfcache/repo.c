@@ -719,29 +719,20 @@ static cltfs_err link_snapshot(hf_download *d, const char *etag)
 static bool file_sink(void *arg, const void *p, size_t n)
 {
 	hf_download *d = arg;
-	const uint8_t *b = p;
 	if (atomic_load(&d->cancel)) {
 		cltfs_fail(CLTFS_E_IO, "download cancelled");
 		return false;
 	}
-	uint64_t at = d->written;
-	while (n) {
-		ssize_t w = pwrite(d->fd, b, n, (off_t)at);
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w <= 0) {
-			cltfs_fail(CLTFS_E_IO, "writing the download: %s", strerror(w < 0 ? errno : EIO));
-			return false;
-		}
-		b += w;
-		n -= (size_t)w;
-		at += (uint64_t)w;
-	}
-	if (hf_digest_add(d->dig, p, (size_t)(at - d->written)))
+	int r = cltfs_pwrite_full(d->fd, p, n, d->written);
+	if (r) {
+		cltfs_fail(CLTFS_E_IO, "writing the download: %s", strerror(r));
 		return false;
-	d->written = at;
+	}
+	if (hf_digest_add(d->dig, p, n))
+		return false;
+	d->written += n;
 	if (!d->hold)
-		publish(d, -1, at, false);
+		publish(d, -1, d->written, false);
 	return true;
 }
 

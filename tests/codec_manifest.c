@@ -4,6 +4,7 @@
 #include "codec.h"
 #include "unit.h"
 
+#include <errno.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -350,6 +351,34 @@ static void test_names(void)
 	      !cltfs_parse_batch_name("xbatch_1_x.pt", &k, &y));
 }
 
+/* The write helpers every store file goes through: an errno out of a
+ * write that fails, the temporary file's name and the cause out of an
+ * atomic replace that cannot finish, and the old file left as it was. */
+static void test_writes(void)
+{
+	int fd = open("/dev/full", O_WRONLY | O_CLOEXEC);
+	CHECK(fd >= 0 && cltfs_pwrite_full(fd, "abc", 3, 0) == ENOSPC);
+	close(fd);
+	char path[128];
+	snprintf(path, sizeof path, "%s/w", dir);
+	fd = open(path, O_RDONLY | O_CREAT | O_CLOEXEC, 0644);
+	CHECK(fd >= 0 && cltfs_pwrite_full(fd, "abc", 3, 0) == EBADF);
+	CHECK(cltfs_pwrite_full(fd, "", 0, 0) == 0);
+	close(fd);
+	CHECK(cltfs_write_atomic(path, "hello", 5) == CLTFS_OK);
+	char buf[8] = {0};
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	CHECK(fd >= 0 && cltfs_pread_full(fd, buf, 5, 0) == 0 && !memcmp(buf, "hello", 5));
+	CHECK(cltfs_pread_full(fd, buf, 6, 0) == -1);
+	/* A source shorter than asked: refused, the file keeps its bytes. */
+	CHECK(cltfs_write_atomic_from(path, fd, 9) == CLTFS_E_IO && strstr(cltfs_errmsg(), "ended early") &&
+	      strstr(cltfs_errmsg(), "w.tmp."));
+	CHECK(cltfs_pread_full(fd, buf, 5, 0) == 0 && !memcmp(buf, "hello", 5));
+	close(fd);
+	snprintf(path, sizeof path, "%s/no/such/dir", dir);
+	CHECK(cltfs_write_atomic(path, "x", 1) == CLTFS_E_IO && strstr(cltfs_errmsg(), "No such file"));
+}
+
 int main(void)
 {
 	snprintf(dir, sizeof dir, "/tmp/cltfs-unit-XXXXXX");
@@ -360,6 +389,7 @@ int main(void)
 	RUN(test_geometry);
 	RUN(test_table_damage);
 	RUN(test_names);
+	RUN(test_writes);
 	char cmd[128];
 	snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
 	CHECK(system(cmd) == 0);

@@ -791,18 +791,8 @@ struct store_writer {
 
 static cltfs_err write_full(int fd, const void *buf, size_t n, uint64_t off, const char *path)
 {
-	const uint8_t *b = buf;
-	while (n) {
-		ssize_t w = pwrite(fd, b, n, (off_t)off);
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w <= 0)
-			return cltfs_fail(CLTFS_E_IO, "%s: %s", path, strerror(w < 0 ? errno : EIO));
-		b += w;
-		n -= (size_t)w;
-		off += (uint64_t)w;
-	}
-	return CLTFS_OK;
+	int r = cltfs_pwrite_full(fd, buf, n, off);
+	return r ? cltfs_fail(CLTFS_E_IO, "%s: %s", path, strerror(r)) : CLTFS_OK;
 }
 
 /* Open (or create) one file of the pair, check or write its header, and
