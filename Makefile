@@ -144,15 +144,18 @@ unit-asan: $(UNIT_TESTS:%=$(B)/asan/tests/%) $(B)/asan/fuzz_replay
 	$(PYTHON) tests/fuzz/make_corpus.py $(B)/fuzz-corpus
 	$(ASAN_ENV) $(B)/asan/fuzz_replay $(B)/fuzz-corpus tests/fuzz/corpus
 
+# The slowest tests of each pass are listed after its summary: what to look
+# at first when make check grows (CI should stay under 20 minutes).
+PYTEST := $(PYTHON) -m pytest -q -p no:cacheprovider --durations=12
 pytest: $(B)/cltfs
-	CLTFS_BIN=$(CURDIR)/$(B)/cltfs $(PYTHON) -m pytest -q -p no:cacheprovider tests/
+	CLTFS_BIN=$(CURDIR)/$(B)/cltfs $(PYTEST) tests/
 
 # Every end-to-end test again with the daemon and the commands under
 # ASan/UBSan: a leak or an error makes the daemon exit non-zero, which
-# fails the test (about 50 s).
+# fails the test (about 7 minutes on 2 cores).
 pytest-asan: $(B)/asan/cltfs
 	CLTFS_BIN=$(CURDIR)/$(B)/asan/cltfs $(ASAN_ENV) \
-		$(PYTHON) -m pytest -q -p no:cacheprovider tests/
+		$(PYTEST) tests/
 
 check: deps torch2-root
 	$(MAKE) all
