@@ -20,6 +20,10 @@ process sees the SLURM_ARRAY_* variables of a suite run as an array task.
 
 A session finalizer unmounts any cltfs mount left under the session's
 temporary directory and reports it as an error.
+
+Marker plain_only: a slow test that reaches no C path the rest of the
+suite does not; make pytest-asan leaves it out (-m "not plain_only") to
+keep make check in its time, make pytest runs it.
 """
 
 import atexit
@@ -346,6 +350,11 @@ def _cleanup_leftovers():
 
 
 atexit.register(_cleanup_leftovers)
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "plain_only: slow, and no C path of its own: left out of make pytest-asan")
 
 
 @pytest.fixture(scope="session", autouse=True)

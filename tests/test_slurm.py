@@ -459,6 +459,10 @@ def _views(m):
     return out
 
 
+# Its C paths (a shard from the array's variables, --status, a resume where
+# the pack ends) run under ASan in the tests above and test_capture.py's
+# test_killed_capture_resumes; here they run under a real Slurm.
+@pytest.mark.plain_only
 def test_capture_array_requeued(llava, cltfs_bin, run_cltfs, cluster, tmp_path, mount):
     """sbatch --array=0-3 of tools/slurm/capture.sbatch; the first task seen
     with some but not all of its batches durable is cancelled, and

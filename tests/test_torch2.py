@@ -129,6 +129,9 @@ def assert_modes_equal(got, want, what):
             what, mode, len(bad), len(want), bad[0])
 
 
+# torch 2.6 loading views: the daemon serves them as it does to torch 1.13
+# in test_views.py, under ASan there.
+@pytest.mark.plain_only
 @pytest.mark.parametrize("name,opts", [
     ("s1_bf16", ()),
     ("s2_padded", ()),

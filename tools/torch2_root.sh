@@ -16,7 +16,7 @@ root=${1:-build/torch2-root}
 # debootstrap resolves --include's dependencies only in part: the base
 # with torch by it, the rest by the root's own apt.
 base=python3-torch,python3-numpy
-pkgs="python3-pytest python3-pil python3-sentencepiece sentencepiece fuse3 build-essential pkg-config
+pkgs="python3-pytest python3-pytest-xdist python3-pil python3-sentencepiece sentencepiece fuse3 build-essential pkg-config
 libfuse3-dev libzstd-dev libcjson-dev zlib1g-dev libcurl4-openssl-dev libssl-dev libtorch-dev
 libsentencepiece-dev libjpeg62-turbo-dev libpng-dev time"
 want=$(echo $base $pkgs)
