@@ -159,7 +159,7 @@ pytest: $(B)/cltfs
 
 # Every end-to-end test again with the daemon and the commands under
 # ASan/UBSan: a leak or an error makes the daemon exit non-zero, which
-# fails the test (about 8 minutes on 2 cores).  Tests marked plain_only
+# fails the test (about 6 minutes on 2 cores).  Tests marked plain_only
 # (slow, no C path of their own: tests/conftest.py) are left out.
 pytest-asan: $(B)/asan/cltfs
 	CLTFS_BIN=$(CURDIR)/$(B)/asan/cltfs $(ASAN_ENV) \

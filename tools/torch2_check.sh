@@ -49,7 +49,7 @@ chroot "$root" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/tmp LC_A
 	cd $inner
 	make -s -j2 all
 	build/cltfs --version
-	xdist=\$(python3 -c 'import xdist' 2>/dev/null && echo '-n 2 --dist loadfile' || true)
+	xdist=\$(python3 -c 'import xdist' 2>/dev/null && echo \"-n \$(nproc) --dist loadfile\" || true)
 	CLTFS_BIN=$inner/build/cltfs python3 -m pytest -q -p no:cacheprovider --basetemp=$inner/pytest \$xdist \\
 		tests/test_capture.py tests/test_import_mount.py tests/test_views.py tests/test_errors.py \\
 		tests/test_shuffle.py tests/test_normstats.py tests/test_codecs.py tests/test_cli.py"
