@@ -531,21 +531,18 @@ cltfs_err s3_list(s3_target *t, const http_ctx *c, hf_entries *l)
 typedef struct {
 	int fd;
 	const char *path;
+	uint64_t written;
 } file_out;
 
 static bool write_sink(void *arg, const void *p, size_t n)
 {
 	file_out *f = arg;
-	for (size_t done = 0; done < n;) {
-		ssize_t k = write(f->fd, (const char *)p + done, n - done);
-		if (k < 0 && errno == EINTR)
-			continue;
-		if (k < 0) {
-			cltfs_fail(CLTFS_E_IO, "%s: %s", f->path, strerror(errno));
-			return false;
-		}
-		done += (size_t)k;
+	int r = cltfs_pwrite_full(f->fd, p, n, f->written);
+	if (r) {
+		cltfs_fail(CLTFS_E_IO, "%s: %s", f->path, strerror(r));
+		return false;
 	}
+	f->written += n;
 	return true;
 }
 
@@ -593,7 +590,7 @@ cltfs_err s3_get_file(const s3_target *t, const http_ctx *c, const char *path, c
 	cltfs_err e = slash ? cltfs_mkdirs(dst, (size_t)(slash - dst)) : CLTFS_OK;
 	if (e)
 		return e;
-	file_out f = {open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644), tmp};
+	file_out f = {open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644), tmp, 0};
 	if (f.fd < 0)
 		return cltfs_fail(CLTFS_E_IO, "%s: %s", tmp, strerror(errno));
 	char *esc = http_escape(path, true);
