@@ -173,19 +173,20 @@ static bool good_bucket(const char *b, size_t n)
 	return true;
 }
 
+/* The messages leave the URL out: s3_open names it. */
 static cltfs_err parse_url(s3_target *t, const char *url)
 {
 	const char *b = url + 5, *slash = strchr(b, '/');
 	size_t bn = slash ? (size_t)(slash - b) : strlen(b);
 	if (!good_bucket(b, bn))
-		return cltfs_fail(CLTFS_E_INVAL, "%s: expected s3://BUCKET[/PREFIX] with a bucket name of 3 to 63 "
-				  "characters a-z 0-9 . -", url);
+		return cltfs_fail(CLTFS_E_INVAL, "expected s3://BUCKET[/PREFIX] with a bucket name of 3 to 63 "
+				  "characters a-z 0-9 . -");
 	const char *p = slash ? slash + 1 : "";
 	size_t pn = strlen(p);
 	while (pn && p[pn - 1] == '/')
 		pn--;
 	if (strstr(p, "//") || strstr(p, "..") || *p == '/')
-		return cltfs_fail(CLTFS_E_INVAL, "%s: a prefix with '//' or '..' is not one", url);
+		return cltfs_fail(CLTFS_E_INVAL, "a prefix with '//' or '..' is not one");
 	t->bucket = strndup(b, bn);
 	t->prefix = strndup(p, pn);
 	return t->bucket && t->prefix ? CLTFS_OK : cltfs_fail(CLTFS_E_NOMEM, "out of memory");

@@ -58,8 +58,13 @@ static void test_addressing(void)
 	/* URLs that are not an S3 prefix cltfs will use */
 	clear_env();
 	const char *bad[] = {"s3://", "s3://ab", "s3://Upper/x", "s3://b_c/x", "s3://bucket/a/../b", "s3://bucket//a"};
-	for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
+	for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
 		check_base(bad[i], NULL, CLTFS_E_INVAL);
+		/* "URL: cause", the URL named once */
+		const char *m = cltfs_errmsg();
+		size_t n = strlen(bad[i]);
+		CHECK(!strncmp(m, bad[i], n) && !strncmp(m + n, ": ", 2) && strncmp(m + n + 2, bad[i], n));
+	}
 	CHECK(s3_is_url("s3://b") && !s3_is_url("hf://b") && hf_is_remote_url("s3://b") && hf_is_remote_url("hf://a/b"));
 }
 
