@@ -3,6 +3,7 @@ target_offset, target_pad), checked against values computed from the
 imported source tree in Python."""
 import os
 import shutil
+import subprocess
 import zipfile
 
 import pytest
@@ -234,3 +235,63 @@ def test_sample_means_kept_in_the_store(stores, mount, originals, tmp_path):
     for i, (k, pos, n) in enumerate(rows):
         want = originals.get(imp.tree, "L%d/batch_%d_x.pt" % (layers[0], k))["x"][pos, :n].half().double().mean(0)
         assert torch.allclose(got[i][layers[0]].double(), want, rtol=1e-5, atol=1e-5), i
+
+
+@pytest.fixture
+def read_only_view(tmp_path):
+    """read_only_view(dir) -> a read-only bind mount of dir (unmounted at
+    the end): a store on a filesystem this user cannot write, as a shared
+    store often is on a cluster."""
+    if os.geteuid() != 0:
+        pytest.skip("a read-only bind mount needs root")
+    made = []
+
+    def bind(src):
+        dst = tmp_path / ("ro%d" % len(made))
+        dst.mkdir()
+        subprocess.run(["mount", "--bind", str(src), str(dst)], check=True)
+        made.append(dst)
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(dst)], check=True)
+        return str(dst)
+    yield bind
+    for d in reversed(made):
+        subprocess.run(["umount", "-l", str(d)], check=False)
+
+
+def test_read_only_store(stores, mount, originals, tmp_path, read_only_view):
+    """A store on a read-only filesystem mounts and serves every view as a
+    writable one does; means and normalization statistics it cannot keep
+    are computed and served from memory (a log line says so), and means a
+    writer kept there earlier are read without a chunk."""
+    imp = stores.copy("s2_padded", tmp_path / "store")
+    shutil.rmtree(os.path.join(imp.store, "means"), ignore_errors=True)
+    for f in ("norm_stats.json",):
+        if os.path.exists(os.path.join(imp.store, f)):
+            os.unlink(os.path.join(imp.store, f))
+    rows = sample_rows(imp)
+    names = list(imp.desc["files"]) + ["samples/sample_%04d.pt" % i for i in range(len(rows))]
+
+    def read_all(m):
+        out = {}
+        for rel in names + [".cltfs/norm_stats.json"]:
+            with open(m.p(rel), "rb") as f:
+                out[rel] = f.read()
+        return out
+    ro = read_only_view(imp.store)
+    with pytest.raises(OSError):
+        open(os.path.join(ro, "probe"), "w")
+    with mount(ro, "sample_reduce=mean") as m:
+        got = read_all(m)
+        log = m.log()
+    assert "means are kept in memory only" in log and "Read-only file system" in log, log
+    assert "not kept in the store" in log, log
+    assert not os.path.exists(os.path.join(imp.store, "means"))
+    assert not os.path.exists(os.path.join(imp.store, "norm_stats.json"))
+    with mount(imp.store, "sample_reduce=mean") as m:  # writable: the same bytes, means kept
+        assert read_all(m) == got
+    assert os.listdir(os.path.join(imp.store, "means"))
+    with mount(read_only_view(imp.store), "sample_reduce=mean") as m:
+        again = {rel: open(m.p(rel), "rb").read() for rel in names if rel.startswith("samples/")}
+        assert m.stats()["chunks"]["store"] == 0, m.stats()["chunks"]  # the kept means, read-only
+        assert "kept in memory only" not in m.log(), m.log()
+    assert all(again[rel] == got[rel] for rel in again)
