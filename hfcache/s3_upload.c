@@ -199,6 +199,7 @@ static cltfs_err put_parts(upload *u)
 	pthread_t th[PARTS_IN_FLIGHT];
 	int n = 0;
 	u->next = 0;
+	u->err = CLTFS_OK; /* a second round (the server forgot the first upload) starts clean */
 	for (; n < PARTS_IN_FLIGHT && (uint32_t)n < u->nparts; n++)
 		if (pthread_create(&th[n], NULL, part_main, u))
 			break;

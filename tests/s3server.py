@@ -161,7 +161,8 @@ class S3:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def fault(self, pred, kind, count=1):
-        """Inject kind ("500", "503", "reset", "truncate", "delay:S") on the
+        """Inject kind ("500", "503", "reset", "truncate", "delay:S",
+        "nosuchupload": the 404 S3 answers for an upload id it dropped) on the
         next count requests for which pred(entry) is true (entry: method,
         key, query, range)."""
         with self.lock:
@@ -277,6 +278,10 @@ class ProxyHandler(http.server.BaseHTTPRequestHandler):
         if kind == "503":
             e["status"] = 503
             return self._reply(503, s3_error("SlowDown", "Please reduce your request rate."))
+        if kind == "nosuchupload":
+            e["status"] = 404
+            return self._reply(404, s3_error("NoSuchUpload", "The specified upload does not exist. The upload ID "
+                                             "may be invalid, or the upload may have been aborted or completed."))
         if kind == "reset":
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             self.close_connection = True

@@ -504,3 +504,24 @@ def test_push_after_the_pack_grew(tmp_path, s3, big_store, cltfs_bin):
     aborts = [e for e in s3.log if e["method"] == "DELETE"]
     assert [e["query"] for e in aborts] == ["uploadId=" + old], aborts
     assert bucket_files(s3, PREFIX) == store_files(store)
+
+
+def test_killed_push_resumes_after_the_server_forgot_the_upload(tmp_path, s3, big_store, cltfs_bin):
+    """A push killed mid-pack whose multipart upload the bucket then drops
+    (AWS's AbortIncompleteMultipartUpload lifecycle rule does so after a
+    few days): the next push finds the journaled upload gone, starts the
+    pack's upload again from its first part, and completes byte for byte."""
+    store, desc = big_store
+    env = env_of(tmp_path, s3, CLTFS_S3_PART_MB=5)
+    old = kill_push_mid_pack(s3, cltfs_bin, store, env)
+    # s3rver cannot abort an upload: its proxy answers as S3 does for one dropped
+    s3.fault(lambda e: "uploadId=" + old in e["query"], "nosuchupload", 10000)
+    s3.clear_log()
+    r = run(cltfs_bin, "push", store, URL, env=env)
+    assert r.returncode == 0, describe(r)
+    assert [e for e in s3.log if e["query"] == "uploads="], "no new upload after the old one was dropped"
+    again = {e["query"].split("&")[0] for e in writes(s3) if "partNumber=" in e["query"]}
+    assert "partNumber=1" in again, again  # from the start: the dropped parts are gone
+    assert bucket_files(s3, PREFIX) == store_files(store)
+    assert writes(s3)[-1]["key"] == PREFIX + "/cltfs.json"
+    assert any(e.get("fault") == "nosuchupload" for e in s3.log), "the old upload was not tried"
