@@ -1052,6 +1052,45 @@ def test_init_manifest_fields(llava, run_cltfs, tmp_path):
     assert os.path.samefile(man["source"]["images"], llava.dataset().images)
 
 
+def test_init_model_from_the_hub(llava, fp32_store, run_cltfs, tmp_path, mount, make_hub):
+    """--model OWNER/NAME that is no folder: the checkpoint's files
+    (safetensors, json, tokenizer.model; nothing else) are fetched into the
+    HF cache as snapshot_download lays it out, the manifest names the id and
+    the commit, and the store captures what a store of the folder does."""
+    from test_hub import hf_env
+    hub = make_hub()
+    model = llava.model()
+    files = {os.path.relpath(p, model): read_all(p) for p in glob.glob(os.path.join(model, "*")) if os.path.isfile(p)}
+    files["README.md"] = b"# a model card: not fetched"
+    files["extra/weights.bin"] = b"not fetched either"
+    sha = hub.add_repo("me/tiny-llava", files, repo_type="model")
+    env = hf_env(tmp_path, hub)
+    store = str(tmp_path / "store")
+    ds = llava.dataset()
+    r = run_cltfs("init", store, "--model", "me/tiny-llava", "--dataset", ds.queries, "--image-dir", ds.images,
+                  "--dtype", "float32", env=env, timeout=120)
+    assert r.returncode == 0, describe(r)
+    snap = tmp_path / "hf" / "hub" / "models--me--tiny-llava" / "snapshots" / sha
+    fetched = sorted(str(p.relative_to(snap)) for p in snap.rglob("*") if not p.is_dir())
+    assert fetched == sorted(k for k in files if k.endswith((".safetensors", ".json", "tokenizer.model"))), fetched
+    man = manifest(store)
+    assert (man["model"]["id"], man["model"].get("revision")) == ("me/tiny-llava", sha), man["model"]
+    assert os.path.samefile(man["source"]["path"], str(snap)), man["source"]
+    got_log = [e["path"] for e in hub.log if "/resolve/" in e["path"]]
+    assert not [p for p in got_log if "README" in p or "weights.bin" in p], got_log
+    n_batches = len(ds.entries)
+    rels = view_rels(llava.facts()["text"]["num_hidden_layers"], n_batches)[:4]
+    with mount(store, env=env) as m:
+        got = read_views_bytes(m, rels)
+    with mount(copy_store(fp32_store[0], tmp_path / "base")) as m:
+        want = read_views_bytes(m, rels)
+    assert got == want
+    # a name that is neither a folder nor a model on the Hub: both said
+    r = run_cltfs("init", str(tmp_path / "s2"), "--model", "me/no-such-model", "--dataset", ds.queries,
+                  "--image-dir", ds.images, env=env, timeout=120)
+    assert r.returncode == 1 and "me/no-such-model" in r.stderr and "not found as a Hub model" in r.stderr, describe(r)
+
+
 # ------------------------------------------------------- composed tiers --
 
 def test_hub_store_captured_on_miss(llava, fp32_store, run_cltfs, tmp_path, mount, make_hub):
