@@ -796,6 +796,41 @@ def test_plain_concurrent_first_reads(tmp_path, hub, plain_dir, mount):
                    want_blobs=[etag_of(files[r]) for r in rels])
 
 
+def test_plain_waits_for_a_download_huggingface_hub_holds(tmp_path, hub, plain_dir, mount):
+    """huggingface_hub downloads a blob under .locks/<folder>/<etag>.lock,
+    taken with flock (the filelock package).  A first read of that file on
+    a mount meanwhile waits for the lock rather than download the bytes a
+    second time, then serves the blob the other process finished."""
+    import fcntl
+    import threading
+    src, files = plain_dir
+    commit = hub.add_repo(PLAIN_REPO, src)
+    rel = "big/sample_0005.pt"
+    data = files[rel]
+    assert len(data) >= LFS_THRESHOLD  # an LFS blob, from the CDN
+    etag = etag_of(data)
+    folder = repo_folder(tmp_path, PLAIN_REPO)
+    lock = tmp_path / "hf" / "hub" / ".locks" / folder.name / (etag + ".lock")
+    lock.parent.mkdir(parents=True)
+    got = {}
+    with mount(PLAIN_URL, env=hf_env(tmp_path, hub)) as m:
+        with open(lock, "w") as lf:
+            fcntl.flock(lf, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            reader = threading.Thread(target=lambda: got.update(data=read_all(m.p(rel))))
+            reader.start()
+            reader.join(1.0)
+            assert reader.is_alive(), "the read did not wait for the lock"
+            # "the other process" finishes its download as huggingface_hub
+            # lays it out, then lets go of the lock
+            (folder / "blobs").mkdir(parents=True, exist_ok=True)
+            (folder / "blobs" / etag).write_bytes(data)
+        reader.join(30)
+        assert not reader.is_alive(), "the read hung after the lock was released"
+    assert got["data"] == data
+    assert not cdn_requests(hub, data), "downloaded again what the other process had"
+    assert os.readlink(folder / "snapshots" / commit / rel) == "../../../blobs/" + etag
+
+
 def test_plain_unmount_during_download(tmp_path, hub, plain_dir, mount):
     """Unmounting while a download runs stops it cleanly (the daemon exits
     0); a later mount finishes it."""
