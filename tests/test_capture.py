@@ -1091,6 +1091,25 @@ def test_init_model_from_the_hub(llava, fp32_store, run_cltfs, tmp_path, mount, 
     assert r.returncode == 1 and "me/no-such-model" in r.stderr and "not found as a Hub model" in r.stderr, describe(r)
 
 
+def test_capture_with_another_model_refused(llava, run_cltfs, tmp_path, mount_fails):
+    """A checkpoint of another shape than the store was made for (capture's
+    --model, a mount's -o model=): the capture and the mount exit 1 naming
+    the checkpoint and both shapes; nothing is stored."""
+    store = str(tmp_path / "store")
+    run_init(run_cltfs, store, llava.model(), llava.dataset(), "--dtype", "float32", "--quiet")
+    n_layers = llava.facts()["text"]["num_hidden_layers"]
+    other = str(tmp_path / "other")
+    G.make_llava(other, seed=1, layers=n_layers - 1)
+    r = run_capture(run_cltfs, store, "--model", other, check=False)
+    want = "%d layers" % (n_layers - 1)
+    assert r.returncode == 1 and other in r.stderr and want in r.stderr and \
+        "the store was made for %d" % n_layers in r.stderr, describe(r)
+    rc, out = mount_fails(store, "model=" + other)
+    assert rc == 1 and other in out and want in out, out
+    assert stat_json(run_cltfs, store)["chunks"] == 0
+    verify_ok(run_cltfs, store)
+
+
 # ------------------------------------------------------- composed tiers --
 
 def test_hub_store_captured_on_miss(llava, fp32_store, run_cltfs, tmp_path, mount, make_hub):
