@@ -444,6 +444,35 @@ def test_import_y_not_targets0(tmp_path, trees, run_cltfs):
     _import_fails(run_cltfs, tmp_path, tree, "batch_1_y.pt")
 
 
+@pytest.mark.parametrize("how", ["no_targets", "n_targets", "target_not_tensor", "y_list", "x_key"])
+def test_import_malformed_file(tmp_path, trees, run_cltfs, how):
+    """A y file that is not the reference's dict (keys, n_targets against
+    the list, a target that is no tensor, a list for the dict) or an x file
+    under another key than batch 0's: refused naming the file and what is
+    wrong."""
+    tree, desc = trees.make(tmp_path / "tree", **SMALL)
+    p = os.path.join(tree, "L1", "batch_1_%s.pt" % ("x" if how == "x_key" else "y"))
+    obj = torch.load(p)
+    want = {"no_targets": "expected a dict with keys y, targets, n_targets",
+            "n_targets": "holds %d targets (n_targets %d)" % (desc["n_targets"], desc["n_targets"] + 1),
+            "target_not_tensor": "targets[1] is not a tensor",
+            "y_list": "expected a dict with keys y, targets, n_targets",
+            "x_key": "not a tensor under key 'x' like the other x files"}[how]
+    if how == "no_targets":
+        obj = {"y": obj["y"], "n_targets": obj["n_targets"]}
+    elif how == "n_targets":
+        obj["n_targets"] += 1
+    elif how == "target_not_tensor":
+        obj["targets"][1] = 3.0
+    elif how == "y_list":
+        obj = obj["targets"]
+    else:
+        obj = {"data": obj["x"]}
+    torch.save(obj, p)
+    r = _import_fails(run_cltfs, tmp_path, tree, "L1/batch_1_")
+    assert want in r.stderr, describe(r)
+
+
 def test_import_shape_mismatch(tmp_path, trees, run_cltfs):
     """One layer's batch 0 has a different T than the other layers'."""
     tree, desc = trees.make(tmp_path / "tree", **SMALL)
