@@ -473,6 +473,37 @@ def test_import_malformed_file(tmp_path, trees, run_cltfs, how):
     assert want in r.stderr, describe(r)
 
 
+def test_import_source_read_error(tmp_path, trees, run_cltfs, mount):
+    """A source file whose read fails mid-import (an I/O error of the
+    filesystem it is on; here a cltfs mount whose pack is damaged at its
+    end, so the last batch's views read EIO): import exits 1 naming the
+    file, the batches imported before it are kept and verify, and the
+    import run again from a good source completes."""
+    tree, desc = trees.make(tmp_path / "tree", **SMALL)
+    src = str(tmp_path / "src")
+    assert run_cltfs("import", src, tree, "--quiet").returncode == 0
+    pack = glob.glob(os.path.join(src, "packs", "*.pack"))[0]
+    with open(pack, "r+b") as f:  # the last frame written: the last batch's
+        f.seek(-40, 2)
+        b = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([b[0] ^ 0xFF]))
+    store = str(tmp_path / "store")
+    with mount(src) as m:
+        r = run_cltfs("import", store, m.path, "--quiet", timeout=120)
+    last = "batch_%d_" % (desc["n_batches"] - 1)
+    assert r.returncode == 1 and "reading it failed" in r.stderr and m.path in r.stderr and \
+        last in r.stderr, describe(r)
+    st = json.loads(run_cltfs("stat", store, "--json").stdout)
+    assert 0 < st["chunks"] < st["chunks_needed"], st
+    assert run_cltfs("verify", store).returncode == 0
+    r = run_cltfs("import", store, tree, "--quiet", timeout=120)
+    assert r.returncode == 0, describe(r)
+    r = run_cltfs("verify", store)
+    assert r.returncode == 0 and "%d of %d chunks present" % (st["chunks_needed"], st["chunks_needed"]) in r.stdout, \
+        describe(r)
+
+
 def test_import_shape_mismatch(tmp_path, trees, run_cltfs):
     """One layer's batch 0 has a different T than the other layers'."""
     tree, desc = trees.make(tmp_path / "tree", **SMALL)
