@@ -313,7 +313,9 @@ static cltfs_err open_sources(const cli *c, const char *source, sources *src)
 		if (!e && c->hub && !hf_is_remote_url(c->hub))
 			e = cltfs_fail(CLTFS_E_INVAL, "-o hub=%s: expected hf://datasets/OWNER/NAME or s3://BUCKET/PREFIX",
 				       c->hub);
-		if (!e && c->hub && !(e = hub_open(c->hub, &src->hub)) && !hub_is_store(src->hub))
+		if (!e && c->hub && (e = hub_open(c->hub, &src->hub)))
+			e = cltfs_wrap(e, "-o hub"); /* its message names the URL */
+		else if (!e && c->hub && !hub_is_store(src->hub))
 			e = cltfs_fail(CLTFS_E_INVAL, "-o hub=%s: no cltfs.json at its root: not a cltfs store", c->hub);
 	}
 	/* a record that disagrees with the manifest (another row count, chunk
