@@ -192,6 +192,7 @@ class Hub:
         self._ports = (port, cdn_port)
         self._lock = threading.RLock()
         self._repos, self._blobs, self._faults = {}, {}, []
+        self._renamed = {}  # (type, old id) -> new id
         self._servers = []
         self._log_entries, self._inflight = [], 0
         self._quiet = threading.Condition(self._lock)
@@ -306,6 +307,14 @@ class Hub:
             if commit is None:
                 raise ValueError("unknown commit")
             repo.tags[tag] = commit
+
+    def rename(self, old_id, new_id, repo_type="dataset"):
+        """Move a repo to a new id, as renaming it on the Hub does: a request
+        under the old id is answered 307 with a relative Location under the
+        new one."""
+        with self._lock:
+            self._repos[(repo_type, new_id)] = self._repos.pop((repo_type, old_id))
+            self._renamed[(repo_type, old_id)] = new_id
 
     def lfs_location(self, sha256):
         if self.cdn_url:
@@ -549,7 +558,13 @@ class _Handler(BaseHTTPRequestHandler):
         if op not in ("revision", "tree", "resolve"):
             return self._err(404, None, "Sorry, we can't find the page you are looking for.")
         with hub._lock:
+            moved = hub._renamed.get((rtype, rid))
             repo = hub._repos.get((rtype, rid))
+        if moved:
+            old, new = "/".join(quote(x, safe="") for x in rid.split("/")), \
+                "/".join(quote(x, safe="") for x in moved.split("/"))
+            loc = url.path.replace("/" + old + "/", "/" + new + "/", 1) + ("?" + url.query if url.query else "")
+            return 307, [("Location", loc)], b""
         if repo is None or (repo.private and not authed):
             return self._err(404 if authed else 401, "RepoNotFound", "Repository not found")
         if repo.gated and not authed:

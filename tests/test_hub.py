@@ -831,6 +831,29 @@ def test_plain_waits_for_a_download_huggingface_hub_holds(tmp_path, hub, plain_d
     assert os.readlink(folder / "snapshots" / commit / rel) == "../../../blobs/" + etag
 
 
+def test_renamed_repo_followed(tmp_path, hub, plain_dir, stores, mount, originals):
+    """A repo renamed on the Hub answers its old id with 307 and a relative
+    Location under the new one (huggingface_hub follows those): a mount of
+    the old id lists and reads the files as before, a plain repo and a
+    store repo alike, and keeps them in the HF cache folder of the id it
+    was given, as hf_hub_download(repo_id=old) does."""
+    src, files = plain_dir
+    commit = hub.add_repo("me/old-name", src)
+    hub.rename("me/old-name", "me/new-name")
+    rels = ["sample_0000.pt", "big/sample_0005.pt"]
+    with mount("hf://datasets/me/old-name", env=hf_env(tmp_path, hub)) as m:
+        assert sorted(os.listdir(m.path)) == sorted({r.split("/")[0] for r in files})
+        for rel in rels:
+            assert read_all(m.p(rel)) == files[rel], rel
+    assert [e for e in hub.log if e["status"] == 307], "the old id was not redirected"
+    check_hf_cache(repo_folder(tmp_path, "me/old-name"), commit, {r: files[r] for r in rels})
+    imp, _ = add_store(hub, stores, repo="me/old-store")
+    hub.rename("me/old-store", "me/new-store")
+    with mount("hf://datasets/me/old-store", env=hf_env(tmp_path, hub)) as m:
+        for rel in imp.desc["files"][:4]:
+            assert_same(torch.load(m.p(rel)), originals.get(imp.tree, rel), rel)
+
+
 def test_plain_unmount_during_download(tmp_path, hub, plain_dir, mount):
     """Unmounting while a download runs stops it cleanly (the daemon exits
     0); a later mount finishes it."""
