@@ -394,11 +394,21 @@ def test_init_errors(llava, run_cltfs, tmp_path):
         "noquery": [{"id": 1, "image": "AMBER_1.jpg"}],
         "notjson": "this is not json [",
         "empty": [],
+        "unclosed": '[{"id": 1, "image": "AMBER_1.jpg", "query": "Describe."}',
+        "trailing": '[{"id": 1, "image": "AMBER_1.jpg", "query": "Describe."}] {"id": 2}',
+        "cut": '[{"id": 1, "image": "AMBER_1.jpg", "query": "Descr',
+        "nocomma": '[{"id": 1, "image": "AMBER_1.jpg", "query": "a"} {"id": 2, "image": "b", "query": "c"}]',
+        "dotdot": [{"id": 7, "image": "../secret.jpg", "query": "Describe."}],
+        "absolute": [{"id": 8, "image": "/etc/passwd", "query": "Describe."}],
     }
+    # what each message says beyond the file's name
+    said = {"unclosed": "not closed", "trailing": "after the list", "cut": "ends inside",
+            "nocomma": "expected ',' or ']'", "dotdot": "not a name inside --image-dir",
+            "absolute": "not a name inside --image-dir"}
     for name, content in bad.items():
         q = tmp_path / ("q_%s.json" % name)
         q.write_text(content if isinstance(content, str) else json.dumps(content))
-        fails(init("s_" + name, queries=str(q)), str(q))
+        fails(init("s_" + name, queries=str(q)), str(q), *([said[name]] if name in said else []))
         assert not os.path.exists(str(tmp_path / ("s_" + name) / "cltfs.json")), name
     fails(init("s_noqfile", queries=str(tmp_path / "nonexistent.json")), "nonexistent.json")
 
