@@ -1149,6 +1149,29 @@ def test_repair_recaptures_damaged_chunks(llava, fp32_store, run_cltfs, tmp_path
     assert [rel for rel in rels if got[rel] != want[rel]] == []
 
 
+@pytest.mark.skipif(shutil.which("script") is None, reason="script(1) gives the capture a TTY")
+def test_capture_progress_on_a_tty(llava, run_cltfs, cltfs_bin, tmp_path):
+    """On a terminal, capture says it is loading the model (minutes for a
+    7B checkpoint), then rewrites a progress line per batch whose rate is
+    the model's (loading left out, as in the summary); not on a terminal,
+    only the summary."""
+    store = str(tmp_path / "store")
+    run_init(run_cltfs, store, llava.model(), llava.dataset(), "--dtype", "float32", "--quiet")
+    r = subprocess.run(["script", "-qec", "%s capture %s" % (cltfs_bin, store), "/dev/null"],
+                       capture_output=True, timeout=CAPTURE_TIMEOUT)
+    out = r.stdout.decode()  # bytes: text mode would turn each \r into \n
+    assert r.returncode == 0, out
+    n = len(llava.dataset().entries)
+    assert "\rcapture: loading the model" in out and "\rcapture: batch %d/%d" % (n, n) in out, out
+    last = float(re.findall(r"batch \d+/\d+, \d+ rows captured, (\d+) tokens/s", out)[-1])
+    summary = float(re.search(r"(\d+) tokens/s on ", out).group(1))
+    assert 0.5 * summary <= last <= 2 * summary, (last, summary, out)
+    store2 = str(tmp_path / "store2")
+    run_init(run_cltfs, store2, llava.model(), llava.dataset(), "--dtype", "float32", "--quiet")
+    r = run_capture(run_cltfs, store2)
+    assert "capture: batch" not in r.stderr and "loading the model" not in r.stderr.split("after")[0], describe(r)
+
+
 # ------------------------------------------------------- composed tiers --
 
 def test_hub_store_captured_on_miss(llava, fp32_store, run_cltfs, tmp_path, mount, make_hub):

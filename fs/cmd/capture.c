@@ -284,6 +284,8 @@ static cltfs_err run(cltfs_store *s, const capture_opts *o)
 			b++;
 			continue;
 		}
+		if (tty && !st.device) /* a 7B checkpoint takes a while: say what the wait is */
+			fprintf(stderr, "\rcapture: loading the model   ");
 		if ((e = capturer_load(c)))
 			break;
 		capturer_get_stats(c, &st);
@@ -303,8 +305,8 @@ static cltfs_err run(cltfs_store *s, const capture_opts *o)
 			e = push_tick(&push, c, o);
 		for (; b < end; b++, done++)
 			rows += cltfs_manifest_batch(m, b).rows;
-		if (tty && !e) {
-			double dt = cltfs_now() - t0;
+		if (tty && !e) { /* the rate of the model's work, as the summary's: loading left out */
+			double dt = cltfs_now() - t0 - st.load_s;
 			fprintf(stderr, "\rcapture: batch %lld/%lld, %lld rows captured, %.0f tokens/s   ",
 				(long long)(b - b0), (long long)(b1 - b0), (long long)rows, dt > 0 ? (double)rows / dt : 0.0);
 		}
