@@ -363,6 +363,46 @@ def _write_queries(ds_dir, entries):
         json.dump(entries, f)
 
 
+def test_init_rows_match_the_reference_tokenizer(llava, run_cltfs, tmp_path):
+    """Every sample's rows (its prompt's tokens, <image> counted as its
+    patches) are what SentencePiece and HF's added-token splitting give,
+    over 400 generated queries: words, digits, punctuation, runs of spaces,
+    tabs and newlines, text outside the tokenizer's training (accents, CJK,
+    emoji: byte fallback), and added tokens written in the query.  A wrong
+    count would shift every activation of the sample."""
+    import random as _random
+    rng = _random.Random(11)
+    words = ["the", "cat", "image", "Describe", "dog", "table", "ball", "color", "in", "of", "?", ".", ",",
+             "naïve", "café", "日本語", "画像", "🙂", "👩‍🔬", "x²", "3", "42", "1024", "</s>", "<s>",
+             "don't", "e.g.", "U.S.A.", "—", "«quoted»", "\u00a0", "tab\there", "line\nbreak"]
+    queries = []
+    for i in range(400):
+        n = rng.randrange(1, 14)
+        parts = [rng.choice(words) for _ in range(n)]
+        seps = [rng.choice([" ", " ", " ", "  ", "\n", "\t", "", "   "]) for _ in range(n)]
+        q = "".join(a + b for a, b in zip(parts, seps))
+        if rng.random() < 0.2:
+            q = " " * rng.randrange(1, 3) + q
+        queries.append(q)
+    ds = llava.dataset()
+    entries = json.loads(open(ds.queries).read())
+    qpath = tmp_path / "queries.json"
+    qpath.write_text(json.dumps([{"id": i, "image": entries[0]["image"], "query": q}
+                                 for i, q in enumerate(queries)]))
+    store = str(tmp_path / "store")
+    r = run_cltfs("init", store, "--model", llava.model(), "--dataset", str(qpath), "--image-dir", ds.images,
+                  "--quiet", timeout=120)
+    assert r.returncode == 0, describe(r)
+    m = llava.loaded()
+    got = [s["rows"] for s in manifest(store)["samples"]]
+    want = []
+    for q in queries:
+        ids = R.tokenize(m, DEFAULT_TEMPLATE.replace("{query}", q))
+        want.append(len(ids) + ids.count(m.image_token_index) * (m.num_patches - 1))
+    bad = [(queries[i], got[i], want[i]) for i in range(len(queries)) if got[i] != want[i]]
+    assert not bad, "%d of %d queries: %r" % (len(bad), len(queries), bad[:5])
+
+
 def test_init_errors(llava, run_cltfs, tmp_path):
     model, ds = llava.model(), llava.dataset()
 
