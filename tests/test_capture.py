@@ -403,6 +403,16 @@ def test_init_rows_match_the_reference_tokenizer(llava, run_cltfs, tmp_path):
     assert not bad, "%d of %d queries: %r" % (len(bad), len(queries), bad[:5])
 
 
+def test_capture_of_an_imported_store_refused(stores, run_cltfs):
+    """An imported store has no model to run: capture and capture --status
+    say so, naming the store, and exit 1."""
+    imp = stores.get("s1_bf16")
+    for args in (("capture", imp.store), ("capture", "--status", imp.store)):
+        r = run_cltfs(*args)
+        assert r.returncode == 1 and imp.store in r.stderr and "not a store made by `cltfs init`" in r.stderr, \
+            describe(r)
+
+
 def test_init_errors(llava, run_cltfs, tmp_path):
     model, ds = llava.model(), llava.dataset()
 
