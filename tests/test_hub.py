@@ -968,12 +968,15 @@ def test_plain_read_survives_fault(tmp_path, hub, plain_dir, mount, rel, server,
                    want_blobs=[etag_of(files[rel])])
 
 
-def test_hf_hub_cache_overrides_location(tmp_path, hub, plain_dir, mount):
+@pytest.mark.parametrize("var", ["HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"])
+def test_hf_hub_cache_overrides_location(tmp_path, hub, plain_dir, mount, var):
+    """The cache folder huggingface_hub would use: HF_HUB_CACHE, or its
+    older name HUGGINGFACE_HUB_CACHE."""
     src, files = plain_dir
     commit = hub.add_repo(PLAIN_REPO, src)
     hc = tmp_path / "hubcache"
     rel = "sub/deeper/sample_0004.pt"
-    with mount(PLAIN_URL, env=hf_env(tmp_path, hub, HF_HUB_CACHE=hc)) as m:
+    with mount(PLAIN_URL, env=hf_env(tmp_path, hub, **{var: str(hc)})) as m:
         assert read_all(m.p(rel)) == files[rel]
     check_hf_cache(hc / "datasets--me--plain", commit, {rel: files[rel]})
     assert not os.path.exists(tmp_path / "hf" / "hub")
@@ -999,7 +1002,14 @@ def test_revision_tag_and_commit(tmp_path, hub, mount):
     with mount(PLAIN_URL + "@feat/x", env=env) as m:
         assert os.listdir(m.path) == ["f.txt"]
         assert read_all(m.p("f.txt")) == b"feature\n"
+    # a pull request's revision, as given or percent-encoded as in the Hub's URLs
+    c4 = hub.add_repo(PLAIN_REPO, {"pr.txt": b"proposed\n"}, branch="refs/pr/1")
+    for rev in ("refs/pr/1", "refs%2Fpr%2F1"):
+        with mount(PLAIN_URL + "@" + rev, env=env) as m:
+            assert os.listdir(m.path) == ["pr.txt"], rev
+            assert read_all(m.p("pr.txt")) == b"proposed\n"
     folder = repo_folder(tmp_path, PLAIN_REPO)
+    assert (folder / "refs" / "refs" / "pr" / "1").read_bytes() == c4.encode()  # as huggingface_hub keeps it
     assert (folder / "refs" / "feat" / "x").read_bytes() == c3.encode()
     assert (folder / "refs" / "v1").read_bytes() == c1.encode()
     assert (folder / "refs" / "main").read_bytes() == c2.encode()
@@ -1112,6 +1122,23 @@ def test_private_repo_token_from_hf_home(tmp_path, hub, plain_dir, mount, mount_
     assert all(e["auth"] == "Bearer " + TOKEN for e in hub.log if e["server"] == "hub"
                and e["status"] != 401)
     assert all(e["auth"] is None for e in hub.log if e["server"] == "cdn")
+
+
+@pytest.mark.parametrize("how", ["HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH"])
+def test_private_repo_token_as_huggingface_hub_finds_it(tmp_path, hub, plain_dir, mount, how):
+    """huggingface_hub's other token sources: the variable's older name,
+    and a token file named by HF_TOKEN_PATH."""
+    src, files = plain_dir
+    hub.add_repo(PLAIN_REPO, src, private=True)
+    if how == "HF_TOKEN_PATH":
+        (tmp_path / "secrets").mkdir()
+        (tmp_path / "secrets" / "hf").write_text(TOKEN + "\n")
+        env = hf_env(tmp_path, hub, HF_TOKEN_PATH=str(tmp_path / "secrets" / "hf"))
+    else:
+        env = hf_env(tmp_path, hub, HUGGING_FACE_HUB_TOKEN=TOKEN)
+    with mount(PLAIN_URL, env=env) as m:
+        assert read_all(m.p("sample_0001.pt")) == files["sample_0001.pt"]
+        assert_no_token(m.log(), "the daemon's log")
 
 
 def test_token_never_in_output(tmp_path, hub, stores, run_cltfs, mount_fails):
