@@ -968,6 +968,23 @@ def test_plain_read_survives_fault(tmp_path, hub, plain_dir, mount, rel, server,
                    want_blobs=[etag_of(files[rel])])
 
 
+def test_plain_rate_limit_of_an_hour_is_an_error(tmp_path, hub, plain_dir, mount):
+    """429 with Retry-After: 3600 (a rate limit's ban): the read fails with
+    EIO at once, the log says 429, rather than holding the reader an hour;
+    the next read, once the Hub answers, succeeds."""
+    src, files = plain_dir
+    hub.add_repo(PLAIN_REPO, src)
+    rel = "sample_0000.pt"
+    with mount(PLAIN_URL, env=hf_env(tmp_path, hub)) as m:
+        hub.add_fault(re.escape(rel) + "$", "429", count=1, retry_after=3600)
+        t0 = time.monotonic()
+        with pytest.raises(OSError) as ei:
+            read_all(m.p(rel))
+        assert ei.value.errno == errno.EIO and time.monotonic() - t0 < 30
+        assert "429" in m.log(), m.log()
+        assert read_all(m.p(rel)) == files[rel]
+
+
 @pytest.mark.parametrize("var", ["HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"])
 def test_hf_hub_cache_overrides_location(tmp_path, hub, plain_dir, mount, var):
     """The cache folder huggingface_hub would use: HF_HUB_CACHE, or its

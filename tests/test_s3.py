@@ -110,6 +110,29 @@ def test_mount_views_equal_local_mount(tmp_path, s3, stores, mount, originals):
     assert any(p.endswith("cltfs.json") for p in meta), meta
 
 
+def test_public_bucket_without_credentials(tmp_path, s3, stores, mount, originals, cltfs_bin):
+    """No AWS_ACCESS_KEY_ID and no profile: requests go unsigned, as the
+    AWS CLI's --no-sign-request sends them to a public bucket; the mount
+    serves every view and pull copies the store.  Where the server wants a
+    signature, the refusal says no credentials were found."""
+    imp = stores.get("s1_bf16")
+    s3.upload_dir(imp.store, PREFIX)
+    env = env_of(tmp_path, s3)
+    del env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]
+    r = run(cltfs_bin, "pull", URL, tmp_path / "refused", env=env)
+    assert r.returncode == 1 and "AccessDenied" in r.stderr and "unsigned" in r.stderr, describe(r)
+    s3.verify = False  # a public bucket: anyone may read
+    s3.clear_log()
+    with mount(URL, env=env) as m:
+        for rel in imp.desc["files"]:
+            assert_same(torch.load(m.p(rel)), originals.get(imp.tree, rel), rel)
+    r = run(cltfs_bin, "pull", URL, tmp_path / "pulled", env=env)
+    assert r.returncode == 0, describe(r)
+    assert s3.log and not [e for e in s3.log if e["auth"]], "a request was signed"
+    v = run(cltfs_bin, "verify", tmp_path / "pulled", env=env)
+    assert v.returncode == 0 and " 0 bad" in v.stdout and "missing" not in v.stdout + v.stderr, describe(v)
+
+
 @pytest.fixture(scope="module")
 def big_store(tmp_path_factory, cltfs_bin):
     """A store of ~20 MB of packs: larger than what a reader fetches ahead."""
