@@ -170,6 +170,14 @@ static size_t on_body(char *p, size_t size, size_t nitems, void *arg)
 	}
 	if (!b->sink)
 		return n;
+	/* A proxy that dropped the Range (200: the file from byte 0) or
+	 * answered another range: not one byte of it is what the sink
+	 * expects, so none is given (a frame would fail its check and look
+	 * damaged); the attempt is tried again. */
+	if (b->ranged && (h->status != 206 || !h->has_range || h->range_start != b->start)) {
+		b->aborted = 3;
+		return 0;
+	}
 	if (n > b->want) {
 		b->aborted = 1; /* more than asked for: never pass on extra bytes */
 		return 0;
@@ -394,7 +402,7 @@ static cltfs_err head_once(const http_ctx *c, const char *url, http_hdrs *h)
 	char sh[1024];
 	double t0 = cltfs_now();
 	for (int attempt = 1;; attempt++) {
-		http_body b = {NULL, NULL, h, UINT64_MAX, 0, 0};
+		http_body b = {NULL, NULL, h, UINT64_MAX, 0, 0, false, 0};
 		CURLcode rc = perform(c, url, true, NULL, &b, h);
 		if (rc == CURLE_OUT_OF_MEMORY)
 			return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
@@ -515,7 +523,7 @@ void http_op_init(http_op *op, const http_ctx *c, const char *url, uint64_t off,
 {
 	memset(op, 0, sizeof *op);
 	*op = (http_op){.c = c, .url = url, .off = off, .len = len, .h = h, .attempt = 1, .t0 = cltfs_now()};
-	op->b = (http_body){sink, arg, h, UINT64_MAX, 0, 0};
+	op->b = (http_body){sink, arg, h, UINT64_MAX, 0, 0, false, 0};
 }
 
 cltfs_err http_op_setup(http_op *op, CURL *e)
@@ -533,6 +541,8 @@ cltfs_err http_op_setup(http_op *op, CURL *e)
 			snprintf(op->range, sizeof op->range, "%llu-", (unsigned long long)op->start);
 		op->b.want = op->len ? op->len - op->done : UINT64_MAX;
 		op->b.aborted = 0;
+		op->b.ranged = op->ranged;
+		op->b.start = op->start;
 	}
 	op->b.given = 0;
 	if (setup(e, op->c, op->cur, false, op->ranged ? op->range : NULL, &op->b, op->h, &op->hl))
@@ -569,6 +579,21 @@ static http_step attempt_failed(http_op *op, CURLcode rc, const char *sh, double
 	return HTTP_OP_RETRY;
 }
 
+/* An answer that is not the one asked for (a proxy's mistake): tried
+ * again while the retry budget lasts, as a transient fault. */
+static http_step wrong_answer(http_op *op, const char *sh, const char *what, double *wait, cltfs_err *err)
+{
+	if ((*wait = retry_wait(op->c, op->attempt, -1, op->t0)) < 0) {
+		atomic_fetch_add(&op->c->st->failures, 1);
+		*err = cltfs_fail(CLTFS_E_IO, "GET %s: %s, %d attempts", sh, what, op->attempt);
+		return HTTP_OP_FAIL;
+	}
+	free(op->cur); /* the next attempt starts again from the first hop */
+	op->cur = NULL;
+	op->attempt++;
+	return HTTP_OP_RETRY;
+}
+
 http_step http_op_step(http_op *op, CURL *e, CURLcode rc, double *wait, cltfs_err *err)
 {
 	char sh[1024];
@@ -595,15 +620,14 @@ http_step http_op_step(http_op *op, CURL *e, CURLcode rc, double *wait, cltfs_er
 		rc = CURLE_TOO_MANY_REDIRECTS;
 	}
 	/* A ranged request wants a 206 that starts where asked; a 200 would
-	 * be the whole file from byte 0. */
+	 * be the whole file from byte 0 (on_body gave none of either). */
 	bool ok_status = op->ranged ? h->status == 206 : h->status == 200;
-	if (!rc && h->status == 206 && (!h->has_range || h->range_start != op->start)) {
-		*err = cltfs_fail(CLTFS_E_IO, "GET %s: the server answered another range than asked", sh);
-		return HTTP_OP_FAIL;
-	}
+	if (op->b.aborted == 3 || (!rc && h->status == 206 && (!h->has_range || h->range_start != op->start)))
+		return wrong_answer(op, sh, "the server answered another range than asked", wait, err);
+	if (op->b.aborted == 1)
+		return wrong_answer(op, sh, "more bytes than asked for", wait, err);
 	if (op->b.aborted) {
-		*err = op->b.aborted == 1 ? cltfs_fail(CLTFS_E_IO, "GET %s: more bytes than asked for", sh)
-					  : cltfs_wrap(CLTFS_E_IO, "GET %s", sh); /* the sink's message */
+		*err = cltfs_wrap(CLTFS_E_IO, "GET %s", sh); /* the sink's message */
 		return HTTP_OP_FAIL;
 	}
 	if (!rc && ok_status && (!op->len || op->done == op->len))
@@ -713,7 +737,7 @@ cltfs_err http_send(const http_ctx *c, const char *method, const char *url, cons
 	double t0 = cltfs_now();
 	for (int attempt = 1;; attempt++) {
 		answer a = {0};
-		http_body b = {out ? answer_sink : NULL, &a, h, UINT64_MAX, 0, 0};
+		http_body b = {out ? answer_sink : NULL, &a, h, UINT64_MAX, 0, 0, false, 0};
 		CURLcode rc = send_once(c, method, url, body, len, &b, h);
 		atomic_fetch_add(&c->st->bytes, len);
 		if (rc == CURLE_OUT_OF_MEMORY || b.aborted) {

@@ -81,7 +81,10 @@ typedef struct {
 	http_hdrs *h;
 	uint64_t want;  /* bytes the sink may still take; UINT64_MAX: any */
 	uint64_t given; /* bytes given to the sink since the last step */
-	int aborted;    /* 1: more bytes than asked for, 2: the sink said stop */
+	int aborted;    /* 1: more bytes than asked for, 2: the sink said stop,
+			 * 3: another range than asked (none of it given) */
+	bool ranged;    /* the body must be a 206 from byte start */
+	uint64_t start;
 } http_body;
 
 /* http_get's request: init, then for each request setup a handle, perform

@@ -24,7 +24,12 @@ Emulated, as huggingface_hub 0.24-0.36 sees the real huggingface.co:
     any Authorization header other than "Bearer <token>": 401 "Invalid credentials in
       Authorization header" without X-Error-Code, on every Hub route.
   Injected faults (Hub.add_fault): 429 + Retry-After, 500/502/503, truncated body then
-  close, TCP reset (SO_LINGER 0) before any answer, slow body.
+  close, TCP reset (SO_LINGER 0) before any answer, slow body; a proxy's mistakes with
+  ranges: "norange" answers a ranged GET 200 with the whole body (a Range header
+  dropped), "shiftrange" 206 with bytes from 4096 earlier than asked, said so in its
+  Content-Range.
+  A repo renamed (Hub.rename): its old id answered 307 with a relative Location under
+  the new one, on every route.
   A link's round trip (Hub(latency=s)): every request of either server is answered s
   seconds after it came, as a client far away sees it (the bytes then flow at once).
 
@@ -32,7 +37,7 @@ Not emulated: uploads/commits API, user accounts and gated-access approval (a va
 token simply grants access; the real Hub also serves the metadata of gated repos
 anonymously and answers 403 to authenticated users who were not approved), xet
 storage, multi-range requests (answered 200 with the whole body, as RFC 9110 allows),
-If-None-Match / If-Range, Content-Encoding, spaces, renamed-repo redirects, short shas,
+If-None-Match / If-Range, Content-Encoding, spaces, short shas,
 refs/pr/N, signed-URL expiry.
 
 Memory: dict inputs keep their bytes in memory.  A directory input is hashed in
@@ -71,7 +76,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 CHUNK = 1 << 20
 TRUE = ("true", "True", "1")
-FAULT_KINDS = ("429", "500", "502", "503", "truncate", "reset", "slow")
+FAULT_KINDS = ("429", "500", "502", "503", "truncate", "reset", "slow", "norange", "shiftrange")
 _HEX40 = re.compile(r"[0-9a-f]{40}\Z")
 
 
@@ -432,7 +437,7 @@ class _Handler(BaseHTTPRequestHandler):
         fault = hub._take_fault(role, self.path.split("?", 1)[0])
         self._fault = fault
         try:
-            if fault is None or fault.kind in ("truncate", "slow"):
+            if fault is None or fault.kind in ("truncate", "slow", "norange", "shiftrange"):
                 self._send(*(self._hub() if role == "hub" else self._cdn()))
             elif fault.kind == "reset":
                 self.close_connection = True
@@ -510,6 +515,9 @@ class _Handler(BaseHTTPRequestHandler):
         h = list(headers) + [("ETag", '"%s"' % etag), ("Accept-Ranges", "bytes"),
                              ("Content-Type", "application/octet-stream")]
         rng = self.headers.get("Range")
+        kind = self._fault.kind if self._fault else None
+        if kind == "norange":
+            rng = None
         m = re.fullmatch(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*", rng or "")
         if not m or m[1] == m[2] == "" or (m[1] and m[2] and int(m[2]) < int(m[1])):
             return 200, h, b"", (f, 0, f.size)     # no / unsupported Range: whole body
@@ -522,6 +530,8 @@ class _Handler(BaseHTTPRequestHandler):
             bad = start >= f.size
         if bad:
             return 416, h + [("Content-Range", "bytes */%d" % f.size)], b""
+        if kind == "shiftrange":
+            start = max(0, start - 4096)
         return 206, h + [("Content-Range", "bytes %d-%d/%d" % (start, end, f.size))], b"", \
             (f, start, end - start + 1)
 

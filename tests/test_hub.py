@@ -608,6 +608,30 @@ def test_fault_mid_span_resumed(tmp_path, make_hub, stores, mount, originals):
     assert len(resumed) == 1 and resumed[0]["status"] == 206 and resumed[0]["bytes"] == last + 1 - first - cut, gets
 
 
+@pytest.mark.parametrize("kind", ["norange", "shiftrange"])
+def test_store_read_other_range_than_asked(tmp_path, hub, stores, mount, originals, kind):
+    """A proxy that drops the Range header (200, the whole pack) or answers
+    another range than asked: none of those bytes reach a frame.  Once, the
+    request is tried again and the view reads right; every time, the read
+    fails with EIO and the log says what the server did, not that a frame
+    was damaged."""
+    imp, _ = add_store(hub, stores)
+    rel = imp.desc["files"][1]
+    env = hf_env(tmp_path, hub, CLTFS_HUB_RETRIES=2, CLTFS_HUB_BACKOFF_MS=10)
+    with mount(STORE_URL, env=env) as m:
+        hub.add_fault(r"^/blobs/", kind, count=1, server="cdn")
+        assert_same(torch.load(m.p(rel)), originals.get(imp.tree, rel), rel)
+        assert hub.faults_left() == 0
+    with mount(STORE_URL, "store=" + str(tmp_path / "fresh"), env=env, name="again") as m:
+        hub.add_fault(r"^/blobs/", kind, count=1000, server="cdn")
+        with pytest.raises(OSError) as ei:
+            read_all(m.p(rel))
+        assert ei.value.errno == errno.EIO
+        log = m.log()
+    assert "another range than asked" in log, log
+    assert "checksum" not in log and "CRC" not in log and "damaged" not in log, log
+
+
 def test_fetch_error_names_url_and_chunk(tmp_path, hub, stores, mount):
     """A range that keeps failing: EIO to the reader, and a log line that
     names the chunk, the file of the repo and the URL."""
