@@ -116,6 +116,42 @@ def test_shuffle_seeds(stores, mount, originals):
     assert torch.equal(plain, x[0]), "batch_rows without shuffle is the stream in order"
 
 
+def test_shuffled_view_read_ahead(stores, mount):
+    """A reader going through a shuffled view in order: the chunks its next
+    bytes will need (a permutation's windows, not the stream's order) are
+    decoded ahead, and every byte equals a mount that reads nothing ahead."""
+    imp = stores.get("big", "--chunk-rows", "16")
+    opts = ("batch_rows=512", "shuffle=7", "cache_mb=64")
+
+    def read(m, rel, step=16384):
+        fd = os.open(m.p(rel), os.O_RDONLY | os.O_DIRECT)  # each pread a READ of the daemon's
+        try:
+            buf, out, off = mmap_buffer(step), bytearray(), 0
+            while True:
+                n = os.preadv(fd, [buf], off)
+                out += buf[:n]
+                off += n
+                if n < step:
+                    return bytes(out)
+        finally:
+            os.close(fd)
+    rels = ["L1/batch_0_x.pt", "L1/batch_1_y.pt"]
+    with mount(imp.store, *opts, "readahead=0") as m:
+        want = {rel: read(m, rel) for rel in rels}
+        assert m.stats()["readahead"] == 0
+    with mount(imp.store, *opts, "readahead=8") as m:
+        got = {rel: read(m, rel) for rel in rels}
+        st = m.stats()
+    assert got == want
+    assert len(want[rels[1]]) > 8 * 16384 and st["readahead"] > 0 and st["readahead_errors"] == 0, st
+
+
+def mmap_buffer(n):
+    """n bytes aligned to a page, as O_DIRECT wants."""
+    import mmap
+    return mmap.mmap(-1, n)
+
+
 def test_shuffle_refused(stores, mount_fails):
     imp = stores.get("s1_bf16")
     rc, out = mount_fails(imp.store, "shuffle=3")
