@@ -132,6 +132,28 @@ def test_repair_needs_a_source(tmp_path, stores, run_cltfs):
     assert man["source"]["path"] == imp.tree
 
 
+@pytest.mark.parametrize("other", ["bare_fp32", "s2_padded"])
+def test_pair_of_another_store_copied_in(tmp_path, stores, run_cltfs, mount, mount_fails, originals, other):
+    """A pack and index of another store copied into packs/ (a user's slip
+    while merging shards): the mount is refused naming that index, the
+    record and what disagrees (another dtype; rows the manifest does not
+    make); verify names it; --repair drops its records, and the store
+    serves its own views again."""
+    imp = stores.copy("s1_bf16", tmp_path / "store")
+    theirs = stores.get(other)
+    for src in packs(theirs.store) + packs(theirs.store, ".idx"):
+        shutil.copy(src, os.path.join(imp.store, "packs", "stray" + os.path.splitext(src)[1]))
+    rc, out = mount_fails(imp.store)
+    assert rc == 1 and "stray.idx" in out and "cltfs verify" in out, out
+    assert ("another dtype" in out) == (other == "bare_fp32"), out
+    r = run_cltfs("verify", imp.store)
+    assert r.returncode == 1 and "stray.idx" in r.stderr, describe(r)
+    r = run_cltfs("verify", "--repair", imp.store, timeout=300)
+    assert r.returncode == 0 and "damaged records dropped" in r.stderr, describe(r)
+    assert not os.path.exists(os.path.join(imp.store, "packs", "stray.idx"))
+    all_equal(mount, imp.store, imp, originals)
+
+
 @pytest.mark.parametrize("idx_bytes", [0, 7])
 def test_pair_of_a_writer_killed_at_its_start(tmp_path, stores, run_cltfs, mount, originals, idx_bytes):
     """A writer killed between creating its index and writing the header
