@@ -7,6 +7,8 @@ and pushes a store there, which boto3 reads back."""
 import errno
 import glob
 import os
+import re
+import shutil
 import signal
 import subprocess
 import time
@@ -368,6 +370,26 @@ def test_killed_push_resumes(tmp_path, s3, big_store, cltfs_bin):
     assert not [e for e in s3.log if e["query"] == "uploads="], "a new upload instead of the same one"
     assert bucket_files(s3, PREFIX) == store_files(store)
     assert writes(s3)[-1]["key"] == PREFIX + "/cltfs.json"
+
+
+@pytest.mark.skipif(shutil.which("script") is None, reason="script(1) gives the command a TTY")
+def test_push_and_pull_progress_on_a_tty(tmp_path, s3, big_store, cltfs_bin):
+    """On a terminal, push and pull rewrite a progress line (MB done of the
+    total, MB/s) and end it; without one they print no progress."""
+    store, _ = big_store
+    env = env_of(tmp_path, s3)
+
+    def on_tty(*args):
+        r = subprocess.run(["script", "-qec", " ".join([cltfs_bin] + [str(a) for a in args]), "/dev/null"],
+                           env=env, capture_output=True, timeout=300)
+        return r.returncode, r.stdout.decode()  # bytes: text mode would turn each \r into \n
+    rc, out = on_tty("push", store, URL)
+    assert rc == 0 and re.search(r"\rpush: [\d.]+ of [\d.]+ MB, [\d.]+ MB/s", out), out
+    rc, out = on_tty("pull", URL, tmp_path / "pulled")
+    assert rc == 0 and re.search(r"\rpull: [\d.]+ of [\d.]+ MB, [\d.]+ MB/s", out), out
+    r = run(cltfs_bin, "pull", URL, tmp_path / "pulled2", env=env)
+    assert r.returncode == 0 and not re.search(r"pull: [\d.]+ of [\d.]+ MB", r.stderr + r.stdout), describe(r)
+    assert "\r" not in r.stderr + r.stdout and "chunks" in r.stderr, describe(r)  # the summary alone
 
 
 def test_virtual_hosted_addressing(tmp_path, make_s3, stores, mount):
