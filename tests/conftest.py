@@ -32,6 +32,7 @@ import glob
 import io
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -388,6 +389,18 @@ def run_cltfs(cltfs_bin):
     def run(*args, **kw):
         return _run(cltfs_bin, *args, **kw)
     return run
+
+
+# script(1) gives a command a terminal, as a user at one sees it.
+needs_script = pytest.mark.skipif(shutil.which("script") is None, reason="script(1) gives the command a terminal")
+
+
+def on_tty(*cmd, env=None, timeout=300):
+    """(exit status, output) of cmd run on a terminal by script(1), the
+    output decoded from bytes: text mode would turn each \r into \n."""
+    line = " ".join(shlex.quote(str(a)) for a in cmd)
+    r = subprocess.run(["script", "-qec", line, "/dev/null"], env=env, capture_output=True, timeout=timeout)
+    return r.returncode, r.stdout.decode()
 
 
 def describe(r):

@@ -26,7 +26,7 @@ import torch
 import llava_ref as R
 import make_llava as G
 import sample_table
-from conftest import describe, is_mounted, load_bytes, LoadedFiles
+from conftest import describe, is_mounted, load_bytes, LoadedFiles, needs_script, on_tty
 from test_hub import make_hub  # noqa: F401 (a fixture)
 
 DEFAULT_TEMPLATE = R.DEFAULT_TEMPLATE
@@ -1199,7 +1199,7 @@ def test_repair_recaptures_damaged_chunks(llava, fp32_store, run_cltfs, tmp_path
     assert [rel for rel in rels if got[rel] != want[rel]] == []
 
 
-@pytest.mark.skipif(shutil.which("script") is None, reason="script(1) gives the capture a TTY")
+@needs_script
 def test_capture_progress_on_a_tty(llava, run_cltfs, cltfs_bin, tmp_path):
     """On a terminal, capture says it is loading the model (minutes for a
     7B checkpoint), then rewrites a progress line per batch whose rate is
@@ -1207,10 +1207,8 @@ def test_capture_progress_on_a_tty(llava, run_cltfs, cltfs_bin, tmp_path):
     only the summary."""
     store = str(tmp_path / "store")
     run_init(run_cltfs, store, llava.model(), llava.dataset(), "--dtype", "float32", "--quiet")
-    r = subprocess.run(["script", "-qec", "%s capture %s" % (cltfs_bin, store), "/dev/null"],
-                       capture_output=True, timeout=CAPTURE_TIMEOUT)
-    out = r.stdout.decode()  # bytes: text mode would turn each \r into \n
-    assert r.returncode == 0, out
+    rc, out = on_tty(cltfs_bin, "capture", store, timeout=CAPTURE_TIMEOUT)
+    assert rc == 0, out
     n = len(llava.dataset().entries)
     assert "\rcapture: loading the model" in out and "\rcapture: batch %d/%d" % (n, n) in out, out
     last = float(re.findall(r"batch \d+/\d+, \d+ rows captured, (\d+) tokens/s", out)[-1])

@@ -7,6 +7,8 @@ import subprocess
 
 import pytest
 
+from conftest import needs_script, on_tty
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -99,15 +101,14 @@ def test_mount_raises_kernel_readahead(stores, mount):
         assert _bdi_readahead(m.path) == 256
 
 
-@pytest.mark.skipif(shutil.which("script") is None, reason="script(1) gives the import a TTY")
+@needs_script
 def test_import_progress_on_a_tty_only(tmp_path, trees, cltfs_bin):
     tree, _ = trees.get("s1_bf16")
     store = tmp_path / "store"
     # on a terminal: a progress line rewritten with \r, then the summary
-    r = subprocess.run(["script", "-qec", "%s import %s %s" % (cltfs_bin, store, tree), "/dev/null"],
-                       capture_output=True, timeout=120)
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert b"\rimport: batch" in r.stdout and b"every value verified" in r.stdout, r.stdout
+    rc, out = on_tty(cltfs_bin, "import", store, tree, timeout=120)
+    assert rc == 0, out
+    assert "\rimport: batch" in out and "every value verified" in out, out
     # not on a terminal: no progress, only the summary
     r = subprocess.run([cltfs_bin, "import", str(tmp_path / "store2"), tree], capture_output=True, text=True)
     assert r.returncode == 0 and "import: batch" not in r.stderr + r.stdout

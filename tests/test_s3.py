@@ -8,7 +8,6 @@ import errno
 import glob
 import os
 import re
-import shutil
 import signal
 import subprocess
 import time
@@ -16,7 +15,7 @@ import time
 import pytest
 import torch
 
-from conftest import assert_same, describe
+from conftest import assert_same, describe, needs_script, on_tty
 from s3server import BUCKET, S3, have_s3rver
 
 pytestmark = pytest.mark.skipif(not have_s3rver(), reason="s3rver not installed (make deps installs it)")
@@ -372,20 +371,15 @@ def test_killed_push_resumes(tmp_path, s3, big_store, cltfs_bin):
     assert writes(s3)[-1]["key"] == PREFIX + "/cltfs.json"
 
 
-@pytest.mark.skipif(shutil.which("script") is None, reason="script(1) gives the command a TTY")
+@needs_script
 def test_push_and_pull_progress_on_a_tty(tmp_path, s3, big_store, cltfs_bin):
     """On a terminal, push and pull rewrite a progress line (MB done of the
     total, MB/s) and end it; without one they print no progress."""
     store, _ = big_store
     env = env_of(tmp_path, s3)
-
-    def on_tty(*args):
-        r = subprocess.run(["script", "-qec", " ".join([cltfs_bin] + [str(a) for a in args]), "/dev/null"],
-                           env=env, capture_output=True, timeout=300)
-        return r.returncode, r.stdout.decode()  # bytes: text mode would turn each \r into \n
-    rc, out = on_tty("push", store, URL)
+    rc, out = on_tty(cltfs_bin, "push", store, URL, env=env)
     assert rc == 0 and re.search(r"\rpush: [\d.]+ of [\d.]+ MB, [\d.]+ MB/s", out), out
-    rc, out = on_tty("pull", URL, tmp_path / "pulled")
+    rc, out = on_tty(cltfs_bin, "pull", URL, tmp_path / "pulled", env=env)
     assert rc == 0 and re.search(r"\rpull: [\d.]+ of [\d.]+ MB, [\d.]+ MB/s", out), out
     r = run(cltfs_bin, "pull", URL, tmp_path / "pulled2", env=env)
     assert r.returncode == 0 and not re.search(r"pull: [\d.]+ of [\d.]+ MB", r.stderr + r.stdout), describe(r)
