@@ -154,6 +154,9 @@ static size_t on_header(char *line, size_t size, size_t nitems, void *arg)
 
 /* ---- one request ---- */
 
+/* A 206 whose Content-Range is missing or starts elsewhere than byte start. */
+static bool other_range(const http_hdrs *h, uint64_t start) { return !h->has_range || h->range_start != start; }
+
 static size_t on_body(char *p, size_t size, size_t nitems, void *arg)
 {
 	http_body *b = arg;
@@ -174,7 +177,7 @@ static size_t on_body(char *p, size_t size, size_t nitems, void *arg)
 	 * answered another range: not one byte of it is what the sink
 	 * expects, so none is given (a frame would fail its check and look
 	 * damaged); the attempt is tried again. */
-	if (b->ranged && (h->status != 206 || !h->has_range || h->range_start != b->start)) {
+	if (b->ranged && (h->status != 206 || other_range(h, b->start))) {
 		b->aborted = 3;
 		return 0;
 	}
@@ -622,7 +625,7 @@ http_step http_op_step(http_op *op, CURL *e, CURLcode rc, double *wait, cltfs_er
 	/* A ranged request wants a 206 that starts where asked; a 200 would
 	 * be the whole file from byte 0 (on_body gave none of either). */
 	bool ok_status = op->ranged ? h->status == 206 : h->status == 200;
-	if (op->b.aborted == 3 || (!rc && h->status == 206 && (!h->has_range || h->range_start != op->start)))
+	if (op->b.aborted == 3 || (!rc && h->status == 206 && other_range(h, op->start)))
 		return wrong_answer(op, sh, "the server answered another range than asked", wait, err);
 	if (op->b.aborted == 1)
 		return wrong_answer(op, sh, "more bytes than asked for", wait, err);
