@@ -263,8 +263,8 @@ coverage: deps $(B)/libcltfs-capture.so
 	rm -rf $(COV)
 	$(MAKE) -j$(JOBS) B=$(COV) CFLAGS="-O0 -g --coverage" $(COV)/cltfs $(UNIT_TESTS:%=$(COV)/tests/%)
 	cp $(B)/libcltfs-capture.so $(COV)/   # libtorch's C++: not measured, found beside the binary
-	@set -e; for t in $(UNIT_TESTS:%=$(COV)/tests/%); do $$t >/dev/null; done
-	CLTFS_BIN=$(CURDIR)/$(COV)/cltfs $(PYTHON) -m pytest -q -p no:cacheprovider $(XDIST) -m "not plain_only" tests/
+	$(MAKE) B=$(COV) CFLAGS="-O0 -g --coverage" unit
+	CLTFS_BIN=$(CURDIR)/$(COV)/cltfs $(PYTEST) -m "not plain_only" tests/
 	$(PYTHON) tools/coverage.py $(COV)
 
 clean:
