@@ -319,6 +319,14 @@ def test_init_rows_match_reference(llava, run_cltfs, tmp_path, mount):
     st = stat_json(run_cltfs, store)
     assert st["chunks"] == 0 and st["samples"] == len(ds.entries) and st["rows"] == sum(rows)
     assert st["chunks_needed"] > 0
+    # no chunk yet: no estimate of the ratio (not "about 0.0000 (1/0.0)")
+    assert st["estimated_ratio"] is None and not st["complete"], st
+    text = run_cltfs("stat", store).stdout
+    assert re.search(r"^ratio +none yet: no chunk present", text, re.M), text
+    assert re.search(r"^raw bytes +0 B ", text, re.M) and "(1/0.0)" not in text, text
+    mat = re.search(r"^materialized +([\d.]+) (kB|MB|GB)", text, re.M)
+    assert mat and abs(float(mat.group(1)) * {"kB": 1e3, "MB": 1e6, "GB": 1e9}[mat.group(2)] /
+                       st["materialized_bytes"] - 1) < 0.05, text  # one decimal
     # sizes come from the manifest: listing and stat through a mount capture nothing
     with mount(store) as m:
         mm = json.loads(m.read_special(".cltfs/manifest.json"))

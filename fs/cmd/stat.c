@@ -27,6 +27,20 @@ static cltfs_err stat_one(void *arg, const store_entry *ent)
 	return CLTFS_OK;
 }
 
+/* bytes in decimal units, one decimal: a store's size runs from kB (a
+ * store init made) to PB (what 10^7 samples materialize). */
+static const char *human(double b, char buf[32])
+{
+	static const char *unit[] = {"B", "kB", "MB", "GB", "TB", "PB", "EB"};
+	int u = 0;
+	while (b >= 1000 && u < 6) {
+		b /= 1000;
+		u++;
+	}
+	snprintf(buf, 32, u ? "%.1f %s" : "%.0f %s", b, unit[u]);
+	return buf;
+}
+
 /* {"zstd": {"frames": N, "raw_bytes": R, "frame_bytes": F}, ...} for each
  * codec some frame is in (a store may hold several: writers that disagree,
  * frames copied from a Hub store). */
@@ -52,8 +66,9 @@ static void print_codecs(const stat_state *st)
 	for (int c = 0; c < CLTFS_NCODECS; c++) {
 		if (!st->n[c])
 			continue;
-		printf("%-13s %llu %s: %.1f MB raw in %.1f MB (%.3f)\n", label, (unsigned long long)st->n[c],
-		       cltfs_codec_name((cltfs_codec)c), (double)st->raw_of[c] / 1e6, (double)st->frames_of[c] / 1e6,
+		char r[32], f[32];
+		printf("%-13s %llu %s: %s raw in %s (%.3f)\n", label, (unsigned long long)st->n[c],
+		       cltfs_codec_name((cltfs_codec)c), human((double)st->raw_of[c], r), human((double)st->frames_of[c], f),
 		       st->raw_of[c] ? (double)st->frames_of[c] / (double)st->raw_of[c] : 0.0);
 		label = "";
 	}
@@ -133,7 +148,9 @@ static int print_json(const char *dir, const cltfs_manifest *m, const stat_state
 		  cJSON_AddNumberToObject(r, "materialized_bytes", (double)mat) &&
 		  cJSON_AddNumberToObject(r, "ratio", ratio) &&
 		  cJSON_AddBoolToObject(r, "complete", st->chunks >= need) &&
-		  cJSON_AddNumberToObject(r, "estimated_ratio", estimate(st, need, disk, mat));
+		  /* no chunk yet (a store init made): nothing to estimate from */
+		  (st->chunks ? cJSON_AddNumberToObject(r, "estimated_ratio", estimate(st, need, disk, mat)) != NULL
+			      : cJSON_AddNullToObject(r, "estimated_ratio") != NULL);
 	char *text = ok ? cJSON_PrintUnformatted(r) : NULL;
 	cJSON_Delete(r);
 	if (!text) {
@@ -165,23 +182,26 @@ int cmd_stat(const char *dir, bool json)
 	if (!rc && json)
 		rc = print_json(dir, m, &st, need, disk, mat);
 	else if (!rc) {
+		char hb[3][32];
 		printf("store         %s\n"
 		       "rows          %lld in %lld samples, %lld batches\n"
 		       "layers        %d x streams (L%d..L%d), %d mlp streams, d=%d, %s\n"
 		       "chunks        %llu of %llu present (%lld rows each at most)\n"
-		       "raw bytes     %.1f MB (the distinct streams, uncompressed)\n"
+		       "raw bytes     %s (the distinct streams, uncompressed)\n"
 		       "codec         %s (new frames are written so)\n",
 		       dir, (long long)m->total_rows, (long long)m->n_samples, (long long)m->n_batches, m->n_x_layers,
 		       m->x_layers[0], m->x_layers[m->n_x_layers - 1], m->n_mlp_layers, m->d_model,
 		       cltfs_dtype_name(m->dtype), (unsigned long long)st.chunks, (unsigned long long)need,
-		       (long long)m->chunk_rows, (double)st.raw / 1e6, cltfs_codec_name(m->codec));
+		       (long long)m->chunk_rows, human((double)st.raw, hb[0]), cltfs_codec_name(m->codec));
 		print_codecs(&st);
-		printf("on disk       %.1f MB\n"
-		       "materialized  %.1f MB (the L<n>/batch_<k>_{x,y}.pt files it serves)\n",
-		       (double)disk / 1e6, (double)mat / 1e6);
+		printf("on disk       %s\n"
+		       "materialized  %s (the L<n>/batch_<k>_{x,y}.pt files it serves)\n",
+		       human((double)disk, hb[1]), human((double)mat, hb[2]));
 		double est = estimate(&st, need, disk, mat);
 		if (st.chunks >= need)
 			printf("ratio         %.4f (1/%.1f)\n", ratio, ratio > 0 ? 1 / ratio : 0);
+		else if (!st.chunks)
+			printf("ratio         none yet: no chunk present (captured or imported chunks tell)\n");
 		else
 			printf("ratio         partial store (%.1f%% of the chunks): about %.4f (1/%.1f) when complete, "
 			       "from the chunks present\n", 100.0 * (double)st.chunks / (double)(need ? need : 1), est,
