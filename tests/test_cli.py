@@ -41,7 +41,8 @@ def test_man_page_covers_every_option():
                  "--image-dir", "capture_ahead=", "samples.bin", "JSON Lines", "device=", "capture_batch=",
                  "capture_idle=", "--device", "--compress-threads", "CUDA_VISIBLE_DEVICES", "TORCH_DIR",
                  "gpu-check", "model_unloads", "handles", "opens", "n_targets=", "target_offset=",
-                 "target_pad=", "--codec", "exp4", "--repair", "sample_reduce=", "sample_dtype=", "CLTFS_HUB_AHEAD_MB"):
+                 "target_pad=", "--codec", "exp4", "--repair", "sample_reduce=", "sample_dtype=", "CLTFS_HUB_AHEAD_MB",
+                 "readdirplus=", "readdirplus"):
         assert word.replace("-", "\\-") in page or word in page, word
     if shutil.which("groff"):
         r = subprocess.run(["groff", "-man", "-ww", "-z", os.path.join(REPO, "man", "cltfs.1")],

@@ -370,7 +370,7 @@ def test_missing_mountpoint(stores, mount_fails, tmp_path):
 def test_bad_option(stores, mount_fails):
     imp = stores.get("s1_bf16")
     for opt in ("cache_mb=lots", "dtype=int7", "batch_samples=two", "readahead=-1", "sample_reduce=median",
-                "sample_dtype=int8", "hub=ftp://host/x", "hub=s3://a/b"):
+                "sample_dtype=int8", "hub=ftp://host/x", "hub=s3://a/b", "readdirplus=sometimes"):
         rc, out = mount_fails(imp.store, opt)
         assert rc != 0, opt
         assert opt.split("=")[0] in out, "message does not name %s: %r" % (opt, out)

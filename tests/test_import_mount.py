@@ -345,6 +345,7 @@ STATS_KEYS = {
     "index": {"chunks", "bytes"},
     "readahead": None, "readahead_errors": None,
     "latency_us": {"mean", "max"},
+    "requests": {"lookup", "readdir", "readdirplus"},
 }
 
 

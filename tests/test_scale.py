@@ -83,6 +83,54 @@ def test_listing_a_big_layer(big_store, mount):
         assert ls.returncode == 0 and len(ls.stdout.splitlines()) == 2 * N + 1
 
 
+def _fuse_inodes():
+    """The kernel's FUSE inodes now (active objects of the fuse_inode slab),
+    or None where /proc/slabinfo cannot be read (not root)."""
+    try:
+        with open("/proc/slabinfo") as f:
+            for line in f:
+                if line.startswith("fuse_inode "):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def test_listing_names_builds_no_inodes(big_store, mount):
+    """os.listdir of a 2x10^5-file layer gets names only (plain READDIR
+    after the first buffer): the kernel builds no inode per name, which at
+    10^7 samples took 18 GB of its memory and 220 s for one listing.  A
+    lister that stats as it goes (os.scandir + stat) still gets attributes
+    with the names; -o readdirplus=always gives them to every listing, and a
+    stat after it then needs no LOOKUP."""
+    with mount(big_store, "capture=off") as m:
+        before, ino0 = m.stats()["requests"], _fuse_inodes()
+        assert len(os.listdir(m.p("L3"))) == 2 * N
+        ino1 = _fuse_inodes()
+        rq = m.stats()["requests"]
+        plus = rq["readdirplus"] - before["readdirplus"]
+        assert rq["readdir"] > before["readdir"] and plus <= 2, (before, rq)
+        if ino0 is not None:
+            assert ino1 - ino0 < N // 4, (ino0, ino1)  # other tests' mounts make some
+        with os.scandir(m.p("L4")) as it:
+            assert sum(e.stat().st_size > 0 for e in it) == 2 * N
+        after = m.stats()["requests"]
+        # attributes came with the names: no LOOKUP per file
+        assert after["readdirplus"] > rq["readdirplus"] and after["lookup"] - rq["lookup"] < 100, (rq, after)
+    with mount(big_store, "capture=off", "readdirplus=always") as m:
+        before, ino0 = m.stats()["requests"], _fuse_inodes()
+        names = os.listdir(m.p("L3"))
+        assert len(names) == 2 * N
+        rq = m.stats()["requests"]
+        assert rq["readdir"] == before["readdir"] and rq["readdirplus"] > before["readdirplus"], rq
+        if ino0 is not None:
+            assert _fuse_inodes() - ino0 > N, (ino0, _fuse_inodes())
+        for name in random.Random(7).sample(names, 2000):
+            assert os.stat(m.p("L3", name)).st_size > 0
+        end = m.stats()["requests"]  # reading .cltfs/stats looks it up: a few
+        assert end["lookup"] - rq["lookup"] < 10, (rq, end)
+
+
 def _to_version1(store):
     """Rewrite a store's manifest as an older cltfs wrote it: the samples
     inline in cltfs.json, no samples.bin."""

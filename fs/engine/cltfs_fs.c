@@ -570,12 +570,15 @@ char *fs_stats_json(cltfs_fs *fs)
 	sbuf_put(&t, "},\n \"bytes_read\": %llu, \"reads\": %llu, \"opens\": %llu, \"errors\": %llu,\n"
 		" \"cache\": {\"bytes\": %zu, \"limit\": %zu, \"entries\": %zu, \"buffers\": %zu},\n"
 		" \"index\": {\"chunks\": %llu, \"bytes\": %llu},\n"
-		" \"readahead\": %llu, \"readahead_errors\": %llu, \"latency_us\": {\"mean\": %llu, \"max\": %llu}",
+		" \"readahead\": %llu, \"readahead_errors\": %llu, \"latency_us\": {\"mean\": %llu, \"max\": %llu},\n"
+		" \"requests\": {\"lookup\": %llu, \"readdir\": %llu, \"readdirplus\": %llu}",
 	    (unsigned long long)fs->st.bytes_read, reads, (unsigned long long)fs->st.opens,
 	    (unsigned long long)fs->st.errors, bytes, limit, entries, cache_buffers(fs->cache),
 	    (unsigned long long)ichunks, (unsigned long long)ibytes,
 	    (unsigned long long)fs->st.readahead, (unsigned long long)fs->st.readahead_errors,
-	    reads ? (unsigned long long)fs->st.lat_us_sum / reads : 0ULL, (unsigned long long)fs->st.lat_us_max);
+	    reads ? (unsigned long long)fs->st.lat_us_sum / reads : 0ULL, (unsigned long long)fs->st.lat_us_max,
+	    (unsigned long long)fs->st.lookups, (unsigned long long)fs->st.listings[0],
+	    (unsigned long long)fs->st.listings[1]);
 	for (int i = 0; i < fs->o.ntiers; i++) {
 		cltfs_tier *tr = fs->o.tiers[i];
 		char extra[1024] = "";

@@ -49,6 +49,7 @@ typedef struct {
 typedef struct {
 	atomic_ullong mem_hits, store_loads, bytes_read, reads, errors, readahead, readahead_errors;
 	atomic_ullong opens; /* OPEN requests: one per mount with zero-message opens */
+	atomic_ullong lookups, listings[2]; /* LOOKUP; READDIR and READDIRPLUS requests */
 	atomic_ullong view_reads[3], view_bytes[3]; /* by kind of file: FS_VIEW_X, _Y, _SAMPLE */
 	atomic_ullong tier_loads[FS_MAX_TIERS];
 	atomic_ullong lat_us_sum, lat_us_max;

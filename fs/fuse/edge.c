@@ -203,15 +203,24 @@ void edge_init(void *userdata, struct fuse_conn_info *conn)
 		conn->want |= FUSE_CAP_ASYNC_READ;
 	if (conn->capable & FUSE_CAP_PARALLEL_DIROPS)
 		conn->want |= FUSE_CAP_PARALLEL_DIROPS;
-	/* Every listing is READDIRPLUS (not the kernel's "auto" guess): names
-	 * with their attributes, so no file needs a LOOKUP or GETATTR of its
-	 * own after a listing. */
+	/* Listings: READDIRPLUS (names with attributes) where the lister asks
+	 * for attributes, as the kernel guesses ("auto": the first buffer of a
+	 * listing, then only while the lister looks names up), plain READDIR
+	 * otherwise.  Attributes make the kernel build an inode for every name
+	 * (~1 KiB of its memory each): a layer directory of 10^7 samples is
+	 * 2x10^7 names, and os.listdir() of it with attributes took 220 s and
+	 * 18 GB of kernel memory, without 21 s and none.  -o readdirplus=always
+	 * gives every listing attributes (du and find, which list a whole
+	 * directory before they stat, 5x faster; DESIGN.md section 5). */
+	edge_ctx_t *c = userdata;
 	if (conn->capable & FUSE_CAP_READDIRPLUS)
 		conn->want |= FUSE_CAP_READDIRPLUS;
-	conn->want &= ~FUSE_CAP_READDIRPLUS_AUTO;
+	if (!c->rdplus_always && (conn->capable & FUSE_CAP_READDIRPLUS_AUTO))
+		conn->want |= FUSE_CAP_READDIRPLUS_AUTO;
+	else
+		conn->want &= ~FUSE_CAP_READDIRPLUS_AUTO;
 	/* Zero-message opens: an OPEN answered ENOSYS tells the kernel to open
 	 * every file itself from then on, with the page cache kept, and to
 	 * send no RELEASE: two round trips less per open() of a file. */
-	edge_ctx_t *c = userdata;
 	c->no_open = !c->handles && (conn->capable & FUSE_CAP_NO_OPEN_SUPPORT);
 }

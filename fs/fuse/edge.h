@@ -47,6 +47,7 @@ typedef struct {
 	edge_handle open_files;   /* sentinel of a circular list */
 	bool handles;             /* -o handles: answer every OPEN (no zero-message opens) */
 	bool no_open;             /* opens never reach us (set at INIT) */
+	bool rdplus_always;       /* -o readdirplus=always: every listing with attributes */
 	/* .cltfs/stats without OPEN: each lookup is a new inode with the
 	 * snapshot it names (views.c) */
 	uint64_t snap_seq;

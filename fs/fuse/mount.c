@@ -23,7 +23,7 @@
 
 typedef struct {
 	char *store, *dtype, *hub, *capture, *model, *images, *device, *target_pad, *sample_reduce, *sample_dtype;
-	char *s3_addressing;
+	char *s3_addressing, *readdirplus;
 	long long cache_mb, batch_samples, batch_rows, readahead, threads, read_ahead_kb, capture_ahead;
 	long long capture_batch, capture_idle, n_targets, target_offset, shuffle, shuffle_window;
 	char *args[2];
@@ -46,6 +46,7 @@ static const struct fuse_opt cli_opts[] = {
 	OPT("target_pad=%s", target_pad),         OPT("sample_reduce=%s", sample_reduce),
 	OPT("sample_dtype=%s", sample_dtype),     OPT("s3_addressing=%s", s3_addressing),
 	OPT("shuffle=%lld", shuffle),             OPT("shuffle_window=%lld", shuffle_window),
+	OPT("readdirplus=%s", readdirplus),
 	OPT("share_zero_targets", share_zero), OPT("handles", handles),
 	OPT("-f", foreground),
 	OPT("-d", debug),                   OPT("debug", debug),
@@ -86,7 +87,7 @@ static void cli_free(cli *c)
 {
 	char *s[] = {c->store,  c->dtype,  c->hub,        c->capture,       c->model,        c->images,
 		     c->device, c->target_pad, c->sample_reduce, c->sample_dtype, c->args[0], c->args[1],
-		     c->s3_addressing};
+		     c->s3_addressing, c->readdirplus};
 	for (size_t i = 0; i < sizeof s / sizeof *s; i++)
 		free(s[i]);
 }
@@ -166,6 +167,10 @@ static bool check_opts(const cli *c, cltfs_opts *o)
 	o->sample_dtype = c->sample_dtype ? (int)sdt : 0;
 	if (c->target_pad && strcmp(c->target_pad, "zero") && strcmp(c->target_pad, "clip")) {
 		fprintf(stderr, "cltfs: -o target_pad=%s: expected zero or clip\n", c->target_pad);
+		return false;
+	}
+	if (c->readdirplus && strcmp(c->readdirplus, "auto") && strcmp(c->readdirplus, "always")) {
+		fprintf(stderr, "cltfs: -o readdirplus=%s: expected auto or always\n", c->readdirplus);
 		return false;
 	}
 	if (c->capture && strcmp(c->capture, "auto") && strcmp(c->capture, "on") && strcmp(c->capture, "off")) {
@@ -394,6 +399,7 @@ int edge_mount_main(int argc, char **argv, void (*usage)(FILE *))
 	}
 	edge_files_init(&cx);
 	cx.handles = c.handles;
+	cx.rdplus_always = c.readdirplus && !strcmp(c.readdirplus, "always");
 	cx.fs = fs;
 	cx.plain = src.plain;
 	cx.uid = getuid();

@@ -253,6 +253,7 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
 	ctx *c = edge_ctx(req);
 	struct fuse_entry_param e = {0};
+	atomic_fetch_add(&fs_stats(c->fs)->lookups, 1);
 	e.ino = do_lookup(c, parent, name);
 	if (!e.ino) {
 		e.entry_timeout = EDGE_TIMEOUT; /* negative entries are cached too */
@@ -375,6 +376,7 @@ static void readdir_any(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, 
 {
 	ctx *c = edge_ctx(req);
 	dir_ref r = {c, decode(c, ino), ino};
+	atomic_fetch_add(&fs_stats(c->fs)->listings[plus], 1);
 	if (r.d.t != N_ROOT && r.d.t != N_META && r.d.t != N_LAYER && r.d.t != N_SAMPLES)
 		fuse_reply_err(req, ENOTDIR);
 	else
