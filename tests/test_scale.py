@@ -4,7 +4,6 @@ manifest format, and listings whose sizes must be the bytes served."""
 import json
 import os
 import random
-import shutil
 import subprocess
 
 import pytest
