@@ -369,6 +369,11 @@ int64_t cltfs_manifest_chunk_of(const cltfs_manifest *m, int64_t row);
 int64_t cltfs_manifest_chunk_start(const cltfs_manifest *m, int64_t c);
 int64_t cltfs_manifest_chunk_rows(const cltfs_manifest *m, int64_t c);
 int64_t cltfs_manifest_batch_of_chunk(const cltfs_manifest *m, int64_t c);
+/* The first rows of chunks 0, step, 2 step, ... (ceil(n_chunks / step) of
+ * them), then total_rows, into out: one pass over the batches, where a
+ * cltfs_manifest_chunk_start each would search (10^7 samples: 0.1 s
+ * against 20 s). */
+void cltfs_manifest_chunk_starts(const cltfs_manifest *m, int64_t step, int64_t *out);
 /* The layer of target j of x layer L, or -1 for a zero padding target. */
 int cltfs_manifest_target_layer(const cltfs_manifest *m, int layer, int j);
 /* Number of targets the y file of layer L holds (clip drops padding). */

@@ -257,6 +257,22 @@ int64_t cltfs_manifest_batch_of_chunk(const cltfs_manifest *m, int64_t c)
 	return bi;
 }
 
+void cltfs_manifest_chunk_starts(const cltfs_manifest *m, int64_t step, int64_t *out)
+{
+	int64_t n = 0, next = 0; /* starts written; the next chunk wanted */
+	for (int64_t b = 0, s = 0, row = 0, chunk = 0; b < m->n_batches && next < m->n_chunks; b++) {
+		int64_t S, rows, T;
+		batch_shape(m, b, s, &S, &rows, &T);
+		int64_t k = chunks_of(m, rows);
+		for (; next < chunk + k; next += step)
+			out[n++] = row + (next - chunk) * m->chunk_rows;
+		s += S;
+		row += rows;
+		chunk += k;
+	}
+	out[n] = m->total_rows;
+}
+
 int64_t cltfs_manifest_sample_row(const cltfs_manifest *m, int64_t i)
 {
 	int64_t bi;

@@ -221,6 +221,22 @@ static void check_geometry(const cltfs_manifest *m)
 	}
 	CHECK(bad == 0 && s == m->n_samples && row == m->total_rows && chunk == m->n_chunks);
 	CHECK(cltfs_manifest_chunk_start(m, m->n_chunks) == m->total_rows);
+	/* the same starts in one pass, every step */
+	int64_t steps[] = {1, 2, 3, 7, 16, m->n_chunks - 1, m->n_chunks, m->n_chunks + 5};
+	for (size_t i = 0; i < sizeof steps / sizeof *steps; i++) {
+		int64_t step = steps[i] > 0 ? steps[i] : 1, n = (m->n_chunks + step - 1) / step;
+		int64_t *out = malloc((size_t)(n + 2) * sizeof *out);
+		CHECK(out != NULL);
+		if (!out)
+			continue;
+		out[n + 1] = -7; /* nothing is written past total_rows */
+		cltfs_manifest_chunk_starts(m, step, out);
+		bad = out[n] != m->total_rows || out[n + 1] != -7;
+		for (int64_t w = 0; w < n; w++)
+			bad += out[w] != cltfs_manifest_chunk_start(m, w * step);
+		CHECK(bad == 0);
+		free(out);
+	}
 }
 
 static void test_geometry(void)
