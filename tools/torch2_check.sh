@@ -4,7 +4,7 @@
 # libtorch 2.6 (the host has gcc 12 and libtorch 1.13; a user capturing on
 # a GPU builds against a torch 2).  The working tree's files (tracked, and
 # untracked ones git does not ignore) are copied into the root, built there
-# with `make all` (-Werror), and the tests of capture, mounts, views and
+# with `make all` (-Werror), and the tests of capture, mounts, views, listings and
 # errors run there: the capture library on libtorch 2.6 against
 # tests/llava_ref.py on torch 2.6, the daemon on libfuse 3.17, by real
 # mounts.  About 2 minutes.  Without the root (made only as root)
@@ -52,4 +52,4 @@ chroot "$root" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/tmp LC_A
 	xdist=\$(python3 -c 'import xdist' 2>/dev/null && echo \"-n \$(nproc) --dist loadfile\" || true)
 	CLTFS_BIN=$inner/build/cltfs python3 -m pytest -q -p no:cacheprovider --basetemp=$inner/pytest \$xdist \\
 		tests/test_capture.py tests/test_import_mount.py tests/test_views.py tests/test_errors.py \\
-		tests/test_shuffle.py tests/test_normstats.py tests/test_codecs.py tests/test_cli.py"
+		tests/test_shuffle.py tests/test_normstats.py tests/test_codecs.py tests/test_cli.py tests/test_scale.py"
