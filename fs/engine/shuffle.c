@@ -71,8 +71,12 @@ cltfs_err shuffle_new(const cltfs_manifest *m, uint64_t seed, int64_t window_chu
 	s->nwin = m->n_chunks ? (m->n_chunks + s->wchunks - 1) / s->wchunks : 0;
 	s->order = malloc(((size_t)s->nwin + 1) * sizeof *s->order);
 	s->pos = malloc(((size_t)s->nwin + 1) * sizeof *s->pos);
-	if (!s->order || !s->pos || s->nwin > UINT32_MAX) {
+	/* each window's first row, for now: one pass over the batches (a
+	 * search for each of 1.8x10^7 windows took 20 s at 10^7 samples) */
+	int64_t *row0 = malloc(((size_t)s->nwin + 1) * sizeof *row0);
+	if (!s->order || !s->pos || !row0 || s->nwin > UINT32_MAX) {
 		long long n = (long long)s->nwin;
+		free(row0);
 		shuffle_free(s);
 		return cltfs_fail(CLTFS_E_NOMEM, "out of memory for %lld shuffle windows", n);
 	}
@@ -84,14 +88,6 @@ cltfs_err shuffle_new(const cltfs_manifest *m, uint64_t seed, int64_t window_chu
 		uint32_t t = s->order[i];
 		s->order[i] = s->order[j];
 		s->order[j] = t;
-	}
-	/* each window's first row, for now: one pass over the batches (a
-	 * search for each of 1.8x10^7 windows took 20 s at 10^7 samples) */
-	int64_t *row0 = malloc(((size_t)s->nwin + 1) * sizeof *row0);
-	if (!row0) {
-		long long n = (long long)s->nwin;
-		shuffle_free(s);
-		return cltfs_fail(CLTFS_E_NOMEM, "out of memory for %lld shuffle windows", n);
 	}
 	cltfs_manifest_chunk_starts(m, s->wchunks, row0);
 	s->pos[0] = 0;
