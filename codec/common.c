@@ -82,7 +82,9 @@ static int copy_fd(int fd, int src, uint64_t len)
 static cltfs_err write_atomic(const char *path, const void *data, int src, uint64_t len)
 {
 	char tmp[4096];
-	snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
+	/* the thread's id too: threads of one process may write one path at
+	 * once (the HF cache's CACHEDIR.TAG, by a mount's metadata fetches) */
+	snprintf(tmp, sizeof tmp, "%s.tmp.%ld.%ld", path, (long)getpid(), (long)gettid());
 	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
 	if (fd < 0)
 		return cltfs_fail(CLTFS_E_IO, "%s: %s", tmp, strerror(errno));

@@ -130,6 +130,13 @@ void hf_download_release(hf_download *d);
  * the retries: the message names the URL), _NOMEM. */
 cltfs_err hf_read_range(hf_repo *r, const char *path, uint64_t off, size_t len, void *dst);
 
+/* Ask the Hub where path's bytes are served from (a HEAD: its redirect to
+ * the CDN) and remember it as hf_read_range and ranges do, so that the
+ * first read of path skips the Hub's round trip.  Nothing to do for a
+ * bucket, offline, or a file the Hub serves itself.  The errors of the
+ * request (a later read asks the Hub again in any case). */
+cltfs_err hf_locate(hf_repo *r, const char *path);
+
 /* Upload the first size bytes of the file at local to path under an S3
  * prefix (hf_repo_is_s3): one PUT, or a multipart upload resumed from its
  * journal after a kill (s3.h).  *done (may be NULL) counts the bytes sent.

@@ -1187,6 +1187,27 @@ cltfs_err hf_read_range(hf_repo *r, const char *path, uint64_t off, size_t len, 
 	return e ? cltfs_wrap(e, "%s", what) : CLTFS_OK;
 }
 
+cltfs_err hf_locate(hf_repo *r, const char *path)
+{
+	if (r->s3 || r->cfg.offline)
+		return CLTFS_OK;
+	char *url = hf_repo_resolve_url(r, path), what[1024];
+	if (!url)
+		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	http_hdrs h = {0};
+	cltfs_err e = http_head(&r->http, url, &h);
+	/* http_head followed the Hub's own redirects: one left names its CDN */
+	if (!e && h.status >= 300 && h.status < 400 && h.location &&
+	    (!strncmp(h.location, "https://", 8) || !strncmp(h.location, "http://", 7)))
+		remember_location(r, path, h.location, false);
+	else if (!e && (h.status < 200 || h.status >= 300))
+		e = http_status_error(url, &h);
+	http_hdrs_free(&h);
+	free(url);
+	hf_repo_what(r, path, what, sizeof what);
+	return e ? cltfs_wrap(e, "%s", what) : CLTFS_OK;
+}
+
 cltfs_err hf_upload(hf_repo *r, const char *path, const char *local, uint64_t size, atomic_ullong *done)
 {
 	if (!r->s3)

@@ -187,7 +187,8 @@ class _Fault:
 
 class Hub:
     """The fake Hub.  Attributes: endpoint, cdn_endpoint (after start()), log (list of dicts:
-    server, method, path, range, auth, status, bytes, fault)."""
+    server, method, path, range, auth, status, bytes, fault), peak_inflight (the most
+    requests answered at once since start or clear_log)."""
 
     def __init__(self, token="hf_test", lfs_threshold=1024, page_size=1000, cdn_dir=None,
                  cdn_url=None, port=0, cdn_port=0, latency=0.0):
@@ -200,6 +201,7 @@ class Hub:
         self._renamed = {}  # (type, old id) -> new id
         self._servers = []
         self._log_entries, self._inflight = [], 0
+        self.peak_inflight = 0  # the most requests answered at once, of either server
         self._quiet = threading.Condition(self._lock)
         self.endpoint = self.cdn_endpoint = None
 
@@ -357,6 +359,7 @@ class Hub:
     def _begin(self):
         with self._lock:
             self._inflight += 1
+            self.peak_inflight = max(self.peak_inflight, self._inflight)
 
     def _log(self, entry):
         with self._lock:
@@ -377,6 +380,7 @@ class Hub:
         with self._lock:
             self._settle()
             del self._log_entries[:]
+            self.peak_inflight = 0
 
 
 class _Server(ThreadingHTTPServer):

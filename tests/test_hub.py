@@ -283,6 +283,37 @@ def test_redirect_target_remembered(tmp_path, hub, stores, mount, originals):
             "the Hub was asked again for the pack: %s" % later[:3]
 
 
+def test_packs_located_at_mount(tmp_path, hub, stores, run_cltfs, mount, originals):
+    """The mount asks the Hub where the pack is served from (a HEAD, beside
+    the indexes): the first read goes to the CDN at once, with no Hub round
+    trip.  CLTFS_HUB_LOCATE=0 leaves that to the read; a local store that
+    holds the repo's packs already (pulled) asks nothing."""
+    imp, commit = add_store(hub, stores)
+    shas = pack_sha256(imp)
+    rel = imp.desc["files"][0]
+    hub.clear_log()
+    with mount(STORE_URL, "store=" + str(tmp_path / "a"), env=hf_env(tmp_path, hub)) as m:
+        at_mount = [e for e in hub.log if is_pack_request(e, shas=shas)]
+        hub.clear_log()
+        check_store_views(m, imp, originals, [rel])
+        read = [e for e in hub.log if is_pack_request(e, shas=shas)]
+    assert [(e["method"], e["status"]) for e in at_mount] == [("HEAD", 302)], at_mount
+    assert read and all(e["server"] == "cdn" for e in read), read
+    hub.clear_log()
+    with mount(STORE_URL, "store=" + str(tmp_path / "b"), env=hf_env(tmp_path, hub, CLTFS_HUB_LOCATE=0)) as m:
+        assert not [e for e in hub.log if is_pack_request(e, shas=shas)]
+        check_store_views(m, imp, originals, [rel])
+        read = [e for e in hub.log if is_pack_request(e, shas=shas)]
+    assert [e["status"] for e in read if e["server"] == "hub"][:1] == [302], read
+    env = hf_env(tmp_path, hub)
+    r = run_cltfs("pull", STORE_URL, str(tmp_path / "a"), "--quiet", env=env)
+    assert r.returncode == 0, describe(r)
+    hub.clear_log()
+    with mount(STORE_URL, "store=" + str(tmp_path / "a"), env=env) as m:
+        check_store_views(m, imp, originals, [rel])
+    assert not [e for e in hub.log if is_pack_request(e, shas=shas)], hub.log
+
+
 def test_local_store_serves_later_mount_offline(tmp_path, hub, stores, mount, originals):
     """-o store=DIR keeps fetched chunks: a second mount with HF_HUB_OFFLINE=1
     and the Hub down serves every view from it."""
@@ -356,7 +387,9 @@ def test_default_local_store(tmp_path, make_hub, stores, mount, originals, run_c
         check_store_views(m, imp, originals, rels)
         st = m.stats()
         assert st["chunks"]["hub"] == 0 and st["chunks"]["store"] > 0, st
-    assert not [e for e in hub.log if is_pack_request(e, shas=pack_sha256(imp))]
+    # no pack byte asked for (the mount may ask where a pack is served from:
+    # the local store holds only some of the chunks)
+    assert not [e for e in hub.log if is_pack_request(e, shas=pack_sha256(imp)) and e["method"] != "HEAD"]
 
 
 @pytest.mark.filterwarnings("ignore:This DataLoader will create")
@@ -493,7 +526,9 @@ FAULT_KINDS = ["429", "500", "503", "truncate", "reset", "slow"]
                          [("cdn", k) for k in FAULT_KINDS])
 def test_store_read_survives_fault(tmp_path, hub, stores, mount, originals, server, kind):
     imp, commit = add_store(hub, stores)
-    env = hf_env(tmp_path, hub)
+    # a fault of the Hub's: the read asks it where the pack is (as it does
+    # past the first packs, and once a location is 5 minutes old)
+    env = hf_env(tmp_path, hub, **({"CLTFS_HUB_LOCATE": 0} if server == "hub" else {}))
     with mount(STORE_URL, env=env) as m:
         pattern = r"\.pack$" if server == "hub" else r"^/blobs/"
         hub.add_fault(pattern, kind, retry_after=1 if kind == "429" else None,
@@ -513,7 +548,8 @@ def test_store_read_eio_when_retries_exhausted(tmp_path, hub, stores, mount, ori
     wrong bytes), the mount stays up, and the same read succeeds once the
     Hub answers again."""
     imp, commit = add_store(hub, stores)
-    env = hf_env(tmp_path, hub, CLTFS_HUB_RETRIES=2, CLTFS_HUB_BACKOFF_MS=10)
+    env = hf_env(tmp_path, hub, CLTFS_HUB_RETRIES=2, CLTFS_HUB_BACKOFF_MS=10,
+                 **({"CLTFS_HUB_LOCATE": 0} if server == "hub" else {}))
     rel = imp.desc["files"][0]
     with mount(STORE_URL, env=env) as m:
         pattern = r"\.pack$" if server == "hub" else r"^/blobs/"
@@ -651,6 +687,43 @@ def test_fetch_error_names_url_and_chunk(tmp_path, hub, stores, mount):
         assert re.search(r"chunk (x|mlp)@\d+#\d+", ln), ln
         assert "hf://datasets/%s@%s/%s" % (STORE_REPO, commit[:12], pack) in ln, ln
         assert re.search(r"http://127\.0\.0\.1:\d+/\S+", ln), ln
+
+
+def many_pairs_repo(imp, pairs):
+    """The files of imp's store plus `pairs` empty writer pairs (a header
+    alone: a capture array that pushes as it goes leaves one pair per
+    sealed pack), as {path in the repo: bytes}."""
+    files = {}
+    for root, _, names in os.walk(imp.store):
+        for n in names:
+            p = os.path.join(root, n)
+            files[os.path.relpath(p, imp.store)] = read_all(p)
+    idx = sorted(k for k in files if k.startswith("packs/") and k.endswith(".idx"))[0]
+    for i in range(pairs):
+        files["packs/shard-%02d.idx" % i] = files[idx][:16]
+        files["packs/shard-%02d.pack" % i] = files[idx[:-4] + ".pack"][:16]
+    return files
+
+
+def test_store_metadata_fetched_at_once(tmp_path, make_hub, stores, mount, mount_fails, originals):
+    """A store with many writer pairs, each answered a round trip late: the
+    mount fetches their indexes several at a time (one after another, 12
+    pairs cost it ~40 round trips), serves every view; and an index the Hub
+    keeps failing fails the mount with a message that names it."""
+    hub = make_hub(latency=0.1)
+    imp = stores.get("s1_bf16")
+    hub.add_repo(STORE_REPO, many_pairs_repo(imp, 12))
+    hub.clear_log()
+    with mount(STORE_URL, env=hf_env(tmp_path, hub)) as m:
+        peak = hub.peak_inflight
+        idx = [e for e in hub.log if e["path"].endswith(".idx")]
+        check_store_views(m, imp, originals)
+    assert len({e["path"] for e in idx}) == 13, idx
+    assert peak >= 4, "at most %d requests at once while the mount fetched 13 indexes" % peak
+    hub.add_fault(r"shard-07\.idx$", "500", count=1000, server="hub")
+    rc, out = mount_fails(STORE_URL, env=hf_env(tmp_path, hub, CLTFS_HUB_RETRIES=1,
+                                                 HF_HOME=tmp_path / "hf2"))
+    assert rc != 0 and "packs/shard-07.idx" in out and "500" in out, out
 
 
 def test_norm_stats_listing_during_pass(tmp_path, hub, stores, mount):

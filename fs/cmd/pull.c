@@ -15,7 +15,7 @@ int cmd_pull(const char *url, const char *store, bool quiet)
 	}
 	hub_source *h = NULL;
 	cltfs_store *local = NULL;
-	cltfs_err e = hub_open(url, &h);
+	cltfs_err e = hub_open(url, store, &h);
 	if (!e)
 		e = hub_local_store(h, store, &local);
 	if (!e)

@@ -301,7 +301,7 @@ static cltfs_err open_sources(const cli *c, const char *source, sources *src)
 	if (hf_is_remote_url(source)) {
 		if (c->hub)
 			return cltfs_fail(CLTFS_E_INVAL, "-o hub= backs a local store; the source is %s already", source);
-		if ((e = hub_open(source, &src->hub)))
+		if ((e = hub_open(source, c->nargs == 2 ? c->store : NULL, &src->hub)))
 			return e;
 		if (!hub_is_store(src->hub) && hf_repo_is_s3(hub_repo(src->hub)))
 			return cltfs_fail(CLTFS_E_INVAL, "%s has no cltfs.json: only a cltfs store is served from S3",
@@ -318,7 +318,7 @@ static cltfs_err open_sources(const cli *c, const char *source, sources *src)
 		if (!e && c->hub && !hf_is_remote_url(c->hub))
 			e = cltfs_fail(CLTFS_E_INVAL, "-o hub=%s: expected hf://datasets/OWNER/NAME or s3://BUCKET/PREFIX",
 				       c->hub);
-		if (!e && c->hub && (e = hub_open(c->hub, &src->hub)))
+		if (!e && c->hub && (e = hub_open(c->hub, source, &src->hub)))
 			e = cltfs_wrap(e, "-o hub"); /* its message names the URL */
 		else if (!e && c->hub && !hub_is_store(src->hub))
 			e = cltfs_fail(CLTFS_E_INVAL, "-o hub=%s: no cltfs.json at its root: not a cltfs store", c->hub);

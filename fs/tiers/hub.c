@@ -13,6 +13,7 @@
 
 #include <pthread.h>
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -44,17 +45,20 @@ static int by_path(const void *key, const void *ent) { return strcmp(key, ((cons
 /* huggingface_hub links a snapshot path only once its blob is complete;
  * the size makes sure that the blob is this commit's pack (the frames
  * read from it are checked all the same). */
+static bool blob_of(hf_repo *repo, const hf_entry *hit, char *buf, size_t len)
+{
+	struct stat st;
+	if (hf_repo_is_s3(repo) || hit->dir) /* a bucket has no HF cache blobs */
+		return false;
+	snprintf(buf, len, "%s/snapshots/%s/%s", hf_repo_folder(repo), hf_repo_commit(repo), hit->path);
+	return stat(buf, &st) == 0 && S_ISREG(st.st_mode) && (uint64_t)st.st_size == hit->size;
+}
+
 bool hub_pack_blob(hf_repo *repo, const hf_entry *e, size_t n, const char *pack, char *buf, size_t len)
 {
 	char rel[320];
-	struct stat st;
-	if (hf_repo_is_s3(repo)) /* a bucket has no HF cache blobs */
-		return false;
 	const hf_entry *hit = hub_pack_path(pack, rel, sizeof rel) ? NULL : bsearch(rel, e, n, sizeof *e, by_path);
-	if (!hit || hit->dir)
-		return false;
-	snprintf(buf, len, "%s/snapshots/%s/%s", hf_repo_folder(repo), hf_repo_commit(repo), rel);
-	return stat(buf, &st) == 0 && S_ISREG(st.st_mode) && (uint64_t)st.st_size == hit->size;
+	return hit && blob_of(repo, hit, buf, len);
 }
 
 /* Do two stores hold the same dataset? */
@@ -124,20 +128,154 @@ static bool store_meta(const char *p)
 	       (!strncmp(p, "packs/", 6) && n >= 11 && !strcmp(p + n - 4, ".idx") && !strchr(p + 6, '/'));
 }
 
+/* Fetched one after another, a store's metadata cost a mount a round trip
+ * or three a file (the Hub: a HEAD, the GET and the CDN's; S3: a GET): a
+ * store that a capture array pushed as it went has an index per sealed
+ * pair, hundreds of them, and its first mount on a node 50 ms from the
+ * Hub took seconds to minutes.  FETCH_THREADS fetch them at once, as
+ * huggingface_hub's snapshot_download does with its 8 workers.  Beside
+ * them, the Hub is asked where the first LOCATE_PACKS packs are served
+ * from (hf_locate), so that a first read goes to the CDN at once: a round
+ * trip or two less before its first byte, at no cost to the mount. */
+#define FETCH_THREADS 8
+#define LOCATE_PACKS 8
+
+typedef struct {
+	hub_source *h;
+	const size_t *todo; /* entries to fetch (metadata) or locate (packs) */
+	size_t n;
+	pthread_mutex_t mu; /* guards what follows */
+	size_t next;        /* the next of todo to take */
+	size_t failed;      /* the todo item of err */
+	cltfs_err err;      /* the failure of the first item that failed */
+	char msg[1024];
+} meta_fetch;
+
+static bool is_pack(const char *p)
+{
+	size_t n = strlen(p);
+	return !strncmp(p, "packs/", 6) && n > 11 && !strcmp(p + n - 5, ".pack") && !strchr(p + 6, '/');
+}
+
+/* The next item nobody took, or n once there is none or a fetch failed. */
+static size_t take_item(meta_fetch *f)
+{
+	pthread_mutex_lock(&f->mu);
+	size_t i = f->err ? f->n : f->next;
+	f->next += i < f->n;
+	pthread_mutex_unlock(&f->mu);
+	return i;
+}
+
+static void *fetch_main(void *arg)
+{
+	meta_fetch *f = arg;
+	size_t i;
+	while ((i = take_item(f)) < f->n) {
+		const char *path = f->h->entries[f->todo[i]].path;
+		if (is_pack(path)) { /* a read asks the Hub itself if this fails */
+			hf_locate(f->h->repo, path);
+			continue;
+		}
+		char *local;
+		cltfs_err e = hf_fetch(f->h->repo, path, &local);
+		if (!e) {
+			free(local);
+			continue;
+		}
+		pthread_mutex_lock(&f->mu);
+		if (!f->err || i < f->failed) {
+			f->err = e;
+			f->failed = i;
+			snprintf(f->msg, sizeof f->msg, "%s", cltfs_errmsg());
+		}
+		pthread_mutex_unlock(&f->mu);
+	}
+	return NULL;
+}
+
+/* Bytes of the packs in dir/packs (0 when there is none). */
+static uint64_t pack_bytes(const char *dir)
+{
+	char path[PATH_MAX];
+	snprintf(path, sizeof path, "%s/packs", dir);
+	DIR *d = opendir(path);
+	uint64_t sum = 0;
+	struct dirent *de;
+	struct stat st;
+	while (d && (de = readdir(d))) {
+		size_t n = strlen(de->d_name);
+		if (n > 5 && !strcmp(de->d_name + n - 5, ".pack") && !fstatat(dirfd(d), de->d_name, &st, 0))
+			sum += (uint64_t)st.st_size;
+	}
+	if (d)
+		closedir(d);
+	return sum;
+}
+
+/* Will reads of the mount go to the Hub?  Not when CLTFS_HUB_LOCATE=0,
+ * nor, as far as a look at sizes tells, when the local store holds as many
+ * pack bytes as the repo (a store pulled whole: its frames are the repo's
+ * frames).  A wrong guess costs a few HEAD requests, or a first read the
+ * Hub's round trip. */
+static bool want_locate(const hub_source *h, const char *local)
+{
+	const char *v = getenv("CLTFS_HUB_LOCATE");
+	if ((v && !strcmp(v, "0")) || hf_repo_is_s3(h->repo))
+		return false;
+	char buf[PATH_MAX];
+	if (!local) {
+		default_local(h, buf, sizeof buf);
+		local = buf;
+	}
+	uint64_t remote = 0;
+	for (size_t i = 0; i < h->nentries; i++)
+		remote += !h->entries[i].dir && is_pack(h->entries[i].path) ? h->entries[i].size : 0;
+	return pack_bytes(local) < remote;
+}
+
+/* The metadata files of the listing, then the packs to locate: those the
+ * HF cache does not hold whole, LOCATE_PACKS at most. */
+static size_t *fetch_list(const hub_source *h, bool locate, size_t *n)
+{
+	size_t *todo = malloc((h->nentries ? h->nentries : 1) * sizeof *todo), packs = 0;
+	*n = 0;
+	for (size_t i = 0; todo && i < h->nentries; i++)
+		if (!h->entries[i].dir && store_meta(h->entries[i].path))
+			todo[(*n)++] = i;
+	for (size_t i = 0; todo && locate && i < h->nentries && packs < LOCATE_PACKS; i++) {
+		char buf[PATH_MAX];
+		const hf_entry *e = &h->entries[i];
+		if (!e->dir && is_pack(e->path) && !blob_of(h->repo, e, buf, sizeof buf)) {
+			todo[(*n)++] = i;
+			packs++;
+		}
+	}
+	return todo;
+}
+
 /* cltfs.json, samples.bin and every packs/<w>.idx into the HF cache; the
  * snapshot folder is then a store with indexes and no packs. */
-static cltfs_err open_remote(hub_source *h, const char *manifest)
+static cltfs_err open_remote(hub_source *h, const char *manifest, const char *local)
 {
-	for (size_t i = 0; i < h->nentries; i++) {
-		const char *p = h->entries[i].path;
-		if (h->entries[i].dir || !store_meta(p))
-			continue;
-		char *local;
-		cltfs_err e = hf_fetch(h->repo, p, &local);
-		if (e)
-			return e;
-		free(local);
-	}
+	meta_fetch f = {.h = h};
+	size_t *todo = fetch_list(h, want_locate(h, local), &f.n);
+	if (!todo)
+		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	f.todo = todo;
+	pthread_mutex_init(&f.mu, NULL);
+	pthread_t t[FETCH_THREADS - 1];
+	size_t nt = 0;
+	/* this thread fetches too: a thread that does not start is one less */
+	while (nt + 1 < FETCH_THREADS && nt + 1 < f.n && !pthread_create(&t[nt], NULL, fetch_main, &f))
+		nt++;
+	fetch_main(&f);
+	for (size_t i = 0; i < nt; i++)
+		pthread_join(t[i], NULL);
+	pthread_mutex_destroy(&f.mu);
+	free(todo);
+	if (f.err)
+		return cltfs_fail(f.err, "%s", f.msg);
 	char dir[PATH_MAX];
 	snprintf(dir, sizeof dir, "%s", manifest);
 	*strrchr(dir, '/') = 0;
@@ -145,7 +283,7 @@ static cltfs_err open_remote(hub_source *h, const char *manifest)
 	return e ? cltfs_wrap(e, "%s", hf_repo_name(h->repo)) : CLTFS_OK;
 }
 
-cltfs_err hub_open(const char *url, hub_source **out)
+cltfs_err hub_open(const char *url, const char *local, hub_source **out)
 {
 	hub_source *h = calloc(1, sizeof *h);
 	if (!h)
@@ -162,7 +300,7 @@ cltfs_err hub_open(const char *url, hub_source **out)
 	if (!e && has_manifest)
 		e = hf_fetch(h->repo, "cltfs.json", &manifest);
 	if (!e && has_manifest)
-		e = open_remote(h, manifest);
+		e = open_remote(h, manifest, local);
 	free(manifest);
 	if (e) {
 		hub_close(h);

@@ -18,10 +18,12 @@ typedef struct hub_source hub_source;
 
 /* hf://datasets/owner/name[@rev] (or hf://owner/name, a model): resolve
  * the revision to one commit, list the repo, and for a store repo fetch
- * its manifest and indexes.  The errors of hfcache.h (CLTFS_E_NOTFOUND for
- * a repo, revision or file that does not exist, _IO, ...), _FORMAT for a
- * bad manifest or index. */
-cltfs_err hub_open(const char *url, hub_source **out);
+ * its manifest and indexes, and learn where its first packs are served
+ * from unless local (the local store the source will fill; NULL: the
+ * default one, hub_local_store's) holds them already.  The errors of
+ * hfcache.h (CLTFS_E_NOTFOUND for a repo, revision or file that does not
+ * exist, _IO, ...), _FORMAT for a bad manifest or index. */
+cltfs_err hub_open(const char *url, const char *local, hub_source **out);
 void hub_close(hub_source *h);
 /* Has the repo a cltfs.json at its root? */
 bool hub_is_store(const hub_source *h);
