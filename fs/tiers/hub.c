@@ -120,11 +120,12 @@ cltfs_err hub_local_store(hub_source *h, const char *dir, cltfs_store **out)
 	return e;
 }
 
-/* Is path a file of a store's metadata: the sample table or an index? */
+/* Is path a file of a store's metadata: the manifest, the sample table or
+ * an index? */
 static bool store_meta(const char *p)
 {
 	size_t n = strlen(p);
-	return !strcmp(p, "samples.bin") ||
+	return !strcmp(p, "cltfs.json") || !strcmp(p, "samples.bin") ||
 	       (!strncmp(p, "packs/", 6) && n >= 11 && !strcmp(p + n - 4, ".idx") && !strchr(p + 6, '/'));
 }
 
@@ -240,8 +241,11 @@ static size_t *fetch_list(const hub_source *h, bool locate, size_t *n)
 {
 	size_t *todo = malloc((h->nentries ? h->nentries : 1) * sizeof *todo), packs = 0;
 	*n = 0;
+	for (size_t i = 0; todo && i < h->nentries; i++) /* the manifest first: its failure is the one told */
+		if (!h->entries[i].dir && !strcmp(h->entries[i].path, "cltfs.json"))
+			todo[(*n)++] = i;
 	for (size_t i = 0; todo && i < h->nentries; i++)
-		if (!h->entries[i].dir && store_meta(h->entries[i].path))
+		if (!h->entries[i].dir && store_meta(h->entries[i].path) && strcmp(h->entries[i].path, "cltfs.json"))
 			todo[(*n)++] = i;
 	for (size_t i = 0; todo && locate && i < h->nentries && packs < LOCATE_PACKS; i++) {
 		char buf[PATH_MAX];
@@ -256,7 +260,7 @@ static size_t *fetch_list(const hub_source *h, bool locate, size_t *n)
 
 /* cltfs.json, samples.bin and every packs/<w>.idx into the HF cache; the
  * snapshot folder is then a store with indexes and no packs. */
-static cltfs_err open_remote(hub_source *h, const char *manifest, const char *local)
+static cltfs_err open_remote(hub_source *h, const char *local)
 {
 	meta_fetch f = {.h = h};
 	size_t *todo = fetch_list(h, want_locate(h, local), &f.n);
@@ -277,8 +281,7 @@ static cltfs_err open_remote(hub_source *h, const char *manifest, const char *lo
 	if (f.err)
 		return cltfs_fail(f.err, "%s", f.msg);
 	char dir[PATH_MAX];
-	snprintf(dir, sizeof dir, "%s", manifest);
-	*strrchr(dir, '/') = 0;
+	snprintf(dir, sizeof dir, "%s/snapshots/%s", hf_repo_folder(h->repo), hf_repo_commit(h->repo));
 	cltfs_err e = store_open(dir, &h->remote);
 	return e ? cltfs_wrap(e, "%s", hf_repo_name(h->repo)) : CLTFS_OK;
 }
@@ -288,7 +291,6 @@ cltfs_err hub_open(const char *url, const char *local, hub_source **out)
 	hub_source *h = calloc(1, sizeof *h);
 	if (!h)
 		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
-	char *manifest = NULL;
 	cltfs_err e = hf_config_from_env(&h->cfg);
 	if (!e)
 		e = hf_repo_open(&h->cfg, url, &h->repo);
@@ -298,10 +300,7 @@ cltfs_err hub_open(const char *url, const char *local, hub_source **out)
 	for (size_t i = 0; !e && i < h->nentries; i++)
 		has_manifest |= !h->entries[i].dir && !strcmp(h->entries[i].path, "cltfs.json");
 	if (!e && has_manifest)
-		e = hf_fetch(h->repo, "cltfs.json", &manifest);
-	if (!e && has_manifest)
-		e = open_remote(h, manifest, local);
-	free(manifest);
+		e = open_remote(h, local);
 	if (e) {
 		hub_close(h);
 		return e;
