@@ -59,7 +59,6 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import struct
 import subprocess
 import sys
@@ -75,11 +74,11 @@ import hubserver                                # noqa: E402
 import sample_table                             # noqa: E402
 from bench import BenchError, Mount, log        # noqa: E402
 from hubserver import Hub                       # noqa: E402
+from nginxserver import NGINX, Nginx, NginxError  # noqa: E402
 
 MiB = 1 << 20
 REPO_ID = "bench/acts"
 URL = "hf://datasets/" + REPO_ID
-NGINX = "/usr/sbin/nginx"
 
 GOALS = {                       # metric -> (comparison, goal or None: reported only)
     "A cold y view: cltfs wire / curl MB/s": (">=", 0.9),
@@ -88,135 +87,6 @@ GOALS = {                       # metric -> (comparison, goal or None: reported 
     "D Hub store tier, cold y view / the same read from a local store": (">=", 0.9),
     "E Hub store tier over a link with %d ms round trips / curl of the same bytes over it": (">=", 0.8),
 }
-
-
-# ---------------------------------------------------------------- nginx
-
-NGINX_CONF = """\
-worker_processes {workers};
-daemon off;
-master_process on;
-user root root;
-pid {dir}/nginx.pid;
-lock_file {dir}/nginx.lock;
-error_log {dir}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-    log_format bench '$bytes_sent $request_time $status $msec $connection "$request" "$http_range"';
-    access_log {dir}/access.log bench;
-    client_body_temp_path {dir}/tmp/body;
-    proxy_temp_path {dir}/tmp/proxy;
-    fastcgi_temp_path {dir}/tmp/fastcgi;
-    uwsgi_temp_path {dir}/tmp/uwsgi;
-    scgi_temp_path {dir}/tmp/scgi;
-    default_type application/octet-stream;
-    sendfile on;
-    tcp_nopush on;
-    keepalive_timeout 300;
-    keepalive_requests 1000000;
-    server {{
-        listen 127.0.0.1:{port};
-        server_name localhost;
-        root {root};
-        location / {{ }}
-    }}
-}}
-"""
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Nginx:
-    """nginx in the foreground as our child, everything under dir."""
-
-    def __init__(self, dir, root, workers=1):
-        self.dir, self.root, self.workers = dir, root, workers
-        self.proc = self.port = None
-        self.access = os.path.join(dir, "access.log")
-
-    def start(self, tries=5):
-        os.makedirs(os.path.join(self.dir, "tmp"), exist_ok=True)
-        for _ in range(tries):
-            self.port = free_port()
-            conf = os.path.join(self.dir, "nginx.conf")
-            with open(conf, "w") as f:
-                f.write(NGINX_CONF.format(workers=self.workers, dir=self.dir, port=self.port,
-                                          root=self.root))
-            err = open(os.path.join(self.dir, "stderr"), "ab")
-            self.proc = subprocess.Popen([NGINX, "-p", self.dir, "-c", conf,
-                                          "-e", os.path.join(self.dir, "error.log")],
-                                         stdin=subprocess.DEVNULL, stdout=err, stderr=err)
-            err.close()
-            deadline = time.monotonic() + 10
-            while self.proc.poll() is None and time.monotonic() < deadline:
-                try:
-                    socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                    return self
-                except OSError:
-                    time.sleep(0.02)
-            self.stop()         # the port was taken meanwhile, or nginx failed: say why if last
-        raise BenchError("nginx did not start: %s" % self.errors().strip()[-2000:])
-
-    @property
-    def url(self):
-        return "http://127.0.0.1:%d" % self.port
-
-    def errors(self):
-        out = ""
-        for name in ("stderr", "error.log"):
-            try:
-                with open(os.path.join(self.dir, name), errors="replace") as f:
-                    out += f.read()
-            except OSError:
-                pass
-        return out
-
-    def mark(self):
-        try:
-            return os.path.getsize(self.access)
-        except OSError:
-            return 0
-
-    def since(self, mark, settle=0.05):
-        """Access log entries after mark, once the log stopped growing for
-        `settle` s: [(bytes_sent, request_time, status, request, range, end time,
-        connection)]."""
-        size = self.mark()
-        while True:
-            time.sleep(settle)
-            now = self.mark()
-            if now == size:
-                break
-            size = now
-        with open(self.access, "rb") as f:
-            f.seek(mark)
-            data = f.read(size - mark).decode("latin-1")
-        out = []
-        for line in data.splitlines():
-            try:
-                sent, rtime, status, end, conn, rest = line.split(" ", 5)
-                req, _, rng = rest.rpartition(" ")
-                out.append((int(sent), float(rtime), int(status), req.strip('"'), rng.strip('"'),
-                            float(end), int(conn)))
-            except ValueError:
-                log("unparsed nginx log line: %r" % line)
-        return out
-
-    def stop(self):
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.terminate()       # SIGTERM: fast shutdown
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
 
 
 # ---------------------------------------------------------------- a link with round trips
@@ -1031,7 +901,7 @@ def main():
     b = Bench(a, workdir)
     try:
         return b.run()
-    except (BenchError, OSError, subprocess.SubprocessError, ValueError) as e:
+    except (BenchError, NginxError, OSError, subprocess.SubprocessError, ValueError) as e:
         print("hub_bench: %s" % e, file=sys.stderr)
         return 1
     except KeyboardInterrupt as e:

@@ -31,11 +31,13 @@ typedef struct {
 	bool offline;
 	int retries;     /* attempts after the first (CLTFS_HUB_RETRIES, default 5) */
 	int backoff_ms;  /* first wait (CLTFS_HUB_BACKOFF_MS, default 500), doubling */
+	char *ca_file;   /* CA certificates: REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE or SSL_CERT_FILE; NULL: the system's */
+	char *ca_dir;    /* SSL_CERT_DIR; NULL: the system's */
 } hf_config;
 
 /* From the environment, as huggingface_hub does.  CLTFS_E_INVAL (an
- * unusable HF_ENDPOINT or CLTFS_HUB_* value: the message names it),
- * _NOMEM. */
+ * unusable HF_ENDPOINT or CLTFS_HUB_* value, a CA file or folder that
+ * cannot be read: the message names it), _NOMEM. */
 cltfs_err hf_config_from_env(hf_config *c);
 void hf_config_free(hf_config *c);
 

@@ -297,6 +297,12 @@ static CURLcode setup(CURL *e, const http_ctx *c, const char *url, bool head, co
 	 * with keep-alive: on a multi handle, HTTP/2 carries every request in
 	 * flight on one connection. */
 	curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
+	/* the CA certificates to trust, as the Python clients take them */
+	const char *ca = c->aws && *c->aws->ca_bundle ? c->aws->ca_bundle : c->cfg ? c->cfg->ca_file : NULL;
+	if (ca)
+		curl_easy_setopt(e, CURLOPT_CAINFO, ca);
+	if (c->cfg && c->cfg->ca_dir)
+		curl_easy_setopt(e, CURLOPT_CAPATH, c->cfg->ca_dir);
 	if (head)
 		curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
 	else
@@ -341,6 +347,17 @@ static CURLcode perform(const http_ctx *c, const char *url, bool head, const cha
 
 /* Transient: worth another attempt. */
 static bool transient_status(long s) { return s == 429 || s == 500 || s == 502 || s == 503 || s == 504; }
+
+/* libcurl's words for rc; for a certificate it could not check, what to
+ * do about it (a private CA, or a proxy that inspects TLS). */
+static const char *curl_why(CURLcode rc)
+{
+	if (rc == CURLE_PEER_FAILED_VERIFICATION)
+		return "the server's TLS certificate could not be verified (signed by a private CA, or a proxy's? "
+		       "set SSL_CERT_FILE, CURL_CA_BUNDLE or REQUESTS_CA_BUNDLE to the CA's certificate file; "
+		       "AWS_CA_BUNDLE for S3)";
+	return curl_easy_strerror(rc);
+}
 
 static bool transient_curl(CURLcode rc)
 {
@@ -411,13 +428,13 @@ static cltfs_err head_once(const http_ctx *c, const char *url, http_hdrs *h)
 			return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
 		bool again = rc ? transient_curl(rc) : transient_status(h->status);
 		if (!again && rc)
-			return cltfs_fail(CLTFS_E_IO, "HEAD %s: %s", shown(url, sh, sizeof sh), curl_easy_strerror(rc));
+			return cltfs_fail(CLTFS_E_IO, "HEAD %s: %s", shown(url, sh, sizeof sh), curl_why(rc));
 		if (!again)
 			return CLTFS_OK;
 		if (!wait_retry(c, attempt, rc ? -1 : h->retry_after, t0)) {
 			atomic_fetch_add(&c->st->failures, 1);
 			return rc ? cltfs_fail(CLTFS_E_IO, "HEAD %s: %s after %d attempts", shown(url, sh, sizeof sh),
-					       curl_easy_strerror(rc), attempt)
+					       curl_why(rc), attempt)
 				  : status_error(c, shown(url, sh, sizeof sh), h);
 		}
 	}
@@ -562,14 +579,14 @@ static http_step attempt_failed(http_op *op, CURLcode rc, const char *sh, double
 	bool again = rc ? transient_curl(rc) : short_body || transient_status(h->status);
 	if (!again) {
 		atomic_fetch_add(&op->c->st->failures, 1);
-		*err = rc ? cltfs_fail(CLTFS_E_IO, "GET %s: %s", sh, curl_easy_strerror(rc))
+		*err = rc ? cltfs_fail(CLTFS_E_IO, "GET %s: %s", sh, curl_why(rc))
 			  : status_error(op->c, sh, h);
 		return HTTP_OP_FAIL;
 	}
 	if ((*wait = retry_wait(op->c, op->attempt, rc ? -1 : h->retry_after, op->t0)) < 0) {
 		atomic_fetch_add(&op->c->st->failures, 1);
 		if (rc)
-			*err = cltfs_fail(CLTFS_E_IO, "GET %s: %s after %d attempts", sh, curl_easy_strerror(rc),
+			*err = cltfs_fail(CLTFS_E_IO, "GET %s: %s after %d attempts", sh, curl_why(rc),
 					  op->attempt);
 		else if (short_body)
 			*err = cltfs_fail(CLTFS_E_IO, "GET %s: body ended after %llu of %llu bytes, %d attempts", sh,
@@ -759,7 +776,7 @@ cltfs_err http_send(const http_ctx *c, const char *method, const char *url, cons
 			continue;
 		atomic_fetch_add(&c->st->failures, 1);
 		if (rc)
-			return cltfs_fail(CLTFS_E_IO, "%s %s: %s after %d attempts", method, sh, curl_easy_strerror(rc),
+			return cltfs_fail(CLTFS_E_IO, "%s %s: %s after %d attempts", method, sh, curl_why(rc),
 					  attempt);
 		return cltfs_wrap(status_error(c, sh, h), "%s, after %d attempts", method, attempt);
 	}

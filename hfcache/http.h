@@ -38,6 +38,7 @@ typedef struct {
 	char *userpwd;      /* "<key id>:<secret>", or NULL: never in a message */
 	char *token;        /* AWS_SESSION_TOKEN (x-amz-security-token), or NULL */
 	char source[512];   /* where the credentials came from, for messages */
+	char ca_bundle[4096]; /* AWS_CA_BUNDLE or the profile's ca_bundle; "": none */
 } http_aws;
 
 typedef struct {

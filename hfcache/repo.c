@@ -109,6 +109,31 @@ static int env_int(const char *name, int def, int lo, int hi)
 	return v && (*end || x < lo || x > hi) ? def : (int)x;
 }
 
+/* The CA certificates a TLS server's must chain to, where the Python
+ * clients find them: requests' REQUESTS_CA_BUNDLE and CURL_CA_BUNDLE
+ * (huggingface_hub 0.x), OpenSSL's SSL_CERT_FILE and SSL_CERT_DIR (httpx:
+ * huggingface_hub 1.x).  A name that cannot be read is refused here, not
+ * at the first request. */
+static cltfs_err ca_from_env(hf_config *c)
+{
+	static const char *const files[] = {"REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE"};
+	for (size_t i = 0; i < sizeof files / sizeof *files && !c->ca_file; i++) {
+		const char *v = env(files[i]);
+		if (!v)
+			continue;
+		if (access(v, R_OK) < 0)
+			return cltfs_fail(CLTFS_E_INVAL, "%s=%s: %s", files[i], v, strerror(errno));
+		if (!(c->ca_file = strdup(v)))
+			return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	}
+	const char *d = env("SSL_CERT_DIR");
+	if (d && access(d, R_OK | X_OK) < 0)
+		return cltfs_fail(CLTFS_E_INVAL, "SSL_CERT_DIR=%s: %s", d, strerror(errno));
+	if (d && !(c->ca_dir = strdup(d)))
+		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
+	return CLTFS_OK;
+}
+
 cltfs_err hf_config_from_env(hf_config *c)
 {
 	memset(c, 0, sizeof *c);
@@ -146,6 +171,11 @@ cltfs_err hf_config_from_env(hf_config *c)
 		free(p);
 	}
 	c->offline = truthy(env("HF_HUB_OFFLINE"));
+	cltfs_err err = ca_from_env(c);
+	if (err) {
+		hf_config_free(c);
+		return err;
+	}
 	c->retries = env_int("CLTFS_HUB_RETRIES", 5, 0, 100);
 	c->backoff_ms = env_int("CLTFS_HUB_BACKOFF_MS", 500, 0, 600000);
 	if (!c->endpoint || !c->hub_cache) {
@@ -165,6 +195,8 @@ void hf_config_free(hf_config *c)
 		memset(c->token, 0, strlen(c->token));
 	free(c->token);
 	free(c->hub_cache);
+	free(c->ca_file);
+	free(c->ca_dir);
 	memset(c, 0, sizeof *c);
 }
 
@@ -174,7 +206,10 @@ static cltfs_err config_copy(hf_config *dst, const hf_config *src)
 	dst->endpoint = strdup(src->endpoint);
 	dst->hub_cache = strdup(src->hub_cache);
 	dst->token = src->token ? strdup(src->token) : NULL;
-	if (!dst->endpoint || !dst->hub_cache || (src->token && !dst->token)) {
+	dst->ca_file = src->ca_file ? strdup(src->ca_file) : NULL;
+	dst->ca_dir = src->ca_dir ? strdup(src->ca_dir) : NULL;
+	if (!dst->endpoint || !dst->hub_cache || (src->token && !dst->token) || (src->ca_file && !dst->ca_file) ||
+	    (src->ca_dir && !dst->ca_dir)) {
 		hf_config_free(dst);
 		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
 	}

@@ -267,6 +267,22 @@ static cltfs_err make_urls(s3_target *t, const char *endpoint, bool path)
 	return t->bucket_url && t->base && t->name && t->cache ? CLTFS_OK : cltfs_fail(CLTFS_E_NOMEM, "out of memory");
 }
 
+/* As the AWS CLI: AWS_CA_BUNDLE, else the profile's ca_bundle; else the
+ * Hub's variables (hf_config) and then the system's certificates. */
+static cltfs_err find_ca_bundle(http_aws *aws, const aws_files *a)
+{
+	const char *from = "AWS_CA_BUNDLE", *v = env("AWS_CA_BUNDLE");
+	if (v)
+		snprintf(aws->ca_bundle, sizeof aws->ca_bundle, "%s", v);
+	else if (!profile_get(a, "ca_bundle", aws->ca_bundle, sizeof aws->ca_bundle, &from)) {
+		aws->ca_bundle[0] = 0;
+		return CLTFS_OK;
+	}
+	if (access(aws->ca_bundle, R_OK) < 0)
+		return cltfs_fail(CLTFS_E_INVAL, "ca_bundle %s (from %s): %s", aws->ca_bundle, from, strerror(errno));
+	return CLTFS_OK;
+}
+
 cltfs_err s3_open(const char *url, s3_target **out)
 {
 	s3_target *t = calloc(1, sizeof *t);
@@ -293,6 +309,8 @@ cltfs_err s3_open(const char *url, s3_target **out)
 		e = make_urls(t, endpoint, path);
 	if (!e)
 		e = find_credentials(&t->aws, &a);
+	if (!e)
+		e = find_ca_bundle(&t->aws, &a);
 	snprintf(t->aws.sigv4, sizeof t->aws.sigv4, "aws:amz:%s:s3", region);
 	if (e) {
 		s3_close(t);

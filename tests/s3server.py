@@ -12,7 +12,8 @@ own that
 - injects faults on chosen requests: 500, 503 SlowDown, a reset connection,
   a body cut short, or a delay.
 
-S3.start(); S3.endpoint is the proxy's URL; S3.direct the s3rver's (no
+S3.start(); S3.endpoint is the proxy's URL (https:// with S3(tls=(cert,
+key)), a certificate of nginxserver.make_cert); S3.direct the s3rver's (no
 checks, no log: for benchmarks).  S3.client() is a boto3 client of the
 proxy.
 """
@@ -23,6 +24,7 @@ import os
 import shutil
 import socket
 import socketserver
+import ssl
 import struct
 import subprocess
 import tempfile
@@ -108,8 +110,9 @@ class Verifier:
 
 class S3:
     def __init__(self, key_id=KEY_ID, secret=SECRET, region=REGION, token=None, bucket=BUCKET,
-                 service_endpoint="localhost"):
+                 service_endpoint="localhost", tls=None):
         self.key_id, self.secret, self.region, self.token = key_id, secret, region, token
+        self.tls = tls         # (cert.pem, key.pem): the proxy speaks HTTPS only
         self.bucket = bucket
         self.service_endpoint = service_endpoint
         self.log = []
@@ -148,6 +151,11 @@ class S3:
         self.httpd = ThreadingServer(("127.0.0.1", 0), Handler)
         self.port = self.httpd.server_address[1]
         self.endpoint = "http://127.0.0.1:%d" % self.port
+        if self.tls:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(*self.tls)
+            self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
+            self.endpoint = "https://127.0.0.1:%d" % self.port
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
         return self
 
@@ -185,7 +193,7 @@ class S3:
         from botocore.config import Config
         return boto3.client("s3", endpoint_url=endpoint or self.endpoint, aws_access_key_id=self.key_id,
                             aws_secret_access_key=self.secret, aws_session_token=self.token,
-                            region_name=self.region,
+                            region_name=self.region, verify=self.tls[0] if self.tls else None,
                             config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}))
 
     def env(self, base, **extra):

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import threading
 import time
 
@@ -19,6 +20,7 @@ import torch
 from conftest import assert_same, describe, is_mounted, load_bytes, LoadedFiles, pack_bytes
 from hfemu import VERSIONS, Hf, IncompleteSnapshotError, Killed, LocalEntryNotFoundError
 from hubserver import Hub, git_blob_sha1
+from nginxserver import NGINX, Nginx, make_cert
 
 LFS_THRESHOLD = 4096       # packs are LFS (redirected to the CDN); cltfs.json and idx are not
 TOKEN = "hf_test"
@@ -65,7 +67,8 @@ def hf_env(tmp_path, hub, **extra):
     endpoint, no token unless given, fast retries."""
     env = dict(os.environ)
     for k in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH", "HF_HUB_OFFLINE",
-              "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "CLTFS_STORE", "CLTFS_HUB_RETRIES"):
+              "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "CLTFS_STORE", "CLTFS_HUB_RETRIES",
+              "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE", "SSL_CERT_DIR"):
         env.pop(k, None)
     env.update(HF_HOME=str(tmp_path / "hf"), XDG_CACHE_HOME=str(tmp_path / "xdg"),
                HF_ENDPOINT=hub.endpoint, CLTFS_HUB_BACKOFF_MS="50")
@@ -312,6 +315,49 @@ def test_packs_located_at_mount(tmp_path, hub, stores, run_cltfs, mount, origina
     with mount(STORE_URL, "store=" + str(tmp_path / "a"), env=env) as m:
         check_store_views(m, imp, originals, [rel])
     assert not [e for e in hub.log if is_pack_request(e, shas=shas)], hub.log
+
+
+@pytest.fixture
+def tls_cdn(tmp_path):
+    """nginx serving a folder over HTTPS, HTTP/2 offered (ALPN), with a
+    self-signed certificate for 127.0.0.1: the CDN a real Hub redirects
+    to, signed by a CA the system does not know.  (nginx, cert, folder)."""
+    if not os.access(NGINX, os.X_OK) or not shutil.which("openssl"):
+        pytest.skip("needs nginx (%s) and openssl: make deps installs them" % NGINX)
+    d = tmp_path / "tls"
+    cdn = d / "cdn"
+    cdn.mkdir(parents=True)
+    cert, key = make_cert(str(d))
+    n = Nginx(str(d / "nginx"), str(cdn), tls=(cert, key)).start()
+    yield n, cert, str(cdn)
+    n.stop()
+
+
+def test_store_over_https_http2(tmp_path, make_hub, stores, mount, mount_fails, originals, tls_cdn):
+    """Packs from a CDN over TLS that speaks HTTP/2, as huggingface.co's:
+    signed by a CA the system does not trust, a read fails with EIO and a
+    log line that says what to set; with SSL_CERT_FILE, CURL_CA_BUNDLE or
+    REQUESTS_CA_BUNDLE naming the CA, every view equals the tree, every
+    range over HTTP/2; a CA file that cannot be read fails the mount,
+    named."""
+    nginx, cert, cdn = tls_cdn
+    hub = make_hub(cdn_dir=cdn, cdn_url=nginx.url)
+    imp, commit = add_store(hub, stores)
+    rel = imp.desc["files"][0]
+    with mount(STORE_URL, "store=" + str(tmp_path / "untrusted"), env=hf_env(tmp_path, hub)) as m:
+        with pytest.raises(OSError) as ei:
+            read_all(m.p(rel))
+        assert ei.value.errno == errno.EIO, ei.value
+        log = m.log()
+    assert "TLS certificate could not be verified" in log and "SSL_CERT_FILE" in log, log
+    mark = nginx.mark()
+    for var in ("SSL_CERT_FILE", "CURL_CA_BUNDLE", "REQUESTS_CA_BUNDLE"):
+        with mount(STORE_URL, "store=" + str(tmp_path / var), env=hf_env(tmp_path, hub, **{var: cert})) as m:
+            check_store_views(m, imp, originals)
+    reqs = nginx.since(mark)
+    assert reqs and all(r[2] == 206 and r[3].endswith(" HTTP/2.0") for r in reqs), reqs
+    rc, out = mount_fails(STORE_URL, env=hf_env(tmp_path, hub, SSL_CERT_FILE=tmp_path / "none.pem"))
+    assert rc != 0 and "SSL_CERT_FILE=%s" % (tmp_path / "none.pem") in out and "No such file" in out, out
 
 
 def test_local_store_serves_later_mount_offline(tmp_path, hub, stores, mount, originals):

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from conftest import assert_same, describe, needs_script, on_tty
+from nginxserver import make_cert
 from s3server import BUCKET, S3, have_s3rver
 
 pytestmark = pytest.mark.skipif(not have_s3rver(), reason="s3rver not installed (make deps installs it)")
@@ -49,7 +50,8 @@ def s3(make_s3):
 
 def env_of(tmp_path, s3, **extra):
     base = dict(os.environ)
-    for k in ("HF_HUB_OFFLINE", "CLTFS_OFFLINE", "CLTFS_STORE", "CLTFS_S3_ADDRESSING", "HF_ENDPOINT"):
+    for k in ("HF_HUB_OFFLINE", "CLTFS_OFFLINE", "CLTFS_STORE", "CLTFS_S3_ADDRESSING", "HF_ENDPOINT",
+              "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE", "SSL_CERT_DIR"):
         base.pop(k, None)
     base.update(XDG_CACHE_HOME=str(tmp_path / "xdg"), HOME=str(tmp_path / "home"))
     return s3.env(base, **extra)
@@ -233,6 +235,35 @@ def test_wrong_secret_is_a_clear_error(tmp_path, s3, stores, cltfs_bin, mount_fa
     env = env_of(tmp_path, s3, AWS_ACCESS_KEY_ID="AKIAUNKNOWN000000000")
     r = run(cltfs_bin, "pull", URL, tmp_path / "p", env=env)
     assert r.returncode == 1 and "InvalidAccessKeyId" in r.stderr, describe(r)
+
+
+def test_tls_endpoint_and_ca_bundle(tmp_path, make_s3, stores, cltfs_bin, mount):
+    """An S3-compatible server over TLS with a certificate of a private CA
+    (an in-house MinIO's, say): without the CA a pull fails at once saying
+    to set AWS_CA_BUNDLE; with AWS_CA_BUNDLE, or the profile's ca_bundle,
+    the mount serves every view as the store does, signed requests over
+    TLS; a ca_bundle that cannot be read is refused, named."""
+    cert, key = make_cert(str(tmp_path))
+    s3 = make_s3(tls=(cert, key))
+    imp = stores.get("s1_bf16")
+    s3.upload_dir(imp.store, PREFIX)
+    env = env_of(tmp_path, s3)
+    r = run(cltfs_bin, "pull", URL, tmp_path / "p", env=env)
+    assert r.returncode == 1 and "certificate" in r.stderr and "AWS_CA_BUNDLE" in r.stderr, describe(r)
+    with mount(URL, "store=%s" % (tmp_path / "m"), env=dict(env, AWS_CA_BUNDLE=cert)) as m:
+        with mount(imp.store) as ml:
+            for rel in imp.desc["files"]:
+                assert read_all(m.p(rel)) == read_all(ml.p(rel)), rel
+    assert s3.requests("GET", ".pack"), "no pack byte came over TLS"
+    config = tmp_path / "config"
+    config.write_text("[default]\nca_bundle = %s\n" % cert)
+    r = run(cltfs_bin, "pull", URL, tmp_path / "p2", env=dict(env, AWS_CONFIG_FILE=str(config)))
+    assert r.returncode == 0, describe(r)
+    r = run(cltfs_bin, "verify", tmp_path / "p2", env=env)
+    assert r.returncode == 0, describe(r)
+    r = run(cltfs_bin, "pull", URL, tmp_path / "p3", env=dict(env, AWS_CA_BUNDLE=str(tmp_path / "none.pem")))
+    assert r.returncode == 1 and "none.pem (from AWS_CA_BUNDLE)" in r.stderr and "No such file" in r.stderr, \
+        describe(r)
 
 
 def test_profile_from_credentials_file(tmp_path, make_s3, stores, cltfs_bin):
