@@ -17,7 +17,8 @@ static void clear_env(void)
 {
 	const char *vars[] = {"HF_ENDPOINT", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH", "HF_HOME",
 			      "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "XDG_CACHE_HOME", "HF_HUB_OFFLINE",
-			      "CLTFS_HUB_RETRIES", "CLTFS_HUB_BACKOFF_MS"};
+			      "CLTFS_HUB_RETRIES", "CLTFS_HUB_BACKOFF_MS", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
+			      "SSL_CERT_FILE", "SSL_CERT_DIR"};
 	for (size_t i = 0; i < sizeof vars / sizeof *vars; i++)
 		unsetenv(vars[i]);
 	setenv("HOME", home, 1);
@@ -70,6 +71,42 @@ static void test_precedence(void)
 	CHECK(!strcmp(c.hub_cache, path));
 	CHECK(!c.offline && c.retries == 5);
 	hf_config_free(&c);
+}
+
+/* The CA certificates: requests' variables, then OpenSSL's; a name that
+ * cannot be read refused, naming the variable. */
+static void test_ca_bundle(void)
+{
+	clear_env();
+	hf_config c;
+	char a[256], b[256];
+	snprintf(a, sizeof a, "%s/a.pem", home);
+	snprintf(b, sizeof b, "%s/b.pem", home);
+	unit_write_file(a, "a");
+	unit_write_file(b, "b");
+	CHECK(hf_config_from_env(&c) == CLTFS_OK && !c.ca_file && !c.ca_dir);
+	hf_config_free(&c);
+	setenv("SSL_CERT_FILE", b, 1);
+	CHECK(hf_config_from_env(&c) == CLTFS_OK && c.ca_file && !strcmp(c.ca_file, b));
+	hf_config_free(&c);
+	setenv("CURL_CA_BUNDLE", a, 1);
+	CHECK(hf_config_from_env(&c) == CLTFS_OK && c.ca_file && !strcmp(c.ca_file, a));
+	hf_config_free(&c);
+	setenv("REQUESTS_CA_BUNDLE", b, 1);
+	setenv("SSL_CERT_DIR", home, 1);
+	CHECK(hf_config_from_env(&c) == CLTFS_OK && c.ca_file && !strcmp(c.ca_file, b));
+	CHECK(c.ca_dir && !strcmp(c.ca_dir, home));
+	hf_config_free(&c);
+	setenv("CURL_CA_BUNDLE", "/nonexistent/ca.pem", 1); /* requests' first wins: never looked at */
+	CHECK(hf_config_from_env(&c) == CLTFS_OK);
+	hf_config_free(&c);
+	unsetenv("REQUESTS_CA_BUNDLE");
+	CHECK(hf_config_from_env(&c) == CLTFS_E_INVAL);
+	CHECK(strstr(cltfs_errmsg(), "CURL_CA_BUNDLE=/nonexistent/ca.pem") && strstr(cltfs_errmsg(), "No such file"));
+	unsetenv("CURL_CA_BUNDLE");
+	setenv("SSL_CERT_DIR", "/nonexistent", 1);
+	CHECK(hf_config_from_env(&c) == CLTFS_E_INVAL && strstr(cltfs_errmsg(), "SSL_CERT_DIR=/nonexistent"));
+	clear_env();
 }
 
 static void test_urls(void)
@@ -218,6 +255,7 @@ int main(void)
 		return 1;
 	RUN(test_defaults);
 	RUN(test_precedence);
+	RUN(test_ca_bundle);
 	RUN(test_urls);
 	RUN(test_tree_fields);
 	RUN(test_partials);
