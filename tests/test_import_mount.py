@@ -343,7 +343,7 @@ STATS_KEYS = {
     "bytes_read": None, "reads": None, "opens": None, "errors": None,
     "cache": {"bytes", "limit", "entries"},
     "index": {"chunks", "bytes"},
-    "readahead": None, "readahead_errors": None,
+    "readahead": None, "readahead_queued": None, "readahead_errors": None,
     "latency_us": {"mean", "max"},
     "requests": {"lookup", "readdir", "readdirplus"},
 }

@@ -143,7 +143,9 @@ def test_shuffled_view_read_ahead(stores, mount):
         got = {rel: read(m, rel) for rel in rels}
         st = m.stats()
     assert got == want
-    assert len(want[rels[1]]) > 8 * 16384 and st["readahead"] > 0 and st["readahead_errors"] == 0, st
+    # chunks were queued ahead of the reader; how many the threads decoded
+    # before it came is a race (on a loaded machine it may win them all)
+    assert len(want[rels[1]]) > 8 * 16384 and st["readahead_queued"] > 0 and st["readahead_errors"] == 0, st
 
 
 def mmap_buffer(n):

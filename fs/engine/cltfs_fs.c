@@ -291,8 +291,10 @@ void fs_readahead_push(cltfs_fs *fs, uint64_t key)
 		pthread_cond_signal(&fs->ra_cv);
 	}
 	pthread_mutex_unlock(&fs->ra_mu);
-	if (added)
+	if (added) {
+		atomic_fetch_add(&fs->st.readahead_queued, 1);
 		store_prefetch(fs->s, key);
+	}
 }
 
 /* ---- the filesystem ---- */
@@ -570,12 +572,14 @@ char *fs_stats_json(cltfs_fs *fs)
 	sbuf_put(&t, "},\n \"bytes_read\": %llu, \"reads\": %llu, \"opens\": %llu, \"errors\": %llu,\n"
 		" \"cache\": {\"bytes\": %zu, \"limit\": %zu, \"entries\": %zu, \"buffers\": %zu},\n"
 		" \"index\": {\"chunks\": %llu, \"bytes\": %llu},\n"
-		" \"readahead\": %llu, \"readahead_errors\": %llu, \"latency_us\": {\"mean\": %llu, \"max\": %llu},\n"
+		" \"readahead\": %llu, \"readahead_queued\": %llu, \"readahead_errors\": %llu,\n"
+		" \"latency_us\": {\"mean\": %llu, \"max\": %llu},\n"
 		" \"requests\": {\"lookup\": %llu, \"readdir\": %llu, \"readdirplus\": %llu}",
 	    (unsigned long long)fs->st.bytes_read, reads, (unsigned long long)fs->st.opens,
 	    (unsigned long long)fs->st.errors, bytes, limit, entries, cache_buffers(fs->cache),
 	    (unsigned long long)ichunks, (unsigned long long)ibytes,
-	    (unsigned long long)fs->st.readahead, (unsigned long long)fs->st.readahead_errors,
+	    (unsigned long long)fs->st.readahead, (unsigned long long)fs->st.readahead_queued,
+	    (unsigned long long)fs->st.readahead_errors,
 	    reads ? (unsigned long long)fs->st.lat_us_sum / reads : 0ULL, (unsigned long long)fs->st.lat_us_max,
 	    (unsigned long long)fs->st.lookups, (unsigned long long)fs->st.listings[0],
 	    (unsigned long long)fs->st.listings[1]);

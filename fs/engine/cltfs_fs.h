@@ -47,7 +47,7 @@ typedef struct {
 } cltfs_opts;
 
 typedef struct {
-	atomic_ullong mem_hits, store_loads, bytes_read, reads, errors, readahead, readahead_errors;
+	atomic_ullong mem_hits, store_loads, bytes_read, reads, errors, readahead, readahead_errors, readahead_queued;
 	atomic_ullong opens; /* OPEN requests: one per mount with zero-message opens */
 	atomic_ullong lookups, listings[2]; /* LOOKUP; READDIR and READDIRPLUS requests */
 	atomic_ullong view_reads[3], view_bytes[3]; /* by kind of file: FS_VIEW_X, _Y, _SAMPLE */
