@@ -261,10 +261,16 @@ class ProxyHandler(http.server.BaseHTTPRequestHandler):
                 "range": self.headers.get("Range"), "host": host,
                 "token": self.headers.get("x-amz-security-token"),
                 "auth": self.headers.get("Authorization") is not None, "status": None, "bytes": 0,
-                "sent": 0, "t": time.monotonic(), "fault": None}
+                "sent": 0, "t": time.monotonic(), "fault": None}  # t_end: when it was answered
 
     def _handle(self):
         e = self._entry()
+        try:
+            self._answer(e)
+        finally:
+            e["t_end"] = time.monotonic()
+
+    def _answer(self, e):
         n = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(n) if n else b""
         e["sent"] = len(body)

@@ -8,6 +8,7 @@ import errno
 import glob
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -370,6 +371,39 @@ def test_push_then_boto3_reads_it_back(tmp_path, s3, big_store, cltfs_bin, mount
     assert r.returncode == 0 and not writes(s3), (describe(r), writes(s3))
     with mount(URL, env=env) as m, mount(store) as ml:
         for rel in desc["files"][:6]:
+            assert read_all(m.p(rel)) == read_all(ml.p(rel)), rel
+
+
+def test_push_many_pairs_at_once(tmp_path, s3, stores, cltfs_bin, mount):
+    """A store of many writer pairs (one per sealed pack of a capture that
+    pushed as it went), each write answered late: the packs go up several
+    at a time, and still every pack is there before any index is written,
+    every index before the sample table, that before the manifest; the
+    pushed store mounts and serves the views."""
+    imp = stores.get("s1_bf16")
+    store = str(tmp_path / "store")
+    shutil.copytree(imp.store, store)
+    idx = sorted(glob.glob(os.path.join(store, "packs", "*.idx")))[0]
+    for i in range(12):
+        for ext, src in ((".idx", idx), (".pack", idx[:-4] + ".pack")):
+            with open(src, "rb") as f, open(os.path.join(store, "packs", "shard-%02d%s" % (i, ext)), "wb") as g:
+                g.write(f.read(16))    # a header alone: a pair with no frame yet
+    s3.fault(lambda e: e["method"] == "PUT", "delay:0.1", count=1000)
+    env = env_of(tmp_path, s3)
+    r = run(cltfs_bin, "push", store, URL, env=env)
+    assert r.returncode == 0, describe(r)
+    assert bucket_files(s3, PREFIX) == store_files(store)
+    w = writes(s3)
+    phase = [[e for e in w if e["key"].endswith(".pack")], [e for e in w if e["key"].endswith(".idx")],
+             [e for e in w if e["key"].endswith("/samples.bin")], [e for e in w if e["key"].endswith("/cltfs.json")]]
+    assert [len(p) >= 1 for p in phase] == [True] * 4 and len(phase[1]) == 13, [len(p) for p in phase]
+    for a, b in zip(phase, phase[1:]):
+        assert max(e["t_end"] for e in a) <= min(e["t"] for e in b), "a write of the next phase began early"
+    packs = phase[0]
+    peak = max(sum(1 for o in packs if o["t"] <= e["t"] < o["t_end"]) for e in packs)
+    assert peak >= 3, "at most %d pack writes at once" % peak
+    with mount(URL, env=env) as m, mount(imp.store) as ml:
+        for rel in imp.desc["files"]:
             assert read_all(m.p(rel)) == read_all(ml.p(rel)), rel
 
 

@@ -207,16 +207,75 @@ static void progress(push *p, bool end)
 	fflush(stderr);
 }
 
+/* A store of many writer pairs (a capture array that pushed as it went
+ * has one per sealed pack) was uploaded one file after another: a round
+ * trip or more each, where S3 takes many requests at once.  The files of
+ * one phase of plan()'s order (packs, indexes, the sample table, the
+ * manifest) go up PUSH_FILES at a time, and none of the next phase starts
+ * before all of them are there: the order readers depend on holds. */
+#define PUSH_FILES 4
+
+static int phase_of(const char *rel)
+{
+	size_t n = strlen(rel);
+	return n > 5 && !strcmp(rel + n - 5, ".pack") ? 0 : n > 4 && !strcmp(rel + n - 4, ".idx") ? 1
+	       : !strcmp(rel, "samples.bin")                                                 ? 2
+										     : 3;
+}
+
+typedef struct {
+	push *p;
+	pthread_mutex_t mu; /* guards what follows, and the progress line */
+	size_t next, end;   /* the phase's files not taken yet */
+	size_t failed;      /* the file of err */
+	cltfs_err err;      /* the failure of the first file that failed */
+	char msg[1024];
+} phase;
+
+static void *upload_main(void *arg)
+{
+	phase *u = arg;
+	for (;;) {
+		pthread_mutex_lock(&u->mu);
+		size_t i = u->err ? u->end : u->next;
+		u->next += i < u->end;
+		pthread_mutex_unlock(&u->mu);
+		if (i >= u->end)
+			return NULL;
+		char path[PATH_MAX];
+		snprintf(path, sizeof path, "%s/%s", u->p->dir, u->p->f[i].path);
+		cltfs_err e = hf_upload(u->p->r, u->p->f[i].path, path, u->p->f[i].size, &u->p->done);
+		pthread_mutex_lock(&u->mu);
+		if (e && (!u->err || i < u->failed)) {
+			u->err = e;
+			u->failed = i;
+			snprintf(u->msg, sizeof u->msg, "%s", cltfs_errmsg());
+		}
+		progress(u->p, false);
+		pthread_mutex_unlock(&u->mu);
+	}
+}
+
 static cltfs_err upload_all(push *p)
 {
-	char path[PATH_MAX];
-	cltfs_err e = CLTFS_OK;
-	for (size_t i = 0; !e && i < p->n; i++) {
-		snprintf(path, sizeof path, "%s/%s", p->dir, p->f[i].path);
-		e = hf_upload(p->r, p->f[i].path, path, p->f[i].size, &p->done);
-		progress(p, false);
+	for (size_t lo = 0, hi; lo < p->n; lo = hi) {
+		for (hi = lo + 1; hi < p->n && phase_of(p->f[hi].path) == phase_of(p->f[lo].path); hi++)
+			;
+		phase u = {.p = p, .next = lo, .end = hi};
+		pthread_mutex_init(&u.mu, NULL);
+		pthread_t t[PUSH_FILES - 1];
+		size_t nt = 0;
+		/* this thread uploads too: a thread that does not start is one less */
+		while (nt + 1 < PUSH_FILES && lo + nt + 1 < hi && !pthread_create(&t[nt], NULL, upload_main, &u))
+			nt++;
+		upload_main(&u);
+		for (size_t i = 0; i < nt; i++)
+			pthread_join(t[i], NULL);
+		pthread_mutex_destroy(&u.mu);
+		if (u.err)
+			return cltfs_fail(u.err, "%s", u.msg);
 	}
-	return e;
+	return CLTFS_OK;
 }
 
 bool push_url_ok(const char *url) { return hf_is_remote_url(url) && !hf_is_url(url); }
