@@ -69,6 +69,12 @@ cltfs_err cltfs_write_atomic_from(const char *path, int src, uint64_t len);
 cltfs_err cltfs_mkdirs(const char *path, size_t len);
 /* Seconds on the monotonic clock, for rates and progress. */
 double cltfs_now(void);
+/* fn(arg, i) for every i in [0, n), taken in order by up to threads
+ * threads (the caller's among them; fewer when a thread cannot start).
+ * Once an item fails no further one is taken; what is returned is the
+ * failure of the lowest item that failed, its message kept: the same
+ * whatever the threads' timing, when fn's failures are. */
+cltfs_err cltfs_parallel(size_t n, int threads, cltfs_err (*fn)(void *arg, size_t i), void *arg);
 
 /* ---- log --------------------------------------------------------------- */
 

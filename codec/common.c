@@ -2,6 +2,7 @@
 #include "codec.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -131,6 +132,58 @@ double cltfs_now(void)
 	struct timespec t;
 	clock_gettime(CLOCK_MONOTONIC, &t);
 	return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+}
+
+typedef struct {
+	cltfs_err (*fn)(void *arg, size_t i);
+	void *arg;
+	size_t n;
+	pthread_mutex_t mu; /* guards what follows */
+	size_t next;        /* the next item to take */
+	size_t failed;      /* the item of err */
+	cltfs_err err;
+	char msg[1024];
+} par_run;
+
+static void *par_main(void *arg)
+{
+	par_run *r = arg;
+	for (;;) {
+		pthread_mutex_lock(&r->mu);
+		size_t i = r->err ? r->n : r->next;
+		r->next += i < r->n;
+		pthread_mutex_unlock(&r->mu);
+		if (i >= r->n)
+			return NULL;
+		cltfs_err e = r->fn(r->arg, i);
+		if (!e)
+			continue;
+		/* items are taken in order: every one below the first failure
+		 * recorded was taken, so the lowest failing one lands here too */
+		pthread_mutex_lock(&r->mu);
+		if (!r->err || i < r->failed) {
+			r->err = e;
+			r->failed = i;
+			snprintf(r->msg, sizeof r->msg, "%s", cltfs_errmsg());
+		}
+		pthread_mutex_unlock(&r->mu);
+	}
+}
+
+cltfs_err cltfs_parallel(size_t n, int threads, cltfs_err (*fn)(void *arg, size_t i), void *arg)
+{
+	enum { MAX_THREADS = 64 };
+	par_run r = {.fn = fn, .arg = arg, .n = n};
+	pthread_t t[MAX_THREADS];
+	size_t nt = 0, want = threads < 1 ? 0 : threads > MAX_THREADS ? MAX_THREADS - 1 : (size_t)threads - 1;
+	pthread_mutex_init(&r.mu, NULL);
+	while (nt < want && nt + 1 < n && !pthread_create(&t[nt], NULL, par_main, &r))
+		nt++;
+	par_main(&r);
+	for (size_t i = 0; i < nt; i++)
+		pthread_join(t[i], NULL);
+	pthread_mutex_destroy(&r.mu);
+	return r.err ? cltfs_fail(r.err, "%s", r.msg) : CLTFS_OK;
 }
 
 cltfs_err cltfs_read_file(const char *path, char **out, size_t *len)

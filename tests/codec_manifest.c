@@ -4,6 +4,8 @@
 #include "codec.h"
 #include "unit.h"
 
+#include <stdatomic.h>
+
 #include <errno.h>
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -370,6 +372,46 @@ static void test_names(void)
 /* The write helpers every store file goes through: an errno out of a
  * write that fails, the temporary file's name and the cause out of an
  * atomic replace that cannot finish, and the old file left as it was. */
+/* cltfs_parallel: every item once; the lowest failing item's error and
+ * message, whichever failure came first; every item below it taken. */
+typedef struct {
+	atomic_int seen[200];
+	size_t fail_a, fail_b;
+} par_probe;
+
+static cltfs_err par_item(void *arg, size_t i)
+{
+	par_probe *p = arg;
+	atomic_fetch_add(&p->seen[i], 1);
+	if (i == p->fail_b) /* the later failure comes first */
+		return cltfs_fail(CLTFS_E_IO, "item %zu failed", i);
+	if (i == p->fail_a) {
+		usleep(20000);
+		return cltfs_fail(CLTFS_E_FORMAT, "item %zu failed", i);
+	}
+	return CLTFS_OK;
+}
+
+static void test_parallel(void)
+{
+	for (int threads = 1; threads <= 8; threads *= 2) {
+		par_probe p = {.fail_a = SIZE_MAX, .fail_b = SIZE_MAX};
+		CHECK(cltfs_parallel(200, threads, par_item, &p) == CLTFS_OK);
+		size_t once = 0;
+		for (size_t i = 0; i < 200; i++)
+			once += atomic_load(&p.seen[i]) == 1;
+		CHECK(once == 200);
+		par_probe q = {.fail_a = 37, .fail_b = 39};
+		CHECK(cltfs_parallel(200, threads, par_item, &q) == CLTFS_E_FORMAT);
+		CHECK(strstr(cltfs_errmsg(), "item 37 failed") != NULL);
+		size_t taken = 0;
+		for (size_t i = 0; i < 200; i++)
+			taken += atomic_load(&q.seen[i]) != 0;
+		CHECK(taken >= 38);
+	}
+	CHECK(cltfs_parallel(0, 8, par_item, NULL) == CLTFS_OK);
+}
+
 static void test_writes(void)
 {
 	int fd = open("/dev/full", O_WRONLY | O_CLOEXEC);
@@ -406,6 +448,7 @@ int main(void)
 	RUN(test_table_damage);
 	RUN(test_names);
 	RUN(test_writes);
+	RUN(test_parallel);
 	char cmd[128];
 	snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
 	CHECK(system(cmd) == 0);

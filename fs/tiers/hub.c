@@ -144,12 +144,6 @@ static bool store_meta(const char *p)
 typedef struct {
 	hub_source *h;
 	const size_t *todo; /* entries to fetch (metadata) or locate (packs) */
-	size_t n;
-	pthread_mutex_t mu; /* guards what follows */
-	size_t next;        /* the next of todo to take */
-	size_t failed;      /* the todo item of err */
-	cltfs_err err;      /* the failure of the first item that failed */
-	char msg[1024];
 } meta_fetch;
 
 static bool is_pack(const char *p)
@@ -158,41 +152,19 @@ static bool is_pack(const char *p)
 	return !strncmp(p, "packs/", 6) && n > 11 && !strcmp(p + n - 5, ".pack") && !strchr(p + 6, '/');
 }
 
-/* The next item nobody took, or n once there is none or a fetch failed. */
-static size_t take_item(meta_fetch *f)
-{
-	pthread_mutex_lock(&f->mu);
-	size_t i = f->err ? f->n : f->next;
-	f->next += i < f->n;
-	pthread_mutex_unlock(&f->mu);
-	return i;
-}
-
-static void *fetch_main(void *arg)
+static cltfs_err fetch_one(void *arg, size_t i)
 {
 	meta_fetch *f = arg;
-	size_t i;
-	while ((i = take_item(f)) < f->n) {
-		const char *path = f->h->entries[f->todo[i]].path;
-		if (is_pack(path)) { /* a read asks the Hub itself if this fails */
-			hf_locate(f->h->repo, path);
-			continue;
-		}
-		char *local;
-		cltfs_err e = hf_fetch(f->h->repo, path, &local);
-		if (!e) {
-			free(local);
-			continue;
-		}
-		pthread_mutex_lock(&f->mu);
-		if (!f->err || i < f->failed) {
-			f->err = e;
-			f->failed = i;
-			snprintf(f->msg, sizeof f->msg, "%s", cltfs_errmsg());
-		}
-		pthread_mutex_unlock(&f->mu);
+	const char *path = f->h->entries[f->todo[i]].path;
+	char *local;
+	if (is_pack(path)) { /* a read asks the Hub itself if this fails */
+		hf_locate(f->h->repo, path);
+		return CLTFS_OK;
 	}
-	return NULL;
+	cltfs_err e = hf_fetch(f->h->repo, path, &local);
+	if (!e)
+		free(local);
+	return e;
 }
 
 /* Bytes of the packs in dir/packs (0 when there is none). */
@@ -262,27 +234,18 @@ static size_t *fetch_list(const hub_source *h, bool locate, size_t *n)
  * snapshot folder is then a store with indexes and no packs. */
 static cltfs_err open_remote(hub_source *h, const char *local)
 {
-	meta_fetch f = {.h = h};
-	size_t *todo = fetch_list(h, want_locate(h, local), &f.n);
+	size_t n;
+	size_t *todo = fetch_list(h, want_locate(h, local), &n);
 	if (!todo)
 		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
-	f.todo = todo;
-	pthread_mutex_init(&f.mu, NULL);
-	pthread_t t[FETCH_THREADS - 1];
-	size_t nt = 0;
-	/* this thread fetches too: a thread that does not start is one less */
-	while (nt + 1 < FETCH_THREADS && nt + 1 < f.n && !pthread_create(&t[nt], NULL, fetch_main, &f))
-		nt++;
-	fetch_main(&f);
-	for (size_t i = 0; i < nt; i++)
-		pthread_join(t[i], NULL);
-	pthread_mutex_destroy(&f.mu);
+	meta_fetch f = {h, todo};
+	cltfs_err e = cltfs_parallel(n, FETCH_THREADS, fetch_one, &f);
 	free(todo);
-	if (f.err)
-		return cltfs_fail(f.err, "%s", f.msg);
+	if (e)
+		return e;
 	char dir[PATH_MAX];
 	snprintf(dir, sizeof dir, "%s/snapshots/%s", hf_repo_folder(h->repo), hf_repo_commit(h->repo));
-	cltfs_err e = store_open(dir, &h->remote);
+	e = store_open(dir, &h->remote);
 	return e ? cltfs_wrap(e, "%s", hf_repo_name(h->repo)) : CLTFS_OK;
 }
 

@@ -225,57 +225,35 @@ static int phase_of(const char *rel)
 
 typedef struct {
 	push *p;
-	pthread_mutex_t mu; /* guards what follows, and the progress line */
-	size_t next, end;   /* the phase's files not taken yet */
-	size_t failed;      /* the file of err */
-	cltfs_err err;      /* the failure of the first file that failed */
-	char msg[1024];
+	size_t lo;          /* the phase's first file */
+	pthread_mutex_t mu; /* the progress line */
 } phase;
 
-static void *upload_main(void *arg)
+static cltfs_err upload_one(void *arg, size_t i)
 {
 	phase *u = arg;
-	for (;;) {
-		pthread_mutex_lock(&u->mu);
-		size_t i = u->err ? u->end : u->next;
-		u->next += i < u->end;
-		pthread_mutex_unlock(&u->mu);
-		if (i >= u->end)
-			return NULL;
-		char path[PATH_MAX];
-		snprintf(path, sizeof path, "%s/%s", u->p->dir, u->p->f[i].path);
-		cltfs_err e = hf_upload(u->p->r, u->p->f[i].path, path, u->p->f[i].size, &u->p->done);
-		pthread_mutex_lock(&u->mu);
-		if (e && (!u->err || i < u->failed)) {
-			u->err = e;
-			u->failed = i;
-			snprintf(u->msg, sizeof u->msg, "%s", cltfs_errmsg());
-		}
-		progress(u->p, false);
-		pthread_mutex_unlock(&u->mu);
-	}
+	const upfile *f = &u->p->f[u->lo + i];
+	char path[PATH_MAX];
+	snprintf(path, sizeof path, "%s/%s", u->p->dir, f->path);
+	cltfs_err e = hf_upload(u->p->r, f->path, path, f->size, &u->p->done);
+	pthread_mutex_lock(&u->mu);
+	progress(u->p, false);
+	pthread_mutex_unlock(&u->mu);
+	return e;
 }
 
 static cltfs_err upload_all(push *p)
 {
-	for (size_t lo = 0, hi; lo < p->n; lo = hi) {
-		for (hi = lo + 1; hi < p->n && phase_of(p->f[hi].path) == phase_of(p->f[lo].path); hi++)
+	phase u = {.p = p};
+	cltfs_err e = CLTFS_OK;
+	pthread_mutex_init(&u.mu, NULL);
+	for (size_t hi; !e && u.lo < p->n; u.lo = hi) {
+		for (hi = u.lo + 1; hi < p->n && phase_of(p->f[hi].path) == phase_of(p->f[u.lo].path); hi++)
 			;
-		phase u = {.p = p, .next = lo, .end = hi};
-		pthread_mutex_init(&u.mu, NULL);
-		pthread_t t[PUSH_FILES - 1];
-		size_t nt = 0;
-		/* this thread uploads too: a thread that does not start is one less */
-		while (nt + 1 < PUSH_FILES && lo + nt + 1 < hi && !pthread_create(&t[nt], NULL, upload_main, &u))
-			nt++;
-		upload_main(&u);
-		for (size_t i = 0; i < nt; i++)
-			pthread_join(t[i], NULL);
-		pthread_mutex_destroy(&u.mu);
-		if (u.err)
-			return cltfs_fail(u.err, "%s", u.msg);
+		e = cltfs_parallel(hi - u.lo, PUSH_FILES, upload_one, &u);
 	}
-	return CLTFS_OK;
+	pthread_mutex_destroy(&u.mu);
+	return e;
 }
 
 bool push_url_ok(const char *url) { return hf_is_remote_url(url) && !hf_is_url(url); }
