@@ -1126,12 +1126,13 @@ def test_init_model_from_the_hub(llava, fp32_store, run_cltfs, tmp_path, mount, 
     HF cache as snapshot_download lays it out, the manifest names the id and
     the commit, and the store captures what a store of the folder does."""
     from test_hub import hf_env
-    hub = make_hub()
+    hub = make_hub(latency=0.05)    # a round trip: the files come at once, not one by one
     model = llava.model()
     files = {os.path.relpath(p, model): read_all(p) for p in glob.glob(os.path.join(model, "*")) if os.path.isfile(p)}
     files["README.md"] = b"# a model card: not fetched"
     files["extra/weights.bin"] = b"not fetched either"
     sha = hub.add_repo("me/tiny-llava", files, repo_type="model")
+    hub.clear_log()
     env = hf_env(tmp_path, hub)
     store = str(tmp_path / "store")
     ds = llava.dataset()
@@ -1146,6 +1147,7 @@ def test_init_model_from_the_hub(llava, fp32_store, run_cltfs, tmp_path, mount, 
     assert os.path.samefile(man["source"]["path"], str(snap)), man["source"]
     got_log = [e["path"] for e in hub.log if "/resolve/" in e["path"]]
     assert not [p for p in got_log if "README" in p or "weights.bin" in p], got_log
+    assert len(fetched) >= 3 and hub.peak_inflight >= 3, (fetched, hub.peak_inflight)
     n_batches = len(ds.entries)
     rels = view_rels(llava.facts()["text"]["num_hidden_layers"], n_batches)[:4]
     with mount(store, env=env) as m:

@@ -530,6 +530,22 @@ static bool model_file(const char *path)
 				      (n > 5 && !strcmp(path + n - 5, ".json")) || !strcmp(path, "tokenizer.model"));
 }
 
+typedef struct {
+	hf_repo *r;
+	const hf_entry *e;
+	const size_t *todo;
+} model_fetch;
+
+static cltfs_err model_one(void *arg, size_t i)
+{
+	model_fetch *f = arg;
+	char *local;
+	cltfs_err e = hf_fetch(f->r, f->e[f->todo[i]].path, &local);
+	if (!e)
+		free(local);
+	return e;
+}
+
 cltfs_err hub_model_dir(const char *id, char **dir, char **commit, bool quiet)
 {
 	hf_config cfg;
@@ -543,15 +559,21 @@ cltfs_err hub_model_dir(const char *id, char **dir, char **commit, bool quiet)
 		err = hf_repo_open(&cfg, url, &r);
 	if (!err)
 		err = hf_list(r, &e, &n);
+	size_t *todo = err ? NULL : malloc((n ? n : 1) * sizeof *todo), nt = 0;
+	if (!err && !todo)
+		err = cltfs_fail(CLTFS_E_NOMEM, "out of memory");
 	for (size_t i = 0; !err && i < n; i++) {
 		if (e[i].dir || !model_file(e[i].path))
 			continue;
 		if (!quiet)
 			fprintf(stderr, "model: %s (%.1f MB)\n", e[i].path, (double)e[i].size / 1e6);
-		char *local;
-		if (!(err = hf_fetch(r, e[i].path, &local)))
-			free(local);
+		todo[nt++] = i;
 	}
+	/* the shards at once, as snapshot_download fetches them */
+	model_fetch f = {r, e, todo};
+	if (!err)
+		err = cltfs_parallel(nt, FETCH_THREADS, model_one, &f);
+	free(todo);
 	if (!err) {
 		char buf[4096];
 		snprintf(buf, sizeof buf, "%s/snapshots/%s", hf_repo_folder(r), hf_repo_commit(r));
