@@ -104,6 +104,9 @@ $(B)/zerofs: bench/zerofs.c
 $(B)/codec_decode: bench/codec_decode.c $(B)/libcltfs_codec.a
 	$(CC) $(ALL_CFLAGS) $< -o $@ $(B)/libcltfs_codec.a $(CORE_LIBS)
 
+$(B)/h2_probe: bench/h2_probe.c
+	$(CC) -std=c11 -D_GNU_SOURCE $(WARN) -O2 $< -o $@ $(shell pkg-config --libs libcurl)
+
 $(B)/fill_index: bench/fill_index.c $(B)/libcltfs_core.a $(B)/libcltfs_codec.a
 	$(CC) $(ALL_CFLAGS) $< -o $@ $(B)/libcltfs_core.a $(B)/libcltfs_codec.a $(CORE_LIBS)
 
@@ -230,11 +233,12 @@ demo: deps
 	@sh tools/demo.sh
 
 bench: deps
-	$(MAKE) all $(B)/zerofs $(B)/fill_index $(B)/codec_decode
+	$(MAKE) all $(B)/zerofs $(B)/fill_index $(B)/codec_decode $(B)/h2_probe
 	$(PYTHON) bench/bench.py --cltfs $(B)/cltfs --zerofs $(B)/zerofs --decode-tool $(B)/codec_decode
 	$(PYTHON) bench/codec_bench.py --cltfs $(B)/cltfs --decoder $(B)/codec_decode
 	$(PYTHON) bench/shuffle_bench.py --cltfs $(B)/cltfs
 	$(PYTHON) bench/hub_bench.py --cltfs $(B)/cltfs --total-mb 1100
+	$(PYTHON) bench/h2_bench.py --probe $(B)/h2_probe
 	$(PYTHON) bench/s3_bench.py --cltfs $(B)/cltfs
 	$(PYTHON) bench/capture_bench.py --cltfs $(B)/cltfs
 	$(PYTHON) bench/scale.py --cltfs $(B)/cltfs --fill-index $(B)/fill_index

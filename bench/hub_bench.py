@@ -100,7 +100,11 @@ GOALS = {                       # metric -> (comparison, goal or None: reported 
 # first bytes towards the server also wait one round trip, for the TCP
 # handshake a real link would cost; TCP's slow start is not modelled.
 
-def proxy_main(target_port, delay, ready_fd):
+def proxy_main(target_port, delay, ready_fd, window=0):
+    """window > 0: at most that many bytes of a connection's direction
+    unacknowledged (an ack comes back a round trip after the proxy read the
+    bytes), as a TCP window bounds what one connection carries a round
+    trip over a far link: reading from that side pauses meanwhile."""
     import asyncio
 
     class Line:
@@ -152,9 +156,25 @@ def proxy_main(target_port, delay, ready_fd):
     class Side(asyncio.Protocol):
         def __init__(self, out):
             self.out = out          # the Line this side's bytes go into
+            self.transport, self.inflight, self.paused = None, 0, False
+
+        def connection_made(self, transport):
+            self.transport = transport
 
         def data_received(self, data):
             self.out.push(data)
+            if window:
+                self.inflight += len(data)
+                self.out.loop.call_later(2 * delay, self.acked, len(data))
+                if self.inflight >= window and not self.paused:
+                    self.paused = True
+                    self.transport.pause_reading()
+
+        def acked(self, n):
+            self.inflight -= n
+            if self.paused and self.inflight < window and not self.transport.is_closing():
+                self.paused = False
+                self.transport.resume_reading()
 
         def eof_received(self):
             self.out.push(EOF)
@@ -172,6 +192,7 @@ def proxy_main(target_port, delay, ready_fd):
             side = Side(up)
 
             def made(transport):
+                side.transport = transport
                 down.connect(transport)
                 transport.set_write_buffer_limits(high=1 << 30)
 
@@ -196,16 +217,17 @@ def proxy_main(target_port, delay, ready_fd):
 
 
 class DelayProxy:
-    """proxy_main in a child process: 127.0.0.1:port -> 127.0.0.1:target."""
+    """proxy_main in a child process: 127.0.0.1:port -> 127.0.0.1:target
+    (window: proxy_main's, bytes; 0 none)."""
 
-    def __init__(self, target_port, rtt):
-        self.target, self.delay = target_port, rtt / 2.0
+    def __init__(self, target_port, rtt, window=0):
+        self.target, self.delay, self.window = target_port, rtt / 2.0, window
         self.proc = self.port = None
 
     def start(self):
         r, w = os.pipe()
         code = ("import sys; sys.path.insert(0, %r); import hub_bench; "
-                "hub_bench.proxy_main(%d, %r, %d)" % (HERE, self.target, self.delay, w))
+                "hub_bench.proxy_main(%d, %r, %d, %d)" % (HERE, self.target, self.delay, w, self.window))
         self.proc = subprocess.Popen([sys.executable, "-c", code], pass_fds=(w,),
                                      stdin=subprocess.DEVNULL)
         os.close(w)

@@ -147,9 +147,9 @@ cltfs_err hf_locate(hf_repo *r, const char *path);
 cltfs_err hf_upload(hf_repo *r, const char *path, const char *local, uint64_t size, atomic_ullong *done);
 
 /* Ranges in flight: many range requests at once, driven by one thread on
- * one libcurl multi handle, so that they share connections (HTTP/2
- * multiplexing where the server offers it, else HTTP/1.1 keep-alive, up to
- * a few connections per host).  Each request follows redirects, retries
+ * one libcurl multi handle, so that they share connections (HTTP/1.1
+ * keep-alive, up to a few connections per host: not HTTP/2's one
+ * connection, whose TCP window caps it over a far link; ranges.c).  Each request follows redirects, retries
  * and resumes exactly as hf_read_range does, and gives every byte once, in
  * order, as it arrives.  The thread starts with the first request (not at
  * open: threads do not survive a fork). */

@@ -294,8 +294,8 @@ static CURLcode setup(CURL *e, const http_ctx *c, const char *url, bool head, co
 	curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
 	curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, NULL);
 	/* HTTP/2 where the server offers it (ALPN, over TLS), else HTTP/1.1
-	 * with keep-alive: on a multi handle, HTTP/2 carries every request in
-	 * flight on one connection. */
+	 * with keep-alive (ranges.c asks HTTP/1.1 of its frames' requests:
+	 * several connections carry more than one over a far link). */
 	curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
 	/* the CA certificates to trust, as the Python clients take them */
 	const char *ca = c->aws && *c->aws->ca_bundle ? c->aws->ca_bundle : c->cfg ? c->cfg->ca_file : NULL;

@@ -333,13 +333,15 @@ def tls_cdn(tmp_path):
     n.stop()
 
 
-def test_store_over_https_http2(tmp_path, make_hub, stores, mount, mount_fails, originals, tls_cdn):
-    """Packs from a CDN over TLS that speaks HTTP/2, as huggingface.co's:
+def test_store_over_https_http2(tmp_path, make_hub, stores, run_cltfs, mount, mount_fails, originals,
+                                tls_cdn):
+    """Packs from a CDN over TLS that offers HTTP/2, as huggingface.co's:
     signed by a CA the system does not trust, a read fails with EIO and a
     log line that says what to set; with SSL_CERT_FILE, CURL_CA_BUNDLE or
-    REQUESTS_CA_BUNDLE naming the CA, every view equals the tree, every
-    range over HTTP/2; a CA file that cannot be read fails the mount,
-    named."""
+    REQUESTS_CA_BUNDLE naming the CA, every view equals the tree, a
+    mount's ranges over HTTP/1.1 (a connection each, hfcache/ranges.c
+    says why), a pull's over HTTP/2; a CA file that cannot be read fails
+    the mount, named."""
     nginx, cert, cdn = tls_cdn
     hub = make_hub(cdn_dir=cdn, cdn_url=nginx.url)
     imp, commit = add_store(hub, stores)
@@ -355,7 +357,14 @@ def test_store_over_https_http2(tmp_path, make_hub, stores, mount, mount_fails, 
         with mount(STORE_URL, "store=" + str(tmp_path / var), env=hf_env(tmp_path, hub, **{var: cert})) as m:
             check_store_views(m, imp, originals)
     reqs = nginx.since(mark)
+    assert reqs and all(r[2] == 206 and r[3].endswith(" HTTP/1.1") for r in reqs), reqs
+    mark = nginx.mark()
+    r = run_cltfs("pull", STORE_URL, str(tmp_path / "pulled"), "--quiet", env=hf_env(tmp_path, hub, SSL_CERT_FILE=cert))
+    assert r.returncode == 0, describe(r)
+    reqs = nginx.since(mark)
     assert reqs and all(r[2] == 206 and r[3].endswith(" HTTP/2.0") for r in reqs), reqs
+    r = run_cltfs("verify", str(tmp_path / "pulled"))
+    assert r.returncode == 0, describe(r)
     rc, out = mount_fails(STORE_URL, env=hf_env(tmp_path, hub, SSL_CERT_FILE=tmp_path / "none.pem"))
     assert rc != 0 and "SSL_CERT_FILE=%s" % (tmp_path / "none.pem") in out and "No such file" in out, out
 

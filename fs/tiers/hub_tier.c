@@ -8,7 +8,9 @@
  * - Spans.  Frames that follow each other in a pack (adjacent, or at most
  *   GAP_MAX apart) and that the local store lacks go in one range request,
  *   up to SPAN_MAX bytes.  All requests go to one hf_ranges: one thread, one
- *   libcurl multi handle, connections kept alive (HTTP/2 where offered).
+ *   libcurl multi handle, HTTP/1.1 connections kept alive, up to 8 a host
+ *   (ranges.c: one HTTP/2 connection carries at most its TCP window a
+ *   round trip).
  * - Frame by frame.  A span's bytes land in its buffer as they arrive; a
  *   load waits for its own frame's bytes only (plus the bytes before them in
  *   the span: what coalescing costs), then checks it (zstd checksum, CRC-32
