@@ -149,9 +149,9 @@ cltfs_err hf_upload(hf_repo *r, const char *path, const char *local, uint64_t si
 /* Ranges in flight: many range requests at once, driven by one thread on
  * one libcurl multi handle, so that they share connections (HTTP/1.1
  * keep-alive, up to a few connections per host: not HTTP/2's one
- * connection, whose TCP window caps it over a far link; ranges.c).  Each request follows redirects, retries
- * and resumes exactly as hf_read_range does, and gives every byte once, in
- * order, as it arrives.  The thread starts with the first request (not at
+ * connection, whose TCP window caps it over a far link; ranges.c).  Each
+ * request follows redirects, retries and resumes exactly as hf_read_range
+ * does, and gives every byte once, in order, as it arrives.  The thread starts with the first request (not at
  * open: threads do not survive a fork). */
 typedef struct hf_ranges hf_ranges;
 typedef struct {

@@ -120,13 +120,18 @@ cltfs_err hub_local_store(hub_source *h, const char *dir, cltfs_store **out)
 	return e;
 }
 
+/* Is path packs/<w><ext>, a file of a writer pair? */
+static bool pair_file(const char *p, const char *ext)
+{
+	size_t n = strlen(p), k = strlen(ext);
+	return !strncmp(p, "packs/", 6) && n > 6 + k && !strcmp(p + n - k, ext) && !strchr(p + 6, '/');
+}
+
 /* Is path a file of a store's metadata: the manifest, the sample table or
  * an index? */
 static bool store_meta(const char *p)
 {
-	size_t n = strlen(p);
-	return !strcmp(p, "cltfs.json") || !strcmp(p, "samples.bin") ||
-	       (!strncmp(p, "packs/", 6) && n >= 11 && !strcmp(p + n - 4, ".idx") && !strchr(p + 6, '/'));
+	return !strcmp(p, "cltfs.json") || !strcmp(p, "samples.bin") || pair_file(p, ".idx");
 }
 
 /* Fetched one after another, a store's metadata cost a mount a round trip
@@ -141,27 +146,26 @@ static bool store_meta(const char *p)
 #define FETCH_THREADS 8
 #define LOCATE_PACKS 8
 
+/* Entries of a listing fetched whole into the HF cache at once (a pack
+ * among them is located instead, hf_locate), by cltfs_parallel. */
 typedef struct {
-	hub_source *h;
-	const size_t *todo; /* entries to fetch (metadata) or locate (packs) */
-} meta_fetch;
+	hf_repo *r;
+	const hf_entry *e;
+	const size_t *todo; /* the entries, by their index in e */
+} fetch_set;
 
-static bool is_pack(const char *p)
-{
-	size_t n = strlen(p);
-	return !strncmp(p, "packs/", 6) && n > 11 && !strcmp(p + n - 5, ".pack") && !strchr(p + 6, '/');
-}
+static bool is_pack(const char *p) { return pair_file(p, ".pack"); }
 
 static cltfs_err fetch_one(void *arg, size_t i)
 {
-	meta_fetch *f = arg;
-	const char *path = f->h->entries[f->todo[i]].path;
+	fetch_set *f = arg;
+	const char *path = f->e[f->todo[i]].path;
 	char *local;
 	if (is_pack(path)) { /* a read asks the Hub itself if this fails */
-		hf_locate(f->h->repo, path);
+		hf_locate(f->r, path);
 		return CLTFS_OK;
 	}
-	cltfs_err e = hf_fetch(f->h->repo, path, &local);
+	cltfs_err e = hf_fetch(f->r, path, &local);
 	if (!e)
 		free(local);
 	return e;
@@ -213,11 +217,9 @@ static size_t *fetch_list(const hub_source *h, bool locate, size_t *n)
 {
 	size_t *todo = malloc((h->nentries ? h->nentries : 1) * sizeof *todo), packs = 0;
 	*n = 0;
-	for (size_t i = 0; todo && i < h->nentries; i++) /* the manifest first: its failure is the one told */
-		if (!h->entries[i].dir && !strcmp(h->entries[i].path, "cltfs.json"))
-			todo[(*n)++] = i;
+	/* sorted by path, the manifest comes first: its failure is the one told */
 	for (size_t i = 0; todo && i < h->nentries; i++)
-		if (!h->entries[i].dir && store_meta(h->entries[i].path) && strcmp(h->entries[i].path, "cltfs.json"))
+		if (!h->entries[i].dir && store_meta(h->entries[i].path))
 			todo[(*n)++] = i;
 	for (size_t i = 0; todo && locate && i < h->nentries && packs < LOCATE_PACKS; i++) {
 		char buf[PATH_MAX];
@@ -238,7 +240,7 @@ static cltfs_err open_remote(hub_source *h, const char *local)
 	size_t *todo = fetch_list(h, want_locate(h, local), &n);
 	if (!todo)
 		return cltfs_fail(CLTFS_E_NOMEM, "out of memory");
-	meta_fetch f = {h, todo};
+	fetch_set f = {h->repo, h->entries, todo};
 	cltfs_err e = cltfs_parallel(n, FETCH_THREADS, fetch_one, &f);
 	free(todo);
 	if (e)
@@ -530,22 +532,6 @@ static bool model_file(const char *path)
 				      (n > 5 && !strcmp(path + n - 5, ".json")) || !strcmp(path, "tokenizer.model"));
 }
 
-typedef struct {
-	hf_repo *r;
-	const hf_entry *e;
-	const size_t *todo;
-} model_fetch;
-
-static cltfs_err model_one(void *arg, size_t i)
-{
-	model_fetch *f = arg;
-	char *local;
-	cltfs_err e = hf_fetch(f->r, f->e[f->todo[i]].path, &local);
-	if (!e)
-		free(local);
-	return e;
-}
-
 cltfs_err hub_model_dir(const char *id, char **dir, char **commit, bool quiet)
 {
 	hf_config cfg;
@@ -570,9 +556,9 @@ cltfs_err hub_model_dir(const char *id, char **dir, char **commit, bool quiet)
 		todo[nt++] = i;
 	}
 	/* the shards at once, as snapshot_download fetches them */
-	model_fetch f = {r, e, todo};
+	fetch_set f = {r, e, todo};
 	if (!err)
-		err = cltfs_parallel(nt, FETCH_THREADS, model_one, &f);
+		err = cltfs_parallel(nt, FETCH_THREADS, fetch_one, &f);
 	free(todo);
 	if (!err) {
 		char buf[4096];
