@@ -261,14 +261,14 @@ class ProxyHandler(http.server.BaseHTTPRequestHandler):
                 "range": self.headers.get("Range"), "host": host,
                 "token": self.headers.get("x-amz-security-token"),
                 "auth": self.headers.get("Authorization") is not None, "status": None, "bytes": 0,
-                "sent": 0, "t": time.monotonic(), "fault": None}  # t_end: when it was answered
+                "sent": 0, "t": time.monotonic(), "fault": None}  # t_end: below
 
     def _handle(self):
         e = self._entry()
         try:
             self._answer(e)
         finally:
-            e["t_end"] = time.monotonic()
+            e.setdefault("t_end", time.monotonic())
 
     def _answer(self, e):
         n = int(self.headers.get("Content-Length") or 0)
@@ -322,6 +322,10 @@ class ProxyHandler(http.server.BaseHTTPRequestHandler):
             c.request(self.command, path + ("?" + query if query else ""), body=body, headers=hdrs)
             r = c.getresponse()
             data = r.read()
+            # t_end: s3rver has done the request, before the client can
+            # hear of it (after the reply, the client's next request could
+            # arrive before this thread noted the time)
+            e["t_end"] = time.monotonic()
         except (OSError, http.client.HTTPException):
             self._conn = None
             raise
